@@ -1,0 +1,113 @@
+"""Model specs → nn.Module: a bundled name, a .pt2 torch.export archive, or package.module:factory."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from toolchain.errors import ModelLoadError
+from toolchain.zoo import DEFAULT_MODEL, ZOO, ZooModel
+
+
+class LoadedModel(NamedTuple):
+    module: nn.Module
+    name: str
+    input_shape: tuple[int, int, int] | None
+    default_split: str | None
+    sha256: str
+
+
+def zoo_entry(name: str) -> ZooModel:
+    if name not in ZOO:
+        raise ModelLoadError(f"unknown bundled model {name!r}; bundled: {', '.join(sorted(ZOO))}")
+    return ZOO[name]
+
+
+def state_dict_sha256(module: nn.Module) -> str:
+    """Content hash of a model's parameters and buffers, independent of the file they came from."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def parse_input_shape(text: str) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ModelLoadError(f"--input-shape must be C,H,W with positive integers, got {text!r}")
+    return shape
+
+
+def _load_state_dict(module: nn.Module, weights: Path) -> None:
+    if not weights.is_file():
+        raise ModelLoadError(f"weights file {weights} does not exist")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ModelLoadError(f"cannot read weights {weights} as a state_dict: {error}") from error
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{weights} holds a {type(state).__name__}, not a state_dict")
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        raise ModelLoadError(f"weights {weights} do not fit the model: {error}") from error
+
+
+def _load_factory(spec: str) -> nn.Module:
+    module_name, _, attribute = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ModelLoadError(f"cannot import {spec!r}: {error}") from error
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"{spec} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _load_exported(path: Path) -> tuple[nn.Module, tuple[int, int, int] | None]:
+    try:
+        program = torch.export.load(path)
+    except Exception as error:
+        raise ModelLoadError(f"cannot load {path} as a torch.export archive: {error}") from error
+    args = program.example_inputs[0] if program.example_inputs else ()
+    shape = tuple(args[0].shape[1:]) if len(args) == 1 and args[0].dim() == 4 else None
+    return program.module(), shape
+
+
+def load_model(
+    spec: str | None, weights: Path | None = None, input_shape: tuple[int, int, int] | None = None
+) -> LoadedModel:
+    spec = spec or DEFAULT_MODEL
+    default_split = None
+    if spec in ZOO:
+        entry = ZOO[spec]
+        module, name, known_shape, default_split = entry.factory(), spec, entry.input_shape, entry.default_split
+        if not entry.weights.exists():
+            raise ModelLoadError(f"bundled weights {entry.weights} are missing: run `edgesplit train-model --model {spec}`")
+        _load_state_dict(module, weights or entry.weights)
+    elif spec.endswith(".pt2"):
+        if weights is not None:
+            raise ModelLoadError("--weights does not apply to a .pt2 archive: it carries its own weights")
+        module, known_shape = _load_exported(Path(spec))
+        name = Path(spec).stem
+    elif ":" in spec:
+        module, name, known_shape = _load_factory(spec), spec.rpartition(":")[2], None
+        if weights is not None:
+            _load_state_dict(module, weights)
+    else:
+        raise ModelLoadError(
+            f"unknown model {spec!r}: give a bundled name ({', '.join(sorted(ZOO))}), "
+            "a .pt2 file, or package.module:factory"
+        )
+    module.eval()
+    return LoadedModel(module, name, input_shape or known_shape, default_split, state_dict_sha256(module))

@@ -1,0 +1,36 @@
+"""Models bundled with edgesplit: a factory, its input, its default split and committed weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+from torch import nn
+
+from toolchain.models import CifarResNet18
+
+ZOO_DIR = Path(__file__).parent
+
+
+class ZooModel(NamedTuple):
+    factory: Callable[[], nn.Module]
+    input_shape: tuple[int, int, int]
+    default_split: str
+    weights: Path
+    dataset: str
+    card: Path
+
+
+ZOO = {
+    # BBNet's "reduce channel" ResNet-18 size; normalization statistics are those of
+    # Fashion-MNIST padded to 32x32, the input the model sees.
+    "resnet18w05-fmnist": ZooModel(
+        factory=lambda: CifarResNet18(width=0.5, in_channels=1, mean=0.2166, std=0.3314),
+        input_shape=(1, 32, 32),
+        default_split="layer2",
+        weights=ZOO_DIR / "resnet18w05_fmnist.pt",
+        dataset="fashion-mnist",
+        card=ZOO_DIR / "resnet18w05_fmnist.md",
+    ),
+}
+DEFAULT_MODEL = "resnet18w05-fmnist"

@@ -1,0 +1,219 @@
+"""Split a model's graph at one node into a head (edge) and a tail (cloud).
+
+A cut after node k is valid when exactly one tensor computed up to k is used after k, and
+that tensor is node k's output. Parameters (get_attr nodes) never count as crossing: the
+tail reads its own copy of them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import operator
+from typing import NamedTuple
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from toolchain.errors import SplitError
+
+
+class SplitPoint(NamedTuple):
+    node: str
+    module: str | None  # outermost module path whose last node this is, e.g. "layer2"
+    shape: tuple[int, ...]  # one sample, no batch axis
+    dtype: str
+    position: int
+
+    @property
+    def elements(self) -> int:
+        count = 1
+        for size in self.shape:
+            count *= size
+        return count
+
+    @property
+    def fp32_bytes(self) -> int:
+        return 4 * self.elements
+
+    @property
+    def int8_bytes(self) -> int:
+        return self.elements
+
+
+class Split(NamedTuple):
+    head: fx.GraphModule
+    tail: fx.GraphModule
+    point: SplitPoint
+
+
+def trace(module: nn.Module, input_shape: tuple[int, int, int]) -> fx.GraphModule:
+    """A GraphModule with per-node shapes (`meta['tensor_meta']`) for one sample of `input_shape`."""
+    if isinstance(module, fx.GraphModule):
+        graph_module = module
+    else:
+        try:
+            graph_module = fx.symbolic_trace(module)
+        except Exception as error:
+            raise SplitError(
+                f"{type(module).__name__} cannot be traced by torch.fx ({type(error).__name__}: {error}); "
+                "data-dependent control flow must be removed, or the model exported to a .pt2 "
+                "with torch.export and given as --model FILE.pt2"
+            ) from error
+    inputs = [node for node in graph_module.graph.nodes if node.op == "placeholder"]
+    if len(inputs) != 1:
+        raise SplitError(f"edgesplit splits models with one input tensor; this one takes {len(inputs)}")
+    try:
+        with torch.no_grad():
+            ShapeProp(graph_module).propagate(torch.zeros(1, *input_shape))
+    except Exception as error:
+        raise SplitError(f"the model does not run on an input of shape 1x{'x'.join(map(str, input_shape))}: {error}") from error
+    return graph_module
+
+
+def _module_paths(node: fx.Node) -> set[str]:
+    paths = {path for path, _ in node.meta.get("nn_module_stack", {}).values()}
+    if node.op == "call_module":
+        parts = node.target.split(".")
+        paths.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return paths
+
+
+def _crossing(nodes: list[fx.Node]) -> list[list[fx.Node]]:
+    """For each position k, the non-parameter nodes at or before k that are used after k."""
+    position = {node: i for i, node in enumerate(nodes)}
+    last_use = {node: max((position[user] for user in node.users), default=-1) for node in nodes}
+    live: list[fx.Node] = []
+    crossing = []
+    for k, node in enumerate(nodes):
+        if node.op != "get_attr":
+            live.append(node)
+        live = [m for m in live if last_use[m] > k]
+        crossing.append(list(live))
+    return crossing
+
+
+def _last_nodes_of_modules(nodes: list[fx.Node]) -> dict[str, str]:
+    """Node name → outermost module path whose last node it is."""
+    last_node: dict[str, fx.Node] = {}
+    for node in nodes:
+        for path in _module_paths(node):
+            last_node[path] = node
+    owner: dict[str, str] = {}
+    for path in sorted(last_node, key=lambda p: p.count(".")):
+        owner.setdefault(last_node[path].name, path)
+    return owner
+
+
+def candidate_points(graph_module: fx.GraphModule) -> list[SplitPoint]:
+    """Every point where exactly one tensor crosses the cut, in graph order."""
+    nodes = list(graph_module.graph.nodes)
+    owners = _last_nodes_of_modules(nodes)
+    points = []
+    for k, (node, crossing) in enumerate(zip(nodes, _crossing(nodes))):
+        meta = node.meta.get("tensor_meta")
+        feeds_only_output = all(user.op == "output" for user in node.users)
+        if (node.op in ("placeholder", "get_attr", "output") or crossing != [node]
+                or feeds_only_output or not isinstance(meta, torch.fx.passes.shape_prop.TensorMetadata)):
+            continue
+        points.append(SplitPoint(node.name, owners.get(node.name), tuple(meta.shape[1:]),
+                                 str(meta.dtype).replace("torch.", ""), k))
+    return points
+
+
+def _holds_weights(graph_module: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return any(True for _ in graph_module.get_submodule(node.target).parameters())
+    return node.op == "get_attr" and isinstance(operator.attrgetter(node.target)(graph_module), nn.Parameter)
+
+
+def default_point(graph_module: fx.GraphModule) -> SplitPoint:
+    """For models that name no default: the smallest crossing tensor in the first half of the
+    points whose head holds learned weights, so the edge does real but lesser work."""
+    nodes = list(graph_module.graph.nodes)
+    first_weighted = next((i for i, n in enumerate(nodes) if _holds_weights(graph_module, n)), len(nodes))
+    points = [p for p in candidate_points(graph_module) if p.position >= first_weighted]
+    if not points:
+        raise SplitError("the model has no point after its first weighted layer where a single tensor crosses")
+    return min(points[: max(1, len(points) // 2)], key=lambda p: (p.elements, -p.position))
+
+
+def _nearest(points: list[SplitPoint], position: int) -> str:
+    before = [p for p in points if p.position < position][-1:]
+    after = [p for p in points if p.position > position][:1]
+    return ", ".join(f"{p.module or p.node} ({'before' if p in before else 'after'})" for p in before + after)
+
+
+def resolve_point(graph_module: fx.GraphModule, name: str) -> SplitPoint:
+    """A split point named by fx node name or module path (the module's last node)."""
+    nodes = list(graph_module.graph.nodes)
+    points = candidate_points(graph_module)
+    by_node = {node.name: node for node in nodes}
+    target = by_node.get(name)
+    if target is None:
+        owned = [node for node in nodes if name in _module_paths(node)]
+        target = owned[-1] if owned else None
+    if target is None:
+        names = [p.module for p in points if p.module] + [p.node for p in points]
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"valid points include {', '.join(names[:6])}"
+        raise SplitError(f"no node or module named {name!r} in the model; {hint} (see `edgesplit list-splits`)")
+    for point in points:
+        if point.node == target.name:
+            return point
+    position = nodes.index(target)
+    crossing = _crossing(nodes)[position]
+    if target.op == "placeholder" or not target.users or all(u.op == "output" for u in target.users):
+        reason = "is the model's input or output, so one half would be empty"
+    elif len(crossing) > 1:
+        reason = (f"is crossed by {len(crossing)} tensors ({', '.join(n.name for n in crossing)}), "
+                  "e.g. inside a residual block")
+    else:
+        reason = "does not produce a tensor that the rest of the model uses alone"
+    raise SplitError(f"cannot split at {name!r} (node {target.name}): it {reason}; "
+                     f"nearest valid points: {_nearest(points, position) or 'none'}")
+
+
+def _needed(root: fx.Node, stop: fx.Node | None = None) -> set[fx.Node]:
+    """`root` and everything it is computed from, not walking past `stop`."""
+    needed, pending = set(), [root]
+    while pending:
+        node = pending.pop()
+        if node not in needed:
+            needed.add(node)
+            if node is not stop:
+                pending.extend(node.all_input_nodes)
+    return needed
+
+
+def _graph_of(nodes: list[fx.Node], env: dict[fx.Node, fx.Node]) -> fx.Graph:
+    """A graph of copies of `nodes` (in order); `env` may pre-map nodes to existing ones."""
+    graph = fx.Graph()
+    for node, replacement in env.items():
+        env[node] = graph.placeholder(replacement)
+    for node in nodes:
+        env[node] = graph.node_copy(node, lambda n: env[n])
+    return graph
+
+
+def split_model(module: nn.Module, split: str, input_shape: tuple[int, int, int]) -> Split:
+    """Head and tail GraphModules with tail(head(x)) == module(x)."""
+    graph_module = trace(module, input_shape)
+    point = resolve_point(graph_module, split)
+    nodes = list(graph_module.graph.nodes)
+    cut, output = nodes[point.position], nodes[-1]
+
+    head_nodes = _needed(cut)
+    head_env: dict = {}
+    head_graph = _graph_of([n for n in nodes if n in head_nodes], head_env)
+    head_graph.output(head_env[cut])
+
+    tail_nodes = _needed(output, stop=cut) - {cut}
+    tail_graph = _graph_of([n for n in nodes if n in tail_nodes], {cut: cut.name})
+    tail_output = tail_graph.output_node()
+    result = tail_output.args[0]
+    if isinstance(result, (tuple, list)) and len(result) == 1:  # torch.export wraps outputs in a pytree
+        tail_output.args = (result[0],)
+
+    head, tail = fx.GraphModule(graph_module, head_graph), fx.GraphModule(graph_module, tail_graph)
+    return Split(head.eval(), tail.eval(), point)

@@ -1,0 +1,39 @@
+"""Writing bundles: hash every artefact into the manifest, then move the directory into place."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+from runtime.bundle import MANIFEST_NAME, compute_bundle_id, file_sha256
+from toolchain.errors import BundleError
+
+
+def staging_directory(output: Path) -> Path:
+    """An empty directory beside `output`; the bundle appears at `output` only when complete."""
+    staging = output.with_name(output.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def finish_bundle(staging: Path, output: Path, manifest: dict, tar: bool) -> dict:
+    """Add file hashes and the bundle id, write manifest.json, replace `output`, optionally tar it."""
+    manifest["files"] = {
+        path.name: {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+        for path in sorted(staging.iterdir())
+    }
+    manifest["bundle_id"] = compute_bundle_id(manifest)
+    (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    if output.exists():
+        if not (output / MANIFEST_NAME).exists() and any(output.iterdir()):
+            raise BundleError(f"{output} exists and is not a bundle: refusing to replace it")
+        shutil.rmtree(output)
+    staging.rename(output)
+    if tar:
+        with tarfile.open(output.with_suffix(".tar"), "w") as archive:
+            for path in sorted(output.iterdir()):
+                archive.add(path, arcname=path.name)
+    return manifest

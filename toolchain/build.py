@@ -1,0 +1,200 @@
+"""`build-engines`: load → split → calibrate codec → export → evaluate → bundle, with progress."""
+
+from __future__ import annotations
+
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from calibration_data import DEFAULT_CALIBRATION
+from runtime.bundle import SCHEMA_VERSION, Bundle
+from runtime.local import SplitInference
+from targets import Target, get_target
+from toolchain.bundle import finish_bundle, staging_directory
+from toolchain.codecs import DEFAULT_CODEC, parse_codec_spec
+from toolchain.data import ImageSet, load_images, to_model_input
+from toolchain.errors import EdgesplitError, TargetError
+from toolchain.export import compare_with_torch, export_onnx
+from toolchain.load import LoadedModel, load_model
+from toolchain.split import SplitPoint, default_point, split_model, trace
+from toolchain.train import accuracy, predict
+
+# Backends whose artefacts this toolchain can produce; a target needing another is refused.
+BUILDABLE_BACKENDS = ("onnxrt",)
+ARTEFACT_FILES = {"edge": "edge.onnx", "cloud": "cloud.onnx"}
+IMAGE, CODES, LOGITS = "image", "codes", "logits"
+EXPORT_CHECK_FRAMES = 64
+MAX_CODE_ERROR = 1  # ONNX Runtime and PyTorch may round a value on a code boundary differently
+MAX_LOGIT_ERROR = 1e-3
+
+
+class BuildOptions(NamedTuple):
+    model: str | None = None
+    weights: Path | None = None
+    input_shape: tuple[int, int, int] | None = None
+    target: str = "cpu"
+    split: str | None = None
+    codec: str = DEFAULT_CODEC
+    calib: str | None = None
+    output: Path | None = None
+    max_loss: float = 1.0  # accuracy points the bundle may lose against the float model
+    calibration_frames: int = 512
+    tar: bool = False
+
+
+class BuildReport(NamedTuple):
+    bundle: Path
+    manifest: dict
+    seconds: float
+
+
+def check_buildable(target: Target) -> None:
+    for role, backend in (("edge", target.edge_backend), ("cloud", target.cloud_backend)):
+        if backend not in BUILDABLE_BACKENDS:
+            raise TargetError(
+                f"target {target.name!r} is not yet implemented: its {role} half needs the {backend} "
+                f"backend, which this toolchain cannot build yet (buildable now: --target cpu)"
+            )
+
+
+def tool_versions() -> dict[str, str]:
+    names = ("edgesplit", "torch", "onnx", "onnxsim", "onnxruntime", "numpy")
+    return {name: metadata.version(name) for name in names}
+
+
+def tensor_spec(name: str, shape: tuple[int, ...], dtype: str) -> dict:
+    layout = {3: "NCHW", 1: "NC"}.get(len(shape), "unspecified")
+    return {"name": name, "shape": ["batch", *shape], "dtype": dtype, "layout": layout}
+
+
+def evaluate(bundle: Bundle, model: nn.Module, holdout: ImageSet, inputs: np.ndarray) -> dict:
+    """Float model vs the bundle run exactly as deployed (edge → bytes → cloud)."""
+    reference = predict(model, inputs).argmax(1)
+    run = SplitInference(bundle)
+    deployed = np.concatenate([run(inputs[i:i + 500]) for i in range(0, len(inputs), 500)]).argmax(1)
+    checks = {"holdout_frames": len(inputs), "top1_agreement": float((deployed == reference).mean())}
+    if holdout.labels is not None:
+        checks["float_accuracy"] = float((reference == holdout.labels).mean())
+        checks["bundle_accuracy"] = float((deployed == holdout.labels).mean())
+    return checks
+
+
+def build_engines(options: BuildOptions) -> BuildReport:
+    started = time.perf_counter()
+    target = get_target(options.target)
+    check_buildable(target)
+    stages = ["load model", "load calibration data", "split", "calibrate codec",
+              "export ONNX", "evaluate bundle", "write bundle"]
+    with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn()) as progress:
+        task = progress.add_task(stages[0], total=len(stages))
+
+        def next_stage() -> None:
+            progress.advance(task)
+            done = int(progress.tasks[0].completed)
+            progress.update(task, description=stages[done] if done < len(stages) else "done")
+
+        loaded = load_model(options.model, options.weights, options.input_shape)
+        next_stage()
+
+        source = options.calib or str(DEFAULT_CALIBRATION)
+        calibration = load_images(source, "train").take(options.calibration_frames)
+        holdout = load_images(source, "test")
+        input_shape = loaded.input_shape or tuple(calibration.images.shape[1:])
+        calibration_inputs = to_model_input(calibration.images, input_shape)
+        holdout_inputs = to_model_input(holdout.images, input_shape)
+        next_stage()
+
+        graph = trace(loaded.module, input_shape)
+        split_name = options.split or loaded.default_split or default_point(graph).node
+        halves = split_model(graph, split_name, input_shape)
+        next_stage()
+
+        codec = parse_codec_spec(options.codec)
+        with torch.no_grad():
+            codec.calibrate(halves.head(torch.from_numpy(calibration_inputs)))
+        wire = codec.wire_format()
+        next_stage()
+
+        output = options.output or Path("bundles") / f"{loaded.name}-{target.name}"
+        staging = staging_directory(output)
+        with torch.no_grad():
+            output_shape = tuple(halves.tail(halves.head(torch.zeros(1, *input_shape))).shape[1:])
+        manifest = describe_bundle(loaded, halves.point, split_name, codec, target, input_shape, output_shape)
+        edge = nn.Sequential(halves.head, codec.encoder())
+        cloud = nn.Sequential(codec.decoder(), halves.tail)
+        sample = torch.from_numpy(holdout_inputs[:EXPORT_CHECK_FRAMES])
+        checks = {}
+        for role, module, example, names in (
+            ("edge", edge, sample, (IMAGE, CODES)),
+            ("cloud", cloud, edge(sample), (CODES, LOGITS)),
+        ):
+            path = staging / ARTEFACT_FILES[role]
+            export_onnx(module, example, path, target.onnx_opset, *names,
+                        metadata=artefact_metadata(manifest, role))
+            check = compare_with_torch(module, path, example)
+            limit = MAX_CODE_ERROR if role == "edge" else MAX_LOGIT_ERROR
+            if check.max_abs_error > limit:
+                raise EdgesplitError(f"{role} ONNX differs from PyTorch by {check.max_abs_error:g} (limit {limit:g})")
+            checks[f"{role}_max_abs_error"] = check.max_abs_error
+            checks[f"{role}_mismatched_fraction"] = check.mismatched_fraction
+        next_stage()
+
+        checks.update(evaluate(Bundle(staging, manifest), loaded.module, holdout, holdout_inputs))
+        checks["wire_bytes_per_frame"] = wire.payload_bytes
+        manifest["checks"] = checks
+        loss_points = 100 * (checks.get("float_accuracy", 0) - checks.get("bundle_accuracy", 0))
+        if loss_points > options.max_loss:
+            raise EdgesplitError(f"the bundle loses {loss_points:.2f} accuracy points on the held-out set "
+                                 f"(limit --max-loss {options.max_loss}); nothing was written to {output}")
+        next_stage()
+
+        manifest = finish_bundle(staging, output, manifest, options.tar)
+        next_stage()
+    return BuildReport(output, manifest, time.perf_counter() - started)
+
+
+def describe_bundle(
+    loaded: LoadedModel, point: SplitPoint, requested: str, codec: nn.Module, target: Target,
+    input_shape: tuple[int, int, int], output_shape: tuple[int, ...],
+) -> dict:
+    wire = codec.wire_format()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "source_model": {"name": loaded.name, "sha256": loaded.sha256,
+                         "input": dict(tensor_spec(IMAGE, input_shape, "float32"), range=[0.0, 1.0])},
+        "split": {"requested": requested, "node": point.node, "module": point.module,
+                  "shape": list(point.shape), "dtype": point.dtype, "fp32_bytes": point.fp32_bytes},
+        "codec": codec.describe(),
+        "wire": wire.to_manifest(),
+        "target": {**target._asdict(), "cannot": list(target.cannot)},
+        "artefacts": {
+            "edge": {"file": ARTEFACT_FILES["edge"], "backend": target.edge_backend,
+                     "precision": target.edge_precision, "opset": target.onnx_opset,
+                     "inputs": [tensor_spec(IMAGE, input_shape, "float32")],
+                     "outputs": [tensor_spec(CODES, point.shape, "uint8")]},
+            "cloud": {"file": ARTEFACT_FILES["cloud"], "backend": target.cloud_backend,
+                      "precision": target.cloud_precision, "opset": target.onnx_opset,
+                      "inputs": [tensor_spec(CODES, point.shape, "uint8")],
+                      "outputs": [tensor_spec(LOGITS, output_shape, "float32")]},
+        },
+        "tools": tool_versions(),
+    }
+
+
+def artefact_metadata(manifest: dict, role: str) -> dict[str, str]:
+    """Written into each ONNX file, so an artefact found alone still says what it is."""
+    return {
+        "edgesplit_version": manifest["tools"]["edgesplit"],
+        "edgesplit_role": role,
+        "edgesplit_model": manifest["source_model"]["name"],
+        "edgesplit_model_sha256": manifest["source_model"]["sha256"],
+        "edgesplit_split": manifest["split"]["node"],
+        "edgesplit_codec": manifest["codec"]["name"],
+        "edgesplit_target": manifest["target"]["name"],
+    }

@@ -119,7 +119,7 @@ def build_engines(model_spec, weights, input_shape, target, split, codec, calib,
     table.add_row("top-1 agreement", f"{checks['top1_agreement']:.2%}")
     table.add_row("bytes per frame", f"{split_info['fp32_bytes']:,} fp32 → {checks['wire_bytes_per_frame']:,} on the wire "
                                      f"(input image {input_bytes:,} bytes as uint8)")
-    table.add_row("ONNX vs PyTorch", f"edge max |Δ| {checks['edge_max_abs_error']:g} codes, "
+    table.add_row("ONNX vs PyTorch", f"edge max |Δ| {checks['edge_max_abs_error']:g} code(s), "
                                      f"cloud max |Δ| {checks['cloud_max_abs_error']:.2g}")
     table.add_row("build time", f"{report.seconds:.1f} s")
     Console().print(table)

@@ -81,7 +81,9 @@ def _load_exported(path: Path) -> tuple[nn.Module, tuple[int, int, int] | None]:
         raise ModelLoadError(f"cannot load {path} as a torch.export archive: {error}") from error
     args = program.example_inputs[0] if program.example_inputs else ()
     shape = tuple(args[0].shape[1:]) if len(args) == 1 and args[0].dim() == 4 else None
-    return program.module(), shape
+    unlifted = program.module()
+    # the unlifted module refuses .eval(); a plain GraphModule over the same graph does not
+    return torch.fx.GraphModule(unlifted, unlifted.graph), shape
 
 
 def load_model(

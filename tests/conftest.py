@@ -1,0 +1,64 @@
+"""Shared fixtures: real images from calibration_data and small real models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from calibration_data import DEFAULT_CALIBRATION
+from toolchain.data import ImageSet, load_images, to_model_input
+from toolchain.load import load_model
+from toolchain.models import PlainCNN
+
+INPUT_SHAPE = (1, 32, 32)
+
+
+@pytest.fixture(scope="session")
+def holdout() -> ImageSet:
+    return load_images(DEFAULT_CALIBRATION, "test")
+
+
+@pytest.fixture(scope="session")
+def images(holdout) -> torch.Tensor:
+    """64 real Fashion-MNIST test images as model input."""
+    return torch.from_numpy(to_model_input(holdout.images[:64], INPUT_SHAPE))
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    return load_model(None)
+
+
+@pytest.fixture()
+def plain_cnn() -> PlainCNN:
+    torch.manual_seed(0)
+    model = PlainCNN(widths=(8, 16))
+    # non-trivial BN statistics, so an error in the split would show in the outputs
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def tiny_features(seed: int = 0) -> torch.Tensor:
+    """Post-ReLU-like features with a few channels of very different ranges."""
+    generator = torch.Generator().manual_seed(seed)
+    scales = torch.tensor([0.1, 1.0, 5.0, 20.0]).view(1, 4, 1, 1)
+    return torch.relu(torch.randn(16, 4, 6, 6, generator=generator)) * scales
+
+
+@pytest.fixture()
+def features() -> torch.Tensor:
+    return tiny_features()
+
+
+def top1(logits) -> np.ndarray:
+    return np.asarray(logits).argmax(1)
+
+
+def PlainCNNSmall() -> PlainCNN:
+    """A factory for `--model conftest:PlainCNNSmall` (tests run with tests/ on sys.path)."""
+    return PlainCNN(widths=(8, 16))

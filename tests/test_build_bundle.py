@@ -1,0 +1,156 @@
+"""The default model built for `cpu`, checked as deployed: real ONNX files in ONNX Runtime."""
+
+import json
+import shutil
+import tarfile
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from runtime.bundle import check_artefact_io, extract_tar, load_bundle
+from runtime.errors import BundleError, TargetError
+from runtime.local import SplitInference
+from toolchain.build import BuildOptions, build_engines
+from toolchain.cli import main
+from toolchain.data import to_model_input
+from toolchain.errors import EdgesplitError
+from toolchain.train import predict
+
+from conftest import INPUT_SHAPE, top1
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    output = tmp_path_factory.mktemp("bundles") / "default-cpu"
+    return build_engines(BuildOptions(output=output, tar=True))
+
+
+@pytest.fixture()
+def bundle_copy(built, tmp_path):
+    return shutil.copytree(built.bundle, tmp_path / "copy")
+
+
+def test_int8_bundle_agrees_with_float_model_on_held_out_images(built, default_model, holdout):
+    inputs = to_model_input(holdout.images, INPUT_SHAPE)
+    reference = top1(predict(default_model.module, inputs))
+    deployed = top1(SplitInference(load_bundle(built.bundle))(inputs))
+    agreement = (deployed == reference).mean()
+    loss_points = 100 * ((reference == holdout.labels).mean() - (deployed == holdout.labels).mean())
+    assert agreement >= 0.99
+    assert loss_points <= 0.3
+    assert (reference == holdout.labels).mean() >= 0.90  # the bundled weights are a trained model
+    assert built.manifest["checks"]["top1_agreement"] == pytest.approx(agreement)
+
+
+def test_wire_carries_one_byte_per_split_element(built, holdout):
+    run = SplitInference(load_bundle(built.bundle))
+    payloads = run.edge(to_model_input(holdout.images[:3], INPUT_SHAPE))
+    assert [len(p) for p in payloads] == [64 * 16 * 16] * 3
+    assert built.manifest["wire"]["bytes_per_frame"] == 16384
+    assert built.manifest["split"]["fp32_bytes"] == 4 * 16384
+
+
+def test_artefacts_are_valid_onnx_with_metadata(built):
+    for role in ("edge", "cloud"):
+        model = onnx.load(built.bundle / f"{role}.onnx")
+        onnx.checker.check_model(model, full_check=True)
+        assert model.opset_import[0].version == 17
+        props = {p.key: p.value for p in model.metadata_props}
+        assert props["edgesplit_role"] == role
+        assert props["edgesplit_model_sha256"] == built.manifest["source_model"]["sha256"]
+    edge_output = onnx.load(built.bundle / "edge.onnx").graph.output[0]
+    assert edge_output.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+
+
+def test_bundle_verifies_and_matches_its_artefacts(built):
+    bundle = load_bundle(built.bundle)
+    check_artefact_io(bundle)
+    assert bundle.bundle_id == built.manifest["bundle_id"]
+    assert set(built.manifest["files"]) == {"edge.onnx", "cloud.onnx"}
+    result = CliRunner().invoke(main, ["verify-bundle", str(built.bundle)])
+    assert result.exit_code == 0 and result.output.startswith(f"ok: bundle {bundle.bundle_id}")
+
+
+def test_tar_bundle_verifies(built):
+    tar = built.bundle.with_suffix(".tar")
+    result = CliRunner().invoke(main, ["verify-bundle", str(tar)])
+    assert result.exit_code == 0, result.output
+
+
+def test_modified_artefact_is_caught(bundle_copy):
+    path = bundle_copy / "cloud.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="cloud.onnx does not match its sha256"):
+        load_bundle(bundle_copy)
+    result = CliRunner().invoke(main, ["verify-bundle", str(bundle_copy)])
+    assert result.exit_code == 1 and "cloud.onnx does not match its sha256" in result.output
+
+
+def test_truncated_missing_and_extra_files_are_caught(bundle_copy):
+    (bundle_copy / "notes.txt").write_text("not part of the bundle")
+    with pytest.raises(BundleError, match="files not in the manifest: notes.txt"):
+        load_bundle(bundle_copy)
+    (bundle_copy / "notes.txt").unlink()
+    edge = bundle_copy / "edge.onnx"
+    edge.write_bytes(edge.read_bytes()[:-10])
+    with pytest.raises(BundleError, match="edge.onnx has .* bytes, the manifest says"):
+        load_bundle(bundle_copy)
+    edge.unlink()
+    with pytest.raises(BundleError, match="edge.onnx is listed in the manifest but missing"):
+        load_bundle(bundle_copy)
+
+
+def test_edited_manifest_is_caught(bundle_copy):
+    path = bundle_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["codec"]["scale"][0] *= 2
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="does not match the manifest's contents"):
+        load_bundle(bundle_copy)
+    path.write_text("{not json")
+    with pytest.raises(BundleError, match="manifest.json is not valid JSON"):
+        load_bundle(bundle_copy)
+
+
+def test_tar_with_a_path_member_is_refused(tmp_path):
+    archive = tmp_path / "evil.tar"
+    (tmp_path / "payload").write_text("x")
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tmp_path / "payload", arcname="../escape")
+    with pytest.raises(BundleError, match="'../escape' is not a plain top-level file"):
+        extract_tar(archive, tmp_path / "out")
+    assert not (tmp_path / "escape").exists()
+
+
+@pytest.mark.parametrize("target", ["raspberry-pi", "jetson-nano", "jetson-orin", "cloud-gpu"])
+def test_targets_without_their_backend_are_refused(target, tmp_path):
+    with pytest.raises(TargetError, match=f"target '{target}' is not yet implemented: its .* half needs"):
+        build_engines(BuildOptions(target=target, output=tmp_path / "b"))
+
+
+def test_accuracy_gate_writes_nothing(tmp_path, plain_cnn):
+    output = tmp_path / "gated"
+    with pytest.raises(EdgesplitError, match="accuracy points on the held-out set"):
+        build_engines(BuildOptions(model="toolchain.models:PlainCNN", output=output, max_loss=-100.0))
+    assert not output.exists()
+
+
+def test_factory_model_with_weights_builds_per_channel(plain_cnn, tmp_path, holdout):
+    import torch
+
+    weights = tmp_path / "plain.pt"
+    torch.save(plain_cnn.state_dict(), weights)
+    result = CliRunner().invoke(main, [
+        "build-engines", "--model", "conftest:PlainCNNSmall", "--weights", str(weights),
+        "--input-shape", "1,32,32", "--codec", "int8:per=channel", "--output", str(tmp_path / "b"),
+    ])
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(tmp_path / "b")
+    assert len(bundle.manifest["codec"]["scale"]) == bundle.manifest["split"]["shape"][0]
+    inputs = to_model_input(holdout.images[:200], INPUT_SHAPE)
+    agreement = (top1(SplitInference(bundle)(inputs)) == top1(predict(plain_cnn, inputs))).mean()
+    assert agreement >= 0.98

@@ -1,0 +1,73 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+import toolchain.data as data
+from toolchain.data import load_images, read_idx, to_model_input
+from toolchain.errors import EdgesplitError
+
+
+def write_idx(path, array):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", s) for s in array.shape)
+    with gzip.open(path, "wb") as stream:
+        stream.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_directory_round_trip(tmp_path):
+    images = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([4, 0, 9]))
+    loaded = load_images(tmp_path, "test")
+    assert np.array_equal(loaded.images[:, 0], images)
+    assert loaded.labels.tolist() == [4, 0, 9]
+
+
+def test_truncated_idx_is_refused(tmp_path):
+    path = tmp_path / "bad.gz"
+    write_idx(path, np.zeros((2, 4), dtype=np.uint8))
+    raw = gzip.decompress(path.read_bytes())[:-1]
+    path.write_bytes(gzip.compress(raw))
+    with pytest.raises(EdgesplitError, match="truncated: header says"):
+        read_idx(path)
+
+
+def test_cifar10_binary_release(tmp_path):
+    rng = np.random.default_rng(0)
+    records = rng.integers(0, 256, size=(5, 3073), dtype=np.uint8)
+    records[:, 0] = [3, 1, 4, 1, 5]
+    records.tofile(tmp_path / "test_batch.bin")
+    loaded = load_images(tmp_path, "test")
+    assert loaded.images.shape == (5, 3, 32, 32)
+    assert loaded.labels.tolist() == [3, 1, 4, 1, 5]
+    assert np.array_equal(loaded.images[2].reshape(-1), records[2, 1:])
+    with pytest.raises(EdgesplitError, match="CIFAR-10 binary files missing .*data_batch_1.bin"):
+        load_images(tmp_path, "train")
+
+
+def test_missing_fashion_mnist_names_the_debian_package(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path)
+    with pytest.raises(EdgesplitError, match="apt-get install -y dataset-fashion-mnist"):
+        load_images("fashion-mnist", "train")
+
+
+def test_unknown_source_is_named():
+    with pytest.raises(EdgesplitError, match="image source 'nowhere' not found"):
+        load_images("nowhere")
+
+
+@pytest.mark.skipif(not data.FASHION_MNIST_DIR.exists(), reason="needs Debian's dataset-fashion-mnist package")
+def test_debian_fashion_mnist_test_split_is_balanced():
+    test = load_images("fashion-mnist", "test")
+    assert test.images.shape == (10000, 1, 28, 28)
+    assert np.bincount(test.labels).tolist() == [1000] * 10
+
+
+def test_model_input_is_centre_padded_and_scaled():
+    images = np.full((2, 1, 28, 28), 255, dtype=np.uint8)
+    inputs = to_model_input(images, (1, 32, 32))
+    assert inputs.shape == (2, 1, 32, 32) and inputs.dtype == np.float32
+    assert inputs[0, 0, 2:30, 2:30].min() == 1.0 and inputs[0, 0, :2].max() == 0.0
+    with pytest.raises(EdgesplitError, match="images have 1 channels, the model takes 3"):
+        to_model_input(images, (3, 32, 32))

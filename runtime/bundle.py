@@ -8,7 +8,6 @@ import hashlib
 import json
 import tarfile
 from pathlib import Path
-from typing import Dict
 
 from runtime.errors import BundleError
 from runtime.wire import WireFormat
@@ -78,7 +77,7 @@ def verify_manifest(directory: Path, manifest: dict) -> None:
     missing = [key for key in REQUIRED_KEYS if key not in manifest]
     if missing:
         raise BundleError("manifest lacks {}".format(", ".join(missing)))
-    files = manifest["files"]  # type: Dict[str, dict]
+    files = manifest["files"]
     for name, entry in sorted(files.items()):
         path = directory / name
         if "/" in name or "\\" in name or name.startswith(".") or name == MANIFEST_NAME:
@@ -108,12 +107,12 @@ def extract_tar(archive: Path, destination: Path) -> Path:
         with tarfile.open(str(archive)) as tar:
             members = tar.getmembers()
             for member in members:
-                if not member.isfile() or "/" in member.name.strip("./") or member.name.startswith(("/", "..")):
+                name = member.name[2:] if member.name.startswith("./") else member.name
+                if not member.isfile() or "/" in name or name.startswith(".."):
                     raise BundleError("{}: member {!r} is not a plain top-level file".format(archive, member.name))
             destination.mkdir(parents=True, exist_ok=True)
             for member in members:
-                source = tar.extractfile(member)
-                (destination / Path(member.name).name).write_bytes(source.read())
+                (destination / Path(member.name).name).write_bytes(tar.extractfile(member).read())
     except tarfile.TarError as error:
         raise BundleError("{} is not a readable tar archive: {}".format(archive, error)) from error
     return destination

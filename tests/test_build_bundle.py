@@ -4,7 +4,6 @@ import json
 import shutil
 import tarfile
 
-import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner

@@ -23,7 +23,7 @@ from toolchain.errors import EdgesplitError, TargetError
 from toolchain.export import compare_with_torch, export_onnx
 from toolchain.load import LoadedModel, load_model
 from toolchain.split import SplitPoint, default_point, split_model, trace
-from toolchain.train import accuracy, predict
+from toolchain.train import predict
 
 # Backends whose artefacts this toolchain can produce; a target needing another is refused.
 BUILDABLE_BACKENDS = ("onnxrt",)

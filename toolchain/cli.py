@@ -6,6 +6,7 @@ commands added later start on an edge device that has neither.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -104,9 +105,7 @@ def build_engines(model_spec, weights, input_shape, target, split, codec, calib,
     ))
     manifest, checks = report.manifest, report.manifest["checks"]
     split_info, input_spec = manifest["split"], manifest["source_model"]["input"]
-    input_bytes = 1
-    for size in input_spec["shape"][1:]:
-        input_bytes *= size
+    input_bytes = math.prod(input_spec["shape"][1:])
     table = Table(title=f"bundle {manifest['bundle_id']} → {report.bundle}", show_header=False)
     table.add_row("model / target", f"{manifest['source_model']['name']} / {manifest['target']['name']}")
     table.add_row("split", f"{split_info['module'] or split_info['node']} (node {split_info['node']}), "

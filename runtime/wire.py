@@ -1,17 +1,89 @@
 """Bytes that cross the network for one frame: the integer codes of the split tensor.
 
-Shared by edge and cloud; parameters come from the bundle manifest. Python 3.6 + numpy only.
+codes (uint8, values < 2^bits) → bit-packing when bits < 8 → lossless stage → payload.
+Shared by edge and cloud; parameters come from the bundle manifest. Python 3.6 + numpy only;
+zstandard and lz4 are imported only when a bundle uses them. Decompression never produces
+more than the frame's packed size, so a crafted payload cannot balloon memory.
 """
 
+import io
+import zlib
 from typing import NamedTuple, Tuple
 
 import numpy as np
 
 from runtime.errors import WireError
 
+LOSSLESS = ("none", "zlib", "zstd", "lz4")
+
+
+def _optional(module_name: str, extra: str):
+    try:
+        return __import__(module_name, fromlist=["_"])
+    except ImportError as error:
+        raise WireError("the {} lossless stage needs {}: pip install {}".format(extra, module_name, extra)) from error
+
+
+def compress_bytes(data: bytes, lossless: str) -> bytes:
+    if lossless == "none":
+        return data
+    if lossless == "zlib":
+        return zlib.compress(data, 6)
+    if lossless == "zstd":
+        return _optional("zstandard", "zstandard").ZstdCompressor(level=3).compress(data)
+    if lossless == "lz4":
+        return _optional("lz4.block", "lz4").compress(data, store_size=False)
+    raise WireError("unknown lossless stage {!r}; stages: {}".format(lossless, ", ".join(LOSSLESS)))
+
+
+def decompress_bytes(payload: bytes, lossless: str, size: int) -> bytes:
+    """Undo `compress_bytes`; the result must be exactly `size` bytes."""
+    try:
+        if lossless == "none":
+            data = payload
+        elif lossless == "zlib":
+            inflater = zlib.decompressobj()
+            data = inflater.decompress(payload, size + 1)
+            if not inflater.eof:
+                raise WireError("zlib payload is truncated or inflates past {} bytes".format(size))
+        elif lossless == "zstd":
+            # a bounded read: decompress() trusts a content size written in the frame header
+            reader = _optional("zstandard", "zstandard").ZstdDecompressor().stream_reader(io.BytesIO(payload))
+            data = reader.read(size + 1)
+        elif lossless == "lz4":
+            data = _optional("lz4.block", "lz4").decompress(payload, uncompressed_size=size)
+        else:
+            raise WireError("unknown lossless stage {!r}; stages: {}".format(lossless, ", ".join(LOSSLESS)))
+    except WireError:
+        raise
+    except Exception as error:  # each library raises its own type for corrupt input
+        raise WireError("payload is not valid {} data: {}".format(lossless, error)) from error
+    if len(data) != size:
+        stage = "" if lossless == "none" else " after {} decoding".format(lossless)
+        raise WireError("payload has {} bytes{}, the bundle's wire format needs {}".format(len(data), stage, size))
+    return data
+
+
+def pack_bits(codes: np.ndarray, bits: int) -> bytes:
+    """Keep the low `bits` bits of each uint8 code, most significant first, padded to a byte."""
+    if bits == 8:
+        return codes.tobytes()
+    planes = np.unpackbits(codes.reshape(-1, 1), axis=1)[:, 8 - bits:]
+    return np.packbits(planes.reshape(-1)).tobytes()
+
+
+def unpack_bits(data: bytes, bits: int, elements: int) -> np.ndarray:
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if bits == 8:
+        return raw
+    planes = np.unpackbits(raw)[:elements * bits].reshape(elements, bits)
+    padded = np.zeros((elements, 8), dtype=np.uint8)
+    padded[:, 8 - bits:] = planes
+    return np.packbits(padded, axis=1).reshape(elements)
+
 
 class WireFormat(NamedTuple):
-    """One frame's codes: shape without the batch axis, bits per code, lossless stage."""
+    """One frame: code shape without the batch axis, bits per code, lossless stage."""
 
     shape: Tuple[int, ...]
     bits: int = 8
@@ -22,31 +94,34 @@ class WireFormat(NamedTuple):
         return int(np.prod(self.shape))
 
     @property
-    def payload_bytes(self) -> int:
-        return self.elements * self.bits // 8
+    def packed_bytes(self) -> int:
+        """Bytes after bit-packing, before the lossless stage (its exact output size when 'none')."""
+        return (self.elements * self.bits + 7) // 8
 
     def to_manifest(self) -> dict:
         return {"shape": list(self.shape), "dtype": "uint8", "bits": self.bits,
-                "lossless": self.lossless, "bytes_per_frame": self.payload_bytes}
+                "lossless": self.lossless, "packed_bytes_per_frame": self.packed_bytes}
 
     @classmethod
     def from_manifest(cls, entry: dict) -> "WireFormat":
-        if entry.get("bits") != 8 or entry.get("lossless") != "none":
-            raise WireError("this runtime sends 8-bit codes without a lossless stage; the bundle asks "
-                            "for bits={} lossless={}".format(entry.get("bits"), entry.get("lossless")))
-        return cls(tuple(entry["shape"]), entry["bits"], entry["lossless"])
+        return cls(tuple(entry["shape"]), entry["bits"], entry["lossless"]).validated()
+
+    def validated(self) -> "WireFormat":
+        if not 1 <= self.bits <= 8:
+            raise WireError("bits per code must be 1..8, got {}".format(self.bits))
+        if self.lossless not in LOSSLESS:
+            raise WireError("unknown lossless stage {!r}; stages: {}".format(self.lossless, ", ".join(LOSSLESS)))
+        return self
 
 
 def encode_frame(codes: np.ndarray, wire: WireFormat) -> bytes:
     """One frame's codes (uint8, `wire.shape`) → payload bytes."""
     if codes.dtype != np.uint8 or tuple(codes.shape) != wire.shape:
         raise WireError("codes must be uint8 of shape {}, got {} {}".format(wire.shape, codes.dtype, codes.shape))
-    return codes.tobytes()
+    return compress_bytes(pack_bits(codes, wire.bits), wire.lossless)
 
 
 def decode_frame(payload: bytes, wire: WireFormat) -> np.ndarray:
-    """Payload bytes → one frame's codes; the length must be exactly what the manifest says."""
-    if len(payload) != wire.payload_bytes:
-        raise WireError("payload has {} bytes, the bundle's wire format needs {}".format(
-            len(payload), wire.payload_bytes))
-    return np.frombuffer(payload, dtype=np.uint8).reshape(wire.shape)
+    """Payload bytes → one frame's codes; sizes must be exactly what the manifest says."""
+    data = decompress_bytes(payload, wire.lossless, wire.packed_bytes)
+    return unpack_bits(data, wire.bits, wire.elements).reshape(wire.shape)

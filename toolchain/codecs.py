@@ -1,13 +1,20 @@
 """Feature codecs at the split (CompressAI style: one object, two modes).
 
 - training: `forward(x)` is a differentiable stand-in for decode(encode(x)) (straight-through
-  rounding), so codecs can be trained with the backbone frozen;
+  rounding), so codecs train with the backbone frozen;
 - deployment: `encoder()` joins the head and emits uint8 codes, `decoder()` joins the tail and
   reads them; `compress`/`decompress` produce and consume the bytes the runtime sends, through
   the runtime's own wire module, so both sides share one byte format.
+
+Codecs: `affine` (calibrated uniform quantization; `int8` is `affine:bits=8`), and two
+learned ones whose edge side ends in Tanh, so codes need no range on the wire:
+`bbnet` (BBNet's reduction/recovery units) and `safbmp` (SAFBMP's asymmetric coding:
+depthwise-separable encoder, self-attention + bottleneck decoder).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -18,15 +25,21 @@ from toolchain.errors import EdgesplitError
 
 
 def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, levels: int) -> torch.Tensor:
-    return torch.clamp(torch.round(x / scale) + zero_point, 0, levels - 1)
+    # zero_point may be fractional (the Tanh codecs' (2^n - 1) / 2), so it is added before rounding
+    return torch.clamp(torch.round(x / scale + zero_point), 0, levels - 1)
 
 
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
     return (codes - zero_point) * scale
 
 
+def straight_through(x: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
+    """Forward: `rounded`; backward: identity."""
+    return x + (rounded - x).detach()
+
+
 class AffineQuantize(nn.Module):
-    """float → uint8 codes: clamp(round(x / scale) + zero_point, 0, 2^bits - 1)."""
+    """float → uint8 codes: clamp(round(x / scale + zero_point), 0, levels - 1)."""
 
     def __init__(self, scale: torch.Tensor, zero_point: torch.Tensor, levels: int) -> None:
         super().__init__()
@@ -50,28 +63,84 @@ class AffineDequantize(nn.Module):
         return dequantize(codes.to(torch.float32), self.scale, self.zero_point)
 
 
-class AffineInt8Codec(nn.Module):
-    """Calibrated asymmetric 8-bit quantization of the split tensor, per tensor or per channel.
+def tanh_range(levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point mapping [-1, 1] onto codes 0..levels-1: codes = round((V + 1) / 2 * (levels - 1)).
 
-    Ranges come from calibration features and always contain 0, so post-ReLU features use
-    all 256 codes (a symmetric int8 range would waste half of them).
+    BBNet's eq. 4, round((V + 1) * (2^n - 1)), spans 0..2(2^n - 1) and overflows n bits.
     """
+    return torch.tensor(2.0 / (levels - 1)), torch.tensor((levels - 1) / 2.0)
 
-    name = "int8"
+
+class FeatureCodec(nn.Module):
+    """The interface every codec has; subclasses set `name`, `bits`, `code_shape`."""
+
+    name = ""
+    learned = False
     bits = 8
+    code_shape: tuple[int, ...] = ()
 
-    def __init__(self, per: str = "tensor") -> None:
+    def __init__(self, feature_shape: tuple[int, ...]) -> None:
         super().__init__()
-        if per not in ("tensor", "channel"):
-            raise EdgesplitError(f"int8 codec: per must be 'tensor' or 'channel', got {per!r}")
-        self.per = per
-        self.register_buffer("scale", torch.ones(()))
-        self.register_buffer("zero_point", torch.zeros(()))
-        self.feature_shape: tuple[int, ...] | None = None
+        self.feature_shape = tuple(feature_shape)
 
     @property
     def levels(self) -> int:
         return 2 ** self.bits
+
+    def calibrate(self, features: torch.Tensor) -> None:
+        """Fit data-dependent constants (ranges) from split-tensor features; none by default."""
+
+    def encoder(self) -> nn.Module:
+        raise NotImplementedError
+
+    def decoder(self) -> nn.Module:
+        raise NotImplementedError
+
+    def params(self) -> dict:
+        raise NotImplementedError
+
+    def spec(self) -> "CodecSpec":
+        return CodecSpec(self.name, self.params())
+
+    def wire_format(self, lossless: str = "none") -> WireFormat:
+        return WireFormat(self.code_shape, self.bits, lossless).validated()
+
+    @torch.no_grad()
+    def compress(self, x: torch.Tensor, lossless: str = "none") -> list[bytes]:
+        wire = self.wire_format(lossless)
+        return [encode_frame(frame, wire) for frame in self.encoder().eval()(x).numpy()]
+
+    @torch.no_grad()
+    def decompress(self, payloads: list[bytes], lossless: str = "none") -> torch.Tensor:
+        wire = self.wire_format(lossless)
+        codes = np.stack([decode_frame(payload, wire) for payload in payloads])
+        return self.decoder().eval()(torch.from_numpy(codes))
+
+    def describe(self) -> dict:
+        """What the manifest records about this codec."""
+        return {"name": self.name, "params": self.params(), "bits": self.bits,
+                "code_shape": list(self.code_shape), "learned": self.learned}
+
+
+class AffineCodec(FeatureCodec):
+    """Calibrated asymmetric n-bit quantization of the split tensor, per tensor or per channel.
+
+    Ranges come from calibration features and always contain 0, so post-ReLU features use
+    every code (a symmetric range would waste half of them).
+    """
+
+    name = "affine"
+
+    def __init__(self, feature_shape: tuple[int, ...], bits: int = 8, per: str = "tensor") -> None:
+        super().__init__(feature_shape)
+        if per not in ("tensor", "channel"):
+            raise EdgesplitError(f"{self.name} codec: per must be 'tensor' or 'channel', got {per!r}")
+        if not 1 <= int(bits) <= 8:
+            raise EdgesplitError(f"{self.name} codec: bits must be 1..8, got {bits}")
+        self.bits, self.per = int(bits), per
+        self.code_shape = self.feature_shape
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("zero_point", torch.zeros(()))
 
     @torch.no_grad()
     def calibrate(self, features: torch.Tensor) -> None:
@@ -82,10 +151,8 @@ class AffineInt8Codec(nn.Module):
         low = features.amin(dim=reduce, keepdim=per_channel).clamp(max=0.0)
         high = features.amax(dim=reduce, keepdim=per_channel).clamp(min=0.0)
         scale = (high - low) / (self.levels - 1)
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        self.scale = scale
-        self.zero_point = torch.clamp(torch.round(-low / scale), 0, self.levels - 1)
-        self.feature_shape = tuple(features.shape[1:])
+        self.scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        self.zero_point = torch.clamp(torch.round(-low / self.scale), 0, self.levels - 1)
 
     def encoder(self) -> nn.Module:
         return AffineQuantize(self.scale, self.zero_point, self.levels)
@@ -95,43 +162,180 @@ class AffineInt8Codec(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         codes = quantize(x, self.scale, self.zero_point, self.levels)
-        return x + (dequantize(codes, self.scale, self.zero_point) - x).detach()
+        return straight_through(x, dequantize(codes, self.scale, self.zero_point))
 
-    def wire_format(self) -> WireFormat:
-        if self.feature_shape is None:
-            raise EdgesplitError("the int8 codec must be calibrated before it has a wire format")
-        return WireFormat(self.feature_shape, self.bits)
-
-    def compress(self, x: torch.Tensor) -> list[bytes]:
-        codes = self.encoder()(x).numpy()
-        return [encode_frame(frame, self.wire_format()) for frame in codes]
-
-    def decompress(self, payloads: list[bytes]) -> torch.Tensor:
-        codes = np.stack([decode_frame(payload, self.wire_format()) for payload in payloads])
-        return self.decoder()(torch.from_numpy(codes))
+    def params(self) -> dict:
+        return {"bits": self.bits, "per": self.per}
 
     def describe(self) -> dict:
-        """What the manifest records about this codec."""
-        return {"name": self.name, "params": {"per": self.per}, "bits": self.bits,
-                "scale": self.scale.flatten().tolist(), "zero_point": self.zero_point.flatten().tolist()}
+        return {**super().describe(), "scale": self.scale.flatten().tolist(),
+                "zero_point": self.zero_point.flatten().tolist()}
 
 
-CODECS = {AffineInt8Codec.name: AffineInt8Codec}
+class Int8Codec(AffineCodec):
+    """`int8`: the 8-bit affine codec under the name the CLI has always taken."""
+
+    def __init__(self, feature_shape: tuple[int, ...], per: str = "tensor") -> None:
+        super().__init__(feature_shape, bits=8, per=per)
+
+
+def _strided_kernel(stride: int) -> tuple[int, int]:
+    """Kernel and padding that map H to exactly H / stride (H divisible by stride)."""
+    kernel = 3 if stride <= 2 else stride
+    return kernel, (kernel - 1) // 2
+
+
+def _upsampler(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    if stride == 1:
+        return nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False)
+    return nn.ConvTranspose2d(in_channels, out_channels, stride, stride, bias=False)
+
+
+class LearnedCodec(FeatureCodec):
+    """Edge `analysis` ends in Tanh; codes are its fixed-range n-bit quantization; cloud `synthesis`
+    maps dequantized codes back to the split tensor's shape."""
+
+    learned = True
+
+    def __init__(self, feature_shape: tuple[int, ...], c: int, s: int, bits: int) -> None:
+        super().__init__(feature_shape)
+        self.channels, self.stride, self.bits = int(c), int(s), int(bits)
+        if len(self.feature_shape) != 3:
+            raise EdgesplitError(f"{self.name} codec needs a C,H,W split tensor, got shape {self.feature_shape}")
+        if not 1 <= self.bits <= 8 or self.channels < 1 or self.stride < 1:
+            raise EdgesplitError(f"{self.name} codec: need c >= 1, s >= 1, bits 1..8; got {self.params()}")
+        _, height, width = self.feature_shape
+        if height % self.stride or width % self.stride:
+            raise EdgesplitError(f"{self.name} codec: stride {self.stride} does not divide the split tensor's "
+                                 f"{height}x{width}")
+        self.code_shape = (self.channels, height // self.stride, width // self.stride)
+        scale, zero_point = tanh_range(self.levels)
+        self.register_buffer("scale", scale)
+        self.register_buffer("zero_point", zero_point)
+        self.analysis: nn.Module = nn.Identity()
+        self.synthesis: nn.Module = nn.Identity()
+
+    def encoder(self) -> nn.Module:
+        return nn.Sequential(self.analysis, AffineQuantize(self.scale, self.zero_point, self.levels))
+
+    def decoder(self) -> nn.Module:
+        return nn.Sequential(AffineDequantize(self.scale, self.zero_point), self.synthesis)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        latent = self.analysis(x)
+        rounded = dequantize(quantize(latent, self.scale, self.zero_point, self.levels), self.scale, self.zero_point)
+        return self.synthesis(straight_through(latent, rounded))
+
+    def params(self) -> dict:
+        return {"c": self.channels, "s": self.stride, "bits": self.bits}
+
+
+class BBNetCodec(LearnedCodec):
+    """BBNet §3.2: reduction unit conv(c', stride s) + BN + Tanh; recovery unit conv/transposed
+    conv back to (C, H, W) + BN + ReLU."""
+
+    name = "bbnet"
+
+    def __init__(self, feature_shape: tuple[int, ...], c: int = 8, s: int = 2, bits: int = 8) -> None:
+        super().__init__(feature_shape, c, s, bits)
+        channels = self.feature_shape[0]
+        kernel, padding = _strided_kernel(self.stride)
+        self.analysis = nn.Sequential(
+            nn.Conv2d(channels, self.channels, kernel, self.stride, padding, bias=False),
+            nn.BatchNorm2d(self.channels), nn.Tanh(),
+        )
+        self.synthesis = nn.Sequential(
+            _upsampler(self.channels, channels, self.stride), nn.BatchNorm2d(channels), nn.ReLU(),
+        )
+
+
+class SelfAttention(nn.Module):
+    """SAGAN-style attention over positions; gamma starts at 0, so it begins as the identity."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        inner = max(1, channels // 8)
+        self.query = nn.Conv2d(channels, inner, 1)
+        self.key = nn.Conv2d(channels, inner, 1)
+        self.value = nn.Conv2d(channels, channels, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        query = self.query(x).flatten(2).transpose(1, 2)  # N, HW, inner
+        key = self.key(x).flatten(2)  # N, inner, HW
+        attention = torch.softmax(torch.bmm(query, key), dim=-1)  # N, HW, HW
+        attended = torch.bmm(self.value(x).flatten(2), attention.transpose(1, 2))  # N, C, HW
+        return x + self.gamma * attended.reshape(x.shape)
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        inner = max(1, channels // 4)
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, inner, 1, bias=False), nn.BatchNorm2d(inner), nn.ReLU(),
+            nn.Conv2d(inner, inner, 3, 1, 1, bias=False), nn.BatchNorm2d(inner), nn.ReLU(),
+            nn.Conv2d(inner, channels, 1, bias=False), nn.BatchNorm2d(channels),
+        )
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(x + self.body(x))
+
+
+class SAFBMPCodec(LearnedCodec):
+    """SAFBMP §3.3: a cheap depthwise-separable encoder on the edge; the cloud decoder, where
+    compute is plentiful, adds a self-attention layer and a bottleneck block."""
+
+    name = "safbmp"
+
+    def __init__(self, feature_shape: tuple[int, ...], c: int = 8, s: int = 2, bits: int = 8) -> None:
+        super().__init__(feature_shape, c, s, bits)
+        channels = self.feature_shape[0]
+        kernel, padding = _strided_kernel(self.stride)
+        self.analysis = nn.Sequential(
+            nn.Conv2d(channels, channels, kernel, self.stride, padding, groups=channels, bias=False),
+            nn.BatchNorm2d(channels), nn.ReLU(),
+            nn.Conv2d(channels, self.channels, 1, bias=False), nn.BatchNorm2d(self.channels), nn.Tanh(),
+        )
+        self.synthesis = nn.Sequential(
+            _upsampler(self.channels, channels, self.stride), nn.BatchNorm2d(channels), nn.ReLU(),
+            SelfAttention(channels), Bottleneck(channels),
+        )
+
+
+CODECS = {"int8": Int8Codec, "affine": AffineCodec, "bbnet": BBNetCodec, "safbmp": SAFBMPCodec}
 DEFAULT_CODEC = "int8"
 
 
-def parse_codec_spec(spec: str) -> nn.Module:
-    """`name` or `name:key=value,key=value`, e.g. `int8:per=channel`."""
+class CodecSpec(NamedTuple):
+    name: str
+    params: dict
+
+    def __str__(self) -> str:
+        return self.name + (":" + ",".join(f"{k}={v}" for k, v in self.params.items()) if self.params else "")
+
+
+def parse_codec_spec(spec: str) -> CodecSpec:
+    """`name` or `name:key=value,key=value`, e.g. `int8:per=channel`, `bbnet:c=8,s=2,bits=4`."""
     name, _, arguments = spec.partition(":")
     if name not in CODECS:
         raise EdgesplitError(f"unknown codec {name!r}; codecs: {', '.join(sorted(CODECS))}")
-    params = {}
+    params: dict = {}
     for item in filter(None, arguments.split(",")):
         key, equals, value = item.partition("=")
         if not equals:
             raise EdgesplitError(f"codec option {item!r} is not key=value (in {spec!r})")
-        params[key.strip()] = value.strip()
+        value = value.strip()
+        params[key.strip()] = int(value) if value.isdigit() else value
+    return CodecSpec(name, params)
+
+
+def make_codec(spec: CodecSpec | str, feature_shape: tuple[int, ...]) -> FeatureCodec:
+    """A codec for a split tensor of `feature_shape` (one sample, no batch axis)."""
+    if isinstance(spec, str):
+        spec = parse_codec_spec(spec)
     try:
-        return CODECS[name](**params)
+        return CODECS[spec.name](tuple(feature_shape), **spec.params)
     except TypeError as error:
-        raise EdgesplitError(f"bad options for codec {name!r}: {error}") from error
+        raise EdgesplitError(f"bad options for codec {spec.name!r}: {error}") from error

@@ -1,0 +1,183 @@
+"""Accuracy-aware codec training with the backbone frozen (BBNet §3.2.3).
+
+The head never changes, so its outputs are computed once and cached (float16); each step
+runs only codec + tail. Loss: distillation from the unsplit model's logits (works without
+labels) plus cross-entropy where labels exist.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toolchain.codecs import FeatureCodec, make_codec
+from toolchain.errors import EdgesplitError
+from toolchain.data import load_images, to_model_input
+from toolchain.split import SplitPoint, split_model
+from toolchain.train import progress_bar
+
+TEMPERATURE = 2.0
+CHECKPOINT_VERSION = 1
+
+
+class FeatureCache(NamedTuple):
+    features: torch.Tensor  # head outputs, float16
+    teacher: torch.Tensor  # unsplit model's logits
+    labels: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+class CodecScore(NamedTuple):
+    accuracy: float | None  # vs labels, when there are labels
+    teacher_accuracy: float | None  # the unsplit model on the same frames
+    agreement: float  # top-1 agreement with the unsplit model
+
+    @property
+    def loss_points(self) -> float | None:
+        if self.accuracy is None:
+            return None
+        return 100 * (self.teacher_accuracy - self.accuracy)
+
+
+@torch.no_grad()
+def cache_features(head: nn.Module, tail: nn.Module, inputs: np.ndarray, labels: np.ndarray | None,
+                   batch_size: int = 256, description: str = "caching head outputs") -> FeatureCache:
+    features, teacher = [], []
+    with progress_bar() as progress:
+        task = progress.add_task(description, total=len(inputs), status="")
+        for start in range(0, len(inputs), batch_size):
+            batch = head(torch.from_numpy(inputs[start:start + batch_size]))
+            features.append(batch.half())
+            teacher.append(tail(batch))
+            progress.advance(task, len(batch))
+    return FeatureCache(torch.cat(features), torch.cat(teacher),
+                        None if labels is None else torch.from_numpy(labels))
+
+
+def distillation_loss(logits: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    soft = F.kl_div(F.log_softmax(logits / TEMPERATURE, 1), F.softmax(teacher / TEMPERATURE, 1),
+                    reduction="batchmean") * TEMPERATURE ** 2
+    return soft if labels is None else soft + F.cross_entropy(logits, labels)
+
+
+@torch.no_grad()
+def score_codec(codec: FeatureCodec, tail: nn.Module, cache: FeatureCache, batch_size: int = 500) -> CodecScore:
+    """Codec in deployment arithmetic (eval mode, real rounding) between frozen head and tail."""
+    codec.eval()
+    predictions = torch.cat([tail(codec(cache.features[i:i + batch_size].float())).argmax(1)
+                             for i in range(0, len(cache), batch_size)])
+    reference = cache.teacher.argmax(1)
+    agreement = float((predictions == reference).float().mean())
+    if cache.labels is None:
+        return CodecScore(None, None, agreement)
+    return CodecScore(float((predictions == cache.labels).float().mean()),
+                      float((reference == cache.labels).float().mean()), agreement)
+
+
+def save_checkpoint(path: Path, codec: FeatureCodec, spec: str, split: str, model_sha256: str,
+                    epoch: int, optimizer: torch.optim.Optimizer | None = None,
+                    schedule: torch.optim.lr_scheduler.LRScheduler | None = None) -> None:
+    """Plain tensors and numbers only, so it loads with torch.load(weights_only=True)."""
+    state = {"version": CHECKPOINT_VERSION, "codec": spec, "split": split, "model_sha256": model_sha256,
+             "epoch": epoch, "state_dict": codec.state_dict()}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+        state["schedule"] = schedule.state_dict()
+    torch.save(state, path)
+
+
+def load_checkpoint(path: Path, split: str, model_sha256: str, feature_shape: tuple[int, ...]) -> tuple[FeatureCodec, dict]:
+    """A trained codec for this model and split; refuses one trained for another."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise EdgesplitError(f"cannot read codec checkpoint {path}: {error}") from error
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise EdgesplitError(f"{path} is not an edgesplit codec checkpoint (version {CHECKPOINT_VERSION})")
+    if state["model_sha256"] != model_sha256 or state["split"] != split:
+        raise EdgesplitError(f"codec checkpoint {path} was trained for split {state['split']!r} of model "
+                             f"{state['model_sha256'][:12]}, not split {split!r} of model {model_sha256[:12]}")
+    codec = make_codec(state["codec"], feature_shape)
+    codec.load_state_dict(state["state_dict"])
+    return codec, state
+
+
+def train_codec(
+    codec: FeatureCodec, tail: nn.Module, cache: FeatureCache, epochs: int, seed: int,
+    batch_size: int = 128, lr: float = 2e-3, checkpoint: Path | None = None,
+    checkpoint_facts: dict | None = None, resume: bool = False,
+) -> float:
+    """Train the codec's parameters only; returns seconds. Checkpoints after every epoch."""
+    if not codec.learned:
+        raise EdgesplitError(f"codec {codec.name!r} has no parameters to train")
+    torch.manual_seed(seed)
+    for parameter in tail.parameters():
+        parameter.requires_grad_(False)
+    tail.eval()
+    steps_per_epoch = max(1, len(cache) // batch_size)
+    optimizer = torch.optim.AdamW(codec.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch)
+    first_epoch = 0
+    if resume and checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        codec.load_state_dict(state["state_dict"])
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+        first_epoch = state["epoch"]
+    started = time.perf_counter()
+    with progress_bar() as progress:
+        task = progress.add_task(f"training {codec.name}", total=epochs * steps_per_epoch,
+                                 completed=first_epoch * steps_per_epoch, status="")
+        for epoch in range(first_epoch, epochs):
+            codec.train()
+            # the epoch's order depends only on seed and epoch, so a resumed run matches an unbroken one
+            order = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(len(cache)))
+            for step in range(steps_per_epoch):
+                batch = order[step * batch_size:(step + 1) * batch_size]
+                labels = None if cache.labels is None else cache.labels[batch]
+                logits = tail(codec(cache.features[batch].float()))
+                loss = distillation_loss(logits, cache.teacher[batch], labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                progress.update(task, advance=1, status=f"epoch {epoch + 1}/{epochs} loss {loss.item():.3f}")
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, codec, epoch=epoch + 1, optimizer=optimizer, schedule=schedule,
+                                **(checkpoint_facts or {}))
+    codec.eval()
+    return time.perf_counter() - started
+
+
+class FrozenSplit(NamedTuple):
+    head: nn.Module
+    tail: nn.Module
+    point: SplitPoint
+    train: FeatureCache
+    test: FeatureCache | None
+
+
+def prepare_training(module: nn.Module, split: str, input_shape: tuple[int, int, int], data: str,
+                     train_frames: int | None = None, test_frames: int | None = None) -> FrozenSplit:
+    """Split the model and cache head outputs of the data's train and test splits
+    (frames: None for all, 0 to skip a split)."""
+    halves = split_model(module, split, input_shape)
+    caches = []
+    for part, frames in (("train", train_frames), ("test", test_frames)):
+        if frames == 0:
+            caches.append(None)
+            continue
+        images = load_images(data, part)
+        images = images if frames is None else images.take(frames)
+        caches.append(cache_features(halves.head, halves.tail, to_model_input(images.images, input_shape),
+                                     images.labels, description=f"caching {part} head outputs"))
+    return FrozenSplit(halves.head, halves.tail, halves.point, *caches)

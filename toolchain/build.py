@@ -17,11 +17,14 @@ from runtime.bundle import SCHEMA_VERSION, Bundle
 from runtime.local import SplitInference
 from targets import Target, get_target
 from toolchain.bundle import finish_bundle, staging_directory
-from toolchain.codecs import DEFAULT_CODEC, parse_codec_spec
+from runtime.wire import WireFormat
+from toolchain.codec_training import load_checkpoint, prepare_training, train_codec
+from toolchain.codecs import DEFAULT_CODEC, FeatureCodec, make_codec, parse_codec_spec
 from toolchain.data import ImageSet, load_images, to_model_input
 from toolchain.errors import EdgesplitError, TargetError
 from toolchain.export import compare_with_torch, export_onnx
 from toolchain.load import LoadedModel, load_model
+from toolchain.zoo import ZOO
 from toolchain.split import SplitPoint, default_point, split_model, trace
 from toolchain.train import predict
 
@@ -41,6 +44,10 @@ class BuildOptions(NamedTuple):
     target: str = "cpu"
     split: str | None = None
     codec: str = DEFAULT_CODEC
+    codec_weights: Path | None = None  # a train-codec checkpoint for a learned codec
+    lossless: str = "none"
+    train_data: str | None = None  # where a learned codec without weights is trained
+    codec_epochs: int = 2
     calib: str | None = None
     output: Path | None = None
     max_loss: float = 1.0  # accuracy points the bundle may lose against the float model
@@ -77,8 +84,10 @@ def evaluate(bundle: Bundle, model: nn.Module, holdout: ImageSet, inputs: np.nda
     """Float model vs the bundle run exactly as deployed (edge → bytes → cloud)."""
     reference = predict(model, inputs).argmax(1)
     run = SplitInference(bundle)
-    deployed = np.concatenate([run(inputs[i:i + 500]) for i in range(0, len(inputs), 500)]).argmax(1)
-    checks = {"holdout_frames": len(inputs), "top1_agreement": float((deployed == reference).mean())}
+    payloads = [run.edge(inputs[i:i + 500]) for i in range(0, len(inputs), 500)]
+    deployed = np.concatenate([run.cloud(batch) for batch in payloads]).argmax(1)
+    checks = {"holdout_frames": len(inputs), "top1_agreement": float((deployed == reference).mean()),
+              "mean_payload_bytes": float(np.mean([len(p) for batch in payloads for p in batch]))}
     if holdout.labels is not None:
         checks["float_accuracy"] = float((reference == holdout.labels).mean())
         checks["bundle_accuracy"] = float((deployed == holdout.labels).mean())
@@ -115,19 +124,19 @@ def build_engines(options: BuildOptions) -> BuildReport:
         halves = split_model(graph, split_name, input_shape)
         next_stage()
 
-        codec = parse_codec_spec(options.codec)
+        codec = prepare_codec(options, loaded, halves.point, input_shape)
         with torch.no_grad():
             codec.calibrate(halves.head(torch.from_numpy(calibration_inputs)))
-        wire = codec.wire_format()
+        wire = codec.wire_format(options.lossless)
         next_stage()
 
         output = options.output or Path("bundles") / f"{loaded.name}-{target.name}"
         staging = staging_directory(output)
         with torch.no_grad():
             output_shape = tuple(halves.tail(halves.head(torch.zeros(1, *input_shape))).shape[1:])
-        manifest = describe_bundle(loaded, halves.point, split_name, codec, target, input_shape, output_shape)
-        edge = nn.Sequential(halves.head, codec.encoder())
-        cloud = nn.Sequential(codec.decoder(), halves.tail)
+        manifest = describe_bundle(loaded, halves.point, split_name, codec, wire, target, input_shape, output_shape)
+        edge = nn.Sequential(halves.head, codec.encoder()).eval()
+        cloud = nn.Sequential(codec.decoder(), halves.tail).eval()
         sample = torch.from_numpy(holdout_inputs[:EXPORT_CHECK_FRAMES])
         checks = {}
         for role, module, example, names in (
@@ -146,7 +155,6 @@ def build_engines(options: BuildOptions) -> BuildReport:
         next_stage()
 
         checks.update(evaluate(Bundle(staging, manifest), loaded.module, holdout, holdout_inputs))
-        checks["wire_bytes_per_frame"] = wire.payload_bytes
         manifest["checks"] = checks
         loss_points = 100 * (checks.get("float_accuracy", 0) - checks.get("bundle_accuracy", 0))
         if loss_points > options.max_loss:
@@ -159,11 +167,33 @@ def build_engines(options: BuildOptions) -> BuildReport:
     return BuildReport(output, manifest, time.perf_counter() - started)
 
 
+def prepare_codec(options: BuildOptions, loaded: LoadedModel, point: SplitPoint,
+                  input_shape: tuple[int, int, int]) -> FeatureCodec:
+    """An untrained affine codec, a learned one from --codec-weights, or one trained here."""
+    spec = parse_codec_spec(options.codec)
+    torch.manual_seed(0)  # a learned codec trained here starts from the same weights every build
+    codec = make_codec(spec, point.shape)
+    if not codec.learned:
+        return codec
+    if options.codec_weights is not None:
+        trained, state = load_checkpoint(options.codec_weights, point.node, loaded.sha256, point.shape)
+        if parse_codec_spec(state["codec"]) != spec:
+            raise EdgesplitError(f"--codec-weights {options.codec_weights} hold codec {state['codec']}, "
+                                 f"not the requested {spec}")
+        return trained
+    data = options.train_data or (ZOO[loaded.name].dataset if loaded.name in ZOO else None)
+    if data is None:
+        raise EdgesplitError(f"codec {spec.name!r} must be trained: give --codec-weights from "
+                             "`edgesplit train-codec`, or --train-data to train it here")
+    frozen = prepare_training(loaded.module, point.node, input_shape, data, test_frames=0)
+    train_codec(codec, frozen.tail, frozen.train, options.codec_epochs, seed=0)
+    return codec
+
+
 def describe_bundle(
-    loaded: LoadedModel, point: SplitPoint, requested: str, codec: nn.Module, target: Target,
+    loaded: LoadedModel, point: SplitPoint, requested: str, codec: FeatureCodec, wire: WireFormat, target: Target,
     input_shape: tuple[int, int, int], output_shape: tuple[int, ...],
 ) -> dict:
-    wire = codec.wire_format()
     return {
         "schema_version": SCHEMA_VERSION,
         "source_model": {"name": loaded.name, "sha256": loaded.sha256,

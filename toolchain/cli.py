@@ -82,7 +82,15 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
 @click.option("--target", default="cpu", show_default=True,
               help="cpu, raspberry-pi, jetson-nano, jetson-orin or cloud-gpu.")
 @click.option("--split", default=None, help="fx node name or module path (e.g. layer2); see list-splits.")
-@click.option("--codec", default="int8", show_default=True, help="Codec spec, e.g. int8 or int8:per=channel.")
+@click.option("--codec", default="int8", show_default=True,
+              help="Codec spec: int8, int8:per=channel, affine:bits=4, bbnet:c=8,s=2,bits=4, safbmp:c=8,s=2,bits=4.")
+@click.option("--codec-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Checkpoint of a learned codec from train-codec or search-codec.")
+@click.option("--lossless", type=click.Choice(["none", "zlib", "zstd", "lz4"]), default="none", show_default=True,
+              help="Lossless stage applied to the (bit-packed) codes of every frame.")
+@click.option("--train-data", default=None,
+              help="Labeled images to train a learned codec given without --codec-weights "
+                   "[default: the bundled model's dataset].")
 @click.option("--calib", default=None,
               help="Calibration/held-out images: .npz, fashion-mnist, IDX or CIFAR-10 binary folder "
                    "[default: the bundled Fashion-MNIST slice].")
@@ -91,7 +99,8 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
 @click.option("--max-loss", default=1.0, show_default=True,
               help="Accuracy points the bundle may lose against the float model before the build fails.")
 @click.option("--tar", is_flag=True, help="Also write <output>.tar.")
-def build_engines(model_spec, weights, input_shape, target, split, codec, calib, output, max_loss, tar) -> None:
+def build_engines(model_spec, weights, input_shape, target, split, codec, codec_weights, lossless, train_data,
+                  calib, output, max_loss, tar) -> None:
     """Split, quantize, export and bundle a model for a target."""
     from rich.console import Console
     from rich.table import Table
@@ -101,7 +110,8 @@ def build_engines(model_spec, weights, input_shape, target, split, codec, calib,
 
     report = build(BuildOptions(
         model=model_spec, weights=weights, input_shape=input_shape and parse_input_shape(input_shape),
-        target=target, split=split, codec=codec, calib=calib, output=output, max_loss=max_loss, tar=tar,
+        target=target, split=split, codec=codec, codec_weights=codec_weights, lossless=lossless,
+        train_data=train_data, calib=calib, output=output, max_loss=max_loss, tar=tar,
     ))
     manifest, checks = report.manifest, report.manifest["checks"]
     split_info, input_spec = manifest["split"], manifest["source_model"]["input"]
@@ -110,13 +120,15 @@ def build_engines(model_spec, weights, input_shape, target, split, codec, calib,
     table.add_row("model / target", f"{manifest['source_model']['name']} / {manifest['target']['name']}")
     table.add_row("split", f"{split_info['module'] or split_info['node']} (node {split_info['node']}), "
                            f"tensor {'x'.join(map(str, split_info['shape']))}")
-    table.add_row("codec", manifest["codec"]["name"] + "".join(f" {k}={v}" for k, v in manifest["codec"]["params"].items()))
+    table.add_row("codec", manifest["codec"]["name"] + "".join(f" {k}={v}" for k, v in manifest["codec"]["params"].items())
+                  + f", lossless {manifest['wire']['lossless']}")
     if "float_accuracy" in checks:
         table.add_row("float accuracy", f"{checks['float_accuracy']:.2%} on {checks['holdout_frames']} held-out images")
         table.add_row("bundle accuracy", f"{checks['bundle_accuracy']:.2%} "
                       f"({100 * (checks['bundle_accuracy'] - checks['float_accuracy']):+.2f} pt)")
     table.add_row("top-1 agreement", f"{checks['top1_agreement']:.2%}")
-    table.add_row("bytes per frame", f"{split_info['fp32_bytes']:,} fp32 → {checks['wire_bytes_per_frame']:,} on the wire "
+    table.add_row("bytes per frame", f"{split_info['fp32_bytes']:,} fp32 → {checks['mean_payload_bytes']:,.1f} on the wire, "
+                                     f"{split_info['fp32_bytes'] / checks['mean_payload_bytes']:,.1f}x "
                                      f"(input image {input_bytes:,} bytes as uint8)")
     table.add_row("ONNX vs PyTorch", f"edge max |Δ| {checks['edge_max_abs_error']:g} code(s), "
                                      f"cloud max |Δ| {checks['cloud_max_abs_error']:.2g}")
@@ -163,6 +175,116 @@ def verify_bundle(path: Path) -> None:
         check_artefact_io(bundle)
     click.echo(f"ok: bundle {bundle.bundle_id} ({bundle.manifest['source_model']['name']} for "
                f"{bundle.manifest['target']['name']}), {len(bundle.manifest['files'])} files verified")
+
+
+def _load_for_codec(model_spec, weights, input_shape, data):
+    """The model, its input shape and the labeled data a codec trains on."""
+    from toolchain.errors import ModelLoadError
+    from toolchain.load import load_model, parse_input_shape
+    from toolchain.zoo import ZOO
+
+    loaded = load_model(model_spec, weights, input_shape and parse_input_shape(input_shape))
+    data = data or (ZOO[loaded.name].dataset if loaded.name in ZOO else None)
+    if data is None or loaded.input_shape is None:
+        raise ModelLoadError("give --data (labeled images) and, unless the model says it, --input-shape")
+    return loaded, data
+
+
+def _split_or_default(loaded, split):
+    from toolchain.split import default_point, trace
+
+    return split or loaded.default_split or default_point(trace(loaded.module, loaded.input_shape)).node
+
+
+CODEC_TRAINING_OPTIONS = [
+    click.option("--split", default=None, help="Split point [default: the model's default]."),
+    click.option("--data", default=None, help="Labeled images [default: the bundled model's dataset]."),
+    click.option("--train-frames", type=int, default=None, help="Use the first N training images [default: all]."),
+    click.option("--epochs", default=2, show_default=True),
+    click.option("--seed", default=0, show_default=True),
+]
+
+
+def codec_training_options(command):
+    for option in reversed(CODEC_TRAINING_OPTIONS):
+        command = option(command)
+    return command
+
+
+@main.command("train-codec")
+@model_options
+@codec_training_options
+@click.option("--codec", "codec_spec", required=True, help="Learned codec spec, e.g. bbnet:c=8,s=2,bits=4.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Checkpoint [default: codecs/<model>-<split>-<codec>.pt].")
+@click.option("--resume", is_flag=True, help="Continue from --output's last finished epoch.")
+def train_codec_command(model_spec, weights, input_shape, split, data, train_frames, epochs, seed,
+                        codec_spec, output, resume) -> None:
+    """Train a learned codec at a split with the backbone frozen (KD + CE), checkpointing each epoch."""
+    import torch
+
+    from toolchain.codec_training import prepare_training, score_codec, train_codec
+    from toolchain.codecs import make_codec, parse_codec_spec
+
+    loaded, data = _load_for_codec(model_spec, weights, input_shape, data)
+    split = _split_or_default(loaded, split)
+    spec = parse_codec_spec(codec_spec)
+    frozen = prepare_training(loaded.module, split, loaded.input_shape, data, train_frames)
+    torch.manual_seed(seed)  # the codec's initial weights are part of what the seed fixes
+    codec = make_codec(spec, frozen.point.shape)
+    output = output or Path("codecs") / f"{loaded.name}-{frozen.point.node}-{str(spec).replace(':', '_').replace(',', '_')}.pt"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    facts = {"spec": str(spec), "split": frozen.point.node, "model_sha256": loaded.sha256}
+    seconds = train_codec(codec, frozen.tail, frozen.train, epochs, seed, checkpoint=output,
+                          checkpoint_facts=facts, resume=resume)
+    score = score_codec(codec, frozen.tail, frozen.test)
+    bits = codec.wire_format().packed_bytes * 8
+    click.echo(f"{spec} at {frozen.point.node}: {bits} bits per frame "
+               f"({32 * frozen.point.elements / bits:,.0f}x vs fp32), test accuracy {score.accuracy:.2%} "
+               f"({-score.loss_points:+.2f} pt), agreement {score.agreement:.2%}, trained in {seconds:.0f} s; "
+               f"wrote {output}")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
+
+
+@main.command("search-codec")
+@model_options
+@codec_training_options
+@click.option("--family", type=click.Choice(["bbnet", "safbmp"]), default="bbnet", show_default=True)
+@click.option("--channels", default="32,16,8,4", show_default=True, help="Candidate c' values.")
+@click.option("--strides", default="4,2", show_default=True, help="Candidate strides s.")
+@click.option("--bits", default="8,4,2", show_default=True, help="Candidate bits n.")
+@click.option("--budget", default=1.0, show_default=True, help="Accuracy points the codec may lose.")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("codec-search"),
+              show_default=True, help="Folder for search.csv, search.png and best.pt.")
+def search_codec_command(model_spec, weights, input_shape, split, data, train_frames, epochs, seed,
+                         family, channels, strides, bits, budget, output) -> None:
+    """BBNet Algorithm 1 (train phase): the most compressed codec within an accuracy budget."""
+    from toolchain.codec_search import grid, plot_rows, search, write_rows
+    from toolchain.codec_training import prepare_training, save_checkpoint
+
+    loaded, data = _load_for_codec(model_spec, weights, input_shape, data)
+    split = _split_or_default(loaded, split)
+    frozen = prepare_training(loaded.module, split, loaded.input_shape, data, train_frames)
+    specs = grid(family, _int_list(channels), _int_list(strides), _int_list(bits))
+    rows, best = search(specs, frozen.point.shape, frozen.tail, frozen.train, frozen.test, budget, epochs, seed)
+    output.mkdir(parents=True, exist_ok=True)
+    write_rows(rows, output / "search.csv")
+    plot_rows(rows, output / "search.png", f"{family} at {frozen.point.node}, budget {budget} pt")
+    for row in rows:
+        click.echo(f"{row.codec:26s} {row.bytes_per_frame:9.1f} B/frame {row.compression:9.1f}x "
+                   f"loss {row.loss_points:+.2f} pt")
+    if best is None:
+        raise EdgesplitError(f"no configuration stays within {budget} pt; see {output / 'search.csv'}")
+    save_checkpoint(output / "best.pt", best, str(best.spec()), frozen.point.node, loaded.sha256, epoch=epochs)
+    click.echo(f"best within {budget} pt: {best.spec()}; wrote {output / 'best.pt'} "
+               f"(use: build-engines --split {frozen.point.node} --codec {best.spec()} "
+               f"--codec-weights {output / 'best.pt'})")
 
 
 def build_engines_command():

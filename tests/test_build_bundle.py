@@ -47,7 +47,8 @@ def test_wire_carries_one_byte_per_split_element(built, holdout):
     run = SplitInference(load_bundle(built.bundle))
     payloads = run.edge(to_model_input(holdout.images[:3], INPUT_SHAPE))
     assert [len(p) for p in payloads] == [64 * 16 * 16] * 3
-    assert built.manifest["wire"]["bytes_per_frame"] == 16384
+    assert built.manifest["wire"]["packed_bytes_per_frame"] == 16384
+    assert built.manifest["checks"]["mean_payload_bytes"] == 16384
     assert built.manifest["split"]["fp32_bytes"] == 4 * 16384
 
 

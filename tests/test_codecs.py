@@ -3,14 +3,17 @@ import pytest
 import torch
 
 from runtime.errors import WireError
-from runtime.wire import WireFormat, decode_frame, encode_frame
-from toolchain.codecs import AffineInt8Codec, parse_codec_spec
+from runtime.wire import LOSSLESS, WireFormat, decode_frame, encode_frame
+from toolchain.codecs import AffineCodec, Int8Codec, make_codec, parse_codec_spec
 from toolchain.errors import EdgesplitError
+
+SHAPE = (4, 6, 6)
+LEARNED_SHAPE = (16, 8, 8)
 
 
 @pytest.mark.parametrize("per", ["tensor", "channel"])
 def test_compress_decompress_round_trip_is_exact_on_codes(features, per):
-    codec = AffineInt8Codec(per)
+    codec = Int8Codec(SHAPE, per)
     codec.calibrate(features)
     payloads = codec.compress(features)
     assert len(payloads) == len(features)
@@ -21,16 +24,47 @@ def test_compress_decompress_round_trip_is_exact_on_codes(features, per):
     assert torch.equal(codec.decompress(payloads), codec.decoder()(codes))
 
 
+@pytest.mark.parametrize("spec", ["bbnet:c=4,s=2,bits=3", "safbmp:c=2,s=4,bits=5", "affine:bits=6"])
+@pytest.mark.parametrize("lossless", LOSSLESS)
+def test_every_codec_round_trips_codes_through_every_lossless_stage(spec, lossless):
+    torch.manual_seed(0)
+    codec = make_codec(spec, LEARNED_SHAPE).eval()
+    x = torch.relu(torch.randn(5, *LEARNED_SHAPE))
+    codec.calibrate(x)
+    codes = codec.encoder()(x)
+    assert codes.dtype == torch.uint8 and codes.max() < 2 ** codec.bits
+    payloads = codec.compress(x, lossless)
+    assert torch.equal(codec.decompress(payloads, lossless), codec.decoder()(codes))
+    assert torch.allclose(codec.decompress(payloads, lossless), codec(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_payload_size_follows_bits(bits):
+    codec = make_codec(f"bbnet:c=4,s=2,bits={bits}", LEARNED_SHAPE).eval()
+    assert codec.code_shape == (4, 4, 4)
+    payloads = codec.compress(torch.relu(torch.randn(3, *LEARNED_SHAPE)))
+    assert [len(p) for p in payloads] == [64 * bits // 8] * 3
+
+
+def test_tanh_codes_follow_the_corrected_bbnet_formula():
+    codec = make_codec("bbnet:c=4,s=2,bits=4", LEARNED_SHAPE)
+    latent = torch.cat([torch.rand(1000, generator=torch.Generator().manual_seed(0)) * 2 - 1,
+                        torch.tensor([-1.0, 1.0])])
+    codes = codec.encoder()[1](latent)
+    assert codes.tolist() == torch.round((latent + 1) / 2 * 15).to(torch.uint8).tolist()
+    assert codes.min() == 0 and codes.max() == 15
+
+
 @pytest.mark.parametrize("per", ["tensor", "channel"])
 def test_dequantization_error_is_at_most_half_a_step(features, per):
-    codec = AffineInt8Codec(per)
+    codec = AffineCodec(SHAPE, bits=8, per=per)
     codec.calibrate(features)
     error = (codec.decompress(codec.compress(features)) - features).abs()
     assert torch.all(error <= codec.scale / 2 + 1e-6)
 
 
 def test_per_channel_uses_the_range_of_each_channel(features):
-    per_tensor, per_channel = AffineInt8Codec("tensor"), AffineInt8Codec("channel")
+    per_tensor, per_channel = AffineCodec(SHAPE, per="tensor"), AffineCodec(SHAPE, per="channel")
     per_tensor.calibrate(features)
     per_channel.calibrate(features)
     assert per_channel.scale.shape == (1, 4, 1, 1)
@@ -40,21 +74,24 @@ def test_per_channel_uses_the_range_of_each_channel(features):
     assert error_channel < error_tensor / 10
 
 
-def test_post_relu_features_use_all_256_codes(features):
-    codec = AffineInt8Codec("tensor")
-    codec.calibrate(features)
-    codes = codec.encoder()(features)
-    assert codec.zero_point.item() == 0
-    assert codes.min().item() == 0 and codes.max().item() == 255
+def test_post_relu_features_use_all_codes(features):
+    for bits in (8, 4):
+        codec = AffineCodec(SHAPE, bits=bits)
+        codec.calibrate(features)
+        codes = codec.encoder()(features)
+        assert codec.zero_point.item() == 0
+        assert codes.min().item() == 0 and codes.max().item() == 2 ** bits - 1
 
 
-def test_training_mode_passes_gradients_straight_through(features):
-    codec = AffineInt8Codec("tensor")
-    codec.calibrate(features)
-    x = features.clone().requires_grad_(True)
+@pytest.mark.parametrize("spec", ["int8", "bbnet:c=4,s=2,bits=2"])
+def test_training_mode_passes_gradients_straight_through(features, spec):
+    codec = make_codec(spec, SHAPE if spec == "int8" else LEARNED_SHAPE)
+    x = (features if spec == "int8" else torch.relu(torch.randn(4, *LEARNED_SHAPE))).clone().requires_grad_(True)
+    codec.calibrate(x.detach())
     codec(x).sum().backward()
-    assert torch.equal(x.grad, torch.ones_like(x))
-    assert torch.allclose(codec(features), codec.decompress(codec.compress(features)))
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    if spec == "int8":
+        assert torch.equal(x.grad, torch.ones_like(x))
 
 
 def test_payload_of_wrong_length_is_rejected_with_sizes():
@@ -65,17 +102,49 @@ def test_payload_of_wrong_length_is_rejected_with_sizes():
         encode_frame(np.zeros((4, 6, 6), dtype=np.float32), wire)
 
 
-def test_uncalibrated_codec_has_no_wire_format():
-    with pytest.raises(EdgesplitError, match="must be calibrated"):
-        AffineInt8Codec().wire_format()
+@pytest.mark.parametrize("lossless", ["zlib", "zstd", "lz4"])
+def test_lossless_round_trips_random_and_real_payloads_and_rejects_corruption(lossless, holdout):
+    rng = np.random.default_rng(0)
+    real = holdout.images[:4, 0]  # real image bytes: structured, compressible
+    for codes in (rng.integers(0, 256, size=(4, 28, 28), dtype=np.uint8), real):
+        wire = WireFormat((28, 28), 8, lossless)
+        for frame in codes:
+            assert np.array_equal(decode_frame(encode_frame(frame, wire), wire), frame)
+    payload = encode_frame(real[0], wire)
+    assert len(payload) < real[0].size
+    corrupt = bytes([payload[0] ^ 0xFF]) + payload[1:]
+    with pytest.raises(WireError, match=f"(not valid {lossless} data|after {lossless} decoding|{lossless} payload)"):
+        decode_frame(corrupt, wire)
+    with pytest.raises(WireError):
+        decode_frame(payload[: len(payload) // 2], wire)
+
+
+def test_decompression_bomb_is_bounded():
+    import zlib
+
+    from runtime.wire import compress_bytes, decompress_bytes
+
+    for lossless in ("zlib", "zstd", "lz4"):
+        bomb = zlib.compress(bytes(10 ** 7)) if lossless == "zlib" else compress_bytes(bytes(10 ** 7), lossless)
+        with pytest.raises(WireError):
+            decompress_bytes(bomb, lossless, 100)
+
+
+def test_uncalibrated_shapes_are_checked():
+    with pytest.raises(EdgesplitError, match="stride 3 does not divide the split tensor's 8x8"):
+        make_codec("bbnet:c=4,s=3", LEARNED_SHAPE)
+    with pytest.raises(EdgesplitError, match="needs a C,H,W split tensor"):
+        make_codec("safbmp", (64,))
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("int9", "unknown codec 'int9'; codecs: int8"),
+    ("int9", "unknown codec 'int9'; codecs: affine, bbnet, int8, safbmp"),
     ("int8:per=pixel", "per must be 'tensor' or 'channel'"),
     ("int8:per", "codec option 'per' is not key=value"),
     ("int8:bits=4", "bad options for codec 'int8'"),
+    ("affine:bits=9", "bits must be 1..8"),
+    ("bbnet:c=0", r"need c >= 1, s >= 1, bits 1..8"),
 ])
 def test_bad_codec_specs_are_named(spec, message):
     with pytest.raises(EdgesplitError, match=message):
-        parse_codec_spec(spec)
+        make_codec(parse_codec_spec(spec), LEARNED_SHAPE)

@@ -44,10 +44,15 @@ MODEL_OPTIONS = [
 ]
 
 
-def model_options(command):
-    for option in reversed(MODEL_OPTIONS):
-        command = option(command)
-    return command
+def option_group(options):
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return decorate
+
+
+model_options = option_group(MODEL_OPTIONS)
 
 
 @main.command("train-model")
@@ -204,11 +209,7 @@ CODEC_TRAINING_OPTIONS = [
     click.option("--seed", default=0, show_default=True),
 ]
 
-
-def codec_training_options(command):
-    for option in reversed(CODEC_TRAINING_OPTIONS):
-        command = option(command)
-    return command
+codec_training_options = option_group(CODEC_TRAINING_OPTIONS)
 
 
 @main.command("train-codec")
@@ -239,10 +240,11 @@ def train_codec_command(model_spec, weights, input_shape, split, data, train_fra
                           checkpoint_facts=facts, resume=resume)
     score = score_codec(codec, frozen.tail, frozen.test)
     bits = codec.wire_format().packed_bytes * 8
+    accuracy = "" if score.accuracy is None else \
+        f"test accuracy {score.accuracy:.2%} ({-score.loss_points:+.2f} pt), "
     click.echo(f"{spec} at {frozen.point.node}: {bits} bits per frame "
-               f"({32 * frozen.point.elements / bits:,.0f}x vs fp32), test accuracy {score.accuracy:.2%} "
-               f"({-score.loss_points:+.2f} pt), agreement {score.agreement:.2%}, trained in {seconds:.0f} s; "
-               f"wrote {output}")
+               f"({32 * frozen.point.elements / bits:,.0f}x vs fp32), {accuracy}"
+               f"agreement {score.agreement:.2%}, trained in {seconds:.0f} s; wrote {output}")
 
 
 def _int_list(text: str) -> list[int]:
@@ -256,8 +258,8 @@ def _int_list(text: str) -> list[int]:
 @model_options
 @codec_training_options
 @click.option("--family", type=click.Choice(["bbnet", "safbmp"]), default="bbnet", show_default=True)
-@click.option("--channels", default="32,16,8,4", show_default=True, help="Candidate c' values.")
-@click.option("--strides", default="4,2", show_default=True, help="Candidate strides s.")
+@click.option("--channels", default="16,8,4", show_default=True, help="Candidate c' values.")
+@click.option("--strides", default="4", show_default=True, help="Candidate strides s.")
 @click.option("--bits", default="8,4,2", show_default=True, help="Candidate bits n.")
 @click.option("--budget", default=1.0, show_default=True, help="Accuracy points the codec may lose.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("codec-search"),

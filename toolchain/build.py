@@ -24,7 +24,6 @@ from toolchain.data import ImageSet, load_images, to_model_input
 from toolchain.errors import EdgesplitError, TargetError
 from toolchain.export import compare_with_torch, export_onnx
 from toolchain.load import LoadedModel, load_model
-from toolchain.zoo import ZOO
 from toolchain.split import SplitPoint, default_point, split_model, trace
 from toolchain.train import predict
 
@@ -181,7 +180,7 @@ def prepare_codec(options: BuildOptions, loaded: LoadedModel, point: SplitPoint,
             raise EdgesplitError(f"--codec-weights {options.codec_weights} hold codec {state['codec']}, "
                                  f"not the requested {spec}")
         return trained
-    data = options.train_data or (ZOO[loaded.name].dataset if loaded.name in ZOO else None)
+    data = options.train_data or loaded.dataset
     if data is None:
         raise EdgesplitError(f"codec {spec.name!r} must be trained: give --codec-weights from "
                              "`edgesplit train-codec`, or --train-data to train it here")

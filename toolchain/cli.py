@@ -186,10 +186,9 @@ def _load_for_codec(model_spec, weights, input_shape, data):
     """The model, its input shape and the labeled data a codec trains on."""
     from toolchain.errors import ModelLoadError
     from toolchain.load import load_model, parse_input_shape
-    from toolchain.zoo import ZOO
 
     loaded = load_model(model_spec, weights, input_shape and parse_input_shape(input_shape))
-    data = data or (ZOO[loaded.name].dataset if loaded.name in ZOO else None)
+    data = data or loaded.dataset
     if data is None or loaded.input_shape is None:
         raise ModelLoadError("give --data (labeled images) and, unless the model says it, --input-shape")
     return loaded, data

@@ -20,6 +20,7 @@ class LoadedModel(NamedTuple):
     input_shape: tuple[int, int, int] | None
     default_split: str | None
     sha256: str
+    dataset: str | None = None  # labeled images the bundled model was trained on
 
 
 def zoo_entry(name: str) -> ZooModel:
@@ -90,10 +91,11 @@ def load_model(
     spec: str | None, weights: Path | None = None, input_shape: tuple[int, int, int] | None = None
 ) -> LoadedModel:
     spec = spec or DEFAULT_MODEL
-    default_split = None
+    default_split = dataset = None
     if spec in ZOO:
         entry = ZOO[spec]
-        module, name, known_shape, default_split = entry.factory(), spec, entry.input_shape, entry.default_split
+        module, name, known_shape = entry.factory(), spec, entry.input_shape
+        default_split, dataset = entry.default_split, entry.dataset
         if not entry.weights.exists():
             raise ModelLoadError(f"bundled weights {entry.weights} are missing: run `edgesplit train-model --model {spec}`")
         _load_state_dict(module, weights or entry.weights)
@@ -112,4 +114,4 @@ def load_model(
             "a .pt2 file, or package.module:factory"
         )
     module.eval()
-    return LoadedModel(module, name, input_shape or known_shape, default_split, state_dict_sha256(module))
+    return LoadedModel(module, name, input_shape or known_shape, default_split, state_dict_sha256(module), dataset)

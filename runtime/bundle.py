@@ -7,6 +7,7 @@ and checked here before anything is loaded; nothing in a bundle is ever unpickle
 import hashlib
 import json
 import tarfile
+import tempfile
 from pathlib import Path
 
 from runtime.errors import BundleError
@@ -126,6 +127,14 @@ def load_bundle(directory) -> Bundle:
     manifest = _read_manifest(directory)
     verify_manifest(directory, manifest)
     return Bundle(directory, manifest)
+
+
+def open_bundle(path) -> Bundle:
+    """A bundle directory, or a .tar of one unpacked into a private temporary directory, verified."""
+    path = Path(path)
+    if path.is_file():
+        path = extract_tar(path, Path(tempfile.mkdtemp(prefix="edgesplit-bundle-")))
+    return load_bundle(path)
 
 
 def check_artefact_io(bundle: Bundle) -> None:

@@ -15,3 +15,11 @@ class WireError(EdgesplitError):
 
 class TargetError(EdgesplitError):
     """A target is unknown or cannot be built by this toolchain yet."""
+
+
+class ProtocolError(EdgesplitError):
+    """A network frame or handshake breaks the protocol; `code` is the wire error code to answer with."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code

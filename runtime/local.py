@@ -1,4 +1,8 @@
-"""Both halves of a bundle in one process, with the exact bytes that would cross the network."""
+"""The two halves of a bundle as numpy callables, and both in one process (`SplitInference`).
+
+The edge client and the cloud server run one half each; SplitInference runs both with the
+exact bytes that would cross the network, as the reference the networked path must equal.
+"""
 
 from typing import List
 
@@ -8,25 +12,50 @@ from runtime.bundle import Bundle
 from runtime.wire import decode_frame, encode_frame
 
 
-class SplitInference:
+class EdgeHalf:
+    """Head + encoder: float NCHW images → uint8 codes → one payload per frame."""
+
     def __init__(self, bundle: Bundle, threads=None):
         self.wire = bundle.wire
-        self.edge_runner = bundle.open_runner("edge", threads=threads)
-        self.cloud_runner = bundle.open_runner("cloud", threads=threads)
-        edge, cloud = bundle.artefact("edge"), bundle.artefact("cloud")
-        self.image_name = edge["inputs"][0]["name"]
-        self.codes_name = edge["outputs"][0]["name"]
-        self.cloud_input = cloud["inputs"][0]["name"]
-        self.logits_name = cloud["outputs"][0]["name"]
+        self.runner = bundle.open_runner("edge", threads=threads)
+        entry = bundle.artefact("edge")
+        self.image_name = entry["inputs"][0]["name"]
+        self.codes_name = entry["outputs"][0]["name"]
+
+    def codes(self, images: np.ndarray) -> np.ndarray:
+        return self.runner.infer({self.image_name: images})[self.codes_name]
+
+    def payloads(self, images: np.ndarray) -> List[bytes]:
+        return [encode_frame(frame, self.wire) for frame in self.codes(images)]
+
+
+class CloudHalf:
+    """Decoder + tail: payloads (or decoded codes) → logits."""
+
+    def __init__(self, bundle: Bundle, threads=None):
+        self.wire = bundle.wire
+        self.runner = bundle.open_runner("cloud", threads=threads)
+        entry = bundle.artefact("cloud")
+        self.codes_name = entry["inputs"][0]["name"]
+        self.logits_name = entry["outputs"][0]["name"]
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        return decode_frame(payload, self.wire)
+
+    def logits(self, codes: np.ndarray) -> np.ndarray:
+        return self.runner.infer({self.codes_name: codes})[self.logits_name]
+
+
+class SplitInference:
+    def __init__(self, bundle: Bundle, threads=None):
+        self.edge_half = EdgeHalf(bundle, threads)
+        self.cloud_half = CloudHalf(bundle, threads)
 
     def edge(self, images: np.ndarray) -> List[bytes]:
-        """A batch of float NCHW images → one payload per frame."""
-        codes = self.edge_runner.infer({self.image_name: images})[self.codes_name]
-        return [encode_frame(frame, self.wire) for frame in codes]
+        return self.edge_half.payloads(images)
 
     def cloud(self, payloads: List[bytes]) -> np.ndarray:
-        codes = np.stack([decode_frame(payload, self.wire) for payload in payloads])
-        return self.cloud_runner.infer({self.cloud_input: codes})[self.logits_name]
+        return self.cloud_half.logits(np.stack([self.cloud_half.decode(payload) for payload in payloads]))
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.cloud(self.edge(images))

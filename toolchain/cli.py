@@ -31,7 +31,11 @@ class ReportingGroup(click.Group):
 @click.group(cls=ReportingGroup)
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 def main(debug: bool) -> None:
-    """edgesplit: split a CNN between an edge device and a cloud GPU."""
+    """edgesplit: split a CNN between an edge device and a cloud GPU.
+
+    Runtime commands (no torch needed): `edgesplit serve --bundle B --port P` runs the cloud
+    half; `edgesplit edge --bundle B --server HOST:PORT --source S` runs the edge half.
+    """
 
 
 MODEL_OPTIONS = [

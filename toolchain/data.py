@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from runtime.images import read_npz, to_model_input  # noqa: F401  (re-exported for the toolchain)
 from toolchain.errors import EdgesplitError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -90,21 +91,8 @@ def load_cifar10_binary(directory: Path, split: str) -> ImageSet:
 
 
 def load_npz(path: Path, split: str) -> ImageSet:
-    """edgesplit's own format: `images` (uint8 N,H,W or N,C,H,W) and optional `labels`.
-
-    A file may hold two splits as `<split>_images` / `<split>_labels` (calibration_data does).
-    """
-    with np.load(path, allow_pickle=False) as archive:
-        prefix = f"{split}_" if f"{split}_images" in archive else ""
-        if f"{prefix}images" not in archive:
-            raise EdgesplitError(f"{path} has no 'images' or '{split}_images' array")
-        images = archive[f"{prefix}images"]
-        labels = archive[f"{prefix}labels"] if f"{prefix}labels" in archive else None
-    if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise EdgesplitError(f"{path}: images must be uint8 N,H,W or N,C,H,W, got {images.dtype} {images.shape}")
-    if images.ndim == 3:
-        images = images[:, None]
-    return ImageSet(images, None if labels is None else labels.astype(np.int64))
+    images, labels = read_npz(path, split)
+    return ImageSet(images, labels)
 
 
 def load_images(source: str | Path, split: str = "train") -> ImageSet:
@@ -124,17 +112,3 @@ def load_images(source: str | Path, split: str = "train") -> ImageSet:
         f"image source {str(source)!r} not found: give 'fashion-mnist', an .npz file, "
         "a folder of IDX files or a CIFAR-10 'cifar-10-batches-bin' folder"
     )
-
-
-def to_model_input(images: np.ndarray, input_shape: tuple[int, int, int]) -> np.ndarray:
-    """uint8 NCHW → float32 in [0, 1], zero-padded at the centre to the model's H and W."""
-    channels, height, width = input_shape
-    if images.shape[1] != channels:
-        raise EdgesplitError(f"images have {images.shape[1]} channels, the model takes {channels}")
-    pad_h, pad_w = height - images.shape[2], width - images.shape[3]
-    if pad_h < 0 or pad_w < 0:
-        raise EdgesplitError(
-            f"images are {images.shape[2]}x{images.shape[3]}, larger than the model input {height}x{width}"
-        )
-    padding = ((0, 0), (0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2))
-    return np.pad(images, padding).astype(np.float32) / 255.0

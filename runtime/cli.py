@@ -1,0 +1,224 @@
+"""`edgesplit edge` and `edgesplit serve`: the runtime commands, with no torch and no click.
+
+Every other `edgesplit` command belongs to the toolchain and is handed to it, imported only
+then, so an edge device with numpy and one backend runs `edgesplit edge`. Python 3.6 syntax.
+"""
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import EdgesplitError
+
+RUNTIME_COMMANDS = ("edge", "serve")
+
+
+def _address(text: str):
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError("expected HOST:PORT, got {!r}".format(text))
+    return host, int(port)
+
+
+def _rate(text: str) -> float:
+    from runtime.link import parse_rate
+
+    try:
+        return parse_rate(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def _duration(text: str) -> float:
+    from runtime.link import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgesplit", description="edgesplit runtime commands.")
+    parser.add_argument("--debug", action="store_true", help="Show tracebacks instead of one-line errors.")
+    commands = parser.add_subparsers(dest="command")
+
+    edge = commands.add_parser("edge", help="Run the edge half on a source and send features to a server.")
+    edge.add_argument("--bundle", required=True, help="Bundle directory or .tar.")
+    edge.add_argument("--server", required=True, type=_address, help="HOST:PORT of `edgesplit serve`.")
+    edge.add_argument("--source", required=True,
+                      help="An .npz/.npy of uint8 images, a folder of image files, or camera[:N].")
+    edge.add_argument("--split", default="test", help="Which split of a two-split .npz (default: test).")
+    edge.add_argument("--limit", type=int, default=None, help="Stop after this many frames.")
+    edge.add_argument("--fps", type=float, default=None, help="Pace the source to this frame rate.")
+    edge.add_argument("--in-flight", type=int, default=8, help="Frames sent but not yet answered (default 8).")
+    edge.add_argument("--timeout", type=float, default=10.0, help="Seconds to wait for one reply (default 10).")
+    edge.add_argument("--key-file", default=None, help="Shared key file (default: the EDGESPLIT_KEY variable).")
+    edge.add_argument("--tls", action="store_true", help="Connect with TLS, checking the server's certificate.")
+    edge.add_argument("--tls-ca", default=None, help="CA file that signed the server's certificate (implies --tls).")
+    edge.add_argument("--tls-server-name", default=None, help="Name the certificate must carry (default: host).")
+    edge.add_argument("--uplink", type=_rate, default=None, help="Emulated uplink rate, e.g. 1mbit (tc units).")
+    edge.add_argument("--rtt", type=_duration, default=0.0, help="Emulated round-trip delay, e.g. 20ms.")
+    edge.add_argument("--burst", type=int, default=4096, help="Emulated token-bucket depth in bytes (default 4096).")
+    edge.add_argument("--threads", type=int, default=None, help="Threads for the edge backend.")
+    edge.add_argument("--output", default=None, help="CSV with one row per frame.")
+    edge.add_argument("--summary-json", default=None, help="Write the summary as JSON too.")
+
+    serve = commands.add_parser("serve", help="Serve a bundle's cloud half to edges over TCP.")
+    serve.add_argument("--bundle", required=True, help="Bundle directory or .tar.")
+    serve.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: all interfaces).")
+    serve.add_argument("--port", type=int, default=9000)
+    serve.add_argument("--key-file", default=None, help="Shared key file (default: the EDGESPLIT_KEY variable).")
+    serve.add_argument("--no-auth", action="store_true", help="Accept edges without a shared key.")
+    serve.add_argument("--tls-cert", default=None, help="Certificate chain (PEM) to serve TLS with.")
+    serve.add_argument("--tls-key", default=None, help="Private key (PEM) of --tls-cert.")
+    serve.add_argument("--max-batch", type=int, default=32, help="Most frames per backend call (1: no batching).")
+    serve.add_argument("--max-wait-ms", type=float, default=2.0, help="How long a batch waits to fill up.")
+    serve.add_argument("--max-in-flight", type=int, default=256, help="Unanswered frames allowed per edge.")
+    serve.add_argument("--threads", type=int, default=None, help="Threads for the cloud backend.")
+    serve.add_argument("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
+    return parser
+
+
+def _client_ssl_context(args):
+    if not (args.tls or args.tls_ca):
+        return None
+    import ssl
+
+    return ssl.create_default_context(cafile=args.tls_ca)
+
+
+def _percentile(values, q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+def run_edge(args) -> dict:
+    from itertools import islice
+
+    from runtime.bundle import open_bundle
+    from runtime.edge import CLOUD, ERROR, ClientConfig, EdgeClient
+    from runtime.images import open_source, paced
+    from runtime.link import EmulatedLink
+    from runtime.protocol import read_key
+
+    bundle = open_bundle(args.bundle)
+    input_shape = tuple(bundle.artefact("edge")["inputs"][0]["shape"][1:])
+    frames = open_source(args.source, input_shape, args.split)
+    if args.limit is not None:
+        frames = islice(frames, args.limit)
+    link = EmulatedLink(args.uplink, args.rtt, args.burst) if (args.uplink or args.rtt) else None
+    config = ClientConfig(args.server[0], args.server[1], key=read_key(args.key_file),
+                          ssl_context=_client_ssl_context(args), server_hostname=args.tls_server_name,
+                          in_flight=args.in_flight, reply_timeout_s=args.timeout, link=link)
+    outcomes = []
+    started = time.monotonic()
+    with EdgeClient(bundle, config, threads=args.threads) as client:
+        last_report = started
+        for outcome in client.run(paced(frames, args.fps)):
+            outcomes.append(outcome)
+            if time.monotonic() - last_report >= 2.0:
+                last_report = time.monotonic()
+                counts = client.stats.outcomes
+                print("{} frames: {} cloud, {} edge, {} errors".format(
+                    len(outcomes), counts[CLOUD], counts["edge"], counts[ERROR]), file=sys.stderr)
+        stats = client.stats.as_dict()
+    elapsed = time.monotonic() - started
+    outcomes.sort(key=lambda outcome: outcome.index)
+    answered = [o for o in outcomes if o.logits is not None]
+    labeled = [o for o in answered if o.label is not None]
+    latencies = [o.latency_s * 1000 for o in answered]
+    summary = dict(stats, seconds=round(elapsed, 3), frames_per_second=round(len(outcomes) / elapsed, 2),
+                   accuracy=(sum(int(o.logits.argmax() == o.label) for o in labeled) / len(labeled)
+                             if labeled else None),
+                   payload_bytes_per_frame=stats["payload_bytes"] / max(1, stats["frames"]),
+                   wire_bytes_per_frame=stats["bytes_sent"] / max(1, stats["frames"]),
+                   latency_ms_p50=_percentile(latencies, 50), latency_ms_p99=_percentile(latencies, 99),
+                   first_error=next((o.error for o in outcomes if o.answered_by == ERROR), None))
+    if args.output:
+        with open(args.output, "w", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["index", "answered_by", "prediction", "label", "latency_ms", "error"])
+            for o in outcomes:
+                writer.writerow([o.index, o.answered_by, "" if o.logits is None else int(o.logits.argmax()),
+                                 "" if o.label is None else o.label, round(o.latency_s * 1000, 3), o.error])
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
+    _print_summary(summary)
+    return summary
+
+
+def _print_summary(summary: dict) -> None:
+    accuracy = "" if summary["accuracy"] is None else ", top-1 {:.2%} on labeled frames".format(summary["accuracy"])
+    print("{frames} frames in {seconds:.1f} s ({frames_per_second:.1f}/s): {cloud_answers} answered by the cloud, "
+          "{edge_answers} on the edge, {errors} errors".format(**summary) + accuracy)
+    print("wire: {:.0f} payload bytes/frame, {:.0f} with headers; latency p50 {:.1f} ms, p99 {:.1f} ms; "
+          "{} connection(s)".format(summary["payload_bytes_per_frame"], summary["wire_bytes_per_frame"],
+                                    summary["latency_ms_p50"], summary["latency_ms_p99"], summary["connects"]))
+    if summary["first_error"]:
+        print("first error: {}".format(summary["first_error"]))
+
+
+def run_serve(args) -> None:
+    import ssl
+
+    from runtime.bundle import open_bundle
+    from runtime.cloud import ServerConfig, serve_forever
+    from runtime.protocol import read_key
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise EdgesplitError("TLS needs both --tls-cert and --tls-key")
+    context = None
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as error:
+            raise EdgesplitError("cannot load TLS certificate {}: {}".format(args.tls_cert, error)) from error
+    key = b"" if args.no_auth else read_key(args.key_file)
+    config = ServerConfig(args.host, args.port, key=key, allow_unauthenticated=args.no_auth,
+                          max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_in_flight=args.max_in_flight,
+                          threads=args.threads, ssl_context=context, metrics_port=args.metrics_port)
+    bundle = open_bundle(args.bundle)
+
+    def ready(server):
+        host, port = server.address
+        metrics = "" if server.metrics_address is None else ", metrics on http://{}:{}/metrics".format(
+            *server.metrics_address)
+        print("serving bundle {} on {}:{}{} (Ctrl-C stops after answering accepted frames)".format(
+            bundle.bundle_id, host, port, metrics), flush=True)
+
+    serve_forever(bundle, config, on_ready=ready)
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((word for word in argv if not word.startswith("-")), None)
+    if command not in RUNTIME_COMMANDS:
+        try:
+            from toolchain.cli import main as toolchain_main
+        except ImportError as error:
+            sys.exit("edgesplit {}: the toolchain is not installed here ({}); this install runs "
+                     "`edgesplit edge` and `edgesplit serve`".format(command or "", error))
+        return toolchain_main(args=argv, prog_name="edgesplit")
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if command == "serve" else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        run_edge(args) if command == "edge" else run_serve(args)
+    except EdgesplitError as error:
+        if args.debug:
+            raise
+        print("error: {}".format(error), file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

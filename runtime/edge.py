@@ -11,6 +11,7 @@ import logging
 import queue
 import random
 import socket
+import ssl
 import threading
 import time
 from typing import Iterable, Iterator, List, NamedTuple, Optional
@@ -82,10 +83,9 @@ class _InFlight(NamedTuple):
 class _Connection:
     """One authenticated TCP (or TLS) connection to the server."""
 
-    def __init__(self, sock, generation: int):
+    def __init__(self, sock):
         self.sock = sock
         self.stream = sock.makefile("rb")
-        self.generation = generation
         self.alive = True
 
     def read_exactly(self, size: int) -> bytes:
@@ -103,6 +103,7 @@ class _Connection:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        self.stream.close()
         self.sock.close()
 
 
@@ -136,6 +137,9 @@ class EdgeClient:
             self._connect()
         except ProtocolError:
             raise
+        except (ssl.SSLError, ssl.CertificateError) as error:  # not transient: the certificate is not trusted
+            raise ProtocolError("TLS with {}:{} failed: {}".format(self.config.host, self.config.port, error)) \
+                from error
         except OSError as error:
             self._connection_failed("cloud server {}:{} unreachable: {}".format(
                 self.config.host, self.config.port, error))
@@ -306,7 +310,7 @@ class EdgeClient:
                 continue
             try:
                 self._connect()
-            except (ProtocolError, OSError) as error:
+            except (ProtocolError, OSError, ssl.CertificateError) as error:
                 self._connection_failed(str(error))
 
     # --- connecting ------------------------------------------------------------------------
@@ -318,11 +322,15 @@ class EdgeClient:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if config.ssl_context is not None:
                 sock = config.ssl_context.wrap_socket(sock, server_hostname=config.server_hostname or config.host)
-            connection = _Connection(sock, self.stats.connects + 1)
+        except BaseException:
+            sock.close()
+            raise
+        connection = _Connection(sock)
+        try:
             self._handshake(connection)
             sock.settimeout(None)
         except BaseException:
-            sock.close()
+            connection.close()
             raise
         with self._lock:
             self._connection = connection

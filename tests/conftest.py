@@ -30,6 +30,15 @@ def default_model():
     return load_model(None)
 
 
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """The default bundle (`build-engines` with no options, as a directory and a .tar), built once."""
+    from toolchain.build import BuildOptions, build_engines
+
+    output = tmp_path_factory.mktemp("bundles") / "default-cpu"
+    return build_engines(BuildOptions(output=output, tar=True))
+
+
 @pytest.fixture()
 def plain_cnn() -> PlainCNN:
     torch.manual_seed(0)

@@ -20,12 +20,6 @@ from toolchain.train import predict
 from conftest import INPUT_SHAPE, top1
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    output = tmp_path_factory.mktemp("bundles") / "default-cpu"
-    return build_engines(BuildOptions(output=output, tar=True))
-
-
 @pytest.fixture()
 def bundle_copy(built, tmp_path):
     return shutil.copytree(built.bundle, tmp_path / "copy")

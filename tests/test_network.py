@@ -1,0 +1,339 @@
+"""Edge client and cloud server over real TCP on 127.0.0.1, with the default bundle."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime import protocol
+from runtime.bundle import load_bundle
+from runtime.cloud import BackgroundServer, ServerConfig
+from runtime.edge import CLOUD, ERROR, ClientConfig, EdgeClient
+from runtime.errors import ProtocolError
+from runtime.images import open_source
+from runtime.local import SplitInference
+
+from calibration_data import DEFAULT_CALIBRATION
+
+KEY = b"test key"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bundle(built):
+    return load_bundle(built.bundle)
+
+
+@pytest.fixture(scope="module")
+def frames(bundle):
+    return list(open_source(str(DEFAULT_CALIBRATION), (1, 32, 32)))[:320]
+
+
+@pytest.fixture(scope="module")
+def reference(bundle, frames):
+    """In-process logits of the same bundle: what the network must reproduce."""
+    return SplitInference(bundle)(np.stack([frame.image for frame in frames]))
+
+
+@pytest.fixture()
+def server(bundle):
+    with BackgroundServer(bundle, ServerConfig(key=KEY, max_batch=32, max_wait_ms=5.0, frame_timeout_s=0.5,
+                                               metrics_port=0)) as running:
+        yield running
+
+
+def client(bundle, address, **options):
+    options.setdefault("key", KEY)
+    return EdgeClient(bundle, ClientConfig(address[0], address[1], **options))
+
+
+def assert_matches(outcomes, reference):
+    assert all(o.answered_by == CLOUD for o in outcomes), [o.error for o in outcomes if o.error][:3]
+    logits = np.stack([o.logits for o in outcomes])
+    expected = reference[[o.index for o in outcomes]]
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+    assert (logits.argmax(1) == expected.argmax(1)).all()
+
+
+def test_one_edge_gets_the_in_process_results_byte_for_byte_on_the_wire(bundle, frames, reference, server):
+    with client(bundle, server.address, in_flight=8) as edge:
+        outcomes = edge.run_all(frames[:64])
+        stats = edge.stats.as_dict()
+    assert [o.index for o in outcomes] == list(range(64))
+    assert_matches(outcomes, reference)
+    header = protocol.HEADER_BYTES + 4 * len(bundle.wire.shape)
+    assert stats["bytes_sent"] == 64 * (bundle.wire.packed_bytes + header)
+    assert stats["payload_bytes"] == 64 * 16384
+    assert server.server.metrics.value("edgesplit_frames_total", outcome="answered") == 64
+
+
+def test_twenty_concurrent_edges_are_batched_together_and_all_correct(bundle, frames, reference, server):
+    results, failures = {}, []
+
+    def one_edge(number):
+        try:
+            with client(bundle, server.address, in_flight=4) as edge:
+                results[number] = edge.run_all(frames[number * 16:(number + 1) * 16])
+        except Exception as error:  # surfaced below with the edge's number
+            failures.append((number, error))
+
+    threads = [threading.Thread(target=one_edge, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not failures
+    outcomes = [o for n in range(20) for o in results[n]]
+    assert sorted(o.index for o in outcomes) == list(range(320))
+    assert_matches(outcomes, reference)
+    metrics = server.server.metrics
+    assert metrics.value("edgesplit_batch_size_sum") == 320
+    assert metrics.value("edgesplit_batch_size_count") < 320  # some backend calls served several edges
+
+
+def test_wrong_bundle_id_is_refused_naming_both(bundle, server):
+    other = load_bundle(bundle.directory)
+    other.manifest = dict(other.manifest, bundle_id="0" * 32)
+    with pytest.raises(ProtocolError, match="edge runs bundle 0{32}, this server serves " + bundle.bundle_id) as raised:
+        client(other, server.address).start()
+    assert raised.value.code == protocol.BUNDLE_MISMATCH
+
+
+def test_wrong_or_missing_key_is_refused(bundle, server):
+    with pytest.raises(ProtocolError, match="edge and server hold different keys") as raised:
+        client(bundle, server.address, key=b"another key").start()
+    assert raised.value.code == protocol.AUTH_FAILED
+    with pytest.raises(ProtocolError, match="the server requires a shared key"):
+        client(bundle, server.address, key=b"").start()
+    assert server.server.metrics.value("edgesplit_refused_connections_total",
+                                       reason="authentication failed") == 1
+
+
+def test_an_edge_with_a_key_refuses_a_server_without_authentication(bundle, frames):
+    with BackgroundServer(bundle, ServerConfig(allow_unauthenticated=True)) as open_server:
+        with pytest.raises(ProtocolError, match="refusing an unauthenticated server"):
+            client(bundle, open_server.address).start()
+        with client(bundle, open_server.address, key=b"") as edge:
+            assert [o.answered_by for o in edge.run_all(frames[:2])] == [CLOUD, CLOUD]
+
+
+def test_a_server_without_key_must_be_told_to_skip_authentication(bundle):
+    with pytest.raises(ProtocolError, match="--no-auth"):
+        BackgroundServer(bundle, ServerConfig())
+
+
+class RawConnection:
+    """A hand-driven client that completes the handshake and then sends whatever a test wants."""
+
+    def __init__(self, address, bundle_id):
+        self.sock = socket.create_connection(address, timeout=10)
+        self.stream = self.sock.makefile("rb")
+        self.bundle_id = bundle_id
+        nonce = protocol.new_nonce()
+        self.send(protocol.encode(protocol.Frame(protocol.HELLO, bundle_id=bundle_id, payload=nonce)))
+        challenge = self.receive()
+        self.send(protocol.encode(protocol.Frame(protocol.AUTH, bundle_id=bundle_id, payload=protocol.client_proof(
+            KEY, challenge.payload, nonce, bundle_id))))
+        assert self.receive().type == protocol.READY
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def receive(self) -> protocol.Frame:
+        def read_exactly(size):
+            data = self.stream.read(size)
+            if len(data) != size:
+                raise ConnectionError("closed")
+            return data
+        return protocol.read_frame(read_exactly)
+
+    def closed_by_server(self) -> bool:
+        return self.stream.read(1) == b""
+
+
+def header_bytes(**changes) -> bytes:
+    fields = dict(magic=protocol.MAGIC, version=protocol.VERSION, type=protocol.FEATURES, flags=0, request_id=1,
+                  bundle_id=bytes(16), lossless=0, bits=8, dtype=protocol.DTYPE_UINT8, ndim=3, scale=0.0,
+                  zero_point=0.0, payload_length=16384, checksum=0)
+    fields.update(changes)
+    return protocol.HEADER.pack(*fields.values())
+
+
+@pytest.mark.parametrize("name, data, code, message", [
+    ("garbage", b"GET / HTTP/1.1\r\n" + bytes(range(36)), protocol.BAD_FRAME, "not an edgesplit frame"),
+    ("oversized", header_bytes(payload_length=1 << 30), protocol.BAD_FRAME, "over the limit"),
+    ("wrong version", header_bytes(version=9), protocol.UNSUPPORTED_VERSION, "version 9 is not supported"),
+    ("truncated", header_bytes() + bytes(100), protocol.TIMEOUT, "is truncated"),
+    ("corrupted", None, protocol.BAD_FRAME, "fails its CRC-32"),
+])
+def test_broken_frames_get_an_error_and_the_server_keeps_serving_others(
+        bundle, frames, reference, server, name, data, code, message):
+    bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
+    with client(bundle, server.address, in_flight=2) as bystander:
+        first = bystander.run_all(frames[:8])
+        raw = RawConnection(server.address, bundle_id)
+        if data is None:
+            good = protocol.encode(protocol.features_frame(3, bundle_id, bytes(16384), bundle.wire,
+                                                           protocol.wire_quantization(bundle.manifest)))
+            data = good[:-1] + bytes([good[-1] ^ 1])
+        raw.send(data)
+        reply = raw.receive()
+        assert reply.type == protocol.ERROR and reply.flags & protocol.FLAG_FINAL
+        assert protocol.error_details(reply)[0] == code
+        assert message in protocol.error_details(reply)[1]
+        assert raw.closed_by_server()
+        second = bystander.run_all(frames[8:16])
+    assert_matches(first + second, reference)
+    with client(bundle, server.address) as newcomer:
+        assert_matches(newcomer.run_all(frames[16:18]), reference)
+
+
+def test_a_frame_that_does_not_match_the_bundle_is_refused_and_the_connection_stays(bundle, frames, server):
+    bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
+    quantization = protocol.wire_quantization(bundle.manifest)
+    raw = RawConnection(server.address, bundle_id)
+    short = protocol.features_frame(1, bundle_id, bytes(100), bundle.wire, quantization)
+    wrong_bits = protocol.features_frame(2, bundle_id, bytes(8192), bundle.wire, quantization)._replace(bits=4)
+    good = protocol.features_frame(3, bundle_id, bytes(16384), bundle.wire, quantization)
+    for frame in (short, wrong_bits, good):
+        raw.send(protocol.encode(frame))
+    replies = {reply.request_id: reply for reply in (raw.receive() for _ in range(3))}
+    assert protocol.error_details(replies[1]) == (protocol.BAD_REQUEST,
+                                                  "payload has 100 bytes, the bundle's wire format needs 16384")
+    assert "4 bits" in protocol.error_details(replies[2])[1]
+    assert replies[3].type == protocol.RESULT and protocol.result_values(replies[3]).shape == (10,)
+
+
+def test_shutdown_answers_every_accepted_frame_then_says_closing(bundle):
+    config = ServerConfig(key=KEY, max_batch=256, max_wait_ms=300.0)
+    running = BackgroundServer(bundle, config)
+    bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
+    raw = RawConnection(running.address, bundle_id)
+    for request_id in range(1, 41):
+        raw.send(protocol.encode(protocol.features_frame(request_id, bundle_id, bytes(16384), bundle.wire,
+                                                         protocol.wire_quantization(bundle.manifest))))
+    deadline = time.monotonic() + 10
+    while running.server.metrics.value("edgesplit_received_bytes_total") < 40 * 16448 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    running.close()  # the batch is still waiting for more frames when shutdown starts
+    replies = [raw.receive() for _ in range(41)]
+    assert sorted(r.request_id for r in replies[:40]) == list(range(1, 41))
+    assert all(r.type == protocol.RESULT for r in replies[:40])
+    assert replies[40].type == protocol.CLOSING
+    assert raw.closed_by_server()
+
+
+def test_metrics_endpoint_serves_prometheus_text(bundle, frames, server):
+    with client(bundle, server.address) as edge:
+        edge.run_all(frames[:5])
+    host, port = server.server.metrics_address
+    text = urllib.request.urlopen("http://{}:{}/metrics".format(host, port), timeout=10).read().decode()
+    assert 'edgesplit_frames_total{outcome="answered"} 5.0' in text
+    assert "edgesplit_latency_seconds_bucket" in text and "edgesplit_batch_size_count" in text
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        urllib.request.urlopen("http://{}:{}/other".format(host, port), timeout=10)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_tls_with_a_self_signed_certificate(bundle, frames, reference, tmp_path):
+    import ssl
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                   check=True, capture_output=True)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(str(cert), str(key))
+    with BackgroundServer(bundle, ServerConfig(key=KEY, ssl_context=server_context)) as tls_server:
+        trusted = ssl.create_default_context(cafile=str(cert))
+        with client(bundle, tls_server.address, ssl_context=trusted, server_hostname="localhost") as edge:
+            assert_matches(edge.run_all(frames[:8]), reference)
+        with pytest.raises(ProtocolError, match="TLS with .* certificate verify failed"):
+            client(bundle, tls_server.address, ssl_context=ssl.create_default_context(),
+                   server_hostname="localhost").start()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_serve_process(bundle_dir, port):
+    command = [sys.executable, "-m", "runtime.cli", "serve", "--bundle", str(bundle_dir), "--port", str(port)]
+    process = subprocess.Popen(command, cwd=str(ROOT), env=dict(os.environ, EDGESPLIT_KEY=KEY.decode()),
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert "serving bundle" in process.stdout.readline()
+    return process
+
+
+def test_server_killed_and_restarted_mid_stream_every_frame_has_exactly_one_outcome(built, bundle, frames, reference):
+    port = free_port()
+    servers = [start_serve_process(built.bundle, port)]
+
+    def restart_later():
+        time.sleep(0.3)
+        servers.append(start_serve_process(built.bundle, port))
+
+    outcomes, restarter = [], threading.Thread(target=restart_later)
+    try:
+        with client(bundle, ("127.0.0.1", port), in_flight=4, reply_timeout_s=5.0, backoff_s=0.05,
+                    backoff_max_s=0.2) as edge:
+            paced = (frame for frame in frames if time.sleep(0.01) is None)
+            for outcome in edge.run(paced):
+                outcomes.append(outcome)
+                if len(outcomes) == 60:
+                    servers[0].send_signal(signal.SIGKILL)  # no goodbye: the stream just breaks
+                    restarter.start()
+            stats = edge.stats.as_dict()
+    finally:
+        restarter.join()
+        for process in servers:
+            process.kill()
+            process.wait()
+    assert sorted(o.index for o in outcomes) == list(range(len(frames)))  # exactly one outcome each
+    errors = [o for o in outcomes if o.answered_by == ERROR]
+    answered = [o for o in outcomes if o.answered_by == CLOUD]
+    assert errors and all("cloud unreachable" in o.error for o in errors)
+    assert answered[-1].index > max(o.index for o in errors)  # the edge is back on the restarted server
+    assert_matches(answered, reference)
+    assert stats["connects"] == 2 and stats["cloud_answers"] + stats["errors"] == len(frames)
+
+
+def test_edge_command_end_to_end(built, bundle, frames, reference, server, tmp_path):
+    summary_path, rows_path = tmp_path / "summary.json", tmp_path / "frames.csv"
+    host, port = server.address
+    result = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "edge", "--bundle", str(built.bundle.with_suffix(".tar")), "--server", "{}:{}".format(host, port),
+         "--source", str(DEFAULT_CALIBRATION), "--limit", "100", "--rtt", "2ms", "--uplink", "100mbit",
+         "--summary-json", str(summary_path), "--output", str(rows_path)],
+        cwd=str(ROOT), env=dict(os.environ, EDGESPLIT_KEY=KEY.decode()), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(summary_path.read_text())
+    assert summary["cloud_answers"] == 100 and summary["errors"] == 0
+    expected = (reference[:100].argmax(1) == np.array([f.label for f in frames[:100]])).mean()
+    assert summary["accuracy"] == pytest.approx(expected)
+    assert summary["payload_bytes_per_frame"] == 16384
+    assert len(rows_path.read_text().splitlines()) == 101
+    assert "100 frames" in result.stdout and "100 answered by the cloud" in result.stdout
+
+
+def test_edge_command_reports_a_refusal_in_one_line(built, server):
+    host, port = server.address
+    result = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "edge", "--bundle", str(built.bundle), "--server",
+         "{}:{}".format(host, port), "--source", str(DEFAULT_CALIBRATION)],
+        cwd=str(ROOT), env=dict(os.environ, EDGESPLIT_KEY="wrong"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: handshake with")
+    assert "authentication failed" in result.stderr

@@ -7,6 +7,7 @@ raises ProtocolError with the error code to answer with. Python 3.6 + stdlib + n
 
 import hashlib
 import hmac
+import math
 import os
 import struct
 import zlib
@@ -146,7 +147,7 @@ def parse_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Header:
     if payload_length > limit:
         raise ProtocolError("{} payload of {} bytes is over the limit of {}".format(
             FRAME_TYPES[frame_type], payload_length, limit))
-    if not (np.isfinite(scale) and np.isfinite(zero_point)):
+    if not (math.isfinite(scale) and math.isfinite(zero_point)):
         raise ProtocolError("quantization parameters must be finite")
     frame = Frame(frame_type, request_id, bundle_id, flags, lossless, bits, dtype, (), scale, zero_point)
     return Header(frame, ndim, payload_length, checksum)
@@ -165,11 +166,18 @@ def finish_frame(header: Header, body: bytes, limits: Limits = DEFAULT_LIMITS) -
             fields.type_name, fields.request_id))
     split = header.ndim * DIM.size
     shape = tuple(DIM.unpack_from(body, offset)[0] for offset in range(0, split, DIM.size))
-    elements = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    elements = _product(shape) if shape else 0
     if fields.dtype != DTYPE_NONE and (not shape or elements == 0 or elements > limits.max_elements):
         raise ProtocolError("tensor shape {} is empty or over the limit of {} elements".format(
             shape, limits.max_elements))
     return fields._replace(shape=shape, payload=bytes(body[split:]))
+
+
+def _product(shape) -> int:
+    elements = 1
+    for size in shape:
+        elements *= size
+    return elements
 
 
 def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
@@ -201,7 +209,7 @@ def result_frame(request_id: int, bundle_id: bytes, values: np.ndarray) -> Frame
 
 def result_values(frame: Frame) -> np.ndarray:
     dtype = DTYPES[frame.dtype]
-    if frame.type != RESULT or dtype is None or len(frame.payload) != int(np.prod(frame.shape)) * dtype.itemsize:
+    if frame.type != RESULT or dtype is None or len(frame.payload) != _product(frame.shape) * dtype.itemsize:
         raise ProtocolError("RESULT frame {} payload does not match its shape {}".format(
             frame.request_id, frame.shape))
     return np.frombuffer(frame.payload, dtype=dtype).reshape(frame.shape).astype(np.float32)
@@ -214,7 +222,8 @@ def check_features(frame: Frame, wire, quantization) -> None:
     if found != expected:
         raise ProtocolError("features are (lossless {}, {} bits, dtype {}, shape {}); the bundle sends "
                             "(lossless {}, {} bits, dtype {}, shape {})".format(*(found + expected)), BAD_REQUEST)
-    if not np.allclose((frame.scale, frame.zero_point), quantization, rtol=1e-6, atol=0):
+    if any(abs(found - wanted) > 1e-6 * abs(wanted) for found, wanted in zip((frame.scale, frame.zero_point),
+                                                                             quantization)):
         raise ProtocolError("features quantized with scale {}, zero point {}; the bundle uses {}, {}".format(
             frame.scale, frame.zero_point, *quantization), BAD_REQUEST)
 

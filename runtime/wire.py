@@ -64,11 +64,37 @@ def decompress_bytes(payload: bytes, lossless: str, size: int) -> bytes:
     return data
 
 
+def _lane_shifts(bits: int) -> np.ndarray:
+    """Shift of each code within its byte when `bits` divides 8, first code most significant."""
+    return np.arange(8 - bits, -1, -bits, dtype=np.uint8)
+
+
+_UNPACK_TABLES = {}
+
+
+def _unpack_table(bits: int) -> np.ndarray:
+    """Row b holds the codes packed in byte value b: unpacking is one table lookup per byte."""
+    if bits not in _UNPACK_TABLES:
+        values = np.arange(256, dtype=np.uint8)[:, None]
+        _UNPACK_TABLES[bits] = (values >> _lane_shifts(bits)) & np.uint8((1 << bits) - 1)
+    return _UNPACK_TABLES[bits]
+
+
 def pack_bits(codes: np.ndarray, bits: int) -> bytes:
     """Keep the low `bits` bits of each uint8 code, most significant first, padded to a byte."""
     if bits == 8:
         return codes.tobytes()
-    planes = np.unpackbits(codes.reshape(-1, 1), axis=1)[:, 8 - bits:]
+    flat = codes.reshape(-1)
+    if 8 % bits == 0:  # whole codes per byte: shifts instead of a bit-plane round trip
+        lanes = 8 // bits
+        padded = np.zeros(-(-flat.size // lanes) * lanes, dtype=np.uint8)
+        padded[:flat.size] = flat & ((1 << bits) - 1)
+        groups = padded.reshape(-1, lanes)
+        packed = np.zeros(len(groups), dtype=np.uint8)
+        for lane, shift in enumerate(_lane_shifts(bits)):
+            packed |= groups[:, lane] << shift
+        return packed.tobytes()
+    planes = np.unpackbits(flat.reshape(-1, 1), axis=1)[:, 8 - bits:]
     return np.packbits(planes.reshape(-1)).tobytes()
 
 
@@ -76,6 +102,8 @@ def unpack_bits(data: bytes, bits: int, elements: int) -> np.ndarray:
     raw = np.frombuffer(data, dtype=np.uint8)
     if bits == 8:
         return raw
+    if 8 % bits == 0:
+        return np.take(_unpack_table(bits), raw, axis=0).reshape(-1)[:elements]
     planes = np.unpackbits(raw)[:elements * bits].reshape(elements, bits)
     padded = np.zeros((elements, 8), dtype=np.uint8)
     padded[:, 8 - bits:] = planes

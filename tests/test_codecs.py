@@ -148,3 +148,17 @@ def test_uncalibrated_shapes_are_checked():
 def test_bad_codec_specs_are_named(spec, message):
     with pytest.raises(EdgesplitError, match=message):
         make_codec(parse_codec_spec(spec), LEARNED_SHAPE)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("elements", [1, 7, 1000])
+def test_bit_packing_layout_is_most_significant_code_first(bits, elements):
+    """The byte layout on the wire: codes' low `bits` bits concatenated MSB-first, zero-padded."""
+    from runtime.wire import pack_bits, unpack_bits
+
+    codes = np.random.default_rng(bits).integers(0, 1 << bits, elements, dtype=np.uint8)
+    stream = "".join(format(int(code), "0{}b".format(bits)) for code in codes)
+    stream += "0" * (-len(stream) % 8)
+    expected = bytes(int(stream[i:i + 8], 2) for i in range(0, len(stream), 8))
+    assert pack_bits(codes, bits) == expected
+    assert np.array_equal(unpack_bits(expected, bits, elements), codes)

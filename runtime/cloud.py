@@ -193,6 +193,9 @@ class CloudServer:
         if self.metrics_address is not None:
             self._metrics_server.close()
             await self._metrics_server.wait_closed()
+        log.info("stopped after answering %d frames (%d refused)", self.metrics.value(
+            "edgesplit_frames_total", outcome="answered"), self.metrics.value("edgesplit_frames_total",
+                                                                              outcome="rejected"))
 
     async def serve_until_stopped(self) -> None:
         await asyncio.shield(self._stopping)

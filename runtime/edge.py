@@ -155,6 +155,8 @@ class EdgeClient:
         self._outbox.put(None)
         with self._lock:
             connection, self._connection = self._connection, None
+            if connection is not None:
+                connection.alive = False  # its end is expected now: not a loss to recover from
         if connection is not None:
             try:
                 connection.sock.sendall(protocol.encode(protocol.Frame(protocol.CLOSING, bundle_id=self.bundle_id)))

@@ -40,11 +40,11 @@ DTYPES = {DTYPE_NONE: None, DTYPE_UINT8: np.dtype(np.uint8), DTYPE_FLOAT32: np.d
 LOSSLESS_IDS = {"none": 0, "zlib": 1, "zstd": 2, "lz4": 3}
 
 # error codes carried in ERROR frames
-BAD_FRAME, UNSUPPORTED_VERSION, BUNDLE_MISMATCH, AUTH_FAILED, BAD_REQUEST, SHUTTING_DOWN, \
-    INTERNAL, TIMEOUT, TOO_MANY_IN_FLIGHT = range(1, 10)
+BAD_FRAME, UNSUPPORTED_VERSION, BUNDLE_MISMATCH, AUTH_FAILED, BAD_REQUEST, INTERNAL, TIMEOUT, \
+    TOO_MANY_IN_FLIGHT = range(1, 9)
 ERROR_NAMES = {BAD_FRAME: "bad frame", UNSUPPORTED_VERSION: "unsupported version",
                BUNDLE_MISMATCH: "bundle mismatch", AUTH_FAILED: "authentication failed",
-               BAD_REQUEST: "bad request", SHUTTING_DOWN: "shutting down", INTERNAL: "internal error",
+               BAD_REQUEST: "bad request", INTERNAL: "internal error",
                TIMEOUT: "timeout", TOO_MANY_IN_FLIGHT: "too many frames in flight"}
 
 MAX_NDIM = 6

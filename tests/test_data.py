@@ -71,3 +71,30 @@ def test_model_input_is_centre_padded_and_scaled():
     assert inputs[0, 0, 2:30, 2:30].min() == 1.0 and inputs[0, 0, :2].max() == 0.0
     with pytest.raises(EdgesplitError, match="images have 1 channels, the model takes 3"):
         to_model_input(images, (3, 32, 32))
+
+
+def test_edge_sources_give_the_same_model_input_from_npz_npy_and_image_files(tmp_path, holdout):
+    from PIL import Image
+
+    from runtime.images import open_source
+
+    images = holdout.images[:3]
+    expected = to_model_input(images, (1, 32, 32))
+    np.savez(tmp_path / "frames.npz", images=images, labels=holdout.labels[:3])
+    np.save(tmp_path / "frames.npy", images[:, 0])
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for index, image in enumerate(images[:, 0]):
+        Image.fromarray(image).save(folder / f"{index:03d}.png")
+    Image.fromarray(np.zeros((64, 48), dtype=np.uint8)).save(folder / "999-large.png")
+    from_npz = list(open_source(str(tmp_path / "frames.npz"), (1, 32, 32)))
+    from_npy = list(open_source(str(tmp_path / "frames.npy"), (1, 32, 32)))
+    from_files = list(open_source(str(folder), (1, 32, 32)))
+    for frames in (from_npz, from_npy, from_files[:3]):
+        np.testing.assert_array_equal(np.stack([f.image for f in frames]), expected)
+    assert [f.label for f in from_npz] == holdout.labels[:3].tolist()
+    assert from_files[3].image.shape == (1, 32, 32)  # larger images are resized to the model input
+    with pytest.raises(EdgesplitError, match=r"camera source must be camera or camera:N"):
+        open_source("camera:front", (1, 32, 32))
+    with pytest.raises(EdgesplitError, match="source 'missing.npz' not found"):
+        open_source("missing.npz", (1, 32, 32))

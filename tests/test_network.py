@@ -337,3 +337,39 @@ def test_edge_command_reports_a_refusal_in_one_line(built, server):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: handshake with")
     assert "authentication failed" in result.stderr
+
+
+def send_features(raw, bundle, request_ids):
+    bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
+    for request_id in request_ids:
+        raw.send(protocol.encode(protocol.features_frame(request_id, bundle_id, bytes(16384), bundle.wire,
+                                                         protocol.wire_quantization(bundle.manifest))))
+
+
+def test_frames_over_the_in_flight_limit_are_refused_one_by_one(bundle):
+    with BackgroundServer(bundle, ServerConfig(key=KEY, max_in_flight=2, max_wait_ms=300.0)) as running:
+        raw = RawConnection(running.address, protocol.bundle_id_bytes(bundle.bundle_id))
+        send_features(raw, bundle, range(1, 6))
+        replies = {reply.request_id: reply for reply in (raw.receive() for _ in range(5))}
+    assert [replies[i].type for i in (1, 2)] == [protocol.RESULT] * 2
+    for request_id in (3, 4, 5):
+        assert protocol.error_details(replies[request_id])[0] == protocol.TOO_MANY_IN_FLIGHT
+
+
+def test_a_failing_backend_answers_its_batch_with_errors_and_the_server_recovers(bundle, frames, reference, server):
+    """Fault injection: the backend raises once; those frames get INTERNAL, later ones are served."""
+    real_infer, failures = server.server.batcher.infer, []
+
+    def fail_once(codes):
+        if not failures:
+            failures.append(len(codes))
+            raise RuntimeError("injected backend failure")
+        return real_infer(codes)
+
+    server.server.batcher.infer = fail_once
+    raw = RawConnection(server.address, protocol.bundle_id_bytes(bundle.bundle_id))
+    send_features(raw, bundle, [1])
+    code, message = protocol.error_details(raw.receive())
+    assert code == protocol.INTERNAL and "injected backend failure" in message
+    with client(bundle, server.address) as edge:
+        assert_matches(edge.run_all(frames[:4]), reference)

@@ -407,7 +407,7 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="Few frames, 1 and 10 edges, 2 s per run.")
+    parser.add_argument("--quick", action="store_true", help="Few frames, 1 and 10 edges, 1 s per run.")
     parser.add_argument("--bundle", type=Path, default=None, help="Bundle directory (default: build the default).")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "runtime")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads in the server.")
@@ -424,7 +424,7 @@ def main() -> None:
     payloads = [encode_frame(frame, bundle.wire) for frame in codes]
     bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
     edge_counts = (1, 10) if args.quick else (1, 10, 30, 50, 100)
-    seconds = 2.0 if args.quick else 8.0
+    seconds = 1.0 if args.quick else 8.0
     links = [(1e6, 0.02), (10e6, 0.02)] if args.quick else [(1e6, 0.02), (10e6, 0.02), (100e6, 0.005)]
     with Progress() as progress:
         task = progress.add_task("loopback", total=1)

@@ -24,3 +24,18 @@ def test_codec_benchmark_quick_run_writes_results(tmp_path):
         stages = {r["stage"] for r in csv.DictReader(stream)}
     assert {"none", "zlib", "zstd", "lz4", "zstd+bitpack"} <= stages
     assert (tmp_path / "accuracy_vs_bytes.png").stat().st_size > 10_000
+
+
+def test_runtime_benchmark_quick_run_writes_results(built, tmp_path):
+    subprocess.run([sys.executable, "-m", "benchmarks.runtime", "--quick", "--bundle", str(built.bundle),
+                    "--output", str(tmp_path)], check=True, capture_output=True)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [(r["edges"], r["batching"]) for r in summary["server"]] == [
+        (edges, batching) for edges in (1, 10) for batching in ("off", "greedy", "wait 2 ms")]
+    # a light load is fully answered; what differs between settings is latency
+    assert all(r["answered"] == r["sent"] > 0 and r["errors"] == 0 for r in summary["server"])
+    assert [r["edgesplit_wire_bytes"] - r["payload_bytes"] for r in summary["loopback"]] == [64.0] * 3
+    one_mbit = summary["links"][0]
+    assert one_mbit["fps"] <= one_mbit["link_bound_fps"] * 1.05  # the emulated uplink is the bottleneck
+    for name in ("RESULTS.md", "server.png", "loopback.png", "server.csv", "loopback.csv", "link.csv"):
+        assert (tmp_path / name).stat().st_size > 0

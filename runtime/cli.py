@@ -1,7 +1,7 @@
 """`edgesplit edge` and `edgesplit serve`: the runtime commands, with no torch and no click.
 
-Every other `edgesplit` command belongs to the toolchain and is handed to it, imported only
-then, so an edge device with numpy and one backend runs `edgesplit edge`. Python 3.6 syntax.
+`edgesplit` (edgesplit/cli.py) hands these two commands here, so an edge device with numpy and
+one backend runs `edgesplit edge`. Python 3.6 syntax.
 """
 
 import argparse
@@ -15,9 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import EdgesplitError
-
-RUNTIME_COMMANDS = ("edge", "serve")
-
 
 def _address(text: str):
     host, _, port = text.rpartition(":")
@@ -197,20 +194,13 @@ def run_serve(args) -> None:
 
 
 def main(argv=None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((word for word in argv if not word.startswith("-")), None)
-    if command not in RUNTIME_COMMANDS:
-        try:
-            from toolchain.cli import main as toolchain_main
-        except ImportError as error:
-            sys.exit("edgesplit {}: the toolchain is not installed here ({}); this install runs "
-                     "`edgesplit edge` and `edgesplit serve`".format(command or "", error))
-        return toolchain_main(args=argv, prog_name="edgesplit")
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if command == "serve" else logging.WARNING,
+    if args.command is None:
+        _parser().error("give a command: edge or serve")
+    logging.basicConfig(level=logging.INFO if args.command == "serve" else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        run_edge(args) if command == "edge" else run_serve(args)
+        run_edge(args) if args.command == "edge" else run_serve(args)
     except EdgesplitError as error:
         if args.debug:
             raise

@@ -12,38 +12,44 @@ from runtime.bundle import Bundle
 from runtime.wire import decode_frame, encode_frame
 
 
-class EdgeHalf:
+class _Half:
+    """One artefact of a bundle on its backend, with its (single) input and output names."""
+
+    def __init__(self, bundle: Bundle, role: str, threads=None):
+        self.wire = bundle.wire
+        self.runner = bundle.open_runner(role, threads=threads)
+        entry = bundle.artefact(role)
+        self.input_name = entry["inputs"][0]["name"]
+        self.output_name = entry["outputs"][0]["name"]
+
+    def run(self, array: np.ndarray) -> np.ndarray:
+        return self.runner.infer({self.input_name: array})[self.output_name]
+
+
+class EdgeHalf(_Half):
     """Head + encoder: float NCHW images → uint8 codes → one payload per frame."""
 
     def __init__(self, bundle: Bundle, threads=None):
-        self.wire = bundle.wire
-        self.runner = bundle.open_runner("edge", threads=threads)
-        entry = bundle.artefact("edge")
-        self.image_name = entry["inputs"][0]["name"]
-        self.codes_name = entry["outputs"][0]["name"]
+        super().__init__(bundle, "edge", threads)
 
     def codes(self, images: np.ndarray) -> np.ndarray:
-        return self.runner.infer({self.image_name: images})[self.codes_name]
+        return self.run(images)
 
     def payloads(self, images: np.ndarray) -> List[bytes]:
         return [encode_frame(frame, self.wire) for frame in self.codes(images)]
 
 
-class CloudHalf:
+class CloudHalf(_Half):
     """Decoder + tail: payloads (or decoded codes) → logits."""
 
     def __init__(self, bundle: Bundle, threads=None):
-        self.wire = bundle.wire
-        self.runner = bundle.open_runner("cloud", threads=threads)
-        entry = bundle.artefact("cloud")
-        self.codes_name = entry["inputs"][0]["name"]
-        self.logits_name = entry["outputs"][0]["name"]
+        super().__init__(bundle, "cloud", threads)
 
     def decode(self, payload: bytes) -> np.ndarray:
         return decode_frame(payload, self.wire)
 
     def logits(self, codes: np.ndarray) -> np.ndarray:
-        return self.runner.infer({self.codes_name: codes})[self.logits_name]
+        return self.run(codes)
 
 
 class SplitInference:

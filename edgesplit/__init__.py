@@ -1,0 +1,1 @@
+"""The `edgesplit` command: runtime commands without the toolchain, everything else with it."""

@@ -216,9 +216,9 @@ class EdgeClient:
                 request_id = next(self._request_ids)
                 self._pending[request_id] = _InFlight(frame.index, frame.label, started,
                                                       started + self.config.reply_timeout_s, connection)
-        if connection is None:
-            self._finish(frame.index, frame.label, started, ERROR, None, self._fallback_reason())
-            return
+            else:
+                self._finish(frame.index, frame.label, started, ERROR, None, self._fallback_reason())
+                return
         data = protocol.encode(protocol.features_frame(request_id, self.bundle_id, payload, self.wire,
                                                        self.quantization))
         link = self.config.link
@@ -231,8 +231,9 @@ class EdgeClient:
             self._last_problem)
 
     def _finish(self, index, label, started, answered_by, logits, error) -> None:
-        with self._lock:
-            self.stats.outcomes[answered_by] += 1
+        """Record one frame's outcome. The caller holds the lock, so that `run` never sees a frame
+        neither pending nor queued."""
+        self.stats.outcomes[answered_by] += 1
         self._outcomes.put(Outcome(index, answered_by, logits, error, time.monotonic() - started, label))
         self._slots.release()
 
@@ -242,7 +243,7 @@ class EdgeClient:
             if entry is None:  # already given an outcome (timed out, connection lost)
                 self.stats.late_replies += 1
                 return
-        self._finish(entry.index, entry.label, entry.started, answered_by, logits, error)
+            self._finish(entry.index, entry.label, entry.started, answered_by, logits, error)
 
     def _expire_overdue(self) -> None:
         now = time.monotonic()

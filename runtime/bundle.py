@@ -148,3 +148,10 @@ def check_artefact_io(bundle: Bundle) -> None:
             wanted = [(tensor["name"], tensor["dtype"]) for tensor in declared]
             if found != wanted:
                 raise BundleError("{} artefact {}s are {}, the manifest says {}".format(role, kind, found, wanted))
+            for tensor in declared:
+                if "quantization" in tensor:
+                    expected = (tensor["quantization"]["scale"], tensor["quantization"]["zero_point"])
+                    if runner.quantization(tensor["name"]) != tuple(expected):
+                        raise BundleError("{} artefact's {} is quantized with (scale, zero point) {}, the manifest "
+                                          "says {}".format(role, tensor["name"], runner.quantization(tensor["name"]),
+                                                           tuple(expected)))

@@ -9,6 +9,7 @@ from typing import List
 import numpy as np
 
 from runtime.bundle import Bundle
+from runtime.errors import BundleError
 from runtime.wire import decode_frame, encode_frame
 
 
@@ -26,14 +27,70 @@ class _Half:
         return self.runner.infer({self.input_name: array})[self.output_name]
 
 
+def quantize_int8(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return np.clip(np.round(values / scale) + zero_point, -128, 127).astype(np.int8)
+
+
+class CodeMapping:
+    """From an integer-only edge artefact's int8 output to the bundle's uint8 wire codes.
+
+    `passthrough`: the codec uses the artefact's own output scale, so a code is the int8 value
+    + 128, no float on the device. `requantize`: dequantize with the interpreter's parameters,
+    quantize with the codec's (per tensor or per channel, any bit width).
+    """
+
+    def __init__(self, entry: dict, output_quantization):
+        self.method = entry["method"]
+        self.scale = np.asarray(entry["scale"], dtype=np.float32)
+        self.zero_point = np.asarray(entry["zero_point"], dtype=np.float32)
+        self.levels = int(entry["levels"])
+        self.output_scale, self.output_zero_point = output_quantization
+        if self.method == "passthrough" and not (
+                self.levels == 256 and self.scale.size == 1 and np.isclose(self.scale[0], self.output_scale, rtol=1e-6)
+                and self.zero_point[0] == self.output_zero_point + 128):
+            raise BundleError("manifest maps edge outputs to codes unchanged, but the artefact's output is "
+                              "quantized with scale {}, zero point {} and the codec with {}, {}".format(
+                                  self.output_scale, self.output_zero_point, self.scale.tolist(),
+                                  self.zero_point.tolist()))
+        if self.method not in ("passthrough", "requantize"):
+            raise BundleError("unknown edge code mapping {!r}".format(self.method))
+        if self.scale.size > 1:  # per channel, NCHW
+            self.scale = self.scale.reshape(1, -1, 1, 1)
+            self.zero_point = self.zero_point.reshape(1, -1, 1, 1)
+
+    def __call__(self, outputs: np.ndarray) -> np.ndarray:
+        if self.method == "passthrough":
+            return (outputs.astype(np.int16) + 128).astype(np.uint8)
+        real = (outputs.astype(np.float32) - self.output_zero_point) * self.output_scale
+        return np.clip(np.round(real / self.scale + self.zero_point), 0, self.levels - 1).astype(np.uint8)
+
+
 class EdgeHalf(_Half):
-    """Head + encoder: float NCHW images → uint8 codes → one payload per frame."""
+    """Head + encoder: float NCHW images → uint8 codes → one payload per frame.
+
+    An integer-only artefact (TFLite int8) takes quantized input, may be NHWC, and ends before
+    the codec's quantizer: its output becomes codes through the manifest's `to_codes` mapping.
+    """
 
     def __init__(self, bundle: Bundle, threads=None):
         super().__init__(bundle, "edge", threads)
+        entry = bundle.artefact("edge")
+        image, features = entry["inputs"][0], entry["outputs"][0]
+        self.input_layout, self.output_layout = image.get("layout", "NCHW"), features.get("layout", "NCHW")
+        self.input_quantization = self.runner.quantization(self.input_name) if image["dtype"] == "int8" else None
+        self.to_codes = None
+        if features["dtype"] == "int8":
+            self.to_codes = CodeMapping(entry["to_codes"], self.runner.quantization(self.output_name))
 
     def codes(self, images: np.ndarray) -> np.ndarray:
-        return self.run(images)
+        if self.input_layout == "NHWC":
+            images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+        if self.input_quantization is not None:
+            images = quantize_int8(images, *self.input_quantization)
+        outputs = self.run(images)
+        if self.output_layout == "NHWC":
+            outputs = outputs.transpose(0, 3, 1, 2)
+        return outputs if self.to_codes is None else self.to_codes(outputs)
 
     def payloads(self, images: np.ndarray) -> List[bytes]:
         return [encode_frame(frame, self.wire) for frame in self.codes(images)]

@@ -14,7 +14,7 @@ from torch import nn
 
 from calibration_data import DEFAULT_CALIBRATION
 from runtime.bundle import SCHEMA_VERSION, Bundle
-from runtime.local import SplitInference
+from runtime.local import EdgeHalf, SplitInference
 from targets import Target, get_target
 from toolchain.bundle import finish_bundle, staging_directory
 from runtime.wire import WireFormat
@@ -28,8 +28,10 @@ from toolchain.split import SplitPoint, default_point, split_model, trace
 from toolchain.train import predict
 
 # Backends whose artefacts this toolchain can produce; a target needing another is refused.
-BUILDABLE_BACKENDS = ("onnxrt",)
+BUILDABLE_BACKENDS = ("onnxrt", "tflite")
 ARTEFACT_FILES = {"edge": "edge.onnx", "cloud": "cloud.onnx"}
+TFLITE_EDGE_FILE = "edge.tflite"
+TFLITE_TOOLS = ("litert-torch", "ai-edge-quantizer", "ai-edge-litert")
 IMAGE, CODES, LOGITS = "image", "codes", "logits"
 EXPORT_CHECK_FRAMES = 64
 MAX_CODE_ERROR = 1  # ONNX Runtime and PyTorch may round a value on a code boundary differently
@@ -65,7 +67,7 @@ def check_buildable(target: Target) -> None:
         if backend not in BUILDABLE_BACKENDS:
             raise TargetError(
                 f"target {target.name!r} is not yet implemented: its {role} half needs the {backend} "
-                f"backend, which this toolchain cannot build yet (buildable now: --target cpu)"
+                f"backend, which this toolchain cannot build yet (buildable now: {', '.join(BUILDABLE_BACKENDS)})"
             )
 
 
@@ -131,17 +133,32 @@ def build_engines(options: BuildOptions) -> BuildReport:
 
         output = options.output or Path("bundles") / f"{loaded.name}-{target.name}"
         staging = staging_directory(output)
+        integer_edge = None
+        if target.edge_backend == "tflite":
+            from toolchain.tflite import convert_int8
+
+            integer_edge = convert_int8(nn.Sequential(halves.head, codec.pre_quantization()), calibration_inputs,
+                                        staging / TFLITE_EDGE_FILE)
+            code_mapping = codec.map_int8_output(*integer_edge.output_quantization)  # may adopt its scale
         with torch.no_grad():
             output_shape = tuple(halves.tail(halves.head(torch.zeros(1, *input_shape))).shape[1:])
         manifest = describe_bundle(loaded, halves.point, split_name, codec, wire, target, input_shape, output_shape)
+        if integer_edge is not None:
+            manifest["artefacts"]["edge"] = tflite_edge_entry(integer_edge, code_mapping, target)
+            manifest["tools"].update({name: metadata.version(name) for name in TFLITE_TOOLS})
         edge = nn.Sequential(halves.head, codec.encoder()).eval()
         cloud = nn.Sequential(codec.decoder(), halves.tail).eval()
         sample = torch.from_numpy(holdout_inputs[:EXPORT_CHECK_FRAMES])
         checks = {}
-        for role, module, example, names in (
-            ("edge", edge, sample, (IMAGE, CODES)),
-            ("cloud", cloud, edge(sample), (CODES, LOGITS)),
-        ):
+        onnx_roles = [("cloud", cloud, edge(sample), (CODES, LOGITS))]
+        if integer_edge is None:
+            onnx_roles.insert(0, ("edge", edge, sample, (IMAGE, CODES)))
+        else:  # int8 all through the head: no bound on codes, the accuracy gate below decides
+            deployed = EdgeHalf(Bundle(staging, manifest)).codes(sample.numpy()).astype(np.int16)
+            difference = np.abs(deployed - edge(sample).numpy().astype(np.int16))
+            checks["edge_max_abs_error"] = float(difference.max())
+            checks["edge_mismatched_fraction"] = float((difference > 0).mean())
+        for role, module, example, names in onnx_roles:
             path = staging / ARTEFACT_FILES[role]
             export_onnx(module, example, path, target.onnx_opset, *names,
                         metadata=artefact_metadata(manifest, role))
@@ -206,14 +223,26 @@ def describe_bundle(
             "edge": {"file": ARTEFACT_FILES["edge"], "backend": target.edge_backend,
                      "precision": target.edge_precision, "opset": target.onnx_opset,
                      "inputs": [tensor_spec(IMAGE, input_shape, "float32")],
-                     "outputs": [tensor_spec(CODES, point.shape, "uint8")]},
+                     "outputs": [tensor_spec(CODES, codec.code_shape, "uint8")]},
             "cloud": {"file": ARTEFACT_FILES["cloud"], "backend": target.cloud_backend,
                       "precision": target.cloud_precision, "opset": target.onnx_opset,
-                      "inputs": [tensor_spec(CODES, point.shape, "uint8")],
+                      "inputs": [tensor_spec(CODES, codec.code_shape, "uint8")],
                       "outputs": [tensor_spec(LOGITS, output_shape, "float32")]},
         },
         "tools": tool_versions(),
     }
+
+
+def tflite_edge_entry(artefact, code_mapping: dict, target: Target) -> dict:
+    """The manifest's edge entry for a full-int8 TFLite half (NHWC, batch 1, quantized I/O)."""
+    def tensor(name, shape, quantization):
+        return {"name": name, "shape": shape, "dtype": "int8", "layout": "NHWC",
+                "quantization": {"scale": quantization[0], "zero_point": quantization[1]}}
+
+    return {"file": TFLITE_EDGE_FILE, "backend": "tflite", "precision": target.edge_precision,
+            "inputs": [tensor(artefact.input_name, artefact.input_shape, artefact.input_quantization)],
+            "outputs": [tensor(artefact.output_name, artefact.output_shape, artefact.output_quantization)],
+            "to_codes": code_mapping, "ops": artefact.ops, "float_model_bytes": artefact.float_bytes}
 
 
 def artefact_metadata(manifest: dict, role: str) -> dict[str, str]:

@@ -139,7 +139,7 @@ def build_engines(model_spec, weights, input_shape, target, split, codec, codec_
     table.add_row("bytes per frame", f"{split_info['fp32_bytes']:,} fp32 → {checks['mean_payload_bytes']:,.1f} on the wire, "
                                      f"{split_info['fp32_bytes'] / checks['mean_payload_bytes']:,.1f}x "
                                      f"(input image {input_bytes:,} bytes as uint8)")
-    table.add_row("ONNX vs PyTorch", f"edge max |Δ| {checks['edge_max_abs_error']:g} code(s), "
+    table.add_row("artefacts vs PyTorch", f"edge max |Δ| {checks['edge_max_abs_error']:g} code(s), "
                                      f"cloud max |Δ| {checks['cloud_max_abs_error']:.2g}")
     table.add_row("build time", f"{report.seconds:.1f} s")
     Console().print(table)

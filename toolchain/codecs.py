@@ -116,6 +116,15 @@ class FeatureCodec(nn.Module):
         codes = np.stack([decode_frame(payload, wire) for payload in payloads])
         return self.decoder().eval()(torch.from_numpy(codes))
 
+    def pre_quantization(self) -> nn.Module:
+        """The encoder up to its quantizer: what an integer-only edge artefact computes."""
+        return nn.Identity()
+
+    def map_int8_output(self, scale: float, zero_point: int) -> dict:
+        """How an int8 artefact output with these parameters becomes this codec's codes."""
+        return {"method": "requantize", "scale": self.scale.flatten().tolist(),
+                "zero_point": self.zero_point.flatten().tolist(), "levels": self.levels}
+
     def describe(self) -> dict:
         """What the manifest records about this codec."""
         return {"name": self.name, "params": self.params(), "bits": self.bits,
@@ -167,6 +176,14 @@ class AffineCodec(FeatureCodec):
     def params(self) -> dict:
         return {"bits": self.bits, "per": self.per}
 
+    def map_int8_output(self, scale: float, zero_point: int) -> dict:
+        """8 bits per tensor adopts the artefact's own output quantization: codes are int8 + 128."""
+        if self.bits != 8 or self.per != "tensor":
+            return super().map_int8_output(scale, zero_point)
+        self.scale = torch.tensor(scale, dtype=torch.float32)
+        self.zero_point = torch.tensor(float(zero_point + 128))
+        return dict(super().map_int8_output(scale, zero_point), method="passthrough")
+
     def describe(self) -> dict:
         return {**super().describe(), "scale": self.scale.flatten().tolist(),
                 "zero_point": self.zero_point.flatten().tolist()}
@@ -217,6 +234,9 @@ class LearnedCodec(FeatureCodec):
 
     def encoder(self) -> nn.Module:
         return nn.Sequential(self.analysis, AffineQuantize(self.scale, self.zero_point, self.levels))
+
+    def pre_quantization(self) -> nn.Module:
+        return self.analysis
 
     def decoder(self) -> nn.Module:
         return nn.Sequential(AffineDequantize(self.scale, self.zero_point), self.synthesis)

@@ -10,6 +10,7 @@ from runtime.errors import BundleError
 
 RUNNERS = {
     "onnxrt": ("runtime.backends.onnxrt.runner", "OnnxRuntimeRunner"),
+    "tflite": ("runtime.backends.tflite.runner", "TFLiteRunner"),
 }
 
 

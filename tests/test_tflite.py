@@ -1,0 +1,132 @@
+"""raspberry-pi target: a full-int8 TFLite edge half, run by a real TFLite interpreter (ai-edge-litert)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("litert_torch", reason="the TFLite converter is in the [tflite] extra")
+
+from runtime.bundle import check_artefact_io, load_bundle
+from runtime.cloud import BackgroundServer, ServerConfig
+from runtime.edge import CLOUD, ClientConfig, EdgeClient
+from runtime.errors import BundleError
+from runtime.images import SourceFrame
+from runtime.local import EdgeHalf, SplitInference
+from toolchain.build import BuildOptions, build_engines
+from toolchain.data import to_model_input
+from toolchain.split import split_model, trace
+from toolchain.tflite import float_ops, graph_ops
+from toolchain.train import predict
+
+from conftest import INPUT_SHAPE, top1
+
+ROOT = Path(__file__).resolve().parents[1]
+SEARCHED_CODEC = ROOT / "benchmarks" / "results" / "search-layer2" / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def pi_bundle(tmp_path_factory):
+    output = tmp_path_factory.mktemp("pi") / "default-raspberry-pi"
+    return build_engines(BuildOptions(target="raspberry-pi", output=output))
+
+
+@pytest.fixture(scope="module")
+def holdout_inputs(holdout):
+    return to_model_input(holdout.images, INPUT_SHAPE)
+
+
+def test_int8_tflite_edge_keeps_accuracy_within_half_a_point(pi_bundle, default_model, holdout, holdout_inputs):
+    reference = top1(predict(default_model.module, holdout_inputs))
+    deployed = top1(SplitInference(load_bundle(pi_bundle.bundle))(holdout_inputs))
+    loss_points = 100 * ((reference == holdout.labels).mean() - (deployed == holdout.labels).mean())
+    assert loss_points <= 0.5
+    assert (deployed == reference).mean() >= 0.98
+    assert pi_bundle.manifest["checks"]["top1_agreement"] == pytest.approx((deployed == reference).mean())
+
+
+def test_no_float_op_remains_and_io_is_int8_nhwc(pi_bundle):
+    path = pi_bundle.bundle / "edge.tflite"
+    ops = graph_ops(path)
+    assert float_ops(ops) == []
+    assert {"CONV_2D", "ADD"} <= {name for name, _ in ops}  # residual adds run in int8 too
+    assert all(dtypes <= {"int8", "int32"} for _, dtypes in ops)
+    edge = pi_bundle.manifest["artefacts"]["edge"]
+    assert edge["backend"] == "tflite" and edge["precision"] == "int8"
+    assert [t["layout"] for t in edge["inputs"] + edge["outputs"]] == ["NHWC", "NHWC"]
+    assert edge["inputs"][0]["shape"] == [1, 32, 32, 1] and edge["outputs"][0]["shape"] == [1, 16, 16, 64]
+    assert edge["to_codes"]["method"] == "passthrough"  # int8 features are the wire codes: no float on the Pi
+
+
+def test_the_float_model_is_what_the_inspection_refuses(tmp_path, plain_cnn):
+    import litert_torch
+
+    path = tmp_path / "float.tflite"
+    litert_torch.convert(plain_cnn, (torch.zeros(1, *INPUT_SHAPE),)).export(str(path))
+    refused = float_ops(graph_ops(path))
+    assert refused and any(entry.startswith("CONV_2D (float32") for entry in refused)
+
+
+def test_tflite_codes_follow_pytorch(pi_bundle, default_model, holdout_inputs):
+    bundle = load_bundle(pi_bundle.bundle)
+    graph = trace(default_model.module, INPUT_SHAPE)
+    head = split_model(graph, "layer2", INPUT_SHAPE).head
+    frames = holdout_inputs[:64]
+    with torch.no_grad():
+        features = head(torch.from_numpy(frames)).numpy()
+    scale, zero_point = bundle.manifest["codec"]["scale"][0], bundle.manifest["codec"]["zero_point"][0]
+    dequantized = (EdgeHalf(bundle).codes(frames).astype(np.float32) - zero_point) * scale
+    relative = np.linalg.norm(dequantized - np.minimum(features, 255 * scale)) / np.linalg.norm(features)
+    assert relative < 0.1
+
+
+def test_bundle_verifies_and_a_wrong_quantization_in_the_manifest_is_named(pi_bundle):
+    result = subprocess.run([sys.executable, "-m", "edgesplit", "verify-bundle", str(pi_bundle.bundle)],
+                            cwd=str(ROOT), capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("ok: bundle"), result.stderr
+    bundle = load_bundle(pi_bundle.bundle)
+    bundle.manifest = json.loads(json.dumps(bundle.manifest))
+    bundle.manifest["artefacts"]["edge"]["outputs"][0]["quantization"]["scale"] *= 2
+    with pytest.raises(BundleError, match="edge artefact's serving_default_output_0_output is quantized with"):
+        check_artefact_io(bundle)
+
+
+def test_edge_runtime_with_tflite_imports_no_torch(pi_bundle, holdout_inputs):
+    code = (
+        "import sys, numpy as np\n"
+        "from runtime.bundle import load_bundle\n"
+        "from runtime.local import EdgeHalf\n"
+        "edge = EdgeHalf(load_bundle(sys.argv[1]), threads=2)\n"
+        "codes = edge.codes(np.zeros((2, 1, 32, 32), dtype=np.float32))\n"
+        "assert codes.shape == (2, 64, 16, 16) and codes.dtype == np.uint8\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'toolchain', 'tensorflow')]\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(pi_bundle.bundle)], check=True, cwd=str(ROOT))
+
+
+def test_tflite_edge_over_the_network_equals_in_process(pi_bundle, holdout_inputs):
+    bundle = load_bundle(pi_bundle.bundle)
+    frames = [SourceFrame(i, holdout_inputs[i], None) for i in range(16)]
+    expected = SplitInference(bundle)(holdout_inputs[:16])
+    with BackgroundServer(bundle, ServerConfig(key=b"k")) as server:
+        with EdgeClient(bundle, ClientConfig(*server.address, key=b"k")) as client:
+            outcomes = client.run_all(frames)
+    assert all(o.answered_by == CLOUD for o in outcomes)
+    np.testing.assert_allclose(np.stack([o.logits for o in outcomes]), expected, atol=1e-4)
+
+
+@pytest.mark.skipif(not SEARCHED_CODEC.exists(), reason="needs the committed search-codec checkpoint")
+def test_learned_codec_on_the_pi_requantizes_int8_tanh_to_its_bits(tmp_path, default_model, holdout, holdout_inputs):
+    report = build_engines(BuildOptions(target="raspberry-pi", split="layer2", codec="bbnet:c=16,s=4,bits=4",
+                                        codec_weights=SEARCHED_CODEC, output=tmp_path / "bbnet-pi"))
+    edge = report.manifest["artefacts"]["edge"]
+    assert edge["to_codes"]["method"] == "requantize" and edge["to_codes"]["levels"] == 16
+    assert "TANH" in edge["ops"] and float_ops(graph_ops(report.bundle / "edge.tflite")) == []
+    codes = EdgeHalf(load_bundle(report.bundle)).codes(holdout_inputs[:8])
+    assert codes.shape == (8, 16, 4, 4) and codes.max() <= 15
+    assert report.manifest["checks"]["mean_payload_bytes"] == 16 * 4 * 4 * 4 / 8
+    assert 100 * (report.manifest["checks"]["float_accuracy"] - report.manifest["checks"]["bundle_accuracy"]) <= 1.0

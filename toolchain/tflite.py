@@ -1,0 +1,102 @@
+"""Full-integer TFLite for the edge half: litert-torch converts, ai-edge-quantizer quantizes.
+
+litert-torch turns the float edge module (NHWC in and out, the layout TFLite kernels want) into
+a float .tflite; ai-edge-quantizer's `static_wi8_ai8` recipe, calibrated on real images,
+makes every op int8 with int8 input and output. (litert-torch's own PT2E int8 path leaves
+float ADD/TANH behind and is not used.) The result is inspected: a float tensor or a
+DEQUANTIZE anywhere in the graph refuses the build.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from runtime.backends.tflite.runner import load_interpreter_class
+from toolchain.errors import EdgesplitError
+
+INTEGER_TYPES = {"int8", "int16", "int32", "bool"}  # int32: biases and shapes
+
+
+class TFLiteArtefact(NamedTuple):
+    path: Path
+    input_name: str
+    output_name: str
+    input_quantization: tuple[float, int]
+    output_quantization: tuple[float, int]
+    input_shape: list[int]
+    output_shape: list[int]
+    ops: list[str]
+    float_bytes: int
+
+
+def _converters():
+    try:
+        import litert_torch
+        from ai_edge_quantizer import quantizer, recipe
+    except ImportError as error:
+        raise EdgesplitError("converting to TFLite needs litert-torch and ai-edge-quantizer: "
+                             "pip install 'edgesplit[tflite]'") from error
+    return litert_torch, quantizer, recipe
+
+
+def graph_ops(path: Path) -> list[tuple[str, set[str]]]:
+    """(op name, dtypes of its tensors) for every op of a .tflite, in graph order."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    # without default delegates: XNNPACK would fold the ops into one DELEGATE node
+    interpreter = Interpreter(model_path=str(path),
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+    return [(op["op_name"], {tensors[i] for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0})
+            for op in interpreter._get_ops_details()]
+
+
+def float_ops(ops: list[tuple[str, set[str]]]) -> list[str]:
+    """'OP (float dtypes)' for each op that is not integer-only, DEQUANTIZE included."""
+    return [f"{name} ({', '.join(sorted(dtypes - INTEGER_TYPES)) or 'dequantize'})" for name, dtypes in ops
+            if name == "DEQUANTIZE" or dtypes - INTEGER_TYPES]
+
+
+def convert_int8(module: nn.Module, calibration: np.ndarray, path: Path) -> TFLiteArtefact:
+    """Float NCHW module → full-int8 NHWC .tflite at `path`, calibrated on `calibration` (N,C,H,W)."""
+    litert_torch, quantizer, recipe = _converters()
+    nhwc_calibration = np.ascontiguousarray(calibration.transpose(0, 2, 3, 1)).astype(np.float32)
+    channel_last = litert_torch.to_channel_last_io(module.eval(), args=[0], outputs=[0])
+    with tempfile.TemporaryDirectory() as scratch:
+        float_path = Path(scratch) / "float.tflite"
+        try:
+            converted = litert_torch.convert(channel_last.eval(), (torch.from_numpy(nhwc_calibration[:1]),))
+        except Exception as error:  # the converter raises many types; the build must name the stage
+            raise EdgesplitError(f"litert-torch cannot convert the edge half: {error}") from error
+        converted.export(str(float_path))
+        interpreter = load_interpreter_class()(model_path=str(float_path))
+        signature = interpreter.get_signature_list()["serving_default"]
+        input_key = signature["inputs"][0]
+        quantizing = quantizer.Quantizer(str(float_path))
+        quantizing.load_quantization_recipe(recipe.static_wi8_ai8())
+        samples = [{input_key: nhwc_calibration[i:i + 1]} for i in range(len(nhwc_calibration))]
+        result = quantizing.quantize(quantizing.calibrate({"serving_default": samples}))
+        result.export_model(str(path), overwrite=True)
+        path.chmod(0o644)  # the exporter leaves it executable
+        float_bytes = float_path.stat().st_size
+    ops = graph_ops(path)
+    remaining = float_ops(ops)
+    if remaining:
+        raise EdgesplitError(f"the int8 TFLite edge half still has float ops, not shipped: {'; '.join(remaining)}")
+    interpreter = load_interpreter_class()(model_path=str(path))
+    (inputs,), (outputs,) = interpreter.get_input_details(), interpreter.get_output_details()
+    for detail in (inputs, outputs):
+        if np.dtype(detail["dtype"]).name != "int8" or not detail["quantization"][0]:
+            raise EdgesplitError(f"the TFLite edge half's {detail['name']} is {np.dtype(detail['dtype']).name}, "
+                                 "not quantized int8")
+    return TFLiteArtefact(path, inputs["name"], outputs["name"],
+                          (float(inputs["quantization"][0]), int(inputs["quantization"][1])),
+                          (float(outputs["quantization"][0]), int(outputs["quantization"][1])),
+                          [int(s) for s in inputs["shape"]], [int(s) for s in outputs["shape"]],
+                          sorted({name for name, _ in ops}), float_bytes)

@@ -16,12 +16,13 @@ from runtime.wire import decode_frame, encode_frame
 class _Half:
     """One artefact of a bundle on its backend, with its (single) input and output names."""
 
-    def __init__(self, bundle: Bundle, role: str, threads=None):
+    def __init__(self, bundle: Bundle, role: str, threads=None, backend=None):
         self.wire = bundle.wire
-        self.runner = bundle.open_runner(role, threads=threads)
+        self.runner = bundle.open_runner(role, backend, threads=threads)
         entry = bundle.artefact(role)
         self.input_name = entry["inputs"][0]["name"]
         self.output_name = entry["outputs"][0]["name"]
+        self.input_dtype = np.dtype(entry["inputs"][0]["dtype"])
 
     def run(self, array: np.ndarray) -> np.ndarray:
         return self.runner.infer({self.input_name: array})[self.output_name]
@@ -72,8 +73,8 @@ class EdgeHalf(_Half):
     the codec's quantizer: its output becomes codes through the manifest's `to_codes` mapping.
     """
 
-    def __init__(self, bundle: Bundle, threads=None):
-        super().__init__(bundle, "edge", threads)
+    def __init__(self, bundle: Bundle, threads=None, backend=None):
+        super().__init__(bundle, "edge", threads, backend)
         entry = bundle.artefact("edge")
         image, features = entry["inputs"][0], entry["outputs"][0]
         self.input_layout, self.output_layout = image.get("layout", "NCHW"), features.get("layout", "NCHW")
@@ -90,7 +91,9 @@ class EdgeHalf(_Half):
         outputs = self.run(images)
         if self.output_layout == "NHWC":
             outputs = outputs.transpose(0, 3, 1, 2)
-        return outputs if self.to_codes is None else self.to_codes(outputs)
+        if self.to_codes is not None:
+            return self.to_codes(outputs)
+        return outputs.astype(np.uint8, copy=False)  # engines without uint8 tensors give integral float32 codes
 
     def payloads(self, images: np.ndarray) -> List[bytes]:
         return [encode_frame(frame, self.wire) for frame in self.codes(images)]
@@ -99,20 +102,22 @@ class EdgeHalf(_Half):
 class CloudHalf(_Half):
     """Decoder + tail: payloads (or decoded codes) → logits."""
 
-    def __init__(self, bundle: Bundle, threads=None):
-        super().__init__(bundle, "cloud", threads)
+    def __init__(self, bundle: Bundle, threads=None, backend=None):
+        super().__init__(bundle, "cloud", threads, backend)
 
     def decode(self, payload: bytes) -> np.ndarray:
         return decode_frame(payload, self.wire)
 
     def logits(self, codes: np.ndarray) -> np.ndarray:
-        return self.run(codes)
+        return self.run(codes.astype(self.input_dtype, copy=False))
 
 
 class SplitInference:
-    def __init__(self, bundle: Bundle, threads=None):
-        self.edge_half = EdgeHalf(bundle, threads)
-        self.cloud_half = CloudHalf(bundle, threads)
+    def __init__(self, bundle: Bundle, threads=None, backends=None):
+        """`backends` may map a role to another backend, e.g. {'cloud': 'onnxrt'} for a TensorRT artefact's ONNX."""
+        backends = backends or {}
+        self.edge_half = EdgeHalf(bundle, threads, backends.get("edge"))
+        self.cloud_half = CloudHalf(bundle, threads, backends.get("cloud"))
 
     def edge(self, images: np.ndarray) -> List[bytes]:
         return self.edge_half.payloads(images)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from importlib import metadata
 from pathlib import Path
@@ -13,7 +14,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from calibration_data import DEFAULT_CALIBRATION
-from runtime.bundle import SCHEMA_VERSION, Bundle
+from runtime.bundle import ROLES, SCHEMA_VERSION, Bundle
 from runtime.local import EdgeHalf, SplitInference
 from targets import Target, get_target
 from toolchain.bundle import finish_bundle, staging_directory
@@ -23,12 +24,15 @@ from toolchain.codecs import DEFAULT_CODEC, FeatureCodec, make_codec, parse_code
 from toolchain.data import ImageSet, load_images, to_model_input
 from toolchain.errors import EdgesplitError, TargetError
 from toolchain.export import compare_with_torch, export_onnx
+from toolchain.lint import lint_onnx
 from toolchain.load import LoadedModel, load_model
+from toolchain.quantize import quantize_qdq
 from toolchain.split import SplitPoint, default_point, split_model, trace
 from toolchain.train import predict
 
 # Backends whose artefacts this toolchain can produce; a target needing another is refused.
-BUILDABLE_BACKENDS = ("onnxrt", "tflite")
+BUILDABLE_BACKENDS = ("onnxrt", "tflite", "tensorrt")
+ENGINE_WORKSPACE_MIB = 1024
 ARTEFACT_FILES = {"edge": "edge.onnx", "cloud": "cloud.onnx"}
 TFLITE_EDGE_FILE = "edge.tflite"
 TFLITE_TOOLS = ("litert-torch", "ai-edge-quantizer", "ai-edge-litert")
@@ -54,6 +58,7 @@ class BuildOptions(NamedTuple):
     max_loss: float = 1.0  # accuracy points the bundle may lose against the float model
     calibration_frames: int = 512
     tar: bool = False
+    precision: str | None = None  # of the TensorRT halves; default: the target's
 
 
 class BuildReport(NamedTuple):
@@ -71,6 +76,25 @@ def check_buildable(target: Target) -> None:
             )
 
 
+def role_precisions(target: Target, requested: str | None) -> dict[str, str]:
+    """Precision per role; `--precision` sets the TensorRT halves' and is refused where the device cannot."""
+    precisions = {"edge": target.edge_precision, "cloud": target.cloud_precision}
+    engine_roles = [role for role in ROLES if backend_of(target, role) == "tensorrt"]
+    if requested is None:
+        return precisions
+    if requested not in ("fp32", "fp16", "int8"):
+        raise TargetError(f"--precision must be fp32, fp16 or int8, got {requested!r}")
+    if not engine_roles:
+        raise TargetError(f"--precision sets TensorRT halves; target {target.name!r} has none")
+    if requested in target.refused_precisions:
+        raise TargetError(f"--precision {requested} is refused for {target.name}: {target.refused_precisions[requested]}")
+    return {role: requested if role in engine_roles else precision for role, precision in precisions.items()}
+
+
+def backend_of(target: Target, role: str) -> str:
+    return target.edge_backend if role == "edge" else target.cloud_backend
+
+
 def tool_versions() -> dict[str, str]:
     names = ("edgesplit", "torch", "onnx", "onnxsim", "onnxruntime", "numpy")
     return {name: metadata.version(name) for name in names}
@@ -81,10 +105,11 @@ def tensor_spec(name: str, shape: tuple[int, ...], dtype: str) -> dict:
     return {"name": name, "shape": ["batch", *shape], "dtype": dtype, "layout": layout}
 
 
-def evaluate(bundle: Bundle, model: nn.Module, holdout: ImageSet, inputs: np.ndarray) -> dict:
-    """Float model vs the bundle run exactly as deployed (edge → bytes → cloud)."""
+def evaluate(bundle: Bundle, model: nn.Module, holdout: ImageSet, inputs: np.ndarray, backends=None) -> dict:
+    """Float model vs the bundle run exactly as deployed (edge → bytes → cloud); TensorRT halves
+    run their (Q/DQ) ONNX in ONNX Runtime here."""
     reference = predict(model, inputs).argmax(1)
-    run = SplitInference(bundle)
+    run = SplitInference(bundle, backends=backends)
     payloads = [run.edge(inputs[i:i + 500]) for i in range(0, len(inputs), 500)]
     deployed = np.concatenate([run.cloud(batch) for batch in payloads]).argmax(1)
     checks = {"holdout_frames": len(inputs), "top1_agreement": float((deployed == reference).mean()),
@@ -99,6 +124,7 @@ def build_engines(options: BuildOptions) -> BuildReport:
     started = time.perf_counter()
     target = get_target(options.target)
     check_buildable(target)
+    precisions = role_precisions(target, options.precision)
     stages = ["load model", "load calibration data", "split", "calibrate codec",
               "export ONNX", "evaluate bundle", "write bundle"]
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn()) as progress:
@@ -142,15 +168,17 @@ def build_engines(options: BuildOptions) -> BuildReport:
             code_mapping = codec.map_int8_output(*integer_edge.output_quantization)  # may adopt its scale
         with torch.no_grad():
             output_shape = tuple(halves.tail(halves.head(torch.zeros(1, *input_shape))).shape[1:])
-        manifest = describe_bundle(loaded, halves.point, split_name, codec, wire, target, input_shape, output_shape)
+        manifest = describe_bundle(loaded, halves.point, split_name, codec, wire, target, input_shape, output_shape,
+                                   precisions)
         if integer_edge is not None:
             manifest["artefacts"]["edge"] = tflite_edge_entry(integer_edge, code_mapping, target)
             manifest["tools"].update({name: metadata.version(name) for name in TFLITE_TOOLS})
-        edge = nn.Sequential(halves.head, codec.encoder()).eval()
+        edge = nn.Sequential(halves.head, codec.encoder(getattr(torch, target.code_dtype))).eval()
         cloud = nn.Sequential(codec.decoder(), halves.tail).eval()
         sample = torch.from_numpy(holdout_inputs[:EXPORT_CHECK_FRAMES])
         checks = {}
-        onnx_roles = [("cloud", cloud, edge(sample), (CODES, LOGITS))]
+        with torch.no_grad():
+            onnx_roles = [("cloud", cloud, edge(sample), (CODES, LOGITS))]
         if integer_edge is None:
             onnx_roles.insert(0, ("edge", edge, sample, (IMAGE, CODES)))
         else:  # int8 all through the head: no bound on codes, the accuracy gate below decides
@@ -158,19 +186,36 @@ def build_engines(options: BuildOptions) -> BuildReport:
             difference = np.abs(deployed - edge(sample).numpy().astype(np.int16))
             checks["edge_max_abs_error"] = float(difference.max())
             checks["edge_mismatched_fraction"] = float((difference > 0).mean())
+        engines = {}
         for role, module, example, names in onnx_roles:
             path = staging / ARTEFACT_FILES[role]
             export_onnx(module, example, path, target.onnx_opset, *names,
                         metadata=artefact_metadata(manifest, role))
-            check = compare_with_torch(module, path, example)
             limit = MAX_CODE_ERROR if role == "edge" else MAX_LOGIT_ERROR
+            if backend_of(target, role) == "tensorrt":
+                if precisions[role] == "int8":
+                    with torch.no_grad():
+                        samples = torch.from_numpy(calibration_inputs)
+                        samples = samples if role == "edge" else edge(samples)
+                    float_path = path.with_suffix(".float.onnx")
+                    path.rename(float_path)
+                    quantize_qdq(float_path, path, samples.numpy())
+                    float_path.unlink()
+                    limit = math.inf  # int8 inside: the accuracy gate below decides
+                problems = lint_onnx(path, target)
+                if problems:
+                    raise EdgesplitError(f"{role} ONNX would not build on {target.name}: {'; '.join(problems)}")
+                engines[role] = engine_entry(path, role, target, precisions[role], example)
+                manifest["artefacts"][role]["engine"] = engines[role]
+            check = compare_with_torch(module, path, example)
             if check.max_abs_error > limit:
                 raise EdgesplitError(f"{role} ONNX differs from PyTorch by {check.max_abs_error:g} (limit {limit:g})")
             checks[f"{role}_max_abs_error"] = check.max_abs_error
             checks[f"{role}_mismatched_fraction"] = check.mismatched_fraction
         next_stage()
 
-        checks.update(evaluate(Bundle(staging, manifest), loaded.module, holdout, holdout_inputs))
+        checks.update(evaluate(Bundle(staging, manifest), loaded.module, holdout, holdout_inputs,
+                               backends={role: "onnxrt" for role in engines}))
         manifest["checks"] = checks
         loss_points = 100 * (checks.get("float_accuracy", 0) - checks.get("bundle_accuracy", 0))
         if loss_points > options.max_loss:
@@ -178,6 +223,8 @@ def build_engines(options: BuildOptions) -> BuildReport:
                                  f"(limit --max-loss {options.max_loss}); nothing was written to {output}")
         next_stage()
 
+        if engines:
+            build_engines_here(staging, manifest, engines)
         manifest = finish_bundle(staging, output, manifest, options.tar)
         next_stage()
     return BuildReport(output, manifest, time.perf_counter() - started)
@@ -208,7 +255,7 @@ def prepare_codec(options: BuildOptions, loaded: LoadedModel, point: SplitPoint,
 
 def describe_bundle(
     loaded: LoadedModel, point: SplitPoint, requested: str, codec: FeatureCodec, wire: WireFormat, target: Target,
-    input_shape: tuple[int, int, int], output_shape: tuple[int, ...],
+    input_shape: tuple[int, int, int], output_shape: tuple[int, ...], precisions: dict[str, str],
 ) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
@@ -218,19 +265,49 @@ def describe_bundle(
                   "shape": list(point.shape), "dtype": point.dtype, "fp32_bytes": point.fp32_bytes},
         "codec": codec.describe(),
         "wire": wire.to_manifest(),
-        "target": {**target._asdict(), "cannot": list(target.cannot)},
+        "target": {**target._asdict(), "cannot": list(target.cannot), "parser_ops": sorted(target.parser_ops),
+                   "batch_profile": list(target.batch_profile)},
         "artefacts": {
             "edge": {"file": ARTEFACT_FILES["edge"], "backend": target.edge_backend,
-                     "precision": target.edge_precision, "opset": target.onnx_opset,
+                     "precision": precisions["edge"], "opset": target.onnx_opset,
                      "inputs": [tensor_spec(IMAGE, input_shape, "float32")],
-                     "outputs": [tensor_spec(CODES, codec.code_shape, "uint8")]},
+                     "outputs": [tensor_spec(CODES, codec.code_shape, target.code_dtype)]},
             "cloud": {"file": ARTEFACT_FILES["cloud"], "backend": target.cloud_backend,
-                      "precision": target.cloud_precision, "opset": target.onnx_opset,
-                      "inputs": [tensor_spec(CODES, codec.code_shape, "uint8")],
+                      "precision": precisions["cloud"], "opset": target.onnx_opset,
+                      "inputs": [tensor_spec(CODES, codec.code_shape, target.code_dtype)],
                       "outputs": [tensor_spec(LOGITS, output_shape, "float32")]},
         },
         "tools": tool_versions(),
     }
+
+
+def engine_entry(path: Path, role: str, target: Target, precision: str, example: torch.Tensor) -> dict:
+    """What building this half's TensorRT engine needs: precision, batch profile, workspace."""
+    import onnx
+
+    name = onnx.load(str(path)).graph.input[0].name
+    sizes = target.batch_profile if role == "cloud" else (1, 1, 1)
+    shape = list(example.shape[1:])
+    recipe = {"precision": precision, "opset": target.onnx_opset, "workspace_mib": ENGINE_WORKSPACE_MIB,
+              "max_batch": sizes[2], "profiles": {name: [[size] + shape for size in sizes]}}
+    return {"recipe": recipe, "tensorrt": target.versions.get("tensorrt", ""), "plan": None}
+
+
+def build_engines_here(staging: Path, manifest: dict, engines: dict) -> None:
+    """Build and stamp each TensorRT engine into the bundle when this host has TensorRT and a GPU;
+    otherwise say why, and leave the ONNX and recipe for the device to build from."""
+    from runtime.backends.tensorrt.engine import build_engine, probe_device
+
+    device = probe_device()
+    for role, entry in engines.items():
+        if "reason" in device:
+            entry["not_built"] = device["reason"]
+            continue
+        plan = staging / f"{role}.plan"
+        entry["stamp"] = build_engine(staging / manifest["artefacts"][role]["file"], plan, entry["recipe"], device)
+        entry["plan"] = plan.name
+        for leftover in (Path(f"{plan}.json"), Path(f"{plan}.timing")):  # the stamp lives in the manifest
+            leftover.unlink()
 
 
 def tflite_edge_entry(artefact, code_mapping: dict, target: Target) -> dict:

@@ -108,8 +108,12 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
 @click.option("--max-loss", default=1.0, show_default=True,
               help="Accuracy points the bundle may lose against the float model before the build fails.")
 @click.option("--tar", is_flag=True, help="Also write <output>.tar.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Precision of the TensorRT halves [default: the target's].")
+@click.option("--bundle", "bundle_path", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Instead of building a bundle: build (again) the TensorRT engines of this one, here.")
 def build_engines(model_spec, weights, input_shape, target, split, codec, codec_weights, lossless, train_data,
-                  calib, output, max_loss, tar) -> None:
+                  calib, output, max_loss, tar, precision, bundle_path) -> None:
     """Split, quantize, export and bundle a model for a target."""
     from rich.console import Console
     from rich.table import Table
@@ -117,10 +121,18 @@ def build_engines(model_spec, weights, input_shape, target, split, codec, codec_
     from toolchain.build import BuildOptions, build_engines as build
     from toolchain.load import parse_input_shape
 
+    if bundle_path is not None:
+        from runtime.backends.tensorrt.engine import rebuild_engines
+        from runtime.bundle import load_bundle
+
+        for plan, stamp in rebuild_engines(load_bundle(bundle_path)):
+            click.echo(f"built {plan} for {stamp['gpu']} (sm {stamp['compute_capability']}), "
+                       f"TensorRT {stamp['tensorrt']}, {stamp['precision']}")
+        return
     report = build(BuildOptions(
         model=model_spec, weights=weights, input_shape=input_shape and parse_input_shape(input_shape),
         target=target, split=split, codec=codec, codec_weights=codec_weights, lossless=lossless,
-        train_data=train_data, calib=calib, output=output, max_loss=max_loss, tar=tar,
+        train_data=train_data, calib=calib, output=output, max_loss=max_loss, tar=tar, precision=precision,
     ))
     manifest, checks = report.manifest, report.manifest["checks"]
     split_info, input_spec = manifest["split"], manifest["source_model"]["input"]
@@ -141,6 +153,12 @@ def build_engines(model_spec, weights, input_shape, target, split, codec, codec_
                                      f"(input image {input_bytes:,} bytes as uint8)")
     table.add_row("artefacts vs PyTorch", f"edge max |Δ| {checks['edge_max_abs_error']:g} code(s), "
                                      f"cloud max |Δ| {checks['cloud_max_abs_error']:.2g}")
+    for role in ("edge", "cloud"):
+        engine = manifest["artefacts"][role].get("engine")
+        if engine is not None:
+            table.add_row(f"{role} TensorRT engine", f"{engine['recipe']['precision']}: " + (
+                f"built, {engine['plan']}" if engine["plan"] else f"engine not built: {engine['not_built']}; "
+                "the device builds it from the bundle's ONNX at first start (or: build-engines --bundle PATH)"))
     table.add_row("build time", f"{report.seconds:.1f} s")
     Console().print(table)
 

@@ -39,16 +39,19 @@ def straight_through(x: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
 
 
 class AffineQuantize(nn.Module):
-    """float → uint8 codes: clamp(round(x / scale + zero_point), 0, levels - 1)."""
+    """float → codes: clamp(round(x / scale + zero_point), 0, levels - 1), as uint8 or, for engines
+    without uint8 tensors (TensorRT < 8.5), as integral float32."""
 
-    def __init__(self, scale: torch.Tensor, zero_point: torch.Tensor, levels: int) -> None:
+    def __init__(self, scale: torch.Tensor, zero_point: torch.Tensor, levels: int,
+                 code_dtype: torch.dtype = torch.uint8) -> None:
         super().__init__()
         self.register_buffer("scale", scale.clone())
         self.register_buffer("zero_point", zero_point.clone())
         self.levels = levels
+        self.code_dtype = code_dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return quantize(x, self.scale, self.zero_point, self.levels).to(torch.uint8)
+        return quantize(x, self.scale, self.zero_point, self.levels).to(self.code_dtype)
 
 
 class AffineDequantize(nn.Module):
@@ -90,7 +93,7 @@ class FeatureCodec(nn.Module):
     def calibrate(self, features: torch.Tensor) -> None:
         """Fit data-dependent constants (ranges) from split-tensor features; none by default."""
 
-    def encoder(self) -> nn.Module:
+    def encoder(self, code_dtype: torch.dtype = torch.uint8) -> nn.Module:
         raise NotImplementedError
 
     def decoder(self) -> nn.Module:
@@ -163,8 +166,8 @@ class AffineCodec(FeatureCodec):
         self.scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         self.zero_point = torch.clamp(torch.round(-low / self.scale), 0, self.levels - 1)
 
-    def encoder(self) -> nn.Module:
-        return AffineQuantize(self.scale, self.zero_point, self.levels)
+    def encoder(self, code_dtype: torch.dtype = torch.uint8) -> nn.Module:
+        return AffineQuantize(self.scale, self.zero_point, self.levels, code_dtype)
 
     def decoder(self) -> nn.Module:
         return AffineDequantize(self.scale, self.zero_point)
@@ -232,8 +235,8 @@ class LearnedCodec(FeatureCodec):
         self.analysis: nn.Module = nn.Identity()
         self.synthesis: nn.Module = nn.Identity()
 
-    def encoder(self) -> nn.Module:
-        return nn.Sequential(self.analysis, AffineQuantize(self.scale, self.zero_point, self.levels))
+    def encoder(self, code_dtype: torch.dtype = torch.uint8) -> nn.Module:
+        return nn.Sequential(self.analysis, AffineQuantize(self.scale, self.zero_point, self.levels, code_dtype))
 
     def pre_quantization(self) -> nn.Module:
         return self.analysis

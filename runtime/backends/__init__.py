@@ -11,6 +11,7 @@ from runtime.errors import BundleError
 RUNNERS = {
     "onnxrt": ("runtime.backends.onnxrt.runner", "OnnxRuntimeRunner"),
     "tflite": ("runtime.backends.tflite.runner", "TFLiteRunner"),
+    "tensorrt": ("runtime.backends.tensorrt.runner", "TensorRTRunner"),
 }
 
 

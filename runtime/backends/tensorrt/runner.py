@@ -81,10 +81,9 @@ class TensorRTRunner:
     def __init__(self, path, threads: Optional[int] = None, artefact: Optional[dict] = None, cache_key: str = ""):
         if artefact is None or "engine" not in artefact:
             raise BundleError("{} has no TensorRT build recipe in the manifest".format(path))
+        plan = engine_for(path, artefact, cache_key)  # probes for TensorRT and a GPU before touching either
         import tensorrt as trt
 
-        self.trt = trt
-        plan = engine_for(path, artefact, cache_key)
         self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
             raise BundleError("TensorRT cannot deserialize {}".format(plan))

@@ -1,0 +1,166 @@
+"""TensorRT targets: everything up to the engine is built and checked on this CPU; engine tests need a GPU."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from runtime.backends.tensorrt.engine import probe_device, stamp_mismatch
+from runtime.bundle import check_artefact_io, load_bundle
+from runtime.errors import BundleError, TargetError
+from runtime.local import CloudHalf, SplitInference
+from targets import get_target
+from toolchain.build import BuildOptions, build_engines
+from toolchain.data import to_model_input
+from toolchain.lint import lint_onnx
+from toolchain.train import predict
+
+from conftest import INPUT_SHAPE, top1
+
+ENGINE_ROLE = {"cloud-gpu": "cloud", "jetson-orin": "edge", "jetson-nano": "edge"}
+DEVICE = probe_device()
+needs_gpu = pytest.mark.skipif("reason" in DEVICE, reason=f"needs TensorRT and a CUDA GPU: {DEVICE.get('reason')}")
+
+
+@pytest.fixture(scope="module", params=sorted(ENGINE_ROLE))
+def trt_bundle(request, tmp_path_factory):
+    report = build_engines(BuildOptions(target=request.param, output=tmp_path_factory.mktemp("trt") / request.param))
+    return request.param, report
+
+
+def test_engine_onnx_is_valid_and_passes_the_target_lint(trt_bundle):
+    target_name, report = trt_bundle
+    target = get_target(target_name)
+    role = ENGINE_ROLE[target_name]
+    path = report.bundle / report.manifest["artefacts"][role]["file"]
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version == target.onnx_opset
+    assert lint_onnx(path, target) == []
+    ops = {node.op_type for node in model.graph.node}
+    precision = report.manifest["artefacts"][role]["precision"]
+    assert ("QuantizeLinear" in ops) == (precision == "int8")
+    assert [t.type.tensor_type.elem_type for t in model.graph.input] != [TensorProto.UINT8]
+
+
+def test_without_a_gpu_the_bundle_is_complete_and_says_why_no_engine(trt_bundle):
+    target_name, report = trt_bundle
+    engine = report.manifest["artefacts"][ENGINE_ROLE[target_name]]["engine"]
+    recipe = engine["recipe"]
+    assert recipe["precision"] == report.manifest["artefacts"][ENGINE_ROLE[target_name]]["precision"]
+    assert list(recipe["profiles"].values())[0][2][0] == recipe["max_batch"]
+    if "reason" in DEVICE:
+        assert engine["plan"] is None and engine["not_built"] == DEVICE["reason"]
+    check_artefact_io(load_bundle(report.bundle))  # ONNX Runtime opens the ONNX the device builds from
+
+
+def test_qdq_halves_meet_the_accuracy_gate_in_onnx_runtime(trt_bundle, default_model, holdout):
+    target_name, report = trt_bundle
+    inputs = to_model_input(holdout.images, INPUT_SHAPE)
+    reference = top1(predict(default_model.module, inputs))
+    role = ENGINE_ROLE[target_name]
+    deployed = top1(SplitInference(load_bundle(report.bundle), backends={role: "onnxrt"})(inputs))
+    loss = 100 * ((reference == holdout.labels).mean() - (deployed == holdout.labels).mean())
+    assert loss <= 0.5
+    assert (deployed == reference).mean() >= 0.98
+    assert report.manifest["checks"]["top1_agreement"] == pytest.approx((deployed == reference).mean())
+
+
+RTX_PARSE = """
+import sys, tensorrt_rtx as trt
+logger = trt.Logger(trt.Logger.ERROR)
+builder = trt.Builder(logger)  # the builder and network must outlive the parser
+for path in sys.argv[1:]:
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(open(path, "rb").read()):
+        sys.exit(path + ": " + "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)))
+print("parsed", len(sys.argv) - 1)
+"""
+
+
+def test_tensorrt_rtx_parses_every_produced_onnx(trt_bundle):
+    """In a subprocess, as every TensorRT object here: a crash must not take the test run with it."""
+    if importlib.util.find_spec("tensorrt_rtx") is None:
+        pytest.skip("tensorrt-rtx (a CPU-capable ONNX parser) is not installed")
+    _, report = trt_bundle
+    paths = [str(report.bundle / report.manifest["artefacts"][role]["file"]) for role in ("edge", "cloud")]
+    result = subprocess.run([sys.executable, "-c", RTX_PARSE] + paths, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "parsed 2" in result.stdout, result.stderr[-2000:]
+
+
+def test_nano_refuses_int8_and_explains_sm53(tmp_path):
+    with pytest.raises(TargetError, match=r"sm_53.*no INT8 kernels.*features on the wire stay int8"):
+        build_engines(BuildOptions(target="jetson-nano", precision="int8", output=tmp_path / "nano"))
+    with pytest.raises(TargetError, match="--precision sets TensorRT halves; target 'cpu' has none"):
+        build_engines(BuildOptions(precision="fp16", output=tmp_path / "cpu"))
+
+
+def test_lint_names_what_a_tensorrt_parser_would_refuse(built, tmp_path):
+    problems = lint_onnx(built.bundle / "cloud.onnx", get_target("jetson-nano"))
+    assert "opset 17, the jetson-nano target needs 13" in problems
+    assert any("input 'codes' is uint8" in problem for problem in problems)
+
+    codes = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, "h", 8])
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, "h", 8])
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="asymmetric"),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+         helper.make_node("Einsum", ["d"], ["y"], equation="bchw->bchw")],
+        "g", [codes], [out], [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+                              helper.make_tensor("z", TensorProto.UINT8, [], [128])])
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    problems = lint_onnx(path, get_target("jetson-nano"))
+    assert "ops the jetson-nano parser does not import: Einsum" in problems
+    assert "QuantizeLinear 'asymmetric' is not symmetric int8 (TensorRT needs int8, zero point 0)" in problems
+    assert "input 'x' has dynamic axes [0, 2]; only the batch axis 0 may vary" in problems
+
+
+def test_stamps_must_match_the_device():
+    stamp = {"tensorrt": "10.3.0", "gpu": "NVIDIA H100", "compute_capability": "9.0"}
+    assert stamp_mismatch(stamp, dict(stamp)) == ""
+    assert stamp_mismatch(stamp, dict(stamp, tensorrt="8.2.1", compute_capability="5.3")) == (
+        "tensorrt 10.3.0 (engine) vs 8.2.1 (here); compute_capability 9.0 (engine) vs 5.3 (here)")
+
+
+@pytest.mark.skipif("reason" not in DEVICE, reason="this machine can build engines")
+def test_running_a_tensorrt_half_without_a_gpu_is_a_clear_error(trt_bundle):
+    target_name, report = trt_bundle
+    bundle = load_bundle(report.bundle)
+    with pytest.raises(BundleError, match="cannot build or run the TensorRT artefact .*" + DEVICE["reason"][:20]):
+        bundle.open_runner(ENGINE_ROLE[target_name])
+
+
+@needs_gpu
+def test_engine_builds_and_agrees_with_onnx_runtime(tmp_path, monkeypatch, holdout):
+    import runtime.backends.tensorrt.engine as engine
+
+    monkeypatch.setattr(engine, "ENGINE_CACHE", tmp_path / "cache")
+    report = build_engines(BuildOptions(target="cloud-gpu", output=tmp_path / "gpu"))
+    entry = report.manifest["artefacts"]["cloud"]["engine"]
+    assert entry["plan"] == "cloud.plan" and entry["stamp"]["gpu"] == DEVICE["gpu"]
+    bundle = load_bundle(report.bundle)
+    codes = SplitInference(bundle).edge_half.codes(to_model_input(holdout.images[:256], INPUT_SHAPE))
+    on_gpu = CloudHalf(bundle).logits(codes)
+    on_cpu = CloudHalf(bundle, backend="onnxrt").logits(codes)
+    assert (on_gpu.argmax(1) == on_cpu.argmax(1)).mean() >= 0.99
+
+
+@needs_gpu
+def test_a_cached_engine_from_another_device_is_refused(tmp_path, monkeypatch, trt_bundle):
+    import runtime.backends.tensorrt.engine as engine
+
+    monkeypatch.setattr(engine, "ENGINE_CACHE", tmp_path / "cache")
+    target_name, report = trt_bundle
+    bundle = load_bundle(report.bundle)
+    role = ENGINE_ROLE[target_name]
+    bundle.open_runner(role)  # builds into the cache
+    stamp_path = next((tmp_path / "cache").glob("*.plan.json"))
+    stamp_path.write_text(json.dumps(dict(json.loads(stamp_path.read_text()), gpu="another GPU")))
+    with pytest.raises(BundleError, match="was built elsewhere: gpu another GPU"):
+        bundle.open_runner(role)

@@ -13,7 +13,8 @@ RUNTIME_COMMANDS = ("edge", "serve")
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((word for word in argv if not word.startswith("-")), None)
-    if command in RUNTIME_COMMANDS:
+    # building a bundle's TensorRT engines happens on the device, which has the runtime only
+    if command in RUNTIME_COMMANDS or (command == "build-engines" and "--bundle" in argv):
         from runtime.cli import main as runtime_main
 
         return runtime_main(argv)
@@ -23,3 +24,8 @@ def main(argv=None):
         sys.exit("edgesplit {}: the toolchain is not installed here ({}); this install runs "
                  "`edgesplit edge` and `edgesplit serve`".format(command or "", error))
     return toolchain_main(args=argv, prog_name="edgesplit")
+
+
+def build_engines_main():
+    """`build-engines` is `edgesplit build-engines` under its own name."""
+    return main(["build-engines"] + sys.argv[1:])

@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--output", default=None, help="CSV with one row per frame.")
     edge.add_argument("--summary-json", default=None, help="Write the summary as JSON too.")
 
+    engines = commands.add_parser("build-engines", help="Build a bundle's TensorRT engines on this device.")
+    engines.add_argument("--bundle", required=True, help="Bundle directory or .tar.")
+
     serve = commands.add_parser("serve", help="Serve a bundle's cloud half to edges over TCP.")
     serve.add_argument("--bundle", required=True, help="Bundle directory or .tar.")
     serve.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: all interfaces).")
@@ -193,14 +196,26 @@ def run_serve(args) -> None:
     serve_forever(bundle, config, on_ready=ready)
 
 
+def run_build_engines(args) -> None:
+    from runtime.backends.tensorrt.engine import rebuild_engines
+    from runtime.bundle import open_bundle
+
+    for plan, stamp in rebuild_engines(open_bundle(args.bundle)):
+        print("built {} for {} (sm {}), TensorRT {}, {}".format(
+            plan, stamp["gpu"], stamp["compute_capability"], stamp["tensorrt"], stamp["precision"]))
+
+
+COMMANDS = {"edge": run_edge, "serve": run_serve, "build-engines": run_build_engines}
+
+
 def main(argv=None) -> None:
     args = _parser().parse_args(argv)
     if args.command is None:
-        _parser().error("give a command: edge or serve")
+        _parser().error("give a command: edge, serve or build-engines --bundle")
     logging.basicConfig(level=logging.INFO if args.command == "serve" else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        run_edge(args) if args.command == "edge" else run_serve(args)
+        COMMANDS[args.command](args)
     except EdgesplitError as error:
         if args.debug:
             raise

@@ -164,3 +164,13 @@ def test_a_cached_engine_from_another_device_is_refused(tmp_path, monkeypatch, t
     stamp_path.write_text(json.dumps(dict(json.loads(stamp_path.read_text()), gpu="another GPU")))
     with pytest.raises(BundleError, match="was built elsewhere: gpu another GPU"):
         bundle.open_runner(role)
+
+
+@pytest.mark.skipif("reason" not in DEVICE, reason="this machine can build engines")
+def test_build_engines_for_a_bundle_on_a_machine_without_gpu_says_why(trt_bundle):
+    target_name, report = trt_bundle
+    result = subprocess.run([sys.executable, "-m", "edgesplit", "build-engines", "--bundle", str(report.bundle)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: cannot build or run the TensorRT artefact {ENGINE_ROLE[target_name]}.onnx: {DEVICE['reason']}")

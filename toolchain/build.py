@@ -30,8 +30,6 @@ from toolchain.quantize import quantize_qdq
 from toolchain.split import SplitPoint, default_point, split_model, trace
 from toolchain.train import predict
 
-# Backends whose artefacts this toolchain can produce; a target needing another is refused.
-BUILDABLE_BACKENDS = ("onnxrt", "tflite", "tensorrt")
 ENGINE_WORKSPACE_MIB = 1024
 ARTEFACT_FILES = {"edge": "edge.onnx", "cloud": "cloud.onnx"}
 TFLITE_EDGE_FILE = "edge.tflite"
@@ -65,15 +63,6 @@ class BuildReport(NamedTuple):
     bundle: Path
     manifest: dict
     seconds: float
-
-
-def check_buildable(target: Target) -> None:
-    for role, backend in (("edge", target.edge_backend), ("cloud", target.cloud_backend)):
-        if backend not in BUILDABLE_BACKENDS:
-            raise TargetError(
-                f"target {target.name!r} is not yet implemented: its {role} half needs the {backend} "
-                f"backend, which this toolchain cannot build yet (buildable now: {', '.join(BUILDABLE_BACKENDS)})"
-            )
 
 
 def role_precisions(target: Target, requested: str | None) -> dict[str, str]:
@@ -123,7 +112,6 @@ def evaluate(bundle: Bundle, model: nn.Module, holdout: ImageSet, inputs: np.nda
 def build_engines(options: BuildOptions) -> BuildReport:
     started = time.perf_counter()
     target = get_target(options.target)
-    check_buildable(target)
     precisions = role_precisions(target, options.precision)
     stages = ["load model", "load calibration data", "split", "calibrate codec",
               "export ONNX", "evaluate bundle", "write bundle"]

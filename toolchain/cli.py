@@ -110,25 +110,19 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
 @click.option("--tar", is_flag=True, help="Also write <output>.tar.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
               help="Precision of the TensorRT halves [default: the target's].")
-@click.option("--bundle", "bundle_path", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Instead of building a bundle: build (again) the TensorRT engines of this one, here.")
 def build_engines(model_spec, weights, input_shape, target, split, codec, codec_weights, lossless, train_data,
-                  calib, output, max_loss, tar, precision, bundle_path) -> None:
-    """Split, quantize, export and bundle a model for a target."""
+                  calib, output, max_loss, tar, precision) -> None:
+    """Split, quantize, export and bundle a model for a target.
+
+    `build-engines --bundle PATH` (the runtime's command, on the device) builds that bundle's
+    TensorRT engines there instead.
+    """
     from rich.console import Console
     from rich.table import Table
 
     from toolchain.build import BuildOptions, build_engines as build
     from toolchain.load import parse_input_shape
 
-    if bundle_path is not None:
-        from runtime.backends.tensorrt.engine import rebuild_engines
-        from runtime.bundle import load_bundle
-
-        for plan, stamp in rebuild_engines(load_bundle(bundle_path)):
-            click.echo(f"built {plan} for {stamp['gpu']} (sm {stamp['compute_capability']}), "
-                       f"TensorRT {stamp['tensorrt']}, {stamp['precision']}")
-        return
     report = build(BuildOptions(
         model=model_spec, weights=weights, input_shape=input_shape and parse_input_shape(input_shape),
         target=target, split=split, codec=codec, codec_weights=codec_weights, lossless=lossless,
@@ -309,7 +303,3 @@ def search_codec_command(model_spec, weights, input_shape, split, data, train_fr
                f"(use: build-engines --split {frozen.point.node} --codec {best.spec()} "
                f"--codec-weights {output / 'best.pt'})")
 
-
-def build_engines_command():
-    """`build-engines` is `edgesplit build-engines` under its own name."""
-    return main(["build-engines", *sys.argv[1:]])

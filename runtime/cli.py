@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--rtt", type=_duration, default=0.0, help="Emulated round-trip delay, e.g. 20ms.")
     edge.add_argument("--burst", type=int, default=4096, help="Emulated token-bucket depth in bytes (default 4096).")
     edge.add_argument("--threads", type=int, default=None, help="Threads for the edge backend.")
+    edge.add_argument("--exit-threshold", type=float, default=None,
+                      help="Answer frames whose exit-branch entropy is below this on the edge [default: the "
+                           "bundle's, from calibrate-exit].")
     edge.add_argument("--output", default=None, help="CSV with one row per frame.")
     edge.add_argument("--summary-json", default=None, help="Write the summary as JSON too.")
 
@@ -115,7 +118,8 @@ def run_edge(args) -> dict:
     link = EmulatedLink(args.uplink, args.rtt, args.burst) if (args.uplink or args.rtt) else None
     config = ClientConfig(args.server[0], args.server[1], key=read_key(args.key_file),
                           ssl_context=_client_ssl_context(args), server_hostname=args.tls_server_name,
-                          in_flight=args.in_flight, reply_timeout_s=args.timeout, link=link)
+                          in_flight=args.in_flight, reply_timeout_s=args.timeout, link=link,
+                          exit_threshold=args.exit_threshold)
     outcomes = []
     started = time.monotonic()
     with EdgeClient(bundle, config, threads=args.threads) as client:

@@ -23,7 +23,8 @@ from runtime.bundle import Bundle
 from runtime.errors import ProtocolError
 from runtime.images import SourceFrame
 from runtime.link import EmulatedLink
-from runtime.local import EdgeHalf
+from runtime.local import EdgeHalf, softmax_entropy
+from runtime.wire import encode_frame
 
 log = logging.getLogger("edgesplit.edge")
 
@@ -52,6 +53,7 @@ class ClientConfig(NamedTuple):
     backoff_s: float = 0.1
     backoff_max_s: float = 5.0
     link: Optional[EmulatedLink] = None
+    exit_threshold: Optional[float] = None  # overrides the bundle's; None: the bundle's (None there: never exit)
 
 
 class ClientStats:
@@ -78,6 +80,7 @@ class _InFlight(NamedTuple):
     started: float
     deadline: float
     connection: "_Connection"
+    exit_logits: Optional[np.ndarray]  # the edge's own answer if the cloud's never comes
 
 
 class _Connection:
@@ -114,6 +117,8 @@ class EdgeClient:
         self.wire = bundle.wire
         self.bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
         self.quantization = protocol.wire_quantization(bundle.manifest)
+        bundle_threshold = (bundle.manifest.get("exit") or {}).get("threshold")
+        self.exit_threshold = bundle_threshold if config.exit_threshold is None else config.exit_threshold
         self.stats = ClientStats()
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(config.in_flight)
@@ -205,30 +210,40 @@ class EdgeClient:
                 return
 
     def _submit(self, frame: SourceFrame) -> None:
-        """Run the edge half on one frame and send it; the caller holds a slot for it."""
+        """Run the edge half on one frame; answer it here when the exit branch is sure enough, else send it.
+        The caller holds a slot for it."""
         started = time.monotonic()
-        payload = self.edge.payloads(frame.image[None])[0]
+        codes, exit_logits = self.edge.codes_and_exit(frame.image[None])
+        exit_logits = None if exit_logits is None else exit_logits[0]
         with self._lock:
             self.stats.frames += 1
+            if exit_logits is not None and self.exit_threshold is not None and \
+                    softmax_entropy(exit_logits[None])[0] < self.exit_threshold:
+                self._finish(frame.index, frame.label, started, EDGE, exit_logits, "")
+                return
+        payload = encode_frame(codes[0], self.wire)
+        with self._lock:
             self.stats.payload_bytes += len(payload)
             connection = self._connection
-            if connection is not None:
-                request_id = next(self._request_ids)
-                self._pending[request_id] = _InFlight(frame.index, frame.label, started,
-                                                      started + self.config.reply_timeout_s, connection)
-            else:
-                self._finish(frame.index, frame.label, started, ERROR, None, self._fallback_reason())
+            if connection is None:
+                self._finish(frame.index, frame.label, started, *self._fallback(exit_logits))
                 return
+            request_id = next(self._request_ids)
+            self._pending[request_id] = _InFlight(frame.index, frame.label, started,
+                                                  started + self.config.reply_timeout_s, connection, exit_logits)
         data = protocol.encode(protocol.features_frame(request_id, self.bundle_id, payload, self.wire,
                                                        self.quantization))
         link = self.config.link
         deliver_at = link.uplink_arrival(len(data), time.monotonic()) if link else 0.0
         self._outbox.put((deliver_at, connection, data, request_id))
 
-    def _fallback_reason(self) -> str:
-        # an early-exit head on the edge would answer here; this bundle has none
-        return "cloud unreachable ({}); the bundle has no early exit to answer on the edge".format(
-            self._last_problem)
+    def _fallback(self, exit_logits, problem: Optional[str] = None):
+        """(answered_by, logits, note) for a frame the cloud will not answer: the exit branch's answer
+        when the bundle has one, else an explicit error."""
+        problem = "cloud unreachable ({})".format(problem or self._last_problem)
+        if exit_logits is not None:
+            return EDGE, exit_logits, problem + "; answered by the edge's exit branch"
+        return ERROR, None, problem + "; the bundle has no early exit to answer on the edge"
 
     def _finish(self, index, label, started, answered_by, logits, error) -> None:
         """Record one frame's outcome. The caller holds the lock, so that `run` never sees a frame
@@ -245,12 +260,18 @@ class EdgeClient:
                 return
             self._finish(entry.index, entry.label, entry.started, answered_by, logits, error)
 
+    def _fail_over(self, request_id: int, problem: str) -> None:
+        with self._lock:
+            entry = self._pending.pop(request_id, None)
+            if entry is not None:
+                self._finish(entry.index, entry.label, entry.started, *self._fallback(entry.exit_logits, problem))
+
     def _expire_overdue(self) -> None:
         now = time.monotonic()
         with self._lock:
             overdue = [request_id for request_id, entry in self._pending.items() if entry.deadline < now]
         for request_id in overdue:
-            self._complete(request_id, ERROR, None, "no reply within {} s".format(self.config.reply_timeout_s))
+            self._fail_over(request_id, "no reply within {} s".format(self.config.reply_timeout_s))
 
     # --- threads ---------------------------------------------------------------------------
 
@@ -391,7 +412,6 @@ class EdgeClient:
             lost = [request_id for request_id, entry in self._pending.items() if entry.connection is connection]
         connection.close()
         self._connection_failed("connection lost: {}".format(problem))
-        reason = self._fallback_reason()
         for request_id in lost:
-            self._complete(request_id, ERROR, None, reason)
+            self._fail_over(request_id, "connection lost: {}".format(problem))
         self._wake_connector.set()

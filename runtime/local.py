@@ -28,6 +28,14 @@ class _Half:
         return self.runner.infer({self.input_name: array})[self.output_name]
 
 
+def softmax_entropy(logits: np.ndarray) -> np.ndarray:
+    """Entropy in nats of each row's softmax: ECNet's measure of how unsure the edge classifier is."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probabilities = np.exp(shifted)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    return -(probabilities * np.log(np.clip(probabilities, 1e-12, None))).sum(axis=1)
+
+
 def quantize_int8(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return np.clip(np.round(values / scale) + zero_point, -128, 127).astype(np.int8)
 
@@ -82,18 +90,33 @@ class EdgeHalf(_Half):
         self.to_codes = None
         if features["dtype"] == "int8":
             self.to_codes = CodeMapping(entry["to_codes"], self.runner.quantization(self.output_name))
+        exit_entry = bundle.manifest.get("exit")
+        self.exit_name = exit_entry["output"] if exit_entry else None
+        self.exit_quantization = None
+        if exit_entry and next(t for t in entry["outputs"] if t["name"] == self.exit_name)["dtype"] == "int8":
+            self.exit_quantization = self.runner.quantization(self.exit_name)
 
     def codes(self, images: np.ndarray) -> np.ndarray:
+        return self.codes_and_exit(images)[0]
+
+    def codes_and_exit(self, images: np.ndarray):
+        """Codes for the wire and, when the bundle has an exit branch, its logits (else None)."""
         if self.input_layout == "NHWC":
             images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
         if self.input_quantization is not None:
             images = quantize_int8(images, *self.input_quantization)
-        outputs = self.run(images)
+        results = self.runner.infer({self.input_name: images})
+        outputs = results[self.output_name]
         if self.output_layout == "NHWC":
             outputs = outputs.transpose(0, 3, 1, 2)
         if self.to_codes is not None:
-            return self.to_codes(outputs)
-        return outputs.astype(np.uint8, copy=False)  # engines without uint8 tensors give integral float32 codes
+            codes = self.to_codes(outputs)
+        else:
+            codes = outputs.astype(np.uint8, copy=False)  # engines without uint8 tensors give integral float32
+        exit_logits = None if self.exit_name is None else results[self.exit_name].astype(np.float32)
+        if self.exit_quantization is not None:
+            exit_logits = (exit_logits - self.exit_quantization[1]) * self.exit_quantization[0]
+        return codes, exit_logits
 
     def payloads(self, images: np.ndarray) -> List[bytes]:
         return [encode_frame(frame, self.wire) for frame in self.codes(images)]

@@ -23,6 +23,7 @@ from toolchain.codec_training import load_checkpoint, prepare_training, train_co
 from toolchain.codecs import DEFAULT_CODEC, FeatureCodec, make_codec, parse_codec_spec
 from toolchain.data import ImageSet, load_images, to_model_input
 from toolchain.errors import EdgesplitError, TargetError
+from toolchain.exit_branch import EXIT_OUTPUT, EdgeWithExit, ExitBranch, load_exit, train_exit
 from toolchain.export import compare_with_torch, export_onnx
 from toolchain.lint import lint_onnx
 from toolchain.load import LoadedModel, load_model
@@ -57,6 +58,10 @@ class BuildOptions(NamedTuple):
     calibration_frames: int = 512
     tar: bool = False
     precision: str | None = None  # of the TensorRT halves; default: the target's
+    early_exit: bool = False  # add an exit branch to the edge half (trained here unless exit_weights)
+    exit_weights: Path | None = None  # an exit branch checkpoint (implies early_exit)
+    exit_epochs: int = 2
+    exit_threshold: float | None = None  # entropy under which the edge answers; None: calibrate-exit sets it
 
 
 class BuildReport(NamedTuple):
@@ -140,6 +145,7 @@ def build_engines(options: BuildOptions) -> BuildReport:
         next_stage()
 
         codec = prepare_codec(options, loaded, halves.point, input_shape)
+        branch = prepare_exit(options, loaded, split_name, input_shape)
         with torch.no_grad():
             codec.calibrate(halves.head(torch.from_numpy(calibration_inputs)))
         wire = codec.wire_format(options.lossless)
@@ -161,17 +167,23 @@ def build_engines(options: BuildOptions) -> BuildReport:
         if integer_edge is not None:
             manifest["artefacts"]["edge"] = tflite_edge_entry(integer_edge, code_mapping, target)
             manifest["tools"].update({name: metadata.version(name) for name in TFLITE_TOOLS})
-        edge = nn.Sequential(halves.head, codec.encoder(getattr(torch, target.code_dtype))).eval()
+        encoder = codec.encoder(getattr(torch, target.code_dtype))
+        if branch is None:
+            edge, edge_outputs = nn.Sequential(halves.head, encoder).eval(), CODES
+        else:
+            edge, edge_outputs = EdgeWithExit(halves.head, encoder, branch).eval(), (CODES, EXIT_OUTPUT)
+            describe_exit(manifest, branch, options.exit_threshold)
         cloud = nn.Sequential(codec.decoder(), halves.tail).eval()
         sample = torch.from_numpy(holdout_inputs[:EXPORT_CHECK_FRAMES])
         checks = {}
         with torch.no_grad():
-            onnx_roles = [("cloud", cloud, edge(sample), (CODES, LOGITS))]
+            codes_only = nn.Sequential(halves.head, encoder).eval()
+            onnx_roles = [("cloud", cloud, codes_only(sample), (CODES, LOGITS))]
         if integer_edge is None:
-            onnx_roles.insert(0, ("edge", edge, sample, (IMAGE, CODES)))
+            onnx_roles.insert(0, ("edge", edge, sample, (IMAGE, edge_outputs)))
         else:  # int8 all through the head: no bound on codes, the accuracy gate below decides
             deployed = EdgeHalf(Bundle(staging, manifest)).codes(sample.numpy()).astype(np.int16)
-            difference = np.abs(deployed - edge(sample).numpy().astype(np.int16))
+            difference = np.abs(deployed - codes_only(sample).numpy().astype(np.int16))
             checks["edge_max_abs_error"] = float(difference.max())
             checks["edge_mismatched_fraction"] = float((difference > 0).mean())
         engines = {}
@@ -184,7 +196,7 @@ def build_engines(options: BuildOptions) -> BuildReport:
                 if precisions[role] == "int8":
                     with torch.no_grad():
                         samples = torch.from_numpy(calibration_inputs)
-                        samples = samples if role == "edge" else edge(samples)
+                        samples = samples if role == "edge" else codes_only(samples)
                     float_path = path.with_suffix(".float.onnx")
                     path.rename(float_path)
                     quantize_qdq(float_path, path, samples.numpy())
@@ -195,11 +207,13 @@ def build_engines(options: BuildOptions) -> BuildReport:
                     raise EdgesplitError(f"{role} ONNX would not build on {target.name}: {'; '.join(problems)}")
                 engines[role] = engine_entry(path, role, target, precisions[role], example)
                 manifest["artefacts"][role]["engine"] = engines[role]
-            check = compare_with_torch(module, path, example)
-            if check.max_abs_error > limit:
-                raise EdgesplitError(f"{role} ONNX differs from PyTorch by {check.max_abs_error:g} (limit {limit:g})")
-            checks[f"{role}_max_abs_error"] = check.max_abs_error
-            checks[f"{role}_mismatched_fraction"] = check.mismatched_fraction
+            for name, check, check_limit in zip((role, "exit"), compare_with_torch(module, path, example),
+                                                (limit, MAX_LOGIT_ERROR if math.isfinite(limit) else limit)):
+                if check.max_abs_error > check_limit:
+                    raise EdgesplitError(f"{name} output of the {role} ONNX differs from PyTorch by "
+                                         f"{check.max_abs_error:g} (limit {check_limit:g})")
+                checks[f"{name}_max_abs_error"] = check.max_abs_error
+                checks[f"{name}_mismatched_fraction"] = check.mismatched_fraction
         next_stage()
 
         checks.update(evaluate(Bundle(staging, manifest), loaded.module, holdout, holdout_inputs,
@@ -239,6 +253,26 @@ def prepare_codec(options: BuildOptions, loaded: LoadedModel, point: SplitPoint,
     frozen = prepare_training(loaded.module, point.node, input_shape, data, test_frames=0)
     train_codec(codec, frozen.tail, frozen.train, options.codec_epochs, seed=0)
     return codec
+
+
+def prepare_exit(options: BuildOptions, loaded: LoadedModel, split: str,
+                 input_shape: tuple[int, int, int]) -> ExitBranch | None:
+    """The exit branch from --exit-weights, or trained here on the training data, or None."""
+    if options.exit_weights is not None:
+        return load_exit(options.exit_weights, split, loaded.sha256)
+    if not options.early_exit:
+        return None
+    data = options.train_data or loaded.dataset
+    if data is None:
+        raise EdgesplitError("training an exit branch needs labeled images: give --train-data")
+    frozen = prepare_training(loaded.module, split, input_shape, data, test_frames=0)
+    return train_exit(frozen.train, int(frozen.train.teacher.shape[1]), epochs=options.exit_epochs)
+
+
+def describe_exit(manifest: dict, branch: ExitBranch, threshold: float | None) -> None:
+    manifest["artefacts"]["edge"]["outputs"].append(tensor_spec(EXIT_OUTPUT, (branch.classes,), "float32"))
+    manifest["exit"] = {"output": EXIT_OUTPUT, "threshold": threshold, "classes": branch.classes,
+                        "branch": {"width": branch.width}}
 
 
 def describe_bundle(

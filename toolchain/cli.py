@@ -110,8 +110,15 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
 @click.option("--tar", is_flag=True, help="Also write <output>.tar.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
               help="Precision of the TensorRT halves [default: the target's].")
+@click.option("--early-exit", is_flag=True, help="Add an exit branch to the edge half, trained on --train-data.")
+@click.option("--exit-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="An exit branch from `edgesplit train-exit` instead of training one during the build.")
+@click.option("--exit-epochs", default=2, show_default=True, help="Epochs for training the exit branch.")
+@click.option("--exit-threshold", type=float, default=None,
+              help="Entropy under which the edge answers itself [default: none until calibrate-exit].")
 def build_engines(model_spec, weights, input_shape, target, split, codec, codec_weights, lossless, train_data,
-                  calib, output, max_loss, tar, precision) -> None:
+                  calib, output, max_loss, tar, precision, early_exit, exit_weights, exit_epochs,
+                  exit_threshold) -> None:
     """Split, quantize, export and bundle a model for a target.
 
     `build-engines --bundle PATH` (the runtime's command, on the device) builds that bundle's
@@ -127,6 +134,7 @@ def build_engines(model_spec, weights, input_shape, target, split, codec, codec_
         model=model_spec, weights=weights, input_shape=input_shape and parse_input_shape(input_shape),
         target=target, split=split, codec=codec, codec_weights=codec_weights, lossless=lossless,
         train_data=train_data, calib=calib, output=output, max_loss=max_loss, tar=tar, precision=precision,
+        early_exit=early_exit, exit_weights=exit_weights, exit_epochs=exit_epochs, exit_threshold=exit_threshold,
     ))
     manifest, checks = report.manifest, report.manifest["checks"]
     split_info, input_spec = manifest["split"], manifest["source_model"]["input"]
@@ -155,6 +163,59 @@ def build_engines(model_spec, weights, input_shape, target, split, codec, codec_
                 "the device builds it from the bundle's ONNX at first start (or: build-engines --bundle PATH)"))
     table.add_row("build time", f"{report.seconds:.1f} s")
     Console().print(table)
+
+
+@main.command("train-exit")
+@model_options
+@click.option("--split", default=None, help="Split point (default: the model's).")
+@click.option("--data", default=None, help="Labeled images [default: the bundled model's dataset].")
+@click.option("--epochs", default=2, show_default=True)
+@click.option("--frames", type=int, default=None, help="Train on the first N training images only.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def train_exit_command(model_spec, weights, input_shape, split, data, epochs, frames, output) -> None:
+    """Train an exit branch at the split with the backbone frozen (distillation + labels)."""
+    from toolchain.codec_training import prepare_training
+    from toolchain.exit_branch import save_exit, train_exit
+
+    loaded, data = _load_for_codec(model_spec, weights, input_shape, data)
+    split = _split_or_default(loaded, split)
+    frozen = prepare_training(loaded.module, split, loaded.input_shape, data, train_frames=frames, test_frames=0)
+    branch = train_exit(frozen.train, int(frozen.train.teacher.shape[1]), epochs=epochs)
+    save_exit(output, branch, split, loaded.sha256)
+    click.echo(f"exit branch for {loaded.name} at {split} written to {output}")
+
+
+@main.command("calibrate-exit")
+@click.option("--bundle", "bundle_path", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--data", default=None, help="Labeled images [default: the bundled Fashion-MNIST held-out slice].")
+@click.option("--max-loss", type=float, default=None,
+              help="Accuracy points the mix may lose against sending every frame [default: 0.3].")
+@click.option("--offload-rate", type=float, default=None, help="Instead: the share of frames to send.")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("exit-calibration"),
+              show_default=True, help="Where curve.csv goes.")
+def calibrate_exit(bundle_path: Path, data: str | None, max_loss: float | None, offload_rate: float | None,
+                   output: Path) -> None:
+    """Measure threshold → offload rate → accuracy on labeled images and store a threshold in the bundle."""
+    from calibration_data import DEFAULT_CALIBRATION
+    from runtime.bundle import load_bundle
+    from toolchain.data import load_images, to_model_input
+    from toolchain.exit_calibration import curve, measure, pick, store_threshold, write_curve
+
+    bundle = load_bundle(bundle_path)
+    images = load_images(data or str(DEFAULT_CALIBRATION), "test")
+    if images.labels is None:
+        raise EdgesplitError(f"{data} has no labels: calibrate-exit needs labeled images")
+    input_shape = tuple(bundle.manifest["source_model"]["input"]["shape"][1:])
+    points = curve(measure(bundle, to_model_input(images.images, input_shape), images.labels))
+    chosen = pick(points, 0.3 if max_loss is None and offload_rate is None else max_loss, offload_rate)
+    output.mkdir(parents=True, exist_ok=True)
+    write_curve(output / "curve.csv", points)
+    summary = {"frames": len(images.labels), "offload_rate": chosen.offload_rate, "accuracy": chosen.accuracy,
+               "cloud_always_accuracy": points[0].accuracy, "edge_only_accuracy": points[-1].accuracy}
+    new_id = store_threshold(bundle, chosen, summary)
+    click.echo(f"threshold {chosen.threshold:.4f} nats: {chosen.offload_rate:.1%} of frames sent, accuracy "
+               f"{chosen.accuracy:.2%} (cloud-always {points[0].accuracy:.2%}, edge-only {points[-1].accuracy:.2%}) "
+               f"on {len(images.labels)} frames; bundle is now {new_id}; curve in {output / 'curve.csv'}")
 
 
 @main.command("list-splits")

@@ -1,0 +1,88 @@
+"""`calibrate-exit`: threshold → offload rate → overall accuracy, measured with the bundle as deployed.
+
+A frame is answered on the edge when the exit branch's softmax entropy is below the threshold,
+else sent. On a labeled set, every candidate threshold (midpoints between the observed
+entropies, so rates are exact) gets its offload rate and the accuracy of the mixed answers; the
+chosen threshold goes into the manifest, where the edge client reads it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from runtime.bundle import MANIFEST_NAME, Bundle, compute_bundle_id
+from runtime.local import CloudHalf, EdgeHalf, softmax_entropy
+from toolchain.errors import EdgesplitError
+
+
+class ExitMeasurement(NamedTuple):
+    entropy: np.ndarray
+    exit_correct: np.ndarray
+    cloud_correct: np.ndarray
+
+
+class CurvePoint(NamedTuple):
+    threshold: float
+    offload_rate: float
+    accuracy: float
+
+
+def measure(bundle: Bundle, inputs: np.ndarray, labels: np.ndarray, batch: int = 500) -> ExitMeasurement:
+    if bundle.manifest.get("exit") is None:
+        raise EdgesplitError(f"bundle {bundle.bundle_id} has no exit branch: build it with --early-exit")
+    edge, cloud = EdgeHalf(bundle), CloudHalf(bundle)
+    entropies, exit_predictions, cloud_predictions = [], [], []
+    for start in range(0, len(inputs), batch):
+        codes, exit_logits = edge.codes_and_exit(inputs[start:start + batch])
+        entropies.append(softmax_entropy(exit_logits))
+        exit_predictions.append(exit_logits.argmax(1))
+        cloud_predictions.append(cloud.logits(codes).argmax(1))
+    return ExitMeasurement(np.concatenate(entropies), np.concatenate(exit_predictions) == labels,
+                           np.concatenate(cloud_predictions) == labels)
+
+
+def curve(measured: ExitMeasurement) -> list[CurvePoint]:
+    """From 'send everything' (threshold 0) to 'send nothing' (above every entropy)."""
+    values = np.unique(measured.entropy)
+    thresholds = np.concatenate([[0.0], (values[:-1] + values[1:]) / 2, [values[-1] + 1.0]])
+    points = []
+    for threshold in thresholds:
+        local = measured.entropy < threshold
+        correct = np.where(local, measured.exit_correct, measured.cloud_correct)
+        points.append(CurvePoint(float(threshold), float(1 - local.mean()), float(correct.mean())))
+    return points
+
+
+def pick(points: list[CurvePoint], max_loss_points: float | None = None,
+         offload_rate: float | None = None) -> CurvePoint:
+    """The least offloading point within `max_loss_points` of cloud-always, or the first reaching
+    `offload_rate` or less."""
+    if (max_loss_points is None) == (offload_rate is None):
+        raise EdgesplitError("give exactly one of a maximum accuracy loss or a target offload rate")
+    if offload_rate is not None:
+        return next(p for p in reversed(points) if p.offload_rate >= offload_rate - 1e-12)
+    cloud_always = points[0].accuracy
+    return min((p for p in points if 100 * (cloud_always - p.accuracy) <= max_loss_points + 1e-9),
+               key=lambda p: (p.offload_rate, -p.threshold))
+
+
+def store_threshold(bundle: Bundle, point: CurvePoint, summary: dict) -> str:
+    """Write the threshold into the bundle's manifest; returns the new bundle id (the manifest changed)."""
+    manifest = json.loads(json.dumps(bundle.manifest))
+    manifest["exit"]["threshold"] = point.threshold
+    manifest["exit"]["calibration"] = summary
+    manifest["bundle_id"] = compute_bundle_id(manifest)
+    (bundle.directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest["bundle_id"]
+
+
+def write_curve(path: Path, points: list[CurvePoint]) -> None:
+    with open(path, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(CurvePoint._fields)
+        writer.writerows(points)

@@ -157,8 +157,9 @@ def build_engines(options: BuildOptions) -> BuildReport:
         if target.edge_backend == "tflite":
             from toolchain.tflite import convert_int8
 
-            integer_edge = convert_int8(nn.Sequential(halves.head, codec.pre_quantization()), calibration_inputs,
-                                        staging / TFLITE_EDGE_FILE)
+            edge_float = nn.Sequential(halves.head, codec.pre_quantization()) if branch is None else \
+                EdgeWithExit(halves.head, codec.pre_quantization(), branch)
+            integer_edge = convert_int8(edge_float, calibration_inputs, staging / TFLITE_EDGE_FILE)
             code_mapping = codec.map_int8_output(*integer_edge.output_quantization)  # may adopt its scale
         with torch.no_grad():
             output_shape = tuple(halves.tail(halves.head(torch.zeros(1, *input_shape))).shape[1:])
@@ -172,7 +173,11 @@ def build_engines(options: BuildOptions) -> BuildReport:
             edge, edge_outputs = nn.Sequential(halves.head, encoder).eval(), CODES
         else:
             edge, edge_outputs = EdgeWithExit(halves.head, encoder, branch).eval(), (CODES, EXIT_OUTPUT)
-            describe_exit(manifest, branch, options.exit_threshold)
+            if integer_edge is None:
+                manifest["artefacts"]["edge"]["outputs"].append(tensor_spec(EXIT_OUTPUT, (branch.classes,), "float32"))
+            exit_name = EXIT_OUTPUT if integer_edge is None else integer_edge.exit_output[0]
+            manifest["exit"] = {"output": exit_name, "threshold": options.exit_threshold, "classes": branch.classes,
+                                "branch": {"width": branch.width}}
         cloud = nn.Sequential(codec.decoder(), halves.tail).eval()
         sample = torch.from_numpy(holdout_inputs[:EXPORT_CHECK_FRAMES])
         checks = {}
@@ -269,12 +274,6 @@ def prepare_exit(options: BuildOptions, loaded: LoadedModel, split: str,
     return train_exit(frozen.train, int(frozen.train.teacher.shape[1]), epochs=options.exit_epochs)
 
 
-def describe_exit(manifest: dict, branch: ExitBranch, threshold: float | None) -> None:
-    manifest["artefacts"]["edge"]["outputs"].append(tensor_spec(EXIT_OUTPUT, (branch.classes,), "float32"))
-    manifest["exit"] = {"output": EXIT_OUTPUT, "threshold": threshold, "classes": branch.classes,
-                        "branch": {"width": branch.width}}
-
-
 def describe_bundle(
     loaded: LoadedModel, point: SplitPoint, requested: str, codec: FeatureCodec, wire: WireFormat, target: Target,
     input_shape: tuple[int, int, int], output_shape: tuple[int, ...], precisions: dict[str, str],
@@ -338,9 +337,12 @@ def tflite_edge_entry(artefact, code_mapping: dict, target: Target) -> dict:
         return {"name": name, "shape": shape, "dtype": "int8", "layout": "NHWC",
                 "quantization": {"scale": quantization[0], "zero_point": quantization[1]}}
 
+    outputs = [tensor(artefact.output_name, artefact.output_shape, artefact.output_quantization)]
+    if artefact.exit_output is not None:
+        outputs.append(dict(tensor(*artefact.exit_output), layout="NC"))
     return {"file": TFLITE_EDGE_FILE, "backend": "tflite", "precision": target.edge_precision,
             "inputs": [tensor(artefact.input_name, artefact.input_shape, artefact.input_quantization)],
-            "outputs": [tensor(artefact.output_name, artefact.output_shape, artefact.output_quantization)],
+            "outputs": outputs,
             "to_codes": code_mapping, "ops": artefact.ops, "float_model_bytes": artefact.float_bytes}
 
 

@@ -33,6 +33,7 @@ class TFLiteArtefact(NamedTuple):
     output_shape: list[int]
     ops: list[str]
     float_bytes: int
+    exit_output: tuple[str, list[int], tuple[float, int]] | None  # name, shape, quantization of exit logits
 
 
 def _converters():
@@ -64,7 +65,9 @@ def float_ops(ops: list[tuple[str, set[str]]]) -> list[str]:
 
 
 def convert_int8(module: nn.Module, calibration: np.ndarray, path: Path) -> TFLiteArtefact:
-    """Float NCHW module → full-int8 NHWC .tflite at `path`, calibrated on `calibration` (N,C,H,W)."""
+    """Float NCHW module → full-int8 NHWC .tflite at `path`, calibrated on `calibration` (N,C,H,W).
+
+    The module returns the features, or (features, exit logits) with an exit branch."""
     litert_torch, quantizer, recipe = _converters()
     nhwc_calibration = np.ascontiguousarray(calibration.transpose(0, 2, 3, 1)).astype(np.float32)
     channel_last = litert_torch.to_channel_last_io(module.eval(), args=[0], outputs=[0])
@@ -90,8 +93,11 @@ def convert_int8(module: nn.Module, calibration: np.ndarray, path: Path) -> TFLi
     if remaining:
         raise EdgesplitError(f"the int8 TFLite edge half still has float ops, not shipped: {'; '.join(remaining)}")
     interpreter = load_interpreter_class()(model_path=str(path))
-    (inputs,), (outputs,) = interpreter.get_input_details(), interpreter.get_output_details()
-    for detail in (inputs, outputs):
+    (inputs,) = interpreter.get_input_details()
+    # the features are the 4-D output; an exit branch adds a 2-D one
+    outputs = next(d for d in interpreter.get_output_details() if len(d["shape"]) == 4)
+    exits = [d for d in interpreter.get_output_details() if len(d["shape"]) == 2]
+    for detail in [inputs, outputs] + exits:
         if np.dtype(detail["dtype"]).name != "int8" or not detail["quantization"][0]:
             raise EdgesplitError(f"the TFLite edge half's {detail['name']} is {np.dtype(detail['dtype']).name}, "
                                  "not quantized int8")
@@ -99,4 +105,7 @@ def convert_int8(module: nn.Module, calibration: np.ndarray, path: Path) -> TFLi
                           (float(inputs["quantization"][0]), int(inputs["quantization"][1])),
                           (float(outputs["quantization"][0]), int(outputs["quantization"][1])),
                           [int(s) for s in inputs["shape"]], [int(s) for s in outputs["shape"]],
-                          sorted({name for name, _ in ops}), float_bytes)
+                          sorted({name for name, _ in ops}), float_bytes,
+                          None if not exits else (exits[0]["name"], [int(v) for v in exits[0]["shape"]],
+                                                  (float(exits[0]["quantization"][0]),
+                                                   int(exits[0]["quantization"][1]))))

@@ -39,3 +39,19 @@ def test_runtime_benchmark_quick_run_writes_results(built, tmp_path):
     assert one_mbit["fps"] <= one_mbit["link_bound_fps"] * 1.05  # the emulated uplink is the bottleneck
     for name in ("RESULTS.md", "server.png", "loopback.png", "server.csv", "loopback.csv", "link.csv"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_early_exit_benchmark_quick_run_writes_results(tmp_path):
+    subprocess.run([sys.executable, "-m", "benchmarks.early_exit", "--quick", "--output", str(tmp_path)],
+                   check=True, capture_output=True)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    with open(tmp_path / "curve.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert {row["bits"] for row in rows} == {"8", "6", "4"}
+    eight = [row for row in rows if row["bits"] == "8"]
+    assert float(eight[0]["offload_rate"]) == 1.0 and float(eight[-1]["offload_rate"]) == 0.0
+    chosen = summary["chosen"]
+    assert 100 * (summary["cloud_always_accuracy"] - chosen["accuracy"]) <= summary["tolerance_points"] + 1e-9
+    assert summary["mean_payload_bytes_all_frames"] == pytest.approx(chosen["offload_rate"] * 16384)
+    for name in ("fig2_entropy.png", "fig3_threshold.png", "entropy.csv", "RESULTS.md"):
+        assert (tmp_path / name).stat().st_size > 0

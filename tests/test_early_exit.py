@@ -136,3 +136,10 @@ def test_calibrate_exit_refuses_a_bundle_without_exit(built, tmp_path):
     assert result.exit_code == 1
     assert "has no exit branch: build it with --early-exit" in result.output
     assert json.loads((built.bundle / "manifest.json").read_text()).get("exit") is None
+
+
+def test_an_accuracy_above_cloud_always_is_refused_naming_both(exit_bundle, tmp_path):
+    result = CliRunner().invoke(main, ["calibrate-exit", "--bundle", str(exit_bundle.bundle), "--min-accuracy",
+                                       "0.999", "--output", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "--min-accuracy 99.90% is above sending every frame (93.55%): no threshold reaches it" in result.output

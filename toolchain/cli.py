@@ -190,11 +190,12 @@ def train_exit_command(model_spec, weights, input_shape, split, data, epochs, fr
 @click.option("--data", default=None, help="Labeled images [default: the bundled Fashion-MNIST held-out slice].")
 @click.option("--max-loss", type=float, default=None,
               help="Accuracy points the mix may lose against sending every frame [default: 0.3].")
+@click.option("--min-accuracy", type=float, default=None, help="Instead: the overall top-1 to keep (0..1).")
 @click.option("--offload-rate", type=float, default=None, help="Instead: the share of frames to send.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("exit-calibration"),
               show_default=True, help="Where curve.csv goes.")
-def calibrate_exit(bundle_path: Path, data: str | None, max_loss: float | None, offload_rate: float | None,
-                   output: Path) -> None:
+def calibrate_exit(bundle_path: Path, data: str | None, max_loss: float | None, min_accuracy: float | None,
+                   offload_rate: float | None, output: Path) -> None:
     """Measure threshold → offload rate → accuracy on labeled images and store a threshold in the bundle."""
     from calibration_data import DEFAULT_CALIBRATION
     from runtime.bundle import load_bundle
@@ -207,6 +208,13 @@ def calibrate_exit(bundle_path: Path, data: str | None, max_loss: float | None, 
         raise EdgesplitError(f"{data} has no labels: calibrate-exit needs labeled images")
     input_shape = tuple(bundle.manifest["source_model"]["input"]["shape"][1:])
     points = curve(measure(bundle, to_model_input(images.images, input_shape), images.labels))
+    if min_accuracy is not None:
+        if max_loss is not None:
+            raise EdgesplitError("give one of --max-loss, --min-accuracy, --offload-rate")
+        max_loss = 100 * (points[0].accuracy - min_accuracy)
+        if max_loss < 0:
+            raise EdgesplitError(f"--min-accuracy {min_accuracy:.2%} is above sending every frame "
+                                 f"({points[0].accuracy:.2%}): no threshold reaches it")
     chosen = pick(points, 0.3 if max_loss is None and offload_rate is None else max_loss, offload_rate)
     output.mkdir(parents=True, exist_ok=True)
     write_curve(output / "curve.csv", points)

@@ -165,6 +165,50 @@ def build_engines(model_spec, weights, input_shape, target, split, codec, codec_
     Console().print(table)
 
 
+@main.command("prune")
+@model_options
+@click.option("--split", default=None, help="Split point whose head is pruned [default: the model's].")
+@click.option("--criterion", type=click.Choice(["bn-scale", "feature-bias"]), default="bn-scale", show_default=True,
+              help="bn-scale: BBNet's network slimming (global); feature-bias: SAFBMP's (per layer).")
+@click.option("--ratio", type=float, default=0.4, show_default=True, help="Share of prunable head channels to remove.")
+@click.option("--data", default=None, help="Labeled images [default: the bundled model's dataset].")
+@click.option("--frames", type=int, default=None, help="Train on the first N training images only.")
+@click.option("--sparsity-epochs", default=1, show_default=True, help="L1 sparsity training before (bn-scale).")
+@click.option("--finetune-epochs", default=1, show_default=True, help="Distillation fine-tuning after.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The pruned model as a torch.export .pt2 (then: build-engines --model it).")
+def prune_command(model_spec, weights, input_shape, split, criterion, ratio, data, frames, sparsity_epochs,
+                  finetune_epochs, output) -> None:
+    """Remove channels from the edge half; the split tensor and everything after it stay as they are."""
+    import copy
+
+    from calibration_data import DEFAULT_CALIBRATION
+    from toolchain.data import load_images, to_model_input
+    from toolchain.pruning import check_ratio, fine_tune, head_modules, prune, save_pruned, sparsity_train
+    from toolchain.train import accuracy, predict
+
+    check_ratio(ratio)
+    loaded, data = _load_for_codec(model_spec, weights, input_shape, data)
+    split, shape = _split_or_default(loaded, split), loaded.input_shape
+    train = load_images(data, "train")
+    train = train if frames is None else train.take(frames)
+    test = load_images(data, "test")
+    train_inputs, test_inputs = to_model_input(train.images, shape), to_model_input(test.images, shape)
+    calibration = to_model_input(load_images(str(DEFAULT_CALIBRATION), "train").images, shape)
+    teacher = copy.deepcopy(loaded.module).eval()
+    model = copy.deepcopy(loaded.module)
+    if criterion == "bn-scale":
+        sparsity_train(model, head_modules(model, split, shape), train_inputs, train.labels, sparsity_epochs)
+    pruned, report = prune(model, split, shape, criterion, ratio, calibration)
+    pruned_accuracy = accuracy(predict(pruned, test_inputs), test.labels)
+    fine_tune(pruned, teacher, train_inputs, train.labels, finetune_epochs)
+    save_pruned(pruned, shape, output)
+    click.echo(f"head: {report.head_params_before:,} → {report.head_params_after:,} params, "
+               f"{report.head_macs_before / 1e6:.1f} → {report.head_macs_after / 1e6:.1f} M MACs per frame; "
+               f"top-1 {accuracy(predict(teacher, test_inputs), test.labels):.2%} → {pruned_accuracy:.2%} pruned "
+               f"→ {accuracy(predict(pruned, test_inputs), test.labels):.2%} fine-tuned; written to {output}")
+
+
 @main.command("train-exit")
 @model_options
 @click.option("--split", default=None, help="Split point (default: the model's).")

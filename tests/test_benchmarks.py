@@ -55,3 +55,16 @@ def test_early_exit_benchmark_quick_run_writes_results(tmp_path):
     assert summary["mean_payload_bytes_all_frames"] == pytest.approx(chosen["offload_rate"] * 16384)
     for name in ("fig2_entropy.png", "fig3_threshold.png", "entropy.csv", "RESULTS.md"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_pruning_benchmark_quick_run_writes_results(tmp_path):
+    pytest.importorskip("litert_torch", reason="the TFLite edge latency needs the [tflite] extra")
+    pytest.importorskip("torch_pruning", reason="pruning is in the [prune] extra")
+    subprocess.run([sys.executable, "-m", "benchmarks.pruning", "--quick", "--output", str(tmp_path)],
+                   check=True, capture_output=True)
+    rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
+    assert [(r["criterion"], r["ratio"]) for r in rows] == [("none", 0.0), ("bn-scale", 0.5), ("feature-bias", 0.5)]
+    for row in rows[1:]:
+        assert row["head_macs_m"] < rows[0]["head_macs_m"] and row["params"] < rows[0]["params"]
+        assert row["onnxrt_fp32_ms"] > 0 and row["tflite_int8_ms"] > 0
+    assert (tmp_path / "pruning.png").stat().st_size > 0 and (tmp_path / "pruning.csv").exists()

@@ -76,3 +76,22 @@ def test_a_bad_ratio_is_refused(plain_cnn, calibration, ratio):
 def test_an_unknown_criterion_is_named(plain_cnn, calibration):
     with pytest.raises(EdgesplitError, match="unknown pruning criterion 'l2'; criteria: bn-scale, feature-bias"):
         prune(plain_cnn, SPLIT, INPUT_SHAPE, "l2", 0.5, calibration)
+
+
+def test_prune_command_writes_a_model_that_builds_and_refuses_a_bad_ratio(tmp_path):
+    from click.testing import CliRunner
+
+    from calibration_data import DEFAULT_CALIBRATION
+    from toolchain.cli import main
+
+    output = tmp_path / "pruned.pt2"
+    arguments = ["prune", "--model", "conftest:PlainCNNSmall", "--input-shape", "1,32,32", "--split", SPLIT,
+                 "--data", str(DEFAULT_CALIBRATION), "--frames", "64", "--criterion", "feature-bias",
+                 "--sparsity-epochs", "0", "--finetune-epochs", "1", "--output", str(output)]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+    assert "head: 1,272 → 652 params" in result.output
+    pruned = load_model(str(output), input_shape=INPUT_SHAPE)
+    assert split_model(pruned.module, SPLIT, INPUT_SHAPE).point.shape == (16, 8, 8)
+    refused = CliRunner().invoke(main, arguments[:-2] + ["--ratio", "1", "--output", str(output)])
+    assert refused.exit_code == 1 and "pruning ratio must be between 0 and 1 (exclusive), got 1.0" in refused.output

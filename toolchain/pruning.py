@@ -126,7 +126,7 @@ def _train(model, inputs, labels, epochs, batch_size, seed, description, loss_of
         return
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    steps = epochs * (len(inputs) // batch_size)
+    steps = epochs * -(-len(inputs) // batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     tensor_inputs = torch.from_numpy(inputs)
     tensor_labels = None if labels is None else torch.from_numpy(labels)
@@ -134,8 +134,7 @@ def _train(model, inputs, labels, epochs, batch_size, seed, description, loss_of
         task = progress.add_task(description, total=steps, status="")
         for _ in range(epochs):
             model.train()
-            for batch in torch.randperm(len(inputs), generator=generator)[:steps // epochs * batch_size] \
-                    .split(batch_size):
+            for batch in torch.randperm(len(inputs), generator=generator).split(batch_size):
                 x = tensor_inputs[batch]
                 loss = loss_of(model(x), None if tensor_labels is None else tensor_labels[batch], x)
                 optimizer.zero_grad(set_to_none=True)

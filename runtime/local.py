@@ -14,7 +14,7 @@ from runtime.wire import decode_frame, encode_frame
 
 
 class _Half:
-    """One artefact of a bundle on its backend, with its (single) input and output names."""
+    """One artefact of a bundle on its backend; `output_name` is its first output (codes or logits)."""
 
     def __init__(self, bundle: Bundle, role: str, threads=None, backend=None):
         self.wire = bundle.wire

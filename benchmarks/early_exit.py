@@ -12,7 +12,6 @@ affine codec of that width in PyTorch, the exit decision being the same).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -24,19 +23,18 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from benchmarks.runtime import cpu_name, table
+from benchmarks.common import cpu_name, labeled_data, parse_arguments, table, write_csv
 from calibration_data import DEFAULT_CALIBRATION
 from runtime.bundle import load_bundle
 from toolchain.build import BuildOptions, build_engines
 from toolchain.codec_training import prepare_training
 from toolchain.codecs import make_codec
-from toolchain.data import FASHION_MNIST_DIR, load_images, to_model_input
+from toolchain.data import load_images, to_model_input
 from toolchain.exit_branch import save_exit, train_exit
 from toolchain.exit_calibration import ExitMeasurement, curve, measure, pick
 from toolchain.load import load_model
 from toolchain.split import split_model
 
-ROOT = Path(__file__).resolve().parents[1]
 SPLIT = "layer2"
 BITS = (8, 6, 4)
 TOLERANCE_POINTS = 0.3
@@ -91,13 +89,8 @@ def plot(output: Path, measured: ExitMeasurement, curves: dict[int, list]) -> No
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="Train on 512 images for 1 epoch, test on 2000.")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "early_exit")
-    args = parser.parse_args()
-    args.output.mkdir(parents=True, exist_ok=True)
-    full = FASHION_MNIST_DIR.exists() and not args.quick
-    data = "fashion-mnist" if full else str(DEFAULT_CALIBRATION)
+    args = parse_arguments(__doc__, "early_exit", "Train on 512 images for 1 epoch, test on 2000.")
+    data = labeled_data(args.quick)
     epochs = 1 if args.quick else 2
     model = load_model(None)
     started = time.perf_counter()
@@ -124,10 +117,7 @@ def main() -> None:
     payload = report.manifest["wire"]["packed_bytes_per_frame"]
     rows = [{"bits": bits, "threshold": round(p.threshold, 5), "offload_rate": round(p.offload_rate, 4),
              "accuracy": round(p.accuracy, 4)} for bits, points in curves.items() for p in points]
-    with open(args.output / "curve.csv", "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(args.output / "curve.csv", rows)
     with open(args.output / "entropy.csv", "w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(["entropy", "exit_correct", "cloud_correct"])

@@ -12,9 +12,7 @@ distillation. Training uses the first 20,000 Fashion-MNIST training images; accu
 
 from __future__ import annotations
 
-import argparse
 import copy
-import csv
 import json
 import os
 import tempfile
@@ -24,18 +22,17 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
-from benchmarks.runtime import cpu_name, table
+from benchmarks.common import cpu_name, labeled_data, parse_arguments, table, write_csv
 from benchmarks.tflite import edge_latency_ms
 from calibration_data import DEFAULT_CALIBRATION
 from runtime.bundle import load_bundle
 from toolchain.build import BuildOptions, build_engines
-from toolchain.data import FASHION_MNIST_DIR, load_images, to_model_input
+from toolchain.data import load_images, to_model_input
 from toolchain.load import load_model
 from toolchain.pruning import count, fine_tune, head_modules, prune, save_pruned, sparsity_train
 from toolchain.split import split_model
 from toolchain.train import accuracy, predict
 
-ROOT = Path(__file__).resolve().parents[1]
 SPLIT = "layer2"
 SHAPE = (1, 32, 32)
 
@@ -52,13 +49,8 @@ def edge_latencies(model_path: Path | None, scratch: Path, inputs: np.ndarray, f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="512 training images, one ratio, 2,000 test images.")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "pruning")
-    args = parser.parse_args()
-    args.output.mkdir(parents=True, exist_ok=True)
-    full = FASHION_MNIST_DIR.exists() and not args.quick
-    data = "fashion-mnist" if full else str(DEFAULT_CALIBRATION)
+    args = parse_arguments(__doc__, "pruning", "512 training images, one ratio, 2,000 test images.")
+    data = labeled_data(args.quick)
     ratios = (0.5,) if args.quick else (0.3, 0.5, 0.7)
     train = load_images(data, "train").take(20000)
     test = load_images(data, "test")
@@ -103,10 +95,7 @@ def main() -> None:
         row["loss_points"] = round(100 * (base_accuracy - row["top1_finetuned"]), 2)
         row["onnxrt_speedup"] = round(baseline["onnxrt_fp32_ms"] / row["onnxrt_fp32_ms"], 2)
         row["tflite_speedup"] = round(baseline["tflite_int8_ms"] / row["tflite_int8_ms"], 2)
-    with open(args.output / "pruning.csv", "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(args.output / "pruning.csv", rows)
     meeting = [r for r in rows[1:] if r["loss_points"] <= 0.5 and max(r["onnxrt_speedup"], r["tflite_speedup"]) >= 2]
     summary = {"quick": args.quick, "machine": cpu_name(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
                "train_images": len(train.labels), "test_images": len(test.labels), "rows": rows,

@@ -13,13 +13,10 @@ link.csv: the real edge client (`EdgeClient`, head included) through `--uplink/-
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import csv
 import json
 import multiprocessing
 import os
-import platform
 import random
 import signal
 import socket
@@ -33,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
+from benchmarks.common import ROOT, cpu_name, parse_arguments, table, write_csv
 from calibration_data import DEFAULT_CALIBRATION
 from runtime import protocol
 from runtime.bundle import load_bundle
@@ -42,7 +40,6 @@ from runtime.link import EmulatedLink
 from runtime.local import EdgeHalf
 from runtime.wire import WireFormat, decode_frame, encode_frame
 
-ROOT = Path(__file__).resolve().parents[1]
 FPS = 30
 P99_GOAL_MS = 50.0
 LOGITS = np.zeros(10, dtype=np.float32)
@@ -280,13 +277,6 @@ def link_rows(bundle, frames, links, progress: Progress) -> list[dict]:
 
 # --- output --------------------------------------------------------------------------------------
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def plot(output: Path, loopback: list[dict], server: list[dict]) -> None:
     import matplotlib
 
@@ -324,12 +314,6 @@ def plot(output: Path, loopback: list[dict], server: list[dict]) -> None:
     figure.tight_layout()
     figure.savefig(output / "server.png", dpi=120)
     plt.close(figure)
-
-
-def table(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def write_report(output: Path, summary: dict, loopback, server, capacity, links) -> None:
@@ -398,21 +382,12 @@ in-process server, with `--uplink/--rtt` emulation (token bucket, 4096-byte burs
     (output / "RESULTS.md").write_text(text)
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return platform.machine()
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="Few frames, 1 and 10 edges, 1 s per run.")
-    parser.add_argument("--bundle", type=Path, default=None, help="Bundle directory (default: build the default).")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "runtime")
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads in the server.")
-    args = parser.parse_args()
-    args.output.mkdir(parents=True, exist_ok=True)
+    def options(parser):
+        parser.add_argument("--bundle", type=Path, default=None, help="Bundle directory (default: build the default).")
+        parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads in the server.")
+
+    args = parse_arguments(__doc__, "runtime", "Few frames, 1 and 10 edges, 1 s per run.", options)
     if args.bundle is None:
         from toolchain.build import BuildOptions, build_engines
 

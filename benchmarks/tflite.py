@@ -11,8 +11,6 @@ threads — a proxy for a Pi's Cortex-A72/A76, not a measurement of one.
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import os
 import tempfile
@@ -22,16 +20,14 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
-from benchmarks.runtime import cpu_name, table
-from calibration_data import DEFAULT_CALIBRATION
+from benchmarks.common import ROOT, cpu_name, labeled_data, parse_arguments, table, write_csv
 from runtime.bundle import load_bundle
 from runtime.local import EdgeHalf, SplitInference
 from toolchain.build import BuildOptions, build_engines
-from toolchain.data import FASHION_MNIST_DIR, load_images, to_model_input
+from toolchain.data import load_images, to_model_input
 from toolchain.load import load_model
 from toolchain.train import predict
 
-ROOT = Path(__file__).resolve().parents[1]
 SEARCHED_CODEC = ROOT / "benchmarks" / "results" / "search-layer2" / "best.pt"
 BUILDS = [
     ("cpu: fp32 ONNX edge, int8 codes", BuildOptions(target="cpu")),
@@ -74,13 +70,8 @@ def plot(output: Path, latency: list[dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2,000 images, 100 timed frames.")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "tflite")
-    args = parser.parse_args()
-    args.output.mkdir(parents=True, exist_ok=True)
-    full = FASHION_MNIST_DIR.exists() and not args.quick
-    test = load_images("fashion-mnist" if full else str(DEFAULT_CALIBRATION), "test")
+    args = parse_arguments(__doc__, "tflite", "2,000 images, 100 timed frames.")
+    test = load_images(labeled_data(args.quick), "test")
     inputs = to_model_input(test.images, (1, 32, 32))
     model = load_model(None)
     float_top1 = float((predict(model.module, inputs).argmax(1) == test.labels).mean())
@@ -106,11 +97,8 @@ def main() -> None:
                             "ms_1_thread": round(edge_latency_ms(bundle, inputs, 1, frames), 3),
                             "ms_4_threads": round(edge_latency_ms(bundle, inputs, 4, frames), 3)})
             progress.advance(task)
-    for name, rows in (("accuracy.csv", accuracy), ("latency.csv", latency)):
-        with open(args.output / name, "w", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    write_csv(args.output / "accuracy.csv", accuracy)
+    write_csv(args.output / "latency.csv", latency)
     summary = {"quick": args.quick, "machine": cpu_name(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
                "test_images": len(inputs), "accuracy": accuracy, "latency": latency}
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

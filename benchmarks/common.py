@@ -1,0 +1,50 @@
+"""What every benchmark suite shares: its command line, the labeled data it uses, and its outputs."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+from pathlib import Path
+
+from calibration_data import DEFAULT_CALIBRATION
+from toolchain.data import FASHION_MNIST_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_arguments(doc: str, suite: str, quick_help: str, add_options=None) -> argparse.Namespace:
+    """`--quick` and `--output` (default benchmarks/results/<suite>, created), plus a suite's own options."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / suite)
+    if add_options is not None:
+        add_options(parser)
+    args = parser.parse_args()
+    args.output.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def labeled_data(quick: bool) -> str:
+    """Debian's full Fashion-MNIST for full runs, the bundled slice for --quick or when it is missing."""
+    return "fashion-mnist" if FASHION_MNIST_DIR.exists() and not quick else str(DEFAULT_CALIBRATION)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return platform.machine()

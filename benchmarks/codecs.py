@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import write_csv
 from runtime.wire import LOSSLESS, WireFormat, decode_frame, encode_frame
-from toolchain.codec_search import evaluate_config, grid, plot_rows, write_rows
+from toolchain.codec_search import evaluate_config, grid, plot_rows
 from toolchain.codec_training import cache_features
 from toolchain.codecs import CodecSpec
 from toolchain.data import load_images, to_model_input
@@ -142,17 +143,14 @@ def main() -> None:
             with torch.no_grad():
                 codes = codec.encoder().eval()(test.features[:1000].float()).numpy()
             codes_for_lossless[f"{spec}@{args.split}"] = (codes, codec.bits)
-    write_rows(rows, args.output / "accuracy_vs_bytes.csv")
+    write_csv(args.output / "accuracy_vs_bytes.csv", rows)
     teacher_accuracy = float((test.teacher.argmax(1) == test.labels).float().mean())
     plot_rows(rows, args.output / "accuracy_vs_bytes.png",
               f"Fashion-MNIST, ResNet-18 w0.5 split at {args.split} ({'x'.join(map(str, shape))})",
               reference_accuracy=teacher_accuracy)
 
     lossless = lossless_rows(codes_for_lossless, repeats=1 if args.quick else 3)
-    with open(args.output / "lossless.csv", "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(lossless[0]))
-        writer.writeheader()
-        writer.writerows(lossless)
+    write_csv(args.output / "lossless.csv", lossless)
 
     within = [r for r in rows if r.loss_points <= BUDGET_POINTS and r.compression >= TARGET_COMPRESSION]
     best = max(within, key=lambda r: r.compression, default=None)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import platform
 from pathlib import Path
 
 from calibration_data import DEFAULT_CALIBRATION
 from toolchain.data import FASHION_MNIST_DIR
+from toolchain.results import cpu_name, write_csv  # noqa: F401  (every suite takes them from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,21 +29,7 @@ def labeled_data(quick: bool) -> str:
     return "fashion-mnist" if FASHION_MNIST_DIR.exists() and not quick else str(DEFAULT_CALIBRATION)
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return platform.machine()

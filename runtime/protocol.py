@@ -104,6 +104,11 @@ def bundle_id_bytes(bundle_id: str) -> bytes:
     return raw
 
 
+def frame_bytes(payload_bytes: int, ndim: int) -> int:
+    """Bytes a tensor frame takes on the wire: header, one word per dimension, payload."""
+    return HEADER_BYTES + DIM.size * ndim + payload_bytes
+
+
 def _checksum(header: bytes, body: bytes) -> int:
     return zlib.crc32(body, zlib.crc32(header)) & 0xFFFFFFFF
 

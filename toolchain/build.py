@@ -114,13 +114,15 @@ def evaluate(bundle: Bundle, model: nn.Module, holdout: ImageSet, inputs: np.nda
     return checks
 
 
-def build_engines(options: BuildOptions) -> BuildReport:
+def build_engines(options: BuildOptions, show_progress: bool = True) -> BuildReport:
+    """`show_progress=False` for callers that build many bundles under their own progress bar."""
     started = time.perf_counter()
     target = get_target(options.target)
     precisions = role_precisions(target, options.precision)
     stages = ["load model", "load calibration data", "split", "calibrate codec",
               "export ONNX", "evaluate bundle", "write bundle"]
-    with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn()) as progress:
+    with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
+                  disable=not show_progress) as progress:
         task = progress.add_task(stages[0], total=len(stages))
 
         def next_stage() -> None:

@@ -244,7 +244,8 @@ def calibrate_exit(bundle_path: Path, data: str | None, max_loss: float | None, 
     from calibration_data import DEFAULT_CALIBRATION
     from runtime.bundle import load_bundle
     from toolchain.data import load_images, to_model_input
-    from toolchain.exit_calibration import curve, measure, pick, store_threshold, write_curve
+    from toolchain.exit_calibration import curve, measure, pick, store_threshold
+    from toolchain.results import write_csv
 
     bundle = load_bundle(bundle_path)
     images = load_images(data or str(DEFAULT_CALIBRATION), "test")
@@ -261,7 +262,7 @@ def calibrate_exit(bundle_path: Path, data: str | None, max_loss: float | None, 
                                  f"({points[0].accuracy:.2%}): no threshold reaches it")
     chosen = pick(points, 0.3 if max_loss is None and offload_rate is None else max_loss, offload_rate)
     output.mkdir(parents=True, exist_ok=True)
-    write_curve(output / "curve.csv", points)
+    write_csv(output / "curve.csv", points)
     summary = {"frames": len(images.labels), "offload_rate": chosen.offload_rate, "accuracy": chosen.accuracy,
                "cloud_always_accuracy": points[0].accuracy, "edge_only_accuracy": points[-1].accuracy}
     new_id = store_threshold(bundle, chosen, summary)
@@ -395,7 +396,8 @@ def _int_list(text: str) -> list[int]:
 def search_codec_command(model_spec, weights, input_shape, split, data, train_frames, epochs, seed,
                          family, channels, strides, bits, budget, output) -> None:
     """BBNet Algorithm 1 (train phase): the most compressed codec within an accuracy budget."""
-    from toolchain.codec_search import grid, plot_rows, search, write_rows
+    from toolchain.codec_search import grid, plot_rows, search
+    from toolchain.results import write_csv
     from toolchain.codec_training import prepare_training, save_checkpoint
 
     loaded, data = _load_for_codec(model_spec, weights, input_shape, data)
@@ -404,7 +406,7 @@ def search_codec_command(model_spec, weights, input_shape, split, data, train_fr
     specs = grid(family, _int_list(channels), _int_list(strides), _int_list(bits))
     rows, best = search(specs, frozen.point.shape, frozen.tail, frozen.train, frozen.test, budget, epochs, seed)
     output.mkdir(parents=True, exist_ok=True)
-    write_rows(rows, output / "search.csv")
+    write_csv(output / "search.csv", rows)
     plot_rows(rows, output / "search.png", f"{family} at {frozen.point.node}, budget {budget} pt")
     for row in rows:
         click.echo(f"{row.codec:26s} {row.bytes_per_frame:9.1f} B/frame {row.compression:9.1f}x "
@@ -416,3 +418,166 @@ def search_codec_command(model_spec, weights, input_shape, split, data, train_fr
                f"(use: build-engines --split {frozen.point.node} --codec {best.spec()} "
                f"--codec-weights {output / 'best.pt'})")
 
+
+
+@main.command("profile")
+@model_options
+@click.option("--target", default="cpu", show_default=True, help="Whose backends time the halves.")
+@click.option("--splits", default=None,
+              help="Comma-separated split points [default: the end of every top-level module].")
+@click.option("--codec", "codecs", multiple=True, default=("int8",), show_default=True,
+              help="Codec spec to profile at every split; repeat for several (--codec int8 --codec affine:bits=4).")
+@click.option("--lossless", type=click.Choice(["none", "zlib", "zstd", "lz4"]), default="none", show_default=True)
+@click.option("--calib", default=None, help="Calibration/held-out images [default: the bundled Fashion-MNIST slice].")
+@click.option("--frames", default=200, show_default=True, help="Frames timed per half, one at a time.")
+@click.option("--threads", type=int, default=None, help="Backend threads [default: the backend's].")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Profile JSON [default: profile-<target>.json].")
+def profile_command(model_spec, weights, input_shape, target, splits, codecs, lossless, calib, frames, threads,
+                    output) -> None:
+    """Time every candidate split's edge and cloud half on this machine with the target's backends,
+    and the edge-only and cloud-only baselines; write a device profile for `edgesplit plan`."""
+    import json
+
+    from toolchain.load import parse_input_shape
+    from toolchain.profile import ProfileOptions, profile_target
+
+    profile = profile_target(ProfileOptions(
+        target=target, model=model_spec, weights=weights, input_shape=input_shape and parse_input_shape(input_shape),
+        splits=tuple(s.strip() for s in splits.split(",")) if splits else None,
+        codecs=codecs, lossless=lossless, calib=calib, frames=frames, threads=threads))
+    output = output or Path(f"profile-{target}.json")
+    output.write_text(json.dumps(profile, indent=1) + "\n")
+    for candidate in profile["candidates"]:
+        click.echo(f"{candidate['split']:>10} {candidate['codec']:<14} {candidate['frame_bytes']:>9,.0f} B  "
+                   f"edge {candidate['edge']['ms']:.3f} ms  cloud {candidate['cloud']['ms']:.3f} ms")
+    click.echo(f"edge-only {profile['edge_only']['ms']:.3f} ms, cloud-only compute {profile['cloud_only']['ms']:.3f} ms;"
+               f" wrote {output}")
+
+
+def _rates(text: str) -> list[float]:
+    from runtime.link import parse_rate
+
+    try:
+        return [parse_rate(item.strip()) for item in text.split(",") if item.strip()]
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
+
+
+@main.command("plan")
+@click.option("--profile-edge", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--profile-cloud", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--bandwidth", default="100kbit,1mbit,10mbit", show_default=True,
+              help="Comma-separated uplink rates in tc units (kbit, mbit; kbps means kilobytes/s).")
+@click.option("--max-loss", default=1.0, show_default=True, help="Accuracy points an option may lose.")
+@click.option("--rtt", default="0ms", show_default=True, help="Round trip added to every upload (e.g. 20ms).")
+@click.option("--edge-slowdown", default=1.0, show_default=True,
+              help="What-if: the edge is this many times slower than the device its profile was measured on.")
+@click.option("--bundle", "bundle_path", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Refuse profiles that describe another model than this bundle's.")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("plan"), show_default=True,
+              help="Directory for plan.csv, plan.json and plan.png.")
+def plan_command(profile_edge, profile_cloud, bandwidth, max_loss, rtt, edge_slowdown, bundle_path, output) -> None:
+    """Pick the split with the least edge + upload + cloud time per bandwidth (BBNet Algorithm 1)."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from runtime.bundle import open_bundle
+    from runtime.link import parse_duration
+    from toolchain.planning import check_profiles, draw_plan, format_rate, load_profile, plan, plan_rows
+    from toolchain.results import write_csv
+
+    edge, cloud = load_profile(profile_edge), load_profile(profile_cloud)
+    check_profiles(edge, cloud, open_bundle(bundle_path).manifest if bundle_path else None)
+    decisions = plan(edge, cloud, _rates(bandwidth), max_loss, 1000 * parse_duration(rtt), edge_slowdown)
+    console = Console()
+    for decision in decisions:
+        slower = f" x{edge_slowdown:g} slower" if edge_slowdown != 1 else ""
+        table = Table(title=f"{format_rate(decision.bandwidth)}: edge {edge['target']} "
+                            f"({edge['device']['cpu']}{slower}), cloud {cloud['target']} ({cloud['device']['cpu']})")
+        for column in ("option", "bytes", "TM ms", "TU ms", "TC ms", "total ms", "loss pt"):
+            table.add_column(column, justify="left" if column == "option" else "right")
+        for option in decision.options:
+            chosen = option == decision.choice
+            table.add_row(("→ " if chosen else "  ") + option.name, f"{option.frame_bytes:,.0f}",
+                          f"{option.edge_ms:.2f}", f"{option.upload_ms:.2f}", f"{option.cloud_ms:.2f}",
+                          f"{option.total_ms:.2f}", "?" if option.loss_points is None else f"{option.loss_points:.2f}",
+                          style="bold green" if chosen else None)
+        console.print(table)
+        versus_cloud = "" if decision.speedup_vs_cloud_only is None else \
+            f"{decision.speedup_vs_cloud_only:.2f}x vs cloud-only, "
+        console.print(f"choice: {decision.choice.name}, {decision.choice.total_ms:.2f} ms per frame; "
+                      f"{versus_cloud}{decision.speedup_vs_edge_only:.2f}x vs edge-only\n")
+    output.mkdir(parents=True, exist_ok=True)
+    rows = plan_rows(decisions)
+    write_csv(output / "plan.csv", rows)
+    summary = {"edge_profile": str(profile_edge), "cloud_profile": str(profile_cloud), "max_loss": max_loss,
+               "rtt": rtt, "edge_slowdown": edge_slowdown, "choices": [{"bandwidth_bps": d.bandwidth, "choice": d.choice.name,
+                                        "total_ms": d.choice.total_ms,
+                                        "speedup_vs_cloud_only": d.speedup_vs_cloud_only,
+                                        "speedup_vs_edge_only": d.speedup_vs_edge_only} for d in decisions]}
+    (output / "plan.json").write_text(json.dumps(summary, indent=1) + "\n")
+    draw_plan(decisions, output / "plan.png")
+    console.print(f"wrote {output / 'plan.csv'}, plan.json and plan.png")
+
+
+@main.command("estimate-rate")
+@click.option("--cameras", type=int, required=True, help="Edges (cameras) sending to one cloud.")
+@click.option("--fps", type=float, required=True, help="Frames per second per camera.")
+@click.option("--offload-rate", type=float, default=None,
+              help="Share of frames sent to the cloud (from calibrate-exit) [default: 1].")
+@click.option("--bundle", "bundle_path", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Bundle whose features frame is sent (its measured mean payload).")
+@click.option("--payload-bytes", type=float, default=None, help="Instead of --bundle: payload bytes per frame.")
+@click.option("--link", default=None, help="Uplink capacity at the cloud (e.g. 100mbit): how many cameras it carries.")
+@click.option("--people-mean", type=float, default=None,
+              help="Detection variant (seed 001): mean people per camera; only their cells are sent.")
+@click.option("--people-std", type=float, default=0.0, show_default=True, help="Standard deviation of people per camera.")
+@click.option("--cells-per-person", type=float, default=1.0, show_default=True)
+@click.option("--cloud-cell-ratio", type=float, default=0.3, show_default=True,
+              help="Share r of the cells with people that the edge cannot resolve and sends.")
+@click.option("--grid", type=int, default=7, show_default=True, help="Cells per side (YOLO's 7x7).")
+@click.option("--quantile", type=float, default=0.99, show_default=True,
+              help="Detection variant: provision the aggregate for this quantile of the people count.")
+def estimate_rate_command(cameras, fps, offload_rate, bundle_path, payload_bytes, link, people_mean, people_std,
+                          cells_per_person, cloud_cell_ratio, grid, quantile) -> None:
+    """Uplink rate at the cloud for n cameras, per camera, and the cameras a link carries (seed 001)."""
+    from runtime.bundle import open_bundle
+    from runtime.link import parse_rate
+    from runtime.protocol import frame_bytes
+    from toolchain.errors import EdgesplitError
+    from toolchain.planning import CrowdModel, estimate_crowd_rate, estimate_rate, format_rate
+
+    if (bundle_path is None) == (payload_bytes is None):
+        raise EdgesplitError("give the features' size: --bundle or --payload-bytes (one of them)")
+    ndim = 3
+    if bundle_path is not None:
+        manifest = open_bundle(bundle_path).manifest
+        payload_bytes = manifest["checks"]["mean_payload_bytes"]
+        ndim = len(manifest["artefacts"]["cloud"]["inputs"][0]["shape"]) - 1
+    link_bps = parse_rate(link) if link else None
+    notes = []
+    if people_mean is None:
+        size = frame_bytes(payload_bytes, ndim)
+        estimate = estimate_rate(cameras, fps, 1.0 if offload_rate is None else offload_rate, size, link_bps)
+        click.echo(f"features frame: {size:,.0f} B per frame ({payload_bytes:,.0f} payload + header), "
+                   f"{1.0 if offload_rate is None else offload_rate:.0%} of {fps:g} fps sent")
+    else:
+        if offload_rate is not None:
+            raise EdgesplitError("the detection variant sends cells, not frames: give --cloud-cell-ratio, "
+                                 "not --offload-rate")
+        model = CrowdModel(people_mean, people_std, cells_per_person, cloud_cell_ratio, grid, quantile)
+        estimate, notes = estimate_crowd_rate(cameras, fps, model, payload_bytes, ndim, link_bps)
+        click.echo(f"cells: {grid}x{grid} of {payload_bytes / grid ** 2:,.1f} B each; people per camera "
+                   f"{people_mean:g} ± {people_std:g}, {cells_per_person:g} cell(s) each, r = {cloud_cell_ratio:g}")
+    click.echo(f"{format_rate(estimate.per_camera_bps)} per camera; "
+               f"{format_rate(estimate.aggregate_bps)} at the cloud for {cameras} cameras")
+    if people_mean is not None:
+        click.echo(f"provision {format_rate(estimate.provisioned_bps)} for the {quantile:.0%} quantile")
+    if link_bps is not None:
+        click.echo(f"a link of {format_rate(link_bps)} carries {estimate.max_cameras} cameras "
+                   f"({estimate.provisioned_bps / link_bps:.0%} used by {cameras})")
+    for note in notes:
+        click.echo(f"note: {note}")

@@ -7,7 +7,6 @@ first configuration that misses the budget (more compression will not win it bac
 
 from __future__ import annotations
 
-import csv
 import itertools
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -78,13 +77,6 @@ def search(
             break
         best = codec
     return rows, best
-
-
-def write_rows(rows: list[SearchRow], path: Path) -> None:
-    with open(path, "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(SearchRow._fields)
-        writer.writerows(rows)
 
 
 def plot_rows(rows: list[SearchRow], path: Path, title: str, reference_accuracy: float | None = None) -> None:

@@ -8,9 +8,7 @@ chosen threshold goes into the manifest, where the edge client reads it.
 
 from __future__ import annotations
 
-import csv
 import json
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -79,10 +77,3 @@ def store_threshold(bundle: Bundle, point: CurvePoint, summary: dict) -> str:
     manifest["bundle_id"] = compute_bundle_id(manifest)
     (bundle.directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest["bundle_id"]
-
-
-def write_curve(path: Path, points: list[CurvePoint]) -> None:
-    with open(path, "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(CurvePoint._fields)
-        writer.writerows(points)

@@ -1,0 +1,287 @@
+"""Device profiles: BBNet's TM_i (edge time) and TC_i (cloud time) measured, not modelled.
+
+For every candidate split (and codec) a real bundle is built for the target and its halves
+are timed one frame at a time on the target's own backends, as a camera delivers frames.
+Two baselines complete the picture (BBNet's i = 0 and i = N): the whole model on the edge
+backend ("edge-only") and on the cloud backend with the image sent as raw pixels, PNG or
+JPEG ("cloud-only"). The JSON written here is what `edgesplit plan` reads; profiles
+measured on other devices are just as good, as long as they describe the same model.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import platform
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from calibration_data import DEFAULT_CALIBRATION
+from runtime.backends import open_runner
+from runtime.bundle import open_bundle
+from runtime.local import CloudHalf, EdgeHalf, quantize_int8
+from runtime.protocol import frame_bytes
+from runtime.wire import encode_frame
+from targets import Target, get_target
+from toolchain.build import BuildOptions, build_engines, engine_entry
+from toolchain.data import load_images, to_model_input
+from toolchain.errors import EdgesplitError
+from toolchain.export import export_onnx
+from toolchain.load import LoadedModel, load_model
+from toolchain.planning import PROFILE_FORMAT
+from toolchain.quantize import quantize_qdq
+from toolchain.split import SplitPoint, candidate_points, resolve_point, trace
+from toolchain.train import predict
+
+JPEG_QUALITY = 90
+WARMUP_FRAMES = 10
+PIXEL_NDIM = 3  # a cloud-only frame carries the image as C, H, W
+
+
+class ProfileOptions(NamedTuple):
+    target: str = "cpu"
+    model: str | None = None
+    weights: Path | None = None
+    input_shape: tuple[int, int, int] | None = None
+    splits: tuple[str, ...] | None = None  # default: the end of every top-level module
+    codecs: tuple[str, ...] = ("int8",)
+    lossless: str = "none"
+    calib: str | None = None
+    frames: int = 200  # frames timed per half
+    threads: int | None = None
+
+
+def default_points(points: list[SplitPoint]) -> list[SplitPoint]:
+    """The last node of each top-level module (layer1, layer2, pool, ...): the points users name."""
+    return [p for p in points if p.module and "." not in p.module]
+
+
+def time_per_frame(call: Callable[[int], object], frames: int) -> dict:
+    """Milliseconds per call of `call(i)` for i in 0..frames-1, after a warm-up: p50, p90 and mean."""
+    for i in range(min(WARMUP_FRAMES, frames)):
+        call(i)
+    times = []
+    for i in range(frames):
+        started = time.perf_counter()
+        call(i)
+        times.append(1000 * (time.perf_counter() - started))
+    return {"ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)), "mean_ms": float(np.mean(times))}
+
+
+def device_description(target: Target, threads: int | None) -> dict:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        cpu = next((line.partition(":")[2].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    tools = {}
+    for name in ("onnxruntime", "ai-edge-litert", "tensorrt"):
+        try:
+            tools[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"host": platform.node(), "cpu": cpu, "machine": platform.machine(), "threads": threads,
+            "backends": {"edge": target.edge_backend, "cloud": target.cloud_backend}, "tools": tools}
+
+
+def check_backends_here(target: Target) -> None:
+    """A TensorRT half can only be timed where TensorRT and a GPU are; say so before building anything."""
+    if "tensorrt" not in (target.edge_backend, target.cloud_backend):
+        return
+    from runtime.backends.tensorrt.engine import probe_device
+
+    device = probe_device()
+    if "reason" in device:
+        raise EdgesplitError(f"profiling {target.name} times its TensorRT halves, which needs the device: "
+                             f"{device['reason']}; run `edgesplit profile --target {target.name}` on it and give "
+                             "the JSON to `edgesplit plan`")
+
+
+def measure_bundle(path: Path, inputs: np.ndarray, threads: int | None) -> dict:
+    """Edge (head + encoder + wire codec) and cloud (wire decode + decoder + tail) per frame, batch 1."""
+    bundle = open_bundle(path)
+    edge, cloud = EdgeHalf(bundle, threads), CloudHalf(bundle, threads)
+    frames = [inputs[i:i + 1] for i in range(len(inputs))]
+    payloads = [encode_frame(edge.codes(frame)[0], bundle.wire) for frame in frames]
+    edge_time = time_per_frame(lambda i: encode_frame(edge.codes(frames[i])[0], bundle.wire), len(frames))
+    cloud_time = time_per_frame(lambda i: cloud.logits(cloud.decode(payloads[i])[None]), len(frames))
+    payload_bytes = float(np.mean([len(p) for p in payloads]))
+    codes_ndim = len(bundle.artefact("cloud")["inputs"][0]["shape"]) - 1
+    return {"edge": edge_time, "cloud": cloud_time, "payload_bytes": payload_bytes,
+            "frame_bytes": frame_bytes(payload_bytes, codes_ndim)}
+
+
+class _LogitsAsMap(nn.Module):
+    """Logits as an N x K x 1 x 1 map: the full-int8 TFLite converter takes a 4-D first output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[:, :, None, None]
+
+
+def whole_model_runner(loaded: LoadedModel, target: Target, role: str, calibration: np.ndarray, work: Path,
+                       threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
+    """The whole model on a role's backend at the target's precision, as images → logits."""
+    backend = target.edge_backend if role == "edge" else target.cloud_backend
+    precision = target.edge_precision if role == "edge" else target.cloud_precision
+    model = loaded.module.eval()
+    if backend == "tflite":
+        from runtime.backends.tflite.runner import TFLiteRunner
+        from toolchain.tflite import convert_int8
+
+        artefact = convert_int8(_LogitsAsMap(model), calibration, work / f"whole-{role}.tflite")
+        runner = TFLiteRunner(artefact.path, threads=threads)
+        out_scale, out_zero = artefact.output_quantization
+
+        def run_tflite(images: np.ndarray) -> np.ndarray:
+            quantized = quantize_int8(images.transpose(0, 2, 3, 1), *artefact.input_quantization)
+            outputs = runner.infer({artefact.input_name: np.ascontiguousarray(quantized)})[artefact.output_name]
+            return ((outputs.astype(np.float32) - out_zero) * out_scale).reshape(len(images), -1)
+        return run_tflite
+    path = work / f"whole-{role}.onnx"
+    example = torch.from_numpy(calibration[:1])
+    export_onnx(model, example, path, target.onnx_opset, "image", "logits",
+                metadata={"edgesplit_role": f"whole model, {role}", "edgesplit_model_sha256": loaded.sha256})
+    options = {"threads": threads}
+    if backend == "tensorrt":
+        if precision == "int8":
+            float_path = path.with_suffix(".float.onnx")
+            path.rename(float_path)
+            quantize_qdq(float_path, path, calibration)
+        entry = {"engine": engine_entry(path, role, target, precision, example)}
+        options = {"artefact": entry, "cache_key": f"whole-{loaded.sha256[:16]}-{target.name}-{role}"}
+    runner = open_runner(backend, path, **options)
+    return lambda images: runner.infer({"image": images})["logits"]
+
+
+def measure_whole_model(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, labels: np.ndarray | None,
+                        frames: int) -> dict:
+    timing = time_per_frame(lambda i: run(inputs[i:i + 1]), frames)
+    if labels is not None:
+        predictions = np.concatenate([run(inputs[i:i + 1]) for i in range(len(inputs))]).argmax(1)
+        timing["accuracy"] = float((predictions == labels).mean())
+    return timing
+
+
+def encode_image(pixels: np.ndarray, image_format: str) -> bytes:
+    """One C x H x W uint8 image → bytes as a camera could send it."""
+    if image_format == "raw":
+        return pixels.tobytes()
+    from PIL import Image
+
+    picture = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
+    buffer = io.BytesIO()
+    options = {"quality": JPEG_QUALITY} if image_format == "jpeg" else {"optimize": True}
+    picture.save(buffer, format=image_format.upper(), **options)
+    return buffer.getvalue()
+
+
+def decode_image(data: bytes, image_format: str, shape: tuple[int, int, int]) -> np.ndarray:
+    if image_format == "raw":
+        return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+    from PIL import Image
+
+    array = np.asarray(Image.open(io.BytesIO(data)))
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def measure_image_formats(model: nn.Module, inputs: np.ndarray, labels: np.ndarray | None, frames: int) -> list[dict]:
+    """Cloud-only uploads: bytes, encode (edge) and decode (cloud) time, and what JPEG costs in accuracy."""
+    pixels = np.round(inputs * 255).astype(np.uint8)
+    shape = pixels.shape[1:]
+    formats = ["raw", "png", "jpeg"] if shape[0] in (1, 3) else ["raw"]
+    results = []
+    for image_format in formats:
+        encoded = [encode_image(p, image_format) for p in pixels]
+        entry = {"format": image_format,
+                 "payload_bytes": float(np.mean([len(e) for e in encoded])),
+                 "encode": time_per_frame(lambda i, f=image_format: encode_image(pixels[i], f), frames),
+                 "decode": time_per_frame(lambda i, e=encoded, f=image_format: decode_image(e[i], f, shape), frames)}
+        entry["frame_bytes"] = frame_bytes(entry["payload_bytes"], PIXEL_NDIM)
+        if labels is not None:
+            decoded = np.stack([decode_image(e, image_format, shape) for e in encoded]).astype(np.float32) / 255
+            entry["accuracy"] = float((predict(model, decoded).argmax(1) == labels).mean())
+        results.append(entry)
+    return results
+
+
+def profile_target(options: ProfileOptions) -> dict:
+    """Build and time every candidate for `options.target` on this machine; the profile as a dict."""
+    target = get_target(options.target)
+    check_backends_here(target)
+    loaded = load_model(options.model, options.weights, options.input_shape)
+    source = options.calib or str(DEFAULT_CALIBRATION)
+    calibration = load_images(source, "train").take(512)
+    holdout = load_images(source, "test")
+    input_shape = loaded.input_shape or tuple(calibration.images.shape[1:])
+    calibration_inputs = to_model_input(calibration.images, input_shape)
+    inputs = to_model_input(holdout.images, input_shape)
+    timed = inputs[:options.frames]
+    graph = trace(loaded.module, input_shape)
+    points = ([resolve_point(graph, name) for name in options.splits] if options.splits
+              else default_points(candidate_points(graph)))
+    float_accuracy = None
+    if holdout.labels is not None:
+        float_accuracy = float((predict(loaded.module, inputs).argmax(1) == holdout.labels).mean())
+
+    candidates = []
+    steps = len(points) * len(options.codecs) + 3
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns) as progress, tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        task = progress.add_task("profiling", total=steps)
+        for point in points:
+            for codec in options.codecs:
+                progress.update(task, description=f"{point.module or point.node} / {codec}")
+                output = work / f"{point.node}-{len(candidates)}"
+                report = build_engines(BuildOptions(
+                    model=options.model, weights=options.weights, input_shape=options.input_shape,
+                    target=target.name, split=point.node, codec=codec, lossless=options.lossless,
+                    calib=options.calib, output=output, max_loss=math.inf), show_progress=False)
+                measured = measure_bundle(output, timed, options.threads)
+                checks = report.manifest["checks"]
+                candidates.append({
+                    "split": point.module or point.node, "node": point.node, "position": point.position,
+                    "shape": list(point.shape), "codec": codec, "lossless": options.lossless,
+                    "payload_bytes": measured["payload_bytes"], "frame_bytes": measured["frame_bytes"],
+                    "edge": measured["edge"], "cloud": measured["cloud"],
+                    "accuracy": checks.get("bundle_accuracy"), "top1_agreement": checks["top1_agreement"],
+                })
+                progress.advance(task)
+        progress.update(task, description="whole model on the edge backend")
+        edge_only = measure_whole_model(
+            whole_model_runner(loaded, target, "edge", calibration_inputs, work, options.threads),
+            inputs, holdout.labels, options.frames)
+        progress.advance(task)
+        progress.update(task, description="whole model on the cloud backend")
+        cloud_only = measure_whole_model(
+            whole_model_runner(loaded, target, "cloud", calibration_inputs, work, options.threads),
+            inputs, holdout.labels, options.frames)
+        progress.advance(task)
+        progress.update(task, description="image uploads (raw, PNG, JPEG)")
+        cloud_only["uploads"] = measure_image_formats(loaded.module, inputs, holdout.labels, options.frames)
+        progress.advance(task)
+    return {
+        "format": PROFILE_FORMAT,
+        "target": target.name,
+        "precisions": {"edge": target.edge_precision, "cloud": target.cloud_precision},
+        "device": device_description(target, options.threads),
+        "model": {"name": loaded.name, "sha256": loaded.sha256, "input_shape": list(input_shape)},
+        "data": {"source": source, "holdout_frames": len(inputs), "timed_frames": len(timed),
+                 "float_accuracy": float_accuracy},
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "candidates": candidates,
+        "edge_only": edge_only,
+        "cloud_only": cloud_only,
+    }

@@ -13,14 +13,13 @@ import argparse
 import csv
 import json
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from benchmarks.common import write_csv
-from runtime.wire import LOSSLESS, WireFormat, decode_frame, encode_frame
+from benchmarks.lossless import lossless_rows
 from toolchain.codec_search import evaluate_config, grid, plot_rows
 from toolchain.codec_training import cache_features
 from toolchain.codecs import CodecSpec
@@ -32,29 +31,6 @@ LEARNED_GRID = {"channels": (32, 16, 8, 4), "strides": (4,), "bits": (8, 4, 2)}
 AFFINE_BITS = (8, 6, 4, 2)
 TARGET_COMPRESSION = 512
 BUDGET_POINTS = 1.0
-
-
-def lossless_rows(codes_by_name: dict[str, tuple[np.ndarray, int]], repeats: int) -> list[dict]:
-    """Ratio (raw uint8 codes / payload) and encode+decode microseconds per frame."""
-    rows = []
-    for name, (codes, bits) in codes_by_name.items():
-        raw_bytes = codes[0].size
-        for stage in LOSSLESS:
-            wire = WireFormat(tuple(codes.shape[1:]), bits, stage)
-            started = time.perf_counter()
-            for _ in range(repeats):
-                payloads = [encode_frame(frame, wire) for frame in codes]
-            encode_us = (time.perf_counter() - started) / (repeats * len(codes)) * 1e6
-            started = time.perf_counter()
-            for _ in range(repeats):
-                decoded = [decode_frame(payload, wire) for payload in payloads]
-            decode_us = (time.perf_counter() - started) / (repeats * len(codes)) * 1e6
-            assert all(np.array_equal(a, b) for a, b in zip(decoded, codes))
-            mean_bytes = float(np.mean([len(p) for p in payloads]))
-            rows.append({"codes": name, "bits": bits, "stage": stage + ("+bitpack" if bits < 8 else ""),
-                         "bytes_per_frame": mean_bytes, "ratio_vs_uint8": raw_bytes / mean_bytes,
-                         "encode_us": encode_us, "decode_us": decode_us})
-    return rows
 
 
 SEED_CONTEXT = """Seeds, for comparison (their numbers, not measured here):

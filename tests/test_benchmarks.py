@@ -68,3 +68,82 @@ def test_pruning_benchmark_quick_run_writes_results(tmp_path):
         assert row["head_macs_m"] < rows[0]["head_macs_m"] and row["params"] < rows[0]["params"]
         assert row["onnxrt_fp32_ms"] > 0 and row["tflite_int8_ms"] > 0
     assert (tmp_path / "pruning.png").stat().st_size > 0 and (tmp_path / "pruning.csv").exists()
+
+
+def run_suite(suite: str, *arguments: str) -> None:
+    """`python -m benchmarks SUITE --quick ...`, the one command users type per suite."""
+    subprocess.run([sys.executable, "-m", "benchmarks", suite, "--quick", *arguments], check=True,
+                   capture_output=True)
+
+
+def test_bandwidth_suite_measures_each_strategy_through_the_emulated_uplink(tmp_path):
+    run_suite("bandwidth", "--output", str(tmp_path))
+    rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
+    assert [(r["bandwidth_bps"], r["strategy"]) for r in rows] == [
+        (rate, strategy) for rate in (1e5, 3.5e6) for strategy in ("cloud-only", "edgesplit", "edge-only")]
+    profile = json.loads((tmp_path / "profile.json").read_text())
+    for row in rows:
+        if row["strategy"] == "edge-only":
+            assert row["wire_bytes_per_frame"] == 0 and row["ms_per_frame"] == pytest.approx(profile["edge_only"]["ms"])
+            continue
+        # each frame really waits for the link: bytes x 8 / rate is a floor on its latency
+        assert row["ms_per_frame"] >= 1000 * 8 * row["wire_bytes_per_frame"] / row["bandwidth_bps"]
+        assert row["ms_per_frame"] <= row["planned_ms"] + 50
+        assert abs(row["accuracy"] - profile["data"]["float_accuracy"]) <= 0.01
+    cloud_only = [r for r in rows if r["strategy"] == "cloud-only"]
+    assert {r["wire_bytes_per_frame"] for r in cloud_only} == {32 * 32 + 64}  # the image as int8 codes
+    split = next(r for r in rows if r["strategy"] == "edgesplit")
+    chosen = next(c for c in profile["candidates"] if f"{c['split']} {c['codec']}" == split["option"])
+    assert split["wire_bytes_per_frame"] == chosen["frame_bytes"]
+    for name in ("bandwidth.csv", "bandwidth.png", "RESULTS.md"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_accuracy_suite_reports_loss_per_split_and_bits(tmp_path):
+    run_suite("accuracy", "--output", str(tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rows = summary["rows"]
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    assert {"layer1", "layer2", "layer3", "layer4", "pool"} <= set(splits)
+    for split in splits:
+        int8, int4 = (next(r for r in rows if r["split"] == split and r["codec"] == c) for c in ("int8", "affine:bits=4"))
+        assert int4["bytes_per_frame"] * 2 == int8["bytes_per_frame"]
+        assert int8["loss_points"] <= 0.5  # calibrated int8 at the split costs next to nothing here
+    assert summary["worst_int8_loss"] == max(r["loss_points"] for r in rows if r["codec"] == "int8")
+    assert (tmp_path / "accuracy.png").stat().st_size > 10_000
+
+
+def test_lossless_suite_round_trips_a_bundles_real_codes(built, tmp_path):
+    run_suite("lossless", "--bundle", str(built.bundle), "--output", str(tmp_path))
+    rows = {(r["bits"], r["stage"]): r for r in json.loads((tmp_path / "summary.json").read_text())["rows"]}
+    assert rows[(8, "none")]["bytes_per_frame"] == 16_384 and rows[(8, "none")]["ratio_vs_uint8"] == 1.0
+    assert rows[(4, "none+bitpack")]["bytes_per_frame"] == 8_192
+    assert rows[(2, "none+bitpack")]["bytes_per_frame"] == 4_096
+    assert rows[(8, "zlib")]["ratio_vs_uint8"] > 1.2  # post-ReLU codes: many zeros
+    assert (tmp_path / "lossless.png").stat().st_size > 0 and (tmp_path / "RESULTS.md").exists()
+
+
+def test_results_page_joins_every_committed_suite(tmp_path):
+    """benchmarks/RESULTS.md is built from the committed results; every figure it shows exists."""
+    import re
+
+    from benchmarks.common import ROOT
+    from benchmarks.report import SECTIONS
+
+    page = tmp_path / "RESULTS.md"
+    subprocess.run([sys.executable, "-m", "benchmarks", "report", "--output", str(page)], check=True,
+                   capture_output=True)
+    text = page.read_text()
+    for _, suite in SECTIONS:
+        assert f"\n## {suite}\n" in text
+    assert "Not run yet" not in text
+    figures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
+    assert len(figures) >= len(SECTIONS)
+    assert all((ROOT / "benchmarks" / figure).exists() for figure in figures)
+
+
+def test_benchmarks_command_lists_its_suites():
+    result = subprocess.run([sys.executable, "-m", "benchmarks"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert all(suite in result.stderr for suite in ("bandwidth", "accuracy", "early-exit", "lossless", "server",
+                                                    "pruning"))

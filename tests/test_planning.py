@@ -100,6 +100,11 @@ def test_profiles_of_different_models_or_another_bundle_are_refused(tmp_path):
     stray.write_text(json.dumps({"schema_version": 1}))
     with pytest.raises(EdgesplitError, match="is not an edgesplit profile"):
         load_profile(stray)
+    cut = synthetic_profile(SPLITS)
+    del cut["edge_only"], cut["candidates"]
+    stray.write_text(json.dumps(cut))
+    with pytest.raises(EdgesplitError, match="lacks candidates, edge_only"):
+        load_profile(stray)
 
 
 def test_estimate_rate_matches_a_hand_calculation():
@@ -176,3 +181,15 @@ def test_profile_then_plan_on_this_cpu(tmp_path):
     refused = CliRunner().invoke(main, ["plan", "--profile-edge", str(profile_path), "--profile-cloud",
                                         str(other_path)])
     assert refused.exit_code == 1 and "the profiles describe different models" in refused.output
+
+
+def test_profiling_a_tensorrt_target_without_a_gpu_says_where_to_run_it():
+    from runtime.backends.tensorrt.engine import probe_device
+
+    reason = probe_device().get("reason")
+    if reason is None:
+        pytest.skip("this machine has TensorRT and a GPU: the profile would run")
+    result = CliRunner().invoke(main, ["profile", "--target", "cloud-gpu"])
+    assert result.exit_code == 1
+    assert "profiling cloud-gpu times its TensorRT halves, which needs the device" in result.output
+    assert reason in result.output and "edgesplit profile --target cloud-gpu" in result.output

@@ -21,6 +21,7 @@ from runtime.protocol import frame_bytes
 from toolchain.errors import EdgesplitError
 
 PROFILE_FORMAT = "edgesplit-profile/1"  # what `edgesplit profile` writes
+PROFILE_KEYS = ("target", "device", "model", "data", "candidates", "edge_only", "cloud_only")
 
 
 class PlanOption(NamedTuple):
@@ -55,6 +56,9 @@ def load_profile(path: Path) -> dict:
         found = profile.get("format") if isinstance(profile, dict) else type(profile).__name__
         raise EdgesplitError(f"{path} is not an edgesplit profile (format {found!r}, expected {PROFILE_FORMAT!r}); "
                              "write one with `edgesplit profile --target T`")
+    missing = [key for key in PROFILE_KEYS if key not in profile]
+    if missing:
+        raise EdgesplitError(f"profile {path} lacks {', '.join(missing)}; write it again with `edgesplit profile`")
     return profile
 
 

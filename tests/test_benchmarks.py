@@ -147,3 +147,18 @@ def test_benchmarks_command_lists_its_suites():
     assert result.returncode == 2
     assert all(suite in result.stderr for suite in ("bandwidth", "accuracy", "early-exit", "lossless", "server",
                                                     "pruning"))
+
+
+def test_tflite_suite_compares_the_int8_edge_with_the_float_one(tmp_path):
+    pytest.importorskip("litert_torch", reason="the raspberry-pi target needs the [tflite] extra")
+    from benchmarks.tflite import BUILDS
+
+    run_suite("tflite", "--output", str(tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    (cpu_name, _), (pi_name, _) = BUILDS[:2]
+    accuracy = {row["bundle"]: row for row in summary["accuracy"]}
+    latency = {row["bundle"]: row for row in summary["latency"]}
+    assert accuracy[pi_name]["loss_points"] <= 0.5 and accuracy[cpu_name]["loss_points"] <= 0.5
+    assert latency[pi_name]["edge_bytes"] * 3 < latency[cpu_name]["edge_bytes"]  # int8 weights vs fp32
+    assert all(row["ms_1_thread"] > 0 for row in summary["latency"])
+    assert (tmp_path / "latency.png").stat().st_size > 0

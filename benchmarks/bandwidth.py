@@ -129,7 +129,8 @@ def write_report(output: Path, summary: dict, rows: list[dict]) -> None:
         f"images; nano-only {BBNET_NANO_ONLY_S} s):", "",
         table(bbnet, ["bandwidth", "cloud-only s/100", "BBNet s/100"]), "",
         f"What differs: BBNet's Jetson Nano alone takes {BBNET_NANO_ONLY_S} s per 100 images and sending them "
-        f"to its GPU PC {BBNET_ROWS[3500][0]} s at 3.5 Mbps, so offloading pays once the link is fast; here edge and cloud are the same x86 CPU and the whole model takes about a "
+        f"to its GPU PC {BBNET_ROWS[3500][0]} s at 3.5 Mbps, so offloading pays once the link is fast; "
+        "here edge and cloud are the same x86 CPU and the whole model takes about a "
         "millisecond, so edge-only wins at every bandwidth and the planner says so (`planner_choice`). The "
         f"`edgesplit` rows are the planner's best *split* ({split_words}), measured through the runtime "
         "beside the planner's prediction; the difference is the runtime's own cost per frame (thread "

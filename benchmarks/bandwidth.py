@@ -33,7 +33,7 @@ from runtime.edge import CLOUD, ClientConfig, EdgeClient
 from runtime.images import open_source
 from runtime.link import EmulatedLink, parse_duration, parse_rate
 from toolchain.build import BuildOptions, build_engines
-from toolchain.planning import format_rate, plan_options
+from toolchain.planning import fastest, format_rate, plan_options
 from toolchain.profile import ProfileOptions, profile_target
 
 # BBNet's range, then two faster links where earlier splits can pay off
@@ -164,9 +164,8 @@ def main() -> None:
         task = progress.add_task("bandwidths", total=len(bandwidths))
         for bandwidth in bandwidths:
             options = plan_options(profile, profile, bandwidth, 1000 * rtt_s)
-            allowed = [o for o in options if o.loss_points is None or o.loss_points <= args.max_loss]
-            planner_choice = min(allowed, key=lambda o: (o.total_ms, -o.position)).name
-            best_split = min((o for o in allowed if o.strategy == "split"), key=lambda o: (o.total_ms, -o.position))
+            planner_choice = fastest(options, args.max_loss).name
+            best_split = fastest(options, args.max_loss, "split")
             cloud_only_raw = next(o for o in options if o.name == "cloud-only raw")
             edge_only = next(o for o in options if o.strategy == "edge-only")
             split_name, codec = best_split.name.rsplit(" ", 1)

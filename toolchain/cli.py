@@ -419,7 +419,6 @@ def search_codec_command(model_spec, weights, input_shape, split, data, train_fr
                f"--codec-weights {output / 'best.pt'})")
 
 
-
 @main.command("profile")
 @model_options
 @click.option("--target", default="cpu", show_default=True, help="Whose backends time the halves.")
@@ -513,11 +512,11 @@ def plan_command(profile_edge, profile_cloud, bandwidth, max_loss, rtt, edge_slo
     output.mkdir(parents=True, exist_ok=True)
     rows = plan_rows(decisions)
     write_csv(output / "plan.csv", rows)
+    choices = [{"bandwidth_bps": d.bandwidth, "choice": d.choice.name, "total_ms": d.choice.total_ms,
+                "speedup_vs_cloud_only": d.speedup_vs_cloud_only, "speedup_vs_edge_only": d.speedup_vs_edge_only}
+               for d in decisions]
     summary = {"edge_profile": str(profile_edge), "cloud_profile": str(profile_cloud), "max_loss": max_loss,
-               "rtt": rtt, "edge_slowdown": edge_slowdown, "choices": [{"bandwidth_bps": d.bandwidth, "choice": d.choice.name,
-                                        "total_ms": d.choice.total_ms,
-                                        "speedup_vs_cloud_only": d.speedup_vs_cloud_only,
-                                        "speedup_vs_edge_only": d.speedup_vs_edge_only} for d in decisions]}
+               "rtt": rtt, "edge_slowdown": edge_slowdown, "choices": choices}
     (output / "plan.json").write_text(json.dumps(summary, indent=1) + "\n")
     draw_plan(decisions, output / "plan.png")
     console.print(f"wrote {output / 'plan.csv'}, plan.json and plan.png")

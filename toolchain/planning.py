@@ -133,14 +133,24 @@ def plan_options(edge: dict, cloud: dict, bandwidth: float, rtt_ms: float = 0.0,
     return options
 
 
-def decide(options: list[PlanOption], bandwidth: float, max_loss: float) -> Decision:
-    allowed = [o for o in options if o.loss_points is None or o.loss_points <= max_loss]
+def within(option: PlanOption, max_loss: float) -> bool:
+    return option.loss_points is None or option.loss_points <= max_loss
+
+
+def fastest(options: list[PlanOption], max_loss: float, strategy: str | None = None) -> PlanOption:
+    """The least total time among options (of `strategy`, if given) losing at most `max_loss` points."""
+    allowed = [o for o in options if within(o, max_loss) and strategy in (None, o.strategy)]
     if not allowed:
-        raise EdgesplitError(f"no option loses at most {max_loss} accuracy points; the least is "
+        kind = "option" if strategy is None else f"{strategy} option"
+        raise EdgesplitError(f"no {kind} loses at most {max_loss} accuracy points; the least is "
                              f"{min(o.loss_points for o in options):.2f} — raise --max-loss")
     # equal latency: the deeper split, which sends less and leaves the cloud more headroom
-    choice = min(allowed, key=lambda o: (o.total_ms, -o.position))
-    cloud_only = [o.total_ms for o in allowed if o.strategy == "cloud-only"]
+    return min(allowed, key=lambda o: (o.total_ms, -o.position))
+
+
+def decide(options: list[PlanOption], bandwidth: float, max_loss: float) -> Decision:
+    choice = fastest(options, max_loss)
+    cloud_only = [o.total_ms for o in options if o.strategy == "cloud-only" and within(o, max_loss)]
     edge_only = next(o for o in options if o.strategy == "edge-only")
     return Decision(bandwidth, options, choice,
                     min(cloud_only) / choice.total_ms if cloud_only else None, edge_only.total_ms / choice.total_ms)

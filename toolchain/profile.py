@@ -38,6 +38,7 @@ from toolchain.export import export_onnx
 from toolchain.load import LoadedModel, load_model
 from toolchain.planning import PROFILE_FORMAT
 from toolchain.quantize import quantize_qdq
+from toolchain.results import cpu_name
 from toolchain.split import SplitPoint, candidate_points, resolve_point, trace
 from toolchain.train import predict
 
@@ -77,18 +78,13 @@ def time_per_frame(call: Callable[[int], object], frames: int) -> dict:
 
 
 def device_description(target: Target, threads: int | None) -> dict:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        cpu = next((line.partition(":")[2].strip() for line in cpuinfo.read_text().splitlines()
-                    if line.startswith("model name")), cpu)
     tools = {}
     for name in ("onnxruntime", "ai-edge-litert", "tensorrt"):
         try:
             tools[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
-    return {"host": platform.node(), "cpu": cpu, "machine": platform.machine(), "threads": threads,
+    return {"host": platform.node(), "cpu": cpu_name(), "machine": platform.machine(), "threads": threads,
             "backends": {"edge": target.edge_backend, "cloud": target.cloud_backend}, "tools": tools}
 
 

@@ -55,8 +55,7 @@ def measure_over_link(bundle_dir: Path, frames: list, bandwidth: float, rtt_s: f
     """Frames one at a time through serve + edge over an emulated uplink: latency per frame."""
     count = max(3, min(max_frames, math.ceil(LINK_SECONDS / (8 * frame_bytes / bandwidth + rtt_s + 0.002))))
     bundle = load_bundle(bundle_dir)
-    # one edge: nothing to batch with, so no batch waits for company (the server's default is 2 ms)
-    with BackgroundServer(bundle, ServerConfig(allow_unauthenticated=True, max_wait_ms=0)) as server:
+    with BackgroundServer(bundle, ServerConfig(allow_unauthenticated=True)) as server:
         config = ClientConfig(server.address[0], server.address[1], in_flight=1,
                               # no burst: every frame is serialized at the link rate, BBNet's bytes / bandwidth
                               link=EmulatedLink(bandwidth, rtt_s, burst_bytes=0), reply_timeout_s=120.0)

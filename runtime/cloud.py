@@ -12,7 +12,7 @@ import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -49,16 +49,19 @@ class Batcher:
     """Collects decoded frames from all connections into batches of at most `max_batch`.
 
     The first frame opens a batch; more join until the batch is full or `max_wait_ms` passed.
-    While the backend runs a batch, the next one fills up in the queue.
+    While the backend runs a batch, the next one fills up in the queue. With one edge connected
+    no batch waits: nobody else could join it, what that edge has queued already goes along.
     """
 
-    def __init__(self, infer, max_batch: int, max_wait_ms: float, metrics: ServerMetrics):
+    def __init__(self, infer, max_batch: int, max_wait_ms: float, metrics: ServerMetrics,
+                 others_connected: Callable[[], bool] = lambda: True):
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.infer = infer
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.metrics = metrics
+        self.others_connected = others_connected
         self.queue = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgesplit-backend")
 
@@ -69,7 +72,7 @@ class Batcher:
 
     async def _collect(self) -> list:
         batch = [await self.queue.get()]
-        deadline = time.monotonic() + self.max_wait
+        deadline = time.monotonic() + (self.max_wait if self.others_connected() else 0.0)
         while len(batch) < self.max_batch:
             if not self.queue.empty():
                 batch.append(self.queue.get_nowait())
@@ -160,7 +163,8 @@ class CloudServer:
 
     async def start(self) -> tuple:
         self._stopping = asyncio.get_running_loop().create_future()
-        self.batcher = Batcher(self.cloud.logits, self.config.max_batch, self.config.max_wait_ms, self.metrics)
+        self.batcher = Batcher(self.cloud.logits, self.config.max_batch, self.config.max_wait_ms, self.metrics,
+                               others_connected=lambda: len(self._connections) > 1)
         self._batcher_task = asyncio.ensure_future(self.batcher.run())
         self._server = await asyncio.start_server(self._serve_connection, self.config.host, self.config.port,
                                                   ssl=self.config.ssl_context)

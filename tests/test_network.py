@@ -347,7 +347,14 @@ def send_features(raw, bundle, request_ids):
 
 
 def test_frames_over_the_in_flight_limit_are_refused_one_by_one(bundle):
-    with BackgroundServer(bundle, ServerConfig(key=KEY, max_in_flight=2, max_wait_ms=300.0)) as running:
+    with BackgroundServer(bundle, ServerConfig(key=KEY, max_in_flight=2)) as running:
+        real_infer = running.server.batcher.infer
+
+        def slow_infer(codes):  # holds the first frames in flight while the rest arrive
+            time.sleep(0.3)
+            return real_infer(codes)
+
+        running.server.batcher.infer = slow_infer
         raw = RawConnection(running.address, protocol.bundle_id_bytes(bundle.bundle_id))
         send_features(raw, bundle, range(1, 6))
         replies = {reply.request_id: reply for reply in (raw.receive() for _ in range(5))}
@@ -373,3 +380,25 @@ def test_a_failing_backend_answers_its_batch_with_errors_and_the_server_recovers
     assert code == protocol.INTERNAL and "injected backend failure" in message
     with client(bundle, server.address) as edge:
         assert_matches(edge.run_all(frames[:4]), reference)
+
+
+def test_a_lone_edge_does_not_wait_for_a_batch_to_fill():
+    """With one connection nobody can join a batch: the batcher takes what is queued and goes."""
+    import asyncio
+
+    from runtime.cloud import Batcher
+    from runtime.metrics import ServerMetrics
+
+    async def collect(others_connected: bool) -> int:
+        batcher = Batcher(lambda codes: codes, max_batch=8, max_wait_ms=60_000, metrics=ServerMetrics(),
+                          others_connected=lambda: others_connected)
+        try:
+            for _ in range(3):
+                batcher.submit(np.zeros(4, dtype=np.uint8))
+            return len(await asyncio.wait_for(batcher._collect(), 2.0))
+        finally:
+            batcher.close()
+
+    assert asyncio.run(collect(False)) == 3  # the three queued frames, no 60 s wait
+    with pytest.raises(asyncio.TimeoutError):  # with company, it waits for the batch to fill
+        asyncio.run(collect(True))

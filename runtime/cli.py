@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", default=None, help="Certificate chain (PEM) to serve TLS with.")
     serve.add_argument("--tls-key", default=None, help="Private key (PEM) of --tls-cert.")
     serve.add_argument("--max-batch", type=int, default=32, help="Most frames per backend call (1: no batching).")
-    serve.add_argument("--max-wait-ms", type=float, default=2.0, help="How long a batch waits to fill up.")
+    serve.add_argument("--max-wait-ms", type=float, default=2.0,
+                       help="How long a batch waits to fill up while other edges are connected.")
     serve.add_argument("--max-in-flight", type=int, default=256, help="Unanswered frames allowed per edge.")
     serve.add_argument("--threads", type=int, default=None, help="Threads for the cloud backend.")
     serve.add_argument("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")

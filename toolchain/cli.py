@@ -547,15 +547,13 @@ def estimate_rate_command(cameras, fps, offload_rate, bundle_path, payload_bytes
     from runtime.link import parse_rate
     from runtime.protocol import frame_bytes
     from toolchain.errors import EdgesplitError
-    from toolchain.planning import CrowdModel, estimate_crowd_rate, estimate_rate, format_rate
+    from toolchain.planning import CrowdModel, bundle_payload, estimate_crowd_rate, estimate_rate, format_rate
 
     if (bundle_path is None) == (payload_bytes is None):
         raise EdgesplitError("give the features' size: --bundle or --payload-bytes (one of them)")
     ndim = 3
     if bundle_path is not None:
-        manifest = open_bundle(bundle_path).manifest
-        payload_bytes = manifest["checks"]["mean_payload_bytes"]
-        ndim = len(manifest["artefacts"]["cloud"]["inputs"][0]["shape"]) - 1
+        payload_bytes, ndim = bundle_payload(open_bundle(bundle_path).manifest)
     link_bps = parse_rate(link) if link else None
     notes = []
     if people_mean is None:

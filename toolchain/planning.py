@@ -216,11 +216,10 @@ class RateEstimate(NamedTuple):
     max_cameras: int | None  # on the given link, provisioned at the quantile
 
 
-def bundle_frame_bytes(manifest: dict) -> float:
-    """Mean bytes of one features frame for a bundle: the payload measured at build time (with the
-    lossless stage, it varies) plus header and shape words."""
-    codes = manifest["artefacts"]["cloud"]["inputs"][0]["shape"][1:]
-    return frame_bytes(manifest["checks"]["mean_payload_bytes"], len(codes))
+def bundle_payload(manifest: dict) -> tuple[float, int]:
+    """A bundle's mean payload bytes per frame, measured at build time (a lossless stage makes it
+    vary), and the dimensions of its codes (one shape word each on the wire)."""
+    return manifest["checks"]["mean_payload_bytes"], len(manifest["artefacts"]["cloud"]["inputs"][0]["shape"]) - 1
 
 
 def estimate_rate(cameras: int, fps: float, offload_rate: float, frame_bytes_sent: float,

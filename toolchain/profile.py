@@ -29,9 +29,8 @@ from runtime.backends import open_runner
 from runtime.bundle import open_bundle
 from runtime.local import CloudHalf, EdgeHalf, quantize_int8
 from runtime.protocol import frame_bytes
-from runtime.wire import encode_frame
 from targets import Target, get_target
-from toolchain.build import BuildOptions, build_engines, engine_entry
+from toolchain.build import BuildOptions, backend_of, build_engines, engine_entry, role_precisions
 from toolchain.data import load_images, to_model_input
 from toolchain.errors import EdgesplitError
 from toolchain.export import export_onnx
@@ -106,13 +105,12 @@ def measure_bundle(path: Path, inputs: np.ndarray, threads: int | None) -> dict:
     bundle = open_bundle(path)
     edge, cloud = EdgeHalf(bundle, threads), CloudHalf(bundle, threads)
     frames = [inputs[i:i + 1] for i in range(len(inputs))]
-    payloads = [encode_frame(edge.codes(frame)[0], bundle.wire) for frame in frames]
-    edge_time = time_per_frame(lambda i: encode_frame(edge.codes(frames[i])[0], bundle.wire), len(frames))
+    payloads = [edge.payloads(frame)[0] for frame in frames]
+    edge_time = time_per_frame(lambda i: edge.payloads(frames[i]), len(frames))
     cloud_time = time_per_frame(lambda i: cloud.logits(cloud.decode(payloads[i])[None]), len(frames))
     payload_bytes = float(np.mean([len(p) for p in payloads]))
-    codes_ndim = len(bundle.artefact("cloud")["inputs"][0]["shape"]) - 1
     return {"edge": edge_time, "cloud": cloud_time, "payload_bytes": payload_bytes,
-            "frame_bytes": frame_bytes(payload_bytes, codes_ndim)}
+            "frame_bytes": frame_bytes(payload_bytes, len(bundle.wire.shape))}
 
 
 class _LogitsAsMap(nn.Module):
@@ -129,8 +127,7 @@ class _LogitsAsMap(nn.Module):
 def whole_model_runner(loaded: LoadedModel, target: Target, role: str, calibration: np.ndarray, work: Path,
                        threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
     """The whole model on a role's backend at the target's precision, as images → logits."""
-    backend = target.edge_backend if role == "edge" else target.cloud_backend
-    precision = target.edge_precision if role == "edge" else target.cloud_precision
+    backend, precision = backend_of(target, role), role_precisions(target, None)[role]
     model = loaded.module.eval()
     if backend == "tflite":
         from runtime.backends.tflite.runner import TFLiteRunner

@@ -37,7 +37,7 @@ from runtime.bundle import load_bundle
 from runtime.edge import CLOUD, ClientConfig, EdgeClient
 from runtime.images import open_source
 from runtime.link import EmulatedLink
-from runtime.local import EdgeHalf
+from runtime.local import CloudHalf, EdgeHalf
 from runtime.wire import WireFormat, decode_frame, encode_frame
 
 DEFAULT_FPS = 30
@@ -149,9 +149,11 @@ def scrape(metrics_port: int) -> dict[str, float]:
     return values
 
 
-async def synthetic_edge(port: int, bundle_id: bytes, frames: list[bytes], wire, quantization, fps: float,
-                         start: float, warm_until: float, stop_at: float, latencies: list, counts: dict) -> None:
-    """One edge at `fps`: sends recorded payloads open-loop (a camera does not wait), times each reply."""
+async def synthetic_edge(port: int, bundle_id: bytes, frames: list[bytes], expected: np.ndarray, wire, quantization,
+                         fps: float, start: float, warm_until: float, stop_at: float, latencies: list,
+                         counts: dict) -> None:
+    """One edge at `fps`: sends recorded payloads open-loop (a camera does not wait), times each reply and
+    checks its top-1 against `expected` (the in-process prediction for that payload)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     writer.write(protocol.encode(protocol.Frame(protocol.HELLO, bundle_id=bundle_id, payload=protocol.new_nonce())))
@@ -168,6 +170,8 @@ async def synthetic_edge(port: int, bundle_id: bytes, frames: list[bytes], wire,
             if started >= warm_until:
                 if frame.type == protocol.RESULT:
                     latencies.append(time.monotonic() - started)
+                    top1 = int(np.argmax(protocol.result_values(frame)))
+                    counts["wrong"] += int(top1 != expected[frame.request_id % len(frames)])
                 else:
                     counts["errors"] += 1
 
@@ -192,14 +196,15 @@ async def synthetic_edge(port: int, bundle_id: bytes, frames: list[bytes], wire,
     writer.close()
 
 
-async def drive(port: int, edges: int, fps: float, seconds: float, bundle, payloads: list[bytes]) -> dict:
+async def drive(port: int, edges: int, fps: float, seconds: float, bundle, payloads: list[bytes],
+                expected: np.ndarray) -> dict:
     latencies: list[float] = []
-    counts = {"sent": 0, "errors": 0, "unanswered": 0}
+    counts = {"sent": 0, "errors": 0, "unanswered": 0, "wrong": 0}
     now = time.monotonic()
     warm_until, stop_at = now + 1.0, now + 1.0 + seconds
     rng = random.Random(0)
     bundle_id, quantization = protocol.bundle_id_bytes(bundle.bundle_id), protocol.wire_quantization(bundle.manifest)
-    await asyncio.gather(*(synthetic_edge(port, bundle_id, payloads, bundle.wire, quantization, fps,
+    await asyncio.gather(*(synthetic_edge(port, bundle_id, payloads, expected, bundle.wire, quantization, fps,
                                           now + rng.uniform(0, 1 / fps), warm_until, stop_at, latencies, counts)
                            for _ in range(edges)))
     latency_ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
@@ -207,8 +212,8 @@ async def drive(port: int, edges: int, fps: float, seconds: float, bundle, paylo
             "latency_ms_p50": float(np.median(latency_ms)), "latency_ms_p99": float(np.percentile(latency_ms, 99))}
 
 
-def server_rows(bundle, payloads: list[bytes], edge_counts, fps: float, seconds: float, threads: int | None,
-                progress: Progress) -> list[dict]:
+def server_rows(bundle, payloads: list[bytes], expected: np.ndarray, edge_counts, fps: float, seconds: float,
+                threads: int | None, progress: Progress) -> list[dict]:
     settings = [("off", 1, 0.0), ("greedy", 32, 0.0), ("wait 2 ms", 32, 2.0)]
     task = progress.add_task("server under load", total=len(edge_counts) * len(settings))
     rows = []
@@ -216,7 +221,7 @@ def server_rows(bundle, payloads: list[bytes], edge_counts, fps: float, seconds:
         for batching, max_batch, max_wait_ms in settings:
             process, port, metrics_port = start_server(bundle.directory, max_batch, max_wait_ms, threads)
             try:
-                result = asyncio.run(drive(port, edges, fps, seconds, bundle, payloads))
+                result = asyncio.run(drive(port, edges, fps, seconds, bundle, payloads, expected))
                 metrics = scrape(metrics_port)
             finally:
                 process.send_signal(signal.SIGTERM)
@@ -233,8 +238,6 @@ def server_rows(bundle, payloads: list[bytes], edge_counts, fps: float, seconds:
 
 def backend_capacity(bundle, threads: int | None) -> list[dict]:
     """Frames per second of the tail alone at each batch size: the ceiling for the server rows."""
-    from runtime.local import CloudHalf
-
     cloud = CloudHalf(bundle, threads)
     rows = []
     for batch in (1, 8, 32):
@@ -349,7 +352,7 @@ Batching off = `--max-batch 1`; greedy = `--max-batch 32 --max-wait-ms 0` (a bat
 queued while the backend was busy); wait 2 ms = `--max-batch 32 --max-wait-ms 2`.
 
 {table(server, ["edges", "batching", "offered_fps", "throughput_fps", "latency_ms_p50", "latency_ms_p99",
-                "mean_batch", "errors", "unanswered", "meets_p99_goal"])}
+                "mean_batch", "errors", "unanswered", "wrong", "meets_p99_goal"])}
 
 Throughput with batching over without: {', '.join(gains)}.
 Most edges meeting p99 <= {P99_GOAL_MS:.0f} ms: {f"{best['edges']} (batching {best['batching']})" if best else "none"}.
@@ -401,6 +404,7 @@ def main() -> None:
     count = 64 if args.quick else 256
     codes = EdgeHalf(bundle).codes(np.stack([frame.image for frame in source[:count]]))
     payloads = [encode_frame(frame, bundle.wire) for frame in codes]
+    expected = CloudHalf(bundle).logits(codes).argmax(1)
     bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
     edge_counts = (1, 10) if args.quick else args.edges
     seconds = 1.0 if args.quick else 8.0
@@ -410,7 +414,7 @@ def main() -> None:
         loopback = loopback_rows(codes, bundle_id, 200 if args.quick else 2000)
         progress.advance(task)
         capacity = backend_capacity(bundle, args.threads)
-        server = server_rows(bundle, payloads, edge_counts, args.fps, seconds, args.threads, progress)
+        server = server_rows(bundle, payloads, expected, edge_counts, args.fps, seconds, args.threads, progress)
         links_done = link_rows(bundle, source[:20 if args.quick else 60], links, progress)
     summary = {"quick": args.quick, "machine": cpu_name(), "cpus": os.cpu_count(),
                "date": time.strftime("%Y-%m-%d"), "bundle_id": bundle.bundle_id,

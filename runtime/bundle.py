@@ -51,15 +51,19 @@ class Bundle:
     def artefact(self, role: str) -> dict:
         return self.manifest["artefacts"][role]
 
-    def open_runner(self, role: str, backend=None, **options):
-        """The role's artefact on its backend, or on `backend` (ONNX Runtime runs a TensorRT artefact's ONNX)."""
+    def open_runner(self, role: str, verified: bool = False, **options):
+        """The role's artefact on its device's backend; `verified=True`: on the backend and settings the
+        toolchain verified it with (its `verification` entry), which run on any CPU."""
         from runtime.backends import open_runner
 
         entry = self.artefact(role)
-        backend = backend or entry["backend"]
-        if backend == entry["backend"] and "engine" in entry:  # built and cached per device
+        if verified and "verification" in entry:
+            check = entry["verification"]
+            return open_runner(check["backend"], self.directory / entry["file"],
+                               **dict(check.get("options", {}), **options))
+        if "engine" in entry:  # built and cached per device
             options = dict(options, artefact=entry, cache_key="{}-{}".format(self.bundle_id, role))
-        return open_runner(backend, self.directory / entry["file"], **options)
+        return open_runner(entry["backend"], self.directory / entry["file"], **options)
 
 
 def _read_manifest(directory: Path) -> dict:
@@ -146,7 +150,7 @@ def check_artefact_io(bundle: Bundle) -> None:
     for role in ROLES:
         entry = bundle.artefact(role)
         # a TensorRT artefact ships ONNX, which ONNX Runtime checks on any machine
-        runner = bundle.open_runner(role, "onnxrt" if "engine" in entry else None)
+        runner = bundle.open_runner(role, verified=True)
         for kind, declared, actual in (("input", entry["inputs"], runner.inputs),
                                        ("output", entry["outputs"], runner.outputs)):
             found = [(name, dtype) for name, dtype, _ in actual]

@@ -16,9 +16,9 @@ from runtime.wire import decode_frame, encode_frame
 class _Half:
     """One artefact of a bundle on its backend; `output_name` is its first output (codes or logits)."""
 
-    def __init__(self, bundle: Bundle, role: str, threads=None, backend=None):
+    def __init__(self, bundle: Bundle, role: str, threads=None, verified: bool = False, **options):
         self.wire = bundle.wire
-        self.runner = bundle.open_runner(role, backend, threads=threads)
+        self.runner = bundle.open_runner(role, verified, threads=threads, **options)
         entry = bundle.artefact(role)
         self.input_name = entry["inputs"][0]["name"]
         self.output_name = entry["outputs"][0]["name"]
@@ -81,8 +81,8 @@ class EdgeHalf(_Half):
     the codec's quantizer: its output becomes codes through the manifest's `to_codes` mapping.
     """
 
-    def __init__(self, bundle: Bundle, threads=None, backend=None):
-        super().__init__(bundle, "edge", threads, backend)
+    def __init__(self, bundle: Bundle, threads=None, verified: bool = False, **options):
+        super().__init__(bundle, "edge", threads, verified, **options)
         entry = bundle.artefact("edge")
         image, features = entry["inputs"][0], entry["outputs"][0]
         self.input_layout, self.output_layout = image.get("layout", "NCHW"), features.get("layout", "NCHW")
@@ -125,8 +125,8 @@ class EdgeHalf(_Half):
 class CloudHalf(_Half):
     """Decoder + tail: payloads (or decoded codes) → logits."""
 
-    def __init__(self, bundle: Bundle, threads=None, backend=None):
-        super().__init__(bundle, "cloud", threads, backend)
+    def __init__(self, bundle: Bundle, threads=None, verified: bool = False, **options):
+        super().__init__(bundle, "cloud", threads, verified, **options)
 
     def decode(self, payload: bytes) -> np.ndarray:
         return decode_frame(payload, self.wire)
@@ -136,11 +136,12 @@ class CloudHalf(_Half):
 
 
 class SplitInference:
-    def __init__(self, bundle: Bundle, threads=None, backends=None):
-        """`backends` may map a role to another backend, e.g. {'cloud': 'onnxrt'} for a TensorRT artefact's ONNX."""
-        backends = backends or {}
-        self.edge_half = EdgeHalf(bundle, threads, backends.get("edge"))
-        self.cloud_half = CloudHalf(bundle, threads, backends.get("cloud"))
+    def __init__(self, bundle: Bundle, threads=None, verified: bool = False, **options):
+        """`verified=True` runs each half the way the toolchain verified it (a TensorRT half's Q/DQ ONNX in
+        ONNX Runtime as fake quantization), so a bundle for a GPU can be measured on any CPU. `options`
+        go to both halves' runners."""
+        self.edge_half = EdgeHalf(bundle, threads, verified, **options)
+        self.cloud_half = CloudHalf(bundle, threads, verified, **options)
 
     def edge(self, images: np.ndarray) -> List[bytes]:
         return self.edge_half.payloads(images)

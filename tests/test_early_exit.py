@@ -75,7 +75,7 @@ def test_tflite_and_tensorrt_edges_carry_the_exit_output(target, exit_weights, d
     check_artefact_io(bundle)
     inputs = np.stack([f.image for f in frames[:64]])
     # TensorRT's Q/DQ ONNX runs in ONNX Runtime here; the TFLite half in ai-edge-litert
-    edge = EdgeHalf(bundle, backend="onnxrt" if target == "jetson-orin" else None)
+    edge = EdgeHalf(bundle, verified=True)
     _, exit_logits = edge.codes_and_exit(inputs)
     reference = exit_reference(default_model, exit_weights, inputs)
     assert (exit_logits.argmax(1) == reference.argmax(1)).mean() >= 0.9  # int8 inside, so agreement not equality

@@ -33,7 +33,7 @@ class CurvePoint(NamedTuple):
 def measure(bundle: Bundle, inputs: np.ndarray, labels: np.ndarray, batch: int = 500) -> ExitMeasurement:
     if bundle.manifest.get("exit") is None:
         raise EdgesplitError(f"bundle {bundle.bundle_id} has no exit branch: build it with --early-exit")
-    edge, cloud = EdgeHalf(bundle), CloudHalf(bundle)
+    edge, cloud = EdgeHalf(bundle, verified=True), CloudHalf(bundle, verified=True)
     entropies, exit_predictions, cloud_predictions = [], [], []
     for start in range(0, len(inputs), batch):
         codes, exit_logits = edge.codes_and_exit(inputs[start:start + batch])

@@ -76,7 +76,7 @@ def build(split: str, codec: str, target: str, work: Path, cache: dict) -> Path:
     key = (split, codec)
     if key not in cache:
         output = work / f"{split}-{codec.replace(':', '_').replace('=', '')}"
-        cache[key] = build_engines(BuildOptions(target=target, split=split, codec=codec, output=output,
+        cache[key] = build_engines(BuildOptions(target=target, cloud="cpu", split=split, codec=codec, output=output,
                                                 max_loss=math.inf), show_progress=False)
     return cache[key].bundle
 
@@ -151,7 +151,7 @@ def main() -> None:
     bandwidths = [parse_rate(b) for b in (QUICK_BANDWIDTHS if args.quick else BANDWIDTHS)]
     rtt_s = parse_duration(args.rtt)
     splits, codecs = (SPLITS[-2:], CODECS[:1]) if args.quick else (SPLITS, CODECS)
-    profile = profile_target(ProfileOptions(target=args.target, splits=splits, codecs=codecs,
+    profile = profile_target(ProfileOptions(target=args.target, cloud="cpu", splits=splits, codecs=codecs,
                                             frames=20 if args.quick else 200))
     (args.output / "profile.json").write_text(json.dumps(profile, indent=1) + "\n")
     source = list(open_source(str(DEFAULT_CALIBRATION), tuple(profile["model"]["input_shape"])))

@@ -42,7 +42,7 @@ def edge_latencies(model_path: Path | None, scratch: Path, inputs: np.ndarray, f
     model = {} if model_path is None else {"model": str(model_path), "input_shape": SHAPE}
     latencies = {}
     for target, column in (("cpu", "onnxrt_fp32_ms"), ("raspberry-pi", "tflite_int8_ms")):
-        report = build_engines(BuildOptions(target=target, split=SPLIT, output=scratch / target, max_loss=100.0,
+        report = build_engines(BuildOptions(target=target, cloud="cpu", split=SPLIT, output=scratch / target, max_loss=100.0,
                                             **model))
         latencies[column] = round(edge_latency_ms(load_bundle(report.bundle), inputs, 1, frames), 3)
     return latencies

@@ -31,9 +31,9 @@ from toolchain.train import predict
 SEARCHED_CODEC = ROOT / "benchmarks" / "results" / "search-layer2" / "best.pt"
 BUILDS = [
     ("cpu: fp32 ONNX edge, int8 codes", BuildOptions(target="cpu")),
-    ("raspberry-pi: int8 TFLite edge, int8 codes", BuildOptions(target="raspberry-pi")),
+    ("raspberry-pi: int8 TFLite edge, int8 codes", BuildOptions(target="raspberry-pi", cloud="cpu")),
     ("raspberry-pi: int8 TFLite edge, BBNet 4-bit codes",
-     BuildOptions(target="raspberry-pi", split="layer2", codec="bbnet:c=16,s=4,bits=4", codec_weights=SEARCHED_CODEC)),
+     BuildOptions(target="raspberry-pi", cloud="cpu", split="layer2", codec="bbnet:c=16,s=4,bits=4", codec_weights=SEARCHED_CODEC)),
 ]
 
 

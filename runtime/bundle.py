@@ -14,9 +14,10 @@ from runtime.errors import BundleError
 from runtime.wire import WireFormat
 
 MANIFEST_NAME = "manifest.json"
-SCHEMA_VERSION = 1
+# 2: a deployment of two devices (edge, cloud) replaced the single target; halves say how they are verified
+SCHEMA_VERSION = 2
 REQUIRED_KEYS = ("schema_version", "bundle_id", "source_model", "split", "codec", "wire",
-                 "target", "artefacts", "files", "tools")
+                 "deployment", "artefacts", "files", "tools")
 ROLES = ("edge", "cloud")
 
 
@@ -79,10 +80,30 @@ def _read_manifest(directory: Path) -> dict:
     return manifest
 
 
+def rebuild_command(manifest: dict) -> str:
+    """The build-engines line that makes this bundle again, from what an older manifest says."""
+    words = ["build-engines"]
+    try:
+        words += ["--model", manifest["source_model"]["name"]]
+        target = manifest.get("target", {}).get("name")
+        words += ["--target", target] if target else []
+        words += ["--split", manifest["split"]["requested"]]
+        codec = manifest["codec"]
+        words += ["--codec", codec["name"] + (":" + ",".join("{}={}".format(k, v) for k, v in codec["params"].items())
+                                              if codec.get("params") else "")]
+    except (KeyError, TypeError, AttributeError):
+        pass
+    return " ".join(words)
+
+
 def verify_manifest(directory: Path, manifest: dict) -> None:
-    if manifest.get("schema_version") != SCHEMA_VERSION:
+    version = manifest.get("schema_version")
+    if isinstance(version, int) and version < SCHEMA_VERSION:
+        raise BundleError("this bundle was written by an older edgesplit (manifest schema {}, this runtime reads {}); "
+                          "rebuild it: {}".format(version, SCHEMA_VERSION, rebuild_command(manifest)))
+    if version != SCHEMA_VERSION:
         raise BundleError("bundle schema version {!r} is not supported (this runtime reads {})".format(
-            manifest.get("schema_version"), SCHEMA_VERSION))
+            version, SCHEMA_VERSION))
     missing = [key for key in REQUIRED_KEYS if key not in manifest]
     if missing:
         raise BundleError("manifest lacks {}".format(", ".join(missing)))

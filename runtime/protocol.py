@@ -16,6 +16,7 @@ from typing import Callable, NamedTuple, Tuple
 import numpy as np
 
 from runtime.errors import ProtocolError
+from runtime.wire import LOSSLESS
 
 MAGIC = b"ESPL"
 VERSION = 1
@@ -37,7 +38,7 @@ KNOWN_FLAGS = FLAG_FINAL
 DTYPE_NONE, DTYPE_UINT8, DTYPE_FLOAT32 = 0, 1, 2
 DTYPES = {DTYPE_NONE: None, DTYPE_UINT8: np.dtype(np.uint8), DTYPE_FLOAT32: np.dtype(">f4")}
 
-LOSSLESS_IDS = {"none": 0, "zlib": 1, "zstd": 2, "lz4": 3}
+LOSSLESS_IDS = {name: stage.wire_id for name, stage in LOSSLESS.items()}
 
 # error codes carried in ERROR frames
 BAD_FRAME, UNSUPPORTED_VERSION, BUNDLE_MISMATCH, AUTH_FAILED, BAD_REQUEST, INTERNAL, TIMEOUT, \

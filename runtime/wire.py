@@ -8,59 +8,76 @@ more than the frame's packed size, so a crafted payload cannot balloon memory.
 
 import io
 import zlib
-from typing import NamedTuple, Tuple
+from typing import Callable, NamedTuple, Tuple
 
 import numpy as np
 
 from runtime.errors import WireError
 
-LOSSLESS = ("none", "zlib", "zstd", "lz4")
 
-
-def _optional(module_name: str, extra: str):
+def _optional(module_name: str, package: str):
     try:
         return __import__(module_name, fromlist=["_"])
     except ImportError as error:
-        raise WireError("the {} lossless stage needs {}: pip install {}".format(extra, module_name, extra)) from error
+        raise WireError("this lossless stage needs {}: pip install {}".format(module_name, package)) from error
+
+
+def _zlib_inflate(payload: bytes, size: int) -> bytes:
+    inflater = zlib.decompressobj()
+    data = inflater.decompress(payload, size + 1)
+    if not inflater.eof:
+        raise WireError("zlib payload is truncated or inflates past {} bytes".format(size))
+    return data
+
+
+def _zstd_decompress(payload: bytes, size: int) -> bytes:
+    # a bounded read: decompress() would trust a content size written in the frame header
+    reader = _optional("zstandard", "zstandard").ZstdDecompressor().stream_reader(io.BytesIO(payload))
+    return reader.read(size + 1)
+
+
+class Lossless(NamedTuple):
+    """A lossless stage: the id frames carry for it, and its two directions. `decompress(payload, size)`
+    must never produce much more than `size` bytes, whatever the payload."""
+
+    wire_id: int
+    compress: Callable[[bytes], bytes]
+    decompress: Callable[[bytes, int], bytes]
+
+
+# The one table of lossless stages: the wire code, the protocol's header ids and the CLI choices read it.
+LOSSLESS = {
+    "none": Lossless(0, lambda data: data, lambda payload, size: payload),
+    "zlib": Lossless(1, lambda data: zlib.compress(data, 6), _zlib_inflate),
+    "zstd": Lossless(2, lambda data: _optional("zstandard", "zstandard").ZstdCompressor(level=3).compress(data),
+                     _zstd_decompress),
+    "lz4": Lossless(3, lambda data: _optional("lz4.block", "lz4").compress(data, store_size=False),
+                    lambda payload, size: _optional("lz4.block", "lz4").decompress(payload, uncompressed_size=size)),
+}
+
+
+def _stage(lossless: str) -> Lossless:
+    if lossless not in LOSSLESS:
+        raise WireError("unknown lossless stage {!r}; stages: {}".format(lossless, ", ".join(LOSSLESS)))
+    return LOSSLESS[lossless]
 
 
 def compress_bytes(data: bytes, lossless: str) -> bytes:
-    if lossless == "none":
-        return data
-    if lossless == "zlib":
-        return zlib.compress(data, 6)
-    if lossless == "zstd":
-        return _optional("zstandard", "zstandard").ZstdCompressor(level=3).compress(data)
-    if lossless == "lz4":
-        return _optional("lz4.block", "lz4").compress(data, store_size=False)
-    raise WireError("unknown lossless stage {!r}; stages: {}".format(lossless, ", ".join(LOSSLESS)))
+    return _stage(lossless).compress(data)
 
 
 def decompress_bytes(payload: bytes, lossless: str, size: int) -> bytes:
     """Undo `compress_bytes`; the result must be exactly `size` bytes."""
+    stage = _stage(lossless)
     try:
-        if lossless == "none":
-            data = payload
-        elif lossless == "zlib":
-            inflater = zlib.decompressobj()
-            data = inflater.decompress(payload, size + 1)
-            if not inflater.eof:
-                raise WireError("zlib payload is truncated or inflates past {} bytes".format(size))
-        elif lossless == "zstd":
-            # a bounded read: decompress() trusts a content size written in the frame header
-            reader = _optional("zstandard", "zstandard").ZstdDecompressor().stream_reader(io.BytesIO(payload))
-            data = reader.read(size + 1)
-        elif lossless == "lz4":
-            data = _optional("lz4.block", "lz4").decompress(payload, uncompressed_size=size)
-        else:
-            raise WireError("unknown lossless stage {!r}; stages: {}".format(lossless, ", ".join(LOSSLESS)))
+        data = stage.decompress(payload, size)
     except WireError:
         raise
     except Exception as error:  # each library raises its own type for corrupt input
         raise WireError("payload is not valid {} data: {}".format(lossless, error)) from error
     if len(data) != size:
-        stage = "" if lossless == "none" else " after {} decoding".format(lossless)
-        raise WireError("payload has {} bytes{}, the bundle's wire format needs {}".format(len(data), stage, size))
+        after = "" if lossless == "none" else " after {} decoding".format(lossless)
+        raise WireError("payload has {} bytes{}, the bundle's wire format needs {}".format(len(data), after, size))
     return data
 
 
@@ -137,8 +154,7 @@ class WireFormat(NamedTuple):
     def validated(self) -> "WireFormat":
         if not 1 <= self.bits <= 8:
             raise WireError("bits per code must be 1..8, got {}".format(self.bits))
-        if self.lossless not in LOSSLESS:
-            raise WireError("unknown lossless stage {!r}; stages: {}".format(self.lossless, ", ".join(LOSSLESS)))
+        _stage(self.lossless)
         return self
 
 

@@ -1,106 +1,90 @@
-"""One definition per deployment target: the only place that knows what a device is.
+"""Devices edgesplit builds for: one module per device in this package, nothing else knows them.
 
-Toolchain and runtime read these; neither branches on a target name anywhere else.
-Python 3.6-compatible, since edge runtimes read it too.
+A device says which half it can run (edge, cloud or both), the runtime backend that runs it,
+its default precision and the precisions it refuses (with the reason), the ONNX opset its
+parser takes, the versions it runs, what it cannot do, and `backend_options`: facts that only
+its backend's code reads (a TensorRT parser's version, a batch profile, the codes' dtype).
+A deployment is an edge device and a cloud device, chosen independently.
+
+Adding a device is adding a module here with a `DEVICE = Device(...)`. Python 3.6-compatible,
+since edge runtimes read it too.
 """
 
-from typing import Dict, FrozenSet, NamedTuple, Tuple
+import importlib
+import pkgutil
+from typing import Dict, NamedTuple, Optional, Tuple
 
 from runtime.errors import TargetError
 
-# ONNX ops the TensorRT 8.2 ONNX parser imports (onnx-tensorrt docs/operators.md, release/8.2-GA;
-# Round and Sign arrived in 8.2), restricted to what CNN halves use; later versions add to it.
-TENSORRT_8_2_OPS = frozenset((
-    "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Clip", "Concat", "Constant",
-    "ConstantOfShape", "Conv", "ConvTranspose", "DequantizeLinear", "Div", "Dropout", "Elu", "Equal", "Erf",
-    "Exp", "Expand", "Flatten", "Floor", "Gather", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Greater",
-    "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization", "LeakyRelu", "Less", "Log", "MatMul", "Max",
-    "MaxPool", "Min", "Mul", "Neg", "Pad", "Pow", "PRelu", "QuantizeLinear", "Reciprocal", "ReduceMax",
-    "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape", "Resize", "Round", "Selu", "Shape", "Sigmoid",
-    "Sign", "Slice", "Softmax", "Softplus", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Tile",
-    "Transpose", "Unsqueeze", "Where",
-))
-TENSORRT_8_6_OPS = TENSORRT_8_2_OPS | {"LayerNormalization", "GroupNormalization", "Mod", "Trilu"}
-# I/O tensor types the parser takes: UINT8 I/O arrived in 8.5, so codes cross TensorRT halves as float32
-TENSORRT_IO_DTYPES = frozenset(("float32", "float16", "int8", "int32", "bool"))
+ROLES = ("edge", "cloud")
+PRECISIONS = ("fp32", "fp16", "int8")  # every precision any backend builds; each backend says its own
 
 
-class Target(NamedTuple):
+class Device(NamedTuple):
     name: str
     description: str
-    edge_backend: str  # runtime/backends/<name> that runs the head + encoder
-    cloud_backend: str  # runtime/backends/<name> that runs the decoder + tail
-    edge_precision: str
-    cloud_precision: str
+    roles: Tuple[str, ...]  # the halves it can run
+    backend: str  # runtime/backends/<backend> runs its half
+    precision: str  # default precision of its half
     onnx_opset: int
     versions: Dict[str, str]  # what the device runs; artefacts are built for these
-    cannot: Tuple[str, ...]  # what the device cannot do, said to users before it bites
-    parser_ops: FrozenSet[str] = frozenset()  # ONNX ops its TensorRT parser imports (empty: ONNX Runtime, all)
-    code_dtype: str = "uint8"  # dtype of the codes where an artefact ends or starts
-    batch_profile: Tuple[int, int, int] = (1, 1, 1)  # TensorRT min/opt/max batch of the cloud half
-    refused_precisions: Dict[str, str] = {}  # --precision values this device cannot run, and why
+    cannot: Tuple[str, ...] = ()  # said to users before it bites
+    refused_precisions: Dict[str, str] = {}  # precision -> why this device cannot run it
+    backend_options: Dict[str, object] = {}  # read by its backend's code only
+    default_cloud: Optional[str] = None  # an edge device's cloud unless --cloud says otherwise
+
+    def describe(self) -> dict:
+        """What a manifest records about the device."""
+        entry = self._asdict()
+        entry.update(roles=list(self.roles), cannot=list(self.cannot), refused_precisions=dict(self.refused_precisions),
+                     backend_options=dict(self.backend_options))
+        return entry
 
 
-TARGETS = {target.name: target for target in (
-    Target(
-        name="cpu",
-        description="any x86-64/aarch64 CPU for both halves, through ONNX Runtime",
-        edge_backend="onnxrt", cloud_backend="onnxrt",
-        edge_precision="fp32", cloud_precision="fp32",
-        onnx_opset=17,
-        versions={"onnxruntime": ">=1.17", "python": ">=3.6"},
-        cannot=(),
-    ),
-    Target(
-        name="raspberry-pi",
-        description="Raspberry Pi 4/5 on 64-bit Raspberry Pi OS: full-INT8 TFLite edge half",
-        edge_backend="tflite", cloud_backend="onnxrt",
-        edge_precision="int8", cloud_precision="fp32",
-        onnx_opset=17,
-        versions={"ai-edge-litert": "2.3.0", "python": "3.11", "glibc": ">=2.27"},
-        cannot=("run 32-bit (armv7l) OS images: no ai-edge-litert wheel exists for them",
-                "use a GPU"),
-    ),
-    Target(
-        name="jetson-nano",
-        description="Jetson Nano, JetPack 4.6: TensorRT FP16 engine built on the device",
-        edge_backend="tensorrt", cloud_backend="onnxrt",
-        edge_precision="fp16", cloud_precision="fp32",
-        onnx_opset=13,
-        versions={"jetpack": "4.6", "tensorrt": "8.2", "cuda": "10.2", "python": "3.6"},
-        cannot=("run INT8 kernels: Maxwell sm_53 has none, so TensorRT 8.2 refuses Q/DQ networks",
-                "parse ONNX opsets above 13", "take UINT8 tensors (TensorRT 8.5+)"),
-        parser_ops=TENSORRT_8_2_OPS, code_dtype="float32",
-        refused_precisions={"int8": (
-            "the Jetson Nano's Maxwell GPU (sm_53) has no INT8 kernels: TensorRT 8.2 fails with 'Networks with "
-            "QuantizeLayer/DequantizeLayer layers require hardware with Int8 support'. Build with --precision fp16 "
-            "(the default for jetson-nano); the features on the wire stay int8 codes either way")},
-    ),
-    Target(
-        name="jetson-orin",
-        description="Jetson Orin, JetPack 6: TensorRT INT8 (explicit Q/DQ) engine built on the device",
-        edge_backend="tensorrt", cloud_backend="onnxrt",
-        edge_precision="int8", cloud_precision="fp32",
-        onnx_opset=17,
-        versions={"jetpack": "6.x", "tensorrt": ">=8.6", "python": "3.10"},
-        cannot=("use TensorRT's implicit INT8 calibrators on TensorRT 10+ (deprecated, removed in 11)",),
-        parser_ops=TENSORRT_8_6_OPS, code_dtype="float32",
-    ),
-    Target(
-        name="cloud-gpu",
-        description="CPU edge half (ONNX Runtime); cloud half as an INT8 TensorRT engine on an NVIDIA GPU",
-        edge_backend="onnxrt", cloud_backend="tensorrt",
-        edge_precision="fp32", cloud_precision="int8",
-        onnx_opset=17,
-        versions={"tensorrt": ">=10", "cuda": ">=12"},
-        cannot=("build its engine without an NVIDIA GPU and TensorRT on the build host",),
-        parser_ops=TENSORRT_8_6_OPS, code_dtype="float32", batch_profile=(1, 16, 64),
-    ),
-)}
-DEFAULT_TARGET = "cpu"
+class Deployment(NamedTuple):
+    edge: Device
+    cloud: Device
+
+    def device(self, role: str) -> Device:
+        return self.edge if role == "edge" else self.cloud
+
+    @property
+    def name(self) -> str:
+        """`edge`, or `edge-with-cloud` when the cloud is not the edge device's default."""
+        return self.edge.name if self.cloud.name == self.edge.default_cloud else "{}-with-{}".format(
+            self.edge.name, self.cloud.name)
 
 
-def get_target(name: str) -> Target:
-    if name not in TARGETS:
-        raise TargetError("unknown target {!r}; targets: {}".format(name, ", ".join(TARGETS)))
-    return TARGETS[name]
+def _discover() -> Dict[str, Device]:
+    devices = {}
+    for module in pkgutil.iter_modules(__path__):
+        device = importlib.import_module("{}.{}".format(__name__, module.name)).DEVICE
+        devices[device.name] = device
+    return devices
+
+
+DEVICES = _discover()
+DEFAULT_EDGE = "cpu"
+
+
+def names(role: str) -> Tuple[str, ...]:
+    return tuple(name for name, device in sorted(DEVICES.items()) if role in device.roles)
+
+
+def get_device(name: str, role: str) -> Device:
+    """The device `name` for a role; an unknown name or a device that cannot take the role is refused."""
+    if name not in DEVICES:
+        raise TargetError("unknown device {!r}; edge devices: {}; cloud devices: {}".format(
+            name, ", ".join(names("edge")), ", ".join(names("cloud"))))
+    device = DEVICES[name]
+    if role not in device.roles:
+        raise TargetError("{!r} is {} device, not {} device; {} devices: {}".format(
+            name, " and ".join("an " + r if r == "edge" else "a " + r for r in device.roles),
+            "an edge" if role == "edge" else "a cloud", role, ", ".join(names(role))))
+    return device
+
+
+def deployment(edge: str, cloud: Optional[str] = None) -> Deployment:
+    """An edge device and a cloud device (default: the edge device's `default_cloud`)."""
+    edge_device = get_device(edge, "edge")
+    return Deployment(edge_device, get_device(cloud or edge_device.default_cloud, "cloud"))

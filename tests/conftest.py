@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,8 @@ from toolchain.load import load_model
 from toolchain.models import PlainCNN
 
 INPUT_SHAPE = (1, 32, 32)
+TINY_WEIGHTS = Path(__file__).with_name("assets") / "tiny.pt"
+TINY_MODEL = ["--model", "conftest:TinyNet", "--weights", str(TINY_WEIGHTS), "--input-shape", "1,32,32"]
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +41,21 @@ def built(tmp_path_factory):
 
     output = tmp_path_factory.mktemp("bundles") / "default-cpu"
     return build_engines(BuildOptions(output=output, tar=True))
+
+
+@pytest.fixture(scope="session")
+def device_bundle(tmp_path_factory):
+    """`device_bundle(edge, cloud=None)`: the default model built for that deployment, once per session."""
+    from toolchain.build import BuildOptions, build_engines
+
+    built = {}
+
+    def build(edge: str, cloud: str | None = None):
+        if (edge, cloud) not in built:
+            output = tmp_path_factory.mktemp("devices") / f"{edge}-{cloud or 'default'}"
+            built[edge, cloud] = build_engines(BuildOptions(target=edge, cloud=cloud, output=output))
+        return built[edge, cloud]
+    return build
 
 
 @pytest.fixture()
@@ -71,3 +90,8 @@ def top1(logits) -> np.ndarray:
 def PlainCNNSmall() -> PlainCNN:
     """A factory for `--model conftest:PlainCNNSmall` (tests run with tests/ on sys.path)."""
     return PlainCNN(widths=(8, 16))
+
+
+def TinyNet() -> PlainCNN:
+    """`--model conftest:TinyNet --weights tests/assets/tiny.pt`: small, trained (tests/assets/make_tiny.py)."""
+    return PlainCNN(widths=(16, 32))

@@ -120,11 +120,6 @@ def test_tar_with_a_path_member_is_refused(tmp_path):
     assert not (tmp_path / "escape").exists()
 
 
-def test_unknown_target_is_named_with_the_known_ones(tmp_path):
-    with pytest.raises(EdgesplitError, match="unknown target 'jetson-tx2'; targets: cpu, raspberry-pi, jetson-nano"):
-        build_engines(BuildOptions(target="jetson-tx2", output=tmp_path / "b"))
-
-
 def test_accuracy_gate_writes_nothing(tmp_path, plain_cnn):
     output = tmp_path / "gated"
     with pytest.raises(EdgesplitError, match="accuracy points on the held-out set"):

@@ -25,7 +25,8 @@ def timing(ms: float) -> dict:
 def synthetic_profile(candidates, edge_only_ms=50.0, cloud_only_ms=4.0, sha=MODEL_SHA, raw_bytes=5000.0) -> dict:
     """`candidates`: (split, position, frame bytes, edge ms, cloud ms, accuracy)."""
     return {
-        "format": PROFILE_FORMAT, "target": "synthetic", "device": {"cpu": "none"},
+        "format": PROFILE_FORMAT, "target": "synthetic", "devices": {"edge": "e", "cloud": "c"},
+        "device": {"cpu": "none"},
         "model": {"name": "m", "sha256": sha, "input_shape": [1, 32, 32]},
         "data": {"float_accuracy": FLOAT_ACCURACY},
         "candidates": [{"split": split, "node": split, "position": position, "codec": "int8", "lossless": "none",
@@ -183,13 +184,15 @@ def test_profile_then_plan_on_this_cpu(tmp_path):
     assert refused.exit_code == 1 and "the profiles describe different models" in refused.output
 
 
-def test_profiling_a_tensorrt_target_without_a_gpu_says_where_to_run_it():
+def test_profiling_a_tensorrt_device_without_a_gpu_says_where_to_run_it():
     from runtime.backends.tensorrt.engine import probe_device
 
     reason = probe_device().get("reason")
     if reason is None:
         pytest.skip("this machine has TensorRT and a GPU: the profile would run")
-    result = CliRunner().invoke(main, ["profile", "--target", "cloud-gpu"])
+    result = CliRunner().invoke(main, ["profile", "--target", "raspberry-pi"])  # its default cloud is cloud-gpu
     assert result.exit_code == 1
-    assert "profiling cloud-gpu times its TensorRT halves, which needs the device" in result.output
-    assert reason in result.output and "edgesplit profile --target cloud-gpu" in result.output
+    assert "profiling times the cloud half on cloud-gpu's backend, which cannot run here" in result.output
+    assert reason in result.output and "run `edgesplit profile` on that device" in result.output
+    refused = CliRunner().invoke(main, ["profile", "--target", "cloud-gpu"])
+    assert refused.exit_code == 1 and "'cloud-gpu' is a cloud device, not an edge device" in refused.output

@@ -1,4 +1,6 @@
-"""TensorRT targets: everything up to the engine is built and checked on this CPU; engine tests need a GPU."""
+"""TensorRT devices: everything up to the engine is built and checked on this CPU; engine tests need a GPU.
+
+Each bundle here pairs one TensorRT half with a CPU half, so a test looks at one TensorRT half at a time."""
 
 import importlib.util
 import json
@@ -14,34 +16,36 @@ from runtime.backends.tensorrt.engine import probe_device, stamp_mismatch
 from runtime.bundle import check_artefact_io, load_bundle
 from runtime.errors import BundleError, TargetError
 from runtime.local import CloudHalf, SplitInference
-from targets import get_target
+from targets import DEVICES
 from toolchain.build import BuildOptions, build_engines
 from toolchain.data import to_model_input
-from toolchain.lint import lint_onnx
+from toolchain.backends.tensorrt import lint
 from toolchain.train import predict
 
 from conftest import INPUT_SHAPE, top1
 
 ENGINE_ROLE = {"cloud-gpu": "cloud", "jetson-orin": "edge", "jetson-nano": "edge"}
+# each TensorRT device's half, found in the default bundle of an edge device (whose default cloud is cloud-gpu)
+BUNDLE_OF = {"jetson-nano": "jetson-nano", "cloud-gpu": "jetson-nano", "jetson-orin": "jetson-orin"}
 DEVICE = probe_device()
 needs_gpu = pytest.mark.skipif("reason" in DEVICE, reason=f"needs TensorRT and a CUDA GPU: {DEVICE.get('reason')}")
 
 
 @pytest.fixture(scope="module", params=sorted(ENGINE_ROLE))
-def trt_bundle(request, tmp_path_factory):
-    report = build_engines(BuildOptions(target=request.param, output=tmp_path_factory.mktemp("trt") / request.param))
-    return request.param, report
+def trt_bundle(request, device_bundle):
+    """(TensorRT device, the default-model bundle holding its half)."""
+    return request.param, device_bundle(BUNDLE_OF[request.param])
 
 
 def test_engine_onnx_is_valid_and_passes_the_target_lint(trt_bundle):
     target_name, report = trt_bundle
-    target = get_target(target_name)
+    target = DEVICES[target_name]
     role = ENGINE_ROLE[target_name]
     path = report.bundle / report.manifest["artefacts"][role]["file"]
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     assert model.opset_import[0].version == target.onnx_opset
-    assert lint_onnx(path, target) == []
+    assert lint(path, target) == []
     ops = {node.op_type for node in model.graph.node}
     precision = report.manifest["artefacts"][role]["precision"]
     assert ("QuantizeLinear" in ops) == (precision == "int8")
@@ -129,13 +133,14 @@ def test_tensorrt_rtx_parses_every_produced_onnx(trt_bundle):
 def test_nano_refuses_int8_and_explains_sm53(tmp_path):
     with pytest.raises(TargetError, match=r"sm_53.*no INT8 kernels.*features on the wire stay int8"):
         build_engines(BuildOptions(target="jetson-nano", precision="int8", output=tmp_path / "nano"))
-    with pytest.raises(TargetError, match="--precision sets TensorRT halves; target 'cpu' has none"):
+    with pytest.raises(TargetError, match="cpu's edge half runs on ONNX Runtime, which edgesplit builds in fp32, "
+                                          "not fp16"):
         build_engines(BuildOptions(precision="fp16", output=tmp_path / "cpu"))
 
 
 def test_lint_names_what_a_tensorrt_parser_would_refuse(built, tmp_path):
-    problems = lint_onnx(built.bundle / "cloud.onnx", get_target("jetson-nano"))
-    assert "opset 17, the jetson-nano target needs 13" in problems
+    problems = lint(built.bundle / "cloud.onnx", DEVICES["jetson-nano"])
+    assert "opset 17, jetson-nano needs 13" in problems
     assert any("input 'codes' is uint8" in problem for problem in problems)
 
     codes = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, "h", 8])
@@ -148,7 +153,7 @@ def test_lint_names_what_a_tensorrt_parser_would_refuse(built, tmp_path):
                               helper.make_tensor("z", TensorProto.UINT8, [], [128])])
     path = tmp_path / "bad.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
-    problems = lint_onnx(path, get_target("jetson-nano"))
+    problems = lint(path, DEVICES["jetson-nano"])
     assert "ops the jetson-nano parser does not import: Einsum" in problems
     assert "QuantizeLinear 'asymmetric' is not symmetric int8 (TensorRT needs int8, zero point 0)" in problems
     assert "input 'x' has dynamic axes [0, 2]; only the batch axis 0 may vary" in problems
@@ -174,7 +179,7 @@ def test_engine_builds_and_agrees_with_onnx_runtime(tmp_path, monkeypatch, holdo
     import runtime.backends.tensorrt.engine as engine
 
     monkeypatch.setattr(engine, "ENGINE_CACHE", tmp_path / "cache")
-    report = build_engines(BuildOptions(target="cloud-gpu", output=tmp_path / "gpu"))
+    report = build_engines(BuildOptions(target="cpu", cloud="cloud-gpu", output=tmp_path / "gpu"))
     entry = report.manifest["artefacts"]["cloud"]["engine"]
     assert entry["plan"] == "cloud.plan" and entry["stamp"]["gpu"] == DEVICE["gpu"]
     bundle = load_bundle(report.bundle)
@@ -204,6 +209,7 @@ def test_build_engines_for_a_bundle_on_a_machine_without_gpu_says_why(trt_bundle
     target_name, report = trt_bundle
     result = subprocess.run([sys.executable, "-m", "edgesplit", "build-engines", "--bundle", str(report.bundle)],
                             capture_output=True, text=True, timeout=300)
+    first = next(role for role in ("edge", "cloud") if "engine" in report.manifest["artefacts"][role])
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: cannot build or run the TensorRT artefact {ENGINE_ROLE[target_name]}.onnx: {DEVICE['reason']}")
+        f"error: cannot build or run the TensorRT artefact {first}.onnx: {DEVICE['reason']}")

@@ -20,7 +20,7 @@ from runtime.local import EdgeHalf, SplitInference
 from toolchain.build import BuildOptions, build_engines
 from toolchain.data import to_model_input
 from toolchain.split import split_model, trace
-from toolchain.tflite import float_ops, graph_ops
+from toolchain.backends.tflite import float_ops, graph_ops
 from toolchain.train import predict
 
 from conftest import INPUT_SHAPE, top1
@@ -32,7 +32,7 @@ SEARCHED_CODEC = ROOT / "benchmarks" / "results" / "search-layer2" / "best.pt"
 @pytest.fixture(scope="module")
 def pi_bundle(tmp_path_factory):
     output = tmp_path_factory.mktemp("pi") / "default-raspberry-pi"
-    return build_engines(BuildOptions(target="raspberry-pi", output=output))
+    return build_engines(BuildOptions(target="raspberry-pi", cloud="cpu", output=output))
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_no_float_op_remains_and_io_is_int8_nhwc(pi_bundle):
     edge = pi_bundle.manifest["artefacts"]["edge"]
     assert edge["backend"] == "tflite" and edge["precision"] == "int8"
     assert [t["layout"] for t in edge["inputs"] + edge["outputs"]] == ["NHWC", "NHWC"]
-    assert edge["inputs"][0]["shape"] == [1, 32, 32, 1] and edge["outputs"][0]["shape"] == [1, 16, 16, 64]
+    assert edge["inputs"][0]["shape"] == ["batch", 32, 32, 1] and edge["outputs"][0]["shape"] == ["batch", 16, 16, 64]
     assert edge["to_codes"]["method"] == "passthrough"  # int8 features are the wire codes: no float on the Pi
 
 
@@ -121,8 +121,9 @@ def test_tflite_edge_over_the_network_equals_in_process(pi_bundle, holdout_input
 
 @pytest.mark.skipif(not SEARCHED_CODEC.exists(), reason="needs the committed search-codec checkpoint")
 def test_learned_codec_on_the_pi_requantizes_int8_tanh_to_its_bits(tmp_path, default_model, holdout, holdout_inputs):
-    report = build_engines(BuildOptions(target="raspberry-pi", split="layer2", codec="bbnet:c=16,s=4,bits=4",
-                                        codec_weights=SEARCHED_CODEC, output=tmp_path / "bbnet-pi"))
+    report = build_engines(BuildOptions(target="raspberry-pi", cloud="cpu", split="layer2",
+                                        codec="bbnet:c=16,s=4,bits=4", codec_weights=SEARCHED_CODEC,
+                                        output=tmp_path / "bbnet-pi"))
     edge = report.manifest["artefacts"]["edge"]
     assert edge["to_codes"]["method"] == "requantize" and edge["to_codes"]["levels"] == 16
     assert "TANH" in edge["ops"] and float_ops(graph_ops(report.bundle / "edge.tflite")) == []

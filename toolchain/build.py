@@ -1,63 +1,59 @@
-"""`build-engines`: load → split → calibrate codec → export → evaluate → bundle, with progress."""
+"""`build-engines`: a short pipeline of stages over one build's state, with progress.
+
+load model → load images → split → codec (+ exit branch) → export edge → export cloud →
+evaluate → compile engines → write bundle. Each half goes through its device's exporter
+(toolchain/backends/); this module never asks which backend a device has.
+"""
 
 from __future__ import annotations
 
-import math
+import shutil
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from torch import nn
 
 from calibration_data import DEFAULT_CALIBRATION
-from runtime.bundle import ROLES, SCHEMA_VERSION, Bundle
-from runtime.local import EdgeHalf, SplitInference
-from targets import Target, get_target
+from runtime.bundle import SCHEMA_VERSION, Bundle
+from runtime.local import SplitInference
+from targets import ROLES, Deployment, deployment
+from toolchain.backends import Half, Parts, check_precision, exporter, tensor_spec
 from toolchain.bundle import finish_bundle, staging_directory
-from runtime.wire import WireFormat
 from toolchain.codec_training import load_checkpoint, prepare_training, train_codec
 from toolchain.codecs import DEFAULT_CODEC, FeatureCodec, make_codec, parse_codec_spec
 from toolchain.data import ImageSet, load_images, to_model_input
-from toolchain.errors import EdgesplitError, TargetError
-from toolchain.exit_branch import EXIT_OUTPUT, EdgeWithExit, ExitBranch, load_exit, train_exit
-from toolchain.export import compare_with_torch, export_onnx
-from toolchain.lint import lint_onnx
+from toolchain.errors import EdgesplitError
+from toolchain.exit_branch import ExitBranch, load_exit, train_exit
 from toolchain.load import LoadedModel, load_model
-from toolchain.quantize import quantize_qdq
-from toolchain.split import SplitPoint, default_point, split_model, trace
+from toolchain.split import Split, default_point, split_model, trace
 from toolchain.train import predict
 
-ENGINE_WORKSPACE_MIB = 1024
-ARTEFACT_FILES = {"edge": "edge.onnx", "cloud": "cloud.onnx"}
-TFLITE_EDGE_FILE = "edge.tflite"
-TFLITE_TOOLS = ("litert-torch", "ai-edge-quantizer", "ai-edge-litert")
-IMAGE, CODES, LOGITS = "image", "codes", "logits"
 EXPORT_CHECK_FRAMES = 64
-MAX_CODE_ERROR = 1  # ONNX Runtime and PyTorch may round a value on a code boundary differently
-MAX_LOGIT_ERROR = 1e-3
 
 
 class BuildOptions(NamedTuple):
     model: str | None = None
     weights: Path | None = None
     input_shape: tuple[int, int, int] | None = None
-    target: str = "cpu"
+    target: str = "cpu"  # the edge device
+    cloud: str | None = None  # the cloud device; default: the edge device's default cloud
     split: str | None = None
     codec: str = DEFAULT_CODEC
     codec_weights: Path | None = None  # a train-codec checkpoint for a learned codec
     lossless: str = "none"
-    train_data: str | None = None  # where a learned codec without weights is trained
+    train_data: str | None = None  # where a learned codec or exit branch without weights is trained
     codec_epochs: int = 2
     calib: str | None = None
     output: Path | None = None
     max_loss: float = 1.0  # accuracy points the bundle may lose against the float model
     calibration_frames: int = 512
     tar: bool = False
-    precision: str | None = None  # of the TensorRT halves; default: the target's
+    precision: str | None = None  # of the edge half; default: the edge device's
+    cloud_precision: str | None = None  # of the cloud half; default: the cloud device's
     early_exit: bool = False  # add an exit branch to the edge half (trained here unless exit_weights)
     exit_weights: Path | None = None  # an exit branch checkpoint (implies early_exit)
     exit_epochs: int = 2
@@ -70,187 +66,141 @@ class BuildReport(NamedTuple):
     seconds: float
 
 
-def role_precisions(target: Target, requested: str | None) -> dict[str, str]:
-    """Precision per role; `--precision` sets the TensorRT halves' and is refused where the device cannot."""
-    precisions = {"edge": target.edge_precision, "cloud": target.cloud_precision}
-    engine_roles = [role for role in ROLES if backend_of(target, role) == "tensorrt"]
-    if requested is None:
-        return precisions
-    if requested not in ("fp32", "fp16", "int8"):
-        raise TargetError(f"--precision must be fp32, fp16 or int8, got {requested!r}")
-    if not engine_roles:
-        raise TargetError(f"--precision sets TensorRT halves; target {target.name!r} has none")
-    if requested in target.refused_precisions:
-        raise TargetError(f"--precision {requested} is refused for {target.name}: {target.refused_precisions[requested]}")
-    return {role: requested if role in engine_roles else precision for role, precision in precisions.items()}
+class Build:
+    """What one build has found so far; every stage reads it and adds to it."""
+
+    def __init__(self, options: BuildOptions):
+        self.options = options
+        self.deployment: Deployment = deployment(options.target, options.cloud)
+        self.precisions = {role: check_precision(self.deployment.device(role), role, requested) for role, requested
+                           in zip(ROLES, (options.precision, options.cloud_precision))}
+        self.loaded: LoadedModel | None = None
+        self.calibration: ImageSet | None = None
+        self.holdout: ImageSet | None = None
+        self.input_shape: tuple[int, int, int] | None = None
+        self.calibration_inputs = self.holdout_inputs = None
+        self.split_name: str = ""
+        self.halves: Split | None = None
+        self.codec: FeatureCodec | None = None
+        self.branch: ExitBranch | None = None
+        self.artefacts: dict[str, dict] = {}
+        self.checks: dict = {}
+        self.output = options.output
+        self.staging: Path | None = None
+        self.manifest: dict = {}
+
+    @property
+    def parts(self) -> Parts:
+        return Parts(self.halves.head, self.codec, self.halves.tail, self.branch)
 
 
-def backend_of(target: Target, role: str) -> str:
-    return target.edge_backend if role == "edge" else target.cloud_backend
+def load_stage(build: Build) -> None:
+    options = build.options
+    build.loaded = load_model(options.model, options.weights, options.input_shape)
+    build.output = options.output or Path("bundles") / f"{build.loaded.name}-{build.deployment.name}"
+    build.staging = staging_directory(build.output)
 
 
-def tool_versions() -> dict[str, str]:
-    names = ("edgesplit", "torch", "onnx", "onnxsim", "onnxruntime", "numpy")
-    return {name: metadata.version(name) for name in names}
+def images_stage(build: Build) -> None:
+    source = build.options.calib or str(DEFAULT_CALIBRATION)
+    build.calibration = load_images(source, "train").take(build.options.calibration_frames)
+    build.holdout = load_images(source, "test")
+    build.input_shape = build.loaded.input_shape or tuple(build.calibration.images.shape[1:])
+    build.calibration_inputs = to_model_input(build.calibration.images, build.input_shape)
+    build.holdout_inputs = to_model_input(build.holdout.images, build.input_shape)
 
 
-def tensor_spec(name: str, shape: tuple[int, ...], dtype: str) -> dict:
-    layout = {3: "NCHW", 1: "NC"}.get(len(shape), "unspecified")
-    return {"name": name, "shape": ["batch", *shape], "dtype": dtype, "layout": layout}
+def split_stage(build: Build) -> None:
+    loaded = build.loaded
+    build.split_name = build.options.split or loaded.default_split or default_point(trace(
+        loaded.module, build.input_shape)).node
+    build.halves = split_model(loaded.module, build.split_name, build.input_shape)
 
 
-# How a TensorRT half is run on a CPU to check it: Q/DQ kept as separate ops, i.e. fake quantization
-# in float, which is how TensorRT's int8 arithmetic behaves; ONNX Runtime's fused int8 kernels would
-# measure the build host's CPU instead (they saturate on AVX2 without VNNI).
-TENSORRT_VERIFICATION = {"backend": "onnxrt", "options": {"graph_optimization": "disabled"},
-                         "arithmetic": "ONNX Runtime with graph optimizations off: Q/DQ as separate "
-                                       "quantize/dequantize ops (fake quantization), as TensorRT computes"}
+def codec_stage(build: Build) -> None:
+    """The codec (calibrated, or learned and loaded/trained) and the exit branch, if asked for."""
+    build.codec = prepare_codec(build.options, build.loaded, build.halves, build.input_shape)
+    build.branch = prepare_exit(build.options, build.loaded, build.split_name, build.input_shape)
+    with torch.no_grad():
+        build.codec.calibrate(build.halves.head(torch.from_numpy(build.calibration_inputs)))
 
 
-def evaluate(bundle: Bundle, model: nn.Module, holdout: ImageSet, inputs: np.ndarray) -> dict:
-    """Float model vs the bundle run as deployed (edge → bytes → cloud), each half the way its
-    manifest entry says it is verified (TensorRT halves: their Q/DQ ONNX as fake quantization)."""
-    reference = predict(model, inputs).argmax(1)
-    run = SplitInference(bundle, verified=True)
+def export_stage(role: str) -> Callable[[Build], None]:
+    def export(build: Build) -> None:
+        device = build.deployment.device(role)
+        half = Half(role, device, build.precisions[role], build.parts, build.calibration_inputs,
+                    build.holdout_inputs[:EXPORT_CHECK_FRAMES], build.staging, artefact_metadata(build, role))
+        build.artefacts[role], checks = exporter(device).export(half)
+        build.checks.update(checks)
+    return export
+
+
+def evaluate_stage(build: Build) -> None:
+    """Float model vs the bundle as deployed (edge → wire bytes → cloud), each half run the way its
+    entry says it is verified on a CPU; the build fails past --max-loss."""
+    run = SplitInference(Bundle(build.staging, describe_bundle(build)), verified=True)
+    inputs = build.holdout_inputs
+    reference = predict(build.loaded.module, inputs).argmax(1)
     payloads = [run.edge(inputs[i:i + 500]) for i in range(0, len(inputs), 500)]
     deployed = np.concatenate([run.cloud(batch) for batch in payloads]).argmax(1)
-    checks = {"holdout_frames": len(inputs), "top1_agreement": float((deployed == reference).mean()),
-              "mean_payload_bytes": float(np.mean([len(p) for batch in payloads for p in batch]))}
-    if holdout.labels is not None:
-        checks["float_accuracy"] = float((reference == holdout.labels).mean())
-        checks["bundle_accuracy"] = float((deployed == holdout.labels).mean())
-    return checks
+    checks = build.checks
+    checks.update(holdout_frames=len(inputs), top1_agreement=float((deployed == reference).mean()),
+                  mean_payload_bytes=float(np.mean([len(p) for batch in payloads for p in batch])))
+    if "edge_max_abs_error" not in checks:  # an integer-only edge: codes through the runtime vs PyTorch
+        sample = inputs[:EXPORT_CHECK_FRAMES]
+        difference = np.abs(run.edge_half.codes(sample).astype(np.int16)
+                            - build.parts.codes(sample, torch.uint8).numpy().astype(np.int16))
+        checks.update(edge_max_abs_error=float(difference.max()), edge_mismatched_fraction=float((difference > 0).mean()))
+    if build.holdout.labels is not None:
+        checks["float_accuracy"] = float((reference == build.holdout.labels).mean())
+        checks["bundle_accuracy"] = float((deployed == build.holdout.labels).mean())
+        loss_points = 100 * (checks["float_accuracy"] - checks["bundle_accuracy"])
+        if loss_points > build.options.max_loss:
+            raise EdgesplitError(f"the bundle loses {loss_points:.2f} accuracy points on the held-out set "
+                                 f"(limit --max-loss {build.options.max_loss}); nothing was written to {build.output}")
+
+
+def compile_stage(build: Build) -> None:
+    """Engines for the halves whose backend compiles, where this host can (else each entry says why)."""
+    for role in ROLES:
+        row = exporter(build.deployment.device(role))
+        if row.compile is not None:
+            row.compile(build.staging, {role: build.artefacts[role]})
+
+
+def write_stage(build: Build) -> None:
+    build.manifest = finish_bundle(build.staging, build.output, describe_bundle(build), build.options.tar)
+
+
+STAGES = (("load model", load_stage), ("load images", images_stage), ("split", split_stage),
+          ("codec", codec_stage), ("export edge half", export_stage("edge")),
+          ("export cloud half", export_stage("cloud")), ("evaluate bundle", evaluate_stage),
+          ("compile engines", compile_stage), ("write bundle", write_stage))
 
 
 def build_engines(options: BuildOptions, show_progress: bool = True) -> BuildReport:
     """`show_progress=False` for callers that build many bundles under their own progress bar."""
     started = time.perf_counter()
-    target = get_target(options.target)
-    precisions = role_precisions(target, options.precision)
-    stages = ["load model", "load calibration data", "split", "calibrate codec",
-              "export ONNX", "evaluate bundle", "write bundle"]
+    build = Build(options)
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
                   disable=not show_progress) as progress:
-        task = progress.add_task(stages[0], total=len(stages))
-
-        def next_stage() -> None:
-            progress.advance(task)
-            done = int(progress.tasks[0].completed)
-            progress.update(task, description=stages[done] if done < len(stages) else "done")
-
-        loaded = load_model(options.model, options.weights, options.input_shape)
-        next_stage()
-
-        source = options.calib or str(DEFAULT_CALIBRATION)
-        calibration = load_images(source, "train").take(options.calibration_frames)
-        holdout = load_images(source, "test")
-        input_shape = loaded.input_shape or tuple(calibration.images.shape[1:])
-        calibration_inputs = to_model_input(calibration.images, input_shape)
-        holdout_inputs = to_model_input(holdout.images, input_shape)
-        next_stage()
-
-        graph = trace(loaded.module, input_shape)
-        split_name = options.split or loaded.default_split or default_point(graph).node
-        halves = split_model(graph, split_name, input_shape)
-        next_stage()
-
-        codec = prepare_codec(options, loaded, halves.point, input_shape)
-        branch = prepare_exit(options, loaded, split_name, input_shape)
-        with torch.no_grad():
-            codec.calibrate(halves.head(torch.from_numpy(calibration_inputs)))
-        wire = codec.wire_format(options.lossless)
-        next_stage()
-
-        output = options.output or Path("bundles") / f"{loaded.name}-{target.name}"
-        staging = staging_directory(output)
-        integer_edge = None
-        if target.edge_backend == "tflite":
-            from toolchain.tflite import convert_int8
-
-            edge_float = nn.Sequential(halves.head, codec.pre_quantization()) if branch is None else \
-                EdgeWithExit(halves.head, codec.pre_quantization(), branch)
-            integer_edge = convert_int8(edge_float, calibration_inputs, staging / TFLITE_EDGE_FILE)
-            code_mapping = codec.map_int8_output(*integer_edge.output_quantization)  # may adopt its scale
-        with torch.no_grad():
-            output_shape = tuple(halves.tail(halves.head(torch.zeros(1, *input_shape))).shape[1:])
-        manifest = describe_bundle(loaded, halves.point, split_name, codec, wire, target, input_shape, output_shape,
-                                   precisions)
-        if integer_edge is not None:
-            manifest["artefacts"]["edge"] = tflite_edge_entry(integer_edge, code_mapping, target)
-            manifest["tools"].update({name: metadata.version(name) for name in TFLITE_TOOLS})
-        encoder = codec.encoder(getattr(torch, target.code_dtype))
-        if branch is None:
-            edge, edge_outputs = nn.Sequential(halves.head, encoder).eval(), CODES
-        else:
-            edge, edge_outputs = EdgeWithExit(halves.head, encoder, branch).eval(), (CODES, EXIT_OUTPUT)
-            if integer_edge is None:
-                manifest["artefacts"]["edge"]["outputs"].append(tensor_spec(EXIT_OUTPUT, (branch.classes,), "float32"))
-            exit_name = EXIT_OUTPUT if integer_edge is None else integer_edge.exit_output[0]
-            manifest["exit"] = {"output": exit_name, "threshold": options.exit_threshold, "classes": branch.classes,
-                                "branch": {"width": branch.width}}
-        cloud = nn.Sequential(codec.decoder(), halves.tail).eval()
-        sample = torch.from_numpy(holdout_inputs[:EXPORT_CHECK_FRAMES])
-        checks = {}
-        with torch.no_grad():
-            codes_only = nn.Sequential(halves.head, encoder).eval()
-            onnx_roles = [("cloud", cloud, codes_only(sample), (CODES, LOGITS))]
-        if integer_edge is None:
-            onnx_roles.insert(0, ("edge", edge, sample, (IMAGE, edge_outputs)))
-        else:  # int8 all through the head: no bound on codes, the accuracy gate below decides
-            deployed = EdgeHalf(Bundle(staging, manifest)).codes(sample.numpy()).astype(np.int16)
-            difference = np.abs(deployed - codes_only(sample).numpy().astype(np.int16))
-            checks["edge_max_abs_error"] = float(difference.max())
-            checks["edge_mismatched_fraction"] = float((difference > 0).mean())
-        engines = {}
-        for role, module, example, names in onnx_roles:
-            path = staging / ARTEFACT_FILES[role]
-            export_onnx(module, example, path, target.onnx_opset, *names,
-                        metadata=artefact_metadata(manifest, role))
-            limit = MAX_CODE_ERROR if role == "edge" else MAX_LOGIT_ERROR
-            if backend_of(target, role) == "tensorrt":
-                if precisions[role] == "int8":
-                    with torch.no_grad():
-                        samples = torch.from_numpy(calibration_inputs)
-                        samples = samples if role == "edge" else codes_only(samples)
-                    float_path = path.with_suffix(".float.onnx")
-                    path.rename(float_path)
-                    quantize_qdq(float_path, path, samples.numpy())
-                    float_path.unlink()
-                    limit = math.inf  # int8 inside: the accuracy gate below decides
-                problems = lint_onnx(path, target)
-                if problems:
-                    raise EdgesplitError(f"{role} ONNX would not build on {target.name}: {'; '.join(problems)}")
-                engines[role] = engine_entry(path, role, target, precisions[role], example)
-                manifest["artefacts"][role]["engine"] = engines[role]
-                manifest["artefacts"][role]["verification"] = TENSORRT_VERIFICATION
-            for name, check, check_limit in zip((role, "exit"), compare_with_torch(module, path, example),
-                                                (limit, MAX_LOGIT_ERROR if math.isfinite(limit) else limit)):
-                if check.max_abs_error > check_limit:
-                    raise EdgesplitError(f"{name} output of the {role} ONNX differs from PyTorch by "
-                                         f"{check.max_abs_error:g} (limit {check_limit:g})")
-                checks[f"{name}_max_abs_error"] = check.max_abs_error
-                checks[f"{name}_mismatched_fraction"] = check.mismatched_fraction
-        next_stage()
-
-        checks.update(evaluate(Bundle(staging, manifest), loaded.module, holdout, holdout_inputs))
-        manifest["checks"] = checks
-        loss_points = 100 * (checks.get("float_accuracy", 0) - checks.get("bundle_accuracy", 0))
-        if loss_points > options.max_loss:
-            raise EdgesplitError(f"the bundle loses {loss_points:.2f} accuracy points on the held-out set "
-                                 f"(limit --max-loss {options.max_loss}); nothing was written to {output}")
-        next_stage()
-
-        if engines:
-            build_engines_here(staging, manifest, engines)
-        manifest = finish_bundle(staging, output, manifest, options.tar)
-        next_stage()
-    return BuildReport(output, manifest, time.perf_counter() - started)
+        task = progress.add_task(STAGES[0][0], total=len(STAGES))
+        try:
+            for name, stage in STAGES:
+                progress.update(task, description=name)
+                stage(build)
+                progress.advance(task)
+        finally:
+            if build.staging is not None:
+                shutil.rmtree(build.staging, ignore_errors=True)  # gone once the bundle is in place, or failed
+        progress.update(task, description="done")
+    return BuildReport(build.output, build.manifest, time.perf_counter() - started)
 
 
-def prepare_codec(options: BuildOptions, loaded: LoadedModel, point: SplitPoint,
+def prepare_codec(options: BuildOptions, loaded: LoadedModel, halves: Split,
                   input_shape: tuple[int, int, int]) -> FeatureCodec:
     """An untrained affine codec, a learned one from --codec-weights, or one trained here."""
-    spec = parse_codec_spec(options.codec)
+    spec, point = parse_codec_spec(options.codec), halves.point
     torch.manual_seed(0)  # a learned codec trained here starts from the same weights every build
     codec = make_codec(spec, point.shape)
     if not codec.learned:
@@ -284,86 +234,43 @@ def prepare_exit(options: BuildOptions, loaded: LoadedModel, split: str,
     return train_exit(frozen.train, int(frozen.train.teacher.shape[1]), epochs=options.exit_epochs)
 
 
-def describe_bundle(
-    loaded: LoadedModel, point: SplitPoint, requested: str, codec: FeatureCodec, wire: WireFormat, target: Target,
-    input_shape: tuple[int, int, int], output_shape: tuple[int, ...], precisions: dict[str, str],
-) -> dict:
-    return {
+def tool_versions() -> dict[str, str]:
+    names = ("edgesplit", "torch", "onnx", "onnxsim", "onnxruntime", "numpy")
+    return {name: metadata.version(name) for name in names}
+
+
+def describe_bundle(build: Build) -> dict:
+    """The manifest: everything the runtime needs, written in this one place."""
+    loaded, point, codec = build.loaded, build.halves.point, build.codec
+    manifest = {
         "schema_version": SCHEMA_VERSION,
         "source_model": {"name": loaded.name, "sha256": loaded.sha256,
-                         "input": dict(tensor_spec(IMAGE, input_shape, "float32"), range=[0.0, 1.0])},
-        "split": {"requested": requested, "node": point.node, "module": point.module,
+                         "input": dict(tensor_spec("image", build.input_shape, "float32"), range=[0.0, 1.0])},
+        "split": {"requested": build.options.split or build.split_name, "node": point.node, "module": point.module,
                   "shape": list(point.shape), "dtype": point.dtype, "fp32_bytes": point.fp32_bytes},
         "codec": codec.describe(),
-        "wire": wire.to_manifest(),
-        "target": {**target._asdict(), "cannot": list(target.cannot), "parser_ops": sorted(target.parser_ops),
-                   "batch_profile": list(target.batch_profile)},
-        "artefacts": {
-            "edge": {"file": ARTEFACT_FILES["edge"], "backend": target.edge_backend,
-                     "precision": precisions["edge"], "opset": target.onnx_opset,
-                     "inputs": [tensor_spec(IMAGE, input_shape, "float32")],
-                     "outputs": [tensor_spec(CODES, codec.code_shape, target.code_dtype)]},
-            "cloud": {"file": ARTEFACT_FILES["cloud"], "backend": target.cloud_backend,
-                      "precision": precisions["cloud"], "opset": target.onnx_opset,
-                      "inputs": [tensor_spec(CODES, codec.code_shape, target.code_dtype)],
-                      "outputs": [tensor_spec(LOGITS, output_shape, "float32")]},
-        },
+        "wire": codec.wire_format(build.options.lossless).to_manifest(),
+        "deployment": {role: build.deployment.device(role).describe() for role in ROLES},
+        "artefacts": build.artefacts,
         "tools": tool_versions(),
+        "checks": build.checks,
     }
+    if build.branch is not None:
+        manifest["exit"] = {"output": build.artefacts["edge"]["outputs"][1]["name"],
+                            "threshold": build.options.exit_threshold, "classes": build.branch.classes,
+                            "branch": {"width": build.branch.width}}
+    return manifest
 
 
-def engine_entry(path: Path, role: str, target: Target, precision: str, example: torch.Tensor) -> dict:
-    """What building this half's TensorRT engine needs: precision, batch profile, workspace."""
-    import onnx
-
-    name = onnx.load(str(path)).graph.input[0].name
-    sizes = target.batch_profile if role == "cloud" else (1, 1, 1)
-    shape = list(example.shape[1:])
-    recipe = {"precision": precision, "opset": target.onnx_opset, "workspace_mib": ENGINE_WORKSPACE_MIB,
-              "max_batch": sizes[2], "profiles": {name: [[size] + shape for size in sizes]}}
-    return {"recipe": recipe, "tensorrt": target.versions.get("tensorrt", ""), "plan": None}
-
-
-def build_engines_here(staging: Path, manifest: dict, engines: dict) -> None:
-    """Build and stamp each TensorRT engine into the bundle when this host has TensorRT and a GPU;
-    otherwise say why, and leave the ONNX and recipe for the device to build from."""
-    from runtime.backends.tensorrt.engine import build_engine, probe_device
-
-    device = probe_device()
-    for role, entry in engines.items():
-        if "reason" in device:
-            entry["not_built"] = device["reason"]
-            continue
-        plan = staging / f"{role}.plan"
-        entry["stamp"] = build_engine(staging / manifest["artefacts"][role]["file"], plan, entry["recipe"], device)
-        entry["plan"] = plan.name
-        for leftover in (Path(f"{plan}.json"), Path(f"{plan}.timing")):  # the stamp lives in the manifest
-            leftover.unlink()
-
-
-def tflite_edge_entry(artefact, code_mapping: dict, target: Target) -> dict:
-    """The manifest's edge entry for a full-int8 TFLite half (NHWC, batch 1, quantized I/O)."""
-    def tensor(name, shape, quantization):
-        return {"name": name, "shape": shape, "dtype": "int8", "layout": "NHWC",
-                "quantization": {"scale": quantization[0], "zero_point": quantization[1]}}
-
-    outputs = [tensor(artefact.output_name, artefact.output_shape, artefact.output_quantization)]
-    if artefact.exit_output is not None:
-        outputs.append(dict(tensor(*artefact.exit_output), layout="NC"))
-    return {"file": TFLITE_EDGE_FILE, "backend": "tflite", "precision": target.edge_precision,
-            "inputs": [tensor(artefact.input_name, artefact.input_shape, artefact.input_quantization)],
-            "outputs": outputs,
-            "to_codes": code_mapping, "ops": artefact.ops, "float_model_bytes": artefact.float_bytes}
-
-
-def artefact_metadata(manifest: dict, role: str) -> dict[str, str]:
+def artefact_metadata(build: Build, role: str) -> dict[str, str]:
     """Written into each ONNX file, so an artefact found alone still says what it is."""
     return {
-        "edgesplit_version": manifest["tools"]["edgesplit"],
+        "edgesplit_version": metadata.version("edgesplit"),
         "edgesplit_role": role,
-        "edgesplit_model": manifest["source_model"]["name"],
-        "edgesplit_model_sha256": manifest["source_model"]["sha256"],
-        "edgesplit_split": manifest["split"]["node"],
-        "edgesplit_codec": manifest["codec"]["name"],
-        "edgesplit_target": manifest["target"]["name"],
+        "edgesplit_model": build.loaded.name,
+        "edgesplit_model_sha256": build.loaded.sha256,
+        "edgesplit_split": build.halves.point.node,
+        "edgesplit_codec": build.codec.name,
+        "edgesplit_device": build.deployment.device(role).name,
     }
+

@@ -13,6 +13,8 @@ from pathlib import Path
 import click
 
 from runtime.errors import EdgesplitError
+from runtime.wire import LOSSLESS
+from targets import DEFAULT_EDGE, PRECISIONS, names as device_names
 
 
 class ReportingGroup(click.Group):
@@ -88,14 +90,17 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
 
 @main.command("build-engines")
 @model_options
-@click.option("--target", default="cpu", show_default=True,
-              help="cpu, raspberry-pi, jetson-nano, jetson-orin or cloud-gpu.")
+@click.option("--target", default=DEFAULT_EDGE, show_default=True,
+              help=f"Edge device: {', '.join(device_names('edge'))}.")
+@click.option("--cloud", default=None,
+              help=f"Cloud device: {', '.join(device_names('cloud'))} [default: cloud-gpu for a device edge, "
+                   "cpu for --target cpu].")
 @click.option("--split", default=None, help="fx node name or module path (e.g. layer2); see list-splits.")
 @click.option("--codec", default="int8", show_default=True,
               help="Codec spec: int8, int8:per=channel, affine:bits=4, bbnet:c=8,s=2,bits=4, safbmp:c=8,s=2,bits=4.")
 @click.option("--codec-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint of a learned codec from train-codec or search-codec.")
-@click.option("--lossless", type=click.Choice(["none", "zlib", "zstd", "lz4"]), default="none", show_default=True,
+@click.option("--lossless", type=click.Choice(list(LOSSLESS)), default="none", show_default=True,
               help="Lossless stage applied to the (bit-packed) codes of every frame.")
 @click.option("--train-data", default=None,
               help="Labeled images to train a learned codec given without --codec-weights "
@@ -104,65 +109,59 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
               help="Calibration/held-out images: .npz, fashion-mnist, IDX or CIFAR-10 binary folder "
                    "[default: the bundled Fashion-MNIST slice].")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Bundle directory [default: bundles/<model>-<target>].")
+              help="Bundle directory [default: bundles/<model>-<edge>[-with-<cloud>]].")
 @click.option("--max-loss", default=1.0, show_default=True,
               help="Accuracy points the bundle may lose against the float model before the build fails.")
 @click.option("--tar", is_flag=True, help="Also write <output>.tar.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
-              help="Precision of the TensorRT halves [default: the target's].")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="Precision of the edge half [default: the edge device's].")
+@click.option("--cloud-precision", type=click.Choice(PRECISIONS), default=None,
+              help="Precision of the cloud half [default: the cloud device's].")
 @click.option("--early-exit", is_flag=True, help="Add an exit branch to the edge half, trained on --train-data.")
 @click.option("--exit-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="An exit branch from `edgesplit train-exit` instead of training one during the build.")
 @click.option("--exit-epochs", default=2, show_default=True, help="Epochs for training the exit branch.")
 @click.option("--exit-threshold", type=float, default=None,
               help="Entropy under which the edge answers itself [default: none until calibrate-exit].")
-def build_engines(model_spec, weights, input_shape, target, split, codec, codec_weights, lossless, train_data,
-                  calib, output, max_loss, tar, precision, early_exit, exit_weights, exit_epochs,
+def build_engines(model_spec, weights, input_shape, target, cloud, split, codec, codec_weights, lossless, train_data,
+                  calib, output, max_loss, tar, precision, cloud_precision, early_exit, exit_weights, exit_epochs,
                   exit_threshold) -> None:
-    """Split, quantize, export and bundle a model for a target.
+    """Split, quantize, export and bundle a model for an edge device and a cloud device.
 
     `build-engines --bundle PATH` (the runtime's command, on the device) builds that bundle's
     TensorRT engines there instead.
     """
     from rich.console import Console
-    from rich.table import Table
 
     from toolchain.build import BuildOptions, build_engines as build
     from toolchain.load import parse_input_shape
+    from toolchain.summary import build_summary
 
     report = build(BuildOptions(
         model=model_spec, weights=weights, input_shape=input_shape and parse_input_shape(input_shape),
-        target=target, split=split, codec=codec, codec_weights=codec_weights, lossless=lossless,
+        target=target, cloud=cloud, split=split, codec=codec, codec_weights=codec_weights, lossless=lossless,
         train_data=train_data, calib=calib, output=output, max_loss=max_loss, tar=tar, precision=precision,
-        early_exit=early_exit, exit_weights=exit_weights, exit_epochs=exit_epochs, exit_threshold=exit_threshold,
+        cloud_precision=cloud_precision, early_exit=early_exit, exit_weights=exit_weights, exit_epochs=exit_epochs,
+        exit_threshold=exit_threshold,
     ))
-    manifest, checks = report.manifest, report.manifest["checks"]
-    split_info, input_spec = manifest["split"], manifest["source_model"]["input"]
-    input_bytes = math.prod(input_spec["shape"][1:])
-    table = Table(title=f"bundle {manifest['bundle_id']} → {report.bundle}", show_header=False)
-    table.add_row("model / target", f"{manifest['source_model']['name']} / {manifest['target']['name']}")
-    table.add_row("split", f"{split_info['module'] or split_info['node']} (node {split_info['node']}), "
-                           f"tensor {'x'.join(map(str, split_info['shape']))}")
-    table.add_row("codec", manifest["codec"]["name"] + "".join(f" {k}={v}" for k, v in manifest["codec"]["params"].items())
-                  + f", lossless {manifest['wire']['lossless']}")
-    if "float_accuracy" in checks:
-        table.add_row("float accuracy", f"{checks['float_accuracy']:.2%} on {checks['holdout_frames']} held-out images")
-        table.add_row("bundle accuracy", f"{checks['bundle_accuracy']:.2%} "
-                      f"({100 * (checks['bundle_accuracy'] - checks['float_accuracy']):+.2f} pt)")
-    table.add_row("top-1 agreement", f"{checks['top1_agreement']:.2%}")
-    table.add_row("bytes per frame", f"{split_info['fp32_bytes']:,} fp32 → {checks['mean_payload_bytes']:,.1f} on the wire, "
-                                     f"{split_info['fp32_bytes'] / checks['mean_payload_bytes']:,.1f}x "
-                                     f"(input image {input_bytes:,} bytes as uint8)")
-    table.add_row("artefacts vs PyTorch", f"edge max |Δ| {checks['edge_max_abs_error']:g} code(s), "
-                                     f"cloud max |Δ| {checks['cloud_max_abs_error']:.2g}")
-    for role in ("edge", "cloud"):
-        engine = manifest["artefacts"][role].get("engine")
-        if engine is not None:
-            table.add_row(f"{role} TensorRT engine", f"{engine['recipe']['precision']}: " + (
-                f"built, {engine['plan']}" if engine["plan"] else f"engine not built: {engine['not_built']}; "
-                "the device builds it from the bundle's ONNX at first start (or: build-engines --bundle PATH)"))
-    table.add_row("build time", f"{report.seconds:.1f} s")
-    Console().print(table)
+    Console().print(build_summary(report))
+
+
+@main.command("devices")
+@click.option("--markdown", is_flag=True, help="Print the tables as Markdown (the README's copy).")
+def devices_command(markdown: bool) -> None:
+    """The devices a deployment pairs (edge, cloud) and the backends that build their halves."""
+    from toolchain.backends import export_formats
+    from toolchain.summary import device_rows, markdown_table, rich_table
+
+    tables = (("Devices", device_rows()), ("Backends", export_formats()))
+    if markdown:
+        click.echo("\n\n".join(markdown_table(rows) for _, rows in tables))
+        return
+    from rich.console import Console
+
+    for title, rows in tables:
+        Console().print(rich_table(title, rows))
 
 
 @main.command("prune")
@@ -308,8 +307,10 @@ def verify_bundle(path: Path) -> None:
         directory = extract_tar(path, Path(scratch)) if path.is_file() else path
         bundle = load_bundle(directory)
         check_artefact_io(bundle)
-    click.echo(f"ok: bundle {bundle.bundle_id} ({bundle.manifest['source_model']['name']} for "
-               f"{bundle.manifest['target']['name']}), {len(bundle.manifest['files'])} files verified")
+    devices = bundle.manifest["deployment"]
+    click.echo(f"ok: bundle {bundle.bundle_id} ({bundle.manifest['source_model']['name']}, edge "
+               f"{devices['edge']['name']}, cloud {devices['cloud']['name']}), "
+               f"{len(bundle.manifest['files'])} files verified")
 
 
 def _load_for_codec(model_spec, weights, input_shape, data):
@@ -421,19 +422,22 @@ def search_codec_command(model_spec, weights, input_shape, split, data, train_fr
 
 @main.command("profile")
 @model_options
-@click.option("--target", default="cpu", show_default=True, help="Whose backends time the halves.")
+@click.option("--target", default=DEFAULT_EDGE, show_default=True,
+              help=f"Edge device whose backend times the edge half: {', '.join(device_names('edge'))}.")
+@click.option("--cloud", default=None,
+              help="Cloud device whose backend times the cloud half [default: the edge device's default cloud].")
 @click.option("--splits", default=None,
               help="Comma-separated split points [default: the end of every top-level module].")
 @click.option("--codec", "codecs", multiple=True, default=("int8",), show_default=True,
               help="Codec spec to profile at every split; repeat for several (--codec int8 --codec affine:bits=4).")
-@click.option("--lossless", type=click.Choice(["none", "zlib", "zstd", "lz4"]), default="none", show_default=True)
+@click.option("--lossless", type=click.Choice(list(LOSSLESS)), default="none", show_default=True)
 @click.option("--calib", default=None, help="Calibration/held-out images [default: the bundled Fashion-MNIST slice].")
 @click.option("--frames", default=200, show_default=True, help="Frames timed per half, one at a time.")
 @click.option("--threads", type=int, default=None, help="Backend threads [default: the backend's].")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Profile JSON [default: profile-<target>.json].")
-def profile_command(model_spec, weights, input_shape, target, splits, codecs, lossless, calib, frames, threads,
-                    output) -> None:
+def profile_command(model_spec, weights, input_shape, target, cloud, splits, codecs, lossless, calib, frames,
+                    threads, output) -> None:
     """Time every candidate split's edge and cloud half on this machine with the target's backends,
     and the edge-only and cloud-only baselines; write a device profile for `edgesplit plan`."""
     import json
@@ -442,10 +446,10 @@ def profile_command(model_spec, weights, input_shape, target, splits, codecs, lo
     from toolchain.profile import ProfileOptions, profile_target
 
     profile = profile_target(ProfileOptions(
-        target=target, model=model_spec, weights=weights, input_shape=input_shape and parse_input_shape(input_shape),
+        target=target, cloud=cloud, model=model_spec, weights=weights, input_shape=input_shape and parse_input_shape(input_shape),
         splits=tuple(s.strip() for s in splits.split(",")) if splits else None,
         codecs=codecs, lossless=lossless, calib=calib, frames=frames, threads=threads))
-    output = output or Path(f"profile-{target}.json")
+    output = output or Path(f"profile-{profile['target']}.json")
     output.write_text(json.dumps(profile, indent=1) + "\n")
     for candidate in profile["candidates"]:
         click.echo(f"{candidate['split']:>10} {candidate['codec']:<14} {candidate['frame_bytes']:>9,.0f} B  "
@@ -494,8 +498,9 @@ def plan_command(profile_edge, profile_cloud, bandwidth, max_loss, rtt, edge_slo
     console = Console()
     for decision in decisions:
         slower = f" x{edge_slowdown:g} slower" if edge_slowdown != 1 else ""
-        table = Table(title=f"{format_rate(decision.bandwidth)}: edge {edge['target']} "
-                            f"({edge['device']['cpu']}{slower}), cloud {cloud['target']} ({cloud['device']['cpu']})")
+        table = Table(title=f"{format_rate(decision.bandwidth)}: edge {edge['devices']['edge']} "
+                            f"({edge['device']['cpu']}{slower}), cloud {cloud['devices']['cloud']} "
+                            f"({cloud['device']['cpu']})")
         for column in ("option", "bytes", "TM ms", "TU ms", "TC ms", "total ms", "loss pt"):
             table.add_column(column, justify="left" if column == "option" else "right")
         for option in decision.options:

@@ -41,7 +41,7 @@ def best_lossless(codec: FeatureCodec, features: torch.Tensor) -> tuple[str, flo
     codes = codec.encoder().eval()(features.float()).numpy()
     sizes = {stage: float(np.mean([len(encode_frame(frame, codec.wire_format(stage))) for frame in codes]))
              for stage in LOSSLESS}
-    stage = min(sizes, key=lambda name: (sizes[name], LOSSLESS.index(name)))
+    stage = min(sizes, key=lambda name: (sizes[name], list(LOSSLESS).index(name)))
     return stage, sizes[stage]
 
 

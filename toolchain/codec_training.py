@@ -7,7 +7,6 @@ labels) plus cross-entropy where labels exist.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,7 +19,7 @@ from toolchain.codecs import FeatureCodec, make_codec
 from toolchain.errors import EdgesplitError
 from toolchain.data import load_images, to_model_input
 from toolchain.split import SplitPoint, split_model
-from toolchain.train import progress_bar
+from toolchain.train import fit, progress_bar, steps_per_epoch
 
 TEMPERATURE = 2.0
 CHECKPOINT_VERSION = 1
@@ -122,9 +121,9 @@ def train_codec(
     for parameter in tail.parameters():
         parameter.requires_grad_(False)
     tail.eval()
-    steps_per_epoch = max(1, len(cache) // batch_size)
     optimizer = torch.optim.AdamW(codec.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch(
+        len(cache), batch_size))
     first_epoch = 0
     if resume and checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -133,29 +132,18 @@ def train_codec(
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
         first_epoch = state["epoch"]
-    started = time.perf_counter()
-    with progress_bar() as progress:
-        task = progress.add_task(f"training {codec.name}", total=epochs * steps_per_epoch,
-                                 completed=first_epoch * steps_per_epoch, status="")
-        for epoch in range(first_epoch, epochs):
-            codec.train()
-            # the epoch's order depends only on seed and epoch, so a resumed run matches an unbroken one
-            order = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(len(cache)))
-            for step in range(steps_per_epoch):
-                batch = order[step * batch_size:(step + 1) * batch_size]
-                labels = None if cache.labels is None else cache.labels[batch]
-                logits = tail(codec(cache.features[batch].float()))
-                loss = distillation_loss(logits, cache.teacher[batch], labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                progress.update(task, advance=1, status=f"epoch {epoch + 1}/{epochs} loss {loss.item():.3f}")
-            if checkpoint is not None:
-                save_checkpoint(checkpoint, codec, epoch=epoch + 1, optimizer=optimizer, schedule=schedule,
-                                **(checkpoint_facts or {}))
-    codec.eval()
-    return time.perf_counter() - started
+
+    def loss_of(batch: torch.Tensor) -> torch.Tensor:
+        labels = None if cache.labels is None else cache.labels[batch]
+        return distillation_loss(tail(codec(cache.features[batch].float())), cache.teacher[batch], labels)
+
+    def save(epoch: int) -> None:
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, codec, epoch=epoch, optimizer=optimizer, schedule=schedule,
+                            **(checkpoint_facts or {}))
+
+    return fit(codec, loss_of, len(cache), optimizer, schedule, epochs, batch_size, seed, f"training {codec.name}",
+               first_epoch, save)
 
 
 class FrozenSplit(NamedTuple):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from toolchain.codec_training import FeatureCache, distillation_loss
-from toolchain.train import progress_bar
+from toolchain.train import fit, steps_per_epoch
 from toolchain.errors import EdgesplitError
 
 EXIT_OUTPUT = "exit_logits"
@@ -51,23 +51,15 @@ def train_exit(cache: FeatureCache, classes: int, epochs: int = 2, batch_size: i
     torch.manual_seed(seed)
     branch = ExitBranch(tuple(cache.features.shape[1:]), classes)
     optimizer = torch.optim.AdamW(branch.parameters(), lr=learning_rate, weight_decay=1e-4)
-    steps = epochs * -(-len(cache) // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=steps)
-    generator = torch.Generator().manual_seed(seed)
-    with progress_bar() as progress:
-        task = progress.add_task("training the exit branch", total=steps, status="")
-        for _ in range(epochs):
-            branch.train()
-            for indices in torch.randperm(len(cache), generator=generator).split(batch_size):
-                logits = branch(cache.features[indices].float())
-                labels = None if cache.labels is None else cache.labels[indices]
-                loss = distillation_loss(logits, cache.teacher[indices], labels)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                progress.update(task, advance=1, status=f"loss {loss.item():.3f}")
-    return branch.eval()
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=epochs * steps_per_epoch(
+        len(cache), batch_size))
+
+    def loss_of(batch: torch.Tensor) -> torch.Tensor:
+        labels = None if cache.labels is None else cache.labels[batch]
+        return distillation_loss(branch(cache.features[batch].float()), cache.teacher[batch], labels)
+
+    fit(branch, loss_of, len(cache), optimizer, schedule, epochs, batch_size, seed, "training the exit branch")
+    return branch
 
 
 def save_exit(path: Path, branch: ExitBranch, split: str, model_sha256: str) -> None:

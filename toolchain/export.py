@@ -63,3 +63,48 @@ def compare_with_torch(module: nn.Module, path: Path, inputs: torch.Tensor) -> l
         difference = np.abs(actual.astype(np.float64) - wanted.astype(np.float64))
         checks.append(ExportCheck(float(difference.max()), float((difference > 0).mean())))
     return checks
+
+
+MAX_CODE_ERROR = 1  # ONNX Runtime and PyTorch may round a value on a code boundary differently
+MAX_LOGIT_ERROR = 1e-3
+
+
+def export_half(half, code_dtype: str) -> tuple[Path, dict]:
+    """A half as ONNX at its device's opset: exported, simplified, checked against PyTorch, and made
+    Q/DQ INT8 (calibrated on the half's calibration inputs) when its precision is int8.
+
+    Returns the file and the checks (max |Δ| per output against PyTorch; an int8 half has no bound
+    here: the bundle's accuracy gate decides)."""
+    from toolchain.quantize import quantize_in_place
+
+    dtype = getattr(torch, code_dtype)
+    module, example = half.module(dtype), half.inputs(half.sample, dtype)
+    input_name, output_names = half.names
+    path = half.directory / f"{half.role}.onnx"
+    export_onnx(module, example, path, half.device.onnx_opset, input_name, output_names, metadata=half.metadata)
+    limits = [MAX_CODE_ERROR if name == "codes" else MAX_LOGIT_ERROR for name in output_names]
+    if half.precision == "int8":
+        quantize_in_place(path, half.inputs(half.calibration, dtype).numpy())
+        limits = [float("inf")] * len(limits)
+    checks = {}
+    for name, check, limit in zip(output_names, compare_with_torch(module, path, example), limits):
+        if check.max_abs_error > limit:
+            raise EdgesplitError(f"{name} output of the {half.role} ONNX differs from PyTorch by "
+                                 f"{check.max_abs_error:g} (limit {limit:g})")
+        label = half.role if name in ("codes", "logits") else "exit"
+        checks[f"{label}_max_abs_error"] = check.max_abs_error
+        checks[f"{label}_mismatched_fraction"] = check.mismatched_fraction
+    return path, checks
+
+
+def export_whole_model(request) -> Path:
+    """The unsplit model as ONNX at the device's opset (Q/DQ INT8 when its precision is int8)."""
+    from toolchain.quantize import quantize_in_place
+
+    path = request.directory / f"whole-{request.cache_key}.onnx"
+    example = torch.from_numpy(request.calibration[:1])
+    export_onnx(request.module, example, path, request.device.onnx_opset, "image", "logits",
+                metadata={"edgesplit_role": "whole model", "edgesplit_device": request.device.name})
+    if request.precision == "int8":
+        quantize_in_place(path, request.calibration)
+    return path

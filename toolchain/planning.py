@@ -20,8 +20,8 @@ from typing import NamedTuple
 from runtime.protocol import frame_bytes
 from toolchain.errors import EdgesplitError
 
-PROFILE_FORMAT = "edgesplit-profile/1"  # what `edgesplit profile` writes
-PROFILE_KEYS = ("target", "device", "model", "data", "candidates", "edge_only", "cloud_only")
+PROFILE_FORMAT = "edgesplit-profile/2"  # what `edgesplit profile` writes (2: devices per half)
+PROFILE_KEYS = ("target", "devices", "device", "model", "data", "candidates", "edge_only", "cloud_only")
 
 
 class PlanOption(NamedTuple):

@@ -1,7 +1,8 @@
 """Device profiles: BBNet's TM_i (edge time) and TC_i (cloud time) measured, not modelled.
 
-For every candidate split (and codec) a real bundle is built for the target and its halves
-are timed one frame at a time on the target's own backends, as a camera delivers frames.
+For every candidate split (and codec) a real bundle is built for the deployment (edge device,
+cloud device) and its halves are timed one frame at a time on those devices' own backends, as a
+camera delivers frames.
 Two baselines complete the picture (BBNet's i = 0 and i = N): the whole model on the edge
 backend ("edge-only") and on the cloud backend with the image sent as raw pixels, PNG or
 JPEG ("cloud-only"). The JSON written here is what `edgesplit plan` reads; profiles
@@ -20,23 +21,20 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
-import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from calibration_data import DEFAULT_CALIBRATION
-from runtime.backends import open_runner
 from runtime.bundle import open_bundle
-from runtime.local import CloudHalf, EdgeHalf, quantize_int8
+from runtime.local import CloudHalf, EdgeHalf
 from runtime.protocol import frame_bytes
-from targets import Target, get_target
-from toolchain.build import BuildOptions, backend_of, build_engines, engine_entry, role_precisions
+from targets import ROLES, Deployment, deployment
+from toolchain.backends import WholeModel, check_precision, exporter
+from toolchain.build import BuildOptions, build_engines
 from toolchain.data import load_images, to_model_input
 from toolchain.errors import EdgesplitError
-from toolchain.export import export_onnx
 from toolchain.load import LoadedModel, load_model
 from toolchain.planning import PROFILE_FORMAT
-from toolchain.quantize import quantize_qdq
 from toolchain.results import cpu_name
 from toolchain.split import SplitPoint, candidate_points, resolve_point, trace
 from toolchain.train import predict
@@ -47,7 +45,8 @@ PIXEL_NDIM = 3  # a cloud-only frame carries the image as C, H, W
 
 
 class ProfileOptions(NamedTuple):
-    target: str = "cpu"
+    target: str = "cpu"  # the edge device
+    cloud: str | None = None  # the cloud device; default: the edge device's
     model: str | None = None
     weights: Path | None = None
     input_shape: tuple[int, int, int] | None = None
@@ -76,7 +75,7 @@ def time_per_frame(call: Callable[[int], object], frames: int) -> dict:
     return {"ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)), "mean_ms": float(np.mean(times))}
 
 
-def device_description(target: Target, threads: int | None) -> dict:
+def device_description(devices: Deployment, threads: int | None) -> dict:
     tools = {}
     for name in ("onnxruntime", "ai-edge-litert", "tensorrt"):
         try:
@@ -84,20 +83,19 @@ def device_description(target: Target, threads: int | None) -> dict:
         except metadata.PackageNotFoundError:
             pass
     return {"host": platform.node(), "cpu": cpu_name(), "machine": platform.machine(), "threads": threads,
-            "backends": {"edge": target.edge_backend, "cloud": target.cloud_backend}, "tools": tools}
+            "backends": {role: devices.device(role).backend for role in ROLES}, "tools": tools}
 
 
-def check_backends_here(target: Target) -> None:
-    """A TensorRT half can only be timed where TensorRT and a GPU are; say so before building anything."""
-    if "tensorrt" not in (target.edge_backend, target.cloud_backend):
-        return
-    from runtime.backends.tensorrt.engine import probe_device
-
-    device = probe_device()
-    if "reason" in device:
-        raise EdgesplitError(f"profiling {target.name} times its TensorRT halves, which needs the device: "
-                             f"{device['reason']}; run `edgesplit profile --target {target.name}` on it and give "
-                             "the JSON to `edgesplit plan`")
+def check_backends_here(devices: Deployment) -> None:
+    """A half can only be timed where its backend runs (a TensorRT half: where the GPU is); say so before
+    building anything."""
+    for role in ROLES:
+        device = devices.device(role)
+        reason = exporter(device).unavailable()
+        if reason:
+            raise EdgesplitError(f"profiling times the {role} half on {device.name}'s backend, which cannot run "
+                                 f"here: {reason}; run `edgesplit profile` on that device and give the JSON to "
+                                 "`edgesplit plan`, or profile another device here (--target / --cloud)")
 
 
 def measure_bundle(path: Path, inputs: np.ndarray, threads: int | None) -> dict:
@@ -113,49 +111,13 @@ def measure_bundle(path: Path, inputs: np.ndarray, threads: int | None) -> dict:
             "frame_bytes": frame_bytes(payload_bytes, len(bundle.wire.shape))}
 
 
-class _LogitsAsMap(nn.Module):
-    """Logits as an N x K x 1 x 1 map: the full-int8 TFLite converter takes a 4-D first output."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)[:, :, None, None]
-
-
-def whole_model_runner(loaded: LoadedModel, target: Target, role: str, calibration: np.ndarray, work: Path,
+def whole_model_runner(loaded: LoadedModel, devices: Deployment, role: str, calibration: np.ndarray, work: Path,
                        threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
-    """The whole model on a role's backend at the target's precision, as images → logits."""
-    backend, precision = backend_of(target, role), role_precisions(target, None)[role]
-    model = loaded.module.eval()
-    if backend == "tflite":
-        from runtime.backends.tflite.runner import TFLiteRunner
-        from toolchain.tflite import convert_int8
-
-        artefact = convert_int8(_LogitsAsMap(model), calibration, work / f"whole-{role}.tflite")
-        runner = TFLiteRunner(artefact.path, threads=threads)
-        out_scale, out_zero = artefact.output_quantization
-
-        def run_tflite(images: np.ndarray) -> np.ndarray:
-            quantized = quantize_int8(images.transpose(0, 2, 3, 1), *artefact.input_quantization)
-            outputs = runner.infer({artefact.input_name: np.ascontiguousarray(quantized)})[artefact.output_name]
-            return ((outputs.astype(np.float32) - out_zero) * out_scale).reshape(len(images), -1)
-        return run_tflite
-    path = work / f"whole-{role}.onnx"
-    example = torch.from_numpy(calibration[:1])
-    export_onnx(model, example, path, target.onnx_opset, "image", "logits",
-                metadata={"edgesplit_role": f"whole model, {role}", "edgesplit_model_sha256": loaded.sha256})
-    options = {"threads": threads}
-    if backend == "tensorrt":
-        if precision == "int8":
-            float_path = path.with_suffix(".float.onnx")
-            path.rename(float_path)
-            quantize_qdq(float_path, path, calibration)
-        entry = {"engine": engine_entry(path, role, target, precision, example)}
-        options = {"artefact": entry, "cache_key": f"whole-{loaded.sha256[:16]}-{target.name}-{role}"}
-    runner = open_runner(backend, path, **options)
-    return lambda images: runner.infer({"image": images})["logits"]
+    """The whole model on a role's device, at its default precision, as images → logits."""
+    device = devices.device(role)
+    return exporter(device).whole_model(WholeModel(
+        loaded.module.eval(), device, check_precision(device, role, None), calibration, work,
+        f"{loaded.sha256[:16]}-{device.name}-{role}", threads))
 
 
 def measure_whole_model(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, labels: np.ndarray | None,
@@ -211,8 +173,8 @@ def measure_image_formats(model: nn.Module, inputs: np.ndarray, labels: np.ndarr
 
 def profile_target(options: ProfileOptions) -> dict:
     """Build and time every candidate for `options.target` on this machine; the profile as a dict."""
-    target = get_target(options.target)
-    check_backends_here(target)
+    devices = deployment(options.target, options.cloud)
+    check_backends_here(devices)
     loaded = load_model(options.model, options.weights, options.input_shape)
     source = options.calib or str(DEFAULT_CALIBRATION)
     calibration = load_images(source, "train").take(512)
@@ -240,7 +202,8 @@ def profile_target(options: ProfileOptions) -> dict:
                 output = work / f"{point.node}-{len(candidates)}"
                 report = build_engines(BuildOptions(
                     model=options.model, weights=options.weights, input_shape=options.input_shape,
-                    target=target.name, split=point.node, codec=codec, lossless=options.lossless,
+                    target=devices.edge.name, cloud=devices.cloud.name, split=point.node, codec=codec,
+                    lossless=options.lossless,
                     calib=options.calib, output=output, max_loss=math.inf), show_progress=False)
                 measured = measure_bundle(output, timed, options.threads)
                 checks = report.manifest["checks"]
@@ -254,12 +217,12 @@ def profile_target(options: ProfileOptions) -> dict:
                 progress.advance(task)
         progress.update(task, description="whole model on the edge backend")
         edge_only = measure_whole_model(
-            whole_model_runner(loaded, target, "edge", calibration_inputs, work, options.threads),
+            whole_model_runner(loaded, devices, "edge", calibration_inputs, work, options.threads),
             inputs, holdout.labels, options.frames)
         progress.advance(task)
         progress.update(task, description="whole model on the cloud backend")
         cloud_only = measure_whole_model(
-            whole_model_runner(loaded, target, "cloud", calibration_inputs, work, options.threads),
+            whole_model_runner(loaded, devices, "cloud", calibration_inputs, work, options.threads),
             inputs, holdout.labels, options.frames)
         progress.advance(task)
         progress.update(task, description="image uploads (raw, PNG, JPEG)")
@@ -267,9 +230,10 @@ def profile_target(options: ProfileOptions) -> dict:
         progress.advance(task)
     return {
         "format": PROFILE_FORMAT,
-        "target": target.name,
-        "precisions": {"edge": target.edge_precision, "cloud": target.cloud_precision},
-        "device": device_description(target, options.threads),
+        "target": devices.name,
+        "devices": {role: devices.device(role).name for role in ROLES},
+        "precisions": {role: devices.device(role).precision for role in ROLES},
+        "device": device_description(devices, options.threads),
         "model": {"name": loaded.name, "sha256": loaded.sha256, "input_shape": list(input_shape)},
         "data": {"source": source, "holdout_frames": len(inputs), "timed_frames": len(timed),
                  "float_accuracy": float_accuracy},

@@ -22,7 +22,7 @@ from torch import nn
 from toolchain.codec_training import distillation_loss
 from toolchain.errors import EdgesplitError
 from toolchain.split import split_model
-from toolchain.train import progress_bar
+from toolchain.train import fit, steps_per_epoch
 
 CRITERIA = ("bn-scale", "feature-bias")
 
@@ -122,27 +122,19 @@ def fine_tune(model: nn.Module, teacher: nn.Module, inputs: np.ndarray, labels: 
 
 
 def _train(model, inputs, labels, epochs, batch_size, seed, description, loss_of) -> None:
+    """SGD with cosine annealing; `loss_of(logits, labels, inputs)` is the phase's loss."""
     if epochs == 0:
         return
-    generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    steps = epochs * -(-len(inputs) // batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch(len(inputs), batch_size))
     tensor_inputs = torch.from_numpy(inputs)
     tensor_labels = None if labels is None else torch.from_numpy(labels)
-    with progress_bar() as progress:
-        task = progress.add_task(description, total=steps, status="")
-        for _ in range(epochs):
-            model.train()
-            for batch in torch.randperm(len(inputs), generator=generator).split(batch_size):
-                x = tensor_inputs[batch]
-                loss = loss_of(model(x), None if tensor_labels is None else tensor_labels[batch], x)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                progress.update(task, advance=1, status=f"loss {loss.item():.3f}")
-    model.eval()
+
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        x = tensor_inputs[batch]
+        return loss_of(model(x), None if tensor_labels is None else tensor_labels[batch], x)
+
+    fit(model, batch_loss, len(inputs), optimizer, schedule, epochs, batch_size, seed, description)
 
 
 def prune(model: nn.Module, split: str, input_shape: tuple[int, int, int], criterion: str, ratio: float,

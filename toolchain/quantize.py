@@ -45,3 +45,13 @@ def quantize_qdq(float_path: Path, qdq_path: Path, samples: np.ndarray) -> None:
     found = next(entry.version for entry in quantized.opset_import if entry.domain in ("", "ai.onnx"))
     if found != opset:
         raise EdgesplitError(f"Q/DQ quantization moved {float_path.name} from opset {opset} to {found}")
+
+
+def quantize_in_place(path: Path, samples: np.ndarray) -> None:
+    """Replace the float ONNX at `path` by its Q/DQ INT8 version calibrated on `samples`."""
+    float_path = path.with_suffix(".float.onnx")
+    path.rename(float_path)
+    try:
+        quantize_qdq(float_path, path, samples)
+    finally:
+        float_path.unlink()

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from runtime.backends.base import Runner
 from runtime.errors import BundleError
 
 ONNX_DTYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int8)": "int8",
@@ -18,7 +19,7 @@ GRAPH_OPTIMIZATIONS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC
                        "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(Runner):
     def __init__(self, path, threads: Optional[int] = None, providers: Optional[List[str]] = None,
                  graph_optimization: str = "all"):
         try:
@@ -41,6 +42,12 @@ class OnnxRuntimeRunner:
         self.inputs = [(i.name, ONNX_DTYPES.get(i.type, i.type), i.shape) for i in self.session.get_inputs()]
         self.outputs = [(o.name, ONNX_DTYPES.get(o.type, o.type), o.shape) for o in self.session.get_outputs()]
 
-    def infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def infer_impl(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         names = [name for name, _, _ in self.outputs]
         return dict(zip(names, self.session.run(names, feed)))
+
+    def close(self) -> None:
+        self.session = None
+
+
+RUNNER = OnnxRuntimeRunner

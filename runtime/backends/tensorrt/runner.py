@@ -10,6 +10,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from runtime.backends.base import Runner
 from runtime.backends.tensorrt.engine import engine_for
 from runtime.errors import BundleError
 
@@ -45,6 +46,9 @@ class _CudaPython:
     def address(self, pointer) -> int:
         return int(pointer)
 
+    def free(self, pointer) -> None:
+        self._check(self.cudart.cudaFree(pointer))
+
 
 class _PyCuda:
     def __init__(self):
@@ -67,6 +71,9 @@ class _PyCuda:
     def address(self, pointer) -> int:
         return int(pointer)
 
+    def free(self, pointer) -> None:
+        pointer.free()
+
 
 def _cuda_memory():
     for backend in (_CudaPython, _PyCuda):
@@ -77,7 +84,7 @@ def _cuda_memory():
     raise BundleError("the tensorrt backend needs cuda-python (pip install cuda-python) or pycuda (Jetson)")
 
 
-class TensorRTRunner:
+class TensorRTRunner(Runner):
     def __init__(self, path, threads: Optional[int] = None, artefact: Optional[dict] = None, cache_key: str = ""):
         if artefact is None or "engine" not in artefact:
             raise BundleError("{} has no TensorRT build recipe in the manifest".format(path))
@@ -109,10 +116,10 @@ class TensorRTRunner:
         self.outputs = [(name, dtype.name, ["batch"] + list(shape)) for name, is_in, dtype, shape in self.tensors
                         if not is_in]
 
-    def infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def infer_impl(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         batch = len(next(iter(feed.values())))
         if batch > self.max_batch:
-            return _concatenate([self.infer({k: v[i:i + self.max_batch] for k, v in feed.items()})
+            return _concatenate([self.infer_impl({k: v[i:i + self.max_batch] for k, v in feed.items()})
                                  for i in range(0, batch, self.max_batch)])
         results = {}
         for index, (name, is_input, dtype, shape) in enumerate(self.tensors):
@@ -138,6 +145,16 @@ class TensorRTRunner:
             self.memory.to_host(array, self.buffers[name])
         return results
 
+    def close(self) -> None:
+        """Device buffers first, then the context and engine that used them."""
+        for buffer in self.buffers.values():
+            self.memory.free(buffer)
+        self.buffers = {}
+        self.context = self.engine = None
+
 
 def _concatenate(parts):
     return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+RUNNER = TensorRTRunner

@@ -8,6 +8,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from runtime.backends.base import Runner
 from runtime.errors import BundleError
 
 INTERPRETERS = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
@@ -26,7 +27,7 @@ def load_interpreter_class():
                       "(or tflite-runtime, or tensorflow)")
 
 
-class TFLiteRunner:
+class TFLiteRunner(Runner):
     def __init__(self, path, threads: Optional[int] = None):
         interpreter_class = load_interpreter_class()
         try:
@@ -47,7 +48,7 @@ class TFLiteRunner:
                 return (float(scale), int(zero_point)) if scale else None
         raise BundleError("the TFLite model has no tensor {!r}".format(name))
 
-    def infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def infer_impl(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         frames = len(next(iter(feed.values())))
         results = {detail["name"]: [] for detail in self._outputs}
         for row in range(frames):
@@ -57,3 +58,9 @@ class TFLiteRunner:
             for detail in self._outputs:
                 results[detail["name"]].append(self.interpreter.get_tensor(detail["index"]))
         return {name: np.concatenate(arrays) for name, arrays in results.items()}
+
+    def close(self) -> None:
+        self.interpreter = None
+
+
+RUNNER = TFLiteRunner

@@ -1,10 +1,11 @@
-"""Full-integer TFLite for the edge half: litert-torch converts, ai-edge-quantizer quantizes.
+"""Full-integer TFLite edge halves (Raspberry Pi): litert-torch converts, ai-edge-quantizer quantizes.
 
 litert-torch turns the float edge module (NHWC in and out, the layout TFLite kernels want) into
 a float .tflite; ai-edge-quantizer's `static_wi8_ai8` recipe, calibrated on real images,
 makes every op int8 with int8 input and output. (litert-torch's own PT2E int8 path leaves
 float ADD/TANH behind and is not used.) The result is inspected: a float tensor or a
-DEQUANTIZE anywhere in the graph refuses the build.
+DEQUANTIZE anywhere in the graph refuses the build. The artefact ends before the codec's
+quantizer; its int8 output becomes wire codes through the manifest's `to_codes` mapping.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ import torch
 from torch import nn
 
 from runtime.backends.tflite.runner import load_interpreter_class
+from runtime.local import quantize_int8
+from toolchain.backends import Exporter, Half, WholeModel, tensor_spec
 from toolchain.errors import EdgesplitError
+
+FILE = "edge.tflite"
+TOOLS = ("litert-torch", "ai-edge-quantizer", "ai-edge-litert")
 
 INTEGER_TYPES = {"int8", "int16", "int32", "bool"}  # int32: biases and shapes
 
@@ -109,3 +115,60 @@ def convert_int8(module: nn.Module, calibration: np.ndarray, path: Path) -> TFLi
                           None if not exits else (exits[0]["name"], [int(v) for v in exits[0]["shape"]],
                                                   (float(exits[0]["quantization"][0]),
                                                    int(exits[0]["quantization"][1]))))
+
+
+def _tensor(name: str, shape: list[int], quantization: tuple[float, int], layout: str = "NHWC") -> dict:
+    spec = tensor_spec(name, shape[1:], "int8", layout)
+    spec["quantization"] = {"scale": quantization[0], "zero_point": quantization[1]}
+    return spec
+
+
+def export(half: Half) -> tuple[dict, dict]:
+    """The edge half as full-int8 TFLite; an 8-bit per-tensor codec adopts the artefact's output scale,
+    so codes are its int8 output + 128 and the device never converts features to float."""
+    from importlib import metadata
+
+    artefact = convert_int8(half.parts.edge_before_quantizer(), half.calibration, half.directory / FILE)
+    mapping = half.parts.codec.map_int8_output(*artefact.output_quantization)
+    outputs = [_tensor(artefact.output_name, artefact.output_shape, artefact.output_quantization)]
+    if artefact.exit_output is not None:
+        outputs.append(_tensor(*artefact.exit_output, layout="NC"))
+    entry = {"file": FILE, "backend": half.device.backend, "device": half.device.name, "precision": half.precision,
+             "inputs": [_tensor(artefact.input_name, artefact.input_shape, artefact.input_quantization)],
+             "outputs": outputs, "to_codes": mapping, "ops": artefact.ops, "float_model_bytes": artefact.float_bytes,
+             "codes": {"dtype": "int8", "values": f"integers 0..{half.parts.codec.levels - 1} after to_codes",
+                       "note": "the output is the int8 tensor before the codec's quantizer; to_codes maps it"},
+             "tools": {name: metadata.version(name) for name in TOOLS}}
+    return entry, {}
+
+
+class _LogitsAsMap(nn.Module):
+    """Logits as an N x K x 1 x 1 map: the full-int8 converter takes a 4-D first output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[:, :, None, None]
+
+
+def whole_model(request: WholeModel):
+    from runtime.backends.tflite.runner import TFLiteRunner
+
+    artefact = convert_int8(_LogitsAsMap(request.module), request.calibration,
+                            request.directory / f"whole-{request.cache_key}.tflite")
+    runner = TFLiteRunner(artefact.path, threads=request.threads)
+    scale, zero_point = artefact.output_quantization
+
+    def run(images: np.ndarray) -> np.ndarray:
+        quantized = quantize_int8(images.transpose(0, 2, 3, 1), *artefact.input_quantization)
+        outputs = runner.infer({artefact.input_name: np.ascontiguousarray(quantized)})[artefact.output_name]
+        return ((outputs.astype(np.float32) - zero_point) * scale).reshape(len(images), -1)
+    return run
+
+
+EXPORTER = Exporter(
+    name="tflite", title="TFLite (LiteRT)", suffix=".tflite", precisions=("int8",), roles=("edge",),
+    code_dtype=None, host_needs_gpu=False, export=export, whole_model=whole_model,
+)

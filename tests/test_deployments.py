@@ -1,0 +1,184 @@
+"""Deployments: every edge device with every cloud device, driven through the commands users type."""
+
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from runtime.backends import available
+from runtime.backends.onnxrt.runner import OnnxRuntimeRunner
+from runtime.bundle import load_bundle
+from runtime.errors import BundleError
+from runtime.local import SplitInference
+from runtime.protocol import LOSSLESS_IDS
+from runtime.wire import LOSSLESS
+from targets import DEVICES, names
+from toolchain.backends import EXPORTERS
+from toolchain.cli import main
+from toolchain.data import to_model_input
+from toolchain.load import load_model
+from toolchain.train import predict
+
+from conftest import INPUT_SHAPE, TINY_MODEL, TINY_WEIGHTS, top1
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRS = list(itertools.product(names("edge"), names("cloud")))
+
+
+def tflite_missing(*devices):
+    from importlib.util import find_spec
+
+    return "tflite" in {DEVICES[d].backend for d in devices} and find_spec("litert_torch") is None
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("conftest:TinyNet", TINY_WEIGHTS, INPUT_SHAPE)
+
+
+@pytest.mark.parametrize("edge,cloud", PAIRS)
+def test_every_edge_device_works_with_every_cloud_device(edge, cloud, tiny, holdout, tmp_path):
+    if tflite_missing(edge, cloud):
+        pytest.skip("the TFLite converter is in the [tflite] extra")
+    output = tmp_path / "bundle"
+    built = CliRunner().invoke(main, ["build-engines", *TINY_MODEL, "--target", edge, "--cloud", cloud,
+                                      "--max-loss", "2", "--output", str(output)])
+    assert built.exit_code == 0, built.output
+    verified = CliRunner().invoke(main, ["verify-bundle", str(output)])
+    assert verified.exit_code == 0 and f"edge {edge}, cloud {cloud}" in verified.output
+
+    manifest = load_bundle(output).manifest
+    for role, device in (("edge", DEVICES[edge]), ("cloud", DEVICES[cloud])):
+        entry = manifest["artefacts"][role]
+        assert manifest["deployment"][role]["name"] == device.name
+        assert (entry["backend"], entry["precision"]) == (device.backend, device.precision)
+        if "engine" in entry:  # a TensorRT half: its device's batch profile, checked as fake quantization
+            recipe = entry["engine"]["recipe"]
+            assert [shape[0] for shape in list(recipe["profiles"].values())[0]] == \
+                device.backend_options["batch_profile"]
+            assert entry["verification"]["options"] == {"graph_optimization": "disabled"}
+    inputs = to_model_input(holdout.images, INPUT_SHAPE)
+    reference = top1(predict(tiny.module, inputs))
+    deployed = top1(SplitInference(load_bundle(output), verified=True)(inputs))
+    # a 5k-parameter model quantized in both halves: looser bounds than the default model's (tested below)
+    assert (deployed == reference).mean() >= 0.95
+    assert 100 * ((reference == holdout.labels).mean() - (deployed == holdout.labels).mean()) <= 2.0
+
+
+@pytest.mark.parametrize("edge", ["jetson-nano", "jetson-orin", "raspberry-pi"])
+def test_device_edges_default_to_the_cloud_gpu_and_keep_accuracy(edge, device_bundle, default_model, holdout):
+    """The default model on each device edge + the INT8 TensorRT cloud, run as deployed (the Q/DQ cloud as
+    fake quantization in ONNX Runtime here): <= 0.5 pt against the float model."""
+    if tflite_missing(edge):
+        pytest.skip("the TFLite converter is in the [tflite] extra")
+    report = device_bundle(edge)
+    manifest = report.manifest
+    assert manifest["deployment"]["cloud"]["name"] == "cloud-gpu"
+    cloud = manifest["artefacts"]["cloud"]
+    assert (cloud["backend"], cloud["precision"], cloud["opset"]) == ("tensorrt", "int8", 17)
+    assert cloud["engine"]["recipe"]["max_batch"] == 64
+    edge_entry = manifest["artefacts"]["edge"]
+    assert (edge_entry["backend"], edge_entry["precision"]) == (DEVICES[edge].backend, DEVICES[edge].precision)
+    inputs = to_model_input(holdout.images, INPUT_SHAPE)
+    reference = top1(predict(default_model.module, inputs))
+    deployed = top1(SplitInference(load_bundle(report.bundle), verified=True)(inputs))
+    assert 100 * ((reference == holdout.labels).mean() - (deployed == holdout.labels).mean()) <= 0.5
+    assert (deployed == reference).mean() >= 0.98
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["--target", "jetson-tx2"], "error: unknown device 'jetson-tx2'; edge devices: cpu, jetson-nano, jetson-orin, "
+                                 "raspberry-pi; cloud devices: cloud-gpu, cpu"),
+    (["--target", "cloud-gpu"], "error: 'cloud-gpu' is a cloud device, not an edge device; edge devices: cpu, "
+                                "jetson-nano, jetson-orin, raspberry-pi"),
+    (["--cloud", "jetson-orin"], "error: 'jetson-orin' is an edge device, not a cloud device; cloud devices: "
+                                 "cloud-gpu, cpu"),
+    (["--target", "jetson-nano", "--precision", "int8"], "error: int8 is refused for jetson-nano: the Jetson Nano's "
+                                                         "Maxwell GPU (sm_53) has no INT8 kernels"),
+    (["--target", "raspberry-pi", "--precision", "fp32"], "error: raspberry-pi's edge half runs on TFLite (LiteRT), "
+                                                          "which edgesplit builds in int8, not fp32"),
+    (["--cloud-precision", "fp16"], "error: cpu's cloud half runs on ONNX Runtime, which edgesplit builds in fp32, "
+                                    "not fp16"),
+])
+def test_refusals_are_one_clear_line(arguments, message, tmp_path):
+    result = CliRunner().invoke(main, ["build-engines", *arguments, "--output", str(tmp_path / "b")])
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1 and result.output.startswith(message)
+    assert not (tmp_path / "b").exists() and not list(tmp_path.iterdir())
+
+
+def test_serving_a_tensorrt_cloud_without_a_gpu_fails_with_one_line(device_bundle):
+    from runtime.backends.tensorrt.engine import probe_device
+
+    reason = probe_device().get("reason")
+    if reason is None:
+        pytest.skip("this machine has TensorRT and a GPU: the server would start")
+    report = device_bundle("jetson-nano")
+    result = subprocess.run([sys.executable, "-m", "edgesplit", "serve", "--bundle", str(report.bundle), "--no-auth",
+                             "--port", "0"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: cannot build or run the TensorRT artefact cloud.onnx: {reason}"]
+
+
+def test_an_older_bundle_names_the_command_that_rebuilds_it(built, tmp_path):
+    old = shutil.copytree(built.bundle, tmp_path / "old")
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["schema_version"] = 1
+    manifest["target"] = {"name": "cpu"}
+    del manifest["deployment"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, ["verify-bundle", str(old)])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "error: this bundle was written by an older edgesplit (manifest schema 1, this runtime reads 2); rebuild it: "
+        "build-engines --model resnet18w05-fmnist --target cpu --split layer2 --codec affine:bits=8,per=tensor")
+
+
+def test_runners_check_what_they_are_fed_and_free_what_they_hold(built):
+    with OnnxRuntimeRunner(built.bundle / "cloud.onnx") as runner:
+        codes = np.zeros((2, 64, 16, 16), dtype=np.uint8)
+        assert runner.infer({"codes": codes})["logits"].shape == (2, 10)
+        for feed, problem in (({"features": codes}, "the artefact takes inputs ['codes'], got ['features']"),
+                              ({"codes": codes.astype(np.float32)}, "input 'codes' must be uint8, got float32"),
+                              ({"codes": codes[:, :, :8]}, "input 'codes' must be shaped"),
+                              ({"codes": codes[0]}, "input 'codes' must have 4 axes")):
+            with pytest.raises(BundleError, match=re.escape(problem)):
+                runner.infer(feed)
+    assert runner.session is None
+
+
+def test_every_device_backend_has_an_exporter_and_a_runner_and_one_table_per_concept():
+    for device in DEVICES.values():
+        assert device.backend in EXPORTERS and device.backend in available()
+        assert set(device.roles) <= set(EXPORTERS[device.backend].roles)
+    assert list(LOSSLESS_IDS) == list(LOSSLESS)
+    lossless = next(p for p in main.commands["build-engines"].params if p.name == "lossless")
+    assert list(lossless.type.choices) == list(LOSSLESS)
+
+
+BACKEND_COMPARISON = re.compile(r"""(==|!=|\bin)\s*\(?["'](onnxrt|tflite|tensorrt)["']|["'](onnxrt|tflite|tensorrt)["']\s*(==|!=)""")
+
+
+def test_no_code_outside_a_backends_home_compares_against_its_name():
+    homes = (ROOT / "toolchain" / "backends", ROOT / "runtime" / "backends")
+    offenders = []
+    for folder in ("toolchain", "runtime", "benchmarks", "edgesplit", "targets"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if not any(home in path.parents for home in homes):
+                offenders += [f"{path.relative_to(ROOT)}:{n}" for n, line in enumerate(path.read_text().splitlines(), 1)
+                              if BACKEND_COMPARISON.search(line)]
+    assert offenders == []
+
+
+def test_the_readme_shows_the_device_and_backend_tables_as_they_are():
+    result = CliRunner().invoke(main, ["devices", "--markdown"])
+    readme = (ROOT / "README.md").read_text()
+    copy = readme.split("<!-- edgesplit devices --markdown -->\n", 1)[1].split("\n<!-- end -->", 1)[0]
+    assert copy == result.output.strip(), "README's device tables are stale: paste `edgesplit devices --markdown`"

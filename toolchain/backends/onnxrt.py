@@ -1,0 +1,43 @@
+"""ONNX Runtime halves: float ONNX at the device's opset, exactly what `edgesplit serve` / `edge` run."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from toolchain.backends import Exporter, Half, WholeModel, code_encoding, tensor_spec
+from toolchain.export import export_half, export_whole_model
+
+CODE_DTYPE = "uint8"
+
+
+def export(half: Half) -> tuple[dict, dict]:
+    path, checks = export_half(half, CODE_DTYPE)
+    return onnx_entry(half, path.name, CODE_DTYPE), checks
+
+
+def onnx_entry(half: Half, file: str, code_dtype: str) -> dict:
+    """The manifest entry of an ONNX half (shared by every backend that ships ONNX)."""
+    parts = half.parts
+    codes = tensor_spec("codes", parts.codec.code_shape, code_dtype)
+    if half.role == "edge":
+        inputs = [tensor_spec("image", half.sample.shape[1:], "float32")]
+        outputs = [codes] + ([] if parts.branch is None else [tensor_spec("exit_logits", (parts.branch.classes,),
+                                                                            "float32")])
+    else:
+        inputs, outputs = [codes], [tensor_spec("logits", parts.logits_shape(half.sample), "float32")]
+    return {"file": file, "backend": half.device.backend, "device": half.device.name, "precision": half.precision,
+            "opset": half.device.onnx_opset, "inputs": inputs, "outputs": outputs,
+            "codes": code_encoding(code_dtype, parts.codec.levels)}
+
+
+def whole_model(request: WholeModel):
+    from runtime.backends.onnxrt.runner import OnnxRuntimeRunner
+
+    runner = OnnxRuntimeRunner(export_whole_model(request), threads=request.threads)
+    return lambda images: runner.infer({"image": np.ascontiguousarray(images)})["logits"]
+
+
+EXPORTER = Exporter(
+    name="onnxrt", title="ONNX Runtime", suffix=".onnx", precisions=("fp32",), roles=("edge", "cloud"),
+    code_dtype=CODE_DTYPE, host_needs_gpu=False, export=export, whole_model=whole_model,
+)

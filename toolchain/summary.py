@@ -1,0 +1,73 @@
+"""The table `build-engines` ends with: what was built for which devices, and how well it does."""
+
+from __future__ import annotations
+
+import math
+
+from rich.table import Table
+
+from runtime.bundle import ROLES
+from targets import DEVICES
+from toolchain.backends import EXPORTERS
+
+
+def half_row(entry: dict, device: dict) -> str:
+    """'jetson-nano: TensorRT fp16, opset 13; engine not built here: <reason>' for one half."""
+    text = f"{device['name']}: {EXPORTERS[entry['backend']].title} {entry['precision']}"
+    if "opset" in entry:
+        text += f", opset {entry['opset']}"
+    engine = entry.get("engine")
+    if engine is not None:
+        text += f"; engine built ({engine['plan']})" if engine["plan"] else \
+            f"; engine not built here ({engine['not_built']}), the device builds it at first start"
+    return text
+
+
+def build_summary(report) -> Table:
+    manifest, checks = report.manifest, report.manifest["checks"]
+    split, image = manifest["split"], manifest["source_model"]["input"]
+    image_bytes = math.prod(image["shape"][1:])
+    table = Table(title=f"bundle {manifest['bundle_id']} → {report.bundle}", show_header=False)
+    table.add_row("model", manifest["source_model"]["name"])
+    for role in ROLES:
+        table.add_row(f"{role} half", half_row(manifest["artefacts"][role], manifest["deployment"][role]))
+    checked = {entry["verification"]["arithmetic"] for entry in manifest["artefacts"].values() if "verification" in entry}
+    for arithmetic in sorted(checked):
+        table.add_row("checked here with", arithmetic)
+    table.add_row("split", f"{split['module'] or split['node']} (node {split['node']}), "
+                           f"tensor {'x'.join(map(str, split['shape']))}")
+    codec = manifest["codec"]
+    table.add_row("codec", codec["name"] + "".join(f" {k}={v}" for k, v in codec["params"].items())
+                  + f", lossless {manifest['wire']['lossless']}")
+    if "float_accuracy" in checks:
+        table.add_row("float accuracy", f"{checks['float_accuracy']:.2%} on {checks['holdout_frames']} held-out images")
+        table.add_row("bundle accuracy", f"{checks['bundle_accuracy']:.2%} "
+                      f"({100 * (checks['bundle_accuracy'] - checks['float_accuracy']):+.2f} pt)")
+    table.add_row("top-1 agreement", f"{checks['top1_agreement']:.2%} with the float model")
+    table.add_row("bytes per frame", f"{split['fp32_bytes']:,} fp32 → {checks['mean_payload_bytes']:,.1f} on the wire, "
+                                     f"{split['fp32_bytes'] / checks['mean_payload_bytes']:,.1f}x "
+                                     f"(input image {image_bytes:,} bytes as uint8)")
+    table.add_row("halves vs PyTorch", f"edge max |Δ| {checks['edge_max_abs_error']:g} code(s), "
+                                       f"cloud max |Δ| {checks.get('cloud_max_abs_error', math.nan):.2g}")
+    table.add_row("build time", f"{report.seconds:.1f} s")
+    return table
+
+
+def device_rows() -> list[dict]:
+    return [{"device": d.name, "halves": ", ".join(d.roles), "backend": EXPORTERS[d.backend].title,
+             "precision": d.precision, "refuses": ", ".join(d.refused_precisions) or "-", "opset": d.onnx_opset,
+             "default cloud": d.default_cloud or "-", "description": d.description} for d in DEVICES.values()]
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(str(value) for value in row.values()) + " |" for row in rows])
+
+
+def rich_table(title: str, rows: list[dict]) -> Table:
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(value) for value in row.values()))
+    return table

@@ -20,7 +20,7 @@ import torch
 
 from benchmarks.common import cpu_name, labeled_data, parse_arguments, table, write_csv
 from toolchain.codecs import make_codec, parse_codec_spec
-from toolchain.data import load_images, to_model_input
+from toolchain.data import load_images
 from toolchain.load import load_model
 from toolchain.profile import default_points
 from toolchain.split import candidate_points, split_model, trace
@@ -108,11 +108,11 @@ def main() -> None:
     codecs = QUICK_CODECS if args.quick else CODECS
     source = labeled_data(args.quick)
     loaded = load_model(None)
-    test = load_images(source, "test")
+    test = load_images(source, "test", loaded.spec())
     if args.quick:
         test = test.take(1000)
-    calibration = to_model_input(load_images(source, "train").images[:CALIBRATION_FRAMES], loaded.input_shape)
-    inputs = to_model_input(test.images, loaded.input_shape)
+    calibration = load_images(source, "train", loaded.spec()).take(CALIBRATION_FRAMES).inputs()
+    inputs = test.inputs()
     float_accuracy = float((predict(loaded.module, inputs).argmax(1) == test.labels).mean())
     graph = trace(loaded.module, loaded.input_shape)
     points = [p for p in default_points(candidate_points(graph)) if p.module not in ("normalize", "flatten")]

@@ -32,6 +32,7 @@ from runtime.cloud import BackgroundServer, ServerConfig
 from runtime.edge import CLOUD, ClientConfig, EdgeClient
 from runtime.images import open_source
 from runtime.link import EmulatedLink, parse_duration, parse_rate
+from toolchain.load import load_model
 from toolchain.build import BuildOptions, build_engines
 from toolchain.planning import fastest, format_rate, plan_options
 from toolchain.profile import ProfileOptions, profile_target
@@ -154,7 +155,7 @@ def main() -> None:
     profile = profile_target(ProfileOptions(target=args.target, cloud="cpu", splits=splits, codecs=codecs,
                                             frames=20 if args.quick else 200))
     (args.output / "profile.json").write_text(json.dumps(profile, indent=1) + "\n")
-    source = list(open_source(str(DEFAULT_CALIBRATION), tuple(profile["model"]["input_shape"])))
+    source = list(open_source(str(DEFAULT_CALIBRATION), load_model(None).spec()))
     max_frames = 10 if args.quick else 100
     float_accuracy = profile["data"]["float_accuracy"]
     rows, bundles = [], {}

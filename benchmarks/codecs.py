@@ -23,7 +23,7 @@ from benchmarks.lossless import lossless_rows
 from toolchain.codec_search import evaluate_config, grid, plot_rows
 from toolchain.codec_training import cache_features
 from toolchain.codecs import CodecSpec
-from toolchain.data import load_images, to_model_input
+from toolchain.data import load_images
 from toolchain.load import load_model
 from toolchain.split import split_model
 
@@ -96,13 +96,13 @@ def main() -> None:
 
     model = load_model(None)
     halves = split_model(model.module, args.split, model.input_shape)
-    train_set = load_images("fashion-mnist", "train").take(args.train_frames)
-    test_set = load_images("fashion-mnist", "test")
+    train_set = load_images("fashion-mnist", "train", model.spec()).take(args.train_frames)
+    test_set = load_images("fashion-mnist", "test", model.spec())
     if args.quick:
         test_set = test_set.take(1000)
-    train = cache_features(halves.head, halves.tail, to_model_input(train_set.images, model.input_shape),
+    train = cache_features(halves.head, halves.tail, train_set.inputs(),
                            train_set.labels, description="caching train features")
-    test = cache_features(halves.head, halves.tail, to_model_input(test_set.images, model.input_shape),
+    test = cache_features(halves.head, halves.tail, test_set.inputs(),
                           test_set.labels, description="caching test features")
     shape = halves.point.shape
     specs = [CodecSpec("affine", {"bits": b, "per": "channel"}) for b in AFFINE_BITS]

@@ -29,7 +29,7 @@ from runtime.bundle import load_bundle
 from toolchain.build import BuildOptions, build_engines
 from toolchain.codec_training import prepare_training
 from toolchain.codecs import make_codec
-from toolchain.data import load_images, to_model_input
+from toolchain.data import load_images
 from toolchain.exit_branch import save_exit, train_exit
 from toolchain.exit_calibration import ExitMeasurement, curve, measure, pick
 from toolchain.load import load_model
@@ -96,17 +96,17 @@ def main() -> None:
     started = time.perf_counter()
     with Progress() as progress:
         task = progress.add_task("exit branch, bundle, curves", total=3)
-        frozen = prepare_training(model.module, SPLIT, model.input_shape, data, test_frames=0)
+        frozen = prepare_training(model.module, SPLIT, model.spec(), data, test_frames=0)
         branch = train_exit(frozen.train, 10, epochs=epochs)
         weights = Path(tempfile.mkdtemp()) / "exit.pt"
         save_exit(weights, branch, SPLIT, model.sha256)
         progress.advance(task)
         report = build_engines(BuildOptions(exit_weights=weights, output=weights.parent / "bundle"))
         progress.advance(task)
-        test = load_images(data, "test")
-        inputs = to_model_input(test.images, model.input_shape)
+        test = load_images(data, "test", model.spec())
+        inputs = test.inputs()
         measured = measure(load_bundle(report.bundle), inputs, test.labels)
-        calibration = to_model_input(load_images(str(DEFAULT_CALIBRATION), "train").images, model.input_shape)
+        calibration = load_images(str(DEFAULT_CALIBRATION), "train", model.spec()).inputs()
         halves = split_model(model.module, SPLIT, model.input_shape)
         curves = {8: curve(measured)}
         for bits in BITS[1:]:

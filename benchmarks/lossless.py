@@ -22,7 +22,8 @@ import numpy as np
 from benchmarks.common import cpu_name, parse_arguments, table, write_csv
 from calibration_data import DEFAULT_CALIBRATION
 from runtime.bundle import load_bundle
-from runtime.images import read_npz, to_model_input
+from runtime.images import read_npz
+from runtime.inputs import InputSpec
 from runtime.local import EdgeHalf
 from runtime.wire import LOSSLESS, WireFormat, decode_frame, encode_frame
 
@@ -117,10 +118,10 @@ def main() -> None:
 
         args.bundle = build_engines(BuildOptions(output=Path(tempfile.mkdtemp()) / "default-cpu")).bundle
     bundle = load_bundle(args.bundle)
-    images, _ = read_npz(args.images, "test")
-    shape = tuple(bundle.artefact("edge")["inputs"][0]["shape"][1:])
+    images, _, _ = read_npz(args.images, "test")
+    spec = InputSpec.from_manifest(bundle.manifest["source_model"]["input"])
     frames = 100 if args.quick else 1000
-    codes = EdgeHalf(bundle).codes(to_model_input(images[:frames], shape))
+    codes = EdgeHalf(bundle).codes(spec.prepare(images[:frames], args.images))
     bits = bundle.wire.bits
     codes_by_bits = {f"{bits}-bit": (codes, bits)}
     for fewer in (4, 2):

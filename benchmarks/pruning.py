@@ -27,8 +27,8 @@ from benchmarks.tflite import edge_latency_ms
 from calibration_data import DEFAULT_CALIBRATION
 from runtime.bundle import load_bundle
 from toolchain.build import BuildOptions, build_engines
-from toolchain.data import load_images, to_model_input
-from toolchain.load import load_model
+from toolchain.data import load_images
+from toolchain.load import InputOptions, load_model
 from toolchain.pruning import count, fine_tune, head_modules, prune, save_pruned, sparsity_train
 from toolchain.split import split_model
 from toolchain.train import accuracy, predict
@@ -39,7 +39,7 @@ SHAPE = (1, 32, 32)
 
 def edge_latencies(model_path: Path | None, scratch: Path, inputs: np.ndarray, frames: int) -> dict:
     """Median edge ms per frame for the cpu (ONNX Runtime fp32) and raspberry-pi (TFLite int8) bundles."""
-    model = {} if model_path is None else {"model": str(model_path), "input_shape": SHAPE}
+    model = {} if model_path is None else {"model": str(model_path), "inputs": InputOptions(SHAPE, "pad")}
     latencies = {}
     for target, column in (("cpu", "onnxrt_fp32_ms"), ("raspberry-pi", "tflite_int8_ms")):
         report = build_engines(BuildOptions(target=target, cloud="cpu", split=SPLIT, output=scratch / target, max_loss=100.0,
@@ -52,12 +52,13 @@ def main() -> None:
     args = parse_arguments(__doc__, "pruning", "512 training images, one ratio, 2,000 test images.")
     data = labeled_data(args.quick)
     ratios = (0.5,) if args.quick else (0.3, 0.5, 0.7)
-    train = load_images(data, "train").take(20000)
-    test = load_images(data, "test")
-    train_inputs, test_inputs = to_model_input(train.images, SHAPE), to_model_input(test.images, SHAPE)
-    calibration = to_model_input(load_images(str(DEFAULT_CALIBRATION), "train").images, SHAPE)
-    timed = 100 if args.quick else 500
     loaded = load_model(None)
+    spec = loaded.spec()
+    train = load_images(data, "train", spec).take(20000)
+    test = load_images(data, "test", spec)
+    train_inputs, test_inputs = train.inputs(), test.inputs()
+    calibration = load_images(str(DEFAULT_CALIBRATION), "train", spec).inputs()
+    timed = 100 if args.quick else 500
     teacher = loaded.module.eval()
     base_accuracy = accuracy(predict(teacher, test_inputs), test.labels)
     base_macs, base_params = count(teacher, SHAPE)

@@ -400,7 +400,7 @@ def main() -> None:
 
         args.bundle = build_engines(BuildOptions(output=Path(tempfile.mkdtemp()) / "default-cpu")).bundle
     bundle = load_bundle(args.bundle)
-    source = list(open_source(str(DEFAULT_CALIBRATION), tuple(bundle.artefact("edge")["inputs"][0]["shape"][1:])))
+    source = list(open_source(str(DEFAULT_CALIBRATION), bundle.input_spec()))
     count = 64 if args.quick else 256
     codes = EdgeHalf(bundle).codes(np.stack([frame.image for frame in source[:count]]))
     payloads = [encode_frame(frame, bundle.wire) for frame in codes]

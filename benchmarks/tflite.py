@@ -24,7 +24,7 @@ from benchmarks.common import ROOT, cpu_name, labeled_data, parse_arguments, tab
 from runtime.bundle import load_bundle
 from runtime.local import EdgeHalf, SplitInference
 from toolchain.build import BuildOptions, build_engines
-from toolchain.data import load_images, to_model_input
+from toolchain.data import load_images
 from toolchain.load import load_model
 from toolchain.train import predict
 
@@ -71,9 +71,9 @@ def plot(output: Path, latency: list[dict]) -> None:
 
 def main() -> None:
     args = parse_arguments(__doc__, "tflite", "2,000 images, 100 timed frames.")
-    test = load_images(labeled_data(args.quick), "test")
-    inputs = to_model_input(test.images, (1, 32, 32))
     model = load_model(None)
+    test = load_images(labeled_data(args.quick), "test", model.spec())
+    inputs = test.inputs()
     float_top1 = float((predict(model.module, inputs).argmax(1) == test.labels).mean())
     accuracy, latency = [], []
     scratch = Path(tempfile.mkdtemp())

@@ -52,6 +52,12 @@ class Bundle:
     def artefact(self, role: str) -> dict:
         return self.manifest["artefacts"][role]
 
+    def input_spec(self):
+        """What one image must be for this bundle's edge half (runtime/inputs.py)."""
+        from runtime.inputs import InputSpec
+
+        return InputSpec.from_manifest(self.manifest["source_model"]["input"])
+
     def open_runner(self, role: str, verified: bool = False, **options):
         """The role's artefact on its device's backend; `verified=True`: on the backend and settings the
         toolchain verified it with (its `verification` entry), which run on any CPU."""

@@ -112,8 +112,7 @@ def run_edge(args) -> dict:
     from runtime.protocol import read_key
 
     bundle = open_bundle(args.bundle)
-    input_shape = tuple(bundle.artefact("edge")["inputs"][0]["shape"][1:])
-    frames = open_source(args.source, input_shape, args.split)
+    frames = open_source(args.source, bundle.input_spec(), args.split)
     if args.limit is not None:
         frames = islice(frames, args.limit)
     link = EmulatedLink(args.uplink, args.rtt, args.burst) if (args.uplink or args.rtt) else None

@@ -92,7 +92,7 @@ class Batcher:
             batch = await self._collect()
             self.metrics.batch_size.observe(len(batch))
             try:
-                logits = await loop.run_in_executor(self.executor, self.infer, np.stack([p.codes for p in batch]))
+                rows = await loop.run_in_executor(self.executor, self.infer, [p.codes for p in batch])
             except Exception as error:  # a backend failure answers this batch with errors, not a dead server
                 log.exception("cloud backend failed on a batch of %d", len(batch))
                 for pending in batch:
@@ -100,7 +100,7 @@ class Batcher:
                         pending.future.set_exception(ProtocolError(
                             "cloud backend failed: {}".format(error), protocol.INTERNAL))
                 continue
-            for pending, row in zip(batch, logits):
+            for pending, row in zip(batch, rows):
                 if not pending.future.done():
                     pending.future.set_result(row)
 
@@ -163,7 +163,7 @@ class CloudServer:
 
     async def start(self) -> tuple:
         self._stopping = asyncio.get_running_loop().create_future()
-        self.batcher = Batcher(self.cloud.logits, self.config.max_batch, self.config.max_wait_ms, self.metrics,
+        self.batcher = Batcher(self.cloud.replies, self.config.max_batch, self.config.max_wait_ms, self.metrics,
                                others_connected=lambda: len(self._connections) > 1)
         self._batcher_task = asyncio.ensure_future(self.batcher.run())
         self._server = await asyncio.start_server(self._serve_connection, self.config.host, self.config.port,
@@ -312,7 +312,7 @@ class CloudServer:
     async def _answer(self, connection, request_id: int, codes, problem, received: float) -> None:
         if problem is None:
             try:
-                logits = await self.batcher.submit(codes)
+                values = await self.batcher.submit(codes)
             except ProtocolError as error:
                 problem = error
         if problem is not None:
@@ -322,7 +322,7 @@ class CloudServer:
                                          str(problem), request_id, bundle_id=self.bundle_id)
         else:
             self.metrics.frames.labels("answered").inc()
-            reply = protocol.result_frame(request_id, self.bundle_id, logits)
+            reply = protocol.result_frame(request_id, self.bundle_id, values)
         sent = await self._send_quietly(connection, reply)
         self.metrics.bytes_sent.inc(sent)
         self.metrics.latency.observe(time.monotonic() - received)

@@ -23,7 +23,7 @@ from runtime.bundle import Bundle
 from runtime.errors import ProtocolError
 from runtime.images import SourceFrame
 from runtime.link import EmulatedLink
-from runtime.local import EdgeHalf, softmax_entropy
+from runtime.local import EdgeHalf, class_output, output_sizes, softmax_entropy, split_values
 from runtime.wire import encode_frame
 
 log = logging.getLogger("edgesplit.edge")
@@ -35,10 +35,11 @@ REPLY_LIMITS = protocol.Limits(max_payload=1 << 20, max_elements=1 << 18)
 class Outcome(NamedTuple):
     index: int
     answered_by: str  # CLOUD, EDGE or ERROR
-    logits: Optional[np.ndarray]
+    logits: Optional[np.ndarray]  # the classification output (the first, unless the manifest says otherwise)
     error: str
     latency_s: float  # frame taken from the source → outcome
     label: Optional[int]
+    outputs: Optional[List[np.ndarray]] = None  # every output the answer carries, in the manifest's order
 
 
 class ClientConfig(NamedTuple):
@@ -114,6 +115,8 @@ class EdgeClient:
     def __init__(self, bundle: Bundle, config: ClientConfig, threads: Optional[int] = None):
         self.config = config
         self.edge = EdgeHalf(bundle, threads)
+        self.output_sizes = output_sizes(bundle)
+        self.scored = class_output(bundle)
         self.wire = bundle.wire
         self.bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
         self.quantization = protocol.wire_quantization(bundle.manifest)
@@ -221,7 +224,7 @@ class EdgeClient:
                     softmax_entropy(exit_logits[None])[0] < self.exit_threshold:
                 self._finish(frame.index, frame.label, started, EDGE, exit_logits, "")
                 return
-        payload = encode_frame(codes[0], self.wire)
+        payload = encode_frame([part[0] for part in codes] if self.wire.parts else codes[0], self.wire)
         with self._lock:
             self.stats.payload_bytes += len(payload)
             connection = self._connection
@@ -245,11 +248,13 @@ class EdgeClient:
             return EDGE, exit_logits, problem + "; answered by the edge's exit branch"
         return ERROR, None, problem + "; the bundle has no early exit to answer on the edge"
 
-    def _finish(self, index, label, started, answered_by, logits, error) -> None:
-        """Record one frame's outcome. The caller holds the lock, so that `run` never sees a frame
-        neither pending nor queued."""
+    def _finish(self, index, label, started, answered_by, outputs, error) -> None:
+        """Record one frame's outcome (`outputs`: one array, a list of them, or None). The caller holds the
+        lock, so that `run` never sees a frame neither pending nor queued."""
         self.stats.outcomes[answered_by] += 1
-        self._outcomes.put(Outcome(index, answered_by, logits, error, time.monotonic() - started, label))
+        outputs = outputs if outputs is None or isinstance(outputs, list) else [outputs]
+        logits = None if outputs is None else outputs[self.scored if len(outputs) > 1 else 0]
+        self._outcomes.put(Outcome(index, answered_by, logits, error, time.monotonic() - started, label, outputs))
         self._slots.release()
 
     def _complete(self, request_id: int, answered_by: str, logits, error: str = "") -> None:
@@ -259,6 +264,14 @@ class EdgeClient:
                 self.stats.late_replies += 1
                 return
             self._finish(entry.index, entry.label, entry.started, answered_by, logits, error)
+
+    def _outputs(self, values: np.ndarray) -> List[np.ndarray]:
+        """A reply's values → one array per cloud output; a reply of another size is refused."""
+        wanted = sum(int(np.prod(shape)) for _, shape in self.output_sizes)
+        if values.size != wanted:
+            raise ProtocolError("RESULT carries {} values, the bundle's outputs {} hold {}".format(
+                values.size, [name for name, _ in self.output_sizes], wanted))
+        return split_values(values.reshape(-1), self.output_sizes)
 
     def _fail_over(self, request_id: int, problem: str) -> None:
         with self._lock:
@@ -308,7 +321,7 @@ class EdgeClient:
                 link.wait_downlink()
             if frame.type == protocol.RESULT:
                 try:
-                    self._complete(frame.request_id, CLOUD, protocol.result_values(frame))
+                    self._complete(frame.request_id, CLOUD, self._outputs(protocol.result_values(frame)))
                 except ProtocolError as error:
                     self._complete(frame.request_id, ERROR, None, str(error))
             elif frame.type == protocol.ERROR and frame.request_id and not frame.flags & protocol.FLAG_FINAL:

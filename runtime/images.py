@@ -1,18 +1,23 @@
 """Images into model input on the edge: npz/npy arrays, a folder of image files, a camera.
 
-numpy only; Pillow reads image files and OpenCV a camera, each imported only when used.
-The toolchain prepares its calibration and test images with the same `to_model_input`.
+Every source goes through the bundle's `InputSpec` (runtime/inputs.py), as calibration did, so
+the same picture gives the same codes. numpy only; Pillow reads image files and OpenCV a camera,
+each imported only when used. A folder may hold class subfolders (labels are their sorted
+names, as torchvision's ImageFolder) and `train`/`test` splits.
 """
 
 import time
 from pathlib import Path
-from typing import Iterator, NamedTuple, Optional, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from runtime.errors import EdgesplitError
+from runtime.inputs import InputSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".webp")
+SPLITS = ("train", "test")
+COLOR_MODES = {1: "L", 3: "RGB"}
 
 
 class SourceFrame(NamedTuple):
@@ -21,121 +26,134 @@ class SourceFrame(NamedTuple):
     label: Optional[int]
 
 
-def to_model_input(images: np.ndarray, input_shape: Tuple[int, int, int]) -> np.ndarray:
-    """uint8 NCHW → float32 in [0, 1], zero-padded at the centre to the model's H and W."""
-    channels, height, width = input_shape
-    if images.shape[1] != channels:
-        raise EdgesplitError("images have {} channels, the model takes {}".format(images.shape[1], channels))
-    pad_h, pad_w = height - images.shape[2], width - images.shape[3]
-    if pad_h < 0 or pad_w < 0:
-        raise EdgesplitError("images are {}x{}, larger than the model input {}x{}".format(
-            images.shape[2], images.shape[3], height, width))
-    padding = ((0, 0), (0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2))
-    return np.pad(images, padding).astype(np.float32) / 255.0
+def check_labels(labels: np.ndarray, count: int, origin) -> np.ndarray:
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise EdgesplitError("{}: labels must be a 1-D array of integer class indices, got {} {}".format(
+            origin, labels.dtype, labels.shape))
+    if len(labels) != count:
+        raise EdgesplitError("{}: {} labels for {} images".format(origin, len(labels), count))
+    if len(labels) and labels.min() < 0:
+        raise EdgesplitError("{}: labels must be class indices >= 0, found {}".format(origin, labels.min()))
+    return labels.astype(np.int64)
 
 
-def read_npz(path, split: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """edgesplit's array format: `images` (uint8 N,H,W or N,C,H,W) and optional `labels`.
+def read_npz(path, split: str) -> Tuple[np.ndarray, Optional[np.ndarray], bool]:
+    """edgesplit's array format: `images` (uint8) and optional `labels`, or `<split>_images`/`<split>_labels`.
 
-    A file may hold two splits as `<split>_images` / `<split>_labels` (calibration_data does).
-    """
+    Returns images as stored (layout not yet known), labels, and whether the file holds that split
+    separately (False: one set for everything)."""
     with np.load(str(path), allow_pickle=False) as archive:
-        prefix = "{}_".format(split) if "{}_images".format(split) in archive else ""
+        split_prefix = "{}_".format(split)
+        prefix = split_prefix if split_prefix + "images" in archive else ""
         if prefix + "images" not in archive:
             raise EdgesplitError("{} has no 'images' or '{}_images' array".format(path, split))
         images = archive[prefix + "images"]
         labels = archive[prefix + "labels"] if prefix + "labels" in archive else None
-    return _nchw_uint8(images, path), None if labels is None else labels.astype(np.int64)
+    if labels is not None:
+        labels = check_labels(labels, len(images), path)
+    return images, labels, bool(prefix)
 
 
-def _nchw_uint8(images: np.ndarray, origin) -> np.ndarray:
-    if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise EdgesplitError("{}: images must be uint8 N,H,W or N,C,H,W, got {} {}".format(
-            origin, images.dtype, images.shape))
-    return images[:, None] if images.ndim == 3 else images
+def _image_files(directory: Path) -> List[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _fit(image: np.ndarray, input_shape, resize) -> np.ndarray:
-    """H,W,C uint8 of any size → the model's C,H,W float input (resized only when larger)."""
-    channels, height, width = input_shape
-    if image.shape[0] > height or image.shape[1] > width:
-        image = resize(image, (width, height))
-    if image.ndim == 2:
-        image = image[:, :, None]
-    return to_model_input(image.transpose(2, 0, 1)[None], input_shape)[0]
+def folder_layout(directory: Path, split: str) -> Tuple[Path, List[Tuple[Path, Optional[int]]], List[str], bool]:
+    """(folder read, [(file, label)], class names, whether it is that split's own folder).
+
+    `train/` and `test/` subfolders are splits; class subfolders give labels; plain files have none."""
+    has_split = (directory / split).is_dir()
+    root = directory / split if has_split else directory
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and _image_files(p))
+    if classes:
+        files = [(path, label) for label, name in enumerate(classes) for path in _image_files(root / name)]
+    else:
+        files = [(path, None) for path in _image_files(root)]
+    if not files:
+        raise EdgesplitError("{} holds no image files ({}), directly or in class subfolders".format(
+            root, ", ".join(IMAGE_SUFFIXES)))
+    return root, files, classes, has_split
 
 
-def _array_frames(images, labels, input_shape, first: int) -> Iterator[SourceFrame]:
-    for index in range(first, len(images)):
-        yield SourceFrame(index, to_model_input(images[index:index + 1], input_shape)[0],
-                          None if labels is None else int(labels[index]))
-
-
-def _file_frames(directory: Path, input_shape, first: int) -> Iterator[SourceFrame]:
+def decode_image(path: Path, spec: InputSpec) -> np.ndarray:
+    """One image file → uint8 C,H,W at the model's size (Pillow decodes to the model's color mode)."""
     try:
         from PIL import Image
     except ImportError as error:
-        raise EdgesplitError("reading a folder of images needs Pillow: pip install pillow") from error
-    mode = {1: "L", 3: "RGB"}.get(input_shape[0])
+        raise EdgesplitError("reading image files needs Pillow: pip install pillow") from error
+    mode = COLOR_MODES.get(spec.channels)
     if mode is None:
-        raise EdgesplitError("image files give 1 or 3 channels, the model takes {}".format(input_shape[0]))
-    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise EdgesplitError("{} holds no image files ({})".format(directory, ", ".join(IMAGE_SUFFIXES)))
-
-    def resize(array, size):
-        return np.asarray(Image.fromarray(array).resize(size, Image.BILINEAR))
-
-    for index, path in enumerate(files[first:], first):
+        raise EdgesplitError("image files give 1 or 3 channels, the model takes {}".format(spec.channels))
+    try:
         with Image.open(str(path)) as picture:
-            yield SourceFrame(index, _fit(np.asarray(picture.convert(mode)), input_shape, resize), None)
+            pixels = np.asarray(picture.convert(mode))
+    except (OSError, ValueError) as error:
+        raise EdgesplitError("{} is not a readable image: {}".format(path, error)) from error
+    return spec.fit(spec.arrange(pixels[None], path), path)[0]
 
 
-def _camera_frames(device: int, input_shape) -> Iterator[SourceFrame]:
+def read_folder(directory: Path, spec: InputSpec, split: str) -> Tuple[np.ndarray, Optional[np.ndarray], bool]:
+    """A folder's images at the model's size (uint8 N,C,H,W), labels, and whether it held that split."""
+    _, files, classes, has_split = folder_layout(directory, split)
+    images = np.stack([decode_image(path, spec) for path, _ in files])
+    labels = np.array([label for _, label in files], dtype=np.int64) if classes else None
+    return images, labels, has_split
+
+
+def _array_frames(images, labels, spec: InputSpec, origin, first: int) -> Iterator[SourceFrame]:
+    arranged = spec.arrange(images, origin)
+    for index in range(first, len(arranged)):
+        yield SourceFrame(index, spec.prepare(arranged[index:index + 1], origin)[0],
+                          None if labels is None else int(labels[index]))
+
+
+def _file_frames(directory: Path, spec: InputSpec, split: str, first: int) -> Iterator[SourceFrame]:
+    _, files, _, _ = folder_layout(directory, split)
+    for index, (path, label) in enumerate(files[first:], first):
+        yield SourceFrame(index, decode_image(path, spec).astype(np.float32) / 255.0, label)
+
+
+def _camera_frames(device: int, spec: InputSpec) -> Iterator[SourceFrame]:
     try:
         import cv2
     except ImportError as error:
         raise EdgesplitError("a camera source needs OpenCV: pip install opencv-python-headless") from error
+    if spec.channels not in COLOR_MODES:
+        raise EdgesplitError("a camera gives 1 or 3 channels, the model takes {}".format(spec.channels))
     capture = cv2.VideoCapture(device)
     if not capture.isOpened():
         raise EdgesplitError("camera {} cannot be opened".format(device))
-
-    def resize(array, size):
-        return cv2.resize(array, size, interpolation=cv2.INTER_AREA)
-
+    conversion = cv2.COLOR_BGR2GRAY if spec.channels == 1 else cv2.COLOR_BGR2RGB
     try:
         index = 0
         while True:
             ok, bgr = capture.read()
             if not ok:
                 raise EdgesplitError("camera {} stopped delivering frames".format(device))
-            if input_shape[0] == 1:
-                picture = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-            else:
-                picture = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            yield SourceFrame(index, _fit(picture, input_shape, resize), None)
+            picture = cv2.cvtColor(bgr, conversion)
+            yield SourceFrame(index, spec.prepare(picture[None], "camera {}".format(device))[0], None)
             index += 1
     finally:
         capture.release()
 
 
-def open_source(spec: str, input_shape, split: str = "test", first: int = 0) -> Iterator[SourceFrame]:
+def open_source(source: str, spec: InputSpec, split: str = "test", first: int = 0) -> Iterator[SourceFrame]:
     """`camera[:N]`, an .npz (its `<split>_images` or `images`), an .npy of uint8 images, or a folder."""
-    if spec == "camera" or spec.startswith("camera:"):
-        device = spec.partition(":")[2] or "0"
+    if source == "camera" or source.startswith("camera:"):
+        device = source.partition(":")[2] or "0"
         if not device.isdigit():
-            raise EdgesplitError("camera source must be camera or camera:N, got {!r}".format(spec))
-        return _camera_frames(int(device), input_shape)
-    path = Path(spec)
+            raise EdgesplitError("camera source must be camera or camera:N, got {!r}".format(source))
+        return _camera_frames(int(device), spec)
+    path = Path(source)
     if path.is_dir():
-        return _file_frames(path, input_shape, first)
+        return _file_frames(path, spec, split, first)
     if path.suffix == ".npz" and path.is_file():
-        images, labels = read_npz(path, split)
-        return _array_frames(images, labels, input_shape, first)
+        images, labels, _ = read_npz(path, split)
+        return _array_frames(images, labels, spec, path, first)
     if path.suffix == ".npy" and path.is_file():
-        return _array_frames(_nchw_uint8(np.load(str(path), allow_pickle=False), path), None, input_shape, first)
+        return _array_frames(np.load(str(path), allow_pickle=False), None, spec, path, first)
     raise EdgesplitError("source {!r} not found: give an .npz or .npy of uint8 images, a folder of image "
-                         "files, or camera[:N]".format(spec))
+                         "files, or camera[:N]".format(source))
 
 
 def paced(frames: Iterator[SourceFrame], fps: Optional[float]) -> Iterator[SourceFrame]:

@@ -14,18 +14,14 @@ from runtime.wire import decode_frame, encode_frame
 
 
 class _Half:
-    """One artefact of a bundle on its backend; `output_name` is its first output (codes or logits)."""
+    """One artefact of a bundle on its backend."""
 
     def __init__(self, bundle: Bundle, role: str, threads=None, verified: bool = False, **options):
         self.wire = bundle.wire
         self.runner = bundle.open_runner(role, verified, threads=threads, **options)
         entry = bundle.artefact(role)
-        self.input_name = entry["inputs"][0]["name"]
-        self.output_name = entry["outputs"][0]["name"]
-        self.input_dtype = np.dtype(entry["inputs"][0]["dtype"])
-
-    def run(self, array: np.ndarray) -> np.ndarray:
-        return self.runner.infer({self.input_name: array})[self.output_name]
+        self.inputs = [(tensor["name"], np.dtype(tensor["dtype"])) for tensor in entry["inputs"]]
+        self.outputs = [tensor["name"] for tensor in entry["outputs"]]
 
 
 def softmax_entropy(logits: np.ndarray) -> np.ndarray:
@@ -75,7 +71,7 @@ class CodeMapping:
 
 
 class EdgeHalf(_Half):
-    """Head + encoder: float NCHW images → uint8 codes → one payload per frame.
+    """Head + encoder: float NCHW images → uint8 codes (one array per crossing tensor) → one payload per frame.
 
     An integer-only artefact (TFLite int8) takes quantized input, may be NHWC, and ends before
     the codec's quantizer: its output becomes codes through the manifest's `to_codes` mapping.
@@ -84,55 +80,100 @@ class EdgeHalf(_Half):
     def __init__(self, bundle: Bundle, threads=None, verified: bool = False, **options):
         super().__init__(bundle, "edge", threads, verified, **options)
         entry = bundle.artefact("edge")
-        image, features = entry["inputs"][0], entry["outputs"][0]
-        self.input_layout, self.output_layout = image.get("layout", "NCHW"), features.get("layout", "NCHW")
-        self.input_quantization = self.runner.quantization(self.input_name) if image["dtype"] == "int8" else None
-        self.to_codes = None
-        if features["dtype"] == "int8":
-            self.to_codes = CodeMapping(entry["to_codes"], self.runner.quantization(self.output_name))
+        image = entry["inputs"][0]
         exit_entry = bundle.manifest.get("exit")
         self.exit_name = exit_entry["output"] if exit_entry else None
+        self.code_outputs = [t for t in entry["outputs"] if t["name"] != self.exit_name]
+        self.input_layout = image.get("layout", "NCHW")
+        self.input_quantization = self.runner.quantization(image["name"]) if image["dtype"] == "int8" else None
+        self.to_codes = None
+        if self.code_outputs[0]["dtype"] == "int8":
+            self.to_codes = CodeMapping(entry["to_codes"], self.runner.quantization(self.code_outputs[0]["name"]))
         self.exit_quantization = None
         if exit_entry and next(t for t in entry["outputs"] if t["name"] == self.exit_name)["dtype"] == "int8":
             self.exit_quantization = self.runner.quantization(self.exit_name)
 
-    def codes(self, images: np.ndarray) -> np.ndarray:
+    def codes(self, images: np.ndarray):
         return self.codes_and_exit(images)[0]
 
     def codes_and_exit(self, images: np.ndarray):
-        """Codes for the wire and, when the bundle has an exit branch, its logits (else None)."""
+        """Codes for the wire (an array, or a list with one per crossing tensor) and, when the bundle has an
+        exit branch, its logits (else None)."""
         if self.input_layout == "NHWC":
             images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
         if self.input_quantization is not None:
             images = quantize_int8(images, *self.input_quantization)
-        results = self.runner.infer({self.input_name: images})
-        outputs = results[self.output_name]
-        if self.output_layout == "NHWC":
-            outputs = outputs.transpose(0, 3, 1, 2)
-        if self.to_codes is not None:
-            codes = self.to_codes(outputs)
-        else:
-            codes = outputs.astype(np.uint8, copy=False)  # engines without uint8 tensors give integral float32
+        results = self.runner.infer({self.inputs[0][0]: images})
+        parts = [self._codes(results[tensor["name"]], tensor) for tensor in self.code_outputs]
         exit_logits = None if self.exit_name is None else results[self.exit_name].astype(np.float32)
         if self.exit_quantization is not None:
             exit_logits = (exit_logits - self.exit_quantization[1]) * self.exit_quantization[0]
-        return codes, exit_logits
+        return (parts if self.wire.parts else parts[0]), exit_logits
+
+    def _codes(self, outputs: np.ndarray, tensor: dict) -> np.ndarray:
+        if tensor.get("layout") == "NHWC":
+            outputs = outputs.transpose(0, 3, 1, 2)
+        if self.to_codes is not None:
+            return self.to_codes(outputs)
+        return outputs.astype(np.uint8, copy=False)  # engines without uint8 tensors give integral float32
 
     def payloads(self, images: np.ndarray) -> List[bytes]:
-        return [encode_frame(frame, self.wire) for frame in self.codes(images)]
+        codes = self.codes(images)
+        if not self.wire.parts:
+            return [encode_frame(frame, self.wire) for frame in codes]
+        return [encode_frame([part[i] for part in codes], self.wire) for i in range(len(images))]
+
+
+def output_sizes(bundle: Bundle) -> List[tuple]:
+    """(name, shape) of each cloud output, in the order replies carry them."""
+    return [(t["name"], tuple(t["shape"][1:])) for t in bundle.artefact("cloud")["outputs"]]
+
+
+def class_output(bundle: Bundle) -> int:
+    """Index of the output a frame's top-1 is read from: the first classification output."""
+    kinds = [t.get("kind", "class") for t in bundle.artefact("cloud")["outputs"]]
+    return kinds.index("class")
+
+
+def split_values(values: np.ndarray, sizes: List[tuple]) -> List[np.ndarray]:
+    """One reply's flat float32 values → one array per cloud output."""
+    arrays, offset = [], 0
+    for _, shape in sizes:
+        count = int(np.prod(shape))
+        arrays.append(values[offset:offset + count].reshape(shape))
+        offset += count
+    return arrays
 
 
 class CloudHalf(_Half):
-    """Decoder + tail: payloads (or decoded codes) → logits."""
+    """Decoder + tail: payloads (or decoded codes) → every output of the model."""
 
     def __init__(self, bundle: Bundle, threads=None, verified: bool = False, **options):
         super().__init__(bundle, "cloud", threads, verified, **options)
 
-    def decode(self, payload: bytes) -> np.ndarray:
+    def decode(self, payload: bytes):
         return decode_frame(payload, self.wire)
 
-    def logits(self, codes: np.ndarray) -> np.ndarray:
-        return self.run(codes.astype(self.input_dtype, copy=False))
+    def stack(self, frames: list):
+        """Decoded frames → a batch (a list of batches when several tensors cross)."""
+        if not self.wire.parts:
+            return np.stack(frames)
+        return [np.stack(part) for part in zip(*frames)]
+
+    def outputs_of(self, codes) -> List[np.ndarray]:
+        parts = codes if self.wire.parts else [codes]
+        feed = {name: part.astype(dtype, copy=False) for (name, dtype), part in zip(self.inputs, parts)}
+        results = self.runner.infer(feed)
+        return [results[name] for name in self.outputs]
+
+    def logits(self, codes) -> np.ndarray:
+        """The first output (the classifier's logits)."""
+        return self.outputs_of(codes)[0]
+
+    def replies(self, frames: list) -> np.ndarray:
+        """Decoded frames → one row of flat float32 values per frame: every output, in manifest order."""
+        outputs = self.outputs_of(self.stack(frames))
+        return np.concatenate([output.reshape(len(frames), -1) for output in outputs], axis=1)
 
 
 class SplitInference:
@@ -146,8 +187,12 @@ class SplitInference:
     def edge(self, images: np.ndarray) -> List[bytes]:
         return self.edge_half.payloads(images)
 
+    def cloud_outputs(self, payloads: List[bytes]) -> List[np.ndarray]:
+        cloud = self.cloud_half
+        return cloud.outputs_of(cloud.stack([cloud.decode(payload) for payload in payloads]))
+
     def cloud(self, payloads: List[bytes]) -> np.ndarray:
-        return self.cloud_half.logits(np.stack([self.cloud_half.decode(payload) for payload in payloads]))
+        return self.cloud_outputs(payloads)[0]
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.cloud(self.edge(images))

@@ -127,45 +127,81 @@ def unpack_bits(data: bytes, bits: int, elements: int) -> np.ndarray:
     return np.packbits(padded, axis=1).reshape(elements)
 
 
+def _size(shape) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
 class WireFormat(NamedTuple):
-    """One frame: code shape without the batch axis, bits per code, lossless stage."""
+    """One frame: code shape without the batch axis, bits per code, lossless stage. When several tensors
+    cross the cut, `parts` holds each one's code shape, `shape` is (all their elements,), and a frame is
+    every part bit-packed in order, then one lossless stage over the whole."""
 
     shape: Tuple[int, ...]
     bits: int = 8
     lossless: str = "none"
+    parts: Tuple[Tuple[int, ...], ...] = ()
+
+    @classmethod
+    def of(cls, shapes, bits: int = 8, lossless: str = "none") -> "WireFormat":
+        shapes = tuple(tuple(shape) for shape in shapes)
+        if len(shapes) == 1:
+            return cls(shapes[0], bits, lossless).validated()
+        return cls((sum(_size(shape) for shape in shapes),), bits, lossless, shapes).validated()
+
+    @property
+    def shapes(self) -> Tuple[Tuple[int, ...], ...]:
+        return self.parts or (self.shape,)
 
     @property
     def elements(self) -> int:
-        return int(np.prod(self.shape))
+        return _size(self.shape)
+
+    def _packed(self, shape) -> int:
+        return (_size(shape) * self.bits + 7) // 8
 
     @property
     def packed_bytes(self) -> int:
         """Bytes after bit-packing, before the lossless stage (its exact output size when 'none')."""
-        return (self.elements * self.bits + 7) // 8
+        return sum(self._packed(shape) for shape in self.shapes)
 
     def to_manifest(self) -> dict:
-        return {"shape": list(self.shape), "dtype": "uint8", "bits": self.bits,
-                "lossless": self.lossless, "packed_bytes_per_frame": self.packed_bytes}
+        entry = {"shape": list(self.shape), "dtype": "uint8", "bits": self.bits,
+                 "lossless": self.lossless, "packed_bytes_per_frame": self.packed_bytes}
+        if self.parts:
+            entry["parts"] = [list(shape) for shape in self.parts]
+        return entry
 
     @classmethod
     def from_manifest(cls, entry: dict) -> "WireFormat":
-        return cls(tuple(entry["shape"]), entry["bits"], entry["lossless"]).validated()
+        parts = tuple(tuple(shape) for shape in entry.get("parts", ()))
+        return cls(tuple(entry["shape"]), entry["bits"], entry["lossless"], parts).validated()
 
     def validated(self) -> "WireFormat":
         if not 1 <= self.bits <= 8:
             raise WireError("bits per code must be 1..8, got {}".format(self.bits))
+        if self.parts and _size(self.shape) != sum(_size(shape) for shape in self.parts):
+            raise WireError("wire shape {} does not hold its parts {}".format(self.shape, self.parts))
         _stage(self.lossless)
         return self
 
 
-def encode_frame(codes: np.ndarray, wire: WireFormat) -> bytes:
-    """One frame's codes (uint8, `wire.shape`) → payload bytes."""
-    if codes.dtype != np.uint8 or tuple(codes.shape) != wire.shape:
-        raise WireError("codes must be uint8 of shape {}, got {} {}".format(wire.shape, codes.dtype, codes.shape))
-    return compress_bytes(pack_bits(codes, wire.bits), wire.lossless)
+def encode_frame(codes, wire: WireFormat) -> bytes:
+    """One frame's codes (uint8 of `wire.shape`, or a sequence of arrays, one per part) → payload bytes."""
+    arrays = list(codes) if wire.parts else [codes]
+    found = [(a.dtype, tuple(a.shape)) for a in arrays]
+    if found != [(np.dtype(np.uint8), shape) for shape in wire.shapes]:
+        raise WireError("codes must be uint8 shaped {}, got {}".format(
+            list(wire.shapes), [("{} {}".format(dtype, shape)) for dtype, shape in found]))
+    return compress_bytes(b"".join(pack_bits(a, wire.bits) for a in arrays), wire.lossless)
 
 
-def decode_frame(payload: bytes, wire: WireFormat) -> np.ndarray:
-    """Payload bytes → one frame's codes; sizes must be exactly what the manifest says."""
+def decode_frame(payload: bytes, wire: WireFormat):
+    """Payload bytes → one frame's codes (a list of arrays when several parts); sizes must be exactly what
+    the manifest says."""
     data = decompress_bytes(payload, wire.lossless, wire.packed_bytes)
-    return unpack_bits(data, wire.bits, wire.elements).reshape(wire.shape)
+    arrays, offset = [], 0
+    for shape in wire.shapes:
+        size = wire._packed(shape)
+        arrays.append(unpack_bits(data[offset:offset + size], wire.bits, _size(shape)).reshape(shape))
+        offset += size
+    return arrays if wire.parts else arrays[0]

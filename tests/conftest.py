@@ -9,18 +9,21 @@ import pytest
 import torch
 
 from calibration_data import DEFAULT_CALIBRATION
+from runtime.inputs import InputSpec
 from toolchain.data import ImageSet, load_images, to_model_input
 from toolchain.load import load_model
 from toolchain.models import PlainCNN
 
 INPUT_SHAPE = (1, 32, 32)
+DEFAULT_SPEC = InputSpec(1, 32, 32, "pad")  # the bundled model's: Fashion-MNIST's 28x28 centred in 32x32
 TINY_WEIGHTS = Path(__file__).with_name("assets") / "tiny.pt"
-TINY_MODEL = ["--model", "conftest:TinyNet", "--weights", str(TINY_WEIGHTS), "--input-shape", "1,32,32"]
+TINY_MODEL = ["--model", "conftest:TinyNet", "--weights", str(TINY_WEIGHTS), "--input-shape", "1,32,32",
+              "--resize", "pad"]
 
 
 @pytest.fixture(scope="session")
 def holdout() -> ImageSet:
-    return load_images(DEFAULT_CALIBRATION, "test")
+    return load_images(DEFAULT_CALIBRATION, "test", DEFAULT_SPEC)
 
 
 @pytest.fixture(scope="session")

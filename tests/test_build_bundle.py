@@ -15,6 +15,7 @@ from toolchain.build import BuildOptions, build_engines
 from toolchain.cli import main
 from toolchain.data import to_model_input
 from toolchain.errors import EdgesplitError
+from toolchain.load import InputOptions
 from toolchain.train import predict
 
 from conftest import INPUT_SHAPE, top1
@@ -123,7 +124,8 @@ def test_tar_with_a_path_member_is_refused(tmp_path):
 def test_accuracy_gate_writes_nothing(tmp_path, plain_cnn):
     output = tmp_path / "gated"
     with pytest.raises(EdgesplitError, match="accuracy points on the held-out set"):
-        build_engines(BuildOptions(model="toolchain.models:PlainCNN", output=output, max_loss=-100.0))
+        build_engines(BuildOptions(model="toolchain.models:PlainCNN", inputs=InputOptions((1, 28, 28)), output=output,
+                                   max_loss=-100.0))
     assert not output.exists()
 
 
@@ -134,7 +136,8 @@ def test_factory_model_with_weights_builds_per_channel(plain_cnn, tmp_path, hold
     torch.save(plain_cnn.state_dict(), weights)
     result = CliRunner().invoke(main, [
         "build-engines", "--model", "conftest:PlainCNNSmall", "--weights", str(weights),
-        "--input-shape", "1,32,32", "--codec", "int8:per=channel", "--output", str(tmp_path / "b"),
+        "--input-shape", "1,32,32", "--resize", "pad", "--codec", "int8:per=channel",
+        "--output", str(tmp_path / "b"),
     ])
     assert result.exit_code == 0, result.output
     bundle = load_bundle(tmp_path / "b")

@@ -12,10 +12,11 @@ from toolchain.cli import main
 from toolchain.codec_search import search, grid
 from toolchain.codec_training import load_checkpoint, prepare_training, score_codec, train_codec
 from toolchain.codecs import make_codec
+from toolchain.load import InputOptions
 from toolchain.data import to_model_input
 from toolchain.errors import EdgesplitError
 
-from conftest import INPUT_SHAPE, top1
+from conftest import DEFAULT_SPEC, INPUT_SHAPE, top1
 
 SPEC = "bbnet:c=8,s=4,bits=4"
 
@@ -25,7 +26,7 @@ def frozen():
     from toolchain.load import load_model
 
     model = load_model(None)
-    return model, prepare_training(model.module, "layer3", INPUT_SHAPE, str(DEFAULT_CALIBRATION))
+    return model, prepare_training(model.module, "layer3", DEFAULT_SPEC, str(DEFAULT_CALIBRATION))
 
 
 def test_trained_codec_beats_untrained(frozen):
@@ -103,7 +104,7 @@ def test_train_codec_then_build_a_learned_bundle(tmp_path, holdout, plain_cnn):
     checkpoint, weights = tmp_path / "codec.pt", tmp_path / "plain.pt"
     torch.save(plain_cnn.state_dict(), weights)
     common = ["--model", "conftest:PlainCNNSmall", "--weights", str(weights), "--input-shape", "1,32,32",
-              "--split", "features.4"]
+              "--resize", "pad", "--split", "features.4"]
     result = CliRunner().invoke(main, ["train-codec", *common, "--data", str(DEFAULT_CALIBRATION),
                                        "--codec", "bbnet:c=4,s=2,bits=4", "--epochs", "1", "--output", str(checkpoint)])
     assert result.exit_code == 0, result.output
@@ -136,7 +137,7 @@ def test_learned_codec_inside_exported_onnx_matches_pytorch(family, tmp_path, pl
     weights = tmp_path / "w.pt"
     torch.save(plain_cnn.state_dict(), weights)
     report = build_engines(BuildOptions(
-        model="conftest:PlainCNNSmall", weights=weights, input_shape=INPUT_SHAPE, split="features.4",
+        model="conftest:PlainCNNSmall", weights=weights, inputs=InputOptions(INPUT_SHAPE, "pad"), split="features.4",
         codec=f"{family}:c=4,s=2,bits=6", train_data=str(DEFAULT_CALIBRATION), codec_epochs=1,
         output=tmp_path / "b", max_loss=100.0,
     ))

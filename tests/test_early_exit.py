@@ -22,7 +22,7 @@ from toolchain.codec_training import prepare_training
 from toolchain.data import to_model_input
 from toolchain.exit_branch import load_exit, save_exit, train_exit
 
-from conftest import INPUT_SHAPE
+from conftest import DEFAULT_SPEC, INPUT_SHAPE
 
 FRAMES = 300
 
@@ -30,7 +30,8 @@ FRAMES = 300
 @pytest.fixture(scope="module")
 def exit_weights(default_model, tmp_path_factory):
     """An exit branch trained for one epoch on the 512 calibration images (weak, but real)."""
-    frozen = prepare_training(default_model.module, "layer2", INPUT_SHAPE, str(DEFAULT_CALIBRATION), test_frames=0)
+    frozen = prepare_training(default_model.module, "layer2", DEFAULT_SPEC, str(DEFAULT_CALIBRATION),
+                              test_frames=0)
     path = tmp_path_factory.mktemp("exit") / "exit.pt"
     save_exit(path, train_exit(frozen.train, 10, epochs=1), "layer2", default_model.sha256)
     return path

@@ -36,7 +36,7 @@ def bundle(built):
 
 @pytest.fixture(scope="module")
 def frames(bundle):
-    return list(open_source(str(DEFAULT_CALIBRATION), (1, 32, 32)))[:320]
+    return list(open_source(str(DEFAULT_CALIBRATION), bundle.input_spec()))[:320]
 
 
 @pytest.fixture(scope="module")

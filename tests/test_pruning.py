@@ -8,7 +8,7 @@ import torch
 from toolchain.errors import EdgesplitError
 from toolchain.export import export_onnx
 from toolchain.pruning import count, fine_tune, head_modules, prune, save_pruned, sparsity_train
-from toolchain.load import load_model
+from toolchain.load import InputOptions, load_model
 from toolchain.split import split_model
 
 from conftest import INPUT_SHAPE
@@ -40,7 +40,7 @@ def test_pruned_head_is_smaller_and_the_boundary_is_unchanged(plain_cnn, calibra
     x = torch.from_numpy(calibration)
     torch.testing.assert_close(after.tail(after.head(x)), pruned(x))
     path = tmp_path / "head.onnx"
-    export_onnx(after.head, x, path, 17, "image", "features", metadata={})
+    export_onnx(after.head, (x,), path, 17, ("image",), ("features",), metadata={})
     assert [d.dim_value for d in onnx.load(str(path)).graph.output[0].type.tensor_type.shape.dim][1:] == [16, 8, 8]
 
 
@@ -55,7 +55,7 @@ def test_sparsity_training_shrinks_bn_scales_and_fine_tuning_recovers(plain_cnn,
     inputs, labels = images.numpy(), holdout.labels[:64]
     head = head_modules(plain_cnn, SPLIT, INPUT_SHAPE)
     gammas = plain_cnn.features[2].weight.detach().abs().sum().item()
-    teacher = load_model("conftest:PlainCNNSmall", input_shape=INPUT_SHAPE).module
+    teacher = load_model("conftest:PlainCNNSmall", inputs=InputOptions(INPUT_SHAPE, "pad")).module
     teacher.load_state_dict(plain_cnn.state_dict())
     sparsity_train(plain_cnn, head, inputs, labels, epochs=3, l1=1e-1, batch_size=16)
     assert plain_cnn.features[2].weight.detach().abs().sum().item() < gammas
@@ -63,7 +63,7 @@ def test_sparsity_training_shrinks_bn_scales_and_fine_tuning_recovers(plain_cnn,
     fine_tune(pruned, teacher.eval(), inputs, labels, epochs=1, batch_size=16)
     path = tmp_path / "pruned.pt2"
     save_pruned(pruned, INPUT_SHAPE, path)
-    reloaded = load_model(str(path), input_shape=INPUT_SHAPE).module
+    reloaded = load_model(str(path), inputs=InputOptions(INPUT_SHAPE, "pad")).module
     np.testing.assert_allclose(reloaded(images[:8]).detach().numpy(), pruned(images[:8]).detach().numpy(), atol=1e-5)
 
 
@@ -85,13 +85,13 @@ def test_prune_command_writes_a_model_that_builds_and_refuses_a_bad_ratio(tmp_pa
     from toolchain.cli import main
 
     output = tmp_path / "pruned.pt2"
-    arguments = ["prune", "--model", "conftest:PlainCNNSmall", "--input-shape", "1,32,32", "--split", SPLIT,
-                 "--data", str(DEFAULT_CALIBRATION), "--frames", "64", "--criterion", "feature-bias",
+    arguments = ["prune", "--model", "conftest:PlainCNNSmall", "--input-shape", "1,32,32", "--resize", "pad",
+                 "--split", SPLIT, "--data", str(DEFAULT_CALIBRATION), "--frames", "64", "--criterion", "feature-bias",
                  "--sparsity-epochs", "0", "--finetune-epochs", "1", "--output", str(output)]
     result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 0, result.output
     assert "head: 1,272 → 652 params" in result.output
-    pruned = load_model(str(output), input_shape=INPUT_SHAPE)
+    pruned = load_model(str(output), inputs=InputOptions(INPUT_SHAPE, "pad"))
     assert split_model(pruned.module, SPLIT, INPUT_SHAPE).point.shape == (16, 8, 8)
     refused = CliRunner().invoke(main, arguments[:-2] + ["--ratio", "1", "--output", str(output)])
     assert refused.exit_code == 1 and "pruning ratio must be between 0 and 1 (exclusive), got 1.0" in refused.output

@@ -84,16 +84,19 @@ def test_wrong_input_shape_is_named(plain_cnn):
 
 
 def test_list_splits_marks_the_default():
-    result = CliRunner().invoke(main, ["list-splits"], terminal_width=200)
+    result = CliRunner().invoke(main, ["list-splits"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     row = next(line for line in result.output.splitlines() if "layer2 (default)" in line)
     assert "64x16x16" in row and "65,536" in row and "16,384" in row
-    assert "layer2.0.conv1" not in result.output  # only single-tensor points are listed
+    lines = result.output.splitlines()
+    several = next(i for i, line in enumerate(lines) if "layer2.0.conv1" in line)
+    assert several > next(i for i, line in enumerate(lines) if "(default)" in line)  # after the single ones
+    assert "32x32x32 + 64x16x16" in lines[several] and "49,152" in lines[several]  # both tensors, int8 bytes
 
 
 def test_cli_error_is_one_line_without_traceback():
-    result = CliRunner().invoke(main, ["build-engines", "--split", "layer2.0.conv1"])
+    result = CliRunner().invoke(main, ["build-engines", "--split", "fc"])
     assert result.exit_code == 1
-    assert result.stderr.startswith("error: cannot split at 'layer2.0.conv1'")
+    assert result.stderr.startswith("error: cannot split at 'fc'")
     assert result.stderr.count("\n") == 1
     assert "Traceback" not in result.output

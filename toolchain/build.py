@@ -24,13 +24,14 @@ from targets import ROLES, Deployment, deployment
 from toolchain.backends import Half, Parts, check_precision, exporter, tensor_spec
 from toolchain.bundle import finish_bundle, staging_directory
 from toolchain.codec_training import load_checkpoint, prepare_training, train_codec
-from toolchain.codecs import DEFAULT_CODEC, FeatureCodec, make_codec, parse_codec_spec
-from toolchain.data import ImageSet, load_images, to_model_input
+from toolchain.codecs import DEFAULT_CODEC, LEARNED, FeatureCodec, make_cut_codec, parse_codec_spec
+from toolchain.data import ImageSet, load_images
 from toolchain.errors import EdgesplitError
 from toolchain.exit_branch import ExitBranch, load_exit, train_exit
-from toolchain.load import LoadedModel, load_model
+from toolchain.load import InputOptions, LoadedModel, load_model
 from toolchain.split import Split, default_point, split_model, trace
-from toolchain.train import predict
+from toolchain.evaluate import (Bounds, agreement_bound, code_differences, compare_outputs, failed_bound,
+                                 output_kinds, predict_outputs)
 
 EXPORT_CHECK_FRAMES = 64
 
@@ -38,7 +39,7 @@ EXPORT_CHECK_FRAMES = 64
 class BuildOptions(NamedTuple):
     model: str | None = None
     weights: Path | None = None
-    input_shape: tuple[int, int, int] | None = None
+    inputs: InputOptions = InputOptions()  # input shape, resize policy, normalization
     target: str = "cpu"  # the edge device
     cloud: str | None = None  # the cloud device; default: the edge device's default cloud
     split: str | None = None
@@ -46,10 +47,13 @@ class BuildOptions(NamedTuple):
     codec_weights: Path | None = None  # a train-codec checkpoint for a learned codec
     lossless: str = "none"
     train_data: str | None = None  # where a learned codec or exit branch without weights is trained
-    codec_epochs: int = 2
+    codec_epochs: int = 2  # when a learned codec is trained during the build
     calib: str | None = None
     output: Path | None = None
     max_loss: float = 1.0  # accuracy points the bundle may lose against the float model
+    min_agreement: float | None = None  # top-1 agreement with the float model; default: see evaluate.py
+    max_relative_error: float = 0.1  # of a regression output against the float model's
+    output_kinds: tuple[str, ...] | None = None  # per model output: class or regression (default: class first)
     calibration_frames: int = 512
     tar: bool = False
     precision: str | None = None  # of the edge half; default: the edge device's
@@ -83,6 +87,8 @@ class Build:
         self.halves: Split | None = None
         self.codec: FeatureCodec | None = None
         self.branch: ExitBranch | None = None
+        self.codec_facts: dict = {}
+        self.output_kinds: tuple[str, ...] = ()
         self.artefacts: dict[str, dict] = {}
         self.checks: dict = {}
         self.output = options.output
@@ -91,36 +97,44 @@ class Build:
 
     @property
     def parts(self) -> Parts:
-        return Parts(self.halves.head, self.codec, self.halves.tail, self.branch)
+        return Parts(self.halves.head, self.codec, self.halves.tail, self.branch, self.halves.outputs)
 
 
 def load_stage(build: Build) -> None:
     options = build.options
-    build.loaded = load_model(options.model, options.weights, options.input_shape)
+    build.loaded = load_model(options.model, options.weights, options.inputs)
     build.output = options.output or Path("bundles") / f"{build.loaded.name}-{build.deployment.name}"
     build.staging = staging_directory(build.output)
 
 
 def images_stage(build: Build) -> None:
-    source = build.options.calib or str(DEFAULT_CALIBRATION)
-    build.calibration = load_images(source, "train").take(build.options.calibration_frames)
-    build.holdout = load_images(source, "test")
-    build.input_shape = build.loaded.input_shape or tuple(build.calibration.images.shape[1:])
-    build.calibration_inputs = to_model_input(build.calibration.images, build.input_shape)
-    build.holdout_inputs = to_model_input(build.holdout.images, build.input_shape)
+    source, spec = build.options.calib or str(DEFAULT_CALIBRATION), build.loaded.spec()
+    build.calibration = load_images(source, "train", spec).take(build.options.calibration_frames)
+    build.holdout = load_images(source, "test", spec)
+    build.input_shape = spec.shape
+    build.calibration_inputs, build.holdout_inputs = build.calibration.inputs(), build.holdout.inputs()
 
 
 def split_stage(build: Build) -> None:
+    """A cut named with --split may be crossed by several tensors; the default never is."""
     loaded = build.loaded
     build.split_name = build.options.split or loaded.default_split or default_point(trace(
         loaded.module, build.input_shape)).node
-    build.halves = split_model(loaded.module, build.split_name, build.input_shape)
+    build.halves = split_model(loaded.module, build.split_name, build.input_shape, several=bool(build.options.split))
+    build.output_kinds = output_kinds(build.halves.outputs, build.options.output_kinds)
 
 
 def codec_stage(build: Build) -> None:
     """The codec (calibrated, or learned and loaded/trained) and the exit branch, if asked for."""
-    build.codec = prepare_codec(build.options, build.loaded, build.halves, build.input_shape)
-    build.branch = prepare_exit(build.options, build.loaded, build.split_name, build.input_shape)
+    single = len(build.halves.point.shapes) == 1 and len(build.halves.outputs) == 1
+    wants_training = parse_codec_spec(build.options.codec).name in LEARNED or build.options.early_exit \
+        or build.options.exit_weights is not None
+    if wants_training and not single:
+        raise EdgesplitError("learned codecs and exit branches are trained on one crossing tensor of a model with "
+                             f"one output; this cut crosses {len(build.halves.point.shapes)} tensor(s) of a model "
+                             f"returning {len(build.halves.outputs)}: use int8 or affine, without an exit branch")
+    build.codec, build.codec_facts = prepare_codec(build.options, build.loaded, build.halves)
+    build.branch = prepare_exit(build.options, build.loaded, build.split_name)
     with torch.no_grad():
         build.codec.calibrate(build.halves.head(torch.from_numpy(build.calibration_inputs)))
 
@@ -137,27 +151,26 @@ def export_stage(role: str) -> Callable[[Build], None]:
 
 def evaluate_stage(build: Build) -> None:
     """Float model vs the bundle as deployed (edge → wire bytes → cloud), each half run the way its
-    entry says it is verified on a CPU; the build fails past --max-loss."""
+    entry says it is verified on a CPU, output by output; the build fails past its bounds."""
     run = SplitInference(Bundle(build.staging, describe_bundle(build)), verified=True)
     inputs = build.holdout_inputs
-    reference = predict(build.loaded.module, inputs).argmax(1)
     payloads = [run.edge(inputs[i:i + 500]) for i in range(0, len(inputs), 500)]
-    deployed = np.concatenate([run.cloud(batch) for batch in payloads]).argmax(1)
+    deployed = [np.concatenate(parts) for parts in zip(*(run.cloud_outputs(batch) for batch in payloads))]
+    reference = predict_outputs(build.loaded.module, inputs)
     checks = build.checks
-    checks.update(holdout_frames=len(inputs), top1_agreement=float((deployed == reference).mean()),
+    checks.update(holdout_frames=len(inputs), holdout_origin=build.holdout.origin,
+                  calibration_origin=build.calibration.origin,
                   mean_payload_bytes=float(np.mean([len(p) for batch in payloads for p in batch])))
+    checks.update(compare_outputs(build.halves.outputs, build.output_kinds, reference, deployed, build.holdout.labels))
     if "edge_max_abs_error" not in checks:  # an integer-only edge: codes through the runtime vs PyTorch
-        sample = inputs[:EXPORT_CHECK_FRAMES]
-        difference = np.abs(run.edge_half.codes(sample).astype(np.int16)
-                            - build.parts.codes(sample, torch.uint8).numpy().astype(np.int16))
-        checks.update(edge_max_abs_error=float(difference.max()), edge_mismatched_fraction=float((difference > 0).mean()))
-    if build.holdout.labels is not None:
-        checks["float_accuracy"] = float((reference == build.holdout.labels).mean())
-        checks["bundle_accuracy"] = float((deployed == build.holdout.labels).mean())
-        loss_points = 100 * (checks["float_accuracy"] - checks["bundle_accuracy"])
-        if loss_points > build.options.max_loss:
-            raise EdgesplitError(f"the bundle loses {loss_points:.2f} accuracy points on the held-out set "
-                                 f"(limit --max-loss {build.options.max_loss}); nothing was written to {build.output}")
+        checks.update(code_differences(run.edge_half.codes(inputs[:EXPORT_CHECK_FRAMES]),
+                                       build.parts.codes(inputs[:EXPORT_CHECK_FRAMES], torch.uint8)))
+    bounds = Bounds(build.options.max_loss, agreement_bound(build.options.min_agreement, build.codec_facts),
+                    build.options.max_relative_error)
+    checks["bounds"] = bounds._asdict()
+    problem = failed_bound(checks, bounds)
+    if problem:
+        raise EdgesplitError(f"{problem}; nothing was written to {build.output}")
 
 
 def compile_stage(build: Build) -> None:
@@ -197,31 +210,30 @@ def build_engines(options: BuildOptions, show_progress: bool = True) -> BuildRep
     return BuildReport(build.output, build.manifest, time.perf_counter() - started)
 
 
-def prepare_codec(options: BuildOptions, loaded: LoadedModel, halves: Split,
-                  input_shape: tuple[int, int, int]) -> FeatureCodec:
-    """An untrained affine codec, a learned one from --codec-weights, or one trained here."""
+def prepare_codec(options: BuildOptions, loaded: LoadedModel, halves: Split) -> tuple[FeatureCodec, dict]:
+    """An untrained affine codec, a learned one from --codec-weights, or one trained here; and what is known
+    about it (learned, the top-1 agreement its training measured)."""
     spec, point = parse_codec_spec(options.codec), halves.point
     torch.manual_seed(0)  # a learned codec trained here starts from the same weights every build
-    codec = make_codec(spec, point.shape)
+    codec = make_cut_codec(spec, point.shapes)
     if not codec.learned:
-        return codec
+        return codec, {"learned": False}
     if options.codec_weights is not None:
         trained, state = load_checkpoint(options.codec_weights, point.node, loaded.sha256, point.shape)
         if parse_codec_spec(state["codec"]) != spec:
             raise EdgesplitError(f"--codec-weights {options.codec_weights} hold codec {state['codec']}, "
                                  f"not the requested {spec}")
-        return trained
+        return trained, {"learned": True, "measured_agreement": state.get("agreement")}
     data = options.train_data or loaded.dataset
     if data is None:
         raise EdgesplitError(f"codec {spec.name!r} must be trained: give --codec-weights from "
                              "`edgesplit train-codec`, or --train-data to train it here")
-    frozen = prepare_training(loaded.module, point.node, input_shape, data, test_frames=0)
+    frozen = prepare_training(loaded.module, point.node, loaded.spec(), data, test_frames=0)
     train_codec(codec, frozen.tail, frozen.train, options.codec_epochs, seed=0)
-    return codec
+    return codec, {"learned": True, "trained_here": True}
 
 
-def prepare_exit(options: BuildOptions, loaded: LoadedModel, split: str,
-                 input_shape: tuple[int, int, int]) -> ExitBranch | None:
+def prepare_exit(options: BuildOptions, loaded: LoadedModel, split: str) -> ExitBranch | None:
     """The exit branch from --exit-weights, or trained here on the training data, or None."""
     if options.exit_weights is not None:
         return load_exit(options.exit_weights, split, loaded.sha256)
@@ -230,7 +242,7 @@ def prepare_exit(options: BuildOptions, loaded: LoadedModel, split: str,
     data = options.train_data or loaded.dataset
     if data is None:
         raise EdgesplitError("training an exit branch needs labeled images: give --train-data")
-    frozen = prepare_training(loaded.module, split, input_shape, data, test_frames=0)
+    frozen = prepare_training(loaded.module, split, loaded.spec(), data, test_frames=0)
     return train_exit(frozen.train, int(frozen.train.teacher.shape[1]), epochs=options.exit_epochs)
 
 
@@ -244,14 +256,13 @@ def describe_bundle(build: Build) -> dict:
     loaded, point, codec = build.loaded, build.halves.point, build.codec
     manifest = {
         "schema_version": SCHEMA_VERSION,
-        "source_model": {"name": loaded.name, "sha256": loaded.sha256,
-                         "input": dict(tensor_spec("image", build.input_shape, "float32"), range=[0.0, 1.0])},
+        "source_model": {"name": loaded.name, "sha256": loaded.sha256, "input": loaded.spec().to_manifest()},
         "split": {"requested": build.options.split or build.split_name, "node": point.node, "module": point.module,
                   "shape": list(point.shape), "dtype": point.dtype, "fp32_bytes": point.fp32_bytes},
         "codec": codec.describe(),
         "wire": codec.wire_format(build.options.lossless).to_manifest(),
         "deployment": {role: build.deployment.device(role).describe() for role in ROLES},
-        "artefacts": build.artefacts,
+        "artefacts": with_output_kinds(build.artefacts, build.output_kinds),
         "tools": tool_versions(),
         "checks": build.checks,
     }
@@ -260,6 +271,14 @@ def describe_bundle(build: Build) -> dict:
                             "threshold": build.options.exit_threshold, "classes": build.branch.classes,
                             "branch": {"width": build.branch.width}}
     return manifest
+
+
+def with_output_kinds(artefacts: dict, kinds: tuple[str, ...]) -> dict:
+    """The cloud outputs say whether each is a classification or a regression (the edge scores the first class)."""
+    if "cloud" in artefacts:
+        for tensor, kind in zip(artefacts["cloud"]["outputs"], kinds):
+            tensor["kind"] = kind
+    return artefacts
 
 
 def artefact_metadata(build: Build, role: str) -> dict[str, str]:

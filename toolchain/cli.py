@@ -6,13 +6,15 @@ commands added later start on an edge device that has neither.
 
 from __future__ import annotations
 
-import math
+import functools
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 
 from runtime.errors import EdgesplitError
+from runtime.inputs import RESIZE_POLICIES, parse_floats
 from runtime.wire import LOSSLESS
 from targets import DEFAULT_EDGE, PRECISIONS, names as device_names
 
@@ -47,7 +49,25 @@ MODEL_OPTIONS = [
                  help="state_dict for a package.module:factory model (loaded with weights_only=True)."),
     click.option("--input-shape", default=None,
                  help="C,H,W of one input image when the model spec does not say it (e.g. 3,32,32)."),
+    click.option("--resize", type=click.Choice(RESIZE_POLICIES), default=None,
+                 help="Images of another size: none refuses them, pad centres them in zeros, resize scales them "
+                      "(bilinear) [default: the bundled model's, else none]."),
+    click.option("--mean", default=None,
+                 help="Per-channel mean the model expects its [0, 1] input normalized with, when its graph does not "
+                      "normalize (e.g. 0.485,0.456,0.406); folded into the edge half."),
+    click.option("--std", default=None, help="Per-channel std for --mean (e.g. 0.229,0.224,0.225)."),
 ]
+
+
+class ModelArgs(NamedTuple):
+    spec: str | None
+    weights: Path | None
+    inputs: object  # toolchain.load.InputOptions
+
+    def load(self):
+        from toolchain.load import load_model
+
+        return load_model(self.spec, self.weights, self.inputs)
 
 
 def option_group(options):
@@ -58,7 +78,16 @@ def option_group(options):
     return decorate
 
 
-model_options = option_group(MODEL_OPTIONS)
+def model_options(command):
+    """Adds the model options; the command receives them as one `model: ModelArgs`."""
+    @functools.wraps(command)
+    def with_model(*args, model_spec, weights, input_shape, resize, mean, std, **kwargs):
+        from toolchain.load import InputOptions, parse_input_shape
+
+        inputs = InputOptions(input_shape and parse_input_shape(input_shape), resize, parse_floats(mean, "mean"),
+                              parse_floats(std, "std"))
+        return command(*args, model=ModelArgs(model_spec, weights, inputs), **kwargs)
+    return option_group(MODEL_OPTIONS)(with_model)
 
 
 @main.command("train-model")
@@ -73,14 +102,15 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
     """Train a bundled model from scratch and write its weights and model card."""
     from toolchain.model_card import write_model_card
     from toolchain.data import load_images
-    from toolchain.load import zoo_entry
+    from toolchain.load import load_model, zoo_entry
     from toolchain.train import train_classifier
     import torch
 
     entry = zoo_entry(model_name)
     model = entry.factory()
-    result = train_classifier(model, load_images(data, "train"), load_images(data, "test"),
-                              entry.input_shape, epochs=epochs, seed=seed)
+    spec = load_model(model_name).spec()
+    result = train_classifier(model, load_images(data, "train", spec), load_images(data, "test", spec),
+                              epochs=epochs, seed=seed)
     weights = output or entry.weights
     torch.save(model.state_dict(), weights)
     card = write_model_card(model_name, model, weights, data, epochs, seed, result,
@@ -112,6 +142,16 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
               help="Bundle directory [default: bundles/<model>-<edge>[-with-<cloud>]].")
 @click.option("--max-loss", default=1.0, show_default=True,
               help="Accuracy points the bundle may lose against the float model before the build fails.")
+@click.option("--min-agreement", type=float, default=None,
+              help="Top-1 agreement with the float model the bundle must keep (0..1) [default: 0.98 for int8/affine "
+                   "codecs; for a learned codec what its training measured, less 0.02].")
+@click.option("--max-relative-error", type=float, default=0.1, show_default=True,
+              help="Bound on a regression output's ||bundle - float|| / ||float||.")
+@click.option("--output-kinds", default=None,
+              help="class or regression per model output, comma-separated [default: the first class, the rest "
+                   "regression].")
+@click.option("--codec-epochs", default=2, show_default=True,
+              help="Epochs for a learned codec trained during the build (no --codec-weights).")
 @click.option("--tar", is_flag=True, help="Also write <output>.tar.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Precision of the edge half [default: the edge device's].")
@@ -123,9 +163,9 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
 @click.option("--exit-epochs", default=2, show_default=True, help="Epochs for training the exit branch.")
 @click.option("--exit-threshold", type=float, default=None,
               help="Entropy under which the edge answers itself [default: none until calibrate-exit].")
-def build_engines(model_spec, weights, input_shape, target, cloud, split, codec, codec_weights, lossless, train_data,
-                  calib, output, max_loss, tar, precision, cloud_precision, early_exit, exit_weights, exit_epochs,
-                  exit_threshold) -> None:
+def build_engines(model, target, cloud, split, codec, codec_weights, lossless, train_data, calib, output, max_loss,
+                  min_agreement, max_relative_error, output_kinds, codec_epochs, tar, precision, cloud_precision,
+                  early_exit, exit_weights, exit_epochs, exit_threshold) -> None:
     """Split, quantize, export and bundle a model for an edge device and a cloud device.
 
     `build-engines --bundle PATH` (the runtime's command, on the device) builds that bundle's
@@ -134,13 +174,14 @@ def build_engines(model_spec, weights, input_shape, target, cloud, split, codec,
     from rich.console import Console
 
     from toolchain.build import BuildOptions, build_engines as build
-    from toolchain.load import parse_input_shape
     from toolchain.summary import build_summary
 
     report = build(BuildOptions(
-        model=model_spec, weights=weights, input_shape=input_shape and parse_input_shape(input_shape),
+        model=model.spec, weights=model.weights, inputs=model.inputs,
         target=target, cloud=cloud, split=split, codec=codec, codec_weights=codec_weights, lossless=lossless,
-        train_data=train_data, calib=calib, output=output, max_loss=max_loss, tar=tar, precision=precision,
+        train_data=train_data, calib=calib, output=output, max_loss=max_loss, min_agreement=min_agreement,
+        max_relative_error=max_relative_error, output_kinds=output_kinds and tuple(output_kinds.split(",")),
+        codec_epochs=codec_epochs, tar=tar, precision=precision,
         cloud_precision=cloud_precision, early_exit=early_exit, exit_weights=exit_weights, exit_epochs=exit_epochs,
         exit_threshold=exit_threshold,
     ))
@@ -176,24 +217,23 @@ def devices_command(markdown: bool) -> None:
 @click.option("--finetune-epochs", default=1, show_default=True, help="Distillation fine-tuning after.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The pruned model as a torch.export .pt2 (then: build-engines --model it).")
-def prune_command(model_spec, weights, input_shape, split, criterion, ratio, data, frames, sparsity_epochs,
-                  finetune_epochs, output) -> None:
+def prune_command(model, split, criterion, ratio, data, frames, sparsity_epochs, finetune_epochs, output) -> None:
     """Remove channels from the edge half; the split tensor and everything after it stay as they are."""
     import copy
 
     from calibration_data import DEFAULT_CALIBRATION
-    from toolchain.data import load_images, to_model_input
+    from toolchain.data import load_images
     from toolchain.pruning import check_ratio, fine_tune, head_modules, prune, save_pruned, sparsity_train
     from toolchain.train import accuracy, predict
 
     check_ratio(ratio)
-    loaded, data = _load_for_codec(model_spec, weights, input_shape, data)
-    split, shape = _split_or_default(loaded, split), loaded.input_shape
-    train = load_images(data, "train")
+    loaded, data = _load_for_codec(model, data)
+    split, spec, shape = _split_or_default(loaded, split), loaded.spec(), loaded.input_shape
+    train = load_images(data, "train", spec)
     train = train if frames is None else train.take(frames)
-    test = load_images(data, "test")
-    train_inputs, test_inputs = to_model_input(train.images, shape), to_model_input(test.images, shape)
-    calibration = to_model_input(load_images(str(DEFAULT_CALIBRATION), "train").images, shape)
+    test = load_images(data, "test", spec)
+    train_inputs, test_inputs = train.inputs(), test.inputs()
+    calibration = load_images(str(DEFAULT_CALIBRATION), "train", spec).inputs()
     teacher = copy.deepcopy(loaded.module).eval()
     model = copy.deepcopy(loaded.module)
     if criterion == "bn-scale":
@@ -215,14 +255,14 @@ def prune_command(model_spec, weights, input_shape, split, criterion, ratio, dat
 @click.option("--epochs", default=2, show_default=True)
 @click.option("--frames", type=int, default=None, help="Train on the first N training images only.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def train_exit_command(model_spec, weights, input_shape, split, data, epochs, frames, output) -> None:
+def train_exit_command(model, split, data, epochs, frames, output) -> None:
     """Train an exit branch at the split with the backbone frozen (distillation + labels)."""
     from toolchain.codec_training import prepare_training
     from toolchain.exit_branch import save_exit, train_exit
 
-    loaded, data = _load_for_codec(model_spec, weights, input_shape, data)
+    loaded, data = _load_for_codec(model, data)
     split = _split_or_default(loaded, split)
-    frozen = prepare_training(loaded.module, split, loaded.input_shape, data, train_frames=frames, test_frames=0)
+    frozen = prepare_training(loaded.module, split, loaded.spec(), data, train_frames=frames, test_frames=0)
     branch = train_exit(frozen.train, int(frozen.train.teacher.shape[1]), epochs=epochs)
     save_exit(output, branch, split, loaded.sha256)
     click.echo(f"exit branch for {loaded.name} at {split} written to {output}")
@@ -242,16 +282,17 @@ def calibrate_exit(bundle_path: Path, data: str | None, max_loss: float | None, 
     """Measure threshold → offload rate → accuracy on labeled images and store a threshold in the bundle."""
     from calibration_data import DEFAULT_CALIBRATION
     from runtime.bundle import load_bundle
-    from toolchain.data import load_images, to_model_input
+    from runtime.inputs import InputSpec
+    from toolchain.data import load_images
     from toolchain.exit_calibration import curve, measure, pick, store_threshold
     from toolchain.results import write_csv
 
     bundle = load_bundle(bundle_path)
-    images = load_images(data or str(DEFAULT_CALIBRATION), "test")
+    images = load_images(data or str(DEFAULT_CALIBRATION), "test", InputSpec.from_manifest(
+        bundle.manifest["source_model"]["input"]))
     if images.labels is None:
         raise EdgesplitError(f"{data} has no labels: calibrate-exit needs labeled images")
-    input_shape = tuple(bundle.manifest["source_model"]["input"]["shape"][1:])
-    points = curve(measure(bundle, to_model_input(images.images, input_shape), images.labels))
+    points = curve(measure(bundle, images.inputs(), images.labels))
     if min_accuracy is not None:
         if max_loss is not None:
             raise EdgesplitError("give one of --max-loss, --min-accuracy, --offload-rate")
@@ -272,25 +313,23 @@ def calibrate_exit(bundle_path: Path, data: str | None, max_loss: float | None, 
 
 @main.command("list-splits")
 @model_options
-def list_splits(model_spec, weights, input_shape) -> None:
-    """Every point where exactly one tensor crosses, with its size per frame."""
+def list_splits(model) -> None:
+    """Every cut with its size per frame: the single-tensor points, then those crossed by several tensors
+    (build-engines --split cuts there too, one codec per tensor)."""
     from rich.console import Console
     from rich.table import Table
 
-    from toolchain.errors import SplitError
-    from toolchain.load import load_model, parse_input_shape
-    from toolchain.split import candidate_points, trace
+    from toolchain.split import candidate_points, several_tensor_points, trace
 
-    loaded = load_model(model_spec, weights, input_shape and parse_input_shape(input_shape))
-    if loaded.input_shape is None:
-        raise SplitError(f"the input shape of {loaded.name} is unknown: give --input-shape C,H,W")
-    points = candidate_points(trace(loaded.module, loaded.input_shape))
+    loaded = model.load()
+    graph = trace(loaded.module, loaded.spec().shape)
     table = Table(title=f"split points of {loaded.name} (input {'x'.join(map(str, loaded.input_shape))})")
-    for column in ("#", "node", "module", "tensor", "fp32 bytes", "int8 bytes"):
-        table.add_column(column, justify="right" if "bytes" in column or column == "#" else "left")
-    for index, point in enumerate(points):
+    for column in ("#", "node", "module", "tensors", "fp32 bytes", "int8 bytes"):
+        table.add_column(column, justify="right" if "bytes" in column or column == "#" else "left", overflow="fold")
+    for index, point in enumerate(candidate_points(graph) + several_tensor_points(graph)):
         marker = " (default)" if point.module and point.module == loaded.default_split else ""
-        table.add_row(str(index), point.node, (point.module or "") + marker, "x".join(map(str, point.shape)),
+        table.add_row(str(index), point.node, (point.module or "") + marker,
+                      " + ".join("x".join(map(str, shape)) for shape in point.shapes),
                       f"{point.fp32_bytes:,}", f"{point.int8_bytes:,}")
     Console().print(table)
 
@@ -313,22 +352,22 @@ def verify_bundle(path: Path) -> None:
                f"{len(bundle.manifest['files'])} files verified")
 
 
-def _load_for_codec(model_spec, weights, input_shape, data):
-    """The model, its input shape and the labeled data a codec trains on."""
+def _load_for_codec(model: ModelArgs, data):
+    """The model (its input spec known) and the labeled data a codec trains on."""
     from toolchain.errors import ModelLoadError
-    from toolchain.load import load_model, parse_input_shape
 
-    loaded = load_model(model_spec, weights, input_shape and parse_input_shape(input_shape))
+    loaded = model.load()
+    loaded.spec()
     data = data or loaded.dataset
-    if data is None or loaded.input_shape is None:
-        raise ModelLoadError("give --data (labeled images) and, unless the model says it, --input-shape")
+    if data is None:
+        raise ModelLoadError("give --data: labeled images to train on")
     return loaded, data
 
 
 def _split_or_default(loaded, split):
     from toolchain.split import default_point, trace
 
-    return split or loaded.default_split or default_point(trace(loaded.module, loaded.input_shape)).node
+    return split or loaded.default_split or default_point(trace(loaded.module, loaded.spec().shape)).node
 
 
 CODEC_TRAINING_OPTIONS = [
@@ -349,7 +388,7 @@ codec_training_options = option_group(CODEC_TRAINING_OPTIONS)
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint [default: codecs/<model>-<split>-<codec>.pt].")
 @click.option("--resume", is_flag=True, help="Continue from --output's last finished epoch.")
-def train_codec_command(model_spec, weights, input_shape, split, data, train_frames, epochs, seed,
+def train_codec_command(model, split, data, train_frames, epochs, seed,
                         codec_spec, output, resume) -> None:
     """Train a learned codec at a split with the backbone frozen (KD + CE), checkpointing each epoch."""
     import torch
@@ -357,10 +396,10 @@ def train_codec_command(model_spec, weights, input_shape, split, data, train_fra
     from toolchain.codec_training import prepare_training, score_codec, train_codec
     from toolchain.codecs import make_codec, parse_codec_spec
 
-    loaded, data = _load_for_codec(model_spec, weights, input_shape, data)
+    loaded, data = _load_for_codec(model, data)
     split = _split_or_default(loaded, split)
     spec = parse_codec_spec(codec_spec)
-    frozen = prepare_training(loaded.module, split, loaded.input_shape, data, train_frames)
+    frozen = prepare_training(loaded.module, split, loaded.spec(), data, train_frames)
     torch.manual_seed(seed)  # the codec's initial weights are part of what the seed fixes
     codec = make_codec(spec, frozen.point.shape)
     output = output or Path("codecs") / f"{loaded.name}-{frozen.point.node}-{str(spec).replace(':', '_').replace(',', '_')}.pt"
@@ -394,16 +433,16 @@ def _int_list(text: str) -> list[int]:
 @click.option("--budget", default=1.0, show_default=True, help="Accuracy points the codec may lose.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("codec-search"),
               show_default=True, help="Folder for search.csv, search.png and best.pt.")
-def search_codec_command(model_spec, weights, input_shape, split, data, train_frames, epochs, seed,
+def search_codec_command(model, split, data, train_frames, epochs, seed,
                          family, channels, strides, bits, budget, output) -> None:
     """BBNet Algorithm 1 (train phase): the most compressed codec within an accuracy budget."""
     from toolchain.codec_search import grid, plot_rows, search
     from toolchain.results import write_csv
     from toolchain.codec_training import prepare_training, save_checkpoint
 
-    loaded, data = _load_for_codec(model_spec, weights, input_shape, data)
+    loaded, data = _load_for_codec(model, data)
     split = _split_or_default(loaded, split)
-    frozen = prepare_training(loaded.module, split, loaded.input_shape, data, train_frames)
+    frozen = prepare_training(loaded.module, split, loaded.spec(), data, train_frames)
     specs = grid(family, _int_list(channels), _int_list(strides), _int_list(bits))
     rows, best = search(specs, frozen.point.shape, frozen.tail, frozen.train, frozen.test, budget, epochs, seed)
     output.mkdir(parents=True, exist_ok=True)
@@ -436,17 +475,15 @@ def search_codec_command(model_spec, weights, input_shape, split, data, train_fr
 @click.option("--threads", type=int, default=None, help="Backend threads [default: the backend's].")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Profile JSON [default: profile-<target>.json].")
-def profile_command(model_spec, weights, input_shape, target, cloud, splits, codecs, lossless, calib, frames,
-                    threads, output) -> None:
+def profile_command(model, target, cloud, splits, codecs, lossless, calib, frames, threads, output) -> None:
     """Time every candidate split's edge and cloud half on this machine with the target's backends,
     and the edge-only and cloud-only baselines; write a device profile for `edgesplit plan`."""
     import json
 
-    from toolchain.load import parse_input_shape
     from toolchain.profile import ProfileOptions, profile_target
 
     profile = profile_target(ProfileOptions(
-        target=target, cloud=cloud, model=model_spec, weights=weights, input_shape=input_shape and parse_input_shape(input_shape),
+        target=target, cloud=cloud, model=model.spec, weights=model.weights, inputs=model.inputs,
         splits=tuple(s.strip() for s in splits.split(",")) if splits else None,
         codecs=codecs, lossless=lossless, calib=calib, frames=frames, threads=threads))
     output = output or Path(f"profile-{profile['target']}.json")

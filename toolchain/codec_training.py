@@ -17,7 +17,8 @@ from torch import nn
 
 from toolchain.codecs import FeatureCodec, make_codec
 from toolchain.errors import EdgesplitError
-from toolchain.data import load_images, to_model_input
+from runtime.inputs import InputSpec
+from toolchain.data import load_images
 from toolchain.split import SplitPoint, split_model
 from toolchain.train import fit, progress_bar, steps_per_epoch
 
@@ -154,18 +155,21 @@ class FrozenSplit(NamedTuple):
     test: FeatureCache | None
 
 
-def prepare_training(module: nn.Module, split: str, input_shape: tuple[int, int, int], data: str,
+def prepare_training(module: nn.Module, split: str, spec: InputSpec, data: str,
                      train_frames: int | None = None, test_frames: int | None = None) -> FrozenSplit:
     """Split the model and cache head outputs of the data's train and test splits
     (frames: None for all, 0 to skip a split)."""
-    halves = split_model(module, split, input_shape)
+    halves = split_model(module, split, spec.shape)
+    if len(halves.outputs) > 1:
+        raise EdgesplitError(f"codecs and exit branches train by distillation on one output; the model returns "
+                             f"{len(halves.outputs)} ({', '.join(halves.outputs)})")
     caches = []
     for part, frames in (("train", train_frames), ("test", test_frames)):
         if frames == 0:
             caches.append(None)
             continue
-        images = load_images(data, part)
+        images = load_images(data, part, spec)
         images = images if frames is None else images.take(frames)
-        caches.append(cache_features(halves.head, halves.tail, to_model_input(images.images, input_shape),
-                                     images.labels, description=f"caching {part} head outputs"))
+        caches.append(cache_features(halves.head, halves.tail, images.inputs(), images.labels,
+                                     description=f"caching {part} head outputs"))
     return FrozenSplit(halves.head, halves.tail, halves.point, *caches)

@@ -106,7 +106,7 @@ class FeatureCodec(nn.Module):
         return CodecSpec(self.name, self.params())
 
     def wire_format(self, lossless: str = "none") -> WireFormat:
-        return WireFormat(self.code_shape, self.bits, lossless).validated()
+        return WireFormat.of([self.code_shape], self.bits, lossless)
 
     @torch.no_grad()
     def compress(self, x: torch.Tensor, lossless: str = "none") -> list[bytes]:
@@ -327,7 +327,61 @@ class SAFBMPCodec(LearnedCodec):
         )
 
 
+class PerTensor(nn.Module):
+    """Applies one module per tensor: k tensors in, k tensors out, in the cut's order."""
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        super().__init__()
+        self.each = nn.ModuleList(modules)
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(module(tensor) for module, tensor in zip(self.each, tensors))
+
+
+class MultiCodec(FeatureCodec):
+    """A cut crossed by several tensors: one codec of the same spec per tensor, all their codes in one
+    frame (the runtime's WireFormat parts). Only codecs without training take part."""
+
+    def __init__(self, codecs: list[FeatureCodec]) -> None:
+        first = codecs[0]
+        super().__init__(first.feature_shape)
+        self.codecs = nn.ModuleList(codecs)
+        self.name, self.bits = first.name, first.bits
+        self.code_shapes = tuple(codec.code_shape for codec in codecs)
+        self.code_shape = (sum(int(np.prod(shape)) for shape in self.code_shapes),)
+
+    def calibrate(self, features) -> None:
+        for codec, tensor in zip(self.codecs, features):
+            codec.calibrate(tensor)
+
+    def encoder(self, code_dtype: torch.dtype = torch.uint8) -> nn.Module:
+        return PerTensor([codec.encoder(code_dtype) for codec in self.codecs])
+
+    def decoder(self) -> nn.Module:
+        return PerTensor([codec.decoder() for codec in self.codecs])
+
+    def pre_quantization(self) -> nn.Module:
+        return PerTensor([codec.pre_quantization() for codec in self.codecs])
+
+    def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(codec(tensor) for codec, tensor in zip(self.codecs, features))
+
+    def params(self) -> dict:
+        return self.codecs[0].params()
+
+    def wire_format(self, lossless: str = "none") -> WireFormat:
+        return WireFormat.of(self.code_shapes, self.bits, lossless)
+
+    def map_int8_output(self, scale: float, zero_point: int) -> dict:
+        raise EdgesplitError("an integer-only edge half maps one output to codes; this cut crosses "
+                             f"{len(self.codecs)} tensors")
+
+    def describe(self) -> dict:
+        return {**super().describe(), "parts": [codec.describe() for codec in self.codecs]}
+
+
 CODECS = {"int8": Int8Codec, "affine": AffineCodec, "bbnet": BBNetCodec, "safbmp": SAFBMPCodec}
+LEARNED = {name for name, codec in CODECS.items() if codec.learned}
 DEFAULT_CODEC = "int8"
 
 
@@ -362,3 +416,14 @@ def make_codec(spec: CodecSpec | str, feature_shape: tuple[int, ...]) -> Feature
         return CODECS[spec.name](tuple(feature_shape), **spec.params)
     except TypeError as error:
         raise EdgesplitError(f"bad options for codec {spec.name!r}: {error}") from error
+
+
+def make_cut_codec(spec: CodecSpec | str, shapes: tuple[tuple[int, ...], ...]) -> FeatureCodec:
+    """The codec of a cut: one codec for one crossing tensor, a MultiCodec for several."""
+    codecs = [make_codec(spec, shape) for shape in shapes]
+    if len(codecs) == 1:
+        return codecs[0]
+    if codecs[0].learned:
+        raise EdgesplitError(f"this cut is crossed by {len(codecs)} tensors, each with its own codec; learned "
+                             f"codecs ({codecs[0].name}) train on a single crossing tensor: use int8 or affine here")
+    return MultiCodec(codecs)

@@ -4,23 +4,44 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import operator
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from torch import nn
+from torch import fx, nn
 
+from runtime.inputs import InputSpec
 from toolchain.errors import ModelLoadError
 from toolchain.zoo import DEFAULT_MODEL, ZOO, ZooModel
 
 
 class LoadedModel(NamedTuple):
-    module: nn.Module
+    module: nn.Module  # with the declared input normalization folded in, if any
     name: str
-    input_shape: tuple[int, int, int] | None
+    input_spec: InputSpec | None  # None: the model does not say its input shape, and --input-shape was not given
     default_split: str | None
     sha256: str
     dataset: str | None = None  # labeled images the bundled model was trained on
+
+    @property
+    def input_shape(self) -> tuple[int, int, int] | None:
+        return None if self.input_spec is None else self.input_spec.shape
+
+    def spec(self) -> InputSpec:
+        """The input spec, or a one-line refusal when the input shape is unknown."""
+        if self.input_spec is None:
+            raise ModelLoadError(f"the input shape of {self.name} is unknown: give --input-shape C,H,W")
+        return self.input_spec
+
+
+class InputOptions(NamedTuple):
+    """How the user describes the model's input where the model cannot say it."""
+
+    shape: tuple[int, int, int] | None = None
+    resize: str | None = None  # default: the bundled model's, else "none"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
 
 def zoo_entry(name: str) -> ZooModel:
@@ -87,15 +108,39 @@ def _load_exported(path: Path) -> tuple[nn.Module, tuple[int, int, int] | None]:
     return torch.fx.GraphModule(unlifted, unlifted.graph), shape
 
 
-def load_model(
-    spec: str | None, weights: Path | None = None, input_shape: tuple[int, int, int] | None = None
-) -> LoadedModel:
+def with_normalization(module: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> fx.GraphModule:
+    """The model with (x - mean) / std inserted right after its input: node and module names are kept, so
+    split points are named as before, and the normalization travels inside the edge half."""
+    try:
+        graph_module = module if isinstance(module, fx.GraphModule) else fx.symbolic_trace(module)
+    except Exception as error:
+        raise ModelLoadError(f"folding --mean/--std into {type(module).__name__} needs a torch.fx trace: {error}") \
+            from error
+    graph = graph_module.graph
+    image = next(node for node in graph.nodes if node.op == "placeholder")
+    graph_module.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+    graph_module.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+    with graph.inserting_after(image):
+        mean_node = graph.get_attr("input_mean")
+    with graph.inserting_after(mean_node):
+        std_node = graph.get_attr("input_std")
+    with graph.inserting_after(std_node):
+        centred = graph.call_function(operator.sub, (image, mean_node))
+    with graph.inserting_after(centred):
+        normalized = graph.call_function(operator.truediv, (centred, std_node))
+    image.replace_all_uses_with(normalized, delete_user_cb=lambda user: user is not centred)
+    graph_module.recompile()
+    return graph_module
+
+
+def load_model(spec: str | None, weights: Path | None = None, inputs: InputOptions = InputOptions()) -> LoadedModel:
     spec = spec or DEFAULT_MODEL
     default_split = dataset = None
+    resize = "none"
     if spec in ZOO:
         entry = ZOO[spec]
         module, name, known_shape = entry.factory(), spec, entry.input_shape
-        default_split, dataset = entry.default_split, entry.dataset
+        default_split, dataset, resize = entry.default_split, entry.dataset, entry.resize
         if not entry.weights.exists():
             raise ModelLoadError(f"bundled weights {entry.weights} are missing: run `edgesplit train-model --model {spec}`")
         _load_state_dict(module, weights or entry.weights)
@@ -113,5 +158,11 @@ def load_model(
             f"unknown model {spec!r}: give a bundled name ({', '.join(sorted(ZOO))}), "
             "a .pt2 file, or package.module:factory"
         )
+    shape = inputs.shape or known_shape
+    input_spec = None if shape is None else InputSpec(*shape, inputs.resize or resize, inputs.mean, inputs.std).checked()
+    if inputs.mean is not None or inputs.std is not None:
+        if input_spec is None:
+            raise ModelLoadError(f"--mean/--std need the input shape of {name}: give --input-shape C,H,W")
+        module = with_normalization(module, input_spec.mean, input_spec.std)
     module.eval()
-    return LoadedModel(module, name, input_shape or known_shape, default_split, state_dict_sha256(module), dataset)
+    return LoadedModel(module, name, input_spec, default_split, state_dict_sha256(module), dataset)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
+import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
@@ -31,12 +32,12 @@ from runtime.protocol import frame_bytes
 from targets import ROLES, Deployment, deployment
 from toolchain.backends import WholeModel, check_precision, exporter
 from toolchain.build import BuildOptions, build_engines
-from toolchain.data import load_images, to_model_input
+from toolchain.data import load_images
 from toolchain.errors import EdgesplitError
-from toolchain.load import LoadedModel, load_model
+from toolchain.load import InputOptions, LoadedModel, load_model
 from toolchain.planning import PROFILE_FORMAT
 from toolchain.results import cpu_name
-from toolchain.split import SplitPoint, candidate_points, resolve_point, trace
+from toolchain.split import SplitPoint, candidate_points, output_names, resolve_point, trace
 from toolchain.train import predict
 
 JPEG_QUALITY = 90
@@ -49,7 +50,7 @@ class ProfileOptions(NamedTuple):
     cloud: str | None = None  # the cloud device; default: the edge device's
     model: str | None = None
     weights: Path | None = None
-    input_shape: tuple[int, int, int] | None = None
+    inputs: InputOptions = InputOptions()
     splits: tuple[str, ...] | None = None  # default: the end of every top-level module
     codecs: tuple[str, ...] = ("int8",)
     lossless: str = "none"
@@ -115,8 +116,10 @@ def whole_model_runner(loaded: LoadedModel, devices: Deployment, role: str, cali
                        threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
     """The whole model on a role's device, at its default precision, as images → logits."""
     device = devices.device(role)
+    with torch.no_grad():
+        outputs = output_names(loaded.module.eval()(torch.from_numpy(calibration[:1])))
     return exporter(device).whole_model(WholeModel(
-        loaded.module.eval(), device, check_precision(device, role, None), calibration, work,
+        loaded.module.eval(), outputs, device, check_precision(device, role, None), calibration, work,
         f"{loaded.sha256[:16]}-{device.name}-{role}", threads))
 
 
@@ -175,13 +178,13 @@ def profile_target(options: ProfileOptions) -> dict:
     """Build and time every candidate for `options.target` on this machine; the profile as a dict."""
     devices = deployment(options.target, options.cloud)
     check_backends_here(devices)
-    loaded = load_model(options.model, options.weights, options.input_shape)
+    loaded = load_model(options.model, options.weights, options.inputs)
+    spec = loaded.spec()
     source = options.calib or str(DEFAULT_CALIBRATION)
-    calibration = load_images(source, "train").take(512)
-    holdout = load_images(source, "test")
-    input_shape = loaded.input_shape or tuple(calibration.images.shape[1:])
-    calibration_inputs = to_model_input(calibration.images, input_shape)
-    inputs = to_model_input(holdout.images, input_shape)
+    calibration = load_images(source, "train", spec).take(512)
+    holdout = load_images(source, "test", spec)
+    input_shape = spec.shape
+    calibration_inputs, inputs = calibration.inputs(), holdout.inputs()
     timed = inputs[:options.frames]
     graph = trace(loaded.module, input_shape)
     points = ([resolve_point(graph, name) for name in options.splits] if options.splits
@@ -201,7 +204,7 @@ def profile_target(options: ProfileOptions) -> dict:
                 progress.update(task, description=f"{point.module or point.node} / {codec}")
                 output = work / f"{point.node}-{len(candidates)}"
                 report = build_engines(BuildOptions(
-                    model=options.model, weights=options.weights, input_shape=options.input_shape,
+                    model=options.model, weights=options.weights, inputs=options.inputs,
                     target=devices.edge.name, cloud=devices.cloud.name, split=point.node, codec=codec,
                     lossless=options.lossless,
                     calib=options.calib, output=output, max_loss=math.inf), show_progress=False)

@@ -17,24 +17,25 @@ from toolchain.errors import EdgesplitError
 
 
 class _Feed:
-    """onnxruntime's CalibrationDataReader protocol over an array, one sample per call."""
+    """onnxruntime's CalibrationDataReader protocol over arrays (one per input), one sample per call."""
 
-    def __init__(self, input_name: str, samples: np.ndarray):
-        self.rows = iter([{input_name: samples[i:i + 1]} for i in range(len(samples))])
+    def __init__(self, samples: dict[str, np.ndarray]):
+        count = len(next(iter(samples.values())))
+        self.rows = iter([{name: array[i:i + 1] for name, array in samples.items()} for i in range(count)])
 
     def get_next(self):
         return next(self.rows, None)
 
 
-def quantize_qdq(float_path: Path, qdq_path: Path, samples: np.ndarray) -> None:
-    """Float ONNX → Q/DQ ONNX (int8 activations and per-channel weights, symmetric), MinMax on `samples`."""
+def quantize_qdq(float_path: Path, qdq_path: Path, samples: dict[str, np.ndarray]) -> None:
+    """Float ONNX → Q/DQ ONNX (int8 activations and per-channel weights, symmetric), MinMax on `samples`
+    (an array per input name)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     model = onnx.load(str(float_path))
     opset = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
-    input_name = model.graph.input[0].name
     try:
-        quantize_static(str(float_path), str(qdq_path), _Feed(input_name, samples), quant_format=QuantFormat.QDQ,
+        quantize_static(str(float_path), str(qdq_path), _Feed(samples), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                         calibrate_method=CalibrationMethod.MinMax,
                         # biases stay float: TensorRT's Q/DQ path is int8 only
@@ -47,7 +48,7 @@ def quantize_qdq(float_path: Path, qdq_path: Path, samples: np.ndarray) -> None:
         raise EdgesplitError(f"Q/DQ quantization moved {float_path.name} from opset {opset} to {found}")
 
 
-def quantize_in_place(path: Path, samples: np.ndarray) -> None:
+def quantize_in_place(path: Path, samples: dict[str, np.ndarray]) -> None:
     """Replace the float ONNX at `path` by its Q/DQ INT8 version calibrated on `samples`."""
     float_path = path.with_suffix(".float.onnx")
     path.rename(float_path)

@@ -1,8 +1,12 @@
 """Split a model's graph at one node into a head (edge) and a tail (cloud).
 
-A cut after node k is valid when exactly one tensor computed up to k is used after k, and
-that tensor is node k's output. Parameters (get_attr nodes) never count as crossing: the
-tail reads its own copy of them.
+A cut after node k crosses the tensors computed up to k that are used after k. Parameters
+(get_attr nodes) never count as crossing: the tail reads its own copy of them. The candidates
+are the cuts crossed by exactly one tensor, node k's output; a cut crossed by several (inside a
+residual block, or before a multi-scale neck) is made only when asked for by name: the head
+then returns the crossing tensors in graph order and the tail takes them in that same order.
+The tail returns what the model returns: a tensor, a tuple of tensors, or a dict of them (as a
+tuple in key order, named by `Split.outputs`).
 """
 
 from __future__ import annotations
@@ -21,16 +25,24 @@ from toolchain.errors import SplitError
 class SplitPoint(NamedTuple):
     node: str
     module: str | None  # outermost module path whose last node this is, e.g. "layer2"
-    shape: tuple[int, ...]  # one sample, no batch axis
+    shape: tuple[int, ...]  # of the (first) crossing tensor, one sample, no batch axis
     dtype: str
     position: int
+    tensors: tuple[tuple[str, tuple[int, ...]], ...] = ()  # every crossing tensor (node, shape), in graph order
+
+    @property
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(shape for _, shape in self.tensors) or (self.shape,)
 
     @property
     def elements(self) -> int:
-        count = 1
-        for size in self.shape:
-            count *= size
-        return count
+        total = 0
+        for shape in self.shapes:
+            count = 1
+            for size in shape:
+                count *= size
+            total += count
+        return total
 
     @property
     def fp32_bytes(self) -> int:
@@ -42,9 +54,23 @@ class SplitPoint(NamedTuple):
 
 
 class Split(NamedTuple):
-    head: fx.GraphModule
-    tail: fx.GraphModule
+    head: fx.GraphModule  # returns the crossing tensor, or a tuple of them
+    tail: nn.Module  # takes them in the same order; returns a tensor or a tuple of tensors
     point: SplitPoint
+    outputs: tuple[str, ...]  # names of what the tail returns, in order ("logits" for a lone tensor)
+
+
+class TupleOutputs(nn.Module):
+    """A tail whose graph returns a dict, returning its values as a tuple in key order (ONNX outputs are
+    positional)."""
+
+    def __init__(self, tail: nn.Module, keys: tuple[str, ...]) -> None:
+        super().__init__()
+        self.tail, self.keys = tail, keys
+
+    def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        result = self.tail(*features)
+        return tuple(result[key] for key in self.keys)
 
 
 def trace(module: nn.Module, input_shape: tuple[int, int, int]) -> fx.GraphModule:
@@ -105,20 +131,39 @@ def _last_nodes_of_modules(nodes: list[fx.Node]) -> dict[str, str]:
     return owner
 
 
-def candidate_points(graph_module: fx.GraphModule) -> list[SplitPoint]:
-    """Every point where exactly one tensor crosses the cut, in graph order."""
+def _tensor_meta(node: fx.Node):
+    meta = node.meta.get("tensor_meta")
+    return meta if isinstance(meta, torch.fx.passes.shape_prop.TensorMetadata) else None
+
+
+def _point(node: fx.Node, owner: str | None, position: int, crossing: list[fx.Node]) -> SplitPoint:
+    shapes = tuple((n.name, tuple(_tensor_meta(n).shape[1:])) for n in crossing)
+    meta = _tensor_meta(crossing[0])
+    return SplitPoint(node.name, owner, shapes[0][1], str(meta.dtype).replace("torch.", ""), position, shapes)
+
+
+def _cuts(graph_module: fx.GraphModule, several: bool) -> list[SplitPoint]:
     nodes = list(graph_module.graph.nodes)
     owners = _last_nodes_of_modules(nodes)
     points = []
     for k, (node, crossing) in enumerate(zip(nodes, _crossing(nodes))):
-        meta = node.meta.get("tensor_meta")
         feeds_only_output = all(user.op == "output" for user in node.users)
-        if (node.op in ("placeholder", "get_attr", "output") or crossing != [node]
-                or feeds_only_output or not isinstance(meta, torch.fx.passes.shape_prop.TensorMetadata)):
+        if (node.op in ("placeholder", "get_attr", "output") or feeds_only_output or not crossing
+                or not all(_tensor_meta(n) for n in crossing) or (crossing == [node]) == several
+                or (several and any(n.op == "placeholder" for n in crossing))):
             continue
-        points.append(SplitPoint(node.name, owners.get(node.name), tuple(meta.shape[1:]),
-                                 str(meta.dtype).replace("torch.", ""), k))
+        points.append(_point(node, owners.get(node.name), k, crossing))
     return points
+
+
+def candidate_points(graph_module: fx.GraphModule) -> list[SplitPoint]:
+    """Every point where exactly one tensor crosses the cut, in graph order."""
+    return _cuts(graph_module, several=False)
+
+
+def several_tensor_points(graph_module: fx.GraphModule) -> list[SplitPoint]:
+    """Every cut crossed by several tensors (the model's input not among them), in graph order."""
+    return _cuts(graph_module, several=True)
 
 
 def _holds_weights(graph_module: fx.GraphModule, node: fx.Node) -> bool:
@@ -144,8 +189,9 @@ def _nearest(points: list[SplitPoint], position: int) -> str:
     return ", ".join(f"{p.module or p.node} ({'before' if p in before else 'after'})" for p in before + after)
 
 
-def resolve_point(graph_module: fx.GraphModule, name: str) -> SplitPoint:
-    """A split point named by fx node name or module path (the module's last node)."""
+def resolve_point(graph_module: fx.GraphModule, name: str, several: bool = False) -> SplitPoint:
+    """A split point named by fx node name or module path (the module's last node); `several` allows a
+    cut crossed by several tensors."""
     nodes = list(graph_module.graph.nodes)
     points = candidate_points(graph_module)
     by_node = {node.name: node for node in nodes}
@@ -158,7 +204,7 @@ def resolve_point(graph_module: fx.GraphModule, name: str) -> SplitPoint:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else f"valid points include {', '.join(names[:6])}"
         raise SplitError(f"no node or module named {name!r} in the model; {hint} (see `edgesplit list-splits`)")
-    for point in points:
+    for point in points + (several_tensor_points(graph_module) if several else []):
         if point.node == target.name:
             return point
     position = nodes.index(target)
@@ -167,23 +213,35 @@ def resolve_point(graph_module: fx.GraphModule, name: str) -> SplitPoint:
         reason = "is the model's input or output, so one half would be empty"
     elif len(crossing) > 1:
         reason = (f"is crossed by {len(crossing)} tensors ({', '.join(n.name for n in crossing)}), "
-                  "e.g. inside a residual block")
+                  "e.g. inside a residual block, which only build-engines --split cuts")
     else:
         reason = "does not produce a tensor that the rest of the model uses alone"
     raise SplitError(f"cannot split at {name!r} (node {target.name}): it {reason}; "
                      f"nearest valid points: {_nearest(points, position) or 'none'}")
 
 
-def _needed(root: fx.Node, stop: fx.Node | None = None) -> set[fx.Node]:
-    """`root` and everything it is computed from, not walking past `stop`."""
-    needed, pending = set(), [root]
+def _needed(roots: list[fx.Node], stops: set[fx.Node] = frozenset()) -> set[fx.Node]:
+    """`roots` and everything they are computed from, not walking past `stops`."""
+    needed, pending = set(), list(roots)
     while pending:
         node = pending.pop()
         if node not in needed:
             needed.add(node)
-            if node is not stop:
+            if node not in stops:
                 pending.extend(node.all_input_nodes)
     return needed
+
+
+def output_names(result) -> tuple[str, ...]:
+    """Names of what a model returns: ('logits',) for a tensor, output0.. for a tuple, the keys of a dict."""
+    if isinstance(result, torch.Tensor):
+        return ("logits",)
+    values = list(result.values()) if isinstance(result, dict) else result
+    if isinstance(result, (tuple, list, dict)) and values and all(isinstance(v, torch.Tensor) for v in values):
+        return tuple(str(key) for key in result) if isinstance(result, dict) else \
+            tuple(f"output{i}" for i in range(len(result)))
+    raise SplitError(f"the model returns {type(result).__name__}: edgesplit splits models that return a tensor, "
+                     "a tuple of tensors or a dict of tensors")
 
 
 def _graph_of(nodes: list[fx.Node], env: dict[fx.Node, fx.Node]) -> fx.Graph:
@@ -196,24 +254,28 @@ def _graph_of(nodes: list[fx.Node], env: dict[fx.Node, fx.Node]) -> fx.Graph:
     return graph
 
 
-def split_model(module: nn.Module, split: str, input_shape: tuple[int, int, int]) -> Split:
-    """Head and tail GraphModules with tail(head(x)) == module(x)."""
+def split_model(module: nn.Module, split: str, input_shape: tuple[int, int, int], several: bool = False) -> Split:
+    """Head and tail with tail(head(x)) == module(x) (tail(*head(x)) when several tensors cross)."""
     graph_module = trace(module, input_shape)
-    point = resolve_point(graph_module, split)
+    point = resolve_point(graph_module, split, several)
     nodes = list(graph_module.graph.nodes)
-    cut, output = nodes[point.position], nodes[-1]
+    by_name = {node.name: node for node in nodes}
+    crossing, output = [by_name[name] for name, _ in point.tensors], nodes[-1]
 
-    head_nodes = _needed(cut)
     head_env: dict = {}
-    head_graph = _graph_of([n for n in nodes if n in head_nodes], head_env)
-    head_graph.output(head_env[cut])
+    head_graph = _graph_of([n for n in nodes if n in _needed(crossing)], head_env)
+    head_graph.output(head_env[crossing[0]] if len(crossing) == 1 else tuple(head_env[n] for n in crossing))
 
-    tail_nodes = _needed(output, stop=cut) - {cut}
-    tail_graph = _graph_of([n for n in nodes if n in tail_nodes], {cut: cut.name})
+    tail_nodes = _needed([output], stops=set(crossing)) - set(crossing)
+    tail_graph = _graph_of([n for n in nodes if n in tail_nodes], {n: n.name for n in crossing})
     tail_output = tail_graph.output_node()
     result = tail_output.args[0]
     if isinstance(result, (tuple, list)) and len(result) == 1:  # torch.export wraps outputs in a pytree
         tail_output.args = (result[0],)
 
-    head, tail = fx.GraphModule(graph_module, head_graph), fx.GraphModule(graph_module, tail_graph)
-    return Split(head.eval(), tail.eval(), point)
+    head, tail = fx.GraphModule(graph_module, head_graph).eval(), fx.GraphModule(graph_module, tail_graph).eval()
+    with torch.no_grad():
+        features = head(torch.zeros(1, *input_shape))
+        result = tail(*features) if isinstance(features, tuple) else tail(features)
+    names = output_names(result)
+    return Split(head, TupleOutputs(tail, names).eval() if isinstance(result, dict) else tail, point, names)

@@ -39,8 +39,9 @@ def build_summary(report) -> Table:
     codec = manifest["codec"]
     table.add_row("codec", codec["name"] + "".join(f" {k}={v}" for k, v in codec["params"].items())
                   + f", lossless {manifest['wire']['lossless']}")
+    table.add_row("held-out images", f"{checks['holdout_frames']}: {checks['holdout_origin']}")
     if "float_accuracy" in checks:
-        table.add_row("float accuracy", f"{checks['float_accuracy']:.2%} on {checks['holdout_frames']} held-out images")
+        table.add_row("float accuracy", f"{checks['float_accuracy']:.2%} on the held-out images")
         table.add_row("bundle accuracy", f"{checks['bundle_accuracy']:.2%} "
                       f"({100 * (checks['bundle_accuracy'] - checks['float_accuracy']):+.2f} pt)")
     table.add_row("top-1 agreement", f"{checks['top1_agreement']:.2%} with the float model")

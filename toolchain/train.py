@@ -13,7 +13,8 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from toolchain.data import ImageSet, to_model_input
+from toolchain.data import ImageSet
+from toolchain.evaluate import first_output
 
 
 class TrainResult(NamedTuple):
@@ -32,7 +33,7 @@ def progress_bar() -> Progress:
 def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """Logits of a model in eval mode for float NCHW inputs."""
     model.eval()
-    outputs = [model(torch.from_numpy(inputs[i:i + batch_size])).numpy()
+    outputs = [first_output(model(torch.from_numpy(inputs[i:i + batch_size]))).numpy()
                for i in range(0, len(inputs), batch_size)]
     return np.concatenate(outputs)
 
@@ -77,14 +78,14 @@ def fit(model: nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor], size:
 
 
 def train_classifier(
-    model: nn.Module, train: ImageSet, test: ImageSet, input_shape: tuple[int, int, int],
-    epochs: int, seed: int, batch_size: int = 128, max_lr: float = 0.1,
+    model: nn.Module, train: ImageSet, test: ImageSet, epochs: int, seed: int, batch_size: int = 128,
+    max_lr: float = 0.1,
 ) -> TrainResult:
     """SGD with a OneCycle schedule, channels-last; deterministic for a seed on one machine."""
     if train.labels is None:
         raise ValueError("training a classifier needs labeled images")
     torch.manual_seed(seed)
-    inputs = torch.from_numpy(to_model_input(train.images, input_shape))
+    inputs = torch.from_numpy(train.inputs())
     labels = torch.from_numpy(train.labels)
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=max_lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -97,5 +98,5 @@ def train_classifier(
 
     seconds = fit(model, loss_of, len(inputs), optimizer, schedule, epochs, batch_size, seed, "training")
     model = model.to(memory_format=torch.contiguous_format)
-    test_accuracy = accuracy(predict(model, to_model_input(test.images, input_shape)), test.labels)
+    test_accuracy = accuracy(predict(model, test.inputs()), test.labels)
     return TrainResult(test_accuracy, seconds)

@@ -29,38 +29,64 @@ from toolchain.exit_branch import EXIT_OUTPUT, EdgeWithExit, ExitBranch
 IMAGE, CODES, LOGITS = "image", "codes", "logits"
 
 
+class Chain(nn.Module):
+    """`second(first(x))`, unpacking a tuple: how halves pass several crossing tensors along."""
+
+    def __init__(self, first: nn.Module, second: nn.Module) -> None:
+        super().__init__()
+        self.first, self.second = first, second
+
+    def forward(self, *inputs):
+        middle = self.first(*inputs)
+        return self.second(*middle) if isinstance(middle, tuple) else self.second(middle)
+
+
 class Parts(NamedTuple):
-    """The torch pieces both halves are made of."""
+    """The torch pieces both halves are made of, and the names their tensors carry."""
 
     head: nn.Module
     codec: FeatureCodec
     tail: nn.Module
     branch: ExitBranch | None
+    outputs: tuple[str, ...]  # what the tail returns, in order
+
+    @property
+    def code_names(self) -> tuple[str, ...]:
+        """'codes', or codes0, codes1.. when several tensors cross the cut."""
+        count = len(getattr(self.codec, "codecs", ())) or 1
+        return (CODES,) if count == 1 else tuple(f"{CODES}{i}" for i in range(count))
+
+    @property
+    def code_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return getattr(self.codec, "code_shapes", (self.codec.code_shape,))
 
     def edge(self, code_dtype: torch.dtype) -> nn.Module:
         """Head + encoder (+ exit branch): images → codes (, exit logits)."""
         encoder = self.codec.encoder(code_dtype)
         if self.branch is None:
-            return nn.Sequential(self.head, encoder).eval()
+            return Chain(self.head, encoder).eval()
         return EdgeWithExit(self.head, encoder, self.branch).eval()
 
     def edge_before_quantizer(self) -> nn.Module:
         """What an integer-only artefact computes: the encoder stops before its quantizer."""
         before = self.codec.pre_quantization()
         if self.branch is None:
-            return nn.Sequential(self.head, before).eval()
+            return Chain(self.head, before).eval()
         return EdgeWithExit(self.head, before, self.branch).eval()
 
     def cloud(self) -> nn.Module:
-        return nn.Sequential(self.codec.decoder(), self.tail).eval()
+        return Chain(self.codec.decoder(), self.tail).eval()
 
     @torch.no_grad()
-    def codes(self, images: np.ndarray, code_dtype: torch.dtype) -> torch.Tensor:
-        return nn.Sequential(self.head, self.codec.encoder(code_dtype)).eval()(torch.from_numpy(images))
+    def codes(self, images: np.ndarray, code_dtype: torch.dtype):
+        """The codes of `images`: a tensor, or a tuple of them when several tensors cross."""
+        return Chain(self.head, self.codec.encoder(code_dtype)).eval()(torch.from_numpy(images))
 
     @torch.no_grad()
-    def logits_shape(self, images: np.ndarray) -> tuple[int, ...]:
-        return tuple(self.tail(self.head(torch.from_numpy(images[:1]))).shape[1:])
+    def output_shapes(self, images: np.ndarray) -> list[tuple[int, ...]]:
+        features = self.head(torch.from_numpy(images[:1]))
+        result = self.tail(*features) if isinstance(features, tuple) else self.tail(features)
+        return [tuple(t.shape[1:]) for t in (result if isinstance(result, tuple) else (result,))]
 
 
 class Half(NamedTuple):
@@ -78,21 +104,27 @@ class Half(NamedTuple):
     def module(self, code_dtype: torch.dtype) -> nn.Module:
         return self.parts.edge(code_dtype) if self.role == "edge" else self.parts.cloud()
 
-    def inputs(self, images: np.ndarray, code_dtype: torch.dtype) -> torch.Tensor:
-        """What this half takes for `images`: the images themselves, or their codes."""
-        return torch.from_numpy(images) if self.role == "edge" else self.parts.codes(images, code_dtype)
+    def inputs(self, images: np.ndarray, code_dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """What this half takes for `images`: the images themselves, or their codes (one tensor each)."""
+        if self.role == "edge":
+            return (torch.from_numpy(images),)
+        codes = self.parts.codes(images, code_dtype)
+        return codes if isinstance(codes, tuple) else (codes,)
 
     @property
-    def names(self) -> tuple[str, tuple[str, ...]]:
+    def names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(input names, output names)."""
         if self.role == "cloud":
-            return CODES, (LOGITS,)
-        return IMAGE, (CODES,) if self.parts.branch is None else (CODES, EXIT_OUTPUT)
+            return self.parts.code_names, self.parts.outputs
+        exits = () if self.parts.branch is None else (EXIT_OUTPUT,)
+        return (IMAGE,), self.parts.code_names + exits
 
 
 class WholeModel(NamedTuple):
     """The unsplit model on one device's backend, for `profile`'s edge-only and cloud-only baselines."""
 
     module: nn.Module
+    outputs: tuple[str, ...]  # the model's output names; the first is the one timed and scored
     device: Device
     precision: str
     calibration: np.ndarray

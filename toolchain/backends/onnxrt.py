@@ -18,13 +18,15 @@ def export(half: Half) -> tuple[dict, dict]:
 def onnx_entry(half: Half, file: str, code_dtype: str) -> dict:
     """The manifest entry of an ONNX half (shared by every backend that ships ONNX)."""
     parts = half.parts
-    codes = tensor_spec("codes", parts.codec.code_shape, code_dtype)
+    codes = [tensor_spec(name, shape, code_dtype) for name, shape in zip(parts.code_names, parts.code_shapes)]
     if half.role == "edge":
         inputs = [tensor_spec("image", half.sample.shape[1:], "float32")]
-        outputs = [codes] + ([] if parts.branch is None else [tensor_spec("exit_logits", (parts.branch.classes,),
-                                                                            "float32")])
+        outputs = codes + ([] if parts.branch is None else [tensor_spec("exit_logits", (parts.branch.classes,),
+                                                                          "float32")])
     else:
-        inputs, outputs = [codes], [tensor_spec("logits", parts.logits_shape(half.sample), "float32")]
+        inputs = codes
+        outputs = [tensor_spec(name, shape, "float32")
+                   for name, shape in zip(parts.outputs, parts.output_shapes(half.sample))]
     return {"file": file, "backend": half.device.backend, "device": half.device.name, "precision": half.precision,
             "opset": half.device.onnx_opset, "inputs": inputs, "outputs": outputs,
             "codes": code_encoding(code_dtype, parts.codec.levels)}
@@ -34,7 +36,7 @@ def whole_model(request: WholeModel):
     from runtime.backends.onnxrt.runner import OnnxRuntimeRunner
 
     runner = OnnxRuntimeRunner(export_whole_model(request), threads=request.threads)
-    return lambda images: runner.infer({"image": np.ascontiguousarray(images)})["logits"]
+    return lambda images: runner.infer({"image": np.ascontiguousarray(images)})[request.outputs[0]]
 
 
 EXPORTER = Exporter(

@@ -58,17 +58,17 @@ def export(half: Half) -> tuple[dict, dict]:
     if problems:
         raise EdgesplitError(f"{half.role} ONNX would not build on {half.device.name}: {'; '.join(problems)}")
     entry = onnx_entry(half, path.name, CODE_DTYPE)
-    entry.update(engine=engine_entry(path, half.device, half.precision, entry["inputs"][0]["shape"][1:]),
-                 verification=VERIFICATION)
+    shapes = {tensor["name"]: tensor["shape"][1:] for tensor in entry["inputs"]}
+    entry.update(engine=engine_entry(half.device, half.precision, shapes), verification=VERIFICATION)
     return entry, checks
 
 
-def engine_entry(path: Path, device, precision: str, shape: list[int]) -> dict:
-    """What building this half's engine needs: precision, batch profile, workspace."""
-    name = onnx.load(str(path)).graph.input[0].name
+def engine_entry(device, precision: str, shapes: dict[str, list[int]]) -> dict:
+    """What building this half's engine needs: precision, a batch profile per input, workspace."""
     sizes = device.backend_options["batch_profile"]
     recipe = {"precision": precision, "opset": device.onnx_opset, "workspace_mib": WORKSPACE_MIB,
-              "max_batch": sizes[2], "profiles": {name: [[size] + list(shape) for size in sizes]}}
+              "max_batch": sizes[2],
+              "profiles": {name: [[size] + list(shape) for size in sizes] for name, shape in shapes.items()}}
     return {"recipe": recipe, "tensorrt": device.versions.get("tensorrt", ""), "plan": None}
 
 
@@ -94,9 +94,9 @@ def whole_model(request: WholeModel):
     from runtime.backends.tensorrt.runner import TensorRTRunner
 
     path = export_whole_model(request)
-    entry = {"engine": engine_entry(path, request.device, request.precision, list(request.calibration.shape[1:]))}
+    entry = {"engine": engine_entry(request.device, request.precision, {"image": list(request.calibration.shape[1:])})}
     runner = TensorRTRunner(path, artefact=entry, cache_key=f"whole-{request.cache_key}")
-    return lambda images: runner.infer({"image": np.ascontiguousarray(images)})["logits"]
+    return lambda images: runner.infer({"image": np.ascontiguousarray(images)})[request.outputs[0]]
 
 
 def _symmetric_int8(node: onnx.NodeProto, constants: dict) -> bool:

@@ -19,6 +19,7 @@ class ZooModel(NamedTuple):
     weights: Path
     dataset: str
     card: Path
+    resize: str = "none"  # how images of another size reach its input (runtime/inputs.py)
 
 
 ZOO = {
@@ -31,6 +32,7 @@ ZOO = {
         weights=ZOO_DIR / "resnet18w05_fmnist.pt",
         dataset="fashion-mnist",
         card=ZOO_DIR / "resnet18w05_fmnist.md",
+        resize="pad",  # trained on 28x28 Fashion-MNIST centred in 32x32 with zero borders
     ),
 }
 DEFAULT_MODEL = "resnet18w05-fmnist"

@@ -1,0 +1,117 @@
+"""How a bundle is judged against its float model, output by output, and the bounds it must meet.
+
+Classification outputs are compared by top-1 agreement (and accuracy where labels exist),
+regression outputs (boxes, say) by relative error: ||deployed - float|| / ||float||. A build
+fails on the first bound it misses, and says which.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from toolchain.errors import EdgesplitError
+
+KINDS = ("class", "regression")
+# quantization-only codecs keep >= 98 % top-1 agreement; a learned codec keeps what its training measured,
+# less this slack for the int8 halves and another held-out set
+AGREEMENT = 0.98
+LEARNED_SLACK = 0.02
+
+
+class Bounds(NamedTuple):
+    max_loss_points: float
+    min_agreement: float | None  # None: not bounded (a learned codec trained in this build, without a score)
+    max_relative_error: float
+
+
+def output_kinds(names: tuple[str, ...], requested: tuple[str, ...] | None) -> tuple[str, ...]:
+    """Per output: the requested kinds, or the first output a classification and the rest regressions."""
+    kinds = requested or ("class",) + ("regression",) * (len(names) - 1)
+    if len(kinds) != len(names) or set(kinds) - set(KINDS):
+        raise EdgesplitError(f"--output-kinds needs one of {', '.join(KINDS)} per model output "
+                             f"({', '.join(names)}), got {','.join(kinds)}")
+    if "class" not in kinds:
+        raise EdgesplitError("--output-kinds needs at least one class output: accuracy is measured on it")
+    return tuple(kinds)
+
+
+def first_output(result):
+    """The first of a model's outputs (a tensor, a tuple or a dict of them)."""
+    if isinstance(result, dict):
+        return next(iter(result.values()))
+    return result[0] if isinstance(result, (tuple, list)) else result
+
+
+@torch.no_grad()
+def predict_outputs(model: nn.Module, inputs: np.ndarray, batch_size: int = 500) -> list[np.ndarray]:
+    """Every output of a model in eval mode, one array per output."""
+    model.eval()
+    batches = []
+    for start in range(0, len(inputs), batch_size):
+        result = model(torch.from_numpy(inputs[start:start + batch_size]))
+        values = result.values() if isinstance(result, dict) else result if isinstance(result, (tuple, list)) \
+            else (result,)
+        batches.append([tensor.numpy() for tensor in values])
+    return [np.concatenate(parts) for parts in zip(*batches)]
+
+
+def relative_error(deployed: np.ndarray, reference: np.ndarray) -> float:
+    scale = float(np.linalg.norm(reference))
+    return float(np.linalg.norm(deployed - reference)) / (scale if scale else 1.0)
+
+
+def compare_outputs(names, kinds, reference: list[np.ndarray], deployed: list[np.ndarray],
+                    labels: np.ndarray | None) -> dict:
+    """Per-output agreement or relative error; top-1 agreement and accuracy from the first class output."""
+    outputs = {}
+    for name, kind, wanted, found in zip(names, kinds, reference, deployed):
+        outputs[name] = {"kind": kind}
+        if kind == "class":
+            outputs[name]["top1_agreement"] = float((found.argmax(1) == wanted.argmax(1)).mean())
+        else:
+            outputs[name]["relative_error"] = relative_error(found, wanted)
+    scored = kinds.index("class")
+    checks = {"outputs": outputs, "top1_agreement": outputs[names[scored]]["top1_agreement"]}
+    if labels is not None:
+        checks["float_accuracy"] = float((reference[scored].argmax(1) == labels).mean())
+        checks["bundle_accuracy"] = float((deployed[scored].argmax(1) == labels).mean())
+    return checks
+
+
+def code_differences(deployed: np.ndarray, expected: torch.Tensor) -> dict:
+    """Codes through the runtime against PyTorch's (an integer-only edge computes them its own way)."""
+    difference = np.abs(deployed.astype(np.int16) - expected.numpy().astype(np.int16))
+    return {"edge_max_abs_error": float(difference.max()), "edge_mismatched_fraction": float((difference > 0).mean())}
+
+
+def agreement_bound(requested: float | None, codec: dict) -> float | None:
+    """--min-agreement, else 98 % for quantization-only codecs, else what a learned codec's training measured
+    (less a slack), else no bound."""
+    if requested is not None:
+        return requested
+    if not codec["learned"]:
+        return AGREEMENT
+    measured = codec.get("measured_agreement")
+    return None if measured is None else measured - LEARNED_SLACK
+
+
+def failed_bound(checks: dict, bounds: Bounds) -> str:
+    """'' when the bundle meets every bound, else which one it missed, with the numbers."""
+    if "bundle_accuracy" in checks:
+        loss = 100 * (checks["float_accuracy"] - checks["bundle_accuracy"])
+        if loss > bounds.max_loss_points:
+            return (f"the bundle loses {loss:.2f} accuracy points on the held-out set "
+                    f"(limit --max-loss {bounds.max_loss_points})")
+    for name, result in checks["outputs"].items():
+        agreement, error = result.get("top1_agreement"), result.get("relative_error")
+        if agreement is not None and bounds.min_agreement is not None and agreement < bounds.min_agreement:
+            return (f"output {name!r} agrees with the float model on {agreement:.2%} of held-out images "
+                    f"(bound --min-agreement {bounds.min_agreement:.2%})")
+        if error is not None and error > bounds.max_relative_error:
+            return (f"output {name!r} is {error:.3f} away from the float model's, relative "
+                    f"(bound --max-relative-error {bounds.max_relative_error:g})")
+    return ""

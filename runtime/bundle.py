@@ -86,20 +86,33 @@ def _read_manifest(directory: Path) -> dict:
     return manifest
 
 
+# schema 1's targets were fixed pairs; as (edge, cloud) devices they are these
+SCHEMA_1_TARGETS = {"cpu": ("cpu", "cpu"), "raspberry-pi": ("raspberry-pi", "cpu"),
+                    "jetson-nano": ("jetson-nano", "cpu"), "jetson-orin": ("jetson-orin", "cpu"),
+                    "cloud-gpu": ("cpu", "cloud-gpu")}
+
+
 def rebuild_command(manifest: dict) -> str:
-    """The build-engines line that makes this bundle again, from what an older manifest says."""
+    """The build-engines line that makes an older bundle again, from what its manifest says."""
     words = ["build-engines"]
     try:
-        words += ["--model", manifest["source_model"]["name"]]
-        target = manifest.get("target", {}).get("name")
-        words += ["--target", target] if target else []
-        words += ["--split", manifest["split"]["requested"]]
+        model = manifest["source_model"]
+        words += ["--model", model["name"]]
+        if "input" in model:
+            words += ["--input-shape", ",".join(str(size) for size in model["input"]["shape"][1:])]
+        edge, cloud = SCHEMA_1_TARGETS.get(manifest.get("target", {}).get("name"), ("cpu", "cpu"))
+        words += ["--target", edge, "--cloud", cloud, "--split", manifest["split"]["requested"]]
         codec = manifest["codec"]
         words += ["--codec", codec["name"] + (":" + ",".join("{}={}".format(k, v) for k, v in codec["params"].items())
                                               if codec.get("params") else "")]
+        if manifest["wire"]["lossless"] != "none":
+            words += ["--lossless", manifest["wire"]["lossless"]]
+        for option, role in (("--precision", "edge"), ("--cloud-precision", "cloud")):
+            if "engine" in manifest["artefacts"][role]:
+                words += [option, manifest["artefacts"][role]["precision"]]
     except (KeyError, TypeError, AttributeError):
         pass
-    return " ".join(words)
+    return " ".join(words) + " (with the same --weights, --calib and codec or exit checkpoints, if any)"
 
 
 def verify_manifest(directory: Path, manifest: dict) -> None:

@@ -138,7 +138,8 @@ def test_an_older_bundle_names_the_command_that_rebuilds_it(built, tmp_path):
     assert result.exit_code == 1
     assert result.output.strip() == (
         "error: this bundle was written by an older edgesplit (manifest schema 1, this runtime reads 2); rebuild it: "
-        "build-engines --model resnet18w05-fmnist --target cpu --split layer2 --codec affine:bits=8,per=tensor")
+        "build-engines --model resnet18w05-fmnist --input-shape 1,32,32 --target cpu --cloud cpu --split layer2 "
+        "--codec affine:bits=8,per=tensor (with the same --weights, --calib and codec or exit checkpoints, if any)")
 
 
 def test_runners_check_what_they_are_fed_and_free_what_they_hold(built):

@@ -195,8 +195,9 @@ def build_engines(options: BuildOptions, show_progress: bool = True) -> BuildRep
     """`show_progress=False` for callers that build many bundles under their own progress bar."""
     started = time.perf_counter()
     build = Build(options)
+    # transient: a failed build leaves its one error line, not a spinner above it
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
-                  disable=not show_progress) as progress:
+                  disable=not show_progress, transient=True) as progress:
         task = progress.add_task(STAGES[0][0], total=len(STAGES))
         try:
             for name, stage in STAGES:
@@ -256,7 +257,8 @@ def describe_bundle(build: Build) -> dict:
     loaded, point, codec = build.loaded, build.halves.point, build.codec
     manifest = {
         "schema_version": SCHEMA_VERSION,
-        "source_model": {"name": loaded.name, "sha256": loaded.sha256, "input": loaded.spec().to_manifest()},
+        "source_model": {"name": loaded.name, "sha256": loaded.sha256, "weights": loaded.weights,
+                         "input": loaded.spec().to_manifest()},
         "split": {"requested": build.options.split or build.split_name, "node": point.node, "module": point.module,
                   "shape": list(point.shape), "dtype": point.dtype, "fp32_bytes": point.fp32_bytes},
         "codec": codec.describe(),

@@ -393,7 +393,7 @@ def train_codec_command(model, split, data, train_frames, epochs, seed,
     """Train a learned codec at a split with the backbone frozen (KD + CE), checkpointing each epoch."""
     import torch
 
-    from toolchain.codec_training import prepare_training, score_codec, train_codec
+    from toolchain.codec_training import prepare_training, record_agreement, score_codec, train_codec
     from toolchain.codecs import make_codec, parse_codec_spec
 
     loaded, data = _load_for_codec(model, data)
@@ -408,6 +408,7 @@ def train_codec_command(model, split, data, train_frames, epochs, seed,
     seconds = train_codec(codec, frozen.tail, frozen.train, epochs, seed, checkpoint=output,
                           checkpoint_facts=facts, resume=resume)
     score = score_codec(codec, frozen.tail, frozen.test)
+    record_agreement(output, score.agreement)
     bits = codec.wire_format().packed_bytes * 8
     accuracy = "" if score.accuracy is None else \
         f"test accuracy {score.accuracy:.2%} ({-score.loss_points:+.2f} pt), "
@@ -453,7 +454,9 @@ def search_codec_command(model, split, data, train_frames, epochs, seed,
                    f"loss {row.loss_points:+.2f} pt")
     if best is None:
         raise EdgesplitError(f"no configuration stays within {budget} pt; see {output / 'search.csv'}")
-    save_checkpoint(output / "best.pt", best, str(best.spec()), frozen.point.node, loaded.sha256, epoch=epochs)
+    agreement = next(row.agreement for row in rows if row.codec == str(best.spec()))
+    save_checkpoint(output / "best.pt", best, str(best.spec()), frozen.point.node, loaded.sha256, epoch=epochs,
+                    agreement=agreement)
     click.echo(f"best within {budget} pt: {best.spec()}; wrote {output / 'best.pt'} "
                f"(use: build-engines --split {frozen.point.node} --codec {best.spec()} "
                f"--codec-weights {output / 'best.pt'})")

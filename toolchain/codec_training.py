@@ -84,13 +84,24 @@ def score_codec(codec: FeatureCodec, tail: nn.Module, cache: FeatureCache, batch
 
 def save_checkpoint(path: Path, codec: FeatureCodec, spec: str, split: str, model_sha256: str,
                     epoch: int, optimizer: torch.optim.Optimizer | None = None,
-                    schedule: torch.optim.lr_scheduler.LRScheduler | None = None) -> None:
-    """Plain tensors and numbers only, so it loads with torch.load(weights_only=True)."""
+                    schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+                    agreement: float | None = None) -> None:
+    """Plain tensors and numbers only, so it loads with torch.load(weights_only=True). `agreement`: the top-1
+    agreement with the unsplit model its training measured on held-out images; builds bound by it."""
     state = {"version": CHECKPOINT_VERSION, "codec": spec, "split": split, "model_sha256": model_sha256,
              "epoch": epoch, "state_dict": codec.state_dict()}
+    if agreement is not None:
+        state["agreement"] = float(agreement)
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
         state["schedule"] = schedule.state_dict()
+    torch.save(state, path)
+
+
+def record_agreement(path: Path, agreement: float) -> None:
+    """Add the held-out top-1 agreement a trained codec measured to its checkpoint: builds are bound by it."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state["agreement"] = float(agreement)
     torch.save(state, path)
 
 

@@ -143,7 +143,8 @@ def load_images(source: str | Path, split: str, spec: InputSpec) -> ImageSet:
             return ImageSet(images, labels, f"{path / split}") if separate else \
                 _one_set(images, labels, split, str(path))
         return ImageSet(spec.fit(spec.arrange(images, path), path), labels, f"the {split} split of {path}")
+    problem = "is not a format edgesplit reads" if path.exists() else "not found"
     raise EdgesplitError(
-        f"image source {str(source)!r} not found: give 'fashion-mnist', an .npz or .npy file, a folder of image "
+        f"image source {str(source)!r} {problem}: give 'fashion-mnist', an .npz or .npy file, a folder of image "
         "files, a folder of IDX files or a CIFAR-10 'cifar-10-batches-bin' folder"
     )

@@ -23,6 +23,7 @@ class LoadedModel(NamedTuple):
     default_split: str | None
     sha256: str
     dataset: str | None = None  # labeled images the bundled model was trained on
+    weights: str = ""  # where the weights came from
 
     @property
     def input_shape(self) -> tuple[int, int, int] | None:
@@ -75,13 +76,20 @@ def _load_state_dict(module: nn.Module, weights: Path) -> None:
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ModelLoadError(f"cannot read weights {weights} as a state_dict: {error}") from error
+        raise ModelLoadError(f"cannot read {weights} as a torch.save state_dict "
+                             f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from error
     if not isinstance(state, dict):
         raise ModelLoadError(f"{weights} holds a {type(state).__name__}, not a state_dict")
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as error:
-        raise ModelLoadError(f"weights {weights} do not fit the model: {error}") from error
+    expected = module.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    misshapen = sorted(key for key in set(expected) & set(state)
+                       if getattr(state[key], "shape", None) != expected[key].shape)
+    if missing or unexpected or misshapen:
+        raise ModelLoadError(f"weights {weights} do not fit {type(module).__name__}: " + "; ".join(
+            f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", misshapen))
+            if keys))
+    module.load_state_dict(state)
 
 
 def _load_factory(spec: str) -> nn.Module:
@@ -133,36 +141,47 @@ def with_normalization(module: nn.Module, mean: tuple[float, ...], std: tuple[fl
     return graph_module
 
 
-def load_model(spec: str | None, weights: Path | None = None, inputs: InputOptions = InputOptions()) -> LoadedModel:
-    spec = spec or DEFAULT_MODEL
-    default_split = dataset = None
-    resize = "none"
+class _Source(NamedTuple):
+    module: nn.Module
+    name: str
+    shape: tuple[int, int, int] | None
+    weights: str  # where the weights came from, said in the build summary
+    zoo: ZooModel | None = None
+
+
+def _source(spec: str, weights: Path | None) -> _Source:
     if spec in ZOO:
         entry = ZOO[spec]
-        module, name, known_shape = entry.factory(), spec, entry.input_shape
-        default_split, dataset, resize = entry.default_split, entry.dataset, entry.resize
         if not entry.weights.exists():
             raise ModelLoadError(f"bundled weights {entry.weights} are missing: run `edgesplit train-model --model {spec}`")
+        module = entry.factory()
         _load_state_dict(module, weights or entry.weights)
-    elif spec.endswith(".pt2"):
+        return _Source(module, spec, entry.input_shape, str(weights or entry.weights), entry)
+    if spec.endswith(".pt2"):
         if weights is not None:
             raise ModelLoadError("--weights does not apply to a .pt2 archive: it carries its own weights")
-        module, known_shape = _load_exported(Path(spec))
-        name = Path(spec).stem
-    elif ":" in spec:
-        module, name, known_shape = _load_factory(spec), spec.rpartition(":")[2], None
+        module, shape = _load_exported(Path(spec))
+        return _Source(module, Path(spec).stem, shape, f"{spec} (torch.export archive)")
+    if ":" in spec:
+        module = _load_factory(spec)
         if weights is not None:
             _load_state_dict(module, weights)
-    else:
-        raise ModelLoadError(
-            f"unknown model {spec!r}: give a bundled name ({', '.join(sorted(ZOO))}), "
-            "a .pt2 file, or package.module:factory"
-        )
-    shape = inputs.shape or known_shape
-    input_spec = None if shape is None else InputSpec(*shape, inputs.resize or resize, inputs.mean, inputs.std).checked()
+        origin = str(weights) if weights else "none given: the factory's own initialization (random?)"
+        return _Source(module, spec.rpartition(":")[2], None, origin)
+    raise ModelLoadError(f"unknown model {spec!r}: give a bundled name ({', '.join(sorted(ZOO))}), "
+                         "a .pt2 file, or package.module:factory")
+
+
+def load_model(spec: str | None, weights: Path | None = None, inputs: InputOptions = InputOptions()) -> LoadedModel:
+    source = _source(spec or DEFAULT_MODEL, weights)
+    module, zoo = source.module, source.zoo
+    shape = inputs.shape or source.shape
+    resize = inputs.resize or (zoo.resize if zoo else "none")
+    input_spec = None if shape is None else InputSpec(*shape, resize, inputs.mean, inputs.std).checked()
     if inputs.mean is not None or inputs.std is not None:
         if input_spec is None:
-            raise ModelLoadError(f"--mean/--std need the input shape of {name}: give --input-shape C,H,W")
+            raise ModelLoadError(f"--mean/--std need the input shape of {source.name}: give --input-shape C,H,W")
         module = with_normalization(module, input_spec.mean, input_spec.std)
     module.eval()
-    return LoadedModel(module, name, input_spec, default_split, state_dict_sha256(module), dataset)
+    return LoadedModel(module, source.name, input_spec, zoo and zoo.default_split, state_dict_sha256(module),
+                       zoo and zoo.dataset, source.weights)

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 
 from toolchain.errors import EdgesplitError
+from toolchain.quiet import quiet
 
 
 class _Feed:
@@ -35,11 +36,13 @@ def quantize_qdq(float_path: Path, qdq_path: Path, samples: dict[str, np.ndarray
     model = onnx.load(str(float_path))
     opset = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
     try:
-        quantize_static(str(float_path), str(qdq_path), _Feed(samples), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        # biases stay float: TensorRT's Q/DQ path is int8 only
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+        with quiet():  # "please consider pre-processing" warnings, every time
+            quantize_static(str(float_path), str(qdq_path), _Feed(samples), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            calibrate_method=CalibrationMethod.MinMax,
+                            # biases stay float: TensorRT's Q/DQ path is int8 only
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                           "QuantizeBias": False})
     except Exception as error:  # the tools raise many types; the build must name the stage
         raise EdgesplitError(f"onnxruntime could not quantize {float_path.name} to Q/DQ: {error}") from error
     quantized = onnx.load(str(qdq_path))

@@ -174,13 +174,15 @@ def _holds_weights(graph_module: fx.GraphModule, node: fx.Node) -> bool:
 
 def default_point(graph_module: fx.GraphModule) -> SplitPoint:
     """For models that name no default: the smallest crossing tensor in the first half of the
-    points whose head holds learned weights, so the edge does real but lesser work."""
+    points whose head holds learned weights, so the edge does real but lesser work; among equal
+    sizes, the end of the outermost module (what users name), then the later point."""
     nodes = list(graph_module.graph.nodes)
     first_weighted = next((i for i, n in enumerate(nodes) if _holds_weights(graph_module, n)), len(nodes))
     points = [p for p in candidate_points(graph_module) if p.position >= first_weighted]
     if not points:
         raise SplitError("the model has no point after its first weighted layer where a single tensor crosses")
-    return min(points[: max(1, len(points) // 2)], key=lambda p: (p.elements, -p.position))
+    return min(points[: max(1, len(points) // 2)],
+               key=lambda p: (p.elements, p.module is None, (p.module or "").count("."), -p.position))
 
 
 def _nearest(points: list[SplitPoint], position: int) -> str:

@@ -28,12 +28,12 @@ def build_summary(report) -> Table:
     split, image = manifest["split"], manifest["source_model"]["input"]
     image_bytes = math.prod(image["shape"][1:])
     table = Table(title=f"bundle {manifest['bundle_id']} → {report.bundle}", show_header=False)
-    table.add_row("model", manifest["source_model"]["name"])
+    model = manifest["source_model"]
+    table.add_row("model", f"{model['name']}, weights: {model.get('weights') or 'its own'}")
     for role in ROLES:
         table.add_row(f"{role} half", half_row(manifest["artefacts"][role], manifest["deployment"][role]))
-    checked = {entry["verification"]["arithmetic"] for entry in manifest["artefacts"].values() if "verification" in entry}
-    for arithmetic in sorted(checked):
-        table.add_row("checked here with", arithmetic)
+    for role in ROLES:
+        table.add_row(f"{role} checked with", manifest["artefacts"][role]["verification"]["arithmetic"])
     table.add_row("split", f"{split['module'] or split['node']} (node {split['node']}), "
                            f"tensor {'x'.join(map(str, split['shape']))}")
     codec = manifest["codec"]
@@ -44,7 +44,13 @@ def build_summary(report) -> Table:
         table.add_row("float accuracy", f"{checks['float_accuracy']:.2%} on the held-out images")
         table.add_row("bundle accuracy", f"{checks['bundle_accuracy']:.2%} "
                       f"({100 * (checks['bundle_accuracy'] - checks['float_accuracy']):+.2f} pt)")
-    table.add_row("top-1 agreement", f"{checks['top1_agreement']:.2%} with the float model")
+    else:
+        table.add_row("accuracy", "not measured: the held-out images have no labels (--max-loss not checked; "
+                                  "agreement with the float model is)")
+    for name, result in checks["outputs"].items():
+        measured = f"top-1 agreement {result['top1_agreement']:.2%}" if "top1_agreement" in result else \
+            f"relative error {result['relative_error']:.2g}"
+        table.add_row(f"output {name}", f"{result['kind']}: {measured} with the float model")
     table.add_row("bytes per frame", f"{split['fp32_bytes']:,} fp32 → {checks['mean_payload_bytes']:,.1f} on the wire, "
                                      f"{split['fp32_bytes'] / checks['mean_payload_bytes']:,.1f}x "
                                      f"(input image {image_bytes:,} bytes as uint8)")

@@ -44,12 +44,17 @@ ONNX_TYPE_NAMES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: 
                    onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8",
                    onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.BOOL: "bool"}
 
-# How a TensorRT half is run on a CPU to check it: Q/DQ kept as separate ops, i.e. fake quantization
-# in float, which is how TensorRT's int8 arithmetic behaves; ONNX Runtime's fused int8 kernels would
-# measure the build host's CPU instead (they saturate on AVX2 without VNNI).
-VERIFICATION = {"backend": "onnxrt", "options": {"graph_optimization": "disabled"},
-                "arithmetic": "ONNX Runtime, graph optimizations off: Q/DQ as separate ops (fake quantization), "
-                              "as TensorRT computes"}
+# How a TensorRT half is run on a CPU to check it: with graph optimizations off, Q/DQ stay separate ops,
+# i.e. fake quantization in float, which is how TensorRT's int8 arithmetic behaves; ONNX Runtime's fused
+# int8 kernels would measure the build host's CPU instead (they saturate on AVX2 without VNNI).
+ARITHMETIC = {"int8": "ONNX Runtime, graph optimizations off: Q/DQ as separate ops (fake quantization), as TensorRT "
+                      "computes",
+              "fp16": "ONNX Runtime in fp32: TensorRT's fp16 rounding is not emulated here",
+              "fp32": "ONNX Runtime in fp32, as TensorRT's fp32 computes up to float rounding"}
+
+
+def verification(precision: str) -> dict:
+    return {"backend": "onnxrt", "options": {"graph_optimization": "disabled"}, "arithmetic": ARITHMETIC[precision]}
 
 
 def export(half: Half) -> tuple[dict, dict]:
@@ -59,7 +64,7 @@ def export(half: Half) -> tuple[dict, dict]:
         raise EdgesplitError(f"{half.role} ONNX would not build on {half.device.name}: {'; '.join(problems)}")
     entry = onnx_entry(half, path.name, CODE_DTYPE)
     shapes = {tensor["name"]: tensor["shape"][1:] for tensor in entry["inputs"]}
-    entry.update(engine=engine_entry(half.device, half.precision, shapes), verification=VERIFICATION)
+    entry.update(engine=engine_entry(half.device, half.precision, shapes), verification=verification(half.precision))
     return entry, checks
 
 

@@ -24,8 +24,11 @@ from runtime.local import quantize_int8
 from toolchain.backends import Exporter, Half, WholeModel, tensor_spec
 from toolchain.errors import EdgesplitError
 from toolchain.evaluate import first_output
+from toolchain.quiet import quiet
 
 FILE = "edge.tflite"
+VERIFICATION = {"backend": "tflite", "arithmetic": "the TFLite interpreter's int8 kernels (ai-edge-litert), as the Pi "
+                                                   "runs them"}
 TOOLS = ("litert-torch", "ai-edge-quantizer", "ai-edge-litert")
 
 INTEGER_TYPES = {"int8", "int16", "int32", "bool"}  # int32: biases and shapes
@@ -94,14 +97,12 @@ def float_ops(ops: list[tuple[str, set[str]]]) -> list[str]:
             if name == "DEQUANTIZE" or dtypes - INTEGER_TYPES]
 
 
-def convert_int8(module: nn.Module, calibration: np.ndarray, path: Path) -> TFLiteArtefact:
-    """Float NCHW module → full-int8 NHWC .tflite at `path`, calibrated on `calibration` (N,C,H,W).
-
-    The module returns the features, or (features, exit logits) with an exit branch."""
-    litert_torch, _ = _converters()
+def convert_and_quantize(module: nn.Module, calibration: np.ndarray, path: Path) -> int:
+    """Float NCHW module → float NHWC .tflite → full-int8 .tflite at `path`; returns the float model's bytes."""
     nhwc_calibration = np.ascontiguousarray(calibration.transpose(0, 2, 3, 1)).astype(np.float32)
-    channel_last = litert_torch.to_channel_last_io(module.eval(), args=[0], outputs=[0])
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, quiet():
+        litert_torch, _ = _converters()
+        channel_last = litert_torch.to_channel_last_io(module.eval(), args=[0], outputs=[0])
         float_path = Path(scratch) / "float.tflite"
         try:
             converted = litert_torch.convert(channel_last.eval(), (torch.from_numpy(nhwc_calibration[:1]),))
@@ -117,7 +118,14 @@ def convert_int8(module: nn.Module, calibration: np.ndarray, path: Path) -> TFLi
             raise EdgesplitError(f"ai-edge-quantizer cannot make the edge half full-int8: {first_line(error)}") \
                 from error
         path.chmod(0o644)  # the exporter leaves it executable
-        float_bytes = float_path.stat().st_size
+        return float_path.stat().st_size
+
+
+def convert_int8(module: nn.Module, calibration: np.ndarray, path: Path) -> TFLiteArtefact:
+    """Float NCHW module → full-int8 NHWC .tflite at `path`, calibrated on `calibration` (N,C,H,W), inspected.
+
+    The module returns the features, or (features, exit logits) with an exit branch."""
+    float_bytes = convert_and_quantize(module, calibration, path)
     ops = graph_ops(path)
     remaining = float_ops(ops)
     if remaining:
@@ -141,16 +149,15 @@ def convert_int8(module: nn.Module, calibration: np.ndarray, path: Path) -> TFLi
                                                    int(exits[0]["quantization"][1]))))
 
 
-def check_input_range(quantization: tuple[float, int], calibration: np.ndarray) -> None:
-    """The int8 input must cover what images can be, [0, 1]; a range calibrated short would clip pixels."""
+def check_input_range(quantization: tuple[float, int]) -> None:
+    """The int8 input must cover what pixels can be, [0, 1], or frames brighter or darker than the calibration
+    images would be clipped; quantize_static sets it so, and this checks what the quantizer wrote."""
     scale, zero_point = quantization
     low, high = scale * (-128 - zero_point), scale * (127 - zero_point)
     wanted_low, wanted_high = PIXEL_RANGE
     if low > wanted_low + scale or high < wanted_high - scale:
-        raise EdgesplitError(
-            f"the int8 edge half's input covers [{low:.3f}, {high:.3f}], images span [{wanted_low:g}, {wanted_high:g}]: "
-            f"its calibration images only reach [{calibration.min():.3f}, {calibration.max():.3f}], so brighter or "
-            "darker frames would be clipped; calibrate with images that span the range (--calib)")
+        raise EdgesplitError(f"the int8 edge half's input covers [{low:.3f}, {high:.3f}], pixels span "
+                             f"[{wanted_low:g}, {wanted_high:g}]: frames outside would be clipped")
 
 
 def _tensor(name: str, shape: list[int], quantization: tuple[float, int], layout: str = "NHWC") -> dict:
@@ -165,7 +172,7 @@ def export(half: Half) -> tuple[dict, dict]:
     from importlib import metadata
 
     artefact = convert_int8(half.parts.edge_before_quantizer(), half.calibration, half.directory / FILE)
-    check_input_range(artefact.input_quantization, half.calibration)
+    check_input_range(artefact.input_quantization)
     mapping = half.parts.codec.map_int8_output(*artefact.output_quantization)
     outputs = [_tensor(artefact.output_name, artefact.output_shape, artefact.output_quantization)]
     if artefact.exit_output is not None:
@@ -175,7 +182,7 @@ def export(half: Half) -> tuple[dict, dict]:
              "outputs": outputs, "to_codes": mapping, "ops": artefact.ops, "float_model_bytes": artefact.float_bytes,
              "codes": {"dtype": "int8", "values": f"integers 0..{half.parts.codec.levels - 1} after to_codes",
                        "note": "the output is the int8 tensor before the codec's quantizer; to_codes maps it"},
-             "tools": {name: metadata.version(name) for name in TOOLS}}
+             "tools": {name: metadata.version(name) for name in TOOLS}, "verification": VERIFICATION}
     return entry, {}
 
 

@@ -1,0 +1,281 @@
+"""The models and data people bring: other architectures, RGB images from folders and NHWC arrays,
+declared preprocessing, several outputs, several crossing tensors; and `edgesplit edge` on them."""
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from calibration_data import DEFAULT_CALIBRATION
+from runtime.bundle import load_bundle
+from runtime.cloud import BackgroundServer, ServerConfig
+from runtime.edge import CLOUD, ClientConfig, EdgeClient
+from runtime.images import SourceFrame, open_source
+from runtime.inputs import InputSpec
+from runtime.local import SplitInference
+from toolchain.cli import main
+from toolchain.data import load_images
+from toolchain.evaluate import predict_outputs
+from toolchain.load import InputOptions, load_model
+
+import architectures
+from conftest import DEFAULT_SPEC, top1
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+# Fashion-MNIST tinted per class: real pictures, three channels that differ
+TINTS = np.array([[1, .3, .3], [.3, 1, .3], [.3, .3, 1], [1, 1, .3], [1, .3, 1], [.3, 1, 1], [1, .6, .2], [.6, .2, 1],
+                  [.2, 1, .6], [.9, .9, .9]])
+
+
+def tinted(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """N,H,W grayscale → N,3,H,W RGB."""
+    return (images[:, None].astype(np.float32) * TINTS[labels][:, :, None, None]).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def rgb_npz(tmp_path_factory) -> Path:
+    """Train and test splits of RGB 28x28 images, stored N,C,H,W."""
+    with np.load(DEFAULT_CALIBRATION) as data:
+        arrays = {f"{split}_images": tinted(data[f"{split}_images"][:count], data[f"{split}_labels"][:count])
+                  for split, count in (("train", 256), ("test", 300))}
+        arrays.update({f"{split}_labels": data[f"{split}_labels"][:count] for split, count in (("train", 256),
+                                                                                            ("test", 300))})
+    path = tmp_path_factory.mktemp("rgb") / "rgb.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def build(arguments, tmp_path, name="bundle"):
+    output = tmp_path / name
+    result = CliRunner().invoke(main, ["build-engines", *arguments, "--output", str(output)])
+    return result, output
+
+
+@pytest.mark.parametrize("device", ["cpu", "raspberry-pi"])
+@pytest.mark.parametrize("name", sorted(architectures.SHAPES))
+def test_architectures_nobody_designed_for_build_and_reproduce_pytorch(name, device, rgb_npz, tmp_path):
+    if device == "raspberry-pi":
+        pytest.importorskip("litert_torch", reason="the TFLite converter is in the [tflite] extra")
+    shape = architectures.SHAPES[name]
+    resize = "resize" if shape[1] == 64 else "pad"
+    model = ["--model", f"architectures:{name}", "--input-shape", ",".join(map(str, shape)), "--resize", resize]
+    # random weights: accuracy means nothing, so the gates are opened and the halves compared instead
+    result, output = build([*model, "--target", device, "--cloud", "cpu", "--calib", str(rgb_npz),
+                            "--max-loss", "100", "--min-agreement", "0"], tmp_path)
+    assert result.exit_code == 0, result.output[-3000:]
+    bundle = load_bundle(output)
+    loaded = load_model(f"architectures:{name}", None, InputOptions(shape, resize))
+    spec = bundle.input_spec()
+    inputs = load_images(rgb_npz, "test", spec).inputs()[:64]
+    run = SplitInference(bundle)
+    from toolchain.split import split_model
+
+    halves = split_model(loaded.module, bundle.manifest["split"]["node"], shape)
+    with torch.no_grad():
+        features = halves.head(torch.from_numpy(inputs)).numpy()
+    codec = bundle.manifest["codec"]
+    dequantized = (run.edge_half.codes(inputs).astype(np.float32) - codec["zero_point"][0]) * codec["scale"][0]
+    relative = np.linalg.norm(dequantized - features) / np.linalg.norm(features)
+    # the wire's int8 rounding alone (cpu), or an int8 edge all through (raspberry-pi)
+    assert relative < (0.02 if device == "cpu" else 0.15), relative
+    deployed = run.cloud_outputs(run.edge(inputs))
+    with torch.no_grad():
+        decoded = torch.from_numpy(np.ascontiguousarray(dequantized))
+        expected = halves.tail(decoded)
+    expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
+    for found, wanted in zip(deployed, expected):
+        np.testing.assert_allclose(found, wanted, atol=1e-3, rtol=1e-3)  # the cloud ONNX is the tail, exactly
+
+
+def write_folder(root: Path, images: np.ndarray, labels: np.ndarray, suffix: str) -> None:
+    from PIL import Image
+
+    for index, (image, label) in enumerate(zip(images, labels)):
+        folder = root / f"class{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.transpose(1, 2, 0)).save(folder / f"{index:04d}{suffix}", quality=95)
+
+
+def test_an_rgb_folder_and_an_nhwc_npz_calibrate_an_rgb_model_and_the_edge_sees_what_calibration_saw(
+        rgb_npz, tmp_path):
+    with np.load(rgb_npz) as data:
+        train, train_labels = data["train_images"], data["train_labels"]
+        test, test_labels = data["test_images"][:60], data["test_labels"][:60]
+    folder = tmp_path / "pictures"
+    write_folder(folder / "train", train, train_labels, ".png")
+    write_folder(folder / "test", test, test_labels, ".jpg")
+    nhwc = tmp_path / "nhwc.npz"
+    np.savez(nhwc, train_images=train.transpose(0, 2, 3, 1), train_labels=train_labels,
+             test_images=test.transpose(0, 2, 3, 1), test_labels=test_labels)
+    model = ["--model", "architectures:rgb64", "--input-shape", "3,64,64", "--resize", "resize",
+             "--max-loss", "100", "--min-agreement", "0"]
+    from_folder, folder_bundle = build([*model, "--calib", str(folder)], tmp_path, "folder")
+    from_array, array_bundle = build([*model, "--calib", str(nhwc)], tmp_path, "nhwc")
+    assert from_folder.exit_code == 0 and from_array.exit_code == 0, from_folder.output + from_array.output
+    checks = load_bundle(folder_bundle).manifest["checks"]
+    assert checks["holdout_frames"] == 60 and checks["holdout_origin"] == str(folder / "test")
+    assert load_bundle(array_bundle).manifest["checks"]["holdout_frames"] == 60
+    bundle = load_bundle(folder_bundle)
+    assert bundle.manifest["source_model"]["input"]["resize"] == "resize"
+    calibration_view = load_images(folder, "test", bundle.input_spec())
+    edge_view = list(open_source(str(folder), bundle.input_spec(), "test"))
+    edge = SplitInference(bundle).edge_half
+    np.testing.assert_array_equal(edge.codes(np.stack([f.image for f in edge_view])),
+                                  edge.codes(calibration_view.inputs()))
+    assert [f.label for f in edge_view] == calibration_view.labels.tolist() == sorted(test_labels.tolist())
+
+
+def test_small_images_are_refused_unless_the_spec_resizes_them(tmp_path):
+    with np.load(DEFAULT_CALIBRATION) as data:
+        small = data["test_images"][:100, ::2, ::2]  # 14x14
+        np.savez(tmp_path / "small.npz", images=small, labels=data["test_labels"][:100])
+    model = ["--model", "conftest:TinyNet", "--weights", str(TESTS / "assets" / "tiny.pt"), "--input-shape", "1,32,32",
+             "--calib", str(tmp_path / "small.npz")]
+    refused, output = build(model, tmp_path)
+    assert refused.exit_code == 1 and not output.exists()
+    assert refused.output.strip().splitlines() == [
+        f"error: {tmp_path / 'small.npz'}: images are 14x14, the model takes 32x32 (resize policy: none); "
+        "give --resize resize (bilinear) or --resize pad (centre zero-padding)"]
+    resized, output = build([*model, "--resize", "resize", "--max-loss", "100", "--min-agreement", "0"], tmp_path)
+    assert resized.exit_code == 0, resized.output
+    checks = load_bundle(output).manifest["checks"]
+    assert checks["holdout_frames"] == 20 and "every 5th image" in checks["holdout_origin"]  # one set, held out
+
+
+@pytest.mark.parametrize("labels,message", [
+    (np.array(["shirt"] * 100), "labels must be a 1-D array of integer class indices, got <U5"),
+    (np.zeros(99, dtype=np.int64), "99 labels for 100 images"),
+])
+def test_bad_labels_are_one_line(labels, message, tmp_path):
+    with np.load(DEFAULT_CALIBRATION) as data:
+        np.savez(tmp_path / "bad.npz", images=data["test_images"][:100], labels=labels)
+    result, _ = build(["--calib", str(tmp_path / "bad.npz")], tmp_path)
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert message in result.output
+
+
+def test_declared_mean_and_std_are_folded_into_the_edge_half(tmp_path, rgb_npz):
+    """A torchvision-style model normalizes outside its graph: the spec's mean/std go into the edge half,
+    and the bundle equals the model fed normalized images."""
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    result, output = build(["--model", "architectures:mobilenet_v2", "--input-shape", "3,32,32", "--resize", "pad",
+                            "--mean", ",".join(map(str, mean)), "--std", ",".join(map(str, std)),
+                            "--calib", str(rgb_npz), "--max-loss", "100", "--min-agreement", "0"], tmp_path)
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(output)
+    assert bundle.manifest["source_model"]["input"]["mean"] == list(mean)
+    inputs = load_images(rgb_npz, "test", bundle.input_spec()).inputs()[:100]
+    normalized = (inputs - np.array(mean, np.float32)[:, None, None]) / np.array(std, np.float32)[:, None, None]
+    reference = predict_outputs(architectures.mobilenet_v2(), normalized.astype(np.float32))[0]
+    assert (top1(SplitInference(bundle)(inputs)) == top1(reference)).mean() >= 0.97
+    wrong = CliRunner().invoke(main, ["list-splits", "--model", "architectures:mobilenet_v2", "--input-shape",
+                                      "3,32,32", "--mean", "0.5,0.5", "--std", "0.2,0.2"])
+    assert wrong.exit_code == 1 and "--mean needs 1 or 3 values (one per channel), got 2" in wrong.output
+
+
+def frames_of(bundle, source, count):
+    return list(open_source(str(source), bundle.input_spec()))[:count]
+
+
+def test_a_two_output_model_answers_both_outputs_over_tcp(rgb_npz, tmp_path):
+    result, output = build(["--model", "architectures:detector", "--input-shape", "3,32,32", "--resize", "pad",
+                            "--calib", str(rgb_npz), "--max-loss", "100", "--min-agreement", "0"], tmp_path)
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(output)
+    assert [t["name"] for t in bundle.artefact("cloud")["outputs"]] == ["logits", "boxes"]
+    assert bundle.manifest["checks"]["outputs"]["boxes"]["kind"] == "regression"
+    frames = frames_of(bundle, rgb_npz, 24)
+    expected = SplitInference(bundle).cloud_outputs(SplitInference(bundle).edge(np.stack([f.image for f in frames])))
+    with BackgroundServer(bundle, ServerConfig(key=b"k")) as server:
+        with EdgeClient(bundle, ClientConfig(*server.address, key=b"k")) as client:
+            outcomes = client.run_all(frames)
+    assert all(o.answered_by == CLOUD for o in outcomes)
+    for index, name in enumerate(("logits", "boxes")):
+        np.testing.assert_allclose(np.stack([o.outputs[index] for o in outcomes]), expected[index], atol=1e-4)
+    assert np.stack([o.outputs[1] for o in outcomes]).shape == (24, 4)
+
+
+def test_a_cut_crossed_by_two_tensors_carries_both_in_one_frame(default_model, holdout, tmp_path):
+    result, output = build(["--split", "layer2.0.conv1"], tmp_path)
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(output)
+    assert bundle.wire.parts == ((32, 32, 32), (64, 16, 16))
+    assert [t["name"] for t in bundle.artefact("cloud")["inputs"]] == ["codes0", "codes1"]
+    frames = [SourceFrame(i, image, int(label)) for i, (image, label) in
+              enumerate(zip(holdout.inputs()[:40], holdout.labels[:40]))]
+    run = SplitInference(bundle)
+    inputs = np.stack([f.image for f in frames])
+    assert [len(p) for p in run.edge(inputs[:2])] == [32 * 32 * 32 + 64 * 16 * 16] * 2
+    with BackgroundServer(bundle, ServerConfig(key=b"k")) as server:
+        with EdgeClient(bundle, ClientConfig(*server.address, key=b"k")) as client:
+            outcomes = client.run_all(frames)
+    np.testing.assert_allclose(np.stack([o.logits for o in outcomes]), run(inputs), atol=1e-4)
+    reference = top1(predict_outputs(default_model.module, holdout.inputs())[0])
+    assert (top1(run(holdout.inputs())) == reference).mean() >= 0.98
+    assert bundle.manifest["checks"]["top1_agreement"] >= 0.98
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def serve_and_run_edge(bundle_path: Path, source: str, tmp_path: Path, limit: int) -> tuple[dict, list]:
+    """`edgesplit serve` and `edgesplit edge` as users start them, two processes over loopback."""
+    port = free_port()
+    environment = dict(os.environ, EDGESPLIT_KEY="a shared key for this test, long enough")
+    server = subprocess.Popen([sys.executable, "-m", "edgesplit", "serve", "--bundle", str(bundle_path), "--port",
+                               str(port)], cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        assert "serving bundle" in server.stdout.readline()
+        summary, rows = tmp_path / "summary.json", tmp_path / "frames.csv"
+        edge = subprocess.run([sys.executable, "-m", "edgesplit", "edge", "--bundle", str(bundle_path), "--server",
+                               f"127.0.0.1:{port}", "--source", source, "--limit", str(limit), "--summary-json",
+                               str(summary), "--output", str(rows)], cwd=ROOT, env=environment, capture_output=True,
+                              text=True, timeout=300)
+        assert edge.returncode == 0, edge.stderr
+    finally:
+        server.terminate()
+        server.wait(30)
+    with open(rows) as stream:
+        return json.loads(summary.read_text()), list(csv.DictReader(stream))
+
+
+@pytest.mark.parametrize("edge_device", ["cpu", "raspberry-pi"])
+def test_the_edge_command_runs_each_edge_device_that_runs_here(edge_device, device_bundle, holdout, tmp_path):
+    if edge_device == "raspberry-pi":
+        pytest.importorskip("litert_torch", reason="the TFLite converter is in the [tflite] extra")
+    report = device_bundle(edge_device, "cpu")
+    summary, rows = serve_and_run_edge(report.bundle, str(DEFAULT_CALIBRATION), tmp_path, 200)
+    assert summary["cloud_answers"] == 200 and summary["errors"] == 0
+    expected = top1(SplitInference(load_bundle(report.bundle))(holdout.inputs()[:200]))
+    assert [int(row["prediction"]) for row in rows] == expected.tolist()
+
+
+def test_the_default_raspberry_pi_edge_takes_the_whole_pixel_range(device_bundle):
+    pytest.importorskip("litert_torch", reason="the TFLite converter is in the [tflite] extra")
+    quantization = device_bundle("raspberry-pi").manifest["artefacts"]["edge"]["inputs"][0]["quantization"]
+    scale, zero_point = quantization["scale"], quantization["zero_point"]
+    assert scale * (-128 - zero_point) <= 0.0 and scale * (127 - zero_point) >= 1.0 - 1e-6
+
+
+def test_an_int8_input_range_short_of_the_pixels_is_refused():
+    from toolchain.backends.tflite import check_input_range
+    from toolchain.errors import EdgesplitError
+
+    check_input_range((1 / 255, -128))
+    with pytest.raises(EdgesplitError, match=r"input covers \[0.000, 0.800\], pixels span \[0, 1\]: frames outside "
+                                             "would be clipped"):
+        check_input_range((0.8 / 255, -128))

@@ -98,7 +98,7 @@ def test_payload_of_wrong_length_is_rejected_with_sizes():
     wire = WireFormat((4, 6, 6))
     with pytest.raises(WireError, match="payload has 143 bytes, the bundle's wire format needs 144"):
         decode_frame(bytes(143), wire)
-    with pytest.raises(WireError, match="codes must be uint8 of shape"):
+    with pytest.raises(WireError, match="codes must be uint8 shaped"):
         encode_frame(np.zeros((4, 6, 6), dtype=np.float32), wire)
 
 
@@ -106,8 +106,8 @@ def test_payload_of_wrong_length_is_rejected_with_sizes():
 def test_lossless_round_trips_random_and_real_payloads_and_rejects_corruption(lossless, holdout):
     rng = np.random.default_rng(0)
     real = holdout.images[:4, 0]  # real image bytes: structured, compressible
-    for codes in (rng.integers(0, 256, size=(4, 28, 28), dtype=np.uint8), real):
-        wire = WireFormat((28, 28), 8, lossless)
+    for codes in (rng.integers(0, 256, size=real.shape, dtype=np.uint8), real):
+        wire = WireFormat(real.shape[1:], 8, lossless)
         for frame in codes:
             assert np.array_equal(decode_frame(encode_frame(frame, wire), wire), frame)
     payload = encode_frame(real[0], wire)

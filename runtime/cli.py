@@ -51,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--server", required=True, type=_address, help="HOST:PORT of `edgesplit serve`.")
     edge.add_argument("--source", required=True,
                       help="An .npz/.npy of uint8 images, a folder of image files, or camera[:N].")
-    edge.add_argument("--split", default="test", help="Which split of a two-split .npz (default: test).")
+    edge.add_argument("--split", default=None, choices=("train", "test"),
+                      help="Which set of a source holding both (.npz with train_/test_ arrays, folder with "
+                           "train/ and test/) [default: test].")
     edge.add_argument("--limit", type=int, default=None, help="Stop after this many frames.")
     edge.add_argument("--fps", type=float, default=None, help="Pace the source to this frame rate.")
     edge.add_argument("--in-flight", type=int, default=8, help="Frames sent but not yet answered (default 8).")
@@ -69,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
                            "bundle's, from calibrate-exit].")
     edge.add_argument("--output", default=None, help="CSV with one row per frame.")
     edge.add_argument("--summary-json", default=None, help="Write the summary as JSON too.")
+    edge.add_argument("--save-outputs", default=None,
+                      help="An .npz with every output of each frame the cloud answered (boxes too), by name, "
+                           "and their frame indices.")
 
     engines = commands.add_parser("build-engines", help="Build a bundle's TensorRT engines on this device.")
     engines.add_argument("--bundle", required=True, help="Bundle directory or .tar.")
@@ -128,9 +133,9 @@ def run_edge(args) -> dict:
             outcomes.append(outcome)
             if time.monotonic() - last_report >= 2.0:
                 last_report = time.monotonic()
-                counts = client.stats.outcomes
+                counts = client.stats.outcomes  # counted as outcomes happen: ahead of what was yielded
                 print("{} frames: {} cloud, {} edge, {} errors".format(
-                    len(outcomes), counts[CLOUD], counts["edge"], counts[ERROR]), file=sys.stderr)
+                    sum(counts.values()), counts[CLOUD], counts["edge"], counts[ERROR]), file=sys.stderr)
         stats = client.stats.as_dict()
     elapsed = time.monotonic() - started
     outcomes.sort(key=lambda outcome: outcome.index)
@@ -153,17 +158,35 @@ def run_edge(args) -> dict:
                                  "" if o.label is None else o.label, round(o.latency_s * 1000, 3), o.error])
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
+    if args.save_outputs:
+        _save_outputs(args.save_outputs, bundle, outcomes)
     _print_summary(summary)
+    if summary["frames"] and not summary["cloud_answers"] + summary["edge_answers"]:
+        raise EdgesplitError("no frame was answered: {}".format(summary["first_error"]))
     return summary
+
+
+def _save_outputs(path: str, bundle, outcomes) -> None:
+    """The cloud's answers with all their outputs; edge (exit) answers carry the class output only, so they
+    are left out."""
+    from runtime.edge import CLOUD
+    from runtime.local import output_sizes
+
+    answered = [o for o in outcomes if o.answered_by == CLOUD]
+    arrays = {name: np.stack([o.outputs[i] for o in answered]) if answered else np.zeros((0,) + shape, np.float32)
+              for i, (name, shape) in enumerate(output_sizes(bundle))}
+    np.savez(path, index=np.array([o.index for o in answered], dtype=np.int64), **arrays)
 
 
 def _print_summary(summary: dict) -> None:
     accuracy = "" if summary["accuracy"] is None else ", top-1 {:.2%} on labeled frames".format(summary["accuracy"])
     print("{frames} frames in {seconds:.1f} s ({frames_per_second:.1f}/s): {cloud_answers} answered by the cloud, "
           "{edge_answers} on the edge, {errors} errors".format(**summary) + accuracy)
-    print("wire: {:.0f} payload bytes/frame, {:.0f} with headers; latency p50 {:.1f} ms, p99 {:.1f} ms; "
-          "{} connection(s)".format(summary["payload_bytes_per_frame"], summary["wire_bytes_per_frame"],
-                                    summary["latency_ms_p50"], summary["latency_ms_p99"], summary["connects"]))
+    wire = "nothing sent" if not summary["bytes_sent"] else "{:.0f} payload bytes/frame, {:.0f} with headers".format(
+        summary["payload_bytes_per_frame"], summary["wire_bytes_per_frame"])
+    latency = "no answers" if summary["latency_ms_p50"] != summary["latency_ms_p50"] else \
+        "p50 {:.1f} ms, p99 {:.1f} ms".format(summary["latency_ms_p50"], summary["latency_ms_p99"])
+    print("wire: {}; latency {}; {} connection(s)".format(wire, latency, summary["connects"]))
     if summary["first_error"]:
         print("first error: {}".format(summary["first_error"]))
 

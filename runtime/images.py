@@ -6,7 +6,9 @@ each imported only when used. A folder may hold class subfolders (labels are the
 names, as torchvision's ImageFolder) and `train`/`test` splits.
 """
 
+import logging
 import time
+import zipfile
 from pathlib import Path
 from typing import Iterator, List, NamedTuple, Optional, Tuple
 
@@ -18,6 +20,7 @@ from runtime.inputs import InputSpec
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".webp")
 SPLITS = ("train", "test")
 COLOR_MODES = {1: "L", 3: "RGB"}
+LOG = logging.getLogger("edgesplit.images")
 
 
 class SourceFrame(NamedTuple):
@@ -37,12 +40,31 @@ def check_labels(labels: np.ndarray, count: int, origin) -> np.ndarray:
     return labels.astype(np.int64)
 
 
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise EdgesplitError("split must be {}, got {!r}".format(" or ".join(SPLITS), split))
+    return split
+
+
+def load_array(path):
+    """np.load without pickles, any failure one line: an .npy array or an open .npz archive."""
+    try:
+        return np.load(str(path), allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise EdgesplitError("{} is not a numpy {} file of uint8 images: {}".format(
+            path, Path(path).suffix or ".npz/.npy", str(error).splitlines()[0])) from error
+
+
 def read_npz(path, split: str) -> Tuple[np.ndarray, Optional[np.ndarray], bool]:
     """edgesplit's array format: `images` (uint8) and optional `labels`, or `<split>_images`/`<split>_labels`.
 
     Returns images as stored (layout not yet known), labels, and whether the file holds that split
     separately (False: one set for everything)."""
-    with np.load(str(path), allow_pickle=False) as archive:
+    check_split(split)
+    archive = load_array(path)
+    if not hasattr(archive, "files"):
+        raise EdgesplitError("{} is an .npy array, not an .npz archive".format(path))
+    with archive:
         split_prefix = "{}_".format(split)
         prefix = split_prefix if split_prefix + "images" in archive else ""
         if prefix + "images" not in archive:
@@ -55,14 +77,19 @@ def read_npz(path, split: str) -> Tuple[np.ndarray, Optional[np.ndarray], bool]:
 
 
 def _image_files(directory: Path) -> List[Path]:
-    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = [p for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")]
+    others = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if others:
+        LOG.warning("%s: skipped %d file(s) that are not images (%s): %s", directory, len(others),
+                    ", ".join(IMAGE_SUFFIXES), ", ".join(sorted(others)[:3]) + (" ..." if len(others) > 3 else ""))
+    return sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def folder_layout(directory: Path, split: str) -> Tuple[Path, List[Tuple[Path, Optional[int]]], List[str], bool]:
     """(folder read, [(file, label)], class names, whether it is that split's own folder).
 
     `train/` and `test/` subfolders are splits; class subfolders give labels; plain files have none."""
-    has_split = (directory / split).is_dir()
+    has_split = (directory / check_split(split)).is_dir()
     root = directory / split if has_split else directory
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and _image_files(p))
     if classes:
@@ -86,10 +113,23 @@ def decode_image(path: Path, spec: InputSpec) -> np.ndarray:
         raise EdgesplitError("image files give 1 or 3 channels, the model takes {}".format(spec.channels))
     try:
         with Image.open(str(path)) as picture:
-            pixels = np.asarray(picture.convert(mode))
+            pixels = np.asarray(_without_opaque_alpha(picture))
     except (OSError, ValueError) as error:
         raise EdgesplitError("{} is not a readable image: {}".format(path, error)) from error
-    return spec.fit(spec.arrange(pixels[None], path), path)[0]
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    if channels != spec.channels:  # converting colour would be a silent fix: the camera must match the model
+        raise EdgesplitError("{}: the image has {} channel(s), the model takes {} ({})".format(
+            path, channels, spec.channels, mode))
+    return spec.fit(spec.arrange(pixels[None] if channels > 1 else pixels[None, None], path), path)[0]
+
+
+def _without_opaque_alpha(picture):
+    """Palette images as their colours; an alpha channel dropped only where every pixel is opaque (lossless)."""
+    if picture.mode == "P":
+        picture = picture.convert("RGBA" if "transparency" in picture.info else "RGB")
+    if picture.mode in ("RGBA", "LA") and picture.getchannel("A").getextrema() == (255, 255):
+        picture = picture.convert(picture.mode[:-1])
+    return picture
 
 
 def read_folder(directory: Path, spec: InputSpec, split: str) -> Tuple[np.ndarray, Optional[np.ndarray], bool]:
@@ -137,8 +177,15 @@ def _camera_frames(device: int, spec: InputSpec) -> Iterator[SourceFrame]:
         capture.release()
 
 
-def open_source(source: str, spec: InputSpec, split: str = "test", first: int = 0) -> Iterator[SourceFrame]:
-    """`camera[:N]`, an .npz (its `<split>_images` or `images`), an .npy of uint8 images, or a folder."""
+def _check_split_given(path: Path, split: Optional[str], separate: bool) -> None:
+    if split is not None and not separate:
+        raise EdgesplitError("{} holds one set of images, not a {!r} split: leave out --split".format(
+            path, check_split(split)))
+
+
+def open_source(source: str, spec: InputSpec, split: Optional[str] = None, first: int = 0) -> Iterator[SourceFrame]:
+    """`camera[:N]`, an .npz (its `<split>_images` or `images`), an .npy of uint8 images, or a folder. `split`
+    (train or test) picks a set of a source that has both; None: its test set, or its one set."""
     if source == "camera" or source.startswith("camera:"):
         device = source.partition(":")[2] or "0"
         if not device.isdigit():
@@ -146,12 +193,15 @@ def open_source(source: str, spec: InputSpec, split: str = "test", first: int = 
         return _camera_frames(int(device), spec)
     path = Path(source)
     if path.is_dir():
-        return _file_frames(path, spec, split, first)
+        _check_split_given(path, split, (path / (split or "test")).is_dir())
+        return _file_frames(path, spec, split or "test", first)
     if path.suffix == ".npz" and path.is_file():
-        images, labels, _ = read_npz(path, split)
+        images, labels, separate = read_npz(path, split or "test")
+        _check_split_given(path, split, separate)
         return _array_frames(images, labels, spec, path, first)
     if path.suffix == ".npy" and path.is_file():
-        return _array_frames(np.load(str(path), allow_pickle=False), None, spec, path, first)
+        _check_split_given(path, split, False)
+        return _array_frames(load_array(path), None, spec, path, first)
     raise EdgesplitError("source {!r} not found: give an .npz or .npy of uint8 images, a folder of image "
                          "files, or camera[:N]".format(source))
 

@@ -66,7 +66,10 @@ class InputSpec(NamedTuple):
         if images.dtype != np.uint8:
             raise EdgesplitError("{}: images must be uint8 pixels, got {}".format(origin, images.dtype))
         if images.ndim == 3:
-            images = images[:, None]
+            if self.channels == 1:
+                return images[:, None]
+            raise EdgesplitError("{}: images shaped {} have one channel (N,H,W); the model takes {}".format(
+                origin, tuple(images.shape), self.channels))
         if images.ndim != 4:
             raise EdgesplitError("{}: images must be N,H,W, N,C,H,W or N,H,W,C, got shape {}".format(
                 origin, images.shape))
@@ -90,7 +93,8 @@ class InputSpec(NamedTuple):
             return np.pad(images, padding)
         if self.resize == "resize":
             return np.stack([resize_image(image, self.height, self.width) for image in images])
-        hint = "" if self.resize == "pad" else "; give --resize resize (bilinear) or --resize pad (centre zero-padding)"
+        hint = "" if self.resize == "pad" else ("; give images of the model's size, or build the bundle with "
+                                                "--resize resize (bilinear) or --resize pad (centre zero-padding)")
         raise EdgesplitError("{}: images are {}x{}, the model takes {}x{} (resize policy: {}){}".format(
             origin, height, width, self.height, self.width, self.resize, hint))
 

@@ -73,7 +73,7 @@ def test_model_input_is_padded_only_when_the_spec_says_so():
     assert inputs.shape == (2, 1, 32, 32) and inputs.dtype == np.float32
     assert inputs[0, 0, 2:30, 2:30].min() == 1.0 and inputs[0, 0, :2].max() == 0.0
     with pytest.raises(EdgesplitError, match=r"images are 28x28, the model takes 32x32 \(resize policy: none\); give "
-                                             "--resize resize"):
+                                             "images of the model's size, or build the bundle with --resize resize"):
         to_model_input(images, (1, 32, 32))
     with pytest.raises(EdgesplitError, match=r"images shaped \(2, 1, 28, 28\) have 1 channels \(as N,C,H,W\) or 28 "
                                              r"\(as N,H,W,C\); the model takes 3"):

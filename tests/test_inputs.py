@@ -145,7 +145,8 @@ def test_small_images_are_refused_unless_the_spec_resizes_them(tmp_path):
     assert refused.exit_code == 1 and not output.exists()
     assert refused.output.strip().splitlines() == [
         f"error: {tmp_path / 'small.npz'}: images are 14x14, the model takes 32x32 (resize policy: none); "
-        "give --resize resize (bilinear) or --resize pad (centre zero-padding)"]
+        "give images of the model's size, or build the bundle with --resize resize (bilinear) or --resize pad "
+        "(centre zero-padding)"]
     resized, output = build([*model, "--resize", "resize", "--max-loss", "100", "--min-agreement", "0"], tmp_path)
     assert resized.exit_code == 0, resized.output
     checks = load_bundle(output).manifest["checks"]
@@ -203,6 +204,12 @@ def test_a_two_output_model_answers_both_outputs_over_tcp(rgb_npz, tmp_path):
     for index, name in enumerate(("logits", "boxes")):
         np.testing.assert_allclose(np.stack([o.outputs[index] for o in outcomes]), expected[index], atol=1e-4)
     assert np.stack([o.outputs[1] for o in outcomes]).shape == (24, 4)
+    saved = tmp_path / "outputs.npz"  # the edge command keeps every output too
+    summary, _ = serve_and_run_edge(output, str(rgb_npz), tmp_path, 24, "--save-outputs", str(saved))
+    with np.load(saved) as kept:
+        assert list(kept["index"]) == list(range(24))
+        for index, name in enumerate(("logits", "boxes")):
+            np.testing.assert_allclose(kept[name], expected[index], atol=1e-4)
 
 
 def test_a_cut_crossed_by_two_tensors_carries_both_in_one_frame(default_model, holdout, tmp_path):
@@ -231,8 +238,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def serve_and_run_edge(bundle_path: Path, source: str, tmp_path: Path, limit: int) -> tuple[dict, list]:
-    """`edgesplit serve` and `edgesplit edge` as users start them, two processes over loopback."""
+def serve_and_run_edge(bundle_path: Path, source: str, tmp_path: Path, limit: int, *options) -> tuple[dict, list]:
+    """`edgesplit serve` and `edgesplit edge` (with `options`) as users start them, two processes over loopback."""
     port = free_port()
     environment = dict(os.environ, EDGESPLIT_KEY="a shared key for this test, long enough")
     server = subprocess.Popen([sys.executable, "-m", "edgesplit", "serve", "--bundle", str(bundle_path), "--port",
@@ -243,7 +250,7 @@ def serve_and_run_edge(bundle_path: Path, source: str, tmp_path: Path, limit: in
         summary, rows = tmp_path / "summary.json", tmp_path / "frames.csv"
         edge = subprocess.run([sys.executable, "-m", "edgesplit", "edge", "--bundle", str(bundle_path), "--server",
                                f"127.0.0.1:{port}", "--source", source, "--limit", str(limit), "--summary-json",
-                               str(summary), "--output", str(rows)], cwd=ROOT, env=environment, capture_output=True,
+                               str(summary), "--output", str(rows), *options], cwd=ROOT, env=environment, capture_output=True,
                               text=True, timeout=300)
         assert edge.returncode == 0, edge.stderr
     finally:

@@ -136,8 +136,9 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
               help="Labeled images to train a learned codec given without --codec-weights "
                    "[default: the bundled model's dataset].")
 @click.option("--calib", default=None,
-              help="Calibration/held-out images: .npz, fashion-mnist, IDX or CIFAR-10 binary folder "
-                   "[default: the bundled Fashion-MNIST slice].")
+              help="Calibration/held-out images: .npz/.npy, a folder of image files (class subfolders give "
+                   "labels), fashion-mnist, an IDX or CIFAR-10 binary folder [default: the bundled Fashion-MNIST "
+                   "slice].")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Bundle directory [default: bundles/<model>-<edge>[-with-<cloud>]].")
 @click.option("--max-loss", default=1.0, show_default=True,

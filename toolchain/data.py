@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from runtime.images import read_folder, read_npz
+from runtime.images import load_array, read_folder, read_npz
 from runtime.inputs import InputSpec
 from toolchain.errors import EdgesplitError
 
@@ -127,7 +127,7 @@ def load_images(source: str | Path, split: str, spec: InputSpec) -> ImageSet:
         return ImageSet(spec.fit(spec.arrange(images, source), source), labels, f"the {split} split of {source}")
     if path.suffix in (".npz", ".npy") and path.is_file():
         if path.suffix == ".npy":
-            images, labels, separate = np.load(str(path), allow_pickle=False), None, False
+            images, labels, separate = load_array(path), None, False
         else:
             images, labels, separate = read_npz(path, split)
         images = spec.fit(spec.arrange(images, path), path)

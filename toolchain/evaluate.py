@@ -104,8 +104,9 @@ def failed_bound(checks: dict, bounds: Bounds) -> str:
     if "bundle_accuracy" in checks:
         loss = 100 * (checks["float_accuracy"] - checks["bundle_accuracy"])
         if loss > bounds.max_loss_points:
-            return (f"the bundle loses {loss:.2f} accuracy points on the held-out set "
-                    f"(limit --max-loss {bounds.max_loss_points})")
+            frames = checks["holdout_frames"]
+            return (f"the bundle loses {loss:.2f} accuracy points on the {frames} held-out images (one image is "
+                    f"{100 / frames:.2g} pt; limit --max-loss {bounds.max_loss_points})")
     for name, result in checks["outputs"].items():
         agreement, error = result.get("top1_agreement"), result.get("relative_error")
         if agreement is not None and bounds.min_agreement is not None and agreement < bounds.min_agreement:

@@ -89,11 +89,15 @@ def trace(module: nn.Module, input_shape: tuple[int, int, int]) -> fx.GraphModul
     inputs = [node for node in graph_module.graph.nodes if node.op == "placeholder"]
     if len(inputs) != 1:
         raise SplitError(f"edgesplit splits models with one input tensor; this one takes {len(inputs)}")
-    try:
+    example = torch.zeros(1, *input_shape)
+    try:  # a plain run first: ShapeProp prints a traceback of its own before raising
         with torch.no_grad():
-            ShapeProp(graph_module).propagate(torch.zeros(1, *input_shape))
+            graph_module(example)
     except Exception as error:
-        raise SplitError(f"the model does not run on an input of shape 1x{'x'.join(map(str, input_shape))}: {error}") from error
+        raise SplitError(f"the model does not run on an input of shape 1x{'x'.join(map(str, input_shape))} "
+                         f"(--input-shape C,H,W): {str(error).splitlines()[0]}") from error
+    with torch.no_grad():
+        ShapeProp(graph_module).propagate(example)
     return graph_module
 
 
@@ -242,8 +246,13 @@ def output_names(result) -> tuple[str, ...]:
     if isinstance(result, (tuple, list, dict)) and values and all(isinstance(v, torch.Tensor) for v in values):
         return tuple(str(key) for key in result) if isinstance(result, dict) else \
             tuple(f"output{i}" for i in range(len(result)))
-    raise SplitError(f"the model returns {type(result).__name__}: edgesplit splits models that return a tensor, "
-                     "a tuple of tensors or a dict of tensors")
+    found = type(result).__name__
+    if isinstance(result, (tuple, list, dict)):
+        keys = result if isinstance(result, dict) else range(len(result))
+        odd = [f"{key!r}: {type(result[key]).__name__}" for key in keys if not isinstance(result[key], torch.Tensor)]
+        found += f" holding {', '.join(odd)}" if odd else " that is empty"
+    raise SplitError(f"the model returns a {found}: edgesplit splits models that return a tensor, a tuple of "
+                     "tensors or a dict of tensors")
 
 
 def _graph_of(nodes: list[fx.Node], env: dict[fx.Node, fx.Node]) -> fx.Graph:

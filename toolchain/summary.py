@@ -35,7 +35,7 @@ def build_summary(report) -> Table:
     for role in ROLES:
         table.add_row(f"{role} checked with", manifest["artefacts"][role]["verification"]["arithmetic"])
     table.add_row("split", f"{split['module'] or split['node']} (node {split['node']}), "
-                           f"tensor {'x'.join(map(str, split['shape']))}")
+                           f"tensor {' + '.join('x'.join(map(str, shape)) for shape in split['shapes'])}")
     codec = manifest["codec"]
     table.add_row("codec", codec["name"] + "".join(f" {k}={v}" for k, v in codec["params"].items())
                   + f", lossless {manifest['wire']['lossless']}")

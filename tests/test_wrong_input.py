@@ -1,0 +1,96 @@
+"""Input that is wrong on purpose gets one line naming the problem and what was expected: no traceback, no
+silent fix (found by trying the commands as a stranger would)."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from calibration_data import DEFAULT_CALIBRATION
+from runtime.errors import EdgesplitError
+from runtime.images import open_source
+from runtime.inputs import InputSpec
+from toolchain.cli import main
+
+from conftest import TINY_MODEL
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one_line_error(arguments) -> str:
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_a_file_that_is_not_an_npz_is_named(tmp_path):
+    bad = tmp_path / "images.npz"
+    bad.write_text("hello")
+    line = one_line_error(["build-engines", *TINY_MODEL, "--calib", str(bad), "--output", str(tmp_path / "b")])
+    assert line.startswith(f"error: {bad} is not a numpy .npz file of uint8 images")
+
+
+def test_a_model_that_does_not_run_on_the_given_shape_says_why_in_one_line():
+    line = one_line_error(["list-splits", *TINY_MODEL[:4], "--input-shape", "3,32,32"])
+    assert "does not run on an input of shape 1x3x32x32 (--input-shape C,H,W): Given groups=1" in line
+    assert "expected input[1, 3, 32, 32] to have 1 channels" in line
+
+
+def save_png(path: Path, mode: str, alpha: int = 255) -> Path:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(28, 28, len(mode)), dtype=np.uint8)
+    if "A" in mode:
+        pixels[..., -1] = alpha
+    Image.fromarray(pixels[..., 0] if mode == "L" else pixels, mode).save(path)
+    return path
+
+
+@pytest.mark.parametrize("mode,alpha,channels", [("RGB", 255, 3), ("RGBA", 128, 4)])
+def test_image_files_of_another_channel_count_are_refused_not_converted(mode, alpha, channels, tmp_path):
+    folder = tmp_path / "pictures"
+    (folder / "a").mkdir(parents=True)
+    picture = save_png(folder / "a" / "0.png", mode, alpha)
+    spec = InputSpec(1, 32, 32, "pad")
+    with pytest.raises(EdgesplitError, match=rf"{picture}: the image has {channels} channel\(s\), the model takes 1"):
+        list(open_source(str(folder), spec))
+
+
+def test_an_opaque_alpha_channel_is_dropped_losslessly(tmp_path):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    picture = save_png(folder / "0.png", "RGBA")
+    frame = next(iter(open_source(str(folder), InputSpec(3, 28, 28))))
+    expected = np.asarray(Image.open(picture))[..., :3].transpose(2, 0, 1) / 255.0
+    np.testing.assert_allclose(frame.image, expected, atol=1e-6)
+
+
+def test_split_is_refused_for_a_source_with_one_set(tmp_path):
+    one_set = tmp_path / "one.npz"
+    with np.load(DEFAULT_CALIBRATION) as data:
+        np.savez(one_set, images=data["test_images"][:8])
+    spec = InputSpec(1, 32, 32, "pad")
+    with pytest.raises(EdgesplitError, match="holds one set of images, not a 'train' split: leave out --split"):
+        open_source(str(one_set), spec, "train")
+    assert len(list(open_source(str(one_set), spec))) == 8
+
+
+def test_the_edge_command_fails_when_no_frame_is_answered(built):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    result = subprocess.run([sys.executable, "-m", "edgesplit", "edge", "--bundle", str(built.bundle), "--server",
+                             f"127.0.0.1:{closed}", "--source", str(DEFAULT_CALIBRATION), "--limit", "3",
+                             "--timeout", "2"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, EDGESPLIT_KEY="a key for this test"))
+    assert result.returncode == 1
+    assert "0 answered by the cloud, 0 on the edge, 3 errors" in result.stdout
+    assert "wire: nothing sent; latency no answers" in result.stdout
+    assert result.stderr.strip().splitlines()[-1].startswith("error: no frame was answered: cloud unreachable")

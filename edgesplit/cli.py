@@ -1,13 +1,13 @@
 """Dispatch `edgesplit <command>` to the side that owns it.
 
-`edge` and `serve` belong to runtime/ and start with numpy and one backend (a device has no
+`edge`, `serve` and `demo` belong to runtime/ and start with numpy and one backend (a device has no
 torch, click or toolchain); every other command is the toolchain's. Neither side imports the
 other: this module is the only place that knows both. Python 3.6 syntax.
 """
 
 import sys
 
-RUNTIME_COMMANDS = ("edge", "serve")
+RUNTIME_COMMANDS = ("edge", "serve", "demo")
 
 
 def main(argv=None):

@@ -105,8 +105,7 @@ def rebuild_command(manifest: dict) -> str:
         codec = manifest["codec"]
         words += ["--codec", codec["name"] + (":" + ",".join("{}={}".format(k, v) for k, v in codec["params"].items())
                                               if codec.get("params") else "")]
-        if manifest["wire"]["lossless"] != "none":
-            words += ["--lossless", manifest["wire"]["lossless"]]
+        words += ["--lossless", manifest["wire"]["lossless"]]  # the stage --lossless auto chose, if it did
         for option, role in (("--precision", "edge"), ("--cloud-precision", "cloud")):
             if "engine" in manifest["artefacts"][role]:
                 words += [option, manifest["artefacts"][role]["precision"]]
@@ -163,7 +162,9 @@ def extract_tar(archive: Path, destination: Path) -> Path:
             for member in members:
                 (destination / Path(member.name).name).write_bytes(tar.extractfile(member).read())
     except tarfile.TarError as error:
-        raise BundleError("{} is not a readable tar archive: {}".format(archive, error)) from error
+        reason = str(error).splitlines()[0].rstrip(":") if str(error) else type(error).__name__
+        raise BundleError("{} is not a bundle directory or a readable .tar of one ({})".format(archive, reason)) \
+            from error
     return destination
 
 

@@ -1,6 +1,6 @@
-"""`edgesplit edge` and `edgesplit serve`: the runtime commands, with no torch and no click.
+"""`edgesplit edge`, `serve` and `demo`: the runtime commands, with no torch and no click.
 
-`edgesplit` (edgesplit/cli.py) hands these two commands here, so an edge device with numpy and
+`edgesplit` (edgesplit/cli.py) hands these commands here, so an edge device with numpy and
 one backend runs `edgesplit edge`. Python 3.6 syntax.
 """
 
@@ -75,6 +75,15 @@ def _parser() -> argparse.ArgumentParser:
                       help="An .npz with every output of each frame the cloud answered (boxes too), by name, "
                            "and their frame indices.")
 
+    demo = commands.add_parser("demo", help="Serve a bundle and run its edge half against it over loopback: "
+                                             "features cross a real socket, in one terminal.")
+    demo.add_argument("--bundle", required=True, help="Bundle directory or .tar.")
+    demo.add_argument("--source", default=None,
+                      help="Images as for `edge --source` [default: the bundled Fashion-MNIST held-out images].")
+    demo.add_argument("--split", default=None, choices=("train", "test"),
+                      help="Which set of a source holding both [default: test].")
+    demo.add_argument("--frames", type=int, default=300, help="Frames to send (default 300).")
+
     engines = commands.add_parser("build-engines", help="Build a bundle's TensorRT engines on this device.")
     engines.add_argument("--bundle", required=True, help="Bundle directory or .tar.")
 
@@ -111,8 +120,8 @@ def run_edge(args) -> dict:
     from itertools import islice
 
     from runtime.bundle import open_bundle
-    from runtime.edge import CLOUD, ERROR, ClientConfig, EdgeClient
-    from runtime.images import open_source, paced
+    from runtime.edge import ClientConfig
+    from runtime.images import open_source
     from runtime.link import EmulatedLink
     from runtime.protocol import read_key
 
@@ -125,11 +134,26 @@ def run_edge(args) -> dict:
                           ssl_context=_client_ssl_context(args), server_hostname=args.tls_server_name,
                           in_flight=args.in_flight, reply_timeout_s=args.timeout, link=link,
                           exit_threshold=args.exit_threshold)
+    summary, outcomes = _edge_session(bundle, config, frames, args.fps, args.threads)
+    if args.output:
+        _write_outcomes(args.output, outcomes)
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
+    if args.save_outputs:
+        _save_outputs(args.save_outputs, bundle, outcomes)
+    return _finish(summary)
+
+
+def _edge_session(bundle, config, frames, fps=None, threads=None):
+    """Run frames through an EdgeClient, with progress on stderr; (summary, outcomes in frame order)."""
+    from runtime.edge import CLOUD, ERROR, EdgeClient
+    from runtime.images import paced
+
     outcomes = []
     started = time.monotonic()
-    with EdgeClient(bundle, config, threads=args.threads) as client:
+    with EdgeClient(bundle, config, threads=threads) as client:
         last_report = started
-        for outcome in client.run(paced(frames, args.fps)):
+        for outcome in client.run(paced(frames, fps)):
             outcomes.append(outcome)
             if time.monotonic() - last_report >= 2.0:
                 last_report = time.monotonic()
@@ -149,17 +173,45 @@ def run_edge(args) -> dict:
                    wire_bytes_per_frame=stats["bytes_sent"] / max(1, stats["frames"]),
                    latency_ms_p50=_percentile(latencies, 50), latency_ms_p99=_percentile(latencies, 99),
                    first_error=next((o.error for o in outcomes if o.answered_by == ERROR), None))
-    if args.output:
-        with open(args.output, "w", newline="") as stream:
-            writer = csv.writer(stream)
-            writer.writerow(["index", "answered_by", "prediction", "label", "latency_ms", "error"])
-            for o in outcomes:
-                writer.writerow([o.index, o.answered_by, "" if o.logits is None else int(o.logits.argmax()),
-                                 "" if o.label is None else o.label, round(o.latency_s * 1000, 3), o.error])
-    if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
-    if args.save_outputs:
-        _save_outputs(args.save_outputs, bundle, outcomes)
+    return summary, outcomes
+
+
+def _write_outcomes(path: str, outcomes) -> None:
+    with open(path, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["index", "answered_by", "prediction", "label", "latency_ms", "error"])
+        for o in outcomes:
+            writer.writerow([o.index, o.answered_by, "" if o.logits is None else int(o.logits.argmax()),
+                             "" if o.label is None else o.label, round(o.latency_s * 1000, 3), o.error])
+
+
+def run_demo(args) -> dict:
+    """A server on a loopback port and one edge sending to it, with a one-off key: no second terminal."""
+    import os
+    from itertools import islice
+
+    from calibration_data import DEFAULT_CALIBRATION
+    from runtime.bundle import open_bundle
+    from runtime.cloud import BackgroundServer, ServerConfig
+    from runtime.edge import ClientConfig
+    from runtime.images import open_source
+
+    if args.frames < 1:
+        raise EdgesplitError("--frames must be at least 1, got {}".format(args.frames))
+    bundle = open_bundle(args.bundle)
+    frames = islice(open_source(args.source or str(DEFAULT_CALIBRATION), bundle.input_spec(), args.split),
+                    args.frames)
+    key = os.urandom(32)
+    with BackgroundServer(bundle, ServerConfig(key=key)) as server:
+        host, port = server.address
+        print("serving bundle {} on {}:{}; the edge sends {} frames to it over TCP".format(
+            bundle.bundle_id, host, port, args.frames), file=sys.stderr)
+        summary, _ = _edge_session(bundle, ClientConfig(host, port, key=key), frames)
+    return _finish(summary)
+
+
+def _finish(summary: dict) -> dict:
+    """Print the summary; a run where no frame got an answer fails."""
     _print_summary(summary)
     if summary["frames"] and not summary["cloud_answers"] + summary["edge_answers"]:
         raise EdgesplitError("no frame was answered: {}".format(summary["first_error"]))
@@ -182,8 +234,9 @@ def _print_summary(summary: dict) -> None:
     accuracy = "" if summary["accuracy"] is None else ", top-1 {:.2%} on labeled frames".format(summary["accuracy"])
     print("{frames} frames in {seconds:.1f} s ({frames_per_second:.1f}/s): {cloud_answers} answered by the cloud, "
           "{edge_answers} on the edge, {errors} errors".format(**summary) + accuracy)
-    wire = "nothing sent" if not summary["bytes_sent"] else "{:.0f} payload bytes/frame, {:.0f} with headers".format(
-        summary["payload_bytes_per_frame"], summary["wire_bytes_per_frame"])
+    wire = "nothing sent" if not summary["bytes_sent"] else "{:.1f} payload bytes/frame, {:.1f} with headers{}".format(
+        summary["payload_bytes_per_frame"], summary["wire_bytes_per_frame"],
+        " (over all frames: an edge answer sends none)" if summary["edge_answers"] else "")
     latency = "no answers" if summary["latency_ms_p50"] != summary["latency_ms_p50"] else \
         "p50 {:.1f} ms, p99 {:.1f} ms".format(summary["latency_ms_p50"], summary["latency_ms_p99"])
     print("wire: {}; latency {}; {} connection(s)".format(wire, latency, summary["connects"]))
@@ -232,13 +285,13 @@ def run_build_engines(args) -> None:
             plan, stamp["gpu"], stamp["compute_capability"], stamp["tensorrt"], stamp["precision"]))
 
 
-COMMANDS = {"edge": run_edge, "serve": run_serve, "build-engines": run_build_engines}
+COMMANDS = {"edge": run_edge, "serve": run_serve, "demo": run_demo, "build-engines": run_build_engines}
 
 
 def main(argv=None) -> None:
     args = _parser().parse_args(argv)
     if args.command is None:
-        _parser().error("give a command: edge, serve or build-engines --bundle")
+        _parser().error("give a command: edge, serve, demo or build-engines --bundle")
     logging.basicConfig(level=logging.INFO if args.command == "serve" else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

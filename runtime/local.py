@@ -118,10 +118,14 @@ class EdgeHalf(_Half):
         return outputs.astype(np.uint8, copy=False)  # engines without uint8 tensors give integral float32
 
     def payloads(self, images: np.ndarray) -> List[bytes]:
-        codes = self.codes(images)
+        return self.payloads_and_exit(images)[0]
+
+    def payloads_and_exit(self, images: np.ndarray):
+        """One payload per frame and the exit branch's logits (None without one)."""
+        codes, exit_logits = self.codes_and_exit(images)
         if not self.wire.parts:
-            return [encode_frame(frame, self.wire) for frame in codes]
-        return [encode_frame([part[i] for part in codes], self.wire) for i in range(len(images))]
+            return [encode_frame(frame, self.wire) for frame in codes], exit_logits
+        return [encode_frame([part[i] for part in codes], self.wire) for i in range(len(images))], exit_logits
 
 
 def output_sizes(bundle: Bundle) -> List[tuple]:

@@ -43,16 +43,18 @@ class Lossless(NamedTuple):
     wire_id: int
     compress: Callable[[bytes], bytes]
     decompress: Callable[[bytes, int], bytes]
+    builtin: bool  # in Python's standard library: every edge has it without another install
 
 
 # The one table of lossless stages: the wire code, the protocol's header ids and the CLI choices read it.
 LOSSLESS = {
-    "none": Lossless(0, lambda data: data, lambda payload, size: payload),
-    "zlib": Lossless(1, lambda data: zlib.compress(data, 6), _zlib_inflate),
+    "none": Lossless(0, lambda data: data, lambda payload, size: payload, True),
+    "zlib": Lossless(1, lambda data: zlib.compress(data, 6), _zlib_inflate, True),
     "zstd": Lossless(2, lambda data: _optional("zstandard", "zstandard").ZstdCompressor(level=3).compress(data),
-                     _zstd_decompress),
+                     _zstd_decompress, False),
     "lz4": Lossless(3, lambda data: _optional("lz4.block", "lz4").compress(data, store_size=False),
-                    lambda payload, size: _optional("lz4.block", "lz4").decompress(payload, uncompressed_size=size)),
+                    lambda payload, size: _optional("lz4.block", "lz4").decompress(payload, uncompressed_size=size),
+                    False),
 }
 
 

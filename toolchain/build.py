@@ -1,12 +1,15 @@
 """`build-engines`: a short pipeline of stages over one build's state, with progress.
 
 load model → load images → split → codec (+ exit branch) → export edge → export cloud →
-evaluate → compile engines → write bundle. Each half goes through its device's exporter
+calibrate exit → evaluate → compile engines → write bundle. A bundled model built with no split,
+codec or exit named gets the codec and exit branch trained for it (toolchain/zoo/): nothing is
+trained during that build. Each half goes through its device's exporter
 (toolchain/backends/); this module never asks which backend a device has.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from importlib import metadata
@@ -23,17 +26,22 @@ from runtime.local import SplitInference
 from targets import ROLES, Deployment, deployment
 from toolchain.backends import Half, Parts, check_precision, exporter, tensor_spec
 from toolchain.bundle import finish_bundle, staging_directory
-from toolchain.codec_training import load_checkpoint, prepare_training, train_codec
+from toolchain.codec_training import load_checkpoint, prepare_training, read_checkpoint, train_codec
 from toolchain.codecs import DEFAULT_CODEC, LEARNED, FeatureCodec, make_cut_codec, parse_codec_spec
 from toolchain.data import ImageSet, load_images
 from toolchain.errors import EdgesplitError
 from toolchain.exit_branch import ExitBranch, load_exit, train_exit
+from toolchain.exit_calibration import DEFAULT_EXIT_MAX_LOSS, curve, exit_checks, measure, pick
+from toolchain.image_formats import mean_image_bytes
 from toolchain.load import InputOptions, LoadedModel, load_model
+from toolchain.lossless import AUTO as AUTO_LOSSLESS, choose as choose_lossless
 from toolchain.split import Split, default_point, split_model, trace
+from toolchain.zoo import ZOO
 from toolchain.evaluate import (Bounds, agreement_bound, code_differences, compare_outputs, failed_bound,
                                  output_kinds, predict_outputs)
 
 EXPORT_CHECK_FRAMES = 64
+LOG = logging.getLogger("edgesplit.build")
 
 
 class BuildOptions(NamedTuple):
@@ -43,9 +51,9 @@ class BuildOptions(NamedTuple):
     target: str = "cpu"  # the edge device
     cloud: str | None = None  # the cloud device; default: the edge device's default cloud
     split: str | None = None
-    codec: str = DEFAULT_CODEC
+    codec: str | None = None  # default: a bundled model's shipped codec when nothing else is named, else int8
     codec_weights: Path | None = None  # a train-codec checkpoint for a learned codec
-    lossless: str = "none"
+    lossless: str = AUTO_LOSSLESS  # or a stage of runtime.wire.LOSSLESS
     train_data: str | None = None  # where a learned codec or exit branch without weights is trained
     codec_epochs: int = 2  # when a learned codec is trained during the build
     calib: str | None = None
@@ -61,7 +69,8 @@ class BuildOptions(NamedTuple):
     early_exit: bool = False  # add an exit branch to the edge half (trained here unless exit_weights)
     exit_weights: Path | None = None  # an exit branch checkpoint (implies early_exit)
     exit_epochs: int = 2
-    exit_threshold: float | None = None  # entropy under which the edge answers; None: calibrate-exit sets it
+    exit_threshold: float | None = None  # entropy under which the edge answers; None: calibrated in the build
+    exit_max_loss: float | None = None  # accuracy points exits may cost on the calibration images (see exit_stage)
 
 
 class BuildReport(NamedTuple):
@@ -88,6 +97,8 @@ class Build:
         self.codec: FeatureCodec | None = None
         self.branch: ExitBranch | None = None
         self.codec_facts: dict = {}
+        self.lossless: str = ""
+        self.exit: dict = {}  # threshold and how it was calibrated
         self.output_kinds: tuple[str, ...] = ()
         self.artefacts: dict[str, dict] = {}
         self.checks: dict = {}
@@ -103,6 +114,7 @@ class Build:
 def load_stage(build: Build) -> None:
     options = build.options
     build.loaded = load_model(options.model, options.weights, options.inputs)
+    build.options = with_shipped(options, build.loaded)
     build.output = options.output or Path("bundles") / f"{build.loaded.name}-{build.deployment.name}"
     build.staging = staging_directory(build.output)
 
@@ -134,9 +146,14 @@ def codec_stage(build: Build) -> None:
                              f"one output; this cut crosses {len(build.halves.point.shapes)} tensor(s) of a model "
                              f"returning {len(build.halves.outputs)}: use int8 or affine, without an exit branch")
     build.codec, build.codec_facts = prepare_codec(build.options, build.loaded, build.halves)
-    build.branch = prepare_exit(build.options, build.loaded, build.split_name)
+    build.branch = prepare_exit(build.options, build.loaded, build.halves.point.node)
     with torch.no_grad():
         build.codec.calibrate(build.halves.head(torch.from_numpy(build.calibration_inputs)))
+    build.lossless = build.options.lossless
+    if build.lossless == AUTO_LOSSLESS:
+        codes = build.parts.codes(build.calibration_inputs, torch.uint8)
+        codes = tuple(part.numpy() for part in codes) if isinstance(codes, tuple) else codes.numpy()
+        build.lossless, build.checks["lossless_measured"] = choose_lossless(build.codec, codes)
 
 
 def export_stage(role: str) -> Callable[[Build], None]:
@@ -149,19 +166,45 @@ def export_stage(role: str) -> Callable[[Build], None]:
     return export
 
 
+def exit_stage(build: Build) -> None:
+    """The exit threshold, unless given: the least offloading one whose exits change at most --exit-max-loss %
+    of the cloud's answers on the calibration images (each change costs at most one correct answer, so this
+    bounds the accuracy exits cost). Not labels: calibration images are mostly training images, on which
+    both the model and its exit branch are right more often than in service, so exits would look free."""
+    if build.branch is None:
+        return
+    options = build.options
+    if options.exit_threshold is not None:
+        build.exit = {"threshold": options.exit_threshold, "calibration": {"given": True}}
+        return
+    bound = DEFAULT_EXIT_MAX_LOSS if options.exit_max_loss is None else options.exit_max_loss
+    points = curve(measure(Bundle(build.staging, describe_bundle(build)), build.calibration_inputs))
+    chosen = pick(points, bound)
+    build.exit = {"threshold": chosen.threshold, "calibration": {
+        "frames": len(build.calibration_inputs), "max_loss_points": bound,
+        "changed_answers": 1 - chosen.accuracy, "offload_rate": chosen.offload_rate}}
+
+
 def evaluate_stage(build: Build) -> None:
-    """Float model vs the bundle as deployed (edge → wire bytes → cloud), each half run the way its
-    entry says it is verified on a CPU, output by output; the build fails past its bounds."""
+    """Float model vs the bundle as deployed (edge → wire bytes → cloud, and the edge's own answers below the
+    exit threshold), each half run the way its entry says it is verified on a CPU, output by output; the
+    bytes of sending the image instead; the build fails past its bounds."""
     run = SplitInference(Bundle(build.staging, describe_bundle(build)), verified=True)
     inputs = build.holdout_inputs
-    payloads = [run.edge(inputs[i:i + 500]) for i in range(0, len(inputs), 500)]
+    sent = [run.edge_half.payloads_and_exit(inputs[i:i + 500]) for i in range(0, len(inputs), 500)]
+    payloads = [batch for batch, _ in sent]
     deployed = [np.concatenate(parts) for parts in zip(*(run.cloud_outputs(batch) for batch in payloads))]
     reference = predict_outputs(build.loaded.module, inputs)
+    sizes = np.array([len(p) for batch in payloads for p in batch])
     checks = build.checks
     checks.update(holdout_frames=len(inputs), holdout_origin=build.holdout.origin,
-                  calibration_origin=build.calibration.origin,
-                  mean_payload_bytes=float(np.mean([len(p) for batch in payloads for p in batch])))
+                  calibration_origin=build.calibration.origin, mean_payload_bytes=float(sizes.mean()),
+                  image_bytes=mean_image_bytes(inputs))
     checks.update(compare_outputs(build.halves.outputs, build.output_kinds, reference, deployed, build.holdout.labels))
+    if build.exit:
+        scored = build.output_kinds.index("class")
+        checks["exit"] = exit_checks(build.exit["threshold"], np.concatenate([logits for _, logits in sent]),
+                                     deployed[scored], reference[scored], build.holdout.labels, sizes)
     if "edge_max_abs_error" not in checks:  # an integer-only edge: codes through the runtime vs PyTorch
         checks.update(code_differences(run.edge_half.codes(inputs[:EXPORT_CHECK_FRAMES]),
                                        build.parts.codes(inputs[:EXPORT_CHECK_FRAMES], torch.uint8)))
@@ -187,7 +230,8 @@ def write_stage(build: Build) -> None:
 
 STAGES = (("load model", load_stage), ("load images", images_stage), ("split", split_stage),
           ("codec", codec_stage), ("export edge half", export_stage("edge")),
-          ("export cloud half", export_stage("cloud")), ("evaluate bundle", evaluate_stage),
+          ("export cloud half", export_stage("cloud")), ("calibrate exit", exit_stage),
+          ("evaluate bundle", evaluate_stage),
           ("compile engines", compile_stage), ("write bundle", write_stage))
 
 
@@ -211,6 +255,23 @@ def build_engines(options: BuildOptions, show_progress: bool = True) -> BuildRep
     return BuildReport(build.output, build.manifest, time.perf_counter() - started)
 
 
+def with_shipped(options: BuildOptions, loaded: LoadedModel) -> BuildOptions:
+    """With no split, codec or exit named, a bundled model's shipped codec and exit branch; else int8."""
+    named = any(value is not None for value in (options.split, options.codec, options.codec_weights,
+                                                options.exit_weights)) or options.early_exit
+    if not named and loaded.shipped is None and loaded.name in ZOO and ZOO[loaded.name].shipped is not None:
+        LOG.warning("note: %s's shipped codec and exit branch belong to its bundled weights (and no --mean/--std); "
+                    "building with int8", loaded.name)
+    if named or loaded.shipped is None:
+        from_checkpoint = options.codec_weights and read_checkpoint(options.codec_weights)["codec"]
+        return options._replace(codec=options.codec or from_checkpoint or DEFAULT_CODEC)
+    shipped = loaded.shipped
+    return options._replace(codec=shipped.codec, codec_weights=shipped.codec_weights,
+                            exit_weights=shipped.exit_weights,
+                            exit_max_loss=shipped.exit_max_loss if options.exit_max_loss is None
+                            else options.exit_max_loss)
+
+
 def prepare_codec(options: BuildOptions, loaded: LoadedModel, halves: Split) -> tuple[FeatureCodec, dict]:
     """An untrained affine codec, a learned one from --codec-weights, or one trained here; and what is known
     about it (learned, the top-1 agreement its training measured)."""
@@ -218,13 +279,18 @@ def prepare_codec(options: BuildOptions, loaded: LoadedModel, halves: Split) -> 
     torch.manual_seed(0)  # a learned codec trained here starts from the same weights every build
     codec = make_cut_codec(spec, point.shapes)
     if not codec.learned:
+        if options.codec_weights is not None:
+            raise EdgesplitError(f"--codec-weights are a learned codec's; codec {spec} has none to load")
         return codec, {"learned": False}
     if options.codec_weights is not None:
         trained, state = load_checkpoint(options.codec_weights, point.node, loaded.sha256, point.shape)
         if parse_codec_spec(state["codec"]) != spec:
             raise EdgesplitError(f"--codec-weights {options.codec_weights} hold codec {state['codec']}, "
                                  f"not the requested {spec}")
-        return trained, {"learned": True, "measured_agreement": state.get("agreement")}
+        facts = {"learned": True, "measured_agreement": state.get("agreement")}
+        if loaded.shipped is not None and options.codec_weights == loaded.shipped.codec_weights:
+            facts["shipped"] = loaded.shipped.card.name
+        return trained, facts
     data = options.train_data or loaded.dataset
     if data is None:
         raise EdgesplitError(f"codec {spec.name!r} must be trained: give --codec-weights from "
@@ -262,8 +328,8 @@ def describe_bundle(build: Build) -> dict:
         "split": {"requested": build.options.split or build.split_name, "node": point.node, "module": point.module,
                   "shape": list(point.shape), "shapes": [list(shape) for shape in point.shapes], "dtype": point.dtype,
                   "fp32_bytes": point.fp32_bytes},
-        "codec": codec.describe(),
-        "wire": codec.wire_format(build.options.lossless).to_manifest(),
+        "codec": {**codec.describe(), **build.codec_facts},
+        "wire": codec.wire_format(build.lossless).to_manifest(),
         "deployment": {role: build.deployment.device(role).describe() for role in ROLES},
         "artefacts": with_output_kinds(build.artefacts, build.output_kinds),
         "tools": tool_versions(),
@@ -271,8 +337,8 @@ def describe_bundle(build: Build) -> dict:
     }
     if build.branch is not None:
         manifest["exit"] = {"output": build.artefacts["edge"]["outputs"][1]["name"],
-                            "threshold": build.options.exit_threshold, "classes": build.branch.classes,
-                            "branch": {"width": build.branch.width}}
+                            "threshold": build.exit.get("threshold"), "calibration": build.exit.get("calibration"),
+                            "classes": build.branch.classes, "branch": {"width": build.branch.width}}
     return manifest
 
 

@@ -16,6 +16,7 @@ import click
 from runtime.errors import EdgesplitError
 from runtime.inputs import RESIZE_POLICIES, parse_floats
 from runtime.wire import LOSSLESS
+from toolchain.lossless import CHOICES as LOSSLESS_CHOICES
 from targets import DEFAULT_EDGE, PRECISIONS, names as device_names
 
 
@@ -37,8 +38,11 @@ class ReportingGroup(click.Group):
 def main(debug: bool) -> None:
     """edgesplit: split a CNN between an edge device and a cloud GPU.
 
-    Runtime commands (no torch needed): `edgesplit serve --bundle B --port P` runs the cloud
-    half; `edgesplit edge --bundle B --server HOST:PORT --source S` runs the edge half.
+    \b
+    Runtime commands (no torch needed; each has its own --help):
+      edgesplit serve --bundle B --port P                      the cloud half
+      edgesplit edge --bundle B --server HOST:PORT --source S  the edge half
+      edgesplit demo --bundle B                                both, over loopback
     """
 
 
@@ -126,12 +130,15 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
               help=f"Cloud device: {', '.join(device_names('cloud'))} [default: cloud-gpu for a device edge, "
                    "cpu for --target cpu].")
 @click.option("--split", default=None, help="fx node name or module path (e.g. layer2); see list-splits.")
-@click.option("--codec", default="int8", show_default=True,
-              help="Codec spec: int8, int8:per=channel, affine:bits=4, bbnet:c=8,s=2,bits=4, safbmp:c=8,s=2,bits=4.")
+@click.option("--codec", default=None,
+              help="Codec spec: int8, int8:per=channel, affine:bits=4, bbnet:c=8,s=2,bits=4, safbmp:c=8,s=2,bits=4 "
+                   "[default: a bundled model's shipped codec and exit branch when no split, codec or exit option "
+                   "is given; else int8].")
 @click.option("--codec-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint of a learned codec from train-codec or search-codec.")
-@click.option("--lossless", type=click.Choice(list(LOSSLESS)), default="none", show_default=True,
-              help="Lossless stage applied to the (bit-packed) codes of every frame.")
+@click.option("--lossless", type=click.Choice(LOSSLESS_CHOICES), default="auto", show_default=True,
+              help="Lossless stage applied to the (bit-packed) codes of every frame; auto: the smaller on the "
+                   "calibration images of none and zlib (the stages every edge has).")
 @click.option("--train-data", default=None,
               help="Labeled images to train a learned codec given without --codec-weights "
                    "[default: the bundled model's dataset].")
@@ -163,10 +170,14 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
               help="An exit branch from `edgesplit train-exit` instead of training one during the build.")
 @click.option("--exit-epochs", default=2, show_default=True, help="Epochs for training the exit branch.")
 @click.option("--exit-threshold", type=float, default=None,
-              help="Entropy under which the edge answers itself [default: none until calibrate-exit].")
+              help="Entropy under which the edge answers itself [default: calibrated, see --exit-max-loss].")
+@click.option("--exit-max-loss", type=float, default=None,
+              help="Accuracy points the exits may cost: the threshold is the least offloading one whose exits "
+                   "change at most this % of the cloud's answers on the calibration images [default: the shipped "
+                   "exit's, else 0.3].")
 def build_engines(model, target, cloud, split, codec, codec_weights, lossless, train_data, calib, output, max_loss,
                   min_agreement, max_relative_error, output_kinds, codec_epochs, tar, precision, cloud_precision,
-                  early_exit, exit_weights, exit_epochs, exit_threshold) -> None:
+                  early_exit, exit_weights, exit_epochs, exit_threshold, exit_max_loss) -> None:
     """Split, quantize, export and bundle a model for an edge device and a cloud device.
 
     `build-engines --bundle PATH` (the runtime's command, on the device) builds that bundle's
@@ -184,7 +195,7 @@ def build_engines(model, target, cloud, split, codec, codec_weights, lossless, t
         max_relative_error=max_relative_error, output_kinds=output_kinds and tuple(output_kinds.split(",")),
         codec_epochs=codec_epochs, tar=tar, precision=precision,
         cloud_precision=cloud_precision, early_exit=early_exit, exit_weights=exit_weights, exit_epochs=exit_epochs,
-        exit_threshold=exit_threshold,
+        exit_threshold=exit_threshold, exit_max_loss=exit_max_loss,
     ))
     Console().print(build_summary(report))
 
@@ -265,7 +276,7 @@ def train_exit_command(model, split, data, epochs, frames, output) -> None:
     split = _split_or_default(loaded, split)
     frozen = prepare_training(loaded.module, split, loaded.spec(), data, train_frames=frames, test_frames=0)
     branch = train_exit(frozen.train, int(frozen.train.teacher.shape[1]), epochs=epochs)
-    save_exit(output, branch, split, loaded.sha256)
+    save_exit(output, branch, frozen.point.node, loaded.sha256)
     click.echo(f"exit branch for {loaded.name} at {split} written to {output}")
 
 
@@ -285,7 +296,7 @@ def calibrate_exit(bundle_path: Path, data: str | None, max_loss: float | None, 
     from runtime.bundle import load_bundle
     from runtime.inputs import InputSpec
     from toolchain.data import load_images
-    from toolchain.exit_calibration import curve, measure, pick, store_threshold
+    from toolchain.exit_calibration import DEFAULT_EXIT_MAX_LOSS, curve, measure, pick, store_threshold
     from toolchain.results import write_csv
 
     bundle = load_bundle(bundle_path)
@@ -301,7 +312,9 @@ def calibrate_exit(bundle_path: Path, data: str | None, max_loss: float | None, 
         if max_loss < 0:
             raise EdgesplitError(f"--min-accuracy {min_accuracy:.2%} is above sending every frame "
                                  f"({points[0].accuracy:.2%}): no threshold reaches it")
-    chosen = pick(points, 0.3 if max_loss is None and offload_rate is None else max_loss, offload_rate)
+    if max_loss is None and offload_rate is None:
+        max_loss = DEFAULT_EXIT_MAX_LOSS
+    chosen = pick(points, max_loss, offload_rate)
     output.mkdir(parents=True, exist_ok=True)
     write_csv(output / "curve.csv", points)
     summary = {"frames": len(images.labels), "offload_rate": chosen.offload_rate, "accuracy": chosen.accuracy,

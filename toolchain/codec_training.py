@@ -105,14 +105,21 @@ def record_agreement(path: Path, agreement: float) -> None:
     torch.save(state, path)
 
 
-def load_checkpoint(path: Path, split: str, model_sha256: str, feature_shape: tuple[int, ...]) -> tuple[FeatureCodec, dict]:
-    """A trained codec for this model and split; refuses one trained for another."""
+def read_checkpoint(path: Path) -> dict:
+    """A codec checkpoint's contents (plain tensors and numbers), or one line saying why not."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise EdgesplitError(f"cannot read codec checkpoint {path}: {error}") from error
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        raise EdgesplitError(f"{path} is not an edgesplit codec checkpoint (version {CHECKPOINT_VERSION})")
+        raise EdgesplitError(f"cannot read codec checkpoint {path}: {str(error).splitlines()[0]}") from error
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or "codec" not in state:
+        raise EdgesplitError(f"{path} is not an edgesplit codec checkpoint (version {CHECKPOINT_VERSION}, "
+                             "from `edgesplit train-codec`)")
+    return state
+
+
+def load_checkpoint(path: Path, split: str, model_sha256: str, feature_shape: tuple[int, ...]) -> tuple[FeatureCodec, dict]:
+    """A trained codec for this model and split; refuses one trained for another."""
+    state = read_checkpoint(path)
     if state["model_sha256"] != model_sha256 or state["split"] != split:
         raise EdgesplitError(f"codec checkpoint {path} was trained for split {state['split']!r} of model "
                              f"{state['model_sha256'][:12]}, not split {split!r} of model {model_sha256[:12]}")

@@ -107,6 +107,11 @@ def failed_bound(checks: dict, bounds: Bounds) -> str:
             frames = checks["holdout_frames"]
             return (f"the bundle loses {loss:.2f} accuracy points on the {frames} held-out images (one image is "
                     f"{100 / frames:.2g} pt; limit --max-loss {bounds.max_loss_points})")
+    if "accuracy" in checks.get("exit", {}):
+        loss = 100 * (checks["float_accuracy"] - checks["exit"]["accuracy"])
+        if loss > bounds.max_loss_points:
+            return (f"with its early exits the bundle loses {loss:.2f} accuracy points on the held-out images "
+                    f"(limit --max-loss {bounds.max_loss_points}; --exit-max-loss sets how much exits may cost)")
     for name, result in checks["outputs"].items():
         agreement, error = result.get("top1_agreement"), result.get("relative_error")
         if agreement is not None and bounds.min_agreement is not None and agreement < bounds.min_agreement:

@@ -17,6 +17,8 @@ from runtime.bundle import MANIFEST_NAME, Bundle, compute_bundle_id
 from runtime.local import CloudHalf, EdgeHalf, softmax_entropy
 from toolchain.errors import EdgesplitError
 
+DEFAULT_EXIT_MAX_LOSS = 0.3  # accuracy points exits may cost against sending every frame
+
 
 class ExitMeasurement(NamedTuple):
     entropy: np.ndarray
@@ -30,7 +32,11 @@ class CurvePoint(NamedTuple):
     accuracy: float
 
 
-def measure(bundle: Bundle, inputs: np.ndarray, labels: np.ndarray, batch: int = 500) -> ExitMeasurement:
+def measure(bundle: Bundle, inputs: np.ndarray, labels: np.ndarray | None = None,
+            batch: int = 500) -> ExitMeasurement:
+    """Entropy and correctness per frame, through the bundle's halves as verified. Without labels the cloud's
+    answers stand in for them: 'accuracy' is then agreement with sending every frame, which bounds what the
+    exits cost."""
     if bundle.manifest.get("exit") is None:
         raise EdgesplitError(f"bundle {bundle.bundle_id} has no exit branch: build it with --early-exit")
     edge, cloud = EdgeHalf(bundle, verified=True), CloudHalf(bundle, verified=True)
@@ -40,8 +46,10 @@ def measure(bundle: Bundle, inputs: np.ndarray, labels: np.ndarray, batch: int =
         entropies.append(softmax_entropy(exit_logits))
         exit_predictions.append(exit_logits.argmax(1))
         cloud_predictions.append(cloud.logits(codes).argmax(1))
-    return ExitMeasurement(np.concatenate(entropies), np.concatenate(exit_predictions) == labels,
-                           np.concatenate(cloud_predictions) == labels)
+    cloud_predictions = np.concatenate(cloud_predictions)
+    reference = cloud_predictions if labels is None else labels
+    return ExitMeasurement(np.concatenate(entropies), np.concatenate(exit_predictions) == reference,
+                           cloud_predictions == reference)
 
 
 def curve(measured: ExitMeasurement) -> list[CurvePoint]:
@@ -77,3 +85,17 @@ def store_threshold(bundle: Bundle, point: CurvePoint, summary: dict) -> str:
     manifest["bundle_id"] = compute_bundle_id(manifest)
     (bundle.directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest["bundle_id"]
+
+
+def exit_checks(threshold: float, exit_logits: np.ndarray, cloud_logits: np.ndarray, float_logits: np.ndarray,
+                labels: np.ndarray | None, payload_bytes: np.ndarray) -> dict:
+    """The bundle with exits, on held-out frames: the share sent, the mixed answers against the float model
+    (and labels), and payload bytes averaged over all frames (an exit sends nothing)."""
+    local = softmax_entropy(exit_logits) < threshold
+    answers = np.where(local, exit_logits.argmax(1), cloud_logits.argmax(1))
+    checks = {"threshold": float(threshold), "offload_rate": float(1 - local.mean()),
+              "top1_agreement": float((answers == float_logits.argmax(1)).mean()),
+              "mean_payload_bytes_all_frames": float(np.where(local, 0, payload_bytes).mean())}
+    if labels is not None:
+        checks["accuracy"] = float((answers == labels).mean())
+    return checks

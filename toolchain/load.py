@@ -13,7 +13,7 @@ from torch import fx, nn
 
 from runtime.inputs import InputSpec
 from toolchain.errors import ModelLoadError
-from toolchain.zoo import DEFAULT_MODEL, ZOO, ZooModel
+from toolchain.zoo import DEFAULT_MODEL, ZOO, Shipped, ZooModel
 
 
 class LoadedModel(NamedTuple):
@@ -24,6 +24,7 @@ class LoadedModel(NamedTuple):
     sha256: str
     dataset: str | None = None  # labeled images the bundled model was trained on
     weights: str = ""  # where the weights came from
+    shipped: Shipped | None = None  # a bundled model's trained codec and exit branch, when its own weights are used
 
     @property
     def input_shape(self) -> tuple[int, int, int] | None:
@@ -183,5 +184,7 @@ def load_model(spec: str | None, weights: Path | None = None, inputs: InputOptio
             raise ModelLoadError(f"--mean/--std need the input shape of {source.name}: give --input-shape C,H,W")
         module = with_normalization(module, input_spec.mean, input_spec.std)
     module.eval()
+    # the shipped checkpoints belong to the bundled weights as they are (their sha256 is checked when loaded)
+    as_shipped = zoo is not None and weights is None and inputs.mean is None and inputs.std is None
     return LoadedModel(module, source.name, input_spec, zoo and zoo.default_split, state_dict_sha256(module),
-                       zoo and zoo.dataset, source.weights)
+                       zoo and zoo.dataset, source.weights, zoo.shipped if as_shipped else None)

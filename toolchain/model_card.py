@@ -28,7 +28,7 @@ def write_model_card(
         f"| seed | {seed} |\n"
         f"| training time | {result.seconds:.0f} s on {torch.get_num_threads()} CPU threads |\n"
         f"| torch | {torch.__version__} |\n"
-        f"| weights sha256 | `{hashlib.sha256(weights.read_bytes()).hexdigest()}` |\n\n"
+        f"| weights file sha256 | `{hashlib.sha256(weights.read_bytes()).hexdigest()}` |\n\n"
         f"Reproduce: `{command}`\n\n"
         f"Inputs are float images in [0, 1], NCHW, 1x32x32 (28x28 Fashion-MNIST zero-padded at the\n"
         f"centre); the model normalizes inside its graph.\n"

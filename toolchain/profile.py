@@ -11,7 +11,6 @@ measured on other devices are just as good, as long as they describe the same mo
 
 from __future__ import annotations
 
-import io
 import math
 import platform
 import tempfile
@@ -34,13 +33,13 @@ from toolchain.backends import WholeModel, check_precision, exporter
 from toolchain.build import BuildOptions, build_engines
 from toolchain.data import load_images
 from toolchain.errors import EdgesplitError
+from toolchain.image_formats import decode_image, encode_image, formats_for, to_pixels
 from toolchain.load import InputOptions, LoadedModel, load_model
 from toolchain.planning import PROFILE_FORMAT
 from toolchain.results import cpu_name
 from toolchain.split import SplitPoint, candidate_points, output_names, resolve_point, trace
 from toolchain.train import predict
 
-JPEG_QUALITY = 90
 WARMUP_FRAMES = 10
 PIXEL_NDIM = 3  # a cloud-only frame carries the image as C, H, W
 
@@ -132,35 +131,12 @@ def measure_whole_model(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndar
     return timing
 
 
-def encode_image(pixels: np.ndarray, image_format: str) -> bytes:
-    """One C x H x W uint8 image → bytes as a camera could send it."""
-    if image_format == "raw":
-        return pixels.tobytes()
-    from PIL import Image
-
-    picture = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
-    buffer = io.BytesIO()
-    options = {"quality": JPEG_QUALITY} if image_format == "jpeg" else {"optimize": True}
-    picture.save(buffer, format=image_format.upper(), **options)
-    return buffer.getvalue()
-
-
-def decode_image(data: bytes, image_format: str, shape: tuple[int, int, int]) -> np.ndarray:
-    if image_format == "raw":
-        return np.frombuffer(data, dtype=np.uint8).reshape(shape)
-    from PIL import Image
-
-    array = np.asarray(Image.open(io.BytesIO(data)))
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-
-
 def measure_image_formats(model: nn.Module, inputs: np.ndarray, labels: np.ndarray | None, frames: int) -> list[dict]:
     """Cloud-only uploads: bytes, encode (edge) and decode (cloud) time, and what JPEG costs in accuracy."""
-    pixels = np.round(inputs * 255).astype(np.uint8)
+    pixels = to_pixels(inputs)
     shape = pixels.shape[1:]
-    formats = ["raw", "png", "jpeg"] if shape[0] in (1, 3) else ["raw"]
     results = []
-    for image_format in formats:
+    for image_format in formats_for(shape[0]):
         encoded = [encode_image(p, image_format) for p in pixels]
         entry = {"format": image_format,
                  "payload_bytes": float(np.mean([len(e) for e in encoded])),

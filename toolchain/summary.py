@@ -9,6 +9,7 @@ from rich.table import Table
 from runtime.bundle import ROLES
 from targets import DEVICES
 from toolchain.backends import EXPORTERS
+from toolchain.image_formats import TITLES
 
 
 def half_row(entry: dict, device: dict) -> str:
@@ -25,8 +26,7 @@ def half_row(entry: dict, device: dict) -> str:
 
 def build_summary(report) -> Table:
     manifest, checks = report.manifest, report.manifest["checks"]
-    split, image = manifest["split"], manifest["source_model"]["input"]
-    image_bytes = math.prod(image["shape"][1:])
+    split = manifest["split"]
     table = Table(title=f"bundle {manifest['bundle_id']} → {report.bundle}", show_header=False)
     model = manifest["source_model"]
     table.add_row("model", f"{model['name']}, weights: {model.get('weights') or 'its own'}")
@@ -37,8 +37,9 @@ def build_summary(report) -> Table:
     table.add_row("split", f"{split['module'] or split['node']} (node {split['node']}), "
                            f"tensor {' + '.join('x'.join(map(str, shape)) for shape in split['shapes'])}")
     codec = manifest["codec"]
+    origin = f" (shipped with the model: {codec['shipped']})" if "shipped" in codec else ""
     table.add_row("codec", codec["name"] + "".join(f" {k}={v}" for k, v in codec["params"].items())
-                  + f", lossless {manifest['wire']['lossless']}")
+                  + f", lossless {manifest['wire']['lossless']}{origin}")
     table.add_row("held-out images", f"{checks['holdout_frames']}: {checks['holdout_origin']}")
     if "float_accuracy" in checks:
         table.add_row("float accuracy", f"{checks['float_accuracy']:.2%} on the held-out images")
@@ -51,13 +52,33 @@ def build_summary(report) -> Table:
         measured = f"top-1 agreement {result['top1_agreement']:.2%}" if "top1_agreement" in result else \
             f"relative error {result['relative_error']:.2g}"
         table.add_row(f"output {name}", f"{result['kind']}: {measured} with the float model")
-    table.add_row("bytes per frame", f"{split['fp32_bytes']:,} fp32 → {checks['mean_payload_bytes']:,.1f} on the wire, "
-                                     f"{split['fp32_bytes'] / checks['mean_payload_bytes']:,.1f}x "
-                                     f"(input image {image_bytes:,} bytes as uint8)")
+    payload = checks["mean_payload_bytes"]
+    table.add_row("bytes per frame", f"{payload:,.1f} on the wire (the split tensor as fp32: {split['fp32_bytes']:,})")
+    images = checks["image_bytes"]
+    verdict = "" if payload < min(images.values()) else " (sending the image is smaller: split later, or use a " \
+        "learned codec)"
+    table.add_row("instead of the image", "; ".join(f"{TITLES[name]} {size:,.0f} B: {size / payload:,.1f}x the wire"
+                                                    for name, size in images.items()) + verdict)
+    if "exit" in checks:
+        for row in exit_rows(manifest["exit"], checks):
+            table.add_row(*row)
     table.add_row("halves vs PyTorch", f"edge max |Δ| {checks['edge_max_abs_error']:g} code(s), "
                                        f"cloud max |Δ| {checks.get('cloud_max_abs_error', math.nan):.2g}")
     table.add_row("build time", f"{report.seconds:.1f} s")
     return table
+
+
+def exit_rows(entry: dict, checks: dict) -> list[tuple[str, str]]:
+    measured, calibration = checks["exit"], entry["calibration"]
+    how = "given" if calibration.get("given") else (
+        f"calibrated on {calibration['frames']} calibration images: exits change {calibration['changed_answers']:.1%} "
+        f"of the cloud's answers there, limit {calibration['max_loss_points']:g}%")
+    accuracy = "" if "accuracy" not in measured else \
+        f", accuracy {measured['accuracy']:.2%} ({100 * (measured['accuracy'] - checks['float_accuracy']):+.2f} pt)"
+    return [("early exit", f"threshold {measured['threshold']:.3f} nats ({how})"),
+            ("with early exit", f"{measured['offload_rate']:.1%} of held-out frames sent{accuracy}, agreement "
+                                f"{measured['top1_agreement']:.2%}; {measured['mean_payload_bytes_all_frames']:,.1f} B "
+                                "per frame over all frames")]
 
 
 def device_rows() -> list[dict]:

@@ -4,6 +4,7 @@ import runpy
 import sys
 
 SUITES = {
+    "default": ("benchmarks.default", "the default bundle (learned codec, early exit) against sending the image"),
     "bandwidth": ("benchmarks.bandwidth", "latency vs uplink bandwidth: edge-only, cloud-only, planner's split (BBNet Table 4)"),
     "accuracy": ("benchmarks.accuracy", "quantization loss per split point and bit width (seed 001 Table 1, ECNet)"),
     "early-exit": ("benchmarks.early_exit", "accuracy and offload rate vs entropy threshold and bits (ECNet Fig. 2/3)"),

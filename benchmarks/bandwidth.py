@@ -78,7 +78,7 @@ def build(split: str, codec: str, target: str, work: Path, cache: dict) -> Path:
     if key not in cache:
         output = work / f"{split}-{codec.replace(':', '_').replace('=', '')}"
         cache[key] = build_engines(BuildOptions(target=target, cloud="cpu", split=split, codec=codec, output=output,
-                                                max_loss=math.inf), show_progress=False)
+                                                lossless="none", max_loss=math.inf), show_progress=False)
     return cache[key].bundle
 
 

@@ -99,9 +99,10 @@ def main() -> None:
         frozen = prepare_training(model.module, SPLIT, model.spec(), data, test_frames=0)
         branch = train_exit(frozen.train, 10, epochs=epochs)
         weights = Path(tempfile.mkdtemp()) / "exit.pt"
-        save_exit(weights, branch, SPLIT, model.sha256)
+        save_exit(weights, branch, frozen.point.node, model.sha256)
         progress.advance(task)
-        report = build_engines(BuildOptions(exit_weights=weights, output=weights.parent / "bundle"))
+        report = build_engines(BuildOptions(split=SPLIT, codec="int8", lossless="none", exit_weights=weights,
+                                            output=weights.parent / "bundle"))
         progress.advance(task)
         test = load_images(data, "test", model.spec())
         inputs = test.inputs()

@@ -109,14 +109,15 @@ def write_report(output: Path, summary: dict, rows: list[dict]) -> None:
 
 def main() -> None:
     def options(parser):
-        parser.add_argument("--bundle", type=Path, default=None, help="Bundle directory (default: build the default).")
+        parser.add_argument("--bundle", type=Path, default=None, help="Bundle directory (default: build an int8 bundle at layer2, uncompressed).")
         parser.add_argument("--images", default=str(DEFAULT_CALIBRATION), help="An .npz of test images.")
 
     args = parse_arguments(__doc__, "lossless", "100 frames, one repeat.", options)
     if args.bundle is None:
         from toolchain.build import BuildOptions, build_engines
 
-        args.bundle = build_engines(BuildOptions(output=Path(tempfile.mkdtemp()) / "default-cpu")).bundle
+        args.bundle = build_engines(BuildOptions(split="layer2", codec="int8", lossless="none",
+                                                 output=Path(tempfile.mkdtemp()) / "int8-cpu")).bundle
     bundle = load_bundle(args.bundle)
     images, _, _ = read_npz(args.images, "test")
     spec = InputSpec.from_manifest(bundle.manifest["source_model"]["input"])

@@ -15,7 +15,7 @@ from pathlib import Path
 from benchmarks.common import ROOT, cpu_name
 
 # (results folder, suite name for `python -m benchmarks`)
-SECTIONS = [("bandwidth", "bandwidth"), ("accuracy", "accuracy"), ("early_exit", "early-exit"),
+SECTIONS = [("default", "default"), ("bandwidth", "bandwidth"), ("accuracy", "accuracy"), ("early_exit", "early-exit"),
             ("lossless", "lossless"), ("runtime", "server"), ("pruning", "pruning"), ("codecs", "codecs"),
             ("tflite", "tflite")]
 PREAMBLE = """# Benchmark results

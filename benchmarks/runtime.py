@@ -388,7 +388,7 @@ in-process server, with `--uplink/--rtt` emulation (token bucket, 4096-byte burs
 
 def main() -> None:
     def options(parser):
-        parser.add_argument("--bundle", type=Path, default=None, help="Bundle directory (default: build the default).")
+        parser.add_argument("--bundle", type=Path, default=None, help="Bundle directory (default: build an int8 bundle at layer2, uncompressed).")
         parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads in the server.")
         parser.add_argument("--fps", type=float, default=DEFAULT_FPS, help="Frames per second each edge sends.")
         parser.add_argument("--edges", type=lambda text: tuple(int(n) for n in text.split(",")),
@@ -398,7 +398,8 @@ def main() -> None:
     if args.bundle is None:
         from toolchain.build import BuildOptions, build_engines
 
-        args.bundle = build_engines(BuildOptions(output=Path(tempfile.mkdtemp()) / "default-cpu")).bundle
+        args.bundle = build_engines(BuildOptions(split="layer2", codec="int8", lossless="none",
+                                                 output=Path(tempfile.mkdtemp()) / "int8-cpu")).bundle
     bundle = load_bundle(args.bundle)
     source = list(open_source(str(DEFAULT_CALIBRATION), bundle.input_spec()))
     count = 64 if args.quick else 256

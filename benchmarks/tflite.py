@@ -30,8 +30,9 @@ from toolchain.train import predict
 
 SEARCHED_CODEC = ROOT / "benchmarks" / "results" / "search-layer2" / "best.pt"
 BUILDS = [
-    ("cpu: fp32 ONNX edge, int8 codes", BuildOptions(target="cpu")),
-    ("raspberry-pi: int8 TFLite edge, int8 codes", BuildOptions(target="raspberry-pi", cloud="cpu")),
+    ("cpu: fp32 ONNX edge, int8 codes", BuildOptions(target="cpu", split="layer2", codec="int8", lossless="none")),
+    ("raspberry-pi: int8 TFLite edge, int8 codes", BuildOptions(target="raspberry-pi", cloud="cpu", split="layer2",
+                                                                codec="int8", lossless="none")),
     ("raspberry-pi: int8 TFLite edge, BBNet 4-bit codes",
      BuildOptions(target="raspberry-pi", cloud="cpu", split="layer2", codec="bbnet:c=16,s=4,bits=4", codec_weights=SEARCHED_CODEC)),
 ]

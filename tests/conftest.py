@@ -38,12 +38,14 @@ def default_model():
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory):
-    """The default bundle (`build-engines` with no options, as a directory and a .tar), built once."""
+def int8_built(tmp_path_factory):
+    """The default model for the cpu target with the int8 codec at layer2, uncompressed (16,384 B per frame, no
+    exit branch), as a directory and a .tar, built once: the bundle the runtime tests run on.
+    test_default_bundle.py builds the real default (`build-engines` with no options)."""
     from toolchain.build import BuildOptions, build_engines
 
-    output = tmp_path_factory.mktemp("bundles") / "default-cpu"
-    return build_engines(BuildOptions(output=output, tar=True))
+    output = tmp_path_factory.mktemp("bundles") / "int8-cpu"
+    return build_engines(BuildOptions(split="layer2", codec="int8", lossless="none", output=output, tar=True))
 
 
 @pytest.fixture(scope="session")

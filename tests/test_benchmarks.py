@@ -26,8 +26,8 @@ def test_codec_benchmark_quick_run_writes_results(tmp_path):
     assert (tmp_path / "accuracy_vs_bytes.png").stat().st_size > 10_000
 
 
-def test_runtime_benchmark_quick_run_writes_results(built, tmp_path):
-    subprocess.run([sys.executable, "-m", "benchmarks.runtime", "--quick", "--bundle", str(built.bundle),
+def test_runtime_benchmark_quick_run_writes_results(int8_built, tmp_path):
+    subprocess.run([sys.executable, "-m", "benchmarks.runtime", "--quick", "--bundle", str(int8_built.bundle),
                     "--output", str(tmp_path)], check=True, capture_output=True)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [(r["edges"], r["batching"]) for r in summary["server"]] == [
@@ -117,8 +117,8 @@ def test_accuracy_suite_reports_loss_per_split_and_bits(tmp_path):
     assert (tmp_path / "accuracy.png").stat().st_size > 10_000
 
 
-def test_lossless_suite_round_trips_a_bundles_real_codes(built, tmp_path):
-    run_suite("lossless", "--bundle", str(built.bundle), "--output", str(tmp_path))
+def test_lossless_suite_round_trips_a_bundles_real_codes(int8_built, tmp_path):
+    run_suite("lossless", "--bundle", str(int8_built.bundle), "--output", str(tmp_path))
     rows = {(r["bits"], r["stage"]): r for r in json.loads((tmp_path / "summary.json").read_text())["rows"]}
     assert rows[(8, "none")]["bytes_per_frame"] == 16_384 and rows[(8, "none")]["ratio_vs_uint8"] == 1.0
     assert rows[(4, "none+bitpack")]["bytes_per_frame"] == 8_192

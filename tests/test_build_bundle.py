@@ -22,54 +22,54 @@ from conftest import INPUT_SHAPE, top1
 
 
 @pytest.fixture()
-def bundle_copy(built, tmp_path):
-    return shutil.copytree(built.bundle, tmp_path / "copy")
+def bundle_copy(int8_built, tmp_path):
+    return shutil.copytree(int8_built.bundle, tmp_path / "copy")
 
 
-def test_int8_bundle_agrees_with_float_model_on_held_out_images(built, default_model, holdout):
+def test_int8_bundle_agrees_with_float_model_on_held_out_images(int8_built, default_model, holdout):
     inputs = to_model_input(holdout.images, INPUT_SHAPE)
     reference = top1(predict(default_model.module, inputs))
-    deployed = top1(SplitInference(load_bundle(built.bundle))(inputs))
+    deployed = top1(SplitInference(load_bundle(int8_built.bundle))(inputs))
     agreement = (deployed == reference).mean()
     loss_points = 100 * ((reference == holdout.labels).mean() - (deployed == holdout.labels).mean())
     assert agreement >= 0.99
     assert loss_points <= 0.3
     assert (reference == holdout.labels).mean() >= 0.90  # the bundled weights are a trained model
-    assert built.manifest["checks"]["top1_agreement"] == pytest.approx(agreement)
+    assert int8_built.manifest["checks"]["top1_agreement"] == pytest.approx(agreement)
 
 
-def test_wire_carries_one_byte_per_split_element(built, holdout):
-    run = SplitInference(load_bundle(built.bundle))
+def test_wire_carries_one_byte_per_split_element(int8_built, holdout):
+    run = SplitInference(load_bundle(int8_built.bundle))
     payloads = run.edge(to_model_input(holdout.images[:3], INPUT_SHAPE))
     assert [len(p) for p in payloads] == [64 * 16 * 16] * 3
-    assert built.manifest["wire"]["packed_bytes_per_frame"] == 16384
-    assert built.manifest["checks"]["mean_payload_bytes"] == 16384
-    assert built.manifest["split"]["fp32_bytes"] == 4 * 16384
+    assert int8_built.manifest["wire"]["packed_bytes_per_frame"] == 16384
+    assert int8_built.manifest["checks"]["mean_payload_bytes"] == 16384
+    assert int8_built.manifest["split"]["fp32_bytes"] == 4 * 16384
 
 
-def test_artefacts_are_valid_onnx_with_metadata(built):
+def test_artefacts_are_valid_onnx_with_metadata(int8_built):
     for role in ("edge", "cloud"):
-        model = onnx.load(built.bundle / f"{role}.onnx")
+        model = onnx.load(int8_built.bundle / f"{role}.onnx")
         onnx.checker.check_model(model, full_check=True)
         assert model.opset_import[0].version == 17
         props = {p.key: p.value for p in model.metadata_props}
         assert props["edgesplit_role"] == role
-        assert props["edgesplit_model_sha256"] == built.manifest["source_model"]["sha256"]
-    edge_output = onnx.load(built.bundle / "edge.onnx").graph.output[0]
+        assert props["edgesplit_model_sha256"] == int8_built.manifest["source_model"]["sha256"]
+    edge_output = onnx.load(int8_built.bundle / "edge.onnx").graph.output[0]
     assert edge_output.type.tensor_type.elem_type == onnx.TensorProto.UINT8
 
 
-def test_bundle_verifies_and_matches_its_artefacts(built):
-    bundle = load_bundle(built.bundle)
+def test_bundle_verifies_and_matches_its_artefacts(int8_built):
+    bundle = load_bundle(int8_built.bundle)
     check_artefact_io(bundle)
-    assert bundle.bundle_id == built.manifest["bundle_id"]
-    assert set(built.manifest["files"]) == {"edge.onnx", "cloud.onnx"}
-    result = CliRunner().invoke(main, ["verify-bundle", str(built.bundle)])
+    assert bundle.bundle_id == int8_built.manifest["bundle_id"]
+    assert set(int8_built.manifest["files"]) == {"edge.onnx", "cloud.onnx"}
+    result = CliRunner().invoke(main, ["verify-bundle", str(int8_built.bundle)])
     assert result.exit_code == 0 and result.output.startswith(f"ok: bundle {bundle.bundle_id}")
 
 
-def test_tar_bundle_verifies(built):
-    tar = built.bundle.with_suffix(".tar")
+def test_tar_bundle_verifies(int8_built):
+    tar = int8_built.bundle.with_suffix(".tar")
     result = CliRunner().invoke(main, ["verify-bundle", str(tar)])
     assert result.exit_code == 0, result.output
 

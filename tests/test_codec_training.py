@@ -139,7 +139,7 @@ def test_learned_codec_inside_exported_onnx_matches_pytorch(family, tmp_path, pl
     report = build_engines(BuildOptions(
         model="conftest:PlainCNNSmall", weights=weights, inputs=InputOptions(INPUT_SHAPE, "pad"), split="features.4",
         codec=f"{family}:c=4,s=2,bits=6", train_data=str(DEFAULT_CALIBRATION), codec_epochs=1,
-        output=tmp_path / "b", max_loss=100.0,
+        lossless="none", output=tmp_path / "b", max_loss=100.0,
     ))
     checks = report.manifest["checks"]
     assert checks["edge_max_abs_error"] <= 1 and checks["edge_mismatched_fraction"] < 0.01

@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bundle(built):
-    return load_bundle(built.bundle)
+def bundle(int8_built):
+    return load_bundle(int8_built.bundle)
 
 
 @pytest.fixture(scope="module")
@@ -277,13 +277,13 @@ def start_serve_process(bundle_dir, port):
     return process
 
 
-def test_server_killed_and_restarted_mid_stream_every_frame_has_exactly_one_outcome(built, bundle, frames, reference):
+def test_server_killed_and_restarted_mid_stream_every_frame_has_exactly_one_outcome(int8_built, bundle, frames, reference):
     port = free_port()
-    servers = [start_serve_process(built.bundle, port)]
+    servers = [start_serve_process(int8_built.bundle, port)]
 
     def restart_later():
         time.sleep(0.3)
-        servers.append(start_serve_process(built.bundle, port))
+        servers.append(start_serve_process(int8_built.bundle, port))
 
     outcomes, restarter = [], threading.Thread(target=restart_later)
     try:
@@ -310,11 +310,11 @@ def test_server_killed_and_restarted_mid_stream_every_frame_has_exactly_one_outc
     assert stats["connects"] == 2 and stats["cloud_answers"] + stats["errors"] == len(frames)
 
 
-def test_edge_command_end_to_end(built, bundle, frames, reference, server, tmp_path):
+def test_edge_command_end_to_end(int8_built, bundle, frames, reference, server, tmp_path):
     summary_path, rows_path = tmp_path / "summary.json", tmp_path / "frames.csv"
     host, port = server.address
     result = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "edge", "--bundle", str(built.bundle.with_suffix(".tar")), "--server", "{}:{}".format(host, port),
+        [sys.executable, "-m", "runtime.cli", "edge", "--bundle", str(int8_built.bundle.with_suffix(".tar")), "--server", "{}:{}".format(host, port),
          "--source", str(DEFAULT_CALIBRATION), "--limit", "100", "--rtt", "2ms", "--uplink", "100mbit",
          "--summary-json", str(summary_path), "--output", str(rows_path)],
         cwd=str(ROOT), env=dict(os.environ, EDGESPLIT_KEY=KEY.decode()), capture_output=True, text=True, timeout=120)
@@ -328,10 +328,10 @@ def test_edge_command_end_to_end(built, bundle, frames, reference, server, tmp_p
     assert "100 frames" in result.stdout and "100 answered by the cloud" in result.stdout
 
 
-def test_edge_command_reports_a_refusal_in_one_line(built, server):
+def test_edge_command_reports_a_refusal_in_one_line(int8_built, server):
     host, port = server.address
     result = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "edge", "--bundle", str(built.bundle), "--server",
+        [sys.executable, "-m", "runtime.cli", "edge", "--bundle", str(int8_built.bundle), "--server",
          "{}:{}".format(host, port), "--source", str(DEFAULT_CALIBRATION)],
         cwd=str(ROOT), env=dict(os.environ, EDGESPLIT_KEY="wrong"), capture_output=True, text=True, timeout=60)
     assert result.returncode == 1

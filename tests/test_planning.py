@@ -135,8 +135,8 @@ def test_crowd_rate_matches_a_hand_calculation():
     assert "more than the 49 of the grid" in crowded[0]
 
 
-def test_estimate_rate_command_reads_the_bundle(built):
-    result = CliRunner().invoke(main, ["estimate-rate", "--bundle", str(built.bundle), "--cameras", "100",
+def test_estimate_rate_command_reads_the_bundle(int8_built):
+    result = CliRunner().invoke(main, ["estimate-rate", "--bundle", str(int8_built.bundle), "--cameras", "100",
                                        "--fps", "10", "--offload-rate", "0.3", "--link", "100mbit"])
     assert result.exit_code == 0, result.output
     # the default bundle: 16,384 payload bytes + 64 header → 394,752 bit/s per camera

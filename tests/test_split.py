@@ -86,8 +86,8 @@ def test_wrong_input_shape_is_named(plain_cnn):
 def test_list_splits_marks_the_default():
     result = CliRunner().invoke(main, ["list-splits"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    row = next(line for line in result.output.splitlines() if "layer2 (default)" in line)
-    assert "64x16x16" in row and "65,536" in row and "16,384" in row
+    row = next(line for line in result.output.splitlines() if "layer3 (default)" in line)
+    assert "128x8x8" in row and "32,768" in row and "8,192" in row
     lines = result.output.splitlines()
     several = next(i for i, line in enumerate(lines) if "layer2.0.conv1" in line)
     assert several > next(i for i, line in enumerate(lines) if "(default)" in line)  # after the single ones

@@ -103,8 +103,9 @@ def test_qdq_accuracy_does_not_depend_on_the_hosts_int8_kernels(trt_bundle, hold
         codes = run.edge_half.codes(inputs).astype(np.float32)
         independent = top1(np.concatenate([reference.run(None, {name: codes[i:i + 250]})[0]
                                            for i in range(0, 1000, 250)]))
-    assert abs((verified == labels).mean() - (independent == labels).mean()) <= 0.001
-    assert (verified == independent).mean() >= 0.998
+    # the default's 4-bit learned codes sit closer to rounding boundaries than int8 codes: two images of 1000
+    assert abs(int((verified == labels).sum()) - int((independent == labels).sum())) <= 2
+    assert (verified == independent).mean() >= 0.996
 
 
 RTX_PARSE = """
@@ -138,8 +139,8 @@ def test_nano_refuses_int8_and_explains_sm53(tmp_path):
         build_engines(BuildOptions(precision="fp16", output=tmp_path / "cpu"))
 
 
-def test_lint_names_what_a_tensorrt_parser_would_refuse(built, tmp_path):
-    problems = lint(built.bundle / "cloud.onnx", DEVICES["jetson-nano"])
+def test_lint_names_what_a_tensorrt_parser_would_refuse(int8_built, tmp_path):
+    problems = lint(int8_built.bundle / "cloud.onnx", DEVICES["jetson-nano"])
     assert "opset 17, jetson-nano needs 13" in problems
     assert any("input 'codes' is uint8" in problem for problem in problems)
 

@@ -31,8 +31,11 @@ SEARCHED_CODEC = ROOT / "benchmarks" / "results" / "search-layer2" / "best.pt"
 
 @pytest.fixture(scope="module")
 def pi_bundle(tmp_path_factory):
-    output = tmp_path_factory.mktemp("pi") / "default-raspberry-pi"
-    return build_engines(BuildOptions(target="raspberry-pi", cloud="cpu", output=output))
+    """The Pi with the int8 codec at layer2: its TFLite output is the wire code (the default's learned codec and
+    exit are tested in test_deployments and test_inputs)."""
+    output = tmp_path_factory.mktemp("pi") / "int8-raspberry-pi"
+    return build_engines(BuildOptions(target="raspberry-pi", cloud="cpu", split="layer2", codec="int8",
+                                      lossless="none", output=output))
 
 
 @pytest.fixture(scope="module")

@@ -82,11 +82,11 @@ def test_split_is_refused_for_a_source_with_one_set(tmp_path):
     assert len(list(open_source(str(one_set), spec))) == 8
 
 
-def test_the_edge_command_fails_when_no_frame_is_answered(built):
+def test_the_edge_command_fails_when_no_frame_is_answered(int8_built):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]
-    result = subprocess.run([sys.executable, "-m", "edgesplit", "edge", "--bundle", str(built.bundle), "--server",
+    result = subprocess.run([sys.executable, "-m", "edgesplit", "edge", "--bundle", str(int8_built.bundle), "--server",
                              f"127.0.0.1:{closed}", "--source", str(DEFAULT_CALIBRATION), "--limit", "3",
                              "--timeout", "2"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, EDGESPLIT_KEY="a key for this test"))

@@ -20,7 +20,7 @@ from toolchain.lossless import choose
 from toolchain.train import predict
 from toolchain.zoo import ZOO, DEFAULT_MODEL
 
-from conftest import TINY_MODEL, TINY_WEIGHTS, tiny_features
+from conftest import TINY_MODEL, tiny_features
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ZOO[DEFAULT_MODEL].shipped

@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,6 @@ from runtime.bundle import load_bundle
 from runtime.cloud import BackgroundServer, ServerConfig
 from runtime.edge import CLOUD, ClientConfig, EdgeClient
 from runtime.images import SourceFrame, open_source
-from runtime.inputs import InputSpec
 from runtime.local import SplitInference, softmax_entropy
 from toolchain.cli import main
 from toolchain.data import load_images
@@ -28,7 +26,7 @@ from toolchain.evaluate import predict_outputs
 from toolchain.load import InputOptions, load_model
 
 import architectures
-from conftest import DEFAULT_SPEC, top1
+from conftest import top1
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent

@@ -64,10 +64,9 @@ def test_without_a_gpu_the_bundle_is_complete_and_says_why_no_engine(trt_bundle)
 
 
 def test_qdq_halves_meet_the_accuracy_gate_in_onnx_runtime(trt_bundle, default_model, holdout):
-    target_name, report = trt_bundle
+    _, report = trt_bundle
     inputs = to_model_input(holdout.images, INPUT_SHAPE)
     reference = top1(predict(default_model.module, inputs))
-    role = ENGINE_ROLE[target_name]
     deployed = top1(SplitInference(load_bundle(report.bundle), verified=True)(inputs))
     loss = 100 * ((reference == holdout.labels).mean() - (deployed == holdout.labels).mean())
     assert loss <= 0.5

@@ -24,7 +24,7 @@ from calibration_data import DEFAULT_CALIBRATION
 from runtime.bundle import SCHEMA_VERSION, Bundle
 from runtime.local import SplitInference
 from targets import ROLES, Deployment, deployment
-from toolchain.backends import Half, Parts, check_precision, exporter, tensor_spec
+from toolchain.backends import Half, Parts, check_precision, exporter
 from toolchain.bundle import finish_bundle, staging_directory
 from toolchain.codec_training import load_checkpoint, prepare_training, read_checkpoint, train_codec
 from toolchain.codecs import DEFAULT_CODEC, LEARNED, FeatureCodec, make_cut_codec, parse_codec_spec

@@ -7,7 +7,7 @@ feed against `inputs` (names, dtypes, ranks, fixed sizes, one batch size), then 
 backend's `infer_impl`. `quantization(name)` gives (scale, zero point) of an integer tensor.
 """
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 

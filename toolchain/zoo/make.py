@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from toolchain.codec_training import prepare_training, record_agreement, save_checkpoint, score_codec, train_codec
+from toolchain.codec_training import prepare_training, save_checkpoint, score_codec, train_codec
 from toolchain.codecs import make_codec
 from toolchain.exit_branch import save_exit, train_exit
 from toolchain.load import load_model, zoo_entry

@@ -8,6 +8,7 @@ frames and answers every frame already accepted before closing.
 
 import asyncio
 import logging
+import os
 import ssl
 import threading
 import time
@@ -18,7 +19,7 @@ import numpy as np
 
 from runtime import protocol
 from runtime.bundle import Bundle
-from runtime.errors import ProtocolError, WireError
+from runtime.errors import EdgesplitError, ProtocolError, WireError
 from runtime.local import CloudHalf
 from runtime.metrics import ServerMetrics
 
@@ -166,12 +167,11 @@ class CloudServer:
         self.batcher = Batcher(self.cloud.replies, self.config.max_batch, self.config.max_wait_ms, self.metrics,
                                others_connected=lambda: len(self._connections) > 1)
         self._batcher_task = asyncio.ensure_future(self.batcher.run())
-        self._server = await asyncio.start_server(self._serve_connection, self.config.host, self.config.port,
-                                                  ssl=self.config.ssl_context)
+        self._server = await _listen(self._serve_connection, self.config.host, self.config.port,
+                                     self.config.ssl_context)
         self.address = self._server.sockets[0].getsockname()[:2]
         if self.config.metrics_port is not None:
-            self._metrics_server = await asyncio.start_server(
-                self._serve_metrics, self.config.host, self.config.metrics_port)
+            self._metrics_server = await _listen(self._serve_metrics, self.config.host, self.config.metrics_port)
             self.metrics_address = self._metrics_server.sockets[0].getsockname()[:2]
         log.info("serving bundle %s on %s:%d (batch <= %d, wait <= %.1f ms)", self.bundle.bundle_id,
                  self.address[0], self.address[1], self.config.max_batch, self.config.max_wait_ms)
@@ -352,6 +352,15 @@ class CloudServer:
             pass
         finally:
             writer.close()
+
+
+async def _listen(handler, host: str, port: int, ssl_context=None):
+    """A listening server, or one line naming the address that cannot be had (in use, not ours)."""
+    try:
+        return await asyncio.start_server(handler, host, port, ssl=ssl_context)
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise EdgesplitError("cannot listen on {}:{}: {}".format(host, port, reason)) from error
 
 
 class BackgroundServer:

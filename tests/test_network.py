@@ -339,6 +339,16 @@ def test_edge_command_reports_a_refusal_in_one_line(int8_built, server):
     assert "authentication failed" in result.stderr
 
 
+def test_serve_on_a_port_in_use_is_one_line(int8_built, server):
+    host, port = server.address
+    result = subprocess.run(
+        [sys.executable, "-m", "edgesplit", "serve", "--bundle", str(int8_built.bundle), "--port", str(port)],
+        cwd=str(ROOT), env=dict(os.environ, EDGESPLIT_KEY="a key for this test"), capture_output=True, text=True,
+        timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
 def send_features(raw, bundle, request_ids):
     bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
     for request_id in request_ids:

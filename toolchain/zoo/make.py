@@ -40,7 +40,7 @@ def rows(path: Path) -> list[dict]:
         return list(csv.DictReader(stream))
 
 
-def measured_alternatives(spec: str, split: str) -> str:
+def measured_alternatives(spec: str, split: str, exit_accuracy: float) -> str:
     """The committed measurements the choice rests on, as card text (skipped when a result is missing)."""
     lines = []
     layer3, layer2 = RESULTS / "codecs" / "accuracy_vs_bytes.csv", RESULTS / "search-layer2" / "search.csv"
@@ -57,6 +57,19 @@ def measured_alternatives(spec: str, split: str) -> str:
                   "| codec | bytes/frame | vs float (pt) | agreement |", "|---|---:|---:|---:|"]
         lines += [f"| {row['codec']}{' (shipped)' if row['codec'] == spec else ''} | {float(row['bytes_per_frame']):.0f} "
                   f"| {-float(row['loss_points']):+.2f} | {float(row['agreement']):.2%} |" for row in small]
+    accuracy = RESULTS / "accuracy" / "accuracy.csv"
+    if accuracy.exists():
+        int8 = {row["split"]: row for row in rows(accuracy) if row["codec"] == "int8"}
+        lines += ["", f"The accuracy suite (`{accuracy.relative_to(RESULTS.parent.parent)}`) sends int8 codes "
+                      "of each split: " + ", ".join(f"{split} {int(row['bytes_per_frame']):,} B "
+                                                   f"({-float(row['loss_points']):+.2f} pt)"
+                                                   for split, row in int8.items() if split in ("layer2", "layer3"))
+                  + "; layer3 halves the bytes at no measurable cost."]
+    early_exit = RESULTS / "early_exit" / "summary.json"
+    if early_exit.exists():
+        alone = json.loads(early_exit.read_text())["edge_only_accuracy"]
+        lines += ["", f"An exit branch at layer2 answers {alone:.2%} of the test images right alone "
+                      f"(`{early_exit.relative_to(RESULTS.parent.parent)}`); at {split}, {exit_accuracy:.2%}."]
     if layer2.exists():
         best = min(rows(layer2), key=lambda row: float(row["bytes_per_frame"]))
         lines += ["", f"At layer2 the smallest codec the search tried (`{layer2.relative_to(RESULTS.parent.parent)}`) "
@@ -97,7 +110,7 @@ The default promises at most {BUDGET_POINTS:g} pt of loss with exits included, s
 part of it. At {f['module']} the shipped codec sends {f['payload_bytes']} B per frame, {f['image_bytes'] / f['payload_bytes']:.0f}x fewer than the
 {f['image_bytes']:,}-byte input image.
 
-{measured_alternatives(f['codec'], f['split'])}
+{measured_alternatives(f['codec'], f['split'], f['exit_accuracy'])}
 """)
 
 

@@ -62,7 +62,7 @@ def measured_alternatives(spec: str, split: str, exit_accuracy: float) -> str:
         int8 = {row["split"]: row for row in rows(accuracy) if row["codec"] == "int8"}
         lines += ["", f"The accuracy suite (`{accuracy.relative_to(RESULTS.parent.parent)}`) sends int8 codes "
                       "of each split: " + ", ".join(f"{split} {int(row['bytes_per_frame']):,} B "
-                                                   f"({-float(row['loss_points']):+.2f} pt)"
+                                                   f"({0.0 - float(row['loss_points']) + 0.0:+.2f} pt)"  # no '-0.00'
                                                    for split, row in int8.items() if split in ("layer2", "layer3"))
                   + "; layer3 halves the bytes at no measurable cost."]
     early_exit = RESULTS / "early_exit" / "summary.json"

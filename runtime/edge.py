@@ -308,34 +308,40 @@ class EdgeClient:
                 self.stats.bytes_sent += len(data)
 
     def _receive_loop(self, connection: _Connection) -> None:
-        link = self.config.link
+        """Replies until the connection ends. Any fault in a reply loses the connection (its frames get their
+        outcomes, the edge reconnects); none ends this thread."""
         while connection.alive:
             try:
                 frame = connection.read_frame(REPLY_LIMITS)
-            except (ProtocolError, OSError, ValueError) as error:
-                self._connection_lost(connection, str(error) or type(error).__name__)
+                with self._lock:
+                    self.stats.bytes_received += protocol.HEADER_BYTES + 4 * len(frame.shape) + len(frame.payload)
+                if self.config.link is not None:
+                    self.config.link.wait_downlink()
+                lost = self._take_reply(frame)
+            except Exception as error:  # a malformed reply, a closed socket, or a fault here
+                lost = str(error) or type(error).__name__
+            if lost:
+                self._connection_lost(connection, lost)
                 return
-            with self._lock:
-                self.stats.bytes_received += protocol.HEADER_BYTES + 4 * len(frame.shape) + len(frame.payload)
-            if link is not None:
-                link.wait_downlink()
-            if frame.type == protocol.RESULT:
-                try:
-                    self._complete(frame.request_id, CLOUD, self._outputs(protocol.result_values(frame)))
-                except ProtocolError as error:
-                    self._complete(frame.request_id, ERROR, None, str(error))
-            elif frame.type == protocol.ERROR and frame.request_id and not frame.flags & protocol.FLAG_FINAL:
-                code, message = protocol.error_details(frame)
-                self._complete(frame.request_id, ERROR, None, "server refused the frame ({}): {}".format(
-                    protocol.ERROR_NAMES.get(code, code), message))
-            else:
-                reason = "server closed the connection"
-                if frame.type == protocol.ERROR:
-                    reason = "server error: {}".format(protocol.error_details(frame)[1])
-                elif frame.type != protocol.CLOSING:
-                    reason = "unexpected {} frame from the server".format(frame.type_name)
-                self._connection_lost(connection, reason)
-                return
+
+    def _take_reply(self, frame) -> Optional[str]:
+        """Complete the frame a reply answers; the reason the connection is lost, if it is."""
+        if frame.type == protocol.RESULT:
+            try:
+                self._complete(frame.request_id, CLOUD, self._outputs(protocol.result_values(frame)))
+            except ProtocolError as error:
+                self._complete(frame.request_id, ERROR, None, str(error))
+            return None
+        if frame.type == protocol.ERROR and frame.request_id and not frame.flags & protocol.FLAG_FINAL:
+            code, message = protocol.error_details(frame)
+            self._complete(frame.request_id, ERROR, None, "server refused the frame ({}): {}".format(
+                protocol.ERROR_NAMES.get(code, code), message))
+            return None
+        if frame.type == protocol.ERROR:
+            return "server error: {}".format(protocol.error_details(frame)[1])
+        if frame.type != protocol.CLOSING:
+            return "unexpected {} frame from the server".format(frame.type_name)
+        return "server closed the connection"
 
     def _connect_loop(self) -> None:
         while not self._closed:

@@ -349,6 +349,72 @@ def test_serve_on_a_port_in_use_is_one_line(int8_built, server):
     assert result.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
 
 
+def read_exactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+class InjectingProxy:
+    """A man in the middle of a link without TLS: relays edge <-> server and, once, right after the server's
+    READY, slips in an ERROR frame too short to hold its code (the edge's receiver used to die on it)."""
+
+    def __init__(self, server_address):
+        self.server_address, self.injected = server_address, threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            edge, _ = self.listener.accept()
+            upstream = socket.create_connection(self.server_address)
+            threading.Thread(target=self.pipe, args=(edge, upstream), daemon=True).start()
+            threading.Thread(target=self.replies, args=(upstream, edge), daemon=True).start()
+
+    def pipe(self, source, target):
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                target.sendall(data)
+        except OSError:
+            pass
+        target.close()
+
+    def replies(self, source, target):
+        limits = protocol.Limits(max_payload=1 << 20, max_elements=1 << 18)
+        try:
+            while True:
+                frame = protocol.read_frame(lambda count: read_exactly(source, count), limits)
+                target.sendall(protocol.encode(frame))
+                if frame.type == protocol.READY and not self.injected.is_set():
+                    self.injected.set()
+                    short = protocol.Frame(protocol.ERROR, 1, frame.bundle_id, payload=b"x")
+                    target.sendall(protocol.encode(short))
+        except (OSError, ProtocolError):
+            pass
+        target.close()
+
+
+def test_a_malformed_reply_loses_the_connection_not_the_edges_receiver(bundle, frames, reference, server):
+    proxy = InjectingProxy(server.address)
+    with client(bundle, proxy.address, reply_timeout_s=5.0) as edge:
+        during = edge.run_all(frames[:30])  # sent around the injection: answered, or told the link was lost
+        time.sleep(1.0)  # the connector's backoff
+        after = edge.run_all(frames[30:60])
+        stats = edge.stats.as_dict()
+    assert proxy.injected.is_set() and stats["connects"] >= 2
+    assert sorted(o.index for o in during) == [f.index for f in frames[:30]]  # exactly one outcome each
+    assert all(o.answered_by == CLOUD or "connection lost: malformed ERROR frame" in o.error for o in during)
+    assert_matches(after, reference)  # the receiver survived: the reconnected link answers everything
+
+
 def send_features(raw, bundle, request_ids):
     bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
     for request_id in request_ids:

@@ -245,7 +245,7 @@ class CloudServer:
                 await self._send_quietly(connection, protocol.Frame(protocol.CLOSING, bundle_id=self.bundle_id))
 
     async def _handshake(self, connection: _Connection) -> None:
-        hello = await connection.read_frame(self.limits, self.config.frame_timeout_s)
+        hello = await connection.read_frame(protocol.HANDSHAKE_LIMITS, self.config.frame_timeout_s)
         if hello.type != protocol.HELLO or len(hello.payload) != protocol.NONCE_BYTES:
             raise ProtocolError("expected HELLO with a {}-byte nonce, got {} ({} bytes)".format(
                 protocol.NONCE_BYTES, hello.type_name, len(hello.payload)))
@@ -257,7 +257,7 @@ class CloudServer:
             return
         server_nonce = protocol.new_nonce()
         await connection.send(protocol.Frame(protocol.CHALLENGE, bundle_id=self.bundle_id, payload=server_nonce))
-        auth = await connection.read_frame(self.limits, self.config.frame_timeout_s)
+        auth = await connection.read_frame(protocol.HANDSHAKE_LIMITS, self.config.frame_timeout_s)
         expected = protocol.client_proof(self.config.key, server_nonce, hello.payload, self.bundle_id)
         if auth.type != protocol.AUTH or not protocol.proofs_match(expected, auth.payload):
             raise ProtocolError("the edge's key proof is wrong: edge and server hold different keys",

@@ -62,6 +62,8 @@ class Limits(NamedTuple):
 
 
 DEFAULT_LIMITS = Limits()
+# before a peer has authenticated: control frames only, whatever the bundle's feature size
+HANDSHAKE_LIMITS = Limits(max_payload=MAX_CONTROL_PAYLOAD, max_elements=MAX_CONTROL_PAYLOAD)
 
 
 class Frame(NamedTuple):

@@ -349,6 +349,19 @@ def test_serve_on_a_port_in_use_is_one_line(int8_built, server):
     assert result.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
 
 
+def test_before_authentication_a_peer_gets_the_control_limit_not_the_feature_limit(bundle, server):
+    """A keyless peer opening with a feature-sized frame is refused on its header, before any body is read."""
+    bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
+    claimed = 30000  # under this bundle's feature limit (2 x 16,384 + 1,024), far over a control frame's
+    header = protocol.HEADER.pack(protocol.MAGIC, protocol.VERSION, protocol.FEATURES, 0, 1, bundle_id, 0, 8,
+                                  protocol.DTYPE_UINT8, 1, 1.0, 0.0, claimed, 0)
+    with socket.create_connection(server.address, timeout=10) as raw:
+        raw.sendall(header)
+        reply = protocol.read_frame(lambda count: read_exactly(raw, count))
+    assert reply.type == protocol.ERROR and reply.flags & protocol.FLAG_FINAL
+    assert f"FEATURES payload of {claimed} bytes is over the limit of 1024" in protocol.error_details(reply)[1]
+
+
 def read_exactly(sock: socket.socket, count: int) -> bytes:
     data = b""
     while len(data) < count:

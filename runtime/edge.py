@@ -24,7 +24,7 @@ from runtime.errors import ProtocolError
 from runtime.images import SourceFrame
 from runtime.link import EmulatedLink
 from runtime.local import EdgeHalf, class_output, output_sizes, softmax_entropy, split_values
-from runtime.wire import encode_frame
+from runtime.wire import encode_frame, frames_of
 
 log = logging.getLogger("edgesplit.edge")
 
@@ -116,6 +116,7 @@ class EdgeClient:
         self.config = config
         self.edge = EdgeHalf(bundle, threads)
         self.output_sizes = output_sizes(bundle)
+        self.reply_values = sum(int(np.prod(shape)) for _, shape in self.output_sizes)
         self.scored = class_output(bundle)
         self.wire = bundle.wire
         self.bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
@@ -224,7 +225,7 @@ class EdgeClient:
                     softmax_entropy(exit_logits[None])[0] < self.exit_threshold:
                 self._finish(frame.index, frame.label, started, EDGE, exit_logits, "")
                 return
-        payload = encode_frame([part[0] for part in codes] if self.wire.parts else codes[0], self.wire)
+        payload = encode_frame(frames_of(codes, self.wire)[0], self.wire)
         with self._lock:
             self.stats.payload_bytes += len(payload)
             connection = self._connection
@@ -267,10 +268,9 @@ class EdgeClient:
 
     def _outputs(self, values: np.ndarray) -> List[np.ndarray]:
         """A reply's values → one array per cloud output; a reply of another size is refused."""
-        wanted = sum(int(np.prod(shape)) for _, shape in self.output_sizes)
-        if values.size != wanted:
+        if values.size != self.reply_values:
             raise ProtocolError("RESULT carries {} values, the bundle's outputs {} hold {}".format(
-                values.size, [name for name, _ in self.output_sizes], wanted))
+                values.size, [name for name, _ in self.output_sizes], self.reply_values))
         return split_values(values.reshape(-1), self.output_sizes)
 
     def _fail_over(self, request_id: int, problem: str) -> None:

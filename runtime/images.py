@@ -91,9 +91,10 @@ def folder_layout(directory: Path, split: str) -> Tuple[Path, List[Tuple[Path, O
     `train/` and `test/` subfolders are splits; class subfolders give labels; plain files have none."""
     has_split = (directory / check_split(split)).is_dir()
     root = directory / split if has_split else directory
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and _image_files(p))
+    listed = {p.name: _image_files(p) for p in sorted(root.iterdir()) if p.is_dir()}
+    classes = [name for name, images in listed.items() if images]
     if classes:
-        files = [(path, label) for label, name in enumerate(classes) for path in _image_files(root / name)]
+        files = [(path, label) for label, name in enumerate(classes) for path in listed[name]]
     else:
         files = [(path, None) for path in _image_files(root)]
     if not files:
@@ -147,8 +148,7 @@ def _array_frames(images, labels, spec: InputSpec, origin, first: int) -> Iterat
                           None if labels is None else int(labels[index]))
 
 
-def _file_frames(directory: Path, spec: InputSpec, split: str, first: int) -> Iterator[SourceFrame]:
-    _, files, _, _ = folder_layout(directory, split)
+def _file_frames(files, spec: InputSpec, first: int) -> Iterator[SourceFrame]:
     for index, (path, label) in enumerate(files[first:], first):
         yield SourceFrame(index, decode_image(path, spec).astype(np.float32) / 255.0, label)
 
@@ -193,8 +193,9 @@ def open_source(source: str, spec: InputSpec, split: Optional[str] = None, first
         return _camera_frames(int(device), spec)
     path = Path(source)
     if path.is_dir():
-        _check_split_given(path, split, (path / (split or "test")).is_dir())
-        return _file_frames(path, spec, split or "test", first)
+        _, files, _, separate = folder_layout(path, split or "test")
+        _check_split_given(path, split, separate)
+        return _file_frames(files, spec, first)
     if path.suffix == ".npz" and path.is_file():
         images, labels, separate = read_npz(path, split or "test")
         _check_split_given(path, split, separate)

@@ -4,13 +4,13 @@ The edge client and the cloud server run one half each; SplitInference runs both
 exact bytes that would cross the network, as the reference the networked path must equal.
 """
 
-from typing import List
+from typing import List, NamedTuple, Optional
 
 import numpy as np
 
 from runtime.bundle import Bundle
 from runtime.errors import BundleError
-from runtime.wire import decode_frame, encode_frame
+from runtime.wire import decode_frame, encode_frame, frames_of
 
 
 class _Half:
@@ -123,9 +123,7 @@ class EdgeHalf(_Half):
     def payloads_and_exit(self, images: np.ndarray):
         """One payload per frame and the exit branch's logits (None without one)."""
         codes, exit_logits = self.codes_and_exit(images)
-        if not self.wire.parts:
-            return [encode_frame(frame, self.wire) for frame in codes], exit_logits
-        return [encode_frame([part[i] for part in codes], self.wire) for i in range(len(images))], exit_logits
+        return [encode_frame(frame, self.wire) for frame in frames_of(codes, self.wire)], exit_logits
 
 
 def output_sizes(bundle: Bundle) -> List[tuple]:
@@ -180,6 +178,14 @@ class CloudHalf(_Half):
         return np.concatenate([output.reshape(len(frames), -1) for output in outputs], axis=1)
 
 
+class Deployed(NamedTuple):
+    """A set of images through both halves as deployed: what each frame sends, and what comes back."""
+
+    payload_bytes: np.ndarray  # per frame
+    exit_logits: Optional[np.ndarray]  # None without an exit branch
+    outputs: List[np.ndarray]  # every cloud output, for every frame (as if none exited)
+
+
 class SplitInference:
     def __init__(self, bundle: Bundle, threads=None, verified: bool = False, **options):
         """`verified=True` runs each half the way the toolchain verified it (a TensorRT half's Q/DQ ONNX in
@@ -200,3 +206,14 @@ class SplitInference:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.cloud(self.edge(images))
+
+    def deployed(self, images: np.ndarray, batch: int = 500) -> Deployed:
+        """Edge → payload bytes → cloud for every frame, in batches; the exit logits beside."""
+        sizes, exits, outputs = [], [], []
+        for start in range(0, len(images), batch):
+            payloads, exit_logits = self.edge_half.payloads_and_exit(images[start:start + batch])
+            sizes += [len(payload) for payload in payloads]
+            exits.append(exit_logits)
+            outputs.append(self.cloud_outputs(payloads))
+        return Deployed(np.array(sizes), None if exits[0] is None else np.concatenate(exits),
+                        [np.concatenate(parts) for parts in zip(*outputs)])

@@ -187,6 +187,13 @@ class WireFormat(NamedTuple):
         return self
 
 
+def frames_of(codes, wire: WireFormat) -> list:
+    """A batch of codes (an array, or one array per part) → one frame's codes per entry, as encode_frame takes."""
+    if not wire.parts:
+        return list(codes)
+    return [[part[i] for part in codes] for i in range(len(codes[0]))]
+
+
 def encode_frame(codes, wire: WireFormat) -> bytes:
     """One frame's codes (uint8 of `wire.shape`, or a sequence of arrays, one per part) → payload bytes."""
     arrays = list(codes) if wire.parts else [codes]

@@ -16,7 +16,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-import numpy as np
 import torch
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -191,20 +190,18 @@ def evaluate_stage(build: Build) -> None:
     bytes of sending the image instead; the build fails past its bounds."""
     run = SplitInference(Bundle(build.staging, describe_bundle(build)), verified=True)
     inputs = build.holdout_inputs
-    sent = [run.edge_half.payloads_and_exit(inputs[i:i + 500]) for i in range(0, len(inputs), 500)]
-    payloads = [batch for batch, _ in sent]
-    deployed = [np.concatenate(parts) for parts in zip(*(run.cloud_outputs(batch) for batch in payloads))]
+    deployed = run.deployed(inputs)
     reference = predict_outputs(build.loaded.module, inputs)
-    sizes = np.array([len(p) for batch in payloads for p in batch])
     checks = build.checks
     checks.update(holdout_frames=len(inputs), holdout_origin=build.holdout.origin,
-                  calibration_origin=build.calibration.origin, mean_payload_bytes=float(sizes.mean()),
+                  calibration_origin=build.calibration.origin, mean_payload_bytes=float(deployed.payload_bytes.mean()),
                   image_bytes=mean_image_bytes(inputs))
-    checks.update(compare_outputs(build.halves.outputs, build.output_kinds, reference, deployed, build.holdout.labels))
+    checks.update(compare_outputs(build.halves.outputs, build.output_kinds, reference, deployed.outputs,
+                                  build.holdout.labels))
     if build.exit:
         scored = build.output_kinds.index("class")
-        checks["exit"] = exit_checks(build.exit["threshold"], np.concatenate([logits for _, logits in sent]),
-                                     deployed[scored], reference[scored], build.holdout.labels, sizes)
+        checks["exit"] = exit_checks(build.exit["threshold"], deployed.exit_logits, deployed.outputs[scored],
+                                     reference[scored], build.holdout.labels, deployed.payload_bytes)
     if "edge_max_abs_error" not in checks:  # an integer-only edge: codes through the runtime vs PyTorch
         checks.update(code_differences(run.edge_half.codes(inputs[:EXPORT_CHECK_FRAMES]),
                                        build.parts.codes(inputs[:EXPORT_CHECK_FRAMES], torch.uint8)))

@@ -101,17 +101,15 @@ def agreement_bound(requested: float | None, codec: dict) -> float | None:
 
 def failed_bound(checks: dict, bounds: Bounds) -> str:
     """'' when the bundle meets every bound, else which one it missed, with the numbers."""
-    if "bundle_accuracy" in checks:
-        loss = 100 * (checks["float_accuracy"] - checks["bundle_accuracy"])
-        if loss > bounds.max_loss_points:
+    accuracies = (("the bundle", checks.get("bundle_accuracy"), ""),
+                  ("with its early exits the bundle", checks.get("exit", {}).get("accuracy"),
+                   "; --exit-max-loss sets how much exits may cost"))
+    for what, accuracy, hint in accuracies:
+        loss = None if accuracy is None else 100 * (checks["float_accuracy"] - accuracy)
+        if loss is not None and loss > bounds.max_loss_points:
             frames = checks["holdout_frames"]
-            return (f"the bundle loses {loss:.2f} accuracy points on the {frames} held-out images (one image is "
-                    f"{100 / frames:.2g} pt; limit --max-loss {bounds.max_loss_points})")
-    if "accuracy" in checks.get("exit", {}):
-        loss = 100 * (checks["float_accuracy"] - checks["exit"]["accuracy"])
-        if loss > bounds.max_loss_points:
-            return (f"with its early exits the bundle loses {loss:.2f} accuracy points on the held-out images "
-                    f"(limit --max-loss {bounds.max_loss_points}; --exit-max-loss sets how much exits may cost)")
+            return (f"{what} loses {loss:.2f} accuracy points on the {frames} held-out images (one image is "
+                    f"{100 / frames:.2g} pt; limit --max-loss {bounds.max_loss_points}{hint})")
     for name, result in checks["outputs"].items():
         agreement, error = result.get("top1_agreement"), result.get("relative_error")
         if agreement is not None and bounds.min_agreement is not None and agreement < bounds.min_agreement:

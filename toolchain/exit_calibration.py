@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from runtime.bundle import MANIFEST_NAME, Bundle, compute_bundle_id
-from runtime.local import CloudHalf, EdgeHalf, softmax_entropy
+from runtime.local import SplitInference, softmax_entropy
 from toolchain.errors import EdgesplitError
 
 DEFAULT_EXIT_MAX_LOSS = 0.3  # accuracy points exits may cost against sending every frame
@@ -39,16 +39,10 @@ def measure(bundle: Bundle, inputs: np.ndarray, labels: np.ndarray | None = None
     exits cost."""
     if bundle.manifest.get("exit") is None:
         raise EdgesplitError(f"bundle {bundle.bundle_id} has no exit branch: build it with --early-exit")
-    edge, cloud = EdgeHalf(bundle, verified=True), CloudHalf(bundle, verified=True)
-    entropies, exit_predictions, cloud_predictions = [], [], []
-    for start in range(0, len(inputs), batch):
-        codes, exit_logits = edge.codes_and_exit(inputs[start:start + batch])
-        entropies.append(softmax_entropy(exit_logits))
-        exit_predictions.append(exit_logits.argmax(1))
-        cloud_predictions.append(cloud.logits(codes).argmax(1))
-    cloud_predictions = np.concatenate(cloud_predictions)
+    deployed = SplitInference(bundle, verified=True).deployed(inputs, batch)
+    cloud_predictions = deployed.outputs[0].argmax(1)
     reference = cloud_predictions if labels is None else labels
-    return ExitMeasurement(np.concatenate(entropies), np.concatenate(exit_predictions) == reference,
+    return ExitMeasurement(softmax_entropy(deployed.exit_logits), deployed.exit_logits.argmax(1) == reference,
                            cloud_predictions == reference)
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from runtime.wire import LOSSLESS, encode_frame
+from runtime.wire import LOSSLESS, encode_frame, frames_of
 
 if TYPE_CHECKING:  # the CLI reads CHOICES without importing torch
     from toolchain.codecs import FeatureCodec
@@ -16,17 +16,10 @@ AUTO = "auto"
 CHOICES = [AUTO, *LOSSLESS]
 
 
-def frames_of(codes) -> list:
-    """Codes of a batch (an array, or a tuple with one per crossing tensor) → one entry per frame."""
-    if isinstance(codes, (tuple, list)):
-        return [[part[i] for part in codes] for i in range(len(codes[0]))]
-    return list(codes)
-
-
 def choose(codec: FeatureCodec, codes) -> tuple[str, dict[str, float]]:
     """The builtin stage with the fewest mean payload bytes (ties go to the cheaper, earlier one), and
     the mean of each."""
-    frames = frames_of(codes)
+    frames = frames_of(codes, codec.wire_format())
     sizes = {}
     for name, stage in LOSSLESS.items():
         if stage.builtin:

@@ -1,202 +1,433 @@
-"""Latency vs uplink bandwidth, BBNet Table 4's shape: edge-only, cloud-only and edgesplit at the
-planner's split, 100 kbit/s .. 3.5 Mbit/s.
+"""Time for 100 frames vs uplink bandwidth on an emulated Jetson Nano (BBNet Table 4, Fig. 9):
+edge-only, cloud-only and edgesplit at the planner's split.
 
-The splits are profiled (`toolchain.profile`), the planner picks the best split per bandwidth,
-and every networked row is measured through the real runtime: `edgesplit serve` in a thread
-and the edge client over TCP on loopback, its uplink emulated by the client's token bucket.
-Cloud-only is a bundle split at the model's input normalization with int8 codes: the image
-itself crosses the network (1,024 B for Fashion-MNIST at 32x32). Edge-only is the whole model
-on the edge backend, no network. Frames are sent one at a time (latency per frame); the time
-per 100 frames is 100 x the mean, as BBNet reports a batch of 100 processed in turn.
+The testbed (benchmarks/testbed, needs root): the edge runs in a cgroup whose CPU quota makes it
+as slow as a Jetson Nano — the factor calibrated from BBNet's Nano time for CIFAR ResNet-18 — and
+in its own network namespace, its uplink a veth shaped by `tbf`; `edgesplit serve` runs unconfined
+in another namespace (the cloud is this CPU).
 
-Writes bandwidth.csv, summary.json (with the machine), bandwidth.png, RESULTS.md and the
-profile it planned from.
+1. Profiles. Every candidate (split x codec, and the shipped learned codec) is built. The cloud's
+   profile times its cloud half here. The edge's profile runs `edgesplit edge` on the emulated
+   device over the unshaped link: the time per frame it sustains through the runtime. Edge-only:
+   the whole model on the emulated device; cloud-only: the image as int8 codes (a bundle split at
+   the model's input normalization, 1,024 codes).
+2. Plan. Per bandwidth the planner (toolchain.planning) predicts the time of 100 frames streamed
+   with 8 in flight — the first frame's latency, then one frame per slowest stage — counting TCP/IP
+   headers on the link, and picks the fastest split within --max-loss.
+3. Measure. The same 100 frames end to end: `edgesplit serve` in the cloud's namespace, `edgesplit
+   edge --limit 100` in the edge's namespace and cgroup, every frame answered by the cloud (early
+   exits off, as BBNet has none); the seconds it took and the bytes the edge's interface sent.
+
+Without root the suite says so and stops; `--device host` runs the same steps on this CPU, the
+link emulated by the edge client's token bucket (no emulated device, no kernel link).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
+import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
-import numpy as np
 from rich.progress import Progress
 
 from benchmarks.common import cpu_name, parse_arguments, table, write_csv
+from benchmarks.testbed import missing_root
+from benchmarks.testbed.devices import REFERENCES, Calibration, CpuQuota, TestbedError, calibrate, quota_for, \
+    run_json, time_command
+from benchmarks.testbed.link import ADDRESSES, CLOUD, EDGE, NamespaceLink
 from calibration_data import DEFAULT_CALIBRATION
-from runtime.bundle import load_bundle
-from runtime.cloud import BackgroundServer, ServerConfig
-from runtime.edge import CLOUD, ClientConfig, EdgeClient
-from runtime.images import open_source
-from runtime.link import EmulatedLink, parse_duration, parse_rate
-from toolchain.load import load_model
+from runtime.link import parse_rate
 from toolchain.build import BuildOptions, build_engines
-from toolchain.planning import fastest, format_rate, plan_options
-from toolchain.profile import ProfileOptions, profile_target
+from toolchain.data import load_images
+from toolchain.load import load_model
+from toolchain.planning import PlanOption, fastest, format_rate, plan_options
+from toolchain.profile import ProfileOptions, candidate, profile_target
+from toolchain.split import resolve_point, trace
 
-# BBNet's range, then two faster links where earlier splits can pay off
-BANDWIDTHS = ("100kbit", "300kbit", "500kbit", "1mbit", "1500kbit", "2500kbit", "3500kbit", "10mbit", "100mbit")
+# BBNet's Table 4 range and the 20 kbit/s of its abstract
+BANDWIDTHS = ("20kbit", "100kbit", "300kbit", "500kbit", "700kbit", "1mbit", "1500kbit", "2500kbit", "3500kbit")
 QUICK_BANDWIDTHS = ("100kbit", "3500kbit")
 SPLITS = ("layer2", "layer3", "layer4", "pool")
 CODECS = ("int8", "affine:bits=4")
-CLOUD_ONLY_SPLIT = "normalize"  # the image, quantized to int8 codes, is what crosses
-LINK_SECONDS = 6.0  # emulated link time spent per row, at most
-# BBNet Table 4 (Jetson Nano + GTX 1060 PC, CIFAR-10, seconds per 100 images)
+ROOT = Path(__file__).resolve().parents[1]
+# learned codecs with committed weights: (codec label, split, checkpoint)
+LEARNED = (("bbnet-64B-shipped", "layer3", ROOT / "toolchain/zoo/resnet18w05_fmnist_layer3_codec.pt"),
+           ("bbnet-128B-searched", "layer2", ROOT / "benchmarks/results/search-layer2/best.pt"))
+CLOUD_ONLY_SPLIT = "normalize"  # the image, as int8 codes, is what crosses
+FRAMES, QUICK_FRAMES = 100, 20
+IN_FLIGHT = 8
+PROFILE_FRAMES = 60
+LINK_CHECK_BPS = 1e6
+# BBNet Table 4 (Jetson Nano + GTX 1060 PC, CIFAR-10, ResNet-18, seconds per 100 images)
 BBNET_NANO_ONLY_S = 4.7436
 BBNET_ROWS = {100: (11.378, 1.188), 300: (4.233, 1.164), 500: (2.802, 1.122), 700: (2.188, 1.097),
               900: (1.850, 1.083), 1100: (1.635, 1.074), 1300: (1.486, 1.069), 1500: (1.376, 1.064),
               2500: (1.093, 0.993), 3500: (0.970, 0.934)}
+BBNET_SPEEDUP_20KBIT = 38.89  # BBNet's abstract: vs cloud-only at 20 kbit/s
 
 
-def measure_over_link(bundle_dir: Path, frames: list, bandwidth: float, rtt_s: float, frame_bytes: float,
-                      max_frames: int) -> dict:
-    """Frames one at a time through serve + edge over an emulated uplink: latency per frame."""
-    count = max(3, min(max_frames, math.ceil(LINK_SECONDS / (8 * frame_bytes / bandwidth + rtt_s + 0.002))))
-    bundle = load_bundle(bundle_dir)
-    with BackgroundServer(bundle, ServerConfig(allow_unauthenticated=True)) as server:
-        config = ClientConfig(server.address[0], server.address[1], in_flight=1,
-                              # no burst: every frame is serialized at the link rate, BBNet's bytes / bandwidth
-                              link=EmulatedLink(bandwidth, rtt_s, burst_bytes=0), reply_timeout_s=120.0)
-        with EdgeClient(bundle, config, threads=1) as client:
-            outcomes = client.run_all(frames[:count])
-            stats = client.stats.as_dict()
-    answered = [o for o in outcomes if o.answered_by == CLOUD]
-    if len(answered) != count:
-        raise RuntimeError(f"{count - len(answered)} of {count} frames were not answered by the cloud")
-    latency = np.array([o.latency_s for o in answered]) * 1000
-    labeled = [o for o in answered if o.label is not None]
-    return {"frames": count, "wire_bytes_per_frame": stats["bytes_sent"] / count,
-            "ms_per_frame": float(latency.mean()), "ms_p50": float(np.median(latency)),
-            "runtime_accuracy": float(np.mean([o.logits.argmax() == o.label for o in labeled])) if labeled else None}
+class Testbed:
+    """Where the edge and the cloud run: an emulated device behind a kernel link, or (host) this CPU with
+    the edge client's token bucket."""
+
+    def __init__(self, calibration: Calibration | None, quota: CpuQuota | None, link: NamespaceLink | None):
+        self.calibration, self.quota, self.link = calibration, quota, link
+        self.host = ADDRESSES[CLOUD] if link else "127.0.0.1"
+
+    def words(self) -> str:
+        if self.calibration is None:
+            return "no emulated device: this CPU is edge and cloud, the uplink the edge client's token bucket"
+        return f"{self.calibration.words()}; uplink: veth between network namespaces, tbf"
+
+    def edge(self, command: list[str]) -> list[str]:
+        command = self.link.inside(EDGE, command) if self.link else command
+        return self.quota.wrap(command) if self.quota else command
+
+    def cloud(self, command: list[str]) -> list[str]:
+        return self.link.inside(CLOUD, command) if self.link else command
+
+    def uplink(self, rate: float | None) -> list[str]:
+        """Set the uplink (None: unshaped); the edge command's options for it."""
+        if self.link:
+            self.link.shape(rate)
+            return []
+        return [] if rate is None else ["--uplink", f"{int(rate)}bit", "--burst", "0"]
+
+    def uplink_bytes(self) -> int | None:
+        return self.link.uplink_bytes() if self.link else None
 
 
-def build(split: str, codec: str, target: str, work: Path, cache: dict) -> Path:
-    key = (split, codec)
-    if key not in cache:
-        output = work / f"{split}-{codec.replace(':', '_').replace('=', '')}"
-        cache[key] = build_engines(BuildOptions(target=target, cloud="cpu", split=split, codec=codec, output=output,
-                                                lossless="none", max_loss=math.inf), show_progress=False)
-    return cache[key].bundle
+def edgesplit_command() -> list[str]:
+    found = shutil.which("edgesplit")
+    return [found] if found else [sys.executable, "-m", "edgesplit"]
 
 
-def plot(output: Path, rows: list[dict]) -> None:
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(testbed: Testbed, bundle: Path, port: int, log: Path) -> subprocess.Popen:
+    """`edgesplit serve` on the cloud's side, once it listens (its messages go to `log`)."""
+    with open(log, "w") as messages:
+        server = subprocess.Popen(testbed.cloud([*edgesplit_command(), "serve", "--bundle", str(bundle), "--host",
+                                                 testbed.host, "--port", str(port), "--no-auth"]),
+                                  stderr=messages, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while "serving bundle" not in log.read_text():
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise TestbedError(f"edgesplit serve did not start: {log.read_text().strip()[-300:]}")
+        time.sleep(0.05)
+    return server
+
+
+def stream(testbed: Testbed, bundle: Path, rate: float | None, frames: int, work: Path) -> dict:
+    """`frames` frames from the edge through serve, every one answered by the cloud: seconds, bytes."""
+    port = free_port()
+    server = start_server(testbed, bundle, port, work / "serve.log")
+    summary_path = work / "edge-summary.json"
+    try:
+        options = testbed.uplink(rate)
+        before = testbed.uplink_bytes()
+        done = subprocess.run(testbed.edge([
+            *edgesplit_command(), "edge", "--bundle", str(bundle), "--server", f"{testbed.host}:{port}",
+            "--source", str(DEFAULT_CALIBRATION), "--limit", str(frames), "--in-flight", str(IN_FLIGHT),
+            "--threads", "1", "--exit-threshold", "0", "--timeout", "300", "--summary-json", str(summary_path),
+            *options]), capture_output=True, text=True)
+        after = testbed.uplink_bytes()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if done.returncode != 0 or summary.get("cloud_answers") != frames:
+        raise TestbedError(f"the edge did not get {frames} answers from the cloud: {done.stderr.strip()[-300:]}")
+    return {"seconds": summary["seconds"], "wire_bytes_per_frame": summary["wire_bytes_per_frame"],
+            "link_bytes_per_frame": None if before is None else (after - before) / frames,
+            "accuracy": summary["accuracy"]}
+
+
+def edge_only_seconds(testbed: Testbed, onnx: Path, shape: tuple[int, ...], frames: int) -> float:
+    """The whole model on the (emulated) edge, one image after another: seconds for `frames`."""
+    return run_json(testbed.edge(time_command(onnx, shape, frames, threads=1)))["ms"] * frames / 1000
+
+
+class Candidates(NamedTuple):
+    host: dict  # the profile measured here: the cloud's (and, for --device host, the edge's)
+    edge: dict  # the same candidates timed on the (emulated) edge device
+    bundles: dict  # option name -> bundle directory
+    whole_model: Path
+
+
+def learned_candidates(frames: int, work: Path) -> list[dict]:
+    """Profile entries (this machine) for the learned codecs with committed weights."""
+    model = load_model(None)
+    timed = load_images(str(DEFAULT_CALIBRATION), "test", model.spec()).inputs()[:frames]
+    graph = trace(model.module, model.spec().shape)
+    entries = []
+    for label, split, weights in LEARNED:
+        output = work / f"learned-{split}"
+        report = build_engines(BuildOptions(target="cpu", cloud="cpu", split=split, codec_weights=weights,
+                                            output=output, lossless="none", max_loss=math.inf), show_progress=False)
+        point = resolve_point(graph, report.manifest["split"]["node"])
+        entries.append(dict(candidate(point, label, "none", output, report.manifest["checks"], timed, 1),
+                            bundle=str(output)))
+    return entries
+
+
+def edge_profile(testbed: Testbed, host: dict, cloud_only: Path, whole_model: Path, work: Path) -> dict:
+    """The host profile with every edge time measured on the (emulated) edge: each bundle's edge through
+    `edgesplit edge` over the unshaped link, the whole model on its own."""
+    def ms_per_frame(bundle: Path) -> float:
+        return 1000 * stream(testbed, bundle, None, PROFILE_FRAMES, work)["seconds"] / PROFILE_FRAMES
+
+    edge = copy.deepcopy(host)
+    for entry in edge["candidates"]:
+        entry["edge"] = {"ms": ms_per_frame(Path(entry["bundle"]))}
+    factor = testbed.calibration.factor if testbed.calibration else 1.0
+    for upload in edge["cloud_only"]["uploads"]:  # PNG / JPEG are not streamed by the runtime: scaled
+        upload["encode"] = {"ms": ms_per_frame(cloud_only) if upload["format"] == "raw"
+                            else factor * upload["encode"]["ms"]}
+    edge["edge_only"]["ms"] = 1000 * edge_only_seconds(testbed, whole_model, load_model(None).spec().shape, 40) / 40
+    return edge
+
+
+def profiles(testbed: Testbed, splits, codecs, learned: bool, frames: int, work: Path) -> Candidates:
+    """Build every candidate, profile the cloud here and the edge on the testbed."""
+    host = profile_target(ProfileOptions(target="cpu", cloud="cpu", splits=splits, codecs=codecs, frames=frames,
+                                         threads=1, keep=work))
+    if learned:
+        host["candidates"] += learned_candidates(frames, work)
+    cloud_only = build_engines(BuildOptions(target="cpu", cloud="cpu", split=CLOUD_ONLY_SPLIT, codec="int8",
+                                            output=work / "cloud-only", lossless="none", max_loss=math.inf),
+                               show_progress=False)
+    bundles = {f"{c['split']} {c['codec']}": Path(c["bundle"]) for c in host["candidates"]}
+    bundles["cloud-only raw"] = cloud_only.bundle
+    whole_model = next(work.glob("whole-*-edge.onnx"))
+    return Candidates(host, edge_profile(testbed, host, cloud_only.bundle, whole_model, work), bundles, whole_model)
+
+
+def stream_cost(frames: int):
+    return lambda option: option.stream_ms(frames, IN_FLIGHT)
+
+
+def plan_row(option: PlanOption, strategy: str, rate: float, frames: int, measured_s: float, measured: dict,
+             accuracy: float | None, choice: str) -> dict:
+    predicted = option.stream_ms(frames, IN_FLIGHT) / 1000
+    return {"bandwidth": format_rate(rate), "bandwidth_bps": rate, "strategy": strategy, "option": option.name,
+            "frame_bytes": round(option.frame_bytes, 1),
+            "link_bytes_per_frame": None if measured.get("link_bytes_per_frame") is None
+            else round(measured["link_bytes_per_frame"], 1),
+            "frames": frames, "s_per_100": round(100 * measured_s / frames, 3),
+            "predicted_s_per_100": round(100 * predicted / frames, 3),
+            "prediction_error": round(predicted / measured_s - 1, 3),
+            "accuracy": None if accuracy is None else round(accuracy, 4), "planner_choice": choice}
+
+
+def measure_rows(testbed: Testbed, found: Candidates, rates: list[float], frames: int, max_loss: float,
+                 work: Path, progress: Progress) -> list[dict]:
+    rows = []
+    shape = load_model(None).spec().shape
+    task = progress.add_task("bandwidths", total=len(rates))
+    edge_only_s = edge_only_seconds(testbed, found.whole_model, shape, frames)
+    accuracy = {f"{c['split']} {c['codec']}": c["accuracy"] for c in found.host["candidates"]}
+    for rate in rates:
+        options = [o for o in plan_options(found.edge, found.host, rate, headers=True)
+                   if o.strategy != "cloud-only" or o.name == "cloud-only raw"]  # what the runtime streams
+        choice = fastest(options, max_loss, cost=stream_cost(frames)).name
+        split = fastest(options, max_loss, "split", cost=stream_cost(frames))
+        cloud_only = next(o for o in options if o.name == "cloud-only raw")
+        edge_only = next(o for o in options if o.strategy == "edge-only")
+        for strategy, option in (("cloud-only", cloud_only), ("edgesplit", split)):
+            progress.update(task, description=f"{format_rate(rate)}: {option.name}")
+            measured = stream(testbed, found.bundles[option.name], rate, frames, work)
+            rows.append(plan_row(option, strategy, rate, frames, measured["seconds"], measured,
+                                 accuracy.get(option.name, found.host["cloud_only"].get("accuracy")), choice))
+        rows.append(plan_row(edge_only, "edge-only", rate, frames, edge_only_s, {},
+                             found.host["edge_only"].get("accuracy"), choice))
+        progress.advance(task)
+    return rows
+
+
+def plot(output: Path, rows: list[dict], candidates: list[dict]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure, (times, splits) = plt.subplots(1, 2, figsize=(12, 4.5))
     for strategy, style in (("edge-only", ":"), ("cloud-only", "--"), ("edgesplit", "-")):
         chosen = [r for r in rows if r["strategy"] == strategy]
         kbits = [r["bandwidth_bps"] / 1e3 for r in chosen]
-        axes.plot(kbits, [r["s_per_100"] for r in chosen], style, marker="o", label=f"{strategy} (measured)")
-        if strategy != "edge-only":
-            axes.plot(kbits, [r["planned_ms"] / 10 for r in chosen], style, color="grey", alpha=0.5,
-                      label=f"{strategy} (planner's prediction)")
-    axes.set_xscale("log")
-    axes.set_yscale("log")
-    axes.set_xlabel("uplink (kbit/s)")
-    axes.set_ylabel("seconds per 100 frames")
-    axes.legend(fontsize=8)
-    axes.grid(True, which="both", alpha=0.3)
+        times.plot(kbits, [r["s_per_100"] for r in chosen], style, marker="o", label=f"{strategy} (measured)")
+        times.plot(kbits, [r["predicted_s_per_100"] for r in chosen], style, color="grey", alpha=0.6,
+                   label=f"{strategy} (planner)")
+    times.set_xscale("log")
+    times.set_yscale("log")
+    times.set_xlabel("uplink (kbit/s)")
+    times.set_ylabel("seconds per 100 frames")
+    times.legend(fontsize=7)
+    times.grid(True, which="both", alpha=0.3)
+    order = sorted({c["position"]: c["split"] for c in candidates}.items())
+    depth = {name: index for index, (_, name) in enumerate(order)}
+    chosen = [r for r in rows if r["strategy"] == "edgesplit"]
+    splits.plot([r["bandwidth_bps"] / 1e3 for r in chosen], [depth[r["option"].split(" ")[0]] for r in chosen],
+                "o-")
+    changes = [row for index, row in enumerate(chosen) if index == 0 or row["option"] != chosen[index - 1]["option"]]
+    for row in changes:
+        splits.annotate(row["option"].split(" ", 1)[1], (row["bandwidth_bps"] / 1e3, depth[row["option"].split(" ")[0]]),
+                        fontsize=7, textcoords="offset points", xytext=(0, 6), ha="center")
+    splits.set_yticks(range(len(order)), [name for _, name in order])
+    splits.set_xscale("log")
+    splits.set_xlabel("uplink (kbit/s)")
+    splits.set_ylabel("planner's split (deeper: up)")
+    splits.grid(True, alpha=0.3)
     figure.tight_layout()
     figure.savefig(output / "bandwidth.png", dpi=120)
     plt.close(figure)
 
 
+def arithmetic(summary: dict, rows: list[dict]) -> list[str]:
+    """Why a figure is in reach or not, from the measured numbers: what a frame costs the link alone."""
+    header = summary["frame_header_bytes"] + 66
+    lines = []
+    for row in rows:
+        if row["strategy"] != "edge-only" or row["bandwidth_bps"] > 1e5:
+            continue
+        rate = row["bandwidth_bps"]
+        floor = 100 * 8 * header / rate
+        lines.append(
+            f"- At {row['bandwidth']}, the headers of one frame alone ({summary['frame_header_bytes']} B of edgesplit's "
+            f"frame + 66 B of TCP/IPv4/Ethernet) take {floor / 100 * 1000:.1f} ms on the link: {floor:.2f} s per "
+            f"100 frames before any feature byte, against {row['s_per_100']:.2f} s for the whole model on the "
+            f"emulated edge. A split needs the link and its head both under {row['s_per_100'] / 1.5:.2f} s per "
+            "100 frames to beat edge-only 1.5x.")
+    wins = [s for s in summary["speedups"] if s["vs_best"] > 1]
+    lines.append("- The split beats both baselines at " + (", ".join(
+        f"{s['bandwidth']} ({s['vs_best']:.2f}x the better one)" for s in wins) if wins else "no bandwidth measured")
+        + "; below that the whole model on the device is faster, above it sending the image is.")
+    bbnet = {20e3: BBNET_SPEEDUP_20KBIT, 100e3: BBNET_ROWS[100][0] / BBNET_ROWS[100][1]}
+    for speedup in summary["speedups"]:
+        if speedup["bandwidth_bps"] in bbnet:
+            lines.append(f"- At {speedup['bandwidth']} the split is {speedup['vs_cloud']:.2f}x faster than "
+                         f"cloud-only (BBNet: {bbnet[speedup['bandwidth_bps']]:.2f}x).")
+    cloud = [r for r in rows if r["strategy"] == "cloud-only"]
+    if cloud:
+        lines.append(f"- Cloud-only sends {cloud[0]['frame_bytes']:.0f} B per frame (a 32x32 grayscale image as int8 "
+                     f"codes and the header) where BBNet sends CIFAR's 3,072 B: at the same bandwidth sending the "
+                     "image costs a third of BBNet's time, and so does the split's speed-up over it.")
+    return lines
+
+
 def write_report(output: Path, summary: dict, rows: list[dict]) -> None:
-    columns = ["bandwidth", "strategy", "option", "wire_bytes_per_frame", "ms_per_frame", "s_per_100", "planned_ms",
-               "accuracy", "planner_choice"]
-    best_splits = [(r["bandwidth"], r["option"]) for r in rows if r["strategy"] == "edgesplit"]
-    distinct = list(dict.fromkeys(option for _, option in best_splits))
-    split_words = (f"{distinct[0]} at every bandwidth" if len(distinct) == 1
-                   else "; ".join(f"{rate}: {option}" for rate, option in best_splits))
-    bbnet = [{"bandwidth": f"{kbps} kbps", "cloud-only s/100": cloud, "BBNet s/100": split}
-             for kbps, (cloud, split) in BBNET_ROWS.items()]
+    columns = ["bandwidth", "strategy", "option", "frame_bytes", "link_bytes_per_frame", "s_per_100",
+               "predicted_s_per_100", "prediction_error", "accuracy", "planner_choice"]
+    bbnet = [{"bandwidth": f"{kbps} kbps", "cloud-only s/100": cloud, "BBNet s/100": split,
+              "BBNet speed-up": f"{cloud / split:.2f}x"} for kbps, (cloud, split) in BBNET_ROWS.items()]
+    speedups = [{"bandwidth": s["bandwidth"], "planner's choice": s["choice"], "split vs cloud-only": f"{s['vs_cloud']:.2f}x",
+                 "split vs edge-only": f"{s['vs_edge']:.2f}x", "split vs the better baseline": f"{s['vs_best']:.2f}x"}
+                for s in summary["speedups"]]
+    calibration = summary["calibration"]
+    setup = ("no emulated device (`--device host`): this CPU is the edge and the cloud; uplink: the edge client's "
+             "token bucket" if calibration is None else
+             f"{calibration['words']}: the reference takes {calibration['here_ms']:.2f} ms here and "
+             f"{calibration['confined_ms']:.2f} ms under the quota ({calibration['quota_us']} us per "
+             f"{calibration['period_us']} us), against {calibration['published_ms']} ms published. Uplink: a veth "
+             f"between network namespaces shaped by tbf (measured {summary['link_check']['link_bps'] / 1e3:.1f} kbit/s "
+             f"at {summary['link_check']['configured_bps'] / 1e3:.0f} kbit/s configured)")
     lines = [
-        "# Latency vs bandwidth (BBNet Table 4)", "",
+        "# Time for 100 frames vs uplink bandwidth (BBNet Table 4)", "",
         f"Generated by `python -m benchmarks bandwidth` on {summary['machine']} ({summary['cpus']} CPUs, no GPU), "
-        f"{summary['date']}. This one CPU is both the edge and the cloud: edge target `{summary['target']}`, "
-        f"float accuracy {summary['float_accuracy']:.2%} on {summary['holdout_frames']} held-out Fashion-MNIST "
-        "images; uplink emulated by the edge client (token bucket), "
-        f"RTT {summary['rtt']}, frames sent one at a time.", "",
-        table(rows, columns), "",
+        f"{summary['date']}. Edge: {setup}. Cloud: `edgesplit serve` on this CPU, unconfined. "
+        f"{summary['frames']} frames per row streamed with {IN_FLIGHT} in flight, every one answered by the cloud; "
+        f"float accuracy {summary['float_accuracy']:.2%} on {summary['holdout_frames']} held-out Fashion-MNIST images.",
+        "", table(rows, columns), "",
+        "`s_per_100`: measured end to end; `predicted_s_per_100`: the planner's prediction from the two "
+        "profiles (the first frame's latency, then one frame per slowest stage; TCP/IP headers counted); "
+        "`link_bytes_per_frame`: what the edge's interface sent, headers and ACKs included.", "",
+        table(speedups, list(speedups[0]) if speedups else []), "",
         "![bandwidth](bandwidth.png)", "",
-        "BBNet's Table 4 (Jetson Nano edge, GTX 1060 PC cloud, ResNet-18 on CIFAR-10, seconds per 100 "
-        f"images; nano-only {BBNET_NANO_ONLY_S} s):", "",
-        table(bbnet, ["bandwidth", "cloud-only s/100", "BBNet s/100"]), "",
-        f"What differs: BBNet's Jetson Nano alone takes {BBNET_NANO_ONLY_S} s per 100 images and sending them "
-        f"to its GPU PC {BBNET_ROWS[3500][0]} s at 3.5 Mbps, so offloading pays once the link is fast; "
-        "here edge and cloud are the same x86 CPU and the whole model takes about a "
-        "millisecond, so edge-only wins at every bandwidth and the planner says so (`planner_choice`). The "
-        f"`edgesplit` rows are the planner's best *split* ({split_words}), measured through the runtime "
-        "beside the planner's prediction; the difference is the runtime's own cost per frame (thread "
-        "hand-offs in the edge client and the server, protocol, socket) that the planner's sum leaves out. "
-        "Images are 32x32 grayscale "
-        "(1,024 B), not CIFAR's 3,072 B, so cloud-only is cheap; BBNet's accuracy column comes from its "
-        "learned compression layer, ours from the int8/4-bit codecs profiled.",
+        f"BBNet's Table 4 (Jetson Nano edge, GTX 1060 PC cloud, ResNet-18 on CIFAR-10, seconds per 100 images; "
+        f"Nano alone {BBNET_NANO_ONLY_S} s; {BBNET_SPEEDUP_20KBIT}x over cloud-only at 20 kbit/s in its abstract):", "",
+        table(bbnet, ["bandwidth", "cloud-only s/100", "BBNet s/100", "BBNet speed-up"]), "",
+        "## What the numbers allow", "", *arithmetic(summary, rows),
     ]
     (output / "RESULTS.md").write_text("\n".join(lines) + "\n")
 
 
+def speedup_rows(rows: list[dict]) -> list[dict]:
+    result = []
+    for rate in dict.fromkeys(r["bandwidth_bps"] for r in rows):
+        by = {r["strategy"]: r for r in rows if r["bandwidth_bps"] == rate}
+        split, cloud, edge = by["edgesplit"]["s_per_100"], by["cloud-only"]["s_per_100"], by["edge-only"]["s_per_100"]
+        result.append({"bandwidth": by["edgesplit"]["bandwidth"], "bandwidth_bps": rate, "choice": by["edgesplit"]["planner_choice"],
+                       "vs_cloud": cloud / split, "vs_edge": edge / split, "vs_best": min(cloud, edge) / split})
+    return result
+
+
+def open_testbed(device: str, work: Path, stack) -> Testbed:
+    """Calibrate the device and build the link; the host testbed where `device` is 'host'."""
+    if device == "host":
+        return Testbed(None, None, None)
+    reason = missing_root()
+    if reason:
+        raise TestbedError(f"{reason}; or measure without an emulated device: --device host")
+    calibration = calibrate(device, work)
+    period, quota = quota_for(calibration.factor)
+    return Testbed(calibration, stack.enter_context(CpuQuota(device, period, quota)),
+                   stack.enter_context(NamespaceLink()))
+
+
 def main() -> None:
+    from contextlib import ExitStack
+
     def options(parser):
-        parser.add_argument("--target", default="cpu", help="Edge target whose backends are profiled.")
-        parser.add_argument("--rtt", default="0ms", help="Round trip added by the emulated link (BBNet: none).")
+        parser.add_argument("--device", default="jetson-nano", choices=(*REFERENCES, "host"),
+                            help="The emulated edge device (root), or host: this CPU, token-bucket uplink.")
         parser.add_argument("--max-loss", type=float, default=1.0, help="Accuracy points a split may lose.")
 
-    args = parse_arguments(__doc__, "bandwidth", "Two splits, one codec, two bandwidths, few frames.", options)
-    bandwidths = [parse_rate(b) for b in (QUICK_BANDWIDTHS if args.quick else BANDWIDTHS)]
-    rtt_s = parse_duration(args.rtt)
-    splits, codecs = (SPLITS[-2:], CODECS[:1]) if args.quick else (SPLITS, CODECS)
-    profile = profile_target(ProfileOptions(target=args.target, cloud="cpu", splits=splits, codecs=codecs,
-                                            frames=20 if args.quick else 200))
-    (args.output / "profile.json").write_text(json.dumps(profile, indent=1) + "\n")
-    source = list(open_source(str(DEFAULT_CALIBRATION), load_model(None).spec()))
-    max_frames = 10 if args.quick else 100
-    float_accuracy = profile["data"]["float_accuracy"]
-    rows, bundles = [], {}
-    with Progress() as progress, tempfile.TemporaryDirectory() as scratch:
-        work = Path(scratch)
-        task = progress.add_task("bandwidths", total=len(bandwidths))
-        for bandwidth in bandwidths:
-            options = plan_options(profile, profile, bandwidth, 1000 * rtt_s)
-            planner_choice = fastest(options, args.max_loss).name
-            best_split = fastest(options, args.max_loss, "split")
-            cloud_only_raw = next(o for o in options if o.name == "cloud-only raw")
-            edge_only = next(o for o in options if o.strategy == "edge-only")
-            split_name, codec = best_split.name.rsplit(" ", 1)
-            candidates = [(CLOUD_ONLY_SPLIT, "int8", "cloud-only", "image as int8 codes", cloud_only_raw),
-                          (split_name, codec, "edgesplit", best_split.name, best_split)]
-            for split, codec_spec, strategy, label, option in candidates:
-                bundle_dir = build(split, codec_spec, args.target, work, bundles)
-                manifest = bundles[(split, codec_spec)].manifest
-                measured = measure_over_link(bundle_dir, source, bandwidth, rtt_s, option.frame_bytes, max_frames)
-                rows.append({"bandwidth": format_rate(bandwidth), "bandwidth_bps": bandwidth, "strategy": strategy,
-                             "option": label, "wire_bytes_per_frame": round(measured["wire_bytes_per_frame"], 1),
-                             "frames": measured["frames"], "ms_per_frame": round(measured["ms_per_frame"], 2),
-                             "s_per_100": round(measured["ms_per_frame"] / 10, 3),
-                             "planned_ms": round(option.total_ms, 2),
-                             "accuracy": round(manifest["checks"]["bundle_accuracy"], 4),
-                             "planner_choice": planner_choice})
-            rows.append({"bandwidth": format_rate(bandwidth), "bandwidth_bps": bandwidth, "strategy": "edge-only",
-                         "option": "whole model on the edge", "wire_bytes_per_frame": 0.0,
-                         "frames": profile["data"]["timed_frames"], "ms_per_frame": round(edge_only.edge_ms, 3),
-                         "s_per_100": round(edge_only.edge_ms / 10, 4), "planned_ms": round(edge_only.total_ms, 3),
-                         "accuracy": round(profile["edge_only"]["accuracy"], 4), "planner_choice": planner_choice})
-            progress.advance(task)
+    args = parse_arguments(__doc__, "bandwidth", "Two bandwidths, one split, few frames.", options)
+    rates = [parse_rate(b) for b in (QUICK_BANDWIDTHS if args.quick else BANDWIDTHS)]
+    splits, codecs = (SPLITS[-2:-1], CODECS[:1]) if args.quick else (SPLITS, CODECS)
+    frames = QUICK_FRAMES if args.quick else FRAMES
+    with ExitStack() as stack, Progress() as progress:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        try:
+            testbed = open_testbed(args.device, work, stack)
+            found = profiles(testbed, splits, codecs, not args.quick, 20 if args.quick else 200, work)
+            link_check = None
+            if testbed.link:  # long enough that the one-packet burst does not count
+                testbed.link.shape(LINK_CHECK_BPS)
+                link_check = testbed.link.measure_rate(int(LINK_CHECK_BPS / 8 * 2))
+            rows = measure_rows(testbed, found, rates, frames, args.max_loss, work, progress)
+        except TestbedError as error:
+            sys.exit(f"error: {error}")
+    for side, profile in (("cloud", found.host), ("edge", found.edge)):  # without the bundles' scratch paths
+        kept = dict(profile, candidates=[{k: v for k, v in c.items() if k != "bundle"} for c in profile["candidates"]])
+        (args.output / f"profile-{side}.json").write_text(json.dumps(kept, indent=1) + "\n")
+    from runtime.protocol import frame_bytes
+
     summary = {"quick": args.quick, "machine": cpu_name(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
-               "target": args.target, "rtt": args.rtt, "float_accuracy": float_accuracy,
-               "holdout_frames": profile["data"]["holdout_frames"], "rows": rows}
+               "device": args.device, "testbed": testbed.words(),
+               "calibration": None if testbed.calibration is None else testbed.calibration.as_dict(),
+               "link_check": link_check, "frames": frames, "in_flight": IN_FLIGHT,
+               "frame_header_bytes": frame_bytes(0, 3), "float_accuracy": found.host["data"]["float_accuracy"],
+               "holdout_frames": found.host["data"]["holdout_frames"], "speedups": speedup_rows(rows), "rows": rows}
     write_csv(args.output / "bandwidth.csv", rows)
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(args.output, rows)
+    plot(args.output, rows, found.host["candidates"])
     write_report(args.output, summary, rows)
-    print(table(rows, ["bandwidth", "strategy", "option", "wire_bytes_per_frame", "ms_per_frame", "planned_ms",
-                       "planner_choice"]))
+    print(table(rows, ["bandwidth", "strategy", "option", "s_per_100", "predicted_s_per_100", "planner_choice"]))
     print(f"wrote {args.output}/RESULTS.md")
 
 

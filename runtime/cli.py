@@ -150,9 +150,8 @@ def _edge_session(bundle, config, frames, fps=None, threads=None):
     from runtime.images import paced
 
     outcomes = []
-    started = time.monotonic()
     with EdgeClient(bundle, config, threads=threads) as client:
-        last_report = started
+        started = last_report = time.monotonic()  # the frames' time, not the backend's loading
         for outcome in client.run(paced(frames, fps)):
             outcomes.append(outcome)
             if time.monotonic() - last_report >= 2.0:

@@ -15,12 +15,16 @@ import json
 import math
 from pathlib import Path
 from statistics import NormalDist
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from runtime.protocol import frame_bytes
 from toolchain.errors import EdgesplitError
 
 PROFILE_FORMAT = "edgesplit-profile/2"  # what `edgesplit profile` writes (2: devices per half)
+# What a frame costs a TCP link beyond its own bytes: Ethernet 14 + IPv4 20 + TCP 20 + timestamps 12
+# per segment of at most 1448 bytes (MTU 1500)
+SEGMENT_OVERHEAD_BYTES = 66
+SEGMENT_BYTES = 1448
 PROFILE_KEYS = ("target", "devices", "device", "model", "data", "candidates", "edge_only", "cloud_only")
 
 
@@ -37,6 +41,12 @@ class PlanOption(NamedTuple):
     @property
     def total_ms(self) -> float:
         return self.edge_ms + self.upload_ms + self.cloud_ms
+
+    def stream_ms(self, frames: int, in_flight: int) -> float:
+        """Time for `frames` sent back to back, at most `in_flight` unanswered: the first frame's latency,
+        then one frame per slowest stage — or per round trip / in_flight where the window is the limit."""
+        step = max(self.edge_ms, self.upload_ms, self.cloud_ms, self.total_ms / in_flight)
+        return self.total_ms + (frames - 1) * step
 
 
 class Decision(NamedTuple):
@@ -90,18 +100,24 @@ def _loss(float_accuracy: float | None, accuracy: float | None) -> float | None:
     return 100 * (float_accuracy - accuracy)
 
 
+def link_bytes(frame: float) -> float:
+    """A frame's bytes on a TCP/IPv4 Ethernet link: its own and one set of headers per segment."""
+    return frame + SEGMENT_OVERHEAD_BYTES * max(1, math.ceil(frame / SEGMENT_BYTES))
+
+
 def plan_options(edge: dict, cloud: dict, bandwidth: float, rtt_ms: float = 0.0,
-                 edge_slowdown: float = 1.0) -> list[PlanOption]:
+                 edge_slowdown: float = 1.0, headers: bool = False) -> list[PlanOption]:
     """Every option at one bandwidth (bits/s), splits in graph order between the two baselines.
 
     `edge_slowdown` scales every edge time: a what-if for a device slower than the one profiled.
+    `headers` counts TCP/IP headers on the link (`link_bytes`), which BBNet's bytes / bandwidth leaves out.
 
     A split's accuracy depends on both halves' precisions; each profile measured it with its
     own target's pair, and the larger loss of the two is taken."""
     float_accuracy = edge["data"]["float_accuracy"]
 
     def upload(frame: float) -> float:
-        return 1000 * 8 * frame / bandwidth + rtt_ms
+        return 1000 * 8 * (link_bytes(frame) if headers else frame) / bandwidth + rtt_ms
 
     options = []
     uploads_cloud = {u["format"]: u for u in cloud["cloud_only"]["uploads"]}
@@ -137,15 +153,17 @@ def within(option: PlanOption, max_loss: float) -> bool:
     return option.loss_points is None or option.loss_points <= max_loss
 
 
-def fastest(options: list[PlanOption], max_loss: float, strategy: str | None = None) -> PlanOption:
-    """The least total time among options (of `strategy`, if given) losing at most `max_loss` points."""
+def fastest(options: list[PlanOption], max_loss: float, strategy: str | None = None,
+            cost: Callable[[PlanOption], float] = lambda option: option.total_ms) -> PlanOption:
+    """The least cost (default: one frame's latency) among options (of `strategy`, if given) losing at most
+    `max_loss` points."""
     allowed = [o for o in options if within(o, max_loss) and strategy in (None, o.strategy)]
     if not allowed:
         kind = "option" if strategy is None else f"{strategy} option"
         raise EdgesplitError(f"no {kind} loses at most {max_loss} accuracy points; the least is "
                              f"{min(o.loss_points for o in options):.2f} — raise --max-loss")
     # equal latency: the deeper split, which sends less and leaves the cloud more headroom
-    return min(allowed, key=lambda o: (o.total_ms, -o.position))
+    return min(allowed, key=lambda o: (cost(o), -o.position))
 
 
 def decide(options: list[PlanOption], bandwidth: float, max_loss: float) -> Decision:

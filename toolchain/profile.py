@@ -56,6 +56,7 @@ class ProfileOptions(NamedTuple):
     calib: str | None = None
     frames: int = 200  # frames timed per half
     threads: int | None = None
+    keep: Path | None = None  # keep the bundles (their paths are in the profile) and whole-model files here
 
 
 def default_points(points: list[SplitPoint]) -> list[SplitPoint]:
@@ -96,6 +97,17 @@ def check_backends_here(devices: Deployment) -> None:
             raise EdgesplitError(f"profiling times the {role} half on {device.name}'s backend, which cannot run "
                                  f"here: {reason}; run `edgesplit profile` on that device and give the JSON to "
                                  "`edgesplit plan`, or profile another device here (--target / --cloud)")
+
+
+def candidate(point: SplitPoint, codec: str, lossless: str, bundle: Path, checks: dict, timed: np.ndarray,
+              threads: int | None) -> dict:
+    """One profile entry: a built bundle's bytes, both halves' time per frame and its accuracy."""
+    measured = measure_bundle(bundle, timed, threads)
+    return {"split": point.module or point.node, "node": point.node, "position": point.position,
+            "shape": list(point.shape), "codec": codec, "lossless": lossless,
+            "payload_bytes": measured["payload_bytes"], "frame_bytes": measured["frame_bytes"],
+            "edge": measured["edge"], "cloud": measured["cloud"],
+            "accuracy": checks.get("bundle_accuracy"), "top1_agreement": checks["top1_agreement"]}
 
 
 def measure_bundle(path: Path, inputs: np.ndarray, threads: int | None) -> dict:
@@ -173,7 +185,7 @@ def profile_target(options: ProfileOptions) -> dict:
     steps = len(points) * len(options.codecs) + 3
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns) as progress, tempfile.TemporaryDirectory() as scratch:
-        work = Path(scratch)
+        work = options.keep or Path(scratch)
         task = progress.add_task("profiling", total=steps)
         for point in points:
             for codec in options.codecs:
@@ -184,15 +196,10 @@ def profile_target(options: ProfileOptions) -> dict:
                     target=devices.edge.name, cloud=devices.cloud.name, split=point.node, codec=codec,
                     lossless=options.lossless,
                     calib=options.calib, output=output, max_loss=math.inf), show_progress=False)
-                measured = measure_bundle(output, timed, options.threads)
-                checks = report.manifest["checks"]
-                candidates.append({
-                    "split": point.module or point.node, "node": point.node, "position": point.position,
-                    "shape": list(point.shape), "codec": codec, "lossless": options.lossless,
-                    "payload_bytes": measured["payload_bytes"], "frame_bytes": measured["frame_bytes"],
-                    "edge": measured["edge"], "cloud": measured["cloud"],
-                    "accuracy": checks.get("bundle_accuracy"), "top1_agreement": checks["top1_agreement"],
-                })
+                candidates.append(candidate(point, codec, options.lossless, output, report.manifest["checks"], timed,
+                                            options.threads))
+                if options.keep:
+                    candidates[-1]["bundle"] = str(output)
                 progress.advance(task)
         progress.update(task, description="whole model on the edge backend")
         edge_only = measure_whole_model(

@@ -1,0 +1,234 @@
+"""Emulated edge devices: a process confined to a CPU quota that makes it as slow as the device.
+
+The factor is calibrated, not guessed: a reference model with a published time on the device is
+timed here on the emulated edge's backend (ONNX Runtime, the threads the edge uses), and
+
+    factor K = published ms per image on the device / ms per image here
+    quota    = period / K of one core      (cgroup CPU bandwidth control)
+
+K is corrected once by the reference's time under that quota (scheduling at period edges costs a
+little), so the reference model, run under the quota, takes the device's published time — which
+`calibrate` measures and reports beside the target. Timings of other models under the quota
+are then what that device would take if it were K times slower than this CPU at everything.
+That is the assumption, and every result measured this way names it.
+
+`python -m benchmarks.testbed.devices time ONNX --shape C,H,W` times one ONNX file at batch 1
+(the child process `calibrate` confines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+PERIOD_US = 10_000  # short periods keep per-frame timings smooth (a 47 ms frame spans ~5 periods)
+MIN_QUOTA_US = 1_000  # the kernel refuses a smaller cpu.cfs_quota_us
+WARMUP_FRAMES = 5
+
+
+class TestbedError(Exception):
+    """A testbed step that cannot go on; its message is the one line users see."""
+
+
+class Reference(NamedTuple):
+    device: str  # the edge target it stands for
+    model: str
+    build: Callable  # () -> torch module, weights irrelevant to its time
+    input_shape: tuple[int, ...]
+    published_ms: float  # per image, on the device
+    source: str
+
+
+def _cifar_resnet18():
+    from toolchain.models import CifarResNet18
+
+    return CifarResNet18(width=1.0, in_channels=3)
+
+
+REFERENCES = {
+    "jetson-nano": Reference(
+        "jetson-nano", "CIFAR ResNet-18 (3x3 stem, 3x32x32)", _cifar_resnet18, (3, 32, 32), 47.436,
+        "BBNet (Zhou et al., Sensors 2021, 21(13):4494), Table 4: Jetson Nano alone, "
+        "4.7436 s per 100 CIFAR-10 images"),
+}
+
+
+class Calibration(NamedTuple):
+    device: str
+    factor: float
+    here_ms: float  # the reference model, this machine, unconfined
+    published_ms: float
+    confined_ms: float  # the reference model under the quota: should be published_ms
+    period_us: int
+    quota_us: int
+    threads: int
+    source: str
+
+    def words(self) -> str:
+        return f"emulated {self.device}, factor {self.factor:.2f}, calibrated from {self.source}"
+
+    def as_dict(self) -> dict:
+        return dict(self._asdict(), words=self.words())
+
+
+def reference(device: str) -> Reference:
+    if device not in REFERENCES:
+        raise TestbedError(f"no published reference time for {device!r}; emulated devices: {', '.join(REFERENCES)}")
+    return REFERENCES[device]
+
+
+def slowdown(published_ms: float, here_ms: float, device: str = "the device") -> float:
+    """K: how many times slower the device is than this machine on the reference model."""
+    if here_ms <= 0 or published_ms <= 0:
+        raise TestbedError(f"times must be positive, got {published_ms} ms published and {here_ms} ms here")
+    factor = published_ms / here_ms
+    if factor < 1:
+        raise TestbedError(f"this machine takes {here_ms:.1f} ms for the reference model, slower than {device}'s "
+                           f"published {published_ms:.1f} ms: a quota can only slow a process down")
+    return factor
+
+
+def quota_for(factor: float, cores: float = 1.0) -> tuple[int, int]:
+    """(period, quota) in microseconds giving `cores / factor` of the CPU, the quota above the kernel's minimum."""
+    period = max(PERIOD_US, math.ceil(MIN_QUOTA_US * factor / cores))
+    return period, round(period * cores / factor)
+
+
+def cgroup_root() -> Path | None:
+    """The cpu controller's directory: cgroup v1's /sys/fs/cgroup/cpu, or the v2 root when it offers cpu."""
+    v1 = Path("/sys/fs/cgroup/cpu")
+    if (v1 / "cpu.cfs_quota_us").exists():
+        return v1
+    v2 = Path("/sys/fs/cgroup")
+    controllers = v2 / "cgroup.controllers"
+    if controllers.exists() and "cpu" in controllers.read_text().split():
+        return v2
+    return None
+
+
+class CpuQuota:
+    """A cgroup whose processes share `quota_us` of CPU time per `period_us`; removed on exit."""
+
+    def __init__(self, name: str, period_us: int, quota_us: int) -> None:
+        root = cgroup_root()
+        if root is None:
+            raise TestbedError("no writable cgroup cpu controller (/sys/fs/cgroup/cpu or cgroup v2 with cpu.max)")
+        self.v1 = root.name == "cpu"
+        self.path = root / f"edgesplit-{name}"
+        self.period_us, self.quota_us = period_us, quota_us
+
+    def __enter__(self) -> "CpuQuota":
+        self.path.mkdir(exist_ok=True)
+        if self.v1:
+            (self.path / "cpu.cfs_period_us").write_text(str(self.period_us))
+            (self.path / "cpu.cfs_quota_us").write_text(str(self.quota_us))
+        else:
+            (self.path.parent / "cgroup.subtree_control").write_text("+cpu")
+            (self.path / "cpu.max").write_text(f"{self.quota_us} {self.period_us}")
+        return self
+
+    def wrap(self, command: list[str]) -> list[str]:
+        """`command` started inside the cgroup (the shell joins it, then becomes the command)."""
+        tasks = self.path / ("tasks" if self.v1 else "cgroup.procs")
+        return ["sh", "-c", f'echo $$ > "{tasks}" && exec "$@"', "confined", *command]
+
+    def __exit__(self, *_) -> None:
+        for _ in range(50):  # the last task may still be exiting
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.1)
+
+
+def time_command(onnx: Path, shape: tuple[int, ...], frames: int, threads: int) -> list[str]:
+    shape_words = ",".join(map(str, shape))
+    return [sys.executable, "-m", "benchmarks.testbed.devices", "time", str(onnx), "--shape", shape_words,
+            "--frames", str(frames), "--threads", str(threads)]
+
+
+def run_json(command: list[str]) -> dict:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise TestbedError(f"{' '.join(command[:6])} … failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def export_reference(device: str, work: Path) -> Path:
+    import torch
+
+    from toolchain.export import export_onnx
+
+    ref = reference(device)
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"reference-{device}.onnx"
+    if not path.exists():
+        export_onnx(ref.build().eval(), (torch.zeros(1, *ref.input_shape),), path, 17, ("image",), ("logits",), {})
+    return path
+
+
+def time_confined(device: str, command: list[str], factor: float) -> float:
+    period, quota = quota_for(factor)
+    with CpuQuota(f"calibrate-{device}", period, quota) as confined:
+        return run_json(confined.wrap(command))["ms"]
+
+
+def calibrate(device: str, work: Path, threads: int = 1, frames: int = 40) -> Calibration:
+    """Time the reference here, derive the quota, and time it again under the quota."""
+    ref = reference(device)
+    command = time_command(export_reference(device, work), ref.input_shape, frames, threads)
+    here_ms = run_json(command)["ms"]
+    factor = slowdown(ref.published_ms, here_ms, device)
+    confined_ms = time_confined(device, command, factor)
+    factor = max(1.0, factor * ref.published_ms / confined_ms)  # again, for what the quota itself costs
+    confined_ms = time_confined(device, command, factor)
+    period, quota = quota_for(factor)
+    return Calibration(device, factor, here_ms, ref.published_ms, confined_ms, period, quota, threads, ref.source)
+
+
+def time_onnx(path: Path, shape: tuple[int, ...], frames: int, threads: int) -> float:
+    """Milliseconds per image through ONNX Runtime at batch 1, after a warm-up: the whole run over its
+    frames (under a quota single frames fall on either side of a period edge; the mean does not care)."""
+    import numpy as np
+
+    from runtime.backends.onnxrt.runner import OnnxRuntimeRunner
+
+    feed = {"image": np.random.default_rng(0).random((1, *shape), dtype=np.float32)}
+    with OnnxRuntimeRunner(path, threads=threads) as runner:
+        for _ in range(WARMUP_FRAMES):
+            runner.infer(feed)
+        started = time.perf_counter()
+        for _ in range(frames):
+            runner.infer(feed)
+        return 1000 * (time.perf_counter() - started) / frames
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    timing = commands.add_parser("time", help="Mean ms per image of one ONNX file at batch 1, as JSON.")
+    timing.add_argument("onnx", type=Path)
+    timing.add_argument("--shape", required=True, help="C,H,W")
+    timing.add_argument("--frames", type=int, default=40)
+    timing.add_argument("--threads", type=int, default=1)
+    calibration = commands.add_parser("calibrate", help="Calibrate a device's factor here (root).")
+    calibration.add_argument("device", choices=sorted(REFERENCES))
+    calibration.add_argument("--work", type=Path, default=Path("/tmp"))
+    args = parser.parse_args()
+    if args.command == "time":
+        shape = tuple(int(size) for size in args.shape.split(","))
+        print(json.dumps({"ms": time_onnx(args.onnx, shape, args.frames, args.threads)}))
+    else:
+        print(json.dumps(calibrate(args.device, args.work).as_dict(), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The testbed: emulated devices (cgroup quota calibrated from a published time) and kernel links."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.testbed import missing_root
+from benchmarks.testbed.devices import REFERENCES, TestbedError, calibrate, quota_for, slowdown
+from benchmarks.testbed.link import NamespaceLink
+
+needs_root = pytest.mark.skipif(missing_root() is not None, reason=f"{missing_root()}")
+
+
+def test_the_factor_is_the_published_time_over_the_time_here():
+    assert slowdown(47.436, 11.859) == pytest.approx(4.0)
+    assert quota_for(4.0) == (10_000, 2_500)  # a quarter of a core
+    assert quota_for(20.0) == (20_000, 1_000)  # the period grows so the quota stays above the kernel's 1 ms
+    assert quota_for(4.0, cores=2) == (10_000, 5_000)
+    with pytest.raises(TestbedError, match="slower than the jetson-nano's published 10.0 ms: a quota can only slow"):
+        slowdown(10.0, 12.5, "the jetson-nano")
+    with pytest.raises(TestbedError, match="times must be positive"):
+        slowdown(47.4, 0.0)
+
+
+def test_every_reference_names_its_source():
+    for device, reference in REFERENCES.items():
+        assert reference.device == device and reference.published_ms > 0 and "Table" in reference.source
+
+
+def test_without_root_the_testbed_says_why(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert missing_root().startswith("the testbed needs root (cgroup CPU quotas and network namespaces)")
+
+
+@needs_root
+def test_the_quota_makes_the_reference_model_as_slow_as_the_device(tmp_path):
+    calibration = calibrate("jetson-nano", tmp_path, frames=30)
+    assert calibration.factor > 1
+    # under the quota the reference takes the device's published time
+    assert calibration.confined_ms == pytest.approx(calibration.published_ms, rel=0.15)
+    assert calibration.words().startswith(f"emulated jetson-nano, factor {calibration.factor:.2f}, calibrated from BBNet")
+
+
+@needs_root
+def test_the_namespace_link_runs_at_its_configured_rate():
+    with NamespaceLink(prefix="es-test") as link:
+        link.shape(1e6)
+        measured = link.measure_rate(250_000)
+        assert measured["link_bps"] == pytest.approx(1e6, rel=0.10)  # every byte on the wire, headers too
+        assert measured["goodput_bps"] < measured["link_bps"]
+        link.shape(None)
+        assert link.measure_rate(2_000_000)["link_bps"] > 20e6  # unshaped: no longer the bottleneck
+
+
+def test_codes_compare_allows_one_code_and_reports_the_mismatched_share():
+    from benchmarks.testbed.compare_codes import compare
+
+    reference = np.zeros((4, 8, 2, 2), np.uint8)
+    other = reference.copy()
+    other[0, 0, 0, 0] = 1
+    result = compare(reference, other)
+    assert (result["max_code_difference"], result["equal_images"]) == (1, 3)
+    assert result["mismatched_fraction"] == pytest.approx(1 / reference.size)
+    other[1, 0, 0, 0] = 3
+    assert compare(reference, other)["max_code_difference"] == 3
+    assert compare(reference, other[:2])["same_shape"] is False
+
+
+@pytest.mark.skipif(missing_root() is not None or not os.environ.get("EDGESPLIT_AARCH64"),
+                    reason="builds an arm64 userland under QEMU (~25 min the first time, root): "
+                           "set EDGESPLIT_AARCH64=1 to run benchmarks/testbed/aarch64.sh")
+def test_the_pi_edge_half_computes_the_same_codes_on_aarch64(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "benchmarks/testbed/aarch64.sh"
+    done = subprocess.run([str(script), os.environ.get("EDGESPLIT_AARCH64_WORK", str(tmp_path))],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert '"max_code_difference": ' in done.stdout and "aarch64: (200," in done.stdout

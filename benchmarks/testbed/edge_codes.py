@@ -5,6 +5,7 @@ and inside the aarch64 userland (`aarch64.sh`), where only the installed wheel (
 """
 
 import argparse
+import os
 import platform
 from itertools import islice
 
@@ -21,12 +22,16 @@ def main() -> None:
     parser.add_argument("--source", required=True)
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--output", required=True)
+    parser.add_argument("--kernels", choices=("xnnpack", "builtin"), default="xnnpack",
+                        help="TFLite's XNNPACK delegate (the default) or its builtin kernels.")
     args = parser.parse_args()
     bundle = open_bundle(args.bundle)
     images = np.stack([frame.image for frame in islice(open_source(args.source, bundle.input_spec()), args.limit)])
-    codes = EdgeHalf(bundle, threads=1).codes(images)
-    np.savez(args.output, codes=codes, machine=platform.machine())
-    print(f"{platform.machine()}: {codes.shape} codes of {len(images)} images -> {args.output}")
+    codes = EdgeHalf(bundle, threads=1, xnnpack=args.kernels == "xnnpack").codes(images)
+    emulated = os.environ.get("QEMU_CPU")  # set by aarch64.sh: the core QEMU emulates
+    run = f"{platform.machine()} {args.kernels}" + (f" ({emulated} under QEMU)" if emulated else "")
+    np.savez(args.output, codes=codes, run=run)
+    print(f"{run}: {codes.shape} codes of {len(images)} images -> {args.output}")
 
 
 if __name__ == "__main__":

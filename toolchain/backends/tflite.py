@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtime.backends.tflite.runner import load_interpreter_class
+from runtime.backends.tflite.runner import load_interpreter_module
 from runtime.inputs import PIXEL_RANGE
 from runtime.local import quantize_int8
 from toolchain.backends import Exporter, Half, WholeModel, tensor_spec
@@ -109,7 +109,7 @@ def convert_and_quantize(module: nn.Module, calibration: np.ndarray, path: Path)
         except Exception as error:  # the converter raises many types; the build must name the stage
             raise EdgesplitError(f"litert-torch cannot convert the edge half: {first_line(error)}") from error
         converted.export(str(float_path))
-        interpreter = load_interpreter_class()(model_path=str(float_path))
+        interpreter = load_interpreter_module().Interpreter(model_path=str(float_path))
         input_key = interpreter.get_signature_list()["serving_default"]["inputs"][0]
         samples = [{input_key: nhwc_calibration[i:i + 1]} for i in range(len(nhwc_calibration))]
         try:
@@ -130,7 +130,7 @@ def convert_int8(module: nn.Module, calibration: np.ndarray, path: Path) -> TFLi
     remaining = float_ops(ops)
     if remaining:
         raise EdgesplitError(f"the int8 TFLite edge half still has float ops, not shipped: {'; '.join(remaining)}")
-    interpreter = load_interpreter_class()(model_path=str(path))
+    interpreter = load_interpreter_module().Interpreter(model_path=str(path))
     (inputs,) = interpreter.get_input_details()
     # the features are the 4-D output; an exit branch adds a 2-D one
     outputs = next(d for d in interpreter.get_output_details() if len(d["shape"]) == 4)

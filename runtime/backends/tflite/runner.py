@@ -14,13 +14,13 @@ from runtime.errors import BundleError
 INTERPRETERS = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
 
 
-def load_interpreter_class():
-    """The first TFLite interpreter importable here, in the order of INTERPRETERS."""
+def load_interpreter_module():
+    """The first TFLite interpreter module importable here, in the order of INTERPRETERS."""
     import importlib
 
     for module_name in INTERPRETERS:
         try:
-            return importlib.import_module(module_name).Interpreter
+            return importlib.import_module(module_name)
         except ImportError:
             continue
     raise BundleError("the tflite backend needs a TFLite interpreter: pip install ai-edge-litert "
@@ -28,10 +28,13 @@ def load_interpreter_class():
 
 
 class TFLiteRunner(Runner):
-    def __init__(self, path, threads: Optional[int] = None):
-        interpreter_class = load_interpreter_class()
+    def __init__(self, path, threads: Optional[int] = None, xnnpack: bool = True):
+        """`xnnpack=False`: TFLite's builtin kernels only (int8 rounding differs a little between the two)."""
+        module = load_interpreter_module()
+        options = {} if xnnpack else {"experimental_op_resolver_type":
+                                      module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
         try:
-            self.interpreter = interpreter_class(model_path=str(path), num_threads=threads or 1)
+            self.interpreter = module.Interpreter(model_path=str(path), num_threads=threads or 1, **options)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
             raise BundleError("TFLite cannot load {}: {}".format(path, error)) from error

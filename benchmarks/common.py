@@ -20,7 +20,10 @@ def parse_arguments(doc: str, suite: str, quick_help: str, add_options=None) -> 
     if add_options is not None:
         add_options(parser)
     args = parser.parse_args()
-    args.output.mkdir(parents=True, exist_ok=True)
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--output {args.output}: {error.strerror} (a folder is expected)")
     return args
 
 

@@ -42,11 +42,14 @@ class PlanOption(NamedTuple):
     def total_ms(self) -> float:
         return self.edge_ms + self.upload_ms + self.cloud_ms
 
-    def stream_ms(self, frames: int, in_flight: int) -> float:
+    def stream_ms(self, frames: int, in_flight: int, burst_ms: float = 0.0) -> float:
         """Time for `frames` sent back to back, at most `in_flight` unanswered: the first frame's latency,
-        then one frame per slowest stage — or per round trip / in_flight where the window is the limit."""
+        then one frame per slowest stage — or per round trip / in_flight where the window is the limit.
+        A token-bucket link passes its first burst (`burst_ms` at its rate) at once: where the link is the
+        slowest stage, the stream ends that much sooner."""
         step = max(self.edge_ms, self.upload_ms, self.cloud_ms, self.total_ms / in_flight)
-        return self.total_ms + (frames - 1) * step
+        saved = min(burst_ms, (frames - 1) * step) if 0 < self.upload_ms == step else 0.0
+        return self.total_ms + (frames - 1) * step - saved
 
 
 class Decision(NamedTuple):

@@ -9,18 +9,20 @@
 # kept there and reused). Writes benchmarks/results/aarch64/{aarch64.log,codes.json}. Emulated timings
 # mean nothing: what counts is that it installs and computes the same codes.
 set -euo pipefail
+case "${1:-}" in -*) sed -n '2,10s/^# \{0,1\}//p' "$0"; exit 2;; esac
 WORK=${1:-/var/tmp/edgesplit-aarch64}
 ROOTFS=$WORK/rootfs
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 RESULTS=$REPO/benchmarks/results/aarch64
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 IMAGES=200
+if [ "$(id -u)" != 0 ]; then echo "error: needs root (binfmt_misc, debootstrap, chroot)" >&2; exit 2; fi
 mkdir -p "$WORK" "$RESULTS"
-exec > >(tee "$RESULTS/aarch64.log") 2>&1
+exec > >(tee "$WORK/aarch64.log") 2>&1  # copied to $RESULTS when the run succeeds
 step() { echo "== $(date -u +%H:%M:%S) $*"; }
 
 step "host: $(uname -m), $(. /etc/os-release; echo "$PRETTY_NAME")"
-if [ "$(id -u)" != 0 ]; then echo "needs root (binfmt_misc, debootstrap, chroot)"; exit 2; fi
+
 step "qemu-user-static, debootstrap, binfmt-support"
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static debootstrap binfmt-support >/dev/null
 [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
@@ -78,3 +80,4 @@ step "compare"
   --output "$RESULTS/codes.json" "$WORK/codes-x86_64-xnnpack.npz" "$WORK/codes-aarch64-cortex-a72.npz" \
   "$WORK/codes-aarch64-cortex-a76.npz" --context "$WORK/codes-x86_64-builtin.npz"
 step "done"
+cp "$WORK/aarch64.log" "$RESULTS/aarch64.log"

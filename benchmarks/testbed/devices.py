@@ -23,7 +23,9 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -34,6 +36,23 @@ WARMUP_FRAMES = 5
 
 class TestbedError(Exception):
     """A testbed step that cannot go on; its message is the one line users see."""
+
+
+@contextmanager
+def one_line_errors():
+    """A testbed command's failures as one line on stderr (exit 1), root checked first; Ctrl-C exits 130
+    after the context managers inside have cleaned up."""
+    from benchmarks.testbed import missing_root
+
+    try:
+        reason = missing_root()
+        if reason:
+            raise TestbedError(reason)
+        yield
+    except (TestbedError, ValueError, OSError) as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 class Reference(NamedTuple):
@@ -221,13 +240,15 @@ def main() -> None:
     timing.add_argument("--threads", type=int, default=1)
     calibration = commands.add_parser("calibrate", help="Calibrate a device's factor here (root).")
     calibration.add_argument("device", choices=sorted(REFERENCES))
-    calibration.add_argument("--work", type=Path, default=Path("/tmp"))
+    calibration.add_argument("--work", type=Path, default=None,
+                             help="Keep the reference model's ONNX here (default: a temporary folder).")
     args = parser.parse_args()
     if args.command == "time":
         shape = tuple(int(size) for size in args.shape.split(","))
         print(json.dumps({"ms": time_onnx(args.onnx, shape, args.frames, args.threads)}))
     else:
-        print(json.dumps(calibrate(args.device, args.work).as_dict(), indent=1))
+        with one_line_errors(), tempfile.TemporaryDirectory() as scratch:
+            print(json.dumps(calibrate(args.device, args.work or Path(scratch)).as_dict(), indent=1))
 
 
 if __name__ == "__main__":

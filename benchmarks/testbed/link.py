@@ -19,11 +19,12 @@ import subprocess
 import sys
 import time
 
-from benchmarks.testbed.devices import TestbedError, run_json
+from benchmarks.testbed.devices import TestbedError, one_line_errors, run_json
 
 CLOUD, EDGE = "cloud", "edge"
 ADDRESSES = {CLOUD: "10.77.0.1", EDGE: "10.77.0.2"}
 BURST_BYTES = 1600  # one full-size packet: the least tbf takes, so an idle link banks as little as it can
+RATES = (10e3, 10e9)  # what the link shapes: below, a packet takes seconds; above, tbf's burst overflows
 LATENCY = "10s"  # a queue deep enough that a slow link delays, never drops, what the edge has in flight
 
 
@@ -69,13 +70,20 @@ class NamespaceLink:
                            capture_output=True)
             self.rate_bps = None
             return
-        burst = max(BURST_BYTES, int(rate_bps / 8 / 100))
+        if not RATES[0] <= rate_bps <= RATES[1]:
+            raise TestbedError(f"the link shapes {RATES[0] / 1e3:g} kbit/s to {RATES[1] / 1e9:g} gbit/s, "
+                               f"got {rate_bps:g} bit/s")
+        burst = self.burst_bytes(rate_bps)
         command = ["tc", "qdisc", "replace", "dev", self.devices[EDGE], "root", "tbf", "rate", f"{int(rate_bps)}bit",
                    "burst", str(burst), "latency", LATENCY]
         done = subprocess.run(["ip", "netns", "exec", self.namespaces[EDGE], *command], capture_output=True, text=True)
         if done.returncode != 0:
             raise TestbedError(f"{' '.join(command)}: {done.stderr.strip()}")
         self.rate_bps = rate_bps
+
+    @staticmethod
+    def burst_bytes(rate_bps: float) -> int:
+        return max(BURST_BYTES, int(rate_bps / 8 / 100))
 
     def inside(self, side: str, command: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.namespaces[side], *command]
@@ -88,7 +96,10 @@ class NamespaceLink:
 
     def measure_rate(self, size: int, port: int = 9000) -> dict:
         """Send `size` bytes edge → cloud over TCP: the goodput the receiver saw and the link rate
-        (interface bytes over the same time)."""
+        (interface bytes over the same time, less the burst tbf lets through at once)."""
+        burst = self.burst_bytes(self.rate_bps) if self.rate_bps else 0
+        if size < 10 * burst:
+            raise TestbedError(f"measuring needs at least {10 * burst} bytes (ten bursts), got {size}")
         receiver = subprocess.Popen(self.inside(CLOUD, [sys.executable, "-m", "benchmarks.testbed.link", "receive",
                                                         str(port)]), stdout=subprocess.PIPE, text=True)
         try:
@@ -101,7 +112,7 @@ class NamespaceLink:
             receiver.kill()
         seconds = sent["seconds"]
         return {"configured_bps": self.rate_bps, "bytes": size, "seconds": round(seconds, 3),
-                "goodput_bps": 8 * received["bytes"] / seconds, "link_bps": 8 * link_bytes / seconds,
+                "goodput_bps": 8 * (received["bytes"] - burst) / seconds, "link_bps": 8 * (link_bytes - burst) / seconds,
                 "link_bytes": link_bytes}
 
 
@@ -138,8 +149,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     rate = commands.add_parser("rate", help="Build the link, shape it, measure it (root).")
-    rate.add_argument("rate", help="tc units, e.g. 1mbit")
-    rate.add_argument("--seconds", type=float, default=3.0)
+    rate.add_argument("rate", help="tc units, e.g. 1mbit (10kbit .. 10gbit)")
+    rate.add_argument("--seconds", type=float, default=3.0, help="Data to send, in seconds at the rate "
+                      "(at least ten bursts).")
     commands.add_parser("receive").add_argument("port", type=int)
     send = commands.add_parser("send")
     send.add_argument("host")
@@ -151,10 +163,12 @@ def main() -> None:
     elif args.command == "send":
         _send(args.host, args.port, args.size)
     else:
-        bits = parse_rate(args.rate)
-        with NamespaceLink() as link:
-            link.shape(bits)
-            print(json.dumps(link.measure_rate(int(bits / 8 * args.seconds)), indent=1))
+        with one_line_errors():
+            bits = parse_rate(args.rate)
+            with NamespaceLink() as link:
+                link.shape(bits)
+                size = max(int(bits / 8 * args.seconds), 10 * link.burst_bytes(bits))
+                print(json.dumps(link.measure_rate(size), indent=1))
 
 
 if __name__ == "__main__":

@@ -185,7 +185,7 @@ def learned_candidates(learned, frames: int, work: Path) -> list[dict]:
         report = build_engines(BuildOptions(target="cpu", cloud="cpu", split=split, codec_weights=weights,
                                             output=output, lossless="none", max_loss=math.inf), show_progress=False)
         point = resolve_point(graph, report.manifest["split"]["node"])
-        entries.append(dict(candidate(point, label, "none", output, report.manifest["checks"], timed, 1),
+        entries.append(dict(candidate(point, label, "none", output, report.manifest["checks"], timed, None),
                             bundle=str(output)))
     return entries
 
@@ -209,8 +209,9 @@ def edge_profile(testbed: Testbed, host: dict, cloud_only: Path, whole_model: Pa
 
 def profiles(testbed: Testbed, splits, codecs, learned, frames: int, work: Path) -> Candidates:
     """Build every candidate, profile the cloud here and the edge on the testbed."""
+    # the cloud's times with serve's own threads (the backend's default); edge times are measured on the testbed
     host = profile_target(ProfileOptions(target="cpu", cloud="cpu", splits=splits, codecs=codecs, frames=frames,
-                                         threads=1, keep=work))
+                                         keep=work))
     host["candidates"] += learned_candidates(learned, frames, work)
     cloud_only = build_engines(BuildOptions(target="cpu", cloud="cpu", split=CLOUD_ONLY_SPLIT, codec="int8",
                                             output=work / "cloud-only", lossless="none", max_loss=math.inf),

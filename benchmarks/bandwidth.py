@@ -50,7 +50,7 @@ from runtime.link import parse_rate
 from toolchain.build import BuildOptions, build_engines
 from toolchain.data import load_images
 from toolchain.load import load_model
-from toolchain.planning import PlanOption, fastest, format_rate, plan_options
+from toolchain.planning import SEGMENT_OVERHEAD_BYTES, PlanOption, fastest, format_rate, plan_options
 from toolchain.profile import ProfileOptions, candidate, profile_target
 from toolchain.split import resolve_point, trace
 
@@ -162,9 +162,9 @@ def stream(testbed: Testbed, bundle: Path, rate: float | None, frames: int, work
             "accuracy": summary["accuracy"]}
 
 
-def edge_only_seconds(testbed: Testbed, onnx: Path, shape: tuple[int, ...], frames: int) -> float:
-    """The whole model on the (emulated) edge, one image after another: seconds for `frames`."""
-    return run_json(testbed.edge(time_command(onnx, shape, frames, threads=1)))["ms"] * frames / 1000
+def edge_only_ms(testbed: Testbed, onnx: Path, shape: tuple[int, ...], frames: int) -> float:
+    """The whole model on the (emulated) edge, one image after another: ms per frame over `frames`."""
+    return run_json(testbed.edge(time_command(onnx, shape, frames, threads=1)))["ms"]
 
 
 class Candidates(NamedTuple):
@@ -203,7 +203,7 @@ def edge_profile(testbed: Testbed, host: dict, cloud_only: Path, whole_model: Pa
     for upload in edge["cloud_only"]["uploads"]:  # PNG / JPEG are not streamed by the runtime: scaled
         upload["encode"] = {"ms": ms_per_frame(cloud_only) if upload["format"] == "raw"
                             else factor * upload["encode"]["ms"]}
-    edge["edge_only"]["ms"] = 1000 * edge_only_seconds(testbed, whole_model, load_model(None).spec().shape, 40) / 40
+    edge["edge_only"]["ms"] = edge_only_ms(testbed, whole_model, load_model(None).spec().shape, 40)
     return edge
 
 
@@ -240,7 +240,7 @@ def measure_rows(testbed: Testbed, found: Candidates, rates: list[float], frames
     rows = []
     shape = load_model(None).spec().shape
     task = progress.add_task("bandwidths", total=len(rates))
-    edge_only_s = edge_only_seconds(testbed, found.whole_model, shape, frames)
+    edge_only_s = edge_only_ms(testbed, found.whole_model, shape, frames) * frames / 1000
     accuracy = {f"{c['split']} {c['codec']}": c["accuracy"] for c in found.host["candidates"]}
     for rate in rates:
         # TCP/IP headers cross the kernel's link; the client's token bucket counts frames only
@@ -310,7 +310,7 @@ def faster(ratio: float) -> str:
 
 def arithmetic(summary: dict, rows: list[dict]) -> list[str]:
     """Why a figure is in reach or not, from the measured numbers: what a frame costs the link alone."""
-    header = summary["frame_header_bytes"] + 66
+    header = summary["frame_header_bytes"] + SEGMENT_OVERHEAD_BYTES
     lines = []
     for row in rows:
         if row["strategy"] != "edge-only" or row["bandwidth_bps"] > 1e5:
@@ -319,7 +319,7 @@ def arithmetic(summary: dict, rows: list[dict]) -> list[str]:
         floor = 100 * 8 * header / rate
         lines.append(
             f"- At {row['bandwidth']}, the headers of one frame alone ({summary['frame_header_bytes']} B of edgesplit's "
-            f"frame + 66 B of TCP/IPv4/Ethernet) take {floor / 100 * 1000:.1f} ms on the link: {floor:.2f} s per "
+            f"frame + {SEGMENT_OVERHEAD_BYTES} B of TCP/IPv4/Ethernet) take {floor / 100 * 1000:.1f} ms on the link: {floor:.2f} s per "
             f"100 frames before any feature byte, against {row['s_per_100']:.2f} s for the whole model on the "
             f"emulated edge. A split needs the link and its head both under {row['s_per_100'] / 1.5:.2f} s per "
             "100 frames to beat edge-only 1.5x.")

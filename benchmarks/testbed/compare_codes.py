@@ -27,15 +27,10 @@ def compare(reference: np.ndarray, other: np.ndarray) -> dict:
             "equal_images": int((difference.reshape(len(difference), -1).max(1) == 0).sum())}
 
 
-def answers(bundle, codes: np.ndarray) -> np.ndarray:
-    from runtime.local import CloudHalf
-
-    return CloudHalf(bundle, threads=1).logits(codes).argmax(1)
-
-
 def main() -> None:
     from runtime.bundle import open_bundle
     from runtime.images import open_source
+    from runtime.local import CloudHalf
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("reference")
@@ -48,7 +43,12 @@ def main() -> None:
     bundle = open_bundle(args.bundle)
     reference = np.load(args.reference)
     labels = np.array([frame.label for frame in open_source(args.source, bundle.input_spec())])
-    expected = answers(bundle, reference["codes"])
+    cloud = CloudHalf(bundle, threads=1)
+
+    def answers(codes: np.ndarray) -> np.ndarray:
+        return cloud.logits(codes).argmax(1)
+
+    expected = answers(reference["codes"])
     results = {"reference": str(reference["run"]), "reference_accuracy": float((expected == labels[:len(expected)]).mean()),
                "runs": []}
     passed = True
@@ -56,7 +56,7 @@ def main() -> None:
         run = np.load(path)
         result = dict(compare(reference["codes"], run["codes"]), run=str(run["run"]))
         if result["same_shape"]:
-            got = answers(bundle, run["codes"])
+            got = answers(run["codes"])
             result.update(top1_agreement=float((got == expected).mean()),
                           accuracy=float((got == labels[:len(got)]).mean()))
         result["judged"] = path in args.others

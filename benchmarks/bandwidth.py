@@ -1,10 +1,13 @@
-"""Time for 100 frames vs uplink bandwidth on an emulated Jetson Nano (BBNet Table 4, Fig. 9):
-edge-only, cloud-only and edgesplit at the planner's split.
+"""Time for 100 frames vs uplink bandwidth on an emulated Jetson Nano or Raspberry Pi (BBNet Table 4,
+Fig. 9): edge-only, cloud-only and edgesplit at the planner's split.
 
 The testbed (benchmarks/testbed, needs root): the edge runs in a cgroup whose CPU quota makes it
-as slow as a Jetson Nano — the factor calibrated from BBNet's Nano time for CIFAR ResNet-18 — and
-in its own network namespace, its uplink a veth shaped by `tbf`; `edgesplit serve` runs unconfined
-in another namespace (the cloud is this CPU).
+as slow as the device — the factor calibrated from a published time: BBNet's Nano time for CIFAR
+ResNet-18, a Pi 4's TFLite time for MobileNet v1 — and in its own network namespace, its uplink a
+veth shaped by `tbf`; `edgesplit serve` runs unconfined in another namespace (the cloud is this CPU).
+The emulated Nano runs `cpu` bundles (ONNX Runtime: its TensorRT engines need its GPU); the emulated
+Pi runs `raspberry-pi` bundles, full-int8 TFLite, as a Pi does. Results of a device other than the
+Nano go to benchmarks/results/bandwidth-<device>.
 
 1. Profiles. Every candidate (split x codec, and the shipped learned codec) is built. The cloud's
    profile times its cloud half here. The edge's profile runs `edgesplit edge` on the emulated
@@ -42,11 +45,13 @@ from rich.progress import Progress
 
 from benchmarks.common import cpu_name, parse_arguments, table, write_csv
 from benchmarks.testbed import missing_root
-from benchmarks.testbed.devices import REFERENCES, Calibration, CpuQuota, TestbedError, calibrate, quota_for, \
-    run_json, time_command
+from benchmarks.testbed.devices import REFERENCES, Calibration, CpuQuota, TestbedError, calibrate, edge_backend, \
+    quota_for, run_json, time_command
 from benchmarks.testbed.link import ADDRESSES, CLOUD, EDGE, NamespaceLink
 from calibration_data import DEFAULT_CALIBRATION
 from runtime.link import parse_rate
+from targets import get_device
+from toolchain.backends import exporter
 from toolchain.build import BuildOptions, build_engines
 from toolchain.data import load_images
 from toolchain.load import load_model
@@ -64,6 +69,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LEARNED = (("bbnet-64B-shipped", "layer3", ROOT / "toolchain/zoo/resnet18w05_fmnist_layer3_codec.pt"),
            ("bbnet-128B-searched", "layer2", ROOT / "benchmarks/results/search-layer2/best.pt"))
 CLOUD_ONLY_SPLIT = "normalize"  # the image, as int8 codes, is what crosses
+DEFAULT_DEVICE = "jetson-nano"  # BBNet's edge
 FRAMES, QUICK_FRAMES = 100, 20
 IN_FLIGHT = 8
 PROFILE_FRAMES = 60
@@ -83,6 +89,8 @@ class Testbed:
     def __init__(self, calibration: Calibration | None, quota: CpuQuota | None, link: NamespaceLink | None):
         self.calibration, self.quota, self.link = calibration, quota, link
         self.host = ADDRESSES[CLOUD] if link else "127.0.0.1"
+        # the target whose edge halves the device runs here
+        self.target = REFERENCES[calibration.device].target if calibration else "cpu"
 
     def words(self) -> str:
         if self.calibration is None:
@@ -162,9 +170,9 @@ def stream(testbed: Testbed, bundle: Path, rate: float | None, frames: int, work
             "accuracy": summary["accuracy"]}
 
 
-def edge_only_ms(testbed: Testbed, onnx: Path, shape: tuple[int, ...], frames: int) -> float:
+def edge_only_ms(testbed: Testbed, whole_model: Path, frames: int) -> float:
     """The whole model on the (emulated) edge, one image after another: ms per frame over `frames`."""
-    return run_json(testbed.edge(time_command(onnx, shape, frames, threads=1)))["ms"]
+    return run_json(testbed.edge(time_command(whole_model, edge_backend(testbed.target), frames, threads=1)))["ms"]
 
 
 class Candidates(NamedTuple):
@@ -174,7 +182,7 @@ class Candidates(NamedTuple):
     whole_model: Path
 
 
-def learned_candidates(learned, frames: int, work: Path) -> list[dict]:
+def learned_candidates(target: str, learned, frames: int, work: Path) -> list[dict]:
     """Profile entries (this machine) for learned codecs with committed weights: (label, split, weights)."""
     model = load_model(None)
     timed = load_images(str(DEFAULT_CALIBRATION), "test", model.spec()).inputs()[:frames]
@@ -182,7 +190,7 @@ def learned_candidates(learned, frames: int, work: Path) -> list[dict]:
     entries = []
     for label, split, weights in learned:
         output = work / f"learned-{split}"
-        report = build_engines(BuildOptions(target="cpu", cloud="cpu", split=split, codec_weights=weights,
+        report = build_engines(BuildOptions(target=target, cloud="cpu", split=split, codec_weights=weights,
                                             output=output, lossless="none", max_loss=math.inf), show_progress=False)
         point = resolve_point(graph, report.manifest["split"]["node"])
         entries.append(dict(candidate(point, label, "none", output, report.manifest["checks"], timed, None),
@@ -203,22 +211,22 @@ def edge_profile(testbed: Testbed, host: dict, cloud_only: Path, whole_model: Pa
     for upload in edge["cloud_only"]["uploads"]:  # PNG / JPEG are not streamed by the runtime: scaled
         upload["encode"] = {"ms": ms_per_frame(cloud_only) if upload["format"] == "raw"
                             else factor * upload["encode"]["ms"]}
-    edge["edge_only"]["ms"] = edge_only_ms(testbed, whole_model, load_model(None).spec().shape, 40)
+    edge["edge_only"]["ms"] = edge_only_ms(testbed, whole_model, 40)
     return edge
 
 
 def profiles(testbed: Testbed, splits, codecs, learned, frames: int, work: Path) -> Candidates:
     """Build every candidate, profile the cloud here and the edge on the testbed."""
     # the cloud's times with serve's own threads (the backend's default); edge times are measured on the testbed
-    host = profile_target(ProfileOptions(target="cpu", cloud="cpu", splits=splits, codecs=codecs, frames=frames,
-                                         keep=work))
-    host["candidates"] += learned_candidates(learned, frames, work)
-    cloud_only = build_engines(BuildOptions(target="cpu", cloud="cpu", split=CLOUD_ONLY_SPLIT, codec="int8",
+    host = profile_target(ProfileOptions(target=testbed.target, cloud="cpu", splits=splits, codecs=codecs,
+                                         frames=frames, keep=work))
+    host["candidates"] += learned_candidates(testbed.target, learned, frames, work)
+    cloud_only = build_engines(BuildOptions(target=testbed.target, cloud="cpu", split=CLOUD_ONLY_SPLIT, codec="int8",
                                             output=work / "cloud-only", lossless="none", max_loss=math.inf),
                                show_progress=False)
     bundles = {f"{c['split']} {c['codec']}": Path(c["bundle"]) for c in host["candidates"]}
     bundles["cloud-only raw"] = cloud_only.bundle
-    whole_model = next(work.glob("whole-*-edge.onnx"))
+    whole_model = next(work.glob(f"whole-*-edge{exporter(get_device(testbed.target, 'edge')).suffix}"))
     return Candidates(host, edge_profile(testbed, host, cloud_only.bundle, whole_model, work), bundles, whole_model)
 
 
@@ -238,9 +246,8 @@ def plan_row(option: PlanOption, strategy: str, rate: float, frames: int, burst_
 def measure_rows(testbed: Testbed, found: Candidates, rates: list[float], frames: int, max_loss: float,
                  work: Path, progress: Progress) -> list[dict]:
     rows = []
-    shape = load_model(None).spec().shape
     task = progress.add_task("bandwidths", total=len(rates))
-    edge_only_s = edge_only_ms(testbed, found.whole_model, shape, frames) * frames / 1000
+    edge_only_s = edge_only_ms(testbed, found.whole_model, frames) * frames / 1000
     accuracy = {f"{c['split']} {c['codec']}": c["accuracy"] for c in found.host["candidates"]}
     for rate in rates:
         # TCP/IP headers cross the kernel's link; the client's token bucket counts frames only
@@ -407,12 +414,13 @@ def main() -> None:
     from contextlib import ExitStack
 
     def options(parser):
-        parser.add_argument("--device", default="jetson-nano", choices=(*REFERENCES, "host"),
+        parser.add_argument("--device", default=DEFAULT_DEVICE, choices=(*REFERENCES, "host"),
                             help="The emulated edge device (root), or host: this CPU, token-bucket uplink.")
         parser.add_argument("--max-loss", type=float, default=1.0, help="Accuracy points a split may lose.")
 
     args = parse_arguments(__doc__, "bandwidth", "Two bandwidths, 20 frames, two candidate splits at layer3 (int8 and "
-                           "the shipped learned codec).", options)
+                           "the shipped learned codec).", options,
+                           folder=lambda a: "bandwidth" if a.device == DEFAULT_DEVICE else f"bandwidth-{a.device}")
     rates = [parse_rate(b) for b in (QUICK_BANDWIDTHS if args.quick else BANDWIDTHS)]
     splits, codecs = (("layer3",), CODECS[:1]) if args.quick else (SPLITS, CODECS)
     learned = LEARNED[:1] if args.quick else LEARNED

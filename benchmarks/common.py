@@ -12,14 +12,17 @@ from toolchain.results import cpu_name, write_csv  # noqa: F401  (every suite ta
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def parse_arguments(doc: str, suite: str, quick_help: str, add_options=None) -> argparse.Namespace:
-    """`--quick` and `--output` (default benchmarks/results/<suite>, created), plus a suite's own options."""
+def parse_arguments(doc: str, suite: str, quick_help: str, add_options=None, folder=None) -> argparse.Namespace:
+    """`--quick` and `--output` (default benchmarks/results/<suite>, created; `folder(args)` names it
+    where a suite's options decide), plus a suite's own options."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=quick_help)
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / suite)
+    parser.add_argument("--output", type=Path, default=None, help=f"default: benchmarks/results/{suite}")
     if add_options is not None:
         add_options(parser)
     args = parser.parse_args()
+    if args.output is None:
+        args.output = ROOT / "benchmarks" / "results" / (folder(args) if folder else suite)
     try:
         args.output.mkdir(parents=True, exist_ok=True)
     except OSError as error:

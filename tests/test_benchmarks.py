@@ -9,6 +9,7 @@ import pytest
 
 import toolchain.data as data
 from benchmarks.testbed import missing_root
+from benchmarks.testbed.devices import REFERENCES
 from benchmarks.testbed.link import NamespaceLink
 
 
@@ -81,7 +82,7 @@ def run_suite(suite: str, *arguments: str) -> None:
                    capture_output=True)
 
 
-@pytest.mark.parametrize("device", ["jetson-nano", "host"])
+@pytest.mark.parametrize("device", ["jetson-nano", "raspberry-pi", "host"])
 def test_bandwidth_suite_streams_each_strategy_through_the_link(device, tmp_path):
     if device != "host" and missing_root():
         pytest.skip(missing_root())
@@ -107,7 +108,10 @@ def test_bandwidth_suite_streams_each_strategy_through_the_link(device, tmp_path
         calibration = summary["calibration"]
         assert calibration["confined_ms"] == pytest.approx(calibration["published_ms"], rel=0.15)
         assert summary["link_check"]["link_bps"] == pytest.approx(summary["link_check"]["configured_bps"], rel=0.1)
-        assert summary["testbed"].startswith(f"emulated jetson-nano, factor {calibration['factor']:.2f}")
+        assert summary["testbed"].startswith(f"emulated {device}, factor {calibration['factor']:.2f}")
+        # the emulated device ran its own target's bundles: a Pi's edge halves are TFLite
+        edge_profile = json.loads((tmp_path / "profile-edge.json").read_text())
+        assert edge_profile["devices"]["edge"] == REFERENCES[device].target
     for name in ("bandwidth.csv", "bandwidth.png", "RESULTS.md", "profile-edge.json", "profile-cloud.json"):
         assert (tmp_path / name).stat().st_size > 0
 
@@ -147,8 +151,8 @@ def test_results_page_joins_every_committed_suite(tmp_path):
     subprocess.run([sys.executable, "-m", "benchmarks", "report", "--output", str(page)], check=True,
                    capture_output=True)
     text = page.read_text()
-    for _, suite in SECTIONS:
-        assert f"\n## {suite}\n" in text
+    for _, heading, _ in SECTIONS:
+        assert f"\n## {heading}\n" in text
     assert "Not run yet" not in text
     figures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
     assert len(figures) >= len(SECTIONS)

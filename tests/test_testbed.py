@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks.testbed import missing_root
-from benchmarks.testbed.devices import REFERENCES, TestbedError, calibrate, quota_for, slowdown
+from benchmarks.testbed.devices import REFERENCES, TestbedError, calibrate, edge_backend, quota_for, slowdown
 from benchmarks.testbed.link import NamespaceLink
 
 needs_root = pytest.mark.skipif(missing_root() is not None, reason=f"{missing_root()}")
@@ -25,9 +25,13 @@ def test_the_factor_is_the_published_time_over_the_time_here():
         slowdown(47.4, 0.0)
 
 
-def test_every_reference_names_its_source():
+def test_every_reference_names_its_source_and_runs_on_the_devices_backend():
+    from runtime.backends import available
+
     for device, reference in REFERENCES.items():
-        assert reference.device == device and reference.published_ms > 0 and "Table" in reference.source
+        assert reference.device == device and reference.published_ms > 0 and reference.source
+        assert edge_backend(reference.target) in available()
+    assert edge_backend(REFERENCES["raspberry-pi"].target) == "tflite"  # a Pi runs its TFLite half, as deployed
 
 
 def test_without_root_the_testbed_says_why(monkeypatch):
@@ -36,12 +40,14 @@ def test_without_root_the_testbed_says_why(monkeypatch):
 
 
 @needs_root
-def test_the_quota_makes_the_reference_model_as_slow_as_the_device(tmp_path):
-    calibration = calibrate("jetson-nano", tmp_path, frames=30)
+@pytest.mark.parametrize("device", ["jetson-nano", "raspberry-pi"])
+def test_the_quota_makes_the_reference_model_as_slow_as_the_device(device, tmp_path):
+    calibration = calibrate(device, tmp_path, frames=30)
     assert calibration.factor > 1
     # under the quota the reference takes the device's published time
     assert calibration.confined_ms == pytest.approx(calibration.published_ms, rel=0.15)
-    assert calibration.words().startswith(f"emulated jetson-nano, factor {calibration.factor:.2f}, calibrated from BBNet")
+    assert calibration.words() == (f"emulated {device}, factor {calibration.factor:.2f}, calibrated from "
+                                   f"{REFERENCES[device].source}")
 
 
 @needs_root

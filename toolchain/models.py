@@ -95,3 +95,27 @@ class PlainCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+class MobileNetV1(nn.Module):
+    """MobileNet v1 (Howard et al. 2017) at width 1.0: a strided 3x3 stem, then 13 depthwise-separable
+    blocks; 224x224 RGB and 1001 classes as TFLite's hosted mobilenet_v1_1.0_224 (the testbed's Pi reference)."""
+
+    BLOCKS = ((32, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1), (256, 512, 2),
+              *[(512, 512, 1)] * 5, (512, 1024, 2), (1024, 1024, 1))
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 1001, mean: float = 0.5, std: float = 0.5) -> None:
+        super().__init__()
+
+        def separable(inputs: int, outputs: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(inputs, inputs, 3, stride, 1, groups=inputs, bias=False), nn.BatchNorm2d(inputs), nn.ReLU6(),
+                nn.Conv2d(inputs, outputs, 1, bias=False), nn.BatchNorm2d(outputs), nn.ReLU6())
+
+        self.normalize = Normalize(mean, std)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6())
+        self.blocks = nn.Sequential(*[separable(*block) for block in self.BLOCKS])
+        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1024, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.blocks(self.stem(self.normalize(x))))

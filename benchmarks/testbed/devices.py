@@ -1,7 +1,8 @@
 """Emulated edge devices: a process confined to a CPU quota that makes it as slow as the device.
 
 The factor is calibrated, not guessed: a reference model with a published time on the device is
-timed here on the emulated edge's backend (ONNX Runtime, the threads the edge uses), and
+timed here on the backend the emulated edge runs (ONNX Runtime for the Jetson Nano, whose TensorRT
+needs its GPU; TFLite for the Raspberry Pi), with the one thread the edge uses, and
 
     factor K = published ms per image on the device / ms per image here
     quota    = period / K of one core      (cgroup CPU bandwidth control)
@@ -12,8 +13,8 @@ little), so the reference model, run under the quota, takes the device's publish
 are then what that device would take if it were K times slower than this CPU at everything.
 That is the assumption, and every result measured this way names it.
 
-`python -m benchmarks.testbed.devices time ONNX --shape C,H,W` times one ONNX file at batch 1
-(the child process `calibrate` confines).
+`python -m benchmarks.testbed.devices time FILE --backend NAME` times one artefact at batch 1 (the
+child process `calibrate` confines).
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class Reference(NamedTuple):
     input_shape: tuple[int, ...]
     published_ms: float  # per image, on the device
     source: str
+    target: str  # the edgesplit target whose edge halves the emulated device runs here
+    export: Callable  # (module, example NCHW array, path): the reference as the published run had it
 
 
 def _cifar_resnet18():
@@ -70,11 +73,38 @@ def _cifar_resnet18():
     return CifarResNet18(width=1.0, in_channels=3)
 
 
+def _mobilenet_v1():
+    from toolchain.models import MobileNetV1
+
+    return MobileNetV1()
+
+
+def _onnx(module, example, path: Path) -> None:
+    import torch
+
+    from toolchain.export import export_onnx
+
+    export_onnx(module, (torch.from_numpy(example),), path, 17, ("image",), ("logits",), {})
+
+
+def _float_tflite(module, example, path: Path) -> None:
+    from toolchain.backends.tflite import convert_float
+    from toolchain.quiet import quiet
+
+    with quiet():
+        convert_float(module, example, path)
+
+
 REFERENCES = {
     "jetson-nano": Reference(
         "jetson-nano", "CIFAR ResNet-18 (3x3 stem, 3x32x32)", _cifar_resnet18, (3, 32, 32), 47.436,
         "BBNet (Zhou et al., Sensors 2021, 21(13):4494), Table 4: Jetson Nano alone, "
-        "4.7436 s per 100 CIFAR-10 images"),
+        "4.7436 s per 100 CIFAR-10 images", "cpu", _onnx),
+    "raspberry-pi": Reference(
+        "raspberry-pi", "MobileNet v1 1.0 224 (float TFLite, 3x224x224)", _mobilenet_v1, (3, 224, 224), 87.0,
+        "TildAlice, \"MobileNet vs EfficientNet-Lite: Pi 4 First Model 38ms Gap\" (dev.to/tildalice.io, 2026): "
+        "Raspberry Pi 4 CPU, TFLite, MobileNet v1 1.0_224 87 ms per image",
+        "raspberry-pi", _float_tflite),
 }
 
 
@@ -168,9 +198,14 @@ class CpuQuota:
                 time.sleep(0.1)
 
 
-def time_command(onnx: Path, shape: tuple[int, ...], frames: int, threads: int) -> list[str]:
-    shape_words = ",".join(map(str, shape))
-    return [sys.executable, "-m", "benchmarks.testbed.devices", "time", str(onnx), "--shape", shape_words,
+def edge_backend(target: str) -> str:
+    from targets import get_device
+
+    return get_device(target, "edge").backend
+
+
+def time_command(artefact: Path, backend: str, frames: int, threads: int) -> list[str]:
+    return [sys.executable, "-m", "benchmarks.testbed.devices", "time", str(artefact), "--backend", backend,
             "--frames", str(frames), "--threads", str(threads)]
 
 
@@ -182,15 +217,16 @@ def run_json(command: list[str]) -> dict:
 
 
 def export_reference(device: str, work: Path) -> Path:
-    import torch
+    import numpy as np
 
-    from toolchain.export import export_onnx
+    from targets import get_device
+    from toolchain.backends import exporter
 
     ref = reference(device)
     work.mkdir(parents=True, exist_ok=True)
-    path = work / f"reference-{device}.onnx"
+    path = work / f"reference-{device}{exporter(get_device(ref.target, 'edge')).suffix}"
     if not path.exists():
-        export_onnx(ref.build().eval(), (torch.zeros(1, *ref.input_shape),), path, 17, ("image",), ("logits",), {})
+        ref.export(ref.build().eval(), np.zeros((1, *ref.input_shape), np.float32), path)
     return path
 
 
@@ -203,7 +239,7 @@ def time_confined(device: str, command: list[str], factor: float) -> float:
 def calibrate(device: str, work: Path, threads: int = 1, frames: int = 40) -> Calibration:
     """Time the reference here, derive the quota, and time it again under the quota."""
     ref = reference(device)
-    command = time_command(export_reference(device, work), ref.input_shape, frames, threads)
+    command = time_command(export_reference(device, work), edge_backend(ref.target), frames, threads)
     here_ms = run_json(command)["ms"]
     factor = slowdown(ref.published_ms, here_ms, device)
     confined_ms = time_confined(device, command, factor)
@@ -213,15 +249,29 @@ def calibrate(device: str, work: Path, threads: int = 1, frames: int = 40) -> Ca
     return Calibration(device, factor, here_ms, ref.published_ms, confined_ms, period, quota, threads, ref.source)
 
 
-def time_onnx(path: Path, shape: tuple[int, ...], frames: int, threads: int) -> float:
-    """Milliseconds per image through ONNX Runtime at batch 1, after a warm-up: the whole run over its
-    frames (under a quota single frames fall on either side of a period edge; the mean does not care)."""
+def random_feed(runner) -> dict:
+    """One frame of noise for each of a runner's inputs (a time does not depend on the values)."""
     import numpy as np
 
-    from runtime.backends.onnxrt.runner import OnnxRuntimeRunner
+    random = np.random.default_rng(0)
+    feed = {}
+    for name, dtype, shape in runner.inputs:
+        shape = [1, *shape[1:]]
+        if np.issubdtype(np.dtype(dtype), np.integer):
+            limits = np.iinfo(np.dtype(dtype))
+            feed[name] = random.integers(limits.min, limits.max, shape, dtype=dtype, endpoint=True)
+        else:
+            feed[name] = random.random(shape).astype(dtype)
+    return feed
 
-    feed = {"image": np.random.default_rng(0).random((1, *shape), dtype=np.float32)}
-    with OnnxRuntimeRunner(path, threads=threads) as runner:
+
+def time_artefact(path: Path, backend: str, frames: int, threads: int) -> float:
+    """Milliseconds per image through a runtime backend at batch 1, after a warm-up: the whole run over its
+    frames (under a quota single frames fall on either side of a period edge; the mean does not care)."""
+    from runtime.backends import open_runner
+
+    with open_runner(backend, path, threads=threads) as runner:
+        feed = random_feed(runner)
         for _ in range(WARMUP_FRAMES):
             runner.infer(feed)
         started = time.perf_counter()
@@ -233,19 +283,18 @@ def time_onnx(path: Path, shape: tuple[int, ...], frames: int, threads: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    timing = commands.add_parser("time", help="Mean ms per image of one ONNX file at batch 1, as JSON.")
-    timing.add_argument("onnx", type=Path)
-    timing.add_argument("--shape", required=True, help="C,H,W")
+    timing = commands.add_parser("time", help="Mean ms per image of one artefact at batch 1, as JSON.")
+    timing.add_argument("artefact", type=Path)
+    timing.add_argument("--backend", required=True, help="The runtime backend that runs it (runtime/backends).")
     timing.add_argument("--frames", type=int, default=40)
     timing.add_argument("--threads", type=int, default=1)
     calibration = commands.add_parser("calibrate", help="Calibrate a device's factor here (root).")
     calibration.add_argument("device", choices=sorted(REFERENCES))
     calibration.add_argument("--work", type=Path, default=None,
-                             help="Keep the reference model's ONNX here (default: a temporary folder).")
+                             help="Keep the reference model's artefact here (default: a temporary folder).")
     args = parser.parse_args()
     if args.command == "time":
-        shape = tuple(int(size) for size in args.shape.split(","))
-        print(json.dumps({"ms": time_onnx(args.onnx, shape, args.frames, args.threads)}))
+        print(json.dumps({"ms": time_artefact(args.artefact, args.backend, args.frames, args.threads)}))
     else:
         with one_line_errors(), tempfile.TemporaryDirectory() as scratch:
             print(json.dumps(calibrate(args.device, args.work or Path(scratch)).as_dict(), indent=1))

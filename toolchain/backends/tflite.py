@@ -97,18 +97,24 @@ def float_ops(ops: list[tuple[str, set[str]]]) -> list[str]:
             if name == "DEQUANTIZE" or dtypes - INTEGER_TYPES]
 
 
+def convert_float(module: nn.Module, example: np.ndarray, path: Path, outputs: list[int] | None = None) -> None:
+    """Float NCHW module → float NHWC .tflite at `path` (`outputs`: which outputs turn channel-last too)."""
+    litert_torch, _ = _converters()
+    channel_last = litert_torch.to_channel_last_io(module.eval(), args=[0], outputs=outputs or [])
+    nhwc = np.ascontiguousarray(example.transpose(0, 2, 3, 1)).astype(np.float32)
+    try:
+        converted = litert_torch.convert(channel_last.eval(), (torch.from_numpy(nhwc[:1]),))
+    except Exception as error:  # the converter raises many types; the build must name the stage
+        raise EdgesplitError(f"litert-torch cannot convert the edge half: {first_line(error)}") from error
+    converted.export(str(path))
+
+
 def convert_and_quantize(module: nn.Module, calibration: np.ndarray, path: Path) -> int:
     """Float NCHW module → float NHWC .tflite → full-int8 .tflite at `path`; returns the float model's bytes."""
     nhwc_calibration = np.ascontiguousarray(calibration.transpose(0, 2, 3, 1)).astype(np.float32)
     with tempfile.TemporaryDirectory() as scratch, quiet():
-        litert_torch, _ = _converters()
-        channel_last = litert_torch.to_channel_last_io(module.eval(), args=[0], outputs=[0])
         float_path = Path(scratch) / "float.tflite"
-        try:
-            converted = litert_torch.convert(channel_last.eval(), (torch.from_numpy(nhwc_calibration[:1]),))
-        except Exception as error:  # the converter raises many types; the build must name the stage
-            raise EdgesplitError(f"litert-torch cannot convert the edge half: {first_line(error)}") from error
-        converted.export(str(float_path))
+        convert_float(module, calibration, float_path, outputs=[0])
         interpreter = load_interpreter_module().Interpreter(model_path=str(float_path))
         input_key = interpreter.get_signature_list()["serving_default"]["inputs"][0]
         samples = [{input_key: nhwc_calibration[i:i + 1]} for i in range(len(nhwc_calibration))]

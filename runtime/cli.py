@@ -101,6 +101,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-in-flight", type=int, default=256, help="Unanswered frames allowed per edge.")
     serve.add_argument("--threads", type=int, default=None, help="Threads for the cloud backend.")
     serve.add_argument("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
+    serve.add_argument("--metrics-host", default="127.0.0.1",
+                       help="Address of the metrics endpoint (default loopback: it tells how busy the server is).")
+    serve.add_argument("--max-connections", type=int, default=1024,
+                       help="Edges served at once; more are refused as busy (lowered to the file limit).")
+    serve.add_argument("--idle-timeout", type=float, default=300.0,
+                       help="Seconds without a frame after which a connection is closed.")
+    serve.add_argument("--shutdown-timeout", type=float, default=10.0,
+                       help="Seconds Ctrl-C/SIGTERM waits for accepted frames to be answered before closing.")
     return parser
 
 
@@ -262,7 +270,9 @@ def run_serve(args) -> None:
     key = b"" if args.no_auth else read_key(args.key_file)
     config = ServerConfig(args.host, args.port, key=key, allow_unauthenticated=args.no_auth,
                           max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_in_flight=args.max_in_flight,
-                          threads=args.threads, ssl_context=context, metrics_port=args.metrics_port)
+                          threads=args.threads, ssl_context=context, metrics_port=args.metrics_port,
+                          metrics_host=args.metrics_host, max_connections=args.max_connections,
+                          idle_timeout_s=args.idle_timeout, shutdown_timeout_s=args.shutdown_timeout)
     bundle = open_bundle(args.bundle)
 
     def ready(server):

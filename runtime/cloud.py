@@ -1,12 +1,16 @@
 """The cloud server: many edges over TCP (or TLS), one tail half, batches formed across edges.
 
 asyncio accepts and reads; frames are authenticated, checked against the bundle and decoded
-per connection, then a single batcher feeds the cloud backend in a worker thread. A bad frame
-costs its own connection at most: other edges keep being served. Shutdown stops reading new
-frames and answers every frame already accepted before closing.
+per connection, then a single batcher feeds the cloud backend in a worker thread, taking frames
+round-robin across connections so one busy edge cannot starve the others. A bad frame costs its
+own connection at most: other edges keep being served. Nothing grows with what a peer sends: a
+connection at its in-flight cap is not read until a reply goes out, a reply that cannot be written
+within the write timeout closes its connection, and connections are capped. Shutdown stops reading
+new frames and answers every frame already accepted, then closes what is left at its deadline.
 """
 
 import asyncio
+import collections
 import logging
 import os
 import ssl
@@ -33,12 +37,65 @@ class ServerConfig(NamedTuple):
     allow_unauthenticated: bool = False
     max_batch: int = 32
     max_wait_ms: float = 2.0
-    max_in_flight: int = 256  # per connection; more gets TOO_MANY_IN_FLIGHT for the extra frames
-    handshake_timeout_s: float = 5.0
+    max_in_flight: int = 256  # per connection; at the cap the connection is not read until a reply goes out
+    handshake_timeout_s: float = 5.0  # from accepting to READY, the TLS handshake included
     frame_timeout_s: float = 10.0  # a frame's body must follow its header within this (slow-sender guard)
+    idle_timeout_s: float = 300.0  # a connection that sends no frame for this long is closed
+    write_timeout_s: float = 10.0  # a reply the edge does not take within this closes its connection
+    shutdown_timeout_s: float = 10.0  # after this, shutdown closes the connections still answering
+    max_connections: int = 1024  # more are refused (BUSY); kept below the process's file limit
+    auth_failures: int = 10  # failed key proofs per address per AUTH_WINDOW_S before it is refused outright
     threads: Optional[int] = None
     ssl_context: Optional[ssl.SSLContext] = None
-    metrics_port: Optional[int] = None  # Prometheus text at http://host:port/metrics
+    metrics_port: Optional[int] = None  # Prometheus text at http://metrics_host:port/metrics
+    metrics_host: str = "127.0.0.1"  # loopback unless asked: metrics say how busy the server is
+
+
+AUTH_WINDOW_S = 60.0
+WRITE_BUFFER_BYTES = 64 * 1024  # replies buffered per connection before a write waits (then times out)
+MAX_TRACKED_ADDRESSES = 10000  # failed-auth memory is bounded too
+RESERVED_FILES = 64  # descriptors kept for the bundle, logs and the metrics endpoint
+
+
+def connection_cap(requested: int) -> int:
+    """`requested`, lowered to what the process's file limit allows: at that limit accept() fails in a loop."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, ValueError):
+        return requested
+    return requested if soft == resource.RLIM_INFINITY else max(1, min(requested, soft - RESERVED_FILES))
+
+
+class AuthThrottle:
+    """Failed key proofs per peer address in the last AUTH_WINDOW_S; an address over the limit is refused
+    before its handshake, so guessing keys costs a connection per guess and stops at the limit."""
+
+    def __init__(self, limit: int, window_s: float = AUTH_WINDOW_S):
+        self.limit, self.window_s = limit, window_s
+        self.failures = collections.OrderedDict()  # address -> deque of failure times, oldest address first
+
+    def _recent(self, address: str, now: float) -> collections.deque:
+        times = self.failures.get(address, collections.deque())
+        while times and now - times[0] > self.window_s:
+            times.popleft()
+        return times
+
+    def refused_for(self, address: str) -> float:
+        """Seconds until `address` may try again; 0 if it may now."""
+        now = time.monotonic()
+        times = self._recent(address, now)
+        return self.window_s - (now - times[0]) if len(times) >= self.limit else 0.0
+
+    def failed(self, address: str) -> None:
+        now = time.monotonic()
+        times = self._recent(address, now)
+        times.append(now)
+        self.failures[address] = times
+        self.failures.move_to_end(address)
+        while len(self.failures) > MAX_TRACKED_ADDRESSES:
+            self.failures.popitem(last=False)
 
 
 class _Pending(NamedTuple):
@@ -49,9 +106,11 @@ class _Pending(NamedTuple):
 class Batcher:
     """Collects decoded frames from all connections into batches of at most `max_batch`.
 
-    The first frame opens a batch; more join until the batch is full or `max_wait_ms` passed.
-    While the backend runs a batch, the next one fills up in the queue. With one edge connected
-    no batch waits: nobody else could join it, what that edge has queued already goes along.
+    Each connection has its own queue and a batch takes one frame from each in turn (round-robin):
+    an edge with 256 frames queued delays another edge's frame by one place, not 256. The first
+    frame opens a batch; more join until the batch is full or `max_wait_ms` passed. While the
+    backend runs a batch, the next one fills up. With one edge connected no batch waits: nobody
+    else could join it, what that edge has queued already goes along.
     """
 
     def __init__(self, infer, max_batch: int, max_wait_ms: float, metrics: ServerMetrics,
@@ -63,27 +122,43 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000.0
         self.metrics = metrics
         self.others_connected = others_connected
-        self.queue = asyncio.Queue()
+        self.queues = collections.OrderedDict()  # source -> deque of _Pending, next to serve first
+        self.arrived = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgesplit-backend")
 
-    def submit(self, codes: np.ndarray) -> asyncio.Future:
+    def submit(self, codes: np.ndarray, source: object = None) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait(_Pending(codes, future))
+        self.queues.setdefault(source, collections.deque()).append(_Pending(codes, future))
+        self.arrived.set()
         return future
 
+    def _take(self) -> _Pending:
+        """The next frame of the source whose turn it is; that source goes to the back of the line."""
+        source, waiting = self.queues.popitem(last=False)
+        pending = waiting.popleft()
+        if waiting:
+            self.queues[source] = waiting
+        return pending
+
+    async def _arrival(self, timeout: Optional[float]) -> bool:
+        self.arrived.clear()
+        try:
+            await asyncio.wait_for(self.arrived.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
     async def _collect(self) -> list:
-        batch = [await self.queue.get()]
+        while not self.queues:
+            await self._arrival(None)
+        batch = [self._take()]
         deadline = time.monotonic() + (self.max_wait if self.others_connected() else 0.0)
         while len(batch) < self.max_batch:
-            if not self.queue.empty():
-                batch.append(self.queue.get_nowait())
+            if self.queues:
+                batch.append(self._take())
                 continue
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-            except asyncio.TimeoutError:
+            if remaining <= 0 or not await self._arrival(remaining):
                 break
         return batch
 
@@ -112,12 +187,19 @@ class Batcher:
 class _Connection:
     """One edge: its stream, a write lock (replies come from many tasks) and its frames in flight."""
 
-    def __init__(self, reader, writer, peer):
+    def __init__(self, reader, writer, peer, write_timeout_s: float):
         self.reader = reader
         self.writer = writer
         self.peer = peer
+        self.address = peer[0] if isinstance(peer, tuple) else str(peer)
+        self.write_timeout_s = write_timeout_s
         self.write_lock = asyncio.Lock()
         self.answering = set()
+        self.broken = False  # a write timed out: nothing more is written, the connection is closing
+
+    def abort(self) -> None:
+        self.broken = True
+        self.writer.transport.abort()
 
     async def read_exactly(self, size: int) -> bytes:
         return await self.reader.readexactly(size)
@@ -133,10 +215,18 @@ class _Connection:
         return protocol.finish_frame(header, body, limits)
 
     async def send(self, frame: protocol.Frame) -> int:
+        """Write one frame; an edge that does not take it within the write timeout loses its connection,
+        so replies it never reads cannot pile up in the server."""
         data = protocol.encode(frame)
         async with self.write_lock:
+            if self.broken:
+                raise ConnectionError("the connection was closed: the edge stopped reading replies")
             self.writer.write(data)
-            await self.writer.drain()
+            try:
+                await asyncio.wait_for(self.writer.drain(), self.write_timeout_s)
+            except asyncio.TimeoutError:
+                self.abort()
+                raise ConnectionError("the edge took no reply for {} s".format(self.write_timeout_s)) from None
         return len(data)
 
 
@@ -145,6 +235,7 @@ class CloudServer:
         if not config.key and not config.allow_unauthenticated:
             raise ProtocolError("the server needs a shared key (--key-file or EDGESPLIT_KEY), "
                                 "or --no-auth to accept any edge that knows the bundle id")
+        protocol.check_key(config.key)
         self.bundle = bundle
         self.config = config
         self.bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
@@ -158,7 +249,9 @@ class CloudServer:
         self.metrics_address = None
         self._stopping = None
         self._closed = False
-        self._connections = set()
+        self._connections = {}  # task -> _Connection
+        self.max_connections = connection_cap(config.max_connections)
+        self.throttle = AuthThrottle(config.auth_failures)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -168,10 +261,11 @@ class CloudServer:
                                others_connected=lambda: len(self._connections) > 1)
         self._batcher_task = asyncio.ensure_future(self.batcher.run())
         self._server = await _listen(self._serve_connection, self.config.host, self.config.port,
-                                     self.config.ssl_context)
+                                     self.config.ssl_context, self.config.handshake_timeout_s)
         self.address = self._server.sockets[0].getsockname()[:2]
         if self.config.metrics_port is not None:
-            self._metrics_server = await _listen(self._serve_metrics, self.config.host, self.config.metrics_port)
+            self._metrics_server = await _listen(self._serve_metrics, self.config.metrics_host,
+                                                 self.config.metrics_port)
             self.metrics_address = self._metrics_server.sockets[0].getsockname()[:2]
         log.info("serving bundle %s on %s:%d (batch <= %d, wait <= %.1f ms)", self.bundle.bundle_id,
                  self.address[0], self.address[1], self.config.max_batch, self.config.max_wait_ms)
@@ -182,15 +276,23 @@ class CloudServer:
             self._stopping.set_result(None)
 
     async def shutdown(self) -> None:
-        """Stop accepting and reading; answer every accepted frame; close every connection."""
+        """Stop accepting and reading; answer every accepted frame; close every connection — those still
+        answering after `shutdown_timeout_s` (an edge that stopped reading) are closed there."""
         self.request_stop()
         if self._closed:
             return
         self._closed = True
         self._server.close()
-        await self._server.wait_closed()
-        while self._connections:
+        deadline = time.monotonic() + self.config.shutdown_timeout_s
+        while self._connections and time.monotonic() < deadline:
+            await asyncio.wait(list(self._connections), timeout=deadline - time.monotonic())
+        if self._connections:
+            log.warning("closing %d connection(s) still answering after %.1f s", len(self._connections),
+                        self.config.shutdown_timeout_s)
+            for connection in self._connections.values():
+                connection.abort()
             await asyncio.gather(*self._connections, return_exceptions=True)
+        await self._server.wait_closed()
         self._batcher_task.cancel()
         await asyncio.gather(self._batcher_task, return_exceptions=True)
         self.batcher.close()
@@ -208,8 +310,15 @@ class CloudServer:
 
     async def _serve_connection(self, reader, writer) -> None:
         task = asyncio.current_task()
-        self._connections.add(task)
-        connection = _Connection(reader, writer, writer.get_extra_info("peername"))
+        connection = _Connection(reader, writer, writer.get_extra_info("peername"), self.config.write_timeout_s)
+        writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_BYTES)
+        refusal = self._refusal(connection)
+        if refusal is not None:
+            self.metrics.refused.labels(protocol.ERROR_NAMES[refusal.code]).inc()
+            await self._send_quietly(connection, protocol.error_frame(refusal.code, str(refusal), final=True))
+            writer.close()
+            return
+        self._connections[task] = connection
         self.metrics.connections.inc()
         try:
             await self._converse(connection)
@@ -218,13 +327,26 @@ class CloudServer:
         finally:
             self.metrics.connections.dec()
             writer.close()
-            self._connections.discard(task)
+            self._connections.pop(task, None)
+
+    def _refusal(self, connection: _Connection) -> Optional[ProtocolError]:
+        """Why a new connection is refused before its handshake, if it is."""
+        if len(self._connections) >= self.max_connections:
+            return ProtocolError("the server holds its maximum of {} connections; try again later".format(
+                self.max_connections), protocol.BUSY)
+        wait_s = self.throttle.refused_for(connection.address)
+        if wait_s:
+            return ProtocolError("too many failed key proofs from {}; try again in {:.0f} s".format(
+                connection.address, wait_s), protocol.AUTH_FAILED)
+        return None
 
     async def _converse(self, connection: _Connection) -> None:
         try:
             await asyncio.wait_for(self._handshake(connection), self.config.handshake_timeout_s)
         except ProtocolError as error:
             self.metrics.refused.labels(protocol.ERROR_NAMES.get(error.code, "error")).inc()
+            if error.code == protocol.AUTH_FAILED:
+                self.throttle.failed(connection.address)
             log.warning("refused %s: %s", connection.peer, error)
             await self._send_quietly(connection, protocol.error_frame(error.code, str(error), final=True))
             return
@@ -249,9 +371,9 @@ class CloudServer:
         if hello.type != protocol.HELLO or len(hello.payload) != protocol.NONCE_BYTES:
             raise ProtocolError("expected HELLO with a {}-byte nonce, got {} ({} bytes)".format(
                 protocol.NONCE_BYTES, hello.type_name, len(hello.payload)))
-        if hello.bundle_id != self.bundle_id:
-            raise ProtocolError("edge runs bundle {}, this server serves {}".format(
-                hello.bundle_id.hex(), self.bundle.bundle_id), protocol.BUNDLE_MISMATCH)
+        if hello.bundle_id != self.bundle_id:  # the peer is not authenticated: the served id is not said
+            raise ProtocolError("this server does not serve bundle {}".format(hello.bundle_id.hex()),
+                                protocol.BUNDLE_MISMATCH)
         if not self.config.key:
             await connection.send(protocol.Frame(protocol.READY, bundle_id=self.bundle_id))
             return
@@ -267,10 +389,20 @@ class CloudServer:
 
     async def _read_requests(self, connection: _Connection) -> None:
         while True:
+            if len(connection.answering) >= self.config.max_in_flight:  # backpressure: read on once one is answered
+                await asyncio.wait({*connection.answering, self._stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if self._stopping.done() or connection.broken:
+                    return
+                continue
             reading = asyncio.ensure_future(connection.read_frame(self.limits, self.config.frame_timeout_s))
-            await asyncio.wait({reading, self._stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if not reading.done():  # shutting down: a frame not yet fully received was never accepted
+            await asyncio.wait({reading, self._stopping}, timeout=self.config.idle_timeout_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if not reading.done():  # shutting down, or idle: a frame not yet fully received was never accepted
                 reading.cancel()
+                if not self._stopping.done():
+                    await self._send_quietly(connection, protocol.error_frame(
+                        protocol.TIMEOUT, "no frame in {} s: closing an idle connection".format(
+                            self.config.idle_timeout_s), final=True))
                 return
             try:
                 frame = reading.result()
@@ -292,19 +424,14 @@ class CloudServer:
 
     def _accept(self, connection: _Connection, frame: protocol.Frame, received: float) -> None:
         self.metrics.bytes_received.inc(protocol.HEADER_BYTES + 4 * len(frame.shape) + len(frame.payload))
-        if len(connection.answering) >= self.config.max_in_flight:
-            problem = ProtocolError("more than {} frames in flight on one connection".format(
-                self.config.max_in_flight), protocol.TOO_MANY_IN_FLIGHT)
-            codes = None
-        else:
-            try:
-                if frame.bundle_id != self.bundle_id:
-                    raise ProtocolError("frame is for bundle {}, this server serves {}".format(
-                        frame.bundle_id.hex(), self.bundle.bundle_id), protocol.BUNDLE_MISMATCH)
-                protocol.check_features(frame, self.wire, self.quantization)
-                codes, problem = self.cloud.decode(frame.payload), None
-            except (ProtocolError, WireError) as error:
-                codes, problem = None, error
+        try:
+            if frame.bundle_id != self.bundle_id:
+                raise ProtocolError("frame is for bundle {}, this server serves {}".format(
+                    frame.bundle_id.hex(), self.bundle.bundle_id), protocol.BUNDLE_MISMATCH)
+            protocol.check_features(frame, self.wire, self.quantization)
+            codes, problem = self.cloud.decode(frame.payload), None
+        except (ProtocolError, WireError) as error:
+            codes, problem = None, error
         task = asyncio.ensure_future(self._answer(connection, frame.request_id, codes, problem, received))
         connection.answering.add(task)
         task.add_done_callback(connection.answering.discard)
@@ -312,7 +439,7 @@ class CloudServer:
     async def _answer(self, connection, request_id: int, codes, problem, received: float) -> None:
         if problem is None:
             try:
-                values = await self.batcher.submit(codes)
+                values = await self.batcher.submit(codes, connection)
             except ProtocolError as error:
                 problem = error
         if problem is not None:
@@ -354,10 +481,11 @@ class CloudServer:
             writer.close()
 
 
-async def _listen(handler, host: str, port: int, ssl_context=None):
+async def _listen(handler, host: str, port: int, ssl_context=None, tls_timeout_s: Optional[float] = None):
     """A listening server, or one line naming the address that cannot be had (in use, not ours)."""
+    tls = {} if ssl_context is None else {"ssl": ssl_context, "ssl_handshake_timeout": tls_timeout_s}
     try:
-        return await asyncio.start_server(handler, host, port, ssl=ssl_context)
+        return await asyncio.start_server(handler, host, port, **tls)
     except OSError as error:
         reason = os.strerror(error.errno) if error.errno else str(error)
         raise EdgesplitError("cannot listen on {}:{}: {}".format(host, port, reason)) from error

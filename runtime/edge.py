@@ -113,6 +113,7 @@ class _Connection:
 
 class EdgeClient:
     def __init__(self, bundle: Bundle, config: ClientConfig, threads: Optional[int] = None):
+        protocol.check_key(config.key)
         self.config = config
         self.edge = EdgeHalf(bundle, threads)
         self.output_sizes = output_sizes(bundle)

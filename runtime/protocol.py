@@ -42,15 +42,16 @@ LOSSLESS_IDS = {name: stage.wire_id for name, stage in LOSSLESS.items()}
 
 # error codes carried in ERROR frames
 BAD_FRAME, UNSUPPORTED_VERSION, BUNDLE_MISMATCH, AUTH_FAILED, BAD_REQUEST, INTERNAL, TIMEOUT, \
-    TOO_MANY_IN_FLIGHT = range(1, 9)
+    TOO_MANY_IN_FLIGHT, BUSY = range(1, 10)
 ERROR_NAMES = {BAD_FRAME: "bad frame", UNSUPPORTED_VERSION: "unsupported version",
                BUNDLE_MISMATCH: "bundle mismatch", AUTH_FAILED: "authentication failed",
                BAD_REQUEST: "bad request", INTERNAL: "internal error",
-               TIMEOUT: "timeout", TOO_MANY_IN_FLIGHT: "too many frames in flight"}
+               TIMEOUT: "timeout", TOO_MANY_IN_FLIGHT: "too many frames in flight", BUSY: "server busy"}
 
 MAX_NDIM = 6
 MAX_CONTROL_PAYLOAD = 1024
 NONCE_BYTES = 32
+MIN_KEY_BYTES = 16  # 128 bits: a shared key shorter than this can be guessed online
 BUNDLE_ID_BYTES = 16
 
 
@@ -287,6 +288,15 @@ def server_proof(key: bytes, server_nonce: bytes, client_nonce: bytes, bundle_id
 
 def proofs_match(expected: bytes, received: bytes) -> bool:
     return hmac.compare_digest(expected, received)
+
+
+def check_key(key: bytes) -> bytes:
+    """A shared key of at least MIN_KEY_BYTES, or b'' (none); anything shorter is refused with how to make one."""
+    if key and len(key) < MIN_KEY_BYTES:
+        raise ProtocolError("the shared key is {} bytes; at least {} ({} bits) are needed: make one with "
+                            "python3 -c 'import secrets; print(secrets.token_hex(32))' > edgesplit.key".format(
+                                len(key), MIN_KEY_BYTES, 8 * MIN_KEY_BYTES))
+    return key
 
 
 def read_key(key_file=None, environ=None) -> bytes:

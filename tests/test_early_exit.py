@@ -90,14 +90,14 @@ def test_tflite_and_tensorrt_edges_carry_the_exit_output(target, exit_weights, d
 
 
 def run_edge(bundle, frames, address, threshold):
-    config = ClientConfig(address[0], address[1], key=b"k", exit_threshold=threshold, backoff_s=5.0)
+    config = ClientConfig(address[0], address[1], key=b"a test key of 128 bits", exit_threshold=threshold, backoff_s=5.0)
     with EdgeClient(bundle, config) as client:
         return client.run_all(frames), client.stats.as_dict()
 
 
 def test_threshold_zero_sends_everything_and_a_huge_one_nothing(exit_bundle, frames):
     bundle = load_bundle(exit_bundle.bundle)
-    with BackgroundServer(bundle, ServerConfig(key=b"k")) as server:
+    with BackgroundServer(bundle, ServerConfig(key=b"a test key of 128 bits")) as server:
         outcomes, stats = run_edge(bundle, frames[:50], server.address, 0.0)
         assert [o.answered_by for o in outcomes] == [CLOUD] * 50
         outcomes, stats = run_edge(bundle, frames[:50], server.address, 1e9)
@@ -115,7 +115,7 @@ def test_calibrated_offload_rate_is_what_the_edge_then_sends(exit_bundle, frames
     bundle = load_bundle(directory)  # verified: the new threshold changed the bundle id, consistently
     calibration = bundle.manifest["exit"]["calibration"]
     assert calibration["frames"] == FRAMES and calibration["offload_rate"] >= 0.4
-    with BackgroundServer(bundle, ServerConfig(key=b"k")) as server:
+    with BackgroundServer(bundle, ServerConfig(key=b"a test key of 128 bits")) as server:
         outcomes, stats = run_edge(bundle, frames, server.address, None)  # the bundle's threshold
         answered = server.server.metrics.value("edgesplit_frames_total", outcome="answered")
     sent = sum(o.answered_by == CLOUD for o in outcomes)

@@ -195,8 +195,8 @@ def test_a_two_output_model_answers_both_outputs_over_tcp(rgb_npz, tmp_path):
     assert bundle.manifest["checks"]["outputs"]["boxes"]["kind"] == "regression"
     frames = frames_of(bundle, rgb_npz, 24)
     expected = SplitInference(bundle).cloud_outputs(SplitInference(bundle).edge(np.stack([f.image for f in frames])))
-    with BackgroundServer(bundle, ServerConfig(key=b"k")) as server:
-        with EdgeClient(bundle, ClientConfig(*server.address, key=b"k")) as client:
+    with BackgroundServer(bundle, ServerConfig(key=b"a test key of 128 bits")) as server:
+        with EdgeClient(bundle, ClientConfig(*server.address, key=b"a test key of 128 bits")) as client:
             outcomes = client.run_all(frames)
     assert all(o.answered_by == CLOUD for o in outcomes)
     for index, name in enumerate(("logits", "boxes")):
@@ -221,8 +221,8 @@ def test_a_cut_crossed_by_two_tensors_carries_both_in_one_frame(default_model, h
     run = SplitInference(bundle)
     inputs = np.stack([f.image for f in frames])
     assert [len(p) for p in run.edge(inputs[:2])] == [32 * 32 * 32 + 64 * 16 * 16] * 2
-    with BackgroundServer(bundle, ServerConfig(key=b"k")) as server:
-        with EdgeClient(bundle, ClientConfig(*server.address, key=b"k")) as client:
+    with BackgroundServer(bundle, ServerConfig(key=b"a test key of 128 bits")) as server:
+        with EdgeClient(bundle, ClientConfig(*server.address, key=b"a test key of 128 bits")) as client:
             outcomes = client.run_all(frames)
     np.testing.assert_allclose(np.stack([o.logits for o in outcomes]), run(inputs), atol=1e-4)
     reference = top1(predict_outputs(default_model.module, holdout.inputs())[0])

@@ -25,7 +25,7 @@ from runtime.local import SplitInference
 
 from calibration_data import DEFAULT_CALIBRATION
 
-KEY = b"test key"
+KEY = b"a test key of 128 bits"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -101,17 +101,38 @@ def test_twenty_concurrent_edges_are_batched_together_and_all_correct(bundle, fr
     assert metrics.value("edgesplit_batch_size_count") < 320  # some backend calls served several edges
 
 
-def test_wrong_bundle_id_is_refused_naming_both(bundle, server):
+def test_wrong_bundle_id_is_refused_without_telling_the_peer_the_served_one(bundle, server):
     other = load_bundle(bundle.directory)
     other.manifest = dict(other.manifest, bundle_id="0" * 32)
-    with pytest.raises(ProtocolError, match="edge runs bundle 0{32}, this server serves " + bundle.bundle_id) as raised:
+    with pytest.raises(ProtocolError, match="this server does not serve bundle 0{32}") as raised:
         client(other, server.address).start()
     assert raised.value.code == protocol.BUNDLE_MISMATCH
+    assert bundle.bundle_id not in str(raised.value)  # with --no-auth the id is all a peer needs
+
+
+def test_keys_under_128_bits_are_refused_with_how_to_make_one(bundle):
+    for make in (lambda: BackgroundServer(bundle, ServerConfig(key=b"short key")),
+                 lambda: EdgeClient(bundle, ClientConfig("127.0.0.1", 9, key=b"short key"))):
+        with pytest.raises(ProtocolError, match=r"the shared key is 9 bytes; at least 16 \(128 bits\) are needed: "
+                                                r"make one with python3 -c 'import secrets"):
+            make()
+
+
+def test_an_address_guessing_keys_is_refused_after_the_limit(bundle, frames, reference):
+    with BackgroundServer(bundle, ServerConfig(key=KEY, auth_failures=3)) as running:
+        for _ in range(3):
+            with pytest.raises(ProtocolError, match="edge and server hold different keys"):
+                client(bundle, running.address, key=b"a guessed key of 128 bits").start()
+        for key in (b"a guessed key of 128 bits", KEY):  # refused before its handshake, the right key too
+            with pytest.raises(ProtocolError, match=r"too many failed key proofs from 127.0.0.1; try again in \d+ s"):
+                client(bundle, running.address, key=key).start()
+        # the refusal costs no handshake: it is not counted as another failure, and other state is untouched
+        assert len(running.server.throttle.failures["127.0.0.1"]) == 3
 
 
 def test_wrong_or_missing_key_is_refused(bundle, server):
     with pytest.raises(ProtocolError, match="edge and server hold different keys") as raised:
-        client(bundle, server.address, key=b"another key").start()
+        client(bundle, server.address, key=b"another key of 128 bits").start()
     assert raised.value.code == protocol.AUTH_FAILED
     with pytest.raises(ProtocolError, match="the server requires a shared key"):
         client(bundle, server.address, key=b"").start()
@@ -269,12 +290,35 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_serve_process(bundle_dir, port):
-    command = [sys.executable, "-m", "runtime.cli", "serve", "--bundle", str(bundle_dir), "--port", str(port)]
+def start_serve_process(bundle_dir, port, *options):
+    command = [sys.executable, "-m", "runtime.cli", "serve", "--bundle", str(bundle_dir), "--port", str(port),
+               *options]
     process = subprocess.Popen(command, cwd=str(ROOT), env=dict(os.environ, EDGESPLIT_KEY=KEY.decode()),
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert "serving bundle" in process.stdout.readline()
     return process
+
+
+def test_sigterm_exits_within_the_deadline_while_an_edge_never_reads(int8_built, bundle):
+    port = free_port()
+    server = start_serve_process(int8_built.bundle, port, "--shutdown-timeout", "1")
+    bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
+    raw = RawConnection(("127.0.0.1", port), bundle_id)
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.sock.settimeout(0.2)
+    tiny = protocol.encode(protocol.features_frame(1, bundle_id, bytes(100), bundle.wire,
+                                                   protocol.wire_quantization(bundle.manifest)))
+    filling, stalled = time.monotonic(), False
+    try:  # replies pile up unread until the server stops reading this connection (well under a second)
+        while time.monotonic() - filling < 20:
+            raw.sock.sendall(tiny * 64)
+    except socket.timeout:
+        stalled = True
+    assert stalled
+    started = time.monotonic()
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=30) == 0
+    assert time.monotonic() - started < 1 + 5  # the deadline, and the time to close
 
 
 def test_server_killed_and_restarted_mid_stream_every_frame_has_exactly_one_outcome(int8_built, bundle, frames, reference):
@@ -333,7 +377,8 @@ def test_edge_command_reports_a_refusal_in_one_line(int8_built, server):
     result = subprocess.run(
         [sys.executable, "-m", "runtime.cli", "edge", "--bundle", str(int8_built.bundle), "--server",
          "{}:{}".format(host, port), "--source", str(DEFAULT_CALIBRATION)],
-        cwd=str(ROOT), env=dict(os.environ, EDGESPLIT_KEY="wrong"), capture_output=True, text=True, timeout=60)
+        cwd=str(ROOT), env=dict(os.environ, EDGESPLIT_KEY="the wrong key, 128 bits long"), capture_output=True,
+        text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: handshake with")
     assert "authentication failed" in result.stderr
@@ -435,21 +480,102 @@ def send_features(raw, bundle, request_ids):
                                                          protocol.wire_quantization(bundle.manifest))))
 
 
-def test_frames_over_the_in_flight_limit_are_refused_one_by_one(bundle):
+def test_a_connection_at_its_in_flight_cap_is_not_read_until_a_reply_goes_out(bundle):
     with BackgroundServer(bundle, ServerConfig(key=KEY, max_in_flight=2)) as running:
-        real_infer = running.server.batcher.infer
+        real_infer, most = running.server.batcher.infer, []
 
         def slow_infer(codes):  # holds the first frames in flight while the rest arrive
-            time.sleep(0.3)
+            most.append(max(len(c.answering) for c in running.server._connections.values()))
+            time.sleep(0.2)
             return real_infer(codes)
 
         running.server.batcher.infer = slow_infer
         raw = RawConnection(running.address, protocol.bundle_id_bytes(bundle.bundle_id))
-        send_features(raw, bundle, range(1, 6))
-        replies = {reply.request_id: reply for reply in (raw.receive() for _ in range(5))}
-    assert [replies[i].type for i in (1, 2)] == [protocol.RESULT] * 2
-    for request_id in (3, 4, 5):
-        assert protocol.error_details(replies[request_id])[0] == protocol.TOO_MANY_IN_FLIGHT
+        send_features(raw, bundle, range(1, 7))
+        replies = {reply.request_id: reply for reply in (raw.receive() for _ in range(6))}
+    assert all(replies[i].type == protocol.RESULT for i in range(1, 7))  # every frame answered, none refused
+    assert max(most) == 2  # the other frames waited in the socket, not in the server
+
+
+def test_an_edge_that_never_reads_replies_costs_the_server_at_most_its_cap(bundle, monkeypatch):
+    """Tiny frames as fast as the server takes them into a connection whose replies are never read: the
+    server holds at most max_in_flight of them, drops the connection at its write timeout once the
+    buffers are full, and keeps serving others."""
+    import runtime.cloud
+
+    monkeypatch.setattr(runtime.cloud, "WRITE_BUFFER_BYTES", 4096)  # full in a few hundred replies, not 64 KiB
+    config = ServerConfig(key=KEY, max_in_flight=4, write_timeout_s=1.0)
+    bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
+    tiny = protocol.encode(protocol.features_frame(1, bundle_id, bytes(100), bundle.wire,
+                                                   protocol.wire_quantization(bundle.manifest)))
+    with BackgroundServer(bundle, config) as running:
+        raw = RawConnection(running.address, bundle_id)
+        raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.sock.settimeout(0.05)
+        held, dropped = [], False
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not dropped:
+            try:
+                raw.sock.send(tiny)
+            except socket.timeout:  # the server stopped reading: its socket buffer is full
+                pass
+            except OSError:
+                dropped = True  # the server closed the connection
+            held.append(sum(len(c.answering) for c in running.server._connections.values()))
+        assert dropped and max(held) <= config.max_in_flight
+        with EdgeClient(bundle, ClientConfig(*running.address, key=KEY)) as bystander:
+            assert all(o.answered_by == CLOUD for o in bystander.run_all(list(open_source(
+                str(DEFAULT_CALIBRATION), bundle.input_spec()))[:4]))
+
+
+def test_the_batcher_takes_frames_round_robin_across_connections():
+    """A greedy edge's 100 queued frames delay another edge's frame by one place in the batch, not 100."""
+    import asyncio
+
+    from runtime.cloud import Batcher
+    from runtime.metrics import ServerMetrics
+
+    batches = []
+
+    def infer(codes):
+        batches.append([int(c[0]) for c in codes])
+        return codes
+
+    async def scenario():
+        batcher = Batcher(infer, max_batch=4, max_wait_ms=0.0, metrics=ServerMetrics())
+        greedy = [batcher.submit(np.array([1]), "greedy") for _ in range(100)]
+        bystander = batcher.submit(np.array([2]), "bystander")
+        running = asyncio.ensure_future(batcher.run())
+        await bystander
+        running.cancel()
+        for future in greedy:
+            future.cancel()
+        batcher.close()
+
+    asyncio.run(scenario())
+    assert batches[0] == [1, 2, 1, 1]
+
+
+def test_an_idle_connection_is_closed_with_a_timeout(bundle):
+    with BackgroundServer(bundle, ServerConfig(key=KEY, idle_timeout_s=0.3)) as running:
+        raw = RawConnection(running.address, protocol.bundle_id_bytes(bundle.bundle_id))
+        reply = raw.receive()  # nothing sent after READY
+        assert protocol.error_details(reply) == (protocol.TIMEOUT, "no frame in 0.3 s: closing an idle connection")
+        assert raw.closed_by_server()
+
+
+def test_connections_over_the_cap_are_refused_as_busy(bundle, frames, reference):
+    with BackgroundServer(bundle, ServerConfig(key=KEY, max_connections=2)) as running:
+        with client(bundle, running.address) as first, client(bundle, running.address) as second:
+            with pytest.raises(ProtocolError, match="the server holds its maximum of 2 connections") as raised:
+                client(bundle, running.address).start()
+            assert raised.value.code == protocol.BUSY
+            assert_matches(first.run_all(frames[:2]) + second.run_all(frames[2:4]), reference)
+
+
+def test_the_metrics_endpoint_stays_on_loopback_unless_asked(bundle):
+    with BackgroundServer(bundle, ServerConfig(key=KEY, host="0.0.0.0", metrics_port=0)) as running:
+        assert running.server.metrics_address[0] == "127.0.0.1"
 
 
 def test_a_failing_backend_answers_its_batch_with_errors_and_the_server_recovers(bundle, frames, reference, server):

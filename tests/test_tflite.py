@@ -115,8 +115,8 @@ def test_tflite_edge_over_the_network_equals_in_process(pi_bundle, holdout_input
     bundle = load_bundle(pi_bundle.bundle)
     frames = [SourceFrame(i, holdout_inputs[i], None) for i in range(16)]
     expected = SplitInference(bundle)(holdout_inputs[:16])
-    with BackgroundServer(bundle, ServerConfig(key=b"k")) as server:
-        with EdgeClient(bundle, ClientConfig(*server.address, key=b"k")) as client:
+    with BackgroundServer(bundle, ServerConfig(key=b"a test key of 128 bits")) as server:
+        with EdgeClient(bundle, ClientConfig(*server.address, key=b"a test key of 128 bits")) as client:
             outcomes = client.run_all(frames)
     assert all(o.answered_by == CLOUD for o in outcomes)
     np.testing.assert_allclose(np.stack([o.logits for o in outcomes]), expected, atol=1e-4)

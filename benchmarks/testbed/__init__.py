@@ -27,3 +27,13 @@ def missing_root() -> str | None:
     if missing:
         return f"{' and '.join(missing)} not found (Debian package iproute2)"
     return None
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (kill, a CI timeout) unwinds like Ctrl-C, so the namespaces and cgroups are removed too."""
+    import signal
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)

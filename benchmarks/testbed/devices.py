@@ -43,8 +43,9 @@ class TestbedError(Exception):
 def one_line_errors():
     """A testbed command's failures as one line on stderr (exit 1), root checked first; Ctrl-C exits 130
     after the context managers inside have cleaned up."""
-    from benchmarks.testbed import missing_root
+    from benchmarks.testbed import interrupt_on_sigterm, missing_root
 
+    interrupt_on_sigterm()
     try:
         reason = missing_root()
         if reason:

@@ -19,7 +19,8 @@ SECTIONS = [("default", "default", "default"), ("bandwidth", "bandwidth", "bandw
             ("bandwidth-raspberry-pi", "bandwidth-raspberry-pi", "bandwidth --device raspberry-pi"),
             ("accuracy", "accuracy", "accuracy"), ("early_exit", "early-exit", "early-exit"),
             ("lossless", "lossless", "lossless"), ("runtime", "server", "server"), ("pruning", "pruning", "pruning"),
-            ("codecs", "codecs", "codecs"), ("tflite", "tflite", "tflite")]
+            ("codecs", "codecs", "codecs"), ("tflite", "tflite", "tflite"),
+            ("reliability", "reliability", "reliability")]
 PREAMBLE = """# Benchmark results
 
 Joined by `python -m benchmarks report` from `benchmarks/results/*/RESULTS.md`, {date}. Every
@@ -33,7 +34,8 @@ in the bandwidth sections, whose edge is an emulated device: a CPU quota calibra
 time on the real one, behind a kernel-shaped link. The
 data is Fashion-MNIST (10 classes, 32x32 grayscale after padding), not CIFAR-10 or ImageNet; the
 model is a ResNet-18 at width 0.5. TensorRT engines could not be built here (no GPU), so no
-section reports TensorRT latency. No seed reports server load; that section has no comparison.
+section reports TensorRT latency. No seed reports server load or faults; those sections have no
+comparison.
 
 """
 

@@ -1,16 +1,23 @@
 """Bundles: a directory (or .tar of one) with the two artefacts and manifest.json.
 
 The manifest is the only contract between toolchain and runtime. Every file is hashed in it
-and checked here before anything is loaded; nothing in a bundle is ever unpickled.
+and checked here before anything is loaded; nothing in a bundle is ever unpickled. A bundle is
+a file from outside: a .tar is checked member by member (plain files, bounded count and size)
+before a byte is extracted, extracted by streaming, and its temporary directory removed when
+the bundle is no longer used; every malformed manifest is a BundleError. Given a trusted key,
+the manifest's Ed25519 signature is checked before anything else is read (runtime/signing.py).
 """
 
 import hashlib
 import json
+import shutil
 import tarfile
 import tempfile
+import weakref
 from pathlib import Path
 
-from runtime.errors import BundleError
+from runtime.errors import BundleError, WireError
+from runtime.signing import SIGNATURE_NAME, verify_signature
 from runtime.wire import WireFormat
 
 MANIFEST_NAME = "manifest.json"
@@ -19,6 +26,9 @@ SCHEMA_VERSION = 2
 REQUIRED_KEYS = ("schema_version", "bundle_id", "source_model", "split", "codec", "wire",
                  "deployment", "artefacts", "files", "tools")
 ROLES = ("edge", "cloud")
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_FILES = 64  # a bundle holds two artefacts, their sidecars and the manifest
+MAX_BUNDLE_BYTES = 2 * 1024 ** 3  # all files together; a ResNet-50 cloud half is ~100 MB
 
 
 def file_sha256(path: Path) -> str:
@@ -43,7 +53,10 @@ class Bundle:
     def __init__(self, directory: Path, manifest: dict):
         self.directory = Path(directory)
         self.manifest = manifest
-        self.wire = WireFormat.from_manifest(manifest["wire"])
+        try:
+            self.wire = WireFormat.from_manifest(manifest["wire"])
+        except (KeyError, TypeError, ValueError, WireError) as error:
+            raise BundleError("the manifest's wire entry is malformed: {}".format(error)) from error
 
     @property
     def bundle_id(self) -> str:
@@ -73,17 +86,38 @@ class Bundle:
         return open_runner(entry["backend"], self.directory / entry["file"], **options)
 
 
-def _read_manifest(directory: Path) -> dict:
+def _manifest_bytes(directory: Path) -> bytes:
     path = directory / MANIFEST_NAME
     if not path.is_file():
         raise BundleError("{} is not a bundle: it has no {}".format(directory, MANIFEST_NAME))
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise BundleError("{} is over {} bytes: not a manifest".format(path, MAX_MANIFEST_BYTES))
+    return path.read_bytes()
+
+
+def _parse_manifest(path: Path, data: bytes) -> dict:
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as error:
         raise BundleError("{} is not valid JSON: {}".format(path, error)) from error
+    except RecursionError:
+        raise BundleError("{} nests too deeply to be a manifest".format(path)) from None
     if not isinstance(manifest, dict):
         raise BundleError("{} must hold a JSON object".format(path))
     return manifest
+
+
+def _check_structure(manifest: dict) -> None:
+    """The types verify_manifest relies on, so that a malformed manifest is named, not a traceback."""
+    files, artefacts = manifest["files"], manifest["artefacts"]
+    if not isinstance(files, dict) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and type(entry.get("bytes")) is int
+            for entry in files.values()):
+        raise BundleError("the manifest's files must map each file name to its sha256 and bytes")
+    if len(files) > MAX_FILES:
+        raise BundleError("the manifest lists {} files; a bundle has at most {}".format(len(files), MAX_FILES))
+    if not isinstance(artefacts, dict) or not all(isinstance(artefacts.get(role), dict) for role in ROLES):
+        raise BundleError("the manifest's artefacts must describe the edge and the cloud half")
 
 
 # schema 1's targets were fixed pairs; as (edge, cloud) devices they are these
@@ -125,6 +159,7 @@ def verify_manifest(directory: Path, manifest: dict) -> None:
     missing = [key for key in REQUIRED_KEYS if key not in manifest]
     if missing:
         raise BundleError("manifest lacks {}".format(", ".join(missing)))
+    _check_structure(manifest)
     files = manifest["files"]
     for name, entry in sorted(files.items()):
         path = directory / name
@@ -137,7 +172,8 @@ def verify_manifest(directory: Path, manifest: dict) -> None:
                 name, path.stat().st_size, entry.get("bytes")))
         if file_sha256(path) != entry.get("sha256"):
             raise BundleError("{} does not match its sha256 in the manifest: file modified or corrupt".format(name))
-    unlisted = sorted(p.name for p in directory.iterdir() if p.name != MANIFEST_NAME and p.name not in files)
+    unlisted = sorted(p.name for p in directory.iterdir() if p.name not in (MANIFEST_NAME, SIGNATURE_NAME)
+                      and p.name not in files)
     if unlisted:
         raise BundleError("files not in the manifest: {}".format(", ".join(unlisted)))
     for role in ROLES:
@@ -149,45 +185,80 @@ def verify_manifest(directory: Path, manifest: dict) -> None:
             manifest["bundle_id"]))
 
 
+def _member_names(archive: Path, members: list) -> list:
+    """Each member's file name, after checking before extraction that the members are few plain top-level
+    files whose sizes add up to a bundle's, not an archive bomb."""
+    if len(members) > MAX_FILES + 2:  # the files, the manifest and its signature
+        raise BundleError("{} has over {} members: not a bundle".format(archive, MAX_FILES + 2))
+    names = []
+    for member in members:
+        name = member.name[2:] if member.name.startswith("./") else member.name
+        if not member.isfile() or member.issparse() or not name or "/" in name or "\\" in name \
+                or name.startswith("."):
+            raise BundleError("{}: member {!r} is not a plain top-level file".format(archive, member.name))
+        names.append(name)
+    if len(set(names)) != len(names):
+        raise BundleError("{} holds a file name twice".format(archive))
+    total = sum(member.size for member in members)
+    if total > MAX_BUNDLE_BYTES:
+        raise BundleError("{} would unpack to {:,} bytes, over a bundle's {:,}".format(archive, total, MAX_BUNDLE_BYTES))
+    return names
+
+
 def extract_tar(archive: Path, destination: Path) -> Path:
-    """Unpack a bundle .tar holding plain files at top level (no links, no paths)."""
+    """Unpack a bundle .tar holding plain files at top level (no links, no paths), streaming each."""
     try:
         with tarfile.open(str(archive)) as tar:
             members = tar.getmembers()
-            for member in members:
-                name = member.name[2:] if member.name.startswith("./") else member.name
-                if not member.isfile() or "/" in name or name.startswith(".."):
-                    raise BundleError("{}: member {!r} is not a plain top-level file".format(archive, member.name))
+            names = _member_names(archive, members)
             destination.mkdir(parents=True, exist_ok=True)
-            for member in members:
-                (destination / Path(member.name).name).write_bytes(tar.extractfile(member).read())
-    except tarfile.TarError as error:
+            for member, name in zip(members, names):
+                with tar.extractfile(member) as source, open(str(destination / name), "wb") as target:
+                    shutil.copyfileobj(source, target, 1 << 20)
+    except (tarfile.TarError, EOFError, OSError) as error:
         reason = str(error).splitlines()[0].rstrip(":") if str(error) else type(error).__name__
         raise BundleError("{} is not a bundle directory or a readable .tar of one ({})".format(archive, reason)) \
             from error
     return destination
 
 
-def load_bundle(directory) -> Bundle:
-    """Read and verify a bundle directory; raise BundleError naming the first problem."""
+def load_bundle(directory, trust=None) -> Bundle:
+    """Read and verify a bundle directory; raise BundleError naming the first problem. With `trust` (an
+    Ed25519 public key file) its manifest must carry a valid signature by that key, checked first."""
     directory = Path(directory)
     if not directory.is_dir():
         raise BundleError("bundle directory {} does not exist".format(directory))
-    manifest = _read_manifest(directory)
+    data = _manifest_bytes(directory)
+    if trust is not None:
+        verify_signature(directory, data, trust)
+    manifest = _parse_manifest(directory / MANIFEST_NAME, data)
     verify_manifest(directory, manifest)
     return Bundle(directory, manifest)
 
 
-def open_bundle(path) -> Bundle:
-    """A bundle directory, or a .tar of one unpacked into a private temporary directory, verified."""
+def open_bundle(path, trust=None) -> Bundle:
+    """A bundle directory, or a .tar of one unpacked into a private temporary directory (removed when the
+    bundle is collected or the process exits, or at once if it does not verify), verified."""
     path = Path(path)
-    if path.is_file():
-        path = extract_tar(path, Path(tempfile.mkdtemp(prefix="edgesplit-bundle-")))
-    return load_bundle(path)
+    if not path.is_file():
+        return load_bundle(path, trust)
+    scratch = Path(tempfile.mkdtemp(prefix="edgesplit-bundle-"))
+    try:
+        bundle = load_bundle(extract_tar(path, scratch), trust)
+    except BaseException:
+        shutil.rmtree(str(scratch), ignore_errors=True)
+        raise
+    weakref.finalize(bundle, shutil.rmtree, str(scratch), True)
+    return bundle
 
 
 def check_artefact_io(bundle: Bundle) -> None:
-    """Open each artefact with its backend and compare its inputs/outputs with the manifest."""
+    """Open each artefact with its backend and compare its inputs/outputs with the manifest, and the codes
+    the cloud half takes with what the wire carries."""
+    taken = [tuple(tensor["shape"][1:]) for tensor in bundle.artefact("cloud")["inputs"]][:len(bundle.wire.shapes)]
+    if taken != [tuple(shape) for shape in bundle.wire.shapes]:
+        raise BundleError("the wire carries codes shaped {}, the cloud half takes {}".format(
+            [list(shape) for shape in bundle.wire.shapes], [list(shape) for shape in taken]))
     for role in ROLES:
         entry = bundle.artefact(role)
         # a TensorRT artefact ships ONNX, which ONNX Runtime checks on any machine
@@ -198,6 +269,10 @@ def check_artefact_io(bundle: Bundle) -> None:
             wanted = [(tensor["name"], tensor["dtype"]) for tensor in declared]
             if found != wanted:
                 raise BundleError("{} artefact {}s are {}, the manifest says {}".format(role, kind, found, wanted))
+            for tensor, (name, _, shape) in zip(declared, actual):
+                if not _same_sizes(tensor["shape"][1:], shape[1:]):
+                    raise BundleError("{} artefact's {} is shaped {}, the manifest says {}".format(
+                        role, name, list(shape), tensor["shape"]))
             for tensor in declared:
                 if "quantization" in tensor:
                     expected = (tensor["quantization"]["scale"], tensor["quantization"]["zero_point"])
@@ -205,3 +280,9 @@ def check_artefact_io(bundle: Bundle) -> None:
                         raise BundleError("{} artefact's {} is quantized with (scale, zero point) {}, the manifest "
                                           "says {}".format(role, tensor["name"], runner.quantization(tensor["name"]),
                                                            tuple(expected)))
+
+
+def _same_sizes(declared, actual) -> bool:
+    """Shapes after the batch axis agree where the artefact fixes a size (a symbolic one matches anything)."""
+    return len(declared) == len(actual) and all(
+        not isinstance(size, int) or size <= 0 or size == wanted for wanted, size in zip(declared, actual))

@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
 
     edge = commands.add_parser("edge", help="Run the edge half on a source and send features to a server.")
     edge.add_argument("--bundle", required=True, help="Bundle directory or .tar.")
+    edge.add_argument("--trust", default=None, metavar="PUBKEY",
+                      help="Ed25519 public key (PEM): refuse a bundle it did not sign (sign-bundle).")
     edge.add_argument("--server", required=True, type=_address, help="HOST:PORT of `edgesplit serve`.")
     edge.add_argument("--source", required=True,
                       help="An .npz/.npy of uint8 images, a folder of image files, or camera[:N].")
@@ -78,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="Serve a bundle and run its edge half against it over loopback: "
                                              "features cross a real socket, in one terminal.")
     demo.add_argument("--bundle", required=True, help="Bundle directory or .tar.")
+    demo.add_argument("--trust", default=None, metavar="PUBKEY",
+                      help="Ed25519 public key (PEM): refuse a bundle it did not sign (sign-bundle).")
     demo.add_argument("--source", default=None,
                       help="Images as for `edge --source` [default: the bundled Fashion-MNIST held-out images].")
     demo.add_argument("--split", default=None, choices=("train", "test"),
@@ -86,9 +90,13 @@ def _parser() -> argparse.ArgumentParser:
 
     engines = commands.add_parser("build-engines", help="Build a bundle's TensorRT engines on this device.")
     engines.add_argument("--bundle", required=True, help="Bundle directory or .tar.")
+    engines.add_argument("--trust", default=None, metavar="PUBKEY",
+                         help="Ed25519 public key (PEM): refuse a bundle it did not sign (sign-bundle).")
 
     serve = commands.add_parser("serve", help="Serve a bundle's cloud half to edges over TCP.")
     serve.add_argument("--bundle", required=True, help="Bundle directory or .tar.")
+    serve.add_argument("--trust", default=None, metavar="PUBKEY",
+                       help="Ed25519 public key (PEM): refuse a bundle it did not sign (sign-bundle).")
     serve.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: all interfaces).")
     serve.add_argument("--port", type=int, default=9000)
     serve.add_argument("--key-file", default=None, help="Shared key file (default: the EDGESPLIT_KEY variable).")
@@ -133,7 +141,7 @@ def run_edge(args) -> dict:
     from runtime.link import EmulatedLink
     from runtime.protocol import read_key
 
-    bundle = open_bundle(args.bundle)
+    bundle = open_bundle(args.bundle, args.trust)
     frames = open_source(args.source, bundle.input_spec(), args.split)
     if args.limit is not None:
         frames = islice(frames, args.limit)
@@ -205,7 +213,7 @@ def run_demo(args) -> dict:
 
     if args.frames < 1:
         raise EdgesplitError("--frames must be at least 1, got {}".format(args.frames))
-    bundle = open_bundle(args.bundle)
+    bundle = open_bundle(args.bundle, args.trust)
     frames = islice(open_source(args.source or str(DEFAULT_CALIBRATION), bundle.input_spec(), args.split),
                     args.frames)
     key = os.urandom(32)
@@ -273,7 +281,7 @@ def run_serve(args) -> None:
                           threads=args.threads, ssl_context=context, metrics_port=args.metrics_port,
                           metrics_host=args.metrics_host, max_connections=args.max_connections,
                           idle_timeout_s=args.idle_timeout, shutdown_timeout_s=args.shutdown_timeout)
-    bundle = open_bundle(args.bundle)
+    bundle = open_bundle(args.bundle, args.trust)
 
     def ready(server):
         host, port = server.address
@@ -289,7 +297,7 @@ def run_build_engines(args) -> None:
     from runtime.backends.tensorrt.engine import rebuild_engines
     from runtime.bundle import open_bundle
 
-    for plan, stamp in rebuild_engines(open_bundle(args.bundle)):
+    for plan, stamp in rebuild_engines(open_bundle(args.bundle, args.trust)):
         print("built {} for {} (sm {}), TensorRT {}, {}".format(
             plan, stamp["gpu"], stamp["compute_capability"], stamp["tensorrt"], stamp["precision"]))
 

@@ -106,22 +106,23 @@ class _Pending(NamedTuple):
 class Batcher:
     """Collects decoded frames from all connections into batches of at most `max_batch`.
 
-    Each connection has its own queue and a batch takes one frame from each in turn (round-robin):
-    an edge with 256 frames queued delays another edge's frame by one place, not 256. The first
+    Each connection has its own queue and a batch takes one frame from each in turn (round-robin),
+    and while N edges are connected one edge fills at most max_batch / N of a batch: an edge with
+    256 frames queued delays another edge's frame by one short batch, not by its backlog. The first
     frame opens a batch; more join until the batch is full or `max_wait_ms` passed. While the
     backend runs a batch, the next one fills up. With one edge connected no batch waits: nobody
     else could join it, what that edge has queued already goes along.
     """
 
     def __init__(self, infer, max_batch: int, max_wait_ms: float, metrics: ServerMetrics,
-                 others_connected: Callable[[], bool] = lambda: True):
+                 connected: Callable[[], int] = lambda: 2):
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.infer = infer
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.metrics = metrics
-        self.others_connected = others_connected
+        self.connected = connected
         self.queues = collections.OrderedDict()  # source -> deque of _Pending, next to serve first
         self.arrived = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgesplit-backend")
@@ -132,9 +133,16 @@ class Batcher:
         self.arrived.set()
         return future
 
-    def _take(self) -> _Pending:
-        """The next frame of the source whose turn it is; that source goes to the back of the line."""
-        source, waiting = self.queues.popitem(last=False)
+    def _take(self, taken: collections.Counter, share: int) -> Optional[_Pending]:
+        """The next frame of the first source in line still under its share of this batch; that source goes
+        to the back of the line. None when every queued source has its share."""
+        for source in self.queues:
+            if taken[source] < share:
+                break
+        else:
+            return None
+        waiting = self.queues.pop(source)
+        taken[source] += 1
         pending = waiting.popleft()
         if waiting:
             self.queues[source] = waiting
@@ -151,11 +159,14 @@ class Batcher:
     async def _collect(self) -> list:
         while not self.queues:
             await self._arrival(None)
-        batch = [self._take()]
-        deadline = time.monotonic() + (self.max_wait if self.others_connected() else 0.0)
+        connected = max(1, self.connected())
+        share, taken = max(1, self.max_batch // connected), collections.Counter()
+        batch = [self._take(taken, share)]
+        deadline = time.monotonic() + (self.max_wait if connected > 1 else 0.0)
         while len(batch) < self.max_batch:
-            if self.queues:
-                batch.append(self._take())
+            pending = self._take(taken, share)
+            if pending is not None:
+                batch.append(pending)
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not await self._arrival(remaining):
@@ -258,7 +269,7 @@ class CloudServer:
     async def start(self) -> tuple:
         self._stopping = asyncio.get_running_loop().create_future()
         self.batcher = Batcher(self.cloud.replies, self.config.max_batch, self.config.max_wait_ms, self.metrics,
-                               others_connected=lambda: len(self._connections) > 1)
+                               connected=lambda: len(self._connections))
         self._batcher_task = asyncio.ensure_future(self.batcher.run())
         self._server = await _listen(self._serve_connection, self.config.host, self.config.port,
                                      self.config.ssl_context, self.config.handshake_timeout_s)

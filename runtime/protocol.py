@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple, Tuple
 import numpy as np
 
 from runtime.errors import ProtocolError
-from runtime.wire import LOSSLESS
+from runtime.wire import LOSSLESS, MAX_WIRE_NDIM
 
 MAGIC = b"ESPL"
 VERSION = 1
@@ -48,7 +48,7 @@ ERROR_NAMES = {BAD_FRAME: "bad frame", UNSUPPORTED_VERSION: "unsupported version
                BAD_REQUEST: "bad request", INTERNAL: "internal error",
                TIMEOUT: "timeout", TOO_MANY_IN_FLIGHT: "too many frames in flight", BUSY: "server busy"}
 
-MAX_NDIM = 6
+MAX_NDIM = MAX_WIRE_NDIM
 MAX_CONTROL_PAYLOAD = 1024
 NONCE_BYTES = 32
 MIN_KEY_BYTES = 16  # 128 bits: a shared key shorter than this can be guessed online

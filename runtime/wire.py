@@ -129,6 +129,10 @@ def unpack_bits(data: bytes, bits: int, elements: int) -> np.ndarray:
     return np.packbits(padded, axis=1).reshape(elements)
 
 
+MAX_WIRE_NDIM = 6  # as a frame header allows
+MAX_WIRE_ELEMENTS = 1 << 24  # codes per frame: 16 MiB at 8 bits, far over any cut worth sending
+
+
 def _size(shape) -> int:
     return int(np.prod(shape, dtype=np.int64))
 
@@ -179,8 +183,14 @@ class WireFormat(NamedTuple):
         return cls(tuple(entry["shape"]), entry["bits"], entry["lossless"], parts).validated()
 
     def validated(self) -> "WireFormat":
-        if not 1 <= self.bits <= 8:
-            raise WireError("bits per code must be 1..8, got {}".format(self.bits))
+        if type(self.bits) is not int or not 1 <= self.bits <= 8:
+            raise WireError("bits per code must be 1..8, got {!r}".format(self.bits))
+        for shape in (self.shape,) + self.parts:
+            if not 1 <= len(shape) <= MAX_WIRE_NDIM or not all(type(size) is int and size > 0 for size in shape):
+                raise WireError("wire shape {} must be 1..{} positive integer sizes".format(list(shape), MAX_WIRE_NDIM))
+        if _size(self.shape) > MAX_WIRE_ELEMENTS:
+            raise WireError("wire shape {} has {:,} codes per frame, over the {:,} a frame may carry".format(
+                list(self.shape), _size(self.shape), MAX_WIRE_ELEMENTS))
         if self.parts and _size(self.shape) != sum(_size(shape) for shape in self.parts):
             raise WireError("wire shape {} does not hold its parts {}".format(self.shape, self.parts))
         _stage(self.lossless)

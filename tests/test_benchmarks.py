@@ -179,3 +179,22 @@ def test_tflite_suite_compares_the_int8_edge_with_the_float_one(tmp_path):
     assert latency[pi_name]["edge_bytes"] * 3 < latency[cpu_name]["edge_bytes"]  # int8 weights vs fp32
     assert all(row["ms_1_thread"] > 0 for row in summary["latency"])
     assert (tmp_path / "latency.png").stat().st_size > 0
+
+
+def test_reliability_suite_contains_every_fault(tmp_path):
+    import shutil
+
+    if shutil.which("openssl") is None or shutil.which("tar") is None:
+        pytest.skip("the suite makes signing keys with openssl and a sparse archive with GNU tar")
+    run_suite("reliability", "--output", str(tmp_path))
+    rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
+    by_measure = {}
+    for row in rows:
+        by_measure.setdefault(row["measure"], []).append(row)
+    assert by_measure["server RSS growth (MB)"][0]["value"] <= 30
+    assert by_measure["wrong keys tried before refusal"][0]["value"] == 10
+    for bomb in by_measure["verify-bundle peak RSS (MB)"]:
+        assert bomb["value"] <= 200 and bomb["detail"].startswith("exit 1:") and bomb["detail"].endswith("/tmp: 0")
+    statuses = [(row["goal"], row["value"]) for row in by_measure["verify-bundle exit status"]]
+    assert statuses == [("1", "1"), ("-", "0"), ("1", "1")]  # absurd shape; tampered: verifies without a key only
+    assert (tmp_path / "reliability.png").stat().st_size > 0

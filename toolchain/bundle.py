@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 from runtime.bundle import MANIFEST_NAME, compute_bundle_id, file_sha256
@@ -37,3 +38,23 @@ def finish_bundle(staging: Path, output: Path, manifest: dict, tar: bool) -> dic
             for path in sorted(output.iterdir()):
                 archive.add(path, arcname=path.name)
     return manifest
+
+
+def sign_bundle(path: Path, private_key: Path) -> None:
+    """Sign a bundle directory's manifest (Ed25519, runtime/signing.py); a .tar is repacked with the signature."""
+    from runtime.bundle import extract_tar, load_bundle
+    from runtime.signing import sign_manifest
+
+    if path.is_dir():
+        load_bundle(path)  # only a bundle that verifies is worth a signature
+        sign_manifest(path, private_key)
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = extract_tar(path, Path(scratch) / "bundle")
+        load_bundle(directory)
+        sign_manifest(directory, private_key)
+        packed = path.with_name(path.name + ".partial")
+        with tarfile.open(packed, "w") as archive:
+            for member in sorted(directory.iterdir()):
+                archive.add(member, arcname=member.name)
+        packed.replace(path)

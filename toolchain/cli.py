@@ -350,20 +350,36 @@ def list_splits(model) -> None:
 
 @main.command("verify-bundle")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
-def verify_bundle(path: Path) -> None:
-    """Check a bundle directory or .tar: manifest, hashes, bundle id, artefact inputs/outputs."""
+@click.option("--trust", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Ed25519 public key (PEM): the manifest must be signed by it (sign-bundle).")
+def verify_bundle(path: Path, trust: Path | None) -> None:
+    """Check a bundle directory or .tar: signature (with --trust), manifest, hashes, bundle id, artefact
+    inputs/outputs and shapes."""
     import tempfile
 
     from runtime.bundle import check_artefact_io, extract_tar, load_bundle
 
     with tempfile.TemporaryDirectory() as scratch:
         directory = extract_tar(path, Path(scratch)) if path.is_file() else path
-        bundle = load_bundle(directory)
+        bundle = load_bundle(directory, trust)
         check_artefact_io(bundle)
     devices = bundle.manifest["deployment"]
+    signed = f", signed by {trust}" if trust else ""
     click.echo(f"ok: bundle {bundle.bundle_id} ({bundle.manifest['source_model']['name']}, edge "
                f"{devices['edge']['name']}, cloud {devices['cloud']['name']}), "
-               f"{len(bundle.manifest['files'])} files verified")
+               f"{len(bundle.manifest['files'])} files verified{signed}")
+
+
+@main.command("sign-bundle")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--key", "key", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Ed25519 private key (PEM): openssl genpkey -algorithm ed25519 -out signing.pem")
+def sign_bundle_command(path: Path, key: Path) -> None:
+    """Sign a bundle (directory or .tar) so that verify-bundle/serve/edge --trust PUBKEY accept it."""
+    from toolchain.bundle import sign_bundle
+
+    sign_bundle(path, key)
+    click.echo(f"signed {path}: give servers and edges the public key (openssl pkey -in {key} -pubout)")
 
 
 def _load_for_codec(model: ModelArgs, data):

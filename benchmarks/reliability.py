@@ -1,0 +1,401 @@
+"""Reliability under attack: each fault an adversarial review found (issue 20), reproduced against
+`edgesplit serve` / `verify-bundle` in their own processes, with what it costs now.
+
+    python -m benchmarks reliability [--quick] [--output benchmarks/results/reliability]
+
+1. A key holder sends tiny frames as fast as the server takes them and never reads a reply: the
+   server's RSS before and after, how many frames it took before it stopped reading, and whether
+   it closed the connection at its write timeout.
+2. SIGTERM while that client is connected: seconds until the server has exited.
+3. A bystander edge at 10 fps, alone and beside a greedy client that keeps 256 frames in flight:
+   its p99 latency (the batcher serves connections round-robin).
+4. A guessing client: wrong keys per second it gets to try, and what the server says once refused.
+5. Bundle bombs through `edgesplit verify-bundle`: a 3 GiB sparse tar member and a .tar.gz of
+   600 MB of zeros; the verifier's peak RSS, and what is left in the temporary directory.
+6. A manifest with an absurd wire shape, and a cloud half with two classes swapped and every hash
+   recomputed, checked with and without a trusted key.
+
+results.csv / summary.json / RESULTS.md; the figure compares the bystander's latencies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.progress import Progress
+
+from benchmarks.common import ROOT, cpu_name, parse_arguments, table, write_csv
+from benchmarks.runtime import free_port, synthetic_edge
+from calibration_data import DEFAULT_CALIBRATION
+from runtime import protocol
+from runtime.bundle import compute_bundle_id, file_sha256, load_bundle
+from runtime.images import open_source
+from runtime.local import CloudHalf, EdgeHalf
+from runtime.wire import encode_frame
+
+KEY = "a key for the reliability suite, 256 bits of it......"
+GREEDY_IN_FLIGHT = 256
+BYSTANDER_FPS = 10.0
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_serve(bundle_dir: Path, *options: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "runtime.cli", "serve", "--bundle", str(bundle_dir), "--port",
+                                str(port), *options], cwd=str(ROOT), env=dict(os.environ, EDGESPLIT_KEY=KEY),
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if "serving bundle" not in process.stdout.readline():
+        raise RuntimeError("edgesplit serve did not start")
+    return process, port
+
+
+def authenticated(port: int, bundle_id: bytes, key: bytes = KEY.encode()) -> socket.socket:
+    """A raw connection past the handshake (or refused: the ERROR frame's message raised)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    stream = sock.makefile("rb")
+
+    def receive() -> protocol.Frame:
+        return protocol.read_frame(lambda size: stream.read(size))
+
+    nonce = protocol.new_nonce()
+    sock.sendall(protocol.encode(protocol.Frame(protocol.HELLO, bundle_id=bundle_id, payload=nonce)))
+    challenge = receive()
+    if challenge.type == protocol.READY:  # a server started with --no-auth
+        return sock
+    if challenge.type == protocol.ERROR:
+        raise ConnectionRefusedError(protocol.error_details(challenge)[1])
+    sock.sendall(protocol.encode(protocol.Frame(protocol.AUTH, bundle_id=bundle_id, payload=protocol.client_proof(
+        key, challenge.payload, nonce, bundle_id))))
+    ready = receive()
+    if ready.type != protocol.READY:
+        raise ConnectionRefusedError(protocol.error_details(ready)[1])
+    return sock
+
+
+def flood(port: int, bundle, seconds: float, until_stalled: bool = False) -> dict:
+    """Tiny frames into a connection whose replies are never read, for `seconds`, until it is closed, or
+    (`until_stalled`) until the server has taken nothing for a second: it stopped reading."""
+    bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
+    tiny = protocol.encode(protocol.features_frame(1, bundle_id, bytes(100), bundle.wire,
+                                                   protocol.wire_quantization(bundle.manifest)))
+    sock = authenticated(port, bundle_id)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(0.2)
+    sent, closed, started, progress, unsent = 0, False, time.monotonic(), time.monotonic(), b""
+    while time.monotonic() - started < seconds and not closed:
+        try:
+            unsent = unsent or tiny * 64
+            count = sock.send(unsent)  # a partial send continues where it stopped: frames stay whole
+            unsent, sent = unsent[count:], sent + count / len(tiny)
+            progress = time.monotonic()
+        except socket.timeout:
+            if until_stalled and time.monotonic() - progress > 1.0:
+                break
+        except OSError:
+            closed = True
+    return {"socket": sock, "frames_sent": int(sent), "closed_by_server": closed,
+            "stalled": time.monotonic() - progress > 1.0, "seconds": time.monotonic() - started}
+
+
+def non_reading_client(bundle, seconds: float) -> list[dict]:
+    process, port = start_serve(bundle.directory)
+    try:
+        before = rss_mb(process.pid)
+        flooded = flood(port, bundle, seconds)
+        after, peak = rss_mb(process.pid), rss_mb(process.pid, "VmHWM")
+        flooded["socket"].close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    return [{"fault": "tiny frames, replies never read", "measure": "server RSS growth (MB)",
+             "value": round(after - before, 1), "goal": "<= 30",
+             "detail": f"{flooded['frames_sent']:,} frames sent in {flooded['seconds']:.1f} s; peak RSS {peak:.0f} MB; "
+                       f"connection closed by the server: {flooded['closed_by_server']}"}]
+
+
+def sigterm_with_stalled_client(bundle) -> list[dict]:
+    process, port = start_serve(bundle.directory, "--shutdown-timeout", "5")
+    flooded = flood(port, bundle, 60.0, until_stalled=True)  # the server cannot write to it, nor reads it
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        code = process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        code = "killed after 60 s"
+    flooded["socket"].close()
+    return [{"fault": "SIGTERM with a stalled client", "measure": "seconds to exit (deadline 5 s)",
+             "value": round(time.monotonic() - started, 2), "goal": "<= 5 + 1",
+             "detail": f"exit status {code}; the server had stopped reading the client: {flooded['stalled']} "
+                       f"(after {flooded['frames_sent']:,} frames, {flooded['seconds']:.1f} s)"}]
+
+
+async def greedy(port: int, bundle_id: bytes, payload: bytes, wire, quantization, stop_at: float) -> int:
+    """Keeps GREEDY_IN_FLIGHT frames in flight: a new one for every reply."""
+    sock = await asyncio.get_running_loop().run_in_executor(None, authenticated, port, bundle_id)
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock)
+
+    def frame(request_id: int) -> bytes:
+        return protocol.encode(protocol.features_frame(request_id, bundle_id, payload, wire, quantization))
+
+    for request_id in range(1, GREEDY_IN_FLIGHT + 1):
+        writer.write(frame(request_id))
+    answered, next_id = 0, GREEDY_IN_FLIGHT + 1
+    while time.monotonic() < stop_at:
+        header = protocol.parse_header(await reader.readexactly(protocol.HEADER_BYTES))
+        await reader.readexactly(header.body_bytes)
+        answered += 1
+        writer.write(frame(next_id))
+        next_id += 1
+    writer.close()
+    return answered
+
+
+def greedy_process(port: int, bundle_id: bytes, payload: bytes, wire, quantization, seconds: float, answered) -> None:
+    """The greedy client in a process of its own, so that its traffic does not delay the bystander's own loop."""
+    stop_at = time.monotonic() + seconds
+    answered.value = asyncio.run(greedy(port, bundle_id, payload, wire, quantization, stop_at))
+
+
+async def bystander_run(port: int, bundle, payloads, expected, seconds: float) -> dict:
+    bundle_id, quantization = protocol.bundle_id_bytes(bundle.bundle_id), protocol.wire_quantization(bundle.manifest)
+    now = time.monotonic()
+    warm_until, stop_at = now + 1.0, now + 1.0 + seconds
+    latencies, counts = [], {"sent": 0, "errors": 0, "unanswered": 0, "wrong": 0}
+    await synthetic_edge(port, bundle_id, payloads, expected, bundle.wire, quantization, BYSTANDER_FPS, now,
+                         warm_until, stop_at, latencies, counts)
+    milliseconds = np.array(latencies) * 1000
+    return {"p50": float(np.median(milliseconds)), "p99": float(np.percentile(milliseconds, 99)),
+            "answered": len(latencies), **counts}
+
+
+def bystander(bundle, payloads, expected, seconds: float) -> tuple[list[dict], dict]:
+    import multiprocessing
+
+    runs = {}
+    for with_greedy in (False, True):
+        process, port = start_serve(bundle.directory, "--no-auth")  # the synthetic edge skips the key
+        answered = multiprocessing.Value("q", 0)
+        rival = multiprocessing.Process(target=greedy_process, args=(
+            port, protocol.bundle_id_bytes(bundle.bundle_id), payloads[0], bundle.wire,
+            protocol.wire_quantization(bundle.manifest), seconds + 1.5, answered))
+        try:
+            if with_greedy:
+                rival.start()
+                time.sleep(0.5)  # its 256 frames are in flight before the bystander starts
+            runs[with_greedy] = dict(asyncio.run(bystander_run(port, bundle, payloads, expected, seconds)))
+            if with_greedy:
+                rival.join(30)
+            runs[with_greedy]["greedy_answered"] = answered.value
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+    alone, crowded = runs[False], runs[True]
+    row = {"fault": f"a client keeping {GREEDY_IN_FLIGHT} frames in flight", "measure": "bystander p99 with / alone",
+           "value": round(crowded["p99"] / alone["p99"], 2), "goal": "<= 3",
+           "detail": f"bystander at {BYSTANDER_FPS:g} fps: p99 {alone['p99']:.1f} ms alone, {crowded['p99']:.1f} ms "
+                     f"beside the greedy client ({crowded['greedy_answered']:,} of its frames answered meanwhile); "
+                     f"errors {crowded['errors']}, wrong {crowded['wrong']}"}
+    return [row], {"alone": alone, "beside a greedy client": crowded}
+
+
+def key_guessing(bundle, seconds: float) -> list[dict]:
+    process, port = start_serve(bundle.directory)
+    bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
+    tried, refusal, started = 0, "", time.monotonic()
+    try:
+        while time.monotonic() - started < seconds:
+            try:
+                authenticated(port, bundle_id, os.urandom(32)).close()
+            except ConnectionRefusedError as error:
+                refusal = str(error)
+                if "too many failed" in refusal:
+                    break
+                tried += 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    return [{"fault": "guessing keys from one address", "measure": "wrong keys tried before refusal",
+             "value": tried, "goal": "<= 10 per minute", "detail": f"then: {refusal}"}]
+
+
+def verify_process(path: Path, *options: str) -> dict:
+    """`edgesplit verify-bundle` in its own process: exit status, its last line, peak RSS, /tmp leftovers."""
+    before = set(Path(tempfile.gettempdir()).iterdir())
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the process that forked this one
+    probe = ("import sys\nfrom edgesplit.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as "
+             "stop:\n    code = stop.code\nelse:\n    code = 0\npeak = next(line.split()[1] for line in "
+             "open('/proc/self/status') if line.startswith('VmHWM:'))\nprint('PEAK', peak, code, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", probe, "verify-bundle", str(path), *options], cwd=str(ROOT),
+                          capture_output=True, text=True, timeout=900)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    _, peak_kb, code = next(line for line in lines if line.startswith("PEAK")).split()
+    message = next((line for line in lines if not line.startswith("PEAK")), "")
+    left = len(set(Path(tempfile.gettempdir()).iterdir()) - before)
+    return {"code": code, "message": message, "peak_mb": int(peak_kb) / 1024, "left_in_tmp": left}
+
+
+def bombs(scratch: Path) -> list[dict]:
+    sparse_dir = scratch / "sparse"
+    sparse_dir.mkdir()
+    with open(sparse_dir / "cloud.onnx", "wb") as sparse:
+        sparse.truncate(3 * 1024 ** 3)
+    sparse_tar = scratch / "sparse.tar"
+    subprocess.run(["tar", "-S", "-cf", str(sparse_tar), "-C", str(sparse_dir), "cloud.onnx"], check=True)
+    gzip_tar = scratch / "zeros.tar.gz"
+    with tarfile.open(gzip_tar, "w:gz", compresslevel=1) as archive:
+        member = tarfile.TarInfo("cloud.onnx")
+        member.size = 600 * 1024 * 1024
+        archive.addfile(member, io.BufferedReader(Zeros(member.size), 1 << 20))
+    rows = []
+    for name, path in (("tar with a 3 GiB sparse member", sparse_tar), ("tar.gz of 600 MB of zeros", gzip_tar)):
+        result = verify_process(path)
+        rows.append({"fault": f"{name} ({path.stat().st_size / 1e6:.1f} MB)", "measure": "verify-bundle peak RSS (MB)",
+                     "value": round(result["peak_mb"], 1), "goal": "<= 200, nothing left in /tmp",
+                     "detail": f"exit {result['code']}: {result['message']}; left in /tmp: {result['left_in_tmp']}"})
+    return rows
+
+
+class Zeros(io.RawIOBase):
+    """`size` zero bytes, read without holding them: the body of an archive bomb."""
+
+    def __init__(self, size: int):
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = min(len(buffer), self.left)
+        buffer[:count] = bytes(count)
+        self.left -= count
+        return count
+
+
+def rehash(directory: Path, change) -> None:
+    path = directory / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    for name in manifest["files"]:
+        manifest["files"][name] = {"sha256": file_sha256(directory / name), "bytes": (directory / name).stat().st_size}
+    manifest["bundle_id"] = compute_bundle_id(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def tampering(bundle_dir: Path, scratch: Path) -> list[dict]:
+    import onnx
+    from onnx import numpy_helper
+
+    absurd = shutil.copytree(bundle_dir, scratch / "absurd")
+    rehash(absurd, lambda manifest: manifest["wire"].__setitem__("shape", [1000000, 1000000]))
+    refused = verify_process(absurd)
+    rows = [{"fault": "wire shape [1000000, 1000000], hashes recomputed", "measure": "verify-bundle exit status",
+             "value": refused["code"], "goal": "1", "detail": refused["message"]}]
+    swapped = shutil.copytree(bundle_dir, scratch / "swapped")
+    private, public = scratch / "signing.pem", scratch / "signing.pub"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(private)], check=True)
+    subprocess.run(["openssl", "pkey", "-in", str(private), "-pubout", "-out", str(public)], check=True)
+    subprocess.run([sys.executable, "-m", "edgesplit", "sign-bundle", str(swapped), "--key", str(private)],
+                   cwd=str(ROOT), check=True, capture_output=True)
+    model = onnx.load(str(swapped / "cloud.onnx"))
+    weights = [w for w in model.graph.initializer if len(w.dims) == 2 and w.dims[0] == 10][-1]
+    array = numpy_helper.to_array(weights).copy()
+    array[[0, 1]] = array[[1, 0]]
+    weights.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), weights.name))
+    onnx.save(model, str(swapped / "cloud.onnx"))
+    rehash(swapped, lambda manifest: None)
+    for trust in ((), ("--trust", str(public))):
+        result = verify_process(swapped, *trust)
+        rows.append({"fault": "cloud half with two classes swapped, hashes recomputed" + (", trusted key" if trust
+                                                                                           else ", no key"),
+                     "measure": "verify-bundle exit status", "value": result["code"], "goal": "1" if trust else "-",
+                     "detail": result["message"]})
+    return rows
+
+
+def plot(output: Path, latencies: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    names = list(latencies)
+    for offset, key in enumerate(("p50", "p99")):
+        axis.bar(np.arange(len(names)) + 0.4 * offset, [latencies[n][key] for n in names], 0.4, label=key)
+    axis.set_xticks(np.arange(len(names)) + 0.2, names)
+    axis.set_ylabel("bystander latency (ms)")
+    axis.set_title(f"a {BYSTANDER_FPS:g} fps edge beside one keeping {GREEDY_IN_FLIGHT} frames in flight")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(output / "reliability.png", dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    from toolchain.build import BuildOptions, build_engines
+
+    args = parse_arguments(__doc__, "reliability", "Shorter floods and runs (3 s), same faults.")
+
+    with tempfile.TemporaryDirectory() as scratch:
+        bundle_dir = build_engines(BuildOptions(split="layer2", codec="int8", lossless="none",
+                                                output=Path(scratch) / "int8-cpu"), show_progress=False).bundle
+        bundle = load_bundle(bundle_dir)
+        source = list(open_source(str(DEFAULT_CALIBRATION), bundle.input_spec()))[:64]
+        codes = EdgeHalf(bundle).codes(np.stack([frame.image for frame in source]))
+        payloads = [encode_frame(frame, bundle.wire) for frame in codes]
+        expected = CloudHalf(bundle).logits(codes).argmax(1)
+        seconds = 3.0 if args.quick else 15.0
+        steps = [("non-reading client", lambda: non_reading_client(bundle, seconds)),
+                 ("SIGTERM", lambda: sigterm_with_stalled_client(bundle)),
+                 ("key guessing", lambda: key_guessing(bundle, seconds)),
+                 ("bundle bombs", lambda: bombs(Path(scratch))),
+                 ("tampered bundles", lambda: tampering(bundle_dir, Path(scratch)))]
+        rows = []
+        with Progress() as progress:
+            task = progress.add_task("faults", total=len(steps) + 1)
+            progress.update(task, description="greedy client")
+            fairness, latencies = bystander(bundle, payloads, expected, seconds)
+            rows += fairness
+            progress.advance(task)
+            for name, step in steps:
+                progress.update(task, description=name)
+                rows += step()
+                progress.advance(task)
+    summary = {"quick": args.quick, "machine": cpu_name(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
+               "bystander": latencies, "rows": rows}
+    write_csv(args.output / "results.csv", rows)
+    (args.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(args.output, latencies)
+    lines = ["# Reliability under attack (issue 20)", "",
+             f"Generated by `python -m benchmarks reliability` on {summary['machine']} ({summary['cpus']} CPUs), "
+             f"{summary['date']}; `edgesplit serve` and `verify-bundle` in their own processes, default settings "
+             "unless the row says otherwise.", "", table(rows, ["fault", "measure", "value", "goal", "detail"]), "",
+             "![bystander latency](reliability.png)"]
+    (args.output / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    print(table(rows, ["fault", "measure", "value", "goal"]))
+    print(f"wrote {args.output}/RESULTS.md")
+
+
+if __name__ == "__main__":
+    main()

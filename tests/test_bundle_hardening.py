@@ -1,0 +1,200 @@
+"""Bundles are files from outside: archive bombs, malformed manifests, absurd shapes and tampered models
+are refused in one line; signed bundles pin the builder (Ed25519)."""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from benchmarks.reliability import Zeros
+from runtime.bundle import MAX_BUNDLE_BYTES, _member_names, compute_bundle_id, file_sha256, load_bundle, open_bundle
+from runtime.errors import BundleError
+from toolchain.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def bundle_copy(int8_built, tmp_path):
+    return shutil.copytree(int8_built.bundle, tmp_path / "copy")
+
+
+def verify(*arguments) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["verify-bundle", *map(str, arguments)])
+    return result.exit_code, result.output
+
+
+def rewrite_manifest(directory: Path, change) -> None:
+    """Edit the manifest and recompute its hashes and id, as an attacker who can write the bundle would."""
+    path = directory / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for name in manifest["files"]:
+        manifest["files"][name] = {"sha256": file_sha256(directory / name), "bytes": (directory / name).stat().st_size}
+    change(manifest)
+    manifest["bundle_id"] = compute_bundle_id(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def bundle_temporaries() -> set:
+    return set(Path(tempfile.gettempdir()).glob("edgesplit-bundle-*"))
+
+
+def test_a_sparse_member_is_refused_before_extraction(tmp_path):
+    """GNU tar's sparse members: a 3 GiB file in a few KB of archive."""
+    if shutil.which("tar") is None:
+        pytest.skip("GNU tar is not installed: it writes the sparse member")
+    with open(tmp_path / "cloud.onnx", "wb") as sparse:
+        sparse.truncate(3 * 1024 ** 3)
+    archive = tmp_path / "bomb.tar"
+    subprocess.run(["tar", "-S", "-cf", str(archive), "-C", str(tmp_path), "cloud.onnx"], check=True)
+    assert archive.stat().st_size < 1e6
+    before = bundle_temporaries()
+    with pytest.raises(BundleError, match="member 'cloud.onnx' is not a plain top-level file"):
+        open_bundle(archive)
+    assert bundle_temporaries() == before
+
+
+def test_members_adding_up_to_more_than_a_bundle_are_refused_from_their_headers():
+    members = [tarfile.TarInfo(name) for name in ("edge.onnx", "cloud.onnx")]
+    members[0].size, members[1].size = MAX_BUNDLE_BYTES, 1
+    with pytest.raises(BundleError, match=r"would unpack to 2,147,483,649 bytes, over a bundle's 2,147,483,648"):
+        _member_names(Path("big.tar"), members)
+    with pytest.raises(BundleError, match="has over 66 members"):
+        _member_names(Path("many.tar"), [tarfile.TarInfo(f"f{i}") for i in range(67)])
+
+
+@pytest.mark.parametrize("name", [".", "", ".hidden", "a/b"])
+def test_members_that_are_not_plain_file_names_are_refused(tmp_path, name):
+    archive = tmp_path / "odd.tar"
+    with tarfile.open(archive, "w") as tar:
+        member = tarfile.TarInfo(name)
+        member.size = 1
+        tar.addfile(member, io.BytesIO(b"x"))
+    code, output = verify(archive)
+    assert code == 1 and "is not a plain top-level file" in output and "Traceback" not in output
+
+
+def test_a_gzip_bomb_is_unpacked_with_bounded_memory_and_nothing_left_behind(tmp_path):
+    """A .tar.gz of 1 MB holding 600 MB of zeros and no manifest: streamed out (peak RSS well under 200 MB,
+    where reading the member whole took 600), refused, and its temporary directory removed."""
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        member = tarfile.TarInfo("cloud.onnx")
+        member.size = 600 * 1024 * 1024
+        tar.addfile(member, io.BufferedReader(Zeros(member.size), 1 << 20))
+    assert archive.stat().st_size < 5e6
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking (pytest, torch-sized) process
+    probe = ("import sys\nfrom runtime.bundle import open_bundle\nfrom runtime.errors import BundleError\n"
+             "try:\n    open_bundle(sys.argv[1])\nexcept BundleError as error:\n    print(error)\n"
+             "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))")
+    before = bundle_temporaries()
+    done = subprocess.run([sys.executable, "-c", probe, str(archive)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    message, peak_kb = done.stdout.strip().splitlines()
+    assert message.endswith("is not a bundle: it has no manifest.json")
+    assert int(peak_kb) < 200 * 1024
+    assert bundle_temporaries() == before
+
+
+def test_an_opened_tar_bundle_leaves_nothing_in_tmp(int8_built):
+    before = bundle_temporaries()
+    probe = "import sys\nfrom runtime.bundle import open_bundle\nprint(open_bundle(sys.argv[1]).directory)"
+    done = subprocess.run([sys.executable, "-c", probe, str(int8_built.bundle.with_suffix(".tar"))], cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+    assert "edgesplit-bundle-" in done.stdout  # it was unpacked there, and removed at exit
+    assert bundle_temporaries() == before
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.__setitem__("files", list(m["files"])), "the manifest's files must map each file name"),
+    (lambda m: m["wire"].__setitem__("shape", [1000000, 1000000]), "over the 16,777,216 a frame may carry"),
+    (lambda m: m["wire"].__setitem__("shape", [-64, 16, 16]), "must be 1..6 positive integer sizes"),
+    (lambda m: m["wire"].__setitem__("shape", [1e6, 1e6]), "must be 1..6 positive integer sizes"),
+    (lambda m: m["wire"].__setitem__("shape", [32, 8, 8]), "the wire carries codes shaped [[32, 8, 8]], the cloud"),
+])
+def test_malformed_manifests_and_absurd_shapes_are_refused_by_verify_bundle(bundle_copy, change, message):
+    rewrite_manifest(bundle_copy, change)
+    code, output = verify(bundle_copy)
+    assert code == 1 and message in output and "Traceback" not in output
+
+
+def test_a_manifest_nested_deeply_is_one_line(bundle_copy):
+    (bundle_copy / "manifest.json").write_text("[" * 100000 + "]" * 100000)
+    code, output = verify(bundle_copy)
+    assert code == 1 and "nests too deeply to be a manifest" in output
+
+
+@pytest.fixture(scope="module")
+def signing_keys(tmp_path_factory):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (Debian package openssl): the keys are made as the README says")
+    folder = tmp_path_factory.mktemp("keys")
+    keys = {}
+    for name in ("builder", "stranger"):
+        private, public = folder / f"{name}.pem", folder / f"{name}.pub"
+        subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(private)], check=True)
+        subprocess.run(["openssl", "pkey", "-in", str(private), "-pubout", "-out", str(public)], check=True)
+        keys[name] = (private, public)
+    return keys
+
+
+def swap_two_classes(path: Path) -> None:
+    """Swap the classifier rows of classes 0 and 1: a model that still loads and answers, wrongly."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    weights = [w for w in model.graph.initializer if len(w.dims) == 2 and w.dims[0] == 10]
+    array = numpy_helper.to_array(weights[-1]).copy()
+    array[[0, 1]] = array[[1, 0]]
+    weights[-1].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), weights[-1].name))
+    onnx.save(model, str(path))
+
+
+def test_a_signed_bundle_verifies_and_a_rehashed_tampered_model_does_not(bundle_copy, signing_keys):
+    private, public = signing_keys["builder"]
+    code, output = verify(bundle_copy, "--trust", public)
+    assert code == 1 and "is not signed (no manifest.json.sig)" in output
+    result = CliRunner().invoke(main, ["sign-bundle", str(bundle_copy), "--key", str(private)])
+    assert result.exit_code == 0, result.output
+    code, output = verify(bundle_copy, "--trust", public)
+    assert code == 0 and output.strip().endswith(f"signed by {public}")
+    code, output = verify(bundle_copy, "--trust", signing_keys["stranger"][1])
+    assert code == 1 and "signature does not verify" in output
+    # two classes swapped in the cloud half, every hash and the id recomputed: verifies without a key, not with one
+    swap_two_classes(bundle_copy / "cloud.onnx")
+    rewrite_manifest(bundle_copy, lambda manifest: None)
+    assert verify(bundle_copy)[0] == 0
+    code, output = verify(bundle_copy, "--trust", public)
+    assert code == 1 and "the manifest was changed after signing" in output
+
+
+def test_serve_and_edge_with_a_trust_key_refuse_an_unsigned_bundle_before_loading(int8_built, signing_keys):
+    environment = dict(os.environ, EDGESPLIT_KEY="a shared key for this test, long enough")
+    public = signing_keys["builder"][1]
+    for command in (["serve", "--port", "0"], ["edge", "--server", "127.0.0.1:9", "--source", "x"]):
+        done = subprocess.run([sys.executable, "-m", "edgesplit", command[0], "--bundle", str(int8_built.bundle),
+                               "--trust", str(public), *command[1:]], cwd=ROOT, env=environment,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1
+        assert done.stderr.strip().splitlines() == [
+            f"error: {int8_built.bundle} is not signed (no manifest.json.sig): a trusted key was given, so it is "
+            "refused"]
+
+
+def test_a_signed_tar_is_accepted_by_the_runtime(int8_built, signing_keys, tmp_path):
+    private, public = signing_keys["builder"]
+    archive = shutil.copy(int8_built.bundle.with_suffix(".tar"), tmp_path / "signed.tar")
+    CliRunner().invoke(main, ["sign-bundle", str(archive), "--key", str(private)], catch_exceptions=False)
+    assert open_bundle(archive, public).bundle_id == load_bundle(int8_built.bundle).bundle_id
+    with pytest.raises(BundleError, match="signature does not verify"):
+        open_bundle(archive, signing_keys["stranger"][1])

@@ -74,7 +74,6 @@ CLOUD_ONLY_SPLIT = "normalize"  # the image, as int8 codes, is what crosses
 DEFAULT_DEVICE = "jetson-nano"  # BBNet's edge
 FRAMES, QUICK_FRAMES = 100, 20
 IN_FLIGHT = 8
-PROFILE_FRAMES = 60
 REPEATS, REPEAT_BELOW_S = 3, 20.0  # see steady_stream; --quick runs each stream once
 LINK_CHECK_BPS = 1e6
 # BBNet Table 4 (Jetson Nano + GTX 1060 PC, CIFAR-10, ResNet-18, seconds per 100 images)
@@ -213,11 +212,13 @@ def learned_candidates(target: str, learned, frames: int, work: Path) -> list[di
     return entries
 
 
-def edge_profile(testbed: Testbed, host: dict, cloud_only: Path, whole_model: Path, work: Path, repeats: int) -> dict:
+def edge_profile(testbed: Testbed, host: dict, cloud_only: Path, whole_model: Path, work: Path, streamed: int,
+                 repeats: int) -> dict:
     """The host profile with every edge time measured on the (emulated) edge: each bundle's edge through
-    `edgesplit edge` over the unshaped link, the whole model on its own."""
+    `edgesplit edge` over the unshaped link, as many frames as a measured row streams (the start-up a stream
+    pays is then spread as in the rows), the whole model on its own."""
     def ms_per_frame(bundle: Path) -> float:
-        return 1000 * steady_stream(testbed, bundle, None, PROFILE_FRAMES, work, repeats)["seconds"] / PROFILE_FRAMES
+        return 1000 * steady_stream(testbed, bundle, None, streamed, work, repeats)["seconds"] / streamed
 
     edge = copy.deepcopy(host)
     for entry in edge["candidates"]:
@@ -230,7 +231,8 @@ def edge_profile(testbed: Testbed, host: dict, cloud_only: Path, whole_model: Pa
     return edge
 
 
-def profiles(testbed: Testbed, splits, codecs, learned, frames: int, work: Path, repeats: int) -> Candidates:
+def profiles(testbed: Testbed, splits, codecs, learned, frames: int, work: Path, streamed: int,
+             repeats: int) -> Candidates:
     """Build every candidate, profile the cloud here and the edge on the testbed."""
     # the cloud's times with serve's own threads (the backend's default); edge times are measured on the testbed
     host = profile_target(ProfileOptions(target=testbed.target, cloud="cpu", splits=splits, codecs=codecs,
@@ -242,7 +244,7 @@ def profiles(testbed: Testbed, splits, codecs, learned, frames: int, work: Path,
     bundles = {f"{c['split']} {c['codec']}": Path(c["bundle"]) for c in host["candidates"]}
     bundles["cloud-only raw"] = cloud_only.bundle
     whole_model = next(work.glob(f"whole-*-edge{exporter(get_device(testbed.target, 'edge')).suffix}"))
-    edge = edge_profile(testbed, host, cloud_only.bundle, whole_model, work, repeats)
+    edge = edge_profile(testbed, host, cloud_only.bundle, whole_model, work, streamed, repeats)
     return Candidates(host, edge, bundles, whole_model)
 
 
@@ -447,7 +449,7 @@ def main() -> None:
         try:
             testbed = open_testbed(args.device, work, stack)
             repeats = 1 if args.quick else REPEATS
-            found = profiles(testbed, splits, codecs, learned, 20 if args.quick else 200, work, repeats)
+            found = profiles(testbed, splits, codecs, learned, 20 if args.quick else 200, work, frames, repeats)
             link_check = None
             if testbed.link:  # long enough that the one-packet burst does not count
                 testbed.link.shape(LINK_CHECK_BPS)

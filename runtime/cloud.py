@@ -43,6 +43,7 @@ class ServerConfig(NamedTuple):
     idle_timeout_s: float = 300.0  # a connection that sends no frame for this long is closed
     write_timeout_s: float = 10.0  # a reply the edge does not take within this closes its connection
     shutdown_timeout_s: float = 10.0  # after this, shutdown closes the connections still answering
+    batch_timeout_s: float = 30.0  # watchdog: a batch the backend has not answered by then gets TIMEOUT errors
     max_connections: int = 1024  # more are refused (BUSY); kept below the process's file limit
     auth_failures: int = 10  # failed key proofs per address per AUTH_WINDOW_S before it is refused outright
     threads: Optional[int] = None
@@ -115,7 +116,7 @@ class Batcher:
     """
 
     def __init__(self, infer, max_batch: int, max_wait_ms: float, metrics: ServerMetrics,
-                 connected: Callable[[], int] = lambda: 2):
+                 connected: Callable[[], int] = lambda: 2, timeout_s: Optional[float] = None):
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.infer = infer
@@ -123,6 +124,7 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000.0
         self.metrics = metrics
         self.connected = connected
+        self.timeout_s = timeout_s
         self.queues = collections.OrderedDict()  # source -> deque of _Pending, next to serve first
         self.arrived = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgesplit-backend")
@@ -179,20 +181,27 @@ class Batcher:
             batch = await self._collect()
             self.metrics.batch_size.observe(len(batch))
             try:
-                rows = await loop.run_in_executor(self.executor, self.infer, [p.codes for p in batch])
-            except Exception as error:  # a backend failure answers this batch with errors, not a dead server
-                log.exception("cloud backend failed on a batch of %d", len(batch))
+                running = loop.run_in_executor(self.executor, self.infer, [p.codes for p in batch])
+                rows = await asyncio.wait_for(running, self.timeout_s)
+            except Exception as error:  # a failed or hung backend answers this batch with errors, not a dead server
+                problem = self._problem(error, len(batch))
                 for pending in batch:
                     if not pending.future.done():
-                        pending.future.set_exception(ProtocolError(
-                            "cloud backend failed: {}".format(error), protocol.INTERNAL))
+                        pending.future.set_exception(problem)
                 continue
             for pending, row in zip(batch, rows):
                 if not pending.future.done():
                     pending.future.set_result(row)
 
+    def _problem(self, error: Exception, size: int) -> ProtocolError:
+        if isinstance(error, asyncio.TimeoutError):  # the thread cannot be stopped: later batches queue behind it
+            log.error("cloud backend gave no answer for a batch of %d within %.1f s", size, self.timeout_s)
+            return ProtocolError("cloud backend gave no answer within {} s".format(self.timeout_s), protocol.TIMEOUT)
+        log.exception("cloud backend failed on a batch of %d", size, exc_info=error)
+        return ProtocolError("cloud backend failed: {}".format(error), protocol.INTERNAL)
+
     def close(self) -> None:
-        self.executor.shutdown(wait=True)
+        self.executor.shutdown(wait=False)
 
 
 class _Connection:
@@ -269,7 +278,7 @@ class CloudServer:
     async def start(self) -> tuple:
         self._stopping = asyncio.get_running_loop().create_future()
         self.batcher = Batcher(self.cloud.replies, self.config.max_batch, self.config.max_wait_ms, self.metrics,
-                               connected=lambda: len(self._connections))
+                               connected=lambda: len(self._connections), timeout_s=self.config.batch_timeout_s)
         self._batcher_task = asyncio.ensure_future(self.batcher.run())
         self._server = await _listen(self._serve_connection, self.config.host, self.config.port,
                                      self.config.ssl_context, self.config.handshake_timeout_s)

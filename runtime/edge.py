@@ -30,6 +30,7 @@ log = logging.getLogger("edgesplit.edge")
 
 CLOUD, EDGE, ERROR = "cloud", "edge", "error"
 REPLY_LIMITS = protocol.Limits(max_payload=1 << 20, max_elements=1 << 18)
+CLOUD_FAILURES = (protocol.INTERNAL, protocol.TIMEOUT)  # per-frame errors that are the cloud's, not the frame's
 
 
 class Outcome(NamedTuple):
@@ -242,10 +243,10 @@ class EdgeClient:
         deliver_at = link.uplink_arrival(len(data), time.monotonic()) if link else 0.0
         self._outbox.put((deliver_at, connection, data, request_id))
 
-    def _fallback(self, exit_logits, problem: Optional[str] = None):
-        """(answered_by, logits, note) for a frame the cloud will not answer: the exit branch's answer
-        when the bundle has one, else an explicit error."""
-        problem = "cloud unreachable ({})".format(problem or self._last_problem)
+    def _fallback(self, exit_logits, problem: Optional[str] = None, what: str = "cloud unreachable"):
+        """(answered_by, logits, note) for a frame the cloud will not answer (unreachable, or its backend failed
+        or hung): the exit branch's answer when the bundle has one, else an explicit error."""
+        problem = "{} ({})".format(what, problem or self._last_problem)
         if exit_logits is not None:
             return EDGE, exit_logits, problem + "; answered by the edge's exit branch"
         return ERROR, None, problem + "; the bundle has no early exit to answer on the edge"
@@ -274,11 +275,12 @@ class EdgeClient:
                 values.size, [name for name, _ in self.output_sizes], self.reply_values))
         return split_values(values.reshape(-1), self.output_sizes)
 
-    def _fail_over(self, request_id: int, problem: str) -> None:
+    def _fail_over(self, request_id: int, problem: str, what: str = "cloud unreachable") -> None:
         with self._lock:
             entry = self._pending.pop(request_id, None)
             if entry is not None:
-                self._finish(entry.index, entry.label, entry.started, *self._fallback(entry.exit_logits, problem))
+                self._finish(entry.index, entry.label, entry.started,
+                             *self._fallback(entry.exit_logits, problem, what))
 
     def _expire_overdue(self) -> None:
         now = time.monotonic()
@@ -335,6 +337,9 @@ class EdgeClient:
             return None
         if frame.type == protocol.ERROR and frame.request_id and not frame.flags & protocol.FLAG_FINAL:
             code, message = protocol.error_details(frame)
+            if code in CLOUD_FAILURES:  # not the frame's fault: answered like an unreachable cloud
+                self._fail_over(frame.request_id, message, "cloud failed")
+                return None
             self._complete(frame.request_id, ERROR, None, "server refused the frame ({}): {}".format(
                 protocol.ERROR_NAMES.get(code, code), message))
             return None

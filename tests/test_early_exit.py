@@ -3,6 +3,7 @@
 import json
 import shutil
 import socket
+import time
 
 import numpy as np
 import onnx
@@ -136,6 +137,27 @@ def test_without_the_cloud_the_exit_branch_answers_and_says_so(exit_bundle, fram
     assert all("cloud unreachable" in o.error and "exit branch" in o.error for o in outcomes)
     inputs = np.stack([f.image for f in frames[:20]])
     expected = EdgeHalf(bundle).codes_and_exit(inputs)[1]
+    np.testing.assert_allclose(np.stack([o.logits for o in outcomes]), expected, atol=1e-5)
+
+
+def test_when_the_clouds_backend_fails_or_hangs_the_exit_branch_answers_and_says_so(exit_bundle, frames):
+    bundle = load_bundle(exit_bundle.bundle)
+    expected = EdgeHalf(bundle).codes_and_exit(np.stack([f.image for f in frames[:12]]))[1]
+    with BackgroundServer(bundle, ServerConfig(key=b"a test key of 128 bits", batch_timeout_s=0.3)) as server:
+        real_infer = server.server.batcher.infer
+
+        def fail_then_hang(codes):
+            if server.server.metrics.value("edgesplit_batch_size_count") <= 1:
+                raise RuntimeError("injected backend failure")
+            time.sleep(1.0)  # past the watchdog
+            return real_infer(codes)
+
+        server.server.batcher.infer = fail_then_hang
+        outcomes, _ = run_edge(bundle, frames[:12], server.address, 0.0)  # every frame goes to the cloud
+    assert [o.answered_by for o in outcomes] == [EDGE] * 12  # one outcome each, from the exit branch
+    assert all(o.error.startswith("cloud failed (") and "exit branch" in o.error for o in outcomes)
+    assert any("injected backend failure" in o.error for o in outcomes)
+    assert any("gave no answer within 0.3 s" in o.error for o in outcomes)
     np.testing.assert_allclose(np.stack([o.logits for o in outcomes]), expected, atol=1e-5)
 
 

@@ -329,6 +329,43 @@ def test_sigterm_exits_within_the_deadline_while_an_edge_never_reads(int8_built,
     assert "closing 1 connection(s) still answering after 1.0 s" in log.read()  # the deadline did it
 
 
+def test_at_its_file_limit_the_server_refuses_connections_as_busy_without_tracebacks(int8_built, bundle, frames,
+                                                                                     reference):
+    import resource
+
+    port = free_port()
+    log = tempfile.TemporaryFile("w+")
+    command = [sys.executable, "-m", "runtime.cli", "serve", "--bundle", str(int8_built.bundle), "--port", str(port)]
+    server = subprocess.Popen(command, cwd=str(ROOT), env=dict(os.environ, EDGESPLIT_KEY=KEY.decode()),
+                              stdout=subprocess.PIPE, stderr=log, text=True,
+                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128)))
+    try:
+        assert "serving bundle" in server.stdout.readline()
+        bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
+        peers, first = [], []
+        for _ in range(100):  # more than 128 - 64 descriptors allow
+            peer = socket.create_connection(("127.0.0.1", port), timeout=10)
+            peer.sendall(protocol.encode(protocol.Frame(protocol.HELLO, bundle_id=bundle_id,
+                                                        payload=protocol.new_nonce())))
+            peers.append(peer)
+        for peer in peers:
+            first.append(protocol.read_frame(lambda count, peer=peer: read_exactly(peer, count)))
+        busy = [f for f in first if f.type == protocol.ERROR]
+        assert sum(f.type == protocol.CHALLENGE for f in first) == 64 and len(busy) == 36
+        assert all(protocol.error_details(f) == (protocol.BUSY, "the server holds its maximum of 64 connections; "
+                                                 "try again later") for f in busy)
+        for peer in peers:
+            peer.close()
+        time.sleep(0.5)
+        with client(bundle, ("127.0.0.1", port)) as edge:
+            assert_matches(edge.run_all(frames[:4]), reference)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+    log.seek(0)
+    assert "Traceback" not in log.read()
+
+
 def test_server_killed_and_restarted_mid_stream_every_frame_has_exactly_one_outcome(int8_built, bundle, frames, reference):
     port = free_port()
     servers = [start_serve_process(int8_built.bundle, port)]

@@ -245,6 +245,9 @@ def open_bundle(path, trust=None) -> Bundle:
     scratch = Path(tempfile.mkdtemp(prefix="edgesplit-bundle-"))
     try:
         bundle = load_bundle(extract_tar(path, scratch), trust)
+    except BundleError as error:  # named after the archive the user gave, not the folder it was unpacked in
+        shutil.rmtree(str(scratch), ignore_errors=True)
+        raise BundleError(str(error).replace(str(scratch), str(path))) from None
     except BaseException:
         shutil.rmtree(str(scratch), ignore_errors=True)
         raise

@@ -355,14 +355,10 @@ def list_splits(model) -> None:
 def verify_bundle(path: Path, trust: Path | None) -> None:
     """Check a bundle directory or .tar: signature (with --trust), manifest, hashes, bundle id, artefact
     inputs/outputs and shapes."""
-    import tempfile
+    from runtime.bundle import check_artefact_io, open_bundle
 
-    from runtime.bundle import check_artefact_io, extract_tar, load_bundle
-
-    with tempfile.TemporaryDirectory() as scratch:
-        directory = extract_tar(path, Path(scratch)) if path.is_file() else path
-        bundle = load_bundle(directory, trust)
-        check_artefact_io(bundle)
+    bundle = open_bundle(path, trust)
+    check_artefact_io(bundle)
     devices = bundle.manifest["deployment"]
     signed = f", signed by {trust}" if trust else ""
     click.echo(f"ok: bundle {bundle.bundle_id} ({bundle.manifest['source_model']['name']}, edge "

@@ -292,22 +292,33 @@ class Zeros(io.RawIOBase):
         return count
 
 
-def rehash(directory: Path, change) -> None:
+def rewrite_manifest(directory: Path, change) -> None:
+    """Edit the manifest and recompute its hashes and id, as an attacker who can write the bundle would."""
     path = directory / "manifest.json"
     manifest = json.loads(path.read_text())
-    change(manifest)
     for name in manifest["files"]:
         manifest["files"][name] = {"sha256": file_sha256(directory / name), "bytes": (directory / name).stat().st_size}
+    change(manifest)
     manifest["bundle_id"] = compute_bundle_id(manifest)
     path.write_text(json.dumps(manifest))
 
 
-def tampering(bundle_dir: Path, scratch: Path) -> list[dict]:
+def swap_two_classes(path: Path) -> None:
+    """Swap the classifier rows of classes 0 and 1 in an ONNX model: it still loads and answers, wrongly."""
     import onnx
     from onnx import numpy_helper
 
+    model = onnx.load(str(path))
+    weights = [w for w in model.graph.initializer if len(w.dims) == 2 and w.dims[0] == 10][-1]
+    array = numpy_helper.to_array(weights).copy()
+    array[[0, 1]] = array[[1, 0]]
+    weights.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), weights.name))
+    onnx.save(model, str(path))
+
+
+def tampering(bundle_dir: Path, scratch: Path) -> list[dict]:
     absurd = shutil.copytree(bundle_dir, scratch / "absurd")
-    rehash(absurd, lambda manifest: manifest["wire"].__setitem__("shape", [1000000, 1000000]))
+    rewrite_manifest(absurd, lambda manifest: manifest["wire"].__setitem__("shape", [1000000, 1000000]))
     refused = verify_process(absurd)
     rows = [{"fault": "wire shape [1000000, 1000000], hashes recomputed", "measure": "verify-bundle exit status",
              "value": refused["code"], "goal": "1", "detail": refused["message"]}]
@@ -317,13 +328,8 @@ def tampering(bundle_dir: Path, scratch: Path) -> list[dict]:
     subprocess.run(["openssl", "pkey", "-in", str(private), "-pubout", "-out", str(public)], check=True)
     subprocess.run([sys.executable, "-m", "edgesplit", "sign-bundle", str(swapped), "--key", str(private)],
                    cwd=str(ROOT), check=True, capture_output=True)
-    model = onnx.load(str(swapped / "cloud.onnx"))
-    weights = [w for w in model.graph.initializer if len(w.dims) == 2 and w.dims[0] == 10][-1]
-    array = numpy_helper.to_array(weights).copy()
-    array[[0, 1]] = array[[1, 0]]
-    weights.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), weights.name))
-    onnx.save(model, str(swapped / "cloud.onnx"))
-    rehash(swapped, lambda manifest: None)
+    swap_two_classes(swapped / "cloud.onnx")
+    rewrite_manifest(swapped, lambda manifest: None)
     for trust in ((), ("--trust", str(public))):
         result = verify_process(swapped, *trust)
         rows.append({"fault": "cloud half with two classes swapped, hashes recomputed" + (", trusted key" if trust

@@ -2,7 +2,6 @@
 are refused in one line; signed bundles pin the builder (Ed25519)."""
 
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -14,8 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from benchmarks.reliability import Zeros
-from runtime.bundle import MAX_BUNDLE_BYTES, _member_names, compute_bundle_id, file_sha256, load_bundle, open_bundle
+from benchmarks.reliability import Zeros, rewrite_manifest, swap_two_classes
+from runtime.bundle import MAX_BUNDLE_BYTES, _member_names, load_bundle, open_bundle
 from runtime.errors import BundleError
 from toolchain.cli import main
 
@@ -30,17 +29,6 @@ def bundle_copy(int8_built, tmp_path):
 def verify(*arguments) -> tuple[int, str]:
     result = CliRunner().invoke(main, ["verify-bundle", *map(str, arguments)])
     return result.exit_code, result.output
-
-
-def rewrite_manifest(directory: Path, change) -> None:
-    """Edit the manifest and recompute its hashes and id, as an attacker who can write the bundle would."""
-    path = directory / "manifest.json"
-    manifest = json.loads(path.read_text())
-    for name in manifest["files"]:
-        manifest["files"][name] = {"sha256": file_sha256(directory / name), "bytes": (directory / name).stat().st_size}
-    change(manifest)
-    manifest["bundle_id"] = compute_bundle_id(manifest)
-    path.write_text(json.dumps(manifest))
 
 
 def bundle_temporaries() -> set:
@@ -144,20 +132,6 @@ def signing_keys(tmp_path_factory):
         subprocess.run(["openssl", "pkey", "-in", str(private), "-pubout", "-out", str(public)], check=True)
         keys[name] = (private, public)
     return keys
-
-
-def swap_two_classes(path: Path) -> None:
-    """Swap the classifier rows of classes 0 and 1: a model that still loads and answers, wrongly."""
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path))
-    weights = [w for w in model.graph.initializer if len(w.dims) == 2 and w.dims[0] == 10]
-    array = numpy_helper.to_array(weights[-1]).copy()
-    array[[0, 1]] = array[[1, 0]]
-    weights[-1].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), weights[-1].name))
-    onnx.save(model, str(path))
 
 
 def test_a_signed_bundle_verifies_and_a_rehashed_tampered_model_does_not(bundle_copy, signing_keys):

@@ -118,6 +118,30 @@ def _check_structure(manifest: dict) -> None:
         raise BundleError("the manifest lists {} files; a bundle has at most {}".format(len(files), MAX_FILES))
     if not isinstance(artefacts, dict) or not all(isinstance(artefacts.get(role), dict) for role in ROLES):
         raise BundleError("the manifest's artefacts must describe the edge and the cloud half")
+    for role in ROLES:
+        for kind in ("inputs", "outputs"):
+            tensors = artefacts[role].get(kind)
+            if not isinstance(tensors, list) or not tensors or not all(_is_tensor(t) for t in tensors):
+                raise BundleError("the manifest's {} {} must be a list of tensors with a name, a dtype and a "
+                                  "shape".format(role, kind))
+    _check_exit(manifest.get("exit"), [t["name"] for t in artefacts["edge"]["outputs"]])
+
+
+def _is_tensor(tensor) -> bool:
+    return isinstance(tensor, dict) and isinstance(tensor.get("name"), str) and isinstance(tensor.get("dtype"), str) \
+        and isinstance(tensor.get("shape"), list) and 1 <= len(tensor["shape"]) <= 8
+
+
+def _check_exit(entry, edge_outputs: list) -> None:
+    """An exit branch, if any: one of the edge's outputs, a positive class count, a finite threshold or none."""
+    if entry is None:
+        return
+    threshold = entry.get("threshold") if isinstance(entry, dict) else None
+    if not isinstance(entry, dict) or entry.get("output") not in edge_outputs[1:] \
+            or type(entry.get("classes")) is not int or entry["classes"] < 1 \
+            or not (threshold is None or (type(threshold) in (int, float) and 0 <= threshold < float("inf"))):
+        raise BundleError("the manifest's exit entry must name one of the edge's extra outputs, a positive class "
+                          "count and a finite threshold >= 0 (or none)")
 
 
 # schema 1's targets were fixed pairs; as (edge, cloud) devices they are these

@@ -8,6 +8,7 @@ import argparse
 import csv
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -308,12 +309,17 @@ def run_build_engines(args) -> None:
 COMMANDS = {"edge": run_edge, "serve": run_serve, "demo": run_demo, "build-engines": run_build_engines}
 
 
+def _terminate(*_) -> None:
+    raise SystemExit(128 + signal.SIGTERM)
+
+
 def main(argv=None) -> None:
     args = _parser().parse_args(argv)
     if args.command is None:
         _parser().error("give a command: edge, serve, demo or build-engines --bundle")
     logging.basicConfig(level=logging.INFO if args.command == "serve" else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    signal.signal(signal.SIGTERM, _terminate)  # unwind, so an unpacked .tar bundle is removed (serve has its own)
     try:
         COMMANDS[args.command](args)
     except EdgesplitError as error:

@@ -58,6 +58,21 @@ MAX_TRACKED_ADDRESSES = 10000  # failed-auth memory is bounded too
 RESERVED_FILES = 64  # descriptors kept for the bundle, logs and the metrics endpoint
 
 
+def check_limits(config: ServerConfig) -> None:
+    """Every timeout a positive finite number of seconds, every count at least 1: one line naming the first
+    that is not (a timeout of 0 or NaN would close every edge, a cap of 0 would mean none)."""
+    import math
+
+    for name in ("handshake_timeout_s", "frame_timeout_s", "idle_timeout_s", "write_timeout_s", "shutdown_timeout_s",
+                 "batch_timeout_s"):
+        value = getattr(config, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ProtocolError("{} must be a positive number of seconds, got {}".format(name, value))
+    for name in ("max_batch", "max_in_flight", "max_connections", "auth_failures"):
+        if getattr(config, name) < 1:
+            raise ProtocolError("{} must be at least 1, got {}".format(name, getattr(config, name)))
+
+
 def connection_cap(requested: int) -> int:
     """`requested`, lowered to what the process's file limit allows: at that limit accept() fails in a loop."""
     try:
@@ -256,6 +271,7 @@ class CloudServer:
             raise ProtocolError("the server needs a shared key (--key-file or EDGESPLIT_KEY), "
                                 "or --no-auth to accept any edge that knows the bundle id")
         protocol.check_key(config.key)
+        check_limits(config)
         self.bundle = bundle
         self.config = config
         self.bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)

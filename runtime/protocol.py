@@ -290,12 +290,25 @@ def proofs_match(expected: bytes, received: bytes) -> bool:
     return hmac.compare_digest(expected, received)
 
 
+HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+
+
+def key_bits(key: bytes) -> int:
+    """What a key can hold at most: 4 bits per character of a hex key (as secrets.token_hex writes), else 8 per
+    byte, and nothing for a key of one repeated byte."""
+    if len(set(key)) < 2:
+        return 0
+    return 4 * len(key) if set(key) <= HEX_DIGITS else 8 * len(key)
+
+
 def check_key(key: bytes) -> bytes:
-    """A shared key of at least MIN_KEY_BYTES, or b'' (none); anything shorter is refused with how to make one."""
-    if key and len(key) < MIN_KEY_BYTES:
-        raise ProtocolError("the shared key is {} bytes; at least {} ({} bits) are needed: make one with "
+    """A shared key of at least MIN_KEY_BYTES * 8 bits, or b'' (none); anything weaker is refused with how to make
+    one."""
+    if key and key_bits(key) < 8 * MIN_KEY_BYTES:
+        raise ProtocolError("the shared key holds at most {} bits ({} bytes{}); at least {} are needed: make one with "
                             "python3 -c 'import secrets; print(secrets.token_hex(32))' > edgesplit.key".format(
-                                len(key), MIN_KEY_BYTES, 8 * MIN_KEY_BYTES))
+                                key_bits(key), len(key), ", hex digits" if set(key) <= HEX_DIGITS else "",
+                                8 * MIN_KEY_BYTES))
     return key
 
 

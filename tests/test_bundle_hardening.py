@@ -4,10 +4,13 @@ are refused in one line; signed bundles pin the builder (Ed25519)."""
 import io
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -107,11 +110,34 @@ def test_an_opened_tar_bundle_leaves_nothing_in_tmp(int8_built):
     (lambda m: m["wire"].__setitem__("shape", [-64, 16, 16]), "must be 1..6 positive integer sizes"),
     (lambda m: m["wire"].__setitem__("shape", [1e6, 1e6]), "must be 1..6 positive integer sizes"),
     (lambda m: m["wire"].__setitem__("shape", [32, 8, 8]), "the wire carries codes shaped [[32, 8, 8]], the cloud"),
+    (lambda m: m["artefacts"]["cloud"].__setitem__("outputs", "logits"),
+     "the manifest's cloud outputs must be a list of tensors with a name, a dtype and a shape"),
+    (lambda m: m.__setitem__("exit", {"output": "nope", "classes": 10, "threshold": 1.0}),
+     "the manifest's exit entry must name one of the edge's extra outputs"),
+    (lambda m: m.__setitem__("exit", [1]), "the manifest's exit entry must name one of the edge's extra outputs"),
 ])
 def test_malformed_manifests_and_absurd_shapes_are_refused_by_verify_bundle(bundle_copy, change, message):
     rewrite_manifest(bundle_copy, change)
     code, output = verify(bundle_copy)
     assert code == 1 and message in output and "Traceback" not in output
+
+
+def test_an_edge_killed_with_sigterm_removes_its_unpacked_bundle(int8_built):
+    before = bundle_temporaries()
+    with socket.socket() as probe:  # nothing listens there: the edge keeps going on its own
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    edge = subprocess.Popen([sys.executable, "-m", "edgesplit", "edge", "--bundle", str(int8_built.bundle.with_suffix(
+        ".tar")), "--server", f"127.0.0.1:{port}", "--source", str(ROOT / "calibration_data" / "fashion_mnist.npz"),
+        "--fps", "10", "--limit", "500"], cwd=ROOT, env=dict(os.environ, EDGESPLIT_KEY="a key for this test, long"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while bundle_temporaries() == before and time.monotonic() < deadline:  # unpacked: it is running
+        time.sleep(0.1)
+    assert bundle_temporaries() != before
+    edge.send_signal(signal.SIGTERM)
+    assert edge.wait(30) == 128 + signal.SIGTERM
+    assert bundle_temporaries() == before
 
 
 def test_a_manifest_nested_deeply_is_one_line(bundle_copy):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -111,12 +112,25 @@ def test_wrong_bundle_id_is_refused_without_telling_the_peer_the_served_one(bund
     assert bundle.bundle_id not in str(raised.value)  # with --no-auth the id is all a peer needs
 
 
-def test_keys_under_128_bits_are_refused_with_how_to_make_one(bundle):
-    for make in (lambda: BackgroundServer(bundle, ServerConfig(key=b"short key")),
-                 lambda: EdgeClient(bundle, ClientConfig("127.0.0.1", 9, key=b"short key"))):
-        with pytest.raises(ProtocolError, match=r"the shared key is 9 bytes; at least 16 \(128 bits\) are needed: "
-                                                r"make one with python3 -c 'import secrets"):
+@pytest.mark.parametrize("key, bits", [(b"short key", "72 bits (9 bytes)"),
+                                       (b"0123456789abcdef", "64 bits (16 bytes, hex digits)"),  # token_hex(8)
+                                       (b"x" * 29, "0 bits (29 bytes)")])
+def test_keys_under_128_bits_are_refused_with_how_to_make_one(bundle, key, bits):
+    for make in (lambda: BackgroundServer(bundle, ServerConfig(key=key)),
+                 lambda: EdgeClient(bundle, ClientConfig("127.0.0.1", 9, key=key))):
+        with pytest.raises(ProtocolError, match=rf"the shared key holds at most {re.escape(bits)}; at least 128 are "
+                                                r"needed: make one with python3 -c 'import secrets"):
             make()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("idle_timeout_s", 0, "idle_timeout_s must be a positive number of seconds, got 0"),
+    ("shutdown_timeout_s", float("nan"), "shutdown_timeout_s must be a positive number of seconds, got nan"),
+    ("max_connections", 0, "max_connections must be at least 1, got 0"),
+])
+def test_nonsense_limits_are_refused_in_one_line(bundle, option, value, message):
+    with pytest.raises(ProtocolError, match=re.escape(message)):
+        BackgroundServer(bundle, ServerConfig(key=KEY, **{option: value}))
 
 
 def test_an_address_guessing_keys_is_refused_after_the_limit(bundle, frames, reference):

@@ -31,6 +31,7 @@ log = logging.getLogger("edgesplit.edge")
 CLOUD, EDGE, ERROR = "cloud", "edge", "error"
 REPLY_LIMITS = protocol.Limits(max_payload=1 << 20, max_elements=1 << 18)
 CLOUD_FAILURES = (protocol.INTERNAL, protocol.TIMEOUT)  # per-frame errors that are the cloud's, not the frame's
+TRANSIENT_REFUSALS = (protocol.BUSY,)  # a handshake refused for now: retried with backoff like an unreachable server
 
 
 class Outcome(NamedTuple):
@@ -143,11 +144,13 @@ class EdgeClient:
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> "EdgeClient":
-        """Connect; a refused handshake (wrong bundle, wrong key) raises, an unreachable server does not."""
+        """Connect; a refused handshake (wrong bundle, wrong key) raises, an unreachable or busy server does not."""
         try:
             self._connect()
-        except ProtocolError:
-            raise
+        except ProtocolError as error:
+            if error.code not in TRANSIENT_REFUSALS:
+                raise
+            self._connection_failed(str(error))
         except (ssl.SSLError, ssl.CertificateError) as error:  # not transient: the certificate is not trusted
             raise ProtocolError("TLS with {}:{} failed: {}".format(self.config.host, self.config.port, error)) \
                 from error

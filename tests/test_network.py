@@ -628,13 +628,20 @@ def test_an_idle_connection_is_closed_with_a_timeout(bundle):
         assert raw.closed_by_server()
 
 
-def test_connections_over_the_cap_are_refused_as_busy(bundle, frames, reference):
+def test_connections_over_the_cap_are_refused_as_busy_and_the_edge_retries(bundle, frames, reference):
     with BackgroundServer(bundle, ServerConfig(key=KEY, max_connections=2)) as running:
-        with client(bundle, running.address) as first, client(bundle, running.address) as second:
-            with pytest.raises(ProtocolError, match="the server holds its maximum of 2 connections") as raised:
-                client(bundle, running.address).start()
-            assert raised.value.code == protocol.BUSY
-            assert_matches(first.run_all(frames[:2]) + second.run_all(frames[2:4]), reference)
+        first, second = client(bundle, running.address).start(), client(bundle, running.address).start()
+        with client(bundle, running.address, backoff_s=0.2) as third:  # busy is for now: it keeps trying
+            [refused] = third.run_all(frames[:1])
+            assert refused.answered_by == ERROR
+            assert "the server holds its maximum of 2 connections; try again later" in refused.error
+            assert_matches(first.run_all(frames[1:3]) + second.run_all(frames[3:5]), reference)
+            first.close()
+            deadline = time.monotonic() + 20
+            while third.stats.as_dict()["connects"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert_matches(third.run_all(frames[5:9]), reference)  # in once a place was free
+        second.close()
 
 
 def test_the_metrics_endpoint_stays_on_loopback_unless_asked(bundle):

@@ -54,7 +54,8 @@ def sign_bundle(path: Path, private_key: Path) -> None:
         load_bundle(directory)
         sign_manifest(directory, private_key)
         packed = path.with_name(path.name + ".partial")
-        with tarfile.open(packed, "w") as archive:
+        compressed = path.name.endswith((".gz", ".tgz"))  # repacked as it came
+        with tarfile.open(packed, "w:gz" if compressed else "w") as archive:
             for member in sorted(directory.iterdir()):
                 archive.add(member, arcname=member.name)
         packed.replace(path)

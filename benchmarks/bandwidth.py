@@ -34,7 +34,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,7 +44,7 @@ from typing import NamedTuple
 
 from rich.progress import Progress
 
-from benchmarks.common import cpu_name, parse_arguments, table, write_csv
+from benchmarks.common import cpu_name, free_port, parse_arguments, table, write_csv
 from benchmarks.testbed import interrupt_on_sigterm, missing_root
 from benchmarks.testbed.devices import REFERENCES, Calibration, CpuQuota, TestbedError, calibrate, edge_backend, \
     quota_for, run_json, time_command
@@ -124,12 +123,6 @@ class Testbed:
 def edgesplit_command() -> list[str]:
     found = shutil.which("edgesplit")
     return [found] if found else [sys.executable, "-m", "edgesplit"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_server(testbed: Testbed, bundle: Path, port: int, log: Path) -> subprocess.Popen:

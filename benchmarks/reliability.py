@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
-from benchmarks.common import ROOT, cpu_name, parse_arguments, table, write_csv
-from benchmarks.runtime import free_port, synthetic_edge
+from benchmarks.common import ROOT, cpu_name, free_port, parse_arguments, table, write_csv
+from benchmarks.runtime import synthetic_edge
 from calibration_data import DEFAULT_CALIBRATION
 from runtime import protocol
 from runtime.bundle import compute_bundle_id, file_sha256, load_bundle

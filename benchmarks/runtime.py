@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
-from benchmarks.common import ROOT, cpu_name, parse_arguments, table, write_csv
+from benchmarks.common import ROOT, cpu_name, free_port, parse_arguments, table, write_csv
 from calibration_data import DEFAULT_CALIBRATION
 from runtime import protocol
 from runtime.bundle import load_bundle
@@ -121,12 +121,6 @@ def loopback_rows(codes: np.ndarray, bundle_id: bytes, frames: int) -> list[dict
 
 
 # --- server under load -----------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def start_server(bundle_dir: Path, max_batch: int, max_wait_ms: float, threads: int | None):
     port, metrics_port = free_port(), free_port()

@@ -48,9 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
 
     edge = commands.add_parser("edge", help="Run the edge half on a source and send features to a server.")
-    edge.add_argument("--bundle", required=True, help="Bundle directory or .tar.")
-    edge.add_argument("--trust", default=None, metavar="PUBKEY",
-                      help="Ed25519 public key (PEM): refuse a bundle it did not sign (sign-bundle).")
+    _bundle_arguments(edge)
     edge.add_argument("--server", required=True, type=_address, help="HOST:PORT of `edgesplit serve`.")
     edge.add_argument("--source", required=True,
                       help="An .npz/.npy of uint8 images, a folder of image files, or camera[:N].")
@@ -80,9 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="Serve a bundle and run its edge half against it over loopback: "
                                              "features cross a real socket, in one terminal.")
-    demo.add_argument("--bundle", required=True, help="Bundle directory or .tar.")
-    demo.add_argument("--trust", default=None, metavar="PUBKEY",
-                      help="Ed25519 public key (PEM): refuse a bundle it did not sign (sign-bundle).")
+    _bundle_arguments(demo)
     demo.add_argument("--source", default=None,
                       help="Images as for `edge --source` [default: the bundled Fashion-MNIST held-out images].")
     demo.add_argument("--split", default=None, choices=("train", "test"),
@@ -90,14 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--frames", type=int, default=300, help="Frames to send (default 300).")
 
     engines = commands.add_parser("build-engines", help="Build a bundle's TensorRT engines on this device.")
-    engines.add_argument("--bundle", required=True, help="Bundle directory or .tar.")
-    engines.add_argument("--trust", default=None, metavar="PUBKEY",
-                         help="Ed25519 public key (PEM): refuse a bundle it did not sign (sign-bundle).")
+    _bundle_arguments(engines)
 
     serve = commands.add_parser("serve", help="Serve a bundle's cloud half to edges over TCP.")
-    serve.add_argument("--bundle", required=True, help="Bundle directory or .tar.")
-    serve.add_argument("--trust", default=None, metavar="PUBKEY",
-                       help="Ed25519 public key (PEM): refuse a bundle it did not sign (sign-bundle).")
+    _bundle_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: all interfaces).")
     serve.add_argument("--port", type=int, default=9000)
     serve.add_argument("--key-file", default=None, help="Shared key file (default: the EDGESPLIT_KEY variable).")
@@ -307,6 +299,12 @@ def run_build_engines(args) -> None:
 
 
 COMMANDS = {"edge": run_edge, "serve": run_serve, "demo": run_demo, "build-engines": run_build_engines}
+
+
+def _bundle_arguments(command) -> None:
+    command.add_argument("--bundle", required=True, help="Bundle directory or .tar.")
+    command.add_argument("--trust", default=None, metavar="PUBKEY",
+                         help="Ed25519 public key (PEM): refuse a bundle it did not sign (sign-bundle).")
 
 
 def _terminate(*_) -> None:

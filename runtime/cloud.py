@@ -131,7 +131,7 @@ class Batcher:
     """
 
     def __init__(self, infer, max_batch: int, max_wait_ms: float, metrics: ServerMetrics,
-                 connected: Callable[[], int] = lambda: 2, timeout_s: Optional[float] = None):
+                 connected: Callable[[], int], timeout_s: Optional[float] = None):
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.infer = infer

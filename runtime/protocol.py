@@ -293,22 +293,16 @@ def proofs_match(expected: bytes, received: bytes) -> bool:
 HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 
-def key_bits(key: bytes) -> int:
-    """What a key can hold at most: 4 bits per character of a hex key (as secrets.token_hex writes), else 8 per
-    byte, and nothing for a key of one repeated byte."""
-    if len(set(key)) < 2:
-        return 0
-    return 4 * len(key) if set(key) <= HEX_DIGITS else 8 * len(key)
-
-
 def check_key(key: bytes) -> bytes:
     """A shared key of at least MIN_KEY_BYTES * 8 bits, or b'' (none); anything weaker is refused with how to make
-    one."""
-    if key and key_bits(key) < 8 * MIN_KEY_BYTES:
+    one. A key holds at most 4 bits per character if it is hex (as secrets.token_hex writes), else 8 per byte,
+    and nothing if it is one repeated byte."""
+    hex_key = set(key) <= HEX_DIGITS
+    bits = 0 if len(set(key)) < 2 else (4 if hex_key else 8) * len(key)
+    if key and bits < 8 * MIN_KEY_BYTES:
         raise ProtocolError("the shared key holds at most {} bits ({} bytes{}); at least {} are needed: make one with "
                             "python3 -c 'import secrets; print(secrets.token_hex(32))' > edgesplit.key".format(
-                                key_bits(key), len(key), ", hex digits" if set(key) <= HEX_DIGITS else "",
-                                8 * MIN_KEY_BYTES))
+                                bits, len(key), ", hex digits" if hex_key else "", 8 * MIN_KEY_BYTES))
     return key
 
 

@@ -78,7 +78,8 @@ def verify_signature(directory: Path, manifest_bytes: bytes, public_key_path) ->
     if not path.is_file():
         raise BundleError("{} is not signed (no {}): a trusted key was given, so it is refused".format(
             directory, SIGNATURE_NAME))
-    signature = path.read_bytes()[:SIGNATURE_BYTES + 1]
+    with open(str(path), "rb") as stream:
+        signature = stream.read(SIGNATURE_BYTES + 1)  # one byte more tells a longer file apart
     try:
         if len(signature) != SIGNATURE_BYTES:
             raise invalid()

@@ -606,7 +606,7 @@ def test_the_batcher_takes_frames_round_robin_across_connections_each_up_to_its_
         return codes
 
     async def scenario():
-        batcher = Batcher(infer, max_batch=4, max_wait_ms=0.0, metrics=ServerMetrics())
+        batcher = Batcher(infer, max_batch=4, max_wait_ms=0.0, metrics=ServerMetrics(), connected=lambda: 2)
         greedy = [batcher.submit(np.array([1]), "greedy") for _ in range(100)]
         bystander = batcher.submit(np.array([2]), "bystander")
         running = asyncio.ensure_future(batcher.run())

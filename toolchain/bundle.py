@@ -34,10 +34,15 @@ def finish_bundle(staging: Path, output: Path, manifest: dict, tar: bool) -> dic
         shutil.rmtree(output)
     staging.rename(output)
     if tar:
-        with tarfile.open(output.with_suffix(".tar"), "w") as archive:
-            for path in sorted(output.iterdir()):
-                archive.add(path, arcname=path.name)
+        pack_tar(output, output.with_suffix(".tar"))
     return manifest
+
+
+def pack_tar(directory: Path, archive: Path, compressed: bool = False) -> None:
+    """A bundle directory as a .tar of plain top-level files (gzip-compressed if asked), as the runtime reads."""
+    with tarfile.open(archive, "w:gz" if compressed else "w") as packed:
+        for path in sorted(directory.iterdir()):
+            packed.add(path, arcname=path.name)
 
 
 def sign_bundle(path: Path, private_key: Path) -> None:
@@ -54,8 +59,5 @@ def sign_bundle(path: Path, private_key: Path) -> None:
         load_bundle(directory)
         sign_manifest(directory, private_key)
         packed = path.with_name(path.name + ".partial")
-        compressed = path.name.endswith((".gz", ".tgz"))  # repacked as it came
-        with tarfile.open(packed, "w:gz" if compressed else "w") as archive:
-            for member in sorted(directory.iterdir()):
-                archive.add(member, arcname=member.name)
+        pack_tar(directory, packed, compressed=path.name.endswith((".gz", ".tgz")))  # repacked as it came
         packed.replace(path)

@@ -68,13 +68,26 @@ def start_serve(bundle_dir: Path, *options: str) -> tuple[subprocess.Popen, int]
     return process, port
 
 
-def authenticated(port: int, bundle_id: bytes, key: bytes = KEY.encode()) -> socket.socket:
-    """A raw connection past the handshake (or refused: the ERROR frame's message raised)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    stream = sock.makefile("rb")
+def authenticated(address, bundle_id: bytes, key: bytes = KEY.encode(), receive_buffer=None) -> socket.socket:
+    """A raw connection (to a port on this host, or a (host, port)) past the handshake, or refused: the
+    ERROR frame's message raised."""
+    sock = socket.socket()
+    if receive_buffer is not None:  # before connecting: a window shrunk later stalls the kernel's own ACKs
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", address) if isinstance(address, int) else tuple(address))
+
+    def read_exactly(size: int) -> bytes:  # unbuffered: whatever follows READY stays in the socket
+        data = b""
+        while len(data) < size:
+            chunk = sock.recv(size - len(data))
+            if not chunk:
+                raise ConnectionError("the server closed the connection during the handshake")
+            data += chunk
+        return data
 
     def receive() -> protocol.Frame:
-        return protocol.read_frame(lambda size: stream.read(size))
+        return protocol.read_frame(read_exactly)
 
     nonce = protocol.new_nonce()
     sock.sendall(protocol.encode(protocol.Frame(protocol.HELLO, bundle_id=bundle_id, payload=nonce)))
@@ -97,8 +110,7 @@ def flood(port: int, bundle, seconds: float, until_stalled: bool = False) -> dic
     bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
     tiny = protocol.encode(protocol.features_frame(1, bundle_id, bytes(100), bundle.wire,
                                                    protocol.wire_quantization(bundle.manifest)))
-    sock = authenticated(port, bundle_id)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock = authenticated(port, bundle_id, receive_buffer=4096)
     sock.settimeout(0.2)
     sent, closed, started, progress, unsent = 0, False, time.monotonic(), time.monotonic(), b""
     while time.monotonic() - started < seconds and not closed:

@@ -426,7 +426,8 @@ class CloudServer:
     async def _read_requests(self, connection: _Connection) -> None:
         while True:
             if len(connection.answering) >= self.config.max_in_flight:  # backpressure: read on once one is answered
-                await asyncio.wait({*connection.answering, self._stopping}, return_when=asyncio.FIRST_COMPLETED)
+                with self.metrics.paused.track_inprogress():
+                    await asyncio.wait({*connection.answering, self._stopping}, return_when=asyncio.FIRST_COMPLETED)
                 if self._stopping.done() or connection.broken:
                     return
                 continue

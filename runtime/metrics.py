@@ -20,6 +20,9 @@ class ServerMetrics:
         self.bytes_sent = Counter("edgesplit_sent_bytes", "Reply bytes written, headers included.",
                                   registry=registry)
         self.connections = Gauge("edgesplit_connections", "Open edge connections.", registry=registry)
+        self.paused = Gauge("edgesplit_paused_connections", "Connections not read until a reply goes out: their "
+                            "frames in flight are at the cap (a slow backend, or an edge not reading).",
+                            registry=registry)
         self.refused = Counter("edgesplit_refused_connections", "Handshakes refused, by reason.", ["reason"],
                                registry=registry)
         self.batch_size = Histogram("edgesplit_batch_size", "Frames per backend call.", buckets=BATCH_BUCKETS,

@@ -25,6 +25,7 @@ from runtime.errors import ProtocolError
 from runtime.images import open_source
 from runtime.local import SplitInference
 
+from benchmarks.reliability import authenticated
 from calibration_data import DEFAULT_CALIBRATION
 
 KEY = b"a test key of 128 bits"
@@ -171,16 +172,10 @@ def test_a_server_without_key_must_be_told_to_skip_authentication(bundle):
 class RawConnection:
     """A hand-driven client that completes the handshake and then sends whatever a test wants."""
 
-    def __init__(self, address, bundle_id):
-        self.sock = socket.create_connection(address, timeout=10)
+    def __init__(self, address, bundle_id, receive_buffer=None):
+        self.sock = authenticated(address, bundle_id, KEY, receive_buffer)
         self.stream = self.sock.makefile("rb")
         self.bundle_id = bundle_id
-        nonce = protocol.new_nonce()
-        self.send(protocol.encode(protocol.Frame(protocol.HELLO, bundle_id=bundle_id, payload=nonce)))
-        challenge = self.receive()
-        self.send(protocol.encode(protocol.Frame(protocol.AUTH, bundle_id=bundle_id, payload=protocol.client_proof(
-            KEY, challenge.payload, nonce, bundle_id))))
-        assert self.receive().type == protocol.READY
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -314,27 +309,34 @@ def start_serve_process(bundle_dir, port, *options, log=subprocess.DEVNULL):
     return process
 
 
+def metric(port: int, sample: str) -> float:
+    text = urllib.request.urlopen("http://127.0.0.1:{}/metrics".format(port), timeout=10).read().decode()
+    return float(re.search(r"^{} (\S+)$".format(re.escape(sample)), text, re.M).group(1))
+
+
 def test_sigterm_exits_within_the_deadline_while_an_edge_never_reads(int8_built, bundle):
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     log = tempfile.TemporaryFile("w+")
-    server = start_serve_process(int8_built.bundle, port, "--shutdown-timeout", "1", log=log)
+    server = start_serve_process(int8_built.bundle, port, "--shutdown-timeout", "1",
+                                 "--metrics-port", str(metrics_port), log=log)
     bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
-    raw = RawConnection(("127.0.0.1", port), bundle_id)
-    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw = RawConnection(("127.0.0.1", port), bundle_id, receive_buffer=4096)
     raw.sock.settimeout(0.2)
     tiny = protocol.encode(protocol.features_frame(1, bundle_id, bytes(100), bundle.wire,
                                                    protocol.wire_quantization(bundle.manifest)))
     started = progress = time.monotonic()
     unsent = b""
-    # replies pile up unread until every buffer is full and the server stops reading (a few seconds)
-    while time.monotonic() - progress < 1.0 and time.monotonic() - started < 60:
+    # replies pile up unread until every buffer is full and the server stops reading this edge (a few seconds);
+    # its metrics say so, so a server merely slow to start is not mistaken for one that stopped reading
+    while time.monotonic() - started < 60:
         try:
             unsent = unsent or tiny * 64
             unsent = unsent[raw.sock.send(unsent):]  # a partial send goes on where it stopped: frames stay whole
             progress = time.monotonic()
         except socket.timeout:
-            pass
-    assert time.monotonic() - progress >= 1.0  # stalled: nothing taken for a second
+            if time.monotonic() - progress >= 1.0 and metric(metrics_port, "edgesplit_paused_connections") == 1:
+                break
+    assert metric(metrics_port, "edgesplit_paused_connections") == 1
     started = time.monotonic()
     server.send_signal(signal.SIGTERM)
     assert server.wait(timeout=30) == 0
@@ -568,8 +570,7 @@ def test_an_edge_that_never_reads_replies_costs_the_server_at_most_its_cap(bundl
     tiny = protocol.encode(protocol.features_frame(1, bundle_id, bytes(100), bundle.wire,
                                                    protocol.wire_quantization(bundle.manifest)))
     with BackgroundServer(bundle, config) as running:
-        raw = RawConnection(running.address, bundle_id)
-        raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # small kernel buffers both ways too
+        raw = RawConnection(running.address, bundle_id, receive_buffer=4096)  # small kernel buffers both ways
         for connection in running.server._connections.values():
             connection.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         raw.sock.settimeout(0.05)

@@ -11,7 +11,8 @@ Nano go to benchmarks/results/bandwidth-<device>.
 
 1. Profiles. Every candidate (split x codec, and the shipped learned codec) is built. The cloud's
    profile times its cloud half here. The edge's profile runs `edgesplit edge` on the emulated
-   device over the unshaped link: the time per frame it sustains through the runtime. Edge-only:
+   device over the link at PROFILE_RATE (the rows' qdisc, never their bottleneck): the time per frame
+   it sustains through the runtime. Edge-only:
    the whole model on the emulated device; cloud-only: the image as int8 codes (a bundle split at
    the model's input normalization, 1,024 codes).
 2. Plan. Per bandwidth the planner (toolchain.planning) predicts the time of 100 frames streamed
@@ -21,7 +22,7 @@ Nano go to benchmarks/results/bandwidth-<device>.
 3. Measure. The same 100 frames end to end: `edgesplit serve` in the cloud's namespace, `edgesplit
    edge --limit 100` in the edge's namespace and cgroup, every frame answered by the cloud (early
    exits off, as BBNet has none); the seconds it took and the bytes the edge's interface sent. A
-   stream under 20 s (the emulated edge, not the link, may set its time) is the median of three runs.
+   stream under 20 s (the emulated edge, not the link, may set its time) is the median of five runs.
 
 Without root the suite says so and stops; `--device host` runs the same steps on this CPU, the
 link emulated by the edge client's token bucket (no emulated device, no kernel link).
@@ -73,7 +74,8 @@ CLOUD_ONLY_SPLIT = "normalize"  # the image, as int8 codes, is what crosses
 DEFAULT_DEVICE = "jetson-nano"  # BBNet's edge
 FRAMES, QUICK_FRAMES = 100, 20
 IN_FLIGHT = 8
-REPEATS, REPEAT_BELOW_S = 3, 20.0  # see steady_stream; --quick runs each stream once
+REPEATS, REPEAT_BELOW_S = 5, 20.0  # see steady_stream; --quick runs each stream once
+PROFILE_RATE = 1e9  # the edge is profiled through the same tbf as the rows (its qdisc costs the edge a few %)
 LINK_CHECK_BPS = 1e6
 # BBNet Table 4 (Jetson Nano + GTX 1060 PC, CIFAR-10, ResNet-18, seconds per 100 images)
 BBNET_NANO_ONLY_S = 4.7436
@@ -167,7 +169,7 @@ def stream(testbed: Testbed, bundle: Path, rate: float | None, frames: int, work
 
 def steady_stream(testbed: Testbed, bundle: Path, rate: float | None, frames: int, work: Path, repeats: int) -> dict:
     """`stream`, the median of `repeats` where the emulated edge, not the link, may set the time: runs of
-    the same edge-bound stream vary by 10-30 % with the host's scheduling, while tbf times a thin link's
+    the same edge-bound stream vary by 10-15 % with the host's scheduling, while tbf times a thin link's
     rows to within a percent (those, over REPEAT_BELOW_S, run once)."""
     runs = [stream(testbed, bundle, rate, frames, work)]
     if runs[0]["seconds"] < REPEAT_BELOW_S:
@@ -208,10 +210,10 @@ def learned_candidates(target: str, learned, frames: int, work: Path) -> list[di
 def edge_profile(testbed: Testbed, host: dict, cloud_only: Path, whole_model: Path, work: Path, streamed: int,
                  repeats: int) -> dict:
     """The host profile with every edge time measured on the (emulated) edge: each bundle's edge through
-    `edgesplit edge` over the unshaped link, as many frames as a measured row streams (the start-up a stream
+    `edgesplit edge` over the link at PROFILE_RATE, as many frames as a measured row streams (the start-up a stream
     pays is then spread as in the rows), the whole model on its own."""
     def ms_per_frame(bundle: Path) -> float:
-        return 1000 * steady_stream(testbed, bundle, None, streamed, work, repeats)["seconds"] / streamed
+        return 1000 * steady_stream(testbed, bundle, PROFILE_RATE, streamed, work, repeats)["seconds"] / streamed
 
     edge = copy.deepcopy(host)
     for entry in edge["candidates"]:

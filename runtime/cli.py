@@ -17,11 +17,13 @@ import numpy as np
 
 from runtime.errors import EdgesplitError
 
-def _address(text: str):
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError("expected HOST:PORT, got {!r}".format(text))
-    return host, int(port)
+def _server(text: str):
+    from runtime.transports import parse_server
+
+    try:
+        return parse_server(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def _rate(text: str) -> float:
@@ -49,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
 
     edge = commands.add_parser("edge", help="Run the edge half on a source and send features to a server.")
     _bundle_arguments(edge)
-    edge.add_argument("--server", required=True, type=_address, help="HOST:PORT of `edgesplit serve`.")
+    edge.add_argument("--server", required=True, type=_server,
+                      help="HOST:PORT of `edgesplit serve`, or grpc://HOST:PORT[/MODEL] of a Triton server holding "
+                           "an `edgesplit export-triton` repository (MODEL: its ensemble, default edgesplit).")
     edge.add_argument("--source", required=True,
                       help="An .npz/.npy of uint8 images, a folder of image files, or camera[:N].")
     edge.add_argument("--split", default=None, choices=("train", "test"),
@@ -59,10 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--fps", type=float, default=None, help="Pace the source to this frame rate.")
     edge.add_argument("--in-flight", type=int, default=8, help="Frames sent but not yet answered (default 8).")
     edge.add_argument("--timeout", type=float, default=10.0, help="Seconds to wait for one reply (default 10).")
-    edge.add_argument("--key-file", default=None, help="Shared key file (default: the EDGESPLIT_KEY variable).")
+    edge.add_argument("--key-file", default=None,
+                      help="Shared key file for `edgesplit serve` (default: the EDGESPLIT_KEY variable).")
     edge.add_argument("--tls", action="store_true", help="Connect with TLS, checking the server's certificate.")
     edge.add_argument("--tls-ca", default=None, help="CA file that signed the server's certificate (implies --tls).")
     edge.add_argument("--tls-server-name", default=None, help="Name the certificate must carry (default: host).")
+    edge.add_argument("--tls-cert", default=None, help="This edge's certificate chain, for mutual TLS (implies --tls).")
+    edge.add_argument("--tls-key", default=None, help="Private key of --tls-cert.")
     edge.add_argument("--uplink", type=_rate, default=None, help="Emulated uplink rate, e.g. 1mbit (tc units).")
     edge.add_argument("--rtt", type=_duration, default=0.0, help="Emulated round-trip delay, e.g. 20ms.")
     edge.add_argument("--burst", type=int, default=4096, help="Emulated token-bucket depth in bytes (default 4096).")
@@ -115,12 +122,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _client_ssl_context(args):
-    if not (args.tls or args.tls_ca):
-        return None
-    import ssl
+def _client_tls(args):
+    from runtime.transports import Tls
 
-    return ssl.create_default_context(cafile=args.tls_ca)
+    if not (args.tls or args.tls_ca or args.tls_cert):
+        return None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise EdgesplitError("mutual TLS needs both --tls-cert and --tls-key")
+    return Tls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
 
 
 def _percentile(values, q: float) -> float:
@@ -141,10 +150,10 @@ def run_edge(args) -> dict:
     if args.limit is not None:
         frames = islice(frames, args.limit)
     link = EmulatedLink(args.uplink, args.rtt, args.burst) if (args.uplink or args.rtt) else None
-    config = ClientConfig(args.server[0], args.server[1], key=read_key(args.key_file),
-                          ssl_context=_client_ssl_context(args), server_hostname=args.tls_server_name,
+    server = args.server
+    config = ClientConfig(server.host, server.port, key=read_key(args.key_file), tls=_client_tls(args),
                           in_flight=args.in_flight, reply_timeout_s=args.timeout, link=link,
-                          exit_threshold=args.exit_threshold)
+                          exit_threshold=args.exit_threshold, transport=server.transport, model=server.path)
     summary, outcomes = _edge_session(bundle, config, frames, args.fps, args.threads)
     if args.output:
         _write_outcomes(args.output, outcomes)

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from runtime import protocol
 from runtime.bundle import load_bundle
-from runtime.edge import CLOUD, ERROR, REPLY_LIMITS, ClientConfig, EdgeClient, _Connection, _InFlight
+from runtime.edge import CLOUD, ERROR, ClientConfig, EdgeClient, _InFlight
 from runtime.errors import ProtocolError
+from runtime.transports.tcp import REPLY_LIMITS, TcpChannel
 
 KEY = b"a test key of 128 bits"
 REQUEST_ID = 5
@@ -24,13 +25,23 @@ def client(int8_built):
     return EdgeClient(load_bundle(int8_built.bundle), ClientConfig("127.0.0.1", 9, key=KEY))
 
 
+@pytest.fixture(scope="module")
+def channel(client):
+    """A TCP channel reporting to `client`, its socket never used: replies are handed to it directly."""
+    edge, server = socket.socketpair()
+    yield TcpChannel(edge, client.transport, client)
+    edge.close()
+    server.close()
+
+
 def replies(client) -> list:
     """The frames a server sends after READY, valid: a RESULT, a per-frame ERROR, a FINAL ERROR, CLOSING."""
     values = np.linspace(-1, 1, client.reply_values, dtype=np.float32)
-    return [protocol.result_frame(REQUEST_ID, client.bundle_id, values),
-            protocol.error_frame(protocol.BAD_REQUEST, "refused", REQUEST_ID, bundle_id=client.bundle_id),
+    bundle_id = client.transport.bundle_id
+    return [protocol.result_frame(REQUEST_ID, bundle_id, values),
+            protocol.error_frame(protocol.BAD_REQUEST, "refused", REQUEST_ID, bundle_id=bundle_id),
             protocol.error_frame(protocol.INTERNAL, "backend down", final=True),
-            protocol.Frame(protocol.CLOSING, bundle_id=client.bundle_id)]
+            protocol.Frame(protocol.CLOSING, bundle_id=bundle_id)]
 
 
 def mutate(data, original: bytes) -> bytes:
@@ -62,14 +73,14 @@ def read_all(data: bytes):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_fuzz_mutated_replies_give_one_outcome_or_lose_the_connection(client, data):
+def test_fuzz_mutated_replies_give_one_outcome_or_lose_the_connection(client, channel, data):
     original = protocol.encode(data.draw(st.sampled_from(replies(client))))
     with client._lock:
         client._pending[REQUEST_ID] = _InFlight(0, None, time.monotonic(), time.monotonic() + 60, None, None)
         client._slots.acquire(blocking=False)
     try:
         frame = read_all(mutate(data, original))
-        lost = client._take_reply(frame)
+        lost = channel.take_reply(frame)
     except (ProtocolError, ConnectionError) as error:  # the receive loop turns these into a lost connection
         lost = str(error)
     outcomes = []
@@ -90,13 +101,13 @@ def test_fuzz_mutated_replies_give_one_outcome_or_lose_the_connection(client, da
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzz_mutated_handshakes_raise_only_protocol_or_connection_errors(client, data):
-    challenge = protocol.encode(protocol.Frame(protocol.CHALLENGE, bundle_id=client.bundle_id,
-                                               payload=protocol.new_nonce()))
-    ready = protocol.encode(protocol.Frame(protocol.READY, bundle_id=client.bundle_id, payload=bytes(32)))
+    bundle_id = client.transport.bundle_id
+    challenge = protocol.encode(protocol.Frame(protocol.CHALLENGE, bundle_id=bundle_id, payload=protocol.new_nonce()))
+    ready = protocol.encode(protocol.Frame(protocol.READY, bundle_id=bundle_id, payload=bytes(32)))
     first, second = (mutate(data, challenge), ready) if data.draw(st.booleans()) else (challenge, mutate(data, ready))
     edge, server = socket.socketpair()
     with edge, server:
         server.sendall(first + second)
         server.shutdown(socket.SHUT_WR)  # whatever the edge reads past these bytes is the end of the stream
         with pytest.raises((ProtocolError, ConnectionError)):  # a READY with a forged proof is refused too
-            client._handshake(_Connection(edge))
+            client.transport.handshake(TcpChannel(edge, client.transport, None))

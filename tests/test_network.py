@@ -24,6 +24,7 @@ from runtime.edge import CLOUD, ERROR, ClientConfig, EdgeClient
 from runtime.errors import ProtocolError
 from runtime.images import open_source
 from runtime.local import SplitInference
+from runtime.transports import Tls
 
 from benchmarks.reliability import authenticated
 from calibration_data import DEFAULT_CALIBRATION
@@ -286,12 +287,10 @@ def test_tls_with_a_self_signed_certificate(bundle, frames, reference, tmp_path)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(str(cert), str(key))
     with BackgroundServer(bundle, ServerConfig(key=KEY, ssl_context=server_context)) as tls_server:
-        trusted = ssl.create_default_context(cafile=str(cert))
-        with client(bundle, tls_server.address, ssl_context=trusted, server_hostname="localhost") as edge:
+        with client(bundle, tls_server.address, tls=Tls(ca=str(cert), server_name="localhost")) as edge:
             assert_matches(edge.run_all(frames[:8]), reference)
         with pytest.raises(ProtocolError, match="TLS with .* certificate verify failed"):
-            client(bundle, tls_server.address, ssl_context=ssl.create_default_context(),
-                   server_hostname="localhost").start()
+            client(bundle, tls_server.address, tls=Tls(server_name="localhost")).start()
 
 
 def free_port() -> int:

@@ -1,0 +1,160 @@
+"""edgesplit's own protocol over TCP (or TLS) to `edgesplit serve`: the handshake proves both sides hold
+the shared key, a receiver thread per connection reads replies. Python 3.6 syntax."""
+
+import socket
+import ssl
+import threading
+from typing import Optional
+
+from runtime import protocol
+from runtime.errors import ProtocolError
+from runtime.transports import Channel, Replies, Transport
+
+REPLY_LIMITS = protocol.Limits(max_payload=1 << 20, max_elements=1 << 18)
+
+
+def client_context(tls) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=tls.ca)
+    if tls.cert:
+        context.load_cert_chain(tls.cert, tls.key)
+    return context
+
+
+class TcpChannel(Channel):
+    """One authenticated connection; its receiver thread hands replies to `replies`."""
+
+    def __init__(self, sock, transport: "TcpTransport", replies: Optional[Replies]):
+        self.sock = sock
+        self.stream = sock.makefile("rb")
+        self.alive = True
+        self.transport = transport
+        self.replies = replies
+        self._send_lock = threading.Lock()
+
+    def read_exactly(self, size: int) -> bytes:
+        data = self.stream.read(size)
+        if len(data) != size:
+            raise ConnectionError("server closed the connection")
+        return data
+
+    def read_frame(self) -> protocol.Frame:
+        return protocol.read_frame(self.read_exactly, REPLY_LIMITS)
+
+    def wire_bytes(self, payload_bytes: int) -> int:
+        return protocol.frame_bytes(payload_bytes, len(self.transport.bundle.wire.shape))
+
+    def send(self, request_id: int, payload: bytes) -> int:
+        data = protocol.encode(protocol.features_frame(request_id, self.transport.bundle_id, payload,
+                                                       self.transport.bundle.wire, self.transport.quantization))
+        with self._send_lock:
+            self.sock.sendall(data)
+        return len(data)
+
+    def close(self) -> None:
+        """Tell the server this edge is done (when the connection still works), then close."""
+        if self.alive:
+            self.alive = False
+            try:
+                with self._send_lock:
+                    self.sock.sendall(protocol.encode(protocol.Frame(protocol.CLOSING,
+                                                                     bundle_id=self.transport.bundle_id)))
+            except OSError:
+                pass
+        self.release()
+
+    def release(self) -> None:
+        self.alive = False
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.stream.close()
+        self.sock.close()
+
+    def receive(self) -> None:
+        """Replies until the connection ends. Any fault in a reply loses the connection (its frames get their
+        outcomes, the edge reconnects); none ends this thread."""
+        while self.alive:
+            try:
+                frame = self.read_frame()
+                lost = self.take_reply(frame)
+            except Exception as error:  # a malformed reply, a closed socket, or a fault here
+                lost = str(error) or type(error).__name__
+            if lost:
+                if self.alive:
+                    self.replies.lost(self, lost)
+                return
+
+    def take_reply(self, frame: protocol.Frame) -> Optional[str]:
+        """Hand one reply to the client; the reason the connection is lost, if it is."""
+        received = protocol.HEADER_BYTES + 4 * len(frame.shape) + len(frame.payload)
+        if frame.type == protocol.RESULT:
+            self.replies.result(self, frame.request_id, protocol.result_values(frame), received)
+            return None
+        if frame.type == protocol.ERROR and frame.request_id and not frame.flags & protocol.FLAG_FINAL:
+            code, message = protocol.error_details(frame)
+            self.replies.refused(self, frame.request_id, code, message, received)
+            return None
+        if frame.type == protocol.ERROR:
+            return "server error: {}".format(protocol.error_details(frame)[1])
+        if frame.type != protocol.CLOSING:
+            return "unexpected {} frame from the server".format(frame.type_name)
+        return "server closed the connection"
+
+
+class TcpTransport(Transport):
+    def __init__(self, *args):
+        super().__init__(*args)
+        protocol.check_key(self.key)
+        self.bundle_id = protocol.bundle_id_bytes(self.bundle.bundle_id)
+        self.quantization = protocol.wire_quantization(self.bundle.manifest)
+
+    def open(self, replies: Replies) -> TcpChannel:
+        server = self.server
+        sock = socket.create_connection((server.host, server.port), timeout=self.connect_timeout_s)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls is not None:
+                sock = client_context(self.tls).wrap_socket(sock, server_hostname=self.tls.server_name or server.host)
+        except BaseException:
+            sock.close()
+            raise
+        channel = TcpChannel(sock, self, replies)
+        try:
+            self.handshake(channel)
+            sock.settimeout(None)
+        except BaseException:
+            channel.release()
+            raise
+        threading.Thread(target=channel.receive, name="edgesplit-receiver", daemon=True).start()
+        return channel
+
+    def handshake(self, channel: TcpChannel) -> None:
+        key, bundle_id = self.key, self.bundle_id
+        client_nonce = protocol.new_nonce()
+        channel.sock.sendall(protocol.encode(protocol.Frame(protocol.HELLO, bundle_id=bundle_id, payload=client_nonce)))
+        reply = channel.read_frame()
+        server_nonce = b""
+        if reply.type == protocol.CHALLENGE:
+            if not key:
+                raise ProtocolError("the server requires a shared key: set EDGESPLIT_KEY or --key-file",
+                                    protocol.AUTH_FAILED)
+            server_nonce = reply.payload
+            channel.sock.sendall(protocol.encode(protocol.Frame(
+                protocol.AUTH, bundle_id=bundle_id, payload=protocol.client_proof(key, server_nonce, client_nonce,
+                                                                                  bundle_id))))
+            reply = channel.read_frame()
+        if reply.type == protocol.ERROR:
+            protocol.raise_error_frame(reply, "handshake with {}".format(self.server))
+        if reply.type != protocol.READY:
+            raise ProtocolError("handshake: expected READY, the server sent {}".format(reply.type_name))
+        if key and not server_nonce:
+            raise ProtocolError("the server skipped authentication (started with --no-auth) but this edge "
+                                "holds a key: refusing an unauthenticated server", protocol.AUTH_FAILED)
+        if key and not protocol.proofs_match(
+                protocol.server_proof(key, server_nonce, client_nonce, bundle_id), reply.payload):
+            raise ProtocolError("the server's key proof is wrong: it does not hold this edge's key",
+                                protocol.AUTH_FAILED)
+
+
+TRANSPORT = TcpTransport

@@ -13,6 +13,7 @@ SUITES = {
     "pruning": ("benchmarks.pruning", "channel pruning of the edge half (BBNet Table 3)"),
     "codecs": ("benchmarks.codecs", "accuracy vs bytes for affine and learned codecs"),
     "tflite": ("benchmarks.tflite", "int8 TFLite edge: accuracy, size, latency"),
+    "triton": ("benchmarks.triton", "the cloud side on Triton Inference Server vs edgesplit serve; gRPC overhead"),
     "reliability": ("benchmarks.reliability", "faults an attacker can cause, and what they cost the server now"),
     "report": ("benchmarks.report", "gather every suite's results into benchmarks/RESULTS.md"),
 }

@@ -277,8 +277,7 @@ class CloudServer:
         self.bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
         self.wire = bundle.wire
         self.quantization = protocol.wire_quantization(bundle.manifest)
-        self.limits = protocol.Limits(max_payload=max(4096, 2 * self.wire.packed_bytes + 1024),
-                                      max_elements=self.wire.elements)
+        self.limits = protocol.features_limits(self.wire)
         self.cloud = CloudHalf(bundle, threads=config.threads)
         self.metrics = ServerMetrics()
         self.address = None

@@ -95,7 +95,8 @@ class _InFlight(NamedTuple):
 class EdgeClient(Replies):
     def __init__(self, bundle: Bundle, config: ClientConfig, threads: Optional[int] = None):
         self.config = config
-        self.transport = open_transport(bundle, config.server, config.key, config.tls, config.connect_timeout_s)
+        self.transport = open_transport(bundle, config.server, config.key, config.tls, config.connect_timeout_s,
+                                        config.reply_timeout_s)
         self.edge = EdgeHalf(bundle, threads)
         self.output_sizes = output_sizes(bundle)
         self.reply_values = sum(int(np.prod(shape)) for _, shape in self.output_sizes)

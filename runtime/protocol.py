@@ -63,6 +63,12 @@ class Limits(NamedTuple):
 
 
 DEFAULT_LIMITS = Limits()
+
+
+def features_limits(wire) -> Limits:
+    """What a server takes from an edge of this wire format: a payload up to twice its packed size (a lossless
+    stage may expand incompressible data a little), and exactly its elements."""
+    return Limits(max_payload=max(4096, 2 * wire.packed_bytes + 1024), max_elements=wire.elements)
 # before a peer has authenticated: control frames only, whatever the bundle's feature size
 HANDSHAKE_LIMITS = Limits(max_payload=MAX_CONTROL_PAYLOAD, max_elements=MAX_CONTROL_PAYLOAD)
 

@@ -9,6 +9,7 @@ import pytest
 
 import toolchain.data as data
 from benchmarks.testbed import missing_root
+from benchmarks.tritonserver import missing as tritonserver_missing
 from benchmarks.testbed.devices import REFERENCES
 from benchmarks.testbed.link import NamespaceLink
 
@@ -198,3 +199,19 @@ def test_reliability_suite_contains_every_fault(tmp_path):
     statuses = [(row["goal"], row["value"]) for row in by_measure["verify-bundle exit status"]]
     assert statuses == [("1", "1"), ("-", "0"), ("1", "1")]  # absurd shape; tampered: verifies without a key only
     assert (tmp_path / "reliability.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(bool(tritonserver_missing()), reason=tritonserver_missing() or "tritonserver runs here")
+def test_triton_suite_compares_triton_with_serve_on_the_same_load(int8_built, tmp_path):
+    run_suite("triton", "--bundle", str(int8_built.bundle), "--output", str(tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [(r["server"], r["edges"]) for r in summary["servers"]] == [
+        (server, edges) for server in ("edgesplit serve", "Triton (gRPC, Python tail)") for edges in (1, 5)]
+    for row in summary["servers"]:  # every frame one outcome, every answer the in-process one
+        assert row["answered"] + row["errors"] + row["unanswered"] == row["sent"] > 0
+        assert row["answered"] > 0 and row["wrong"] == 0 and row["errors"] == 0
+    tcp, grpc = summary["overhead"]
+    assert tcp["uplink_overhead_bytes"] >= 60  # edgesplit's header and dimensions, plus TCP's share of set-up
+    assert grpc["uplink_overhead_bytes"] > tcp["uplink_overhead_bytes"]  # HTTP/2 + protobuf framing
+    for name in ("RESULTS.md", "server.png", "server.csv", "overhead.csv"):
+        assert (tmp_path / name).stat().st_size > 0

@@ -688,3 +688,21 @@ def test_a_lone_edge_does_not_wait_for_a_batch_to_fill():
     assert asyncio.run(collect(False)) == 3  # the three queued frames, no 60 s wait
     with pytest.raises(asyncio.TimeoutError):  # with company, it waits for the batch to fill
         asyncio.run(collect(True))
+
+
+def test_server_addresses_name_their_transport_and_wrong_ones_say_what_was_expected():
+    from runtime.transports import Server, parse_server
+
+    assert parse_server("10.0.0.2:9000") == Server("tcp", "10.0.0.2", 9000, "")
+    assert parse_server("grpc://triton.local:8001/cams") == Server("grpc", "triton.local", 8001, "cams")
+    assert parse_server("grpc://[::1]:8001") == Server("grpc", "::1", 8001, "")
+    assert str(parse_server("grpc://h:8001/m")) == "grpc://h:8001/m" and str(parse_server("h:1")) == "h:1"
+    with pytest.raises(ValueError, match=r"unknown transport 'http' in 'http://h:80'; transports: grpc, tcp"):
+        parse_server("http://h:80")
+    for wrong in ("grpc://h", "h:port", ":9000", "h:70000"):
+        with pytest.raises(ValueError, match="expected HOST:PORT or grpc://HOST:PORT"):
+            parse_server(wrong)
+    done = subprocess.run([sys.executable, "-m", "edgesplit", "edge", "--bundle", "b", "--server", "grpc://h",
+                           "--source", "s"], cwd=str(ROOT), capture_output=True, text=True)
+    assert done.returncode == 2 and "argument --server: expected HOST:PORT or grpc://HOST:PORT[/MODEL], got " \
+                                     "'grpc://h'" in done.stderr and "Traceback" not in done.stderr

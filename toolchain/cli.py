@@ -378,6 +378,35 @@ def sign_bundle_command(path: Path, key: Path) -> None:
     click.echo(f"signed {path}: give servers and edges the public key (openssl pkey -in {key} -pubout)")
 
 
+@main.command("export-triton")
+@click.option("--bundle", "bundle_path", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Bundle directory or .tar whose cloud side Triton serves.")
+@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The model repository to write (tritonserver --model-repository).")
+@click.option("--name", default="edgesplit", show_default=True,
+              help="The ensemble edges call; its models are NAME_decode and NAME_tail.")
+@click.option("--instances", default=1, show_default=True, help="Tail instances (Triton instance_group count).")
+@click.option("--max-batch", default=32, show_default=True, help="Largest dynamic batch.")
+@click.option("--max-queue-delay-us", default=2000, show_default=True,
+              help="How long a request may wait for others to batch with.")
+@click.option("--tail", type=click.Choice(["native", "python"]), default="native", show_default=True,
+              help="native: Triton's onnxruntime / tensorrt backend runs the cloud artefact; python: ONNX Runtime "
+                   "inside a Python-backend model (for Triton builds without those backends).")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime threads per Python tail instance.")
+@click.option("--trust", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Ed25519 public key: the bundle must be signed by it, here and when Triton loads the models.")
+def export_triton_command(bundle_path, output, name, instances, max_batch, max_queue_delay_us, tail, threads,
+                          trust) -> None:
+    """Write a Triton model repository serving a bundle's cloud side: decode → tail as an ensemble."""
+    from toolchain.triton import RepositoryOptions, export_repository
+
+    names = export_repository(RepositoryOptions(bundle_path, output, name, instances, max_batch, max_queue_delay_us,
+                                                tail, threads, trust))
+    click.echo(f"wrote {output}: ensemble {names['ensemble']} ({names['decode']} → {names['tail']}) for bundle "
+               f"{names['bundle_id']}; serve it with tritonserver --model-repository={output}, and point edges at "
+               f"grpc://HOST:8001/{names['ensemble']}")
+
+
 def _load_for_codec(model: ModelArgs, data):
     """The model (its input spec known) and the labeled data a codec trains on."""
     from toolchain.errors import ModelLoadError

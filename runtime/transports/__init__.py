@@ -90,14 +90,16 @@ class Transport:
     """Opens channels to one server for one bundle. `open` raises ProtocolError when the server refuses
     (its code says whether that is for now, e.g. BUSY, or for good) and OSError when it cannot be reached."""
 
-    def __init__(self, bundle, server: Server, key: bytes, tls: Optional[Tls], connect_timeout_s: float):
+    def __init__(self, bundle, server: Server, key: bytes, tls: Optional[Tls], connect_timeout_s: float,
+                 reply_timeout_s: float):
         self.bundle, self.server, self.key, self.tls = bundle, server, key, tls
-        self.connect_timeout_s = connect_timeout_s
+        self.connect_timeout_s, self.reply_timeout_s = connect_timeout_s, reply_timeout_s
 
     def open(self, replies: Replies) -> Channel:
         raise NotImplementedError
 
 
-def open_transport(bundle, server: Server, key: bytes, tls: Optional[Tls], connect_timeout_s: float) -> Transport:
+def open_transport(bundle, server: Server, key: bytes, tls: Optional[Tls], connect_timeout_s: float,
+                   reply_timeout_s: float) -> Transport:
     module = importlib.import_module(TRANSPORTS[server.transport])
-    return module.TRANSPORT(bundle, server, key, tls, connect_timeout_s)
+    return module.TRANSPORT(bundle, server, key, tls, connect_timeout_s, reply_timeout_s)

@@ -133,6 +133,16 @@ class WholeModel(NamedTuple):
     threads: int | None
 
 
+class TritonTail(NamedTuple):
+    """How Triton runs a cloud artefact with its own backend (`edgesplit export-triton`)."""
+
+    platform: str  # Triton's platform: onnxruntime_onnx, tensorrt_plan
+    source: str  # the bundle's file it loads
+    file: str  # its name in the model's version folder
+    kind: str  # KIND_CPU or KIND_GPU
+    config: str = ""  # more config.pbtxt text (an execution accelerator)
+
+
 class Exporter(NamedTuple):
     name: str  # = runtime/backends/<name>
     title: str
@@ -145,6 +155,7 @@ class Exporter(NamedTuple):
     whole_model: Callable[[WholeModel], Callable[[np.ndarray], np.ndarray]]  # → images → logits
     compile: Callable[[Path, dict], None] | None = None  # builds {role: entry} engines where the host can
     unavailable: Callable[[], str] = lambda: ""  # why this host cannot run its artefacts ("" if it can)
+    triton_tail: Callable[[dict], TritonTail] | None = None  # a cloud entry → how Triton serves it natively
 
 
 def exporter(device: Device) -> Exporter:

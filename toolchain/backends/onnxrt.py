@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from toolchain.backends import Exporter, Half, WholeModel, code_encoding, tensor_spec
+from toolchain.backends import Exporter, Half, TritonTail, WholeModel, code_encoding, tensor_spec
 from toolchain.export import export_half, export_whole_model
 
 CODE_DTYPE = "uint8"
@@ -40,7 +40,11 @@ def whole_model(request: WholeModel):
     return lambda images: runner.infer({"image": np.ascontiguousarray(images)})[request.outputs[0]]
 
 
+def triton_tail(entry: dict) -> TritonTail:
+    return TritonTail("onnxruntime_onnx", entry["file"], "model.onnx", "KIND_CPU")
+
+
 EXPORTER = Exporter(
     name="onnxrt", title="ONNX Runtime", suffix=".onnx", precisions=("fp32",), roles=("edge", "cloud"),
-    code_dtype=CODE_DTYPE, host_needs_gpu=False, export=export, whole_model=whole_model,
+    code_dtype=CODE_DTYPE, host_needs_gpu=False, export=export, whole_model=whole_model, triton_tail=triton_tail,
 )

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from toolchain.backends import Exporter, Half, WholeModel
+from toolchain.backends import Exporter, Half, TritonTail, WholeModel
 from toolchain.backends.onnxrt import onnx_entry
 from toolchain.errors import EdgesplitError
 from toolchain.export import export_half, export_whole_model
@@ -149,8 +149,23 @@ def unavailable() -> str:
     return probe_device().get("reason", "")
 
 
+# Triton's onnxruntime backend builds a TensorRT engine from the Q/DQ ONNX where no plan was built
+TRITON_ACCELERATOR = """optimization { execution_accelerators { gpu_execution_accelerator: [
+  { name: "tensorrt" parameters { key: "precision_mode" value: "%s" } } ] } }
+"""
+
+
+def triton_tail(entry: dict) -> TritonTail:
+    """The engine the bundle carries (it must match the Triton host's TensorRT and GPU), else the ONNX."""
+    plan = entry["engine"].get("plan")
+    if plan:
+        return TritonTail("tensorrt_plan", plan, "model.plan", "KIND_GPU")
+    return TritonTail("onnxruntime_onnx", entry["file"], "model.onnx", "KIND_GPU",
+                      TRITON_ACCELERATOR % entry["precision"].upper())
+
+
 EXPORTER = Exporter(
     name="tensorrt", title="TensorRT", suffix=".onnx (+ .plan built on a GPU)", precisions=("fp32", "fp16", "int8"),
     roles=("edge", "cloud"), code_dtype=CODE_DTYPE, host_needs_gpu=True, export=export, whole_model=whole_model,
-    compile=compile_engines, unavailable=unavailable,
+    compile=compile_engines, unavailable=unavailable, triton_tail=triton_tail,
 )

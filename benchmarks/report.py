@@ -19,7 +19,7 @@ SECTIONS = [("default", "default", "default"), ("bandwidth", "bandwidth", "bandw
             ("bandwidth-raspberry-pi", "bandwidth-raspberry-pi", "bandwidth --device raspberry-pi"),
             ("accuracy", "accuracy", "accuracy"), ("early_exit", "early-exit", "early-exit"),
             ("lossless", "lossless", "lossless"), ("runtime", "server", "server"), ("pruning", "pruning", "pruning"),
-            ("codecs", "codecs", "codecs"), ("tflite", "tflite", "tflite"),
+            ("codecs", "codecs", "codecs"), ("tflite", "tflite", "tflite"), ("triton", "triton", "triton"),
             ("reliability", "reliability", "reliability")]
 PREAMBLE = """# Benchmark results
 

@@ -68,6 +68,16 @@ def start_serve(bundle_dir: Path, *options: str) -> tuple[subprocess.Popen, int]
     return process, port
 
 
+def read_exactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        data += chunk
+    return data
+
+
 def authenticated(address, bundle_id: bytes, key: bytes = KEY.encode(), receive_buffer=None) -> socket.socket:
     """A raw connection (to a port on this host, or a (host, port)) past the handshake, or refused: the
     ERROR frame's message raised."""
@@ -77,17 +87,8 @@ def authenticated(address, bundle_id: bytes, key: bytes = KEY.encode(), receive_
     sock.settimeout(10)
     sock.connect(("127.0.0.1", address) if isinstance(address, int) else tuple(address))
 
-    def read_exactly(size: int) -> bytes:  # unbuffered: whatever follows READY stays in the socket
-        data = b""
-        while len(data) < size:
-            chunk = sock.recv(size - len(data))
-            if not chunk:
-                raise ConnectionError("the server closed the connection during the handshake")
-            data += chunk
-        return data
-
-    def receive() -> protocol.Frame:
-        return protocol.read_frame(read_exactly)
+    def receive() -> protocol.Frame:  # unbuffered: whatever follows READY stays in the socket
+        return protocol.read_frame(lambda size: read_exactly(sock, size))
 
     nonce = protocol.new_nonce()
     sock.sendall(protocol.encode(protocol.Frame(protocol.HELLO, bundle_id=bundle_id, payload=nonce)))

@@ -14,6 +14,7 @@ link.csv: the real edge client (`EdgeClient`, head included) through `--uplink/-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -122,15 +123,21 @@ def loopback_rows(codes: np.ndarray, bundle_id: bytes, frames: int) -> list[dict
 
 # --- server under load -----------------------------------------------------------------------
 
-def start_server(bundle_dir: Path, max_batch: int, max_wait_ms: float, threads: int | None):
+@contextlib.contextmanager
+def serving(bundle_dir: Path, max_batch: int, max_wait_ms: float, threads: int | None):
+    """`edgesplit serve` in its own process while the block runs: (port, metrics port)."""
     port, metrics_port = free_port(), free_port()
     command = [sys.executable, "-m", "runtime.cli", "serve", "--bundle", str(bundle_dir), "--port", str(port),
                "--no-auth", "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
                "--metrics-port", str(metrics_port)] + (["--threads", str(threads)] if threads else [])
     process = subprocess.Popen(command, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    if "serving bundle" not in process.stdout.readline():
-        raise RuntimeError("edgesplit serve did not start: " + " ".join(command))
-    return process, port, metrics_port
+    try:
+        if "serving bundle" not in process.stdout.readline():
+            raise RuntimeError("edgesplit serve did not start: " + " ".join(command))
+        yield port, metrics_port
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
 
 
 def scrape(metrics_port: int) -> dict[str, float]:
@@ -213,13 +220,9 @@ def server_rows(bundle, payloads: list[bytes], expected: np.ndarray, edge_counts
     rows = []
     for edges in edge_counts:
         for batching, max_batch, max_wait_ms in settings:
-            process, port, metrics_port = start_server(bundle.directory, max_batch, max_wait_ms, threads)
-            try:
+            with serving(bundle.directory, max_batch, max_wait_ms, threads) as (port, metrics_port):
                 result = asyncio.run(drive(port, edges, fps, seconds, bundle, payloads, expected))
                 metrics = scrape(metrics_port)
-            finally:
-                process.send_signal(signal.SIGTERM)
-                process.wait(30)
             calls = metrics.get("edgesplit_batch_size_count", 0.0)
             rows.append({"edges": edges, "batching": batching, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                          "offered_fps": edges * fps, **{k: round(v, 2) if isinstance(v, float) else v

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 from rich.progress import Progress
 
 from benchmarks.common import cpu_name, free_port, parse_arguments, table, write_csv
-from benchmarks.runtime import drive, scrape, start_server
+from benchmarks.runtime import drive, scrape, serving
 from benchmarks.tritonserver import TritonServer, missing
 from calibration_data import DEFAULT_CALIBRATION
 from runtime import protocol
@@ -156,23 +155,15 @@ def measure(bundle, payloads, expected, edge_counts, fps: float, seconds: float,
     task = progress.add_task("servers under load", total=2 * len(edge_counts) + 2)
     rows, overhead = [], []
     for edges in edge_counts:
-        process, port, metrics_port = start_server(bundle.directory, MAX_BATCH, MAX_WAIT_MS, None)
-        try:
+        with serving(bundle.directory, MAX_BATCH, MAX_WAIT_MS, None) as (port, metrics_port):
             result = asyncio.run(drive(port, edges, fps, seconds, bundle, payloads, expected))
             metrics = scrape(metrics_port)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(30)
         calls = metrics.get("edgesplit_batch_size_count", 0.0)
         rows.append(row("edgesplit serve", edges, fps, result, metrics.get("edgesplit_batch_size_sum", 0) / max(calls, 1)))
         progress.advance(task)
     one_edge = seconds / 2
-    process, port, _ = start_server(bundle.directory, MAX_BATCH, MAX_WAIT_MS, None)
-    try:
+    with serving(bundle.directory, MAX_BATCH, MAX_WAIT_MS, None) as (port, _):
         result, up, down = asyncio.run(counted(port, lambda p: drive(p, 1, fps, one_edge, bundle, payloads, expected)))
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
     overhead.append(overhead_row("edgesplit serve (TCP)", result, up, down, bundle, round((1 + one_edge) * fps)))
     progress.advance(task)
     with TritonServer(repository, work / "tritonserver.log") as triton:

@@ -98,12 +98,12 @@ def ready(http_port: int) -> bool:
 
 
 class TritonServer:
-    """tritonserver serving `repository` (one folder, or a list) on free ports (`grpc_url`, `http_port`, `metrics_port`) until closed;
+    """tritonserver serving `repository` (one folder, or a list) with more command-line `options` on free ports (`grpc_url`, `http_port`, `metrics_port`) until closed;
     its log in `log`. Raises RuntimeError with the log's tail if it does not become ready."""
 
-    def __init__(self, repository, log: Path, startup_s: float = 120.0):
+    def __init__(self, repository, log: Path, startup_s: float = 120.0, options: tuple = ()):
         self.repositories = [Path(r) for r in (repository if isinstance(repository, (list, tuple)) else [repository])]
-        self.log, self.startup_s = Path(log), startup_s
+        self.log, self.startup_s, self.options = Path(log), startup_s, options
         self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         self.process: subprocess.Popen | None = None
 
@@ -123,7 +123,8 @@ class TritonServer:
                 [str(home / "bin" / "tritonserver"), *(f"--model-repository={r}" for r in self.repositories),
                  f"--backend-directory={home / 'backends'}", f"--cache-directory={home / 'caches'}",
                  f"--grpc-port={self.grpc_port}", f"--http-port={self.http_port}",
-                 f"--metrics-port={self.metrics_port}", "--allow-cpu-metrics=false", "--allow-gpu-metrics=false"],
+                 f"--metrics-port={self.metrics_port}", "--allow-cpu-metrics=false", "--allow-gpu-metrics=false",
+                 *self.options],
                 stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, LD_LIBRARY_PATH=library_path, PATH=path))
         deadline = time.monotonic() + self.startup_s
         while not ready(self.http_port):

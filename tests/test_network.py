@@ -26,7 +26,7 @@ from runtime.images import open_source
 from runtime.local import SplitInference
 from runtime.transports import Tls
 
-from benchmarks.reliability import authenticated
+from benchmarks.reliability import authenticated, read_exactly
 from calibration_data import DEFAULT_CALIBRATION
 
 KEY = b"a test key of 128 bits"
@@ -465,16 +465,6 @@ def test_before_authentication_a_peer_gets_the_control_limit_not_the_feature_lim
         reply = protocol.read_frame(lambda count: read_exactly(raw, count))
     assert reply.type == protocol.ERROR and reply.flags & protocol.FLAG_FINAL
     assert f"FEATURES payload of {claimed} bytes is over the limit of 1024" in protocol.error_details(reply)[1]
-
-
-def read_exactly(sock: socket.socket, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        chunk = sock.recv(count - len(data))
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    return data
 
 
 class InjectingProxy:

@@ -152,6 +152,25 @@ def test_an_edge_of_another_bundle_is_refused_in_one_line(bundles, triton):
                         r"\w+: export the repository from this bundle\n", done.stderr)
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_the_edge_reaches_triton_over_tls_and_refuses_an_untrusted_certificate(bundles, repositories, tmp_path):
+    bundle = bundles["int8"]
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                   check=True, capture_output=True)
+    tls = ("--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}")
+    with TritonServer(repositories[0], tmp_path / "tls.log", options=tls) as triton:
+        server = f"grpc://{triton.grpc_url}/int8"
+        done = edgesplit("edge", "--bundle", bundle.directory, "--server", server, "--source", DEFAULT_CALIBRATION,
+                         "--limit", 10, "--tls-ca", cert, "--tls-server-name", "localhost")
+        assert "10 answered by the cloud" in done.stdout
+        refused = edgesplit("edge", "--bundle", bundle.directory, "--server", server, "--source", DEFAULT_CALIBRATION,
+                            "--limit", 10, "--tls", "--tls-server-name", "localhost", check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith(f"error: TLS with {server} failed: ") and refused.stderr.count("\n") == 1
+
+
 HAPROXY = """global
   maxconn 256
 defaults

@@ -14,6 +14,7 @@ balancer to a replica that is up.
 """
 
 import functools
+import os
 import threading
 
 import numpy as np
@@ -34,6 +35,8 @@ TRANSIENT = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")  # openin
 
 
 def _client_module():
+    # gRPC's core logs a failed TLS handshake itself, at INFO, beside the one line the edge prints about it
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     try:
         import tritonclient.grpc as client_module
     except ImportError as error:

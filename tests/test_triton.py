@@ -152,6 +152,25 @@ def test_an_edge_of_another_bundle_is_refused_in_one_line(bundles, triton):
                         r"\w+: export the repository from this bundle\n", done.stderr)
 
 
+def test_a_repository_whose_bundle_or_tail_was_changed_does_not_load(bundles, tmp_path):
+    bundle = bundles["int8"]
+    python_tail, native_tail = tmp_path / "python", tmp_path / "native"
+    edgesplit("export-triton", "--bundle", bundle.directory, "--output", python_tail, "--tail", "python")
+    edgesplit("export-triton", "--bundle", bundle.directory, "--output", native_tail)
+    copy = python_tail / "edgesplit_decode" / "1" / "bundle" / "cloud.onnx"
+    copy.write_bytes(copy.read_bytes()[:-1] + b"\0")
+    plan = native_tail / "edgesplit_tail" / "1" / "model.onnx"
+    plan.write_bytes(plan.read_bytes() + b"\0")
+    for repository, problem in ((python_tail, "cloud.onnx does not match its sha256 in the manifest"),
+                                (native_tail, f"edgesplit_tail/1/model.onnx is not bundle {bundle.bundle_id}'s "
+                                              "cloud.onnx: export the repository again")):
+        log = tmp_path / f"{repository.name}.log"
+        with pytest.raises(RuntimeError, match="tritonserver did not become ready"):
+            with TritonServer(repository, log, startup_s=60):
+                pass
+        assert problem in log.read_text()
+
+
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
 def test_the_edge_reaches_triton_over_tls_and_refuses_an_untrusted_certificate(bundles, repositories, tmp_path):
     bundle = bundles["int8"]

@@ -125,7 +125,8 @@ class TritonServer:
                  f"--grpc-port={self.grpc_port}", f"--http-port={self.http_port}",
                  f"--metrics-port={self.metrics_port}", "--allow-cpu-metrics=false", "--allow-gpu-metrics=false",
                  *self.options],
-                stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, LD_LIBRARY_PATH=library_path, PATH=path))
+                stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, LD_LIBRARY_PATH=library_path, PATH=path),
+                start_new_session=True)  # its group holds the Python-backend stubs too
         deadline = time.monotonic() + self.startup_s
         while not ready(self.http_port):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -142,18 +143,24 @@ class TritonServer:
             return answer.read().decode()
 
     def kill(self) -> None:
-        """Die at once, as a crashed server does (SIGKILL)."""
-        self.process.kill()
+        """Die at once, as a crashed server does: SIGKILL to the server and its models' stubs, which outlive it
+        otherwise."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self.process.wait(timeout=30)
 
     def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
+                pass
+        self.kill()  # whatever of its group is left
 
     def __exit__(self, *_) -> None:
         self.close()

@@ -44,8 +44,15 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(error)) from error
 
 
+class _Parser(argparse.ArgumentParser):
+    """Wrong arguments are one line naming the problem (`--help` shows the usage), like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, "{}: error: {}\n".format(self.prog, message))
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgesplit", description="edgesplit runtime commands.")
+    parser = _Parser(prog="edgesplit", description="edgesplit runtime commands.")
     parser.add_argument("--debug", action="store_true", help="Show tracebacks instead of one-line errors.")
     commands = parser.add_subparsers(dest="command")
 
@@ -255,7 +262,8 @@ def _print_summary(summary: dict) -> None:
           "{edge_answers} on the edge, {errors} errors".format(**summary) + accuracy)
     wire = "nothing sent" if not summary["bytes_sent"] else "{:.1f} payload bytes/frame, {:.1f} with headers{}".format(
         summary["payload_bytes_per_frame"], summary["wire_bytes_per_frame"],
-        " (over all frames: an edge answer sends none)" if summary["edge_answers"] else "")
+        " (over all frames: one answered on the edge or never sent counts none)"
+        if summary["cloud_answers"] < summary["frames"] else "")
     latency = "no answers" if summary["latency_ms_p50"] != summary["latency_ms_p50"] else \
         "p50 {:.1f} ms, p99 {:.1f} ms".format(summary["latency_ms_p50"], summary["latency_ms_p99"])
     print("wire: {}; latency {}; {} connection(s)".format(wire, latency, summary["connects"]))

@@ -202,7 +202,6 @@ class EdgeClient(Replies):
                 return
         payload = encode_frame(frames_of(codes, self.wire)[0], self.wire)
         with self._lock:
-            self.stats.payload_bytes += len(payload)
             channel = self._channel
             if channel is None:
                 self._finish(frame.index, frame.label, started, *self._fallback(exit_logits))
@@ -318,6 +317,7 @@ class EdgeClient(Replies):
                 continue
             with self._lock:
                 self.stats.bytes_sent += sent
+                self.stats.payload_bytes += len(payload)
 
     def _connect_loop(self) -> None:
         while not self._closed:

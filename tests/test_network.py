@@ -412,6 +412,8 @@ def test_server_killed_and_restarted_mid_stream_every_frame_has_exactly_one_outc
     assert answered[-1].index > max(o.index for o in errors)  # the edge is back on the restarted server
     assert_matches(answered, reference)
     assert stats["connects"] == 2 and stats["cloud_answers"] + stats["errors"] == len(frames)
+    sent = stats["bytes_sent"] // protocol.frame_bytes(bundle.wire.packed_bytes, 3)
+    assert stats["payload_bytes"] == sent * bundle.wire.packed_bytes < len(frames) * bundle.wire.packed_bytes
 
 
 def test_edge_command_end_to_end(int8_built, bundle, frames, reference, server, tmp_path):

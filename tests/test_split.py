@@ -4,7 +4,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from toolchain.cli import main
-from toolchain.errors import SplitError
+from toolchain.errors import ModelLoadError, SplitError
 from toolchain.load import load_model
 from toolchain.split import candidate_points, split_model, trace
 
@@ -36,12 +36,21 @@ def test_model_without_residuals_splits_exactly_at_every_candidate(plain_cnn, im
 
 def test_torch_export_archive_splits_exactly(plain_cnn, images, tmp_path):
     path = tmp_path / "plain.pt2"
-    torch.export.save(torch.export.export(plain_cnn, (images[:1],)), path)
+    torch.export.save(torch.export.export(plain_cnn, (images[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},)),
+                      path)
     loaded = load_model(str(path))
     assert loaded.input_shape == INPUT_SHAPE
     halves = split_model(loaded.module, "features.5", INPUT_SHAPE)
     with torch.no_grad():
-        assert torch.equal(halves.tail(halves.head(images[:1])), plain_cnn(images[:1]))
+        assert torch.equal(halves.tail(halves.head(images[:3])), plain_cnn(images[:3]))
+
+
+def test_an_archive_exported_for_one_batch_size_is_refused_with_how_to_export_it(plain_cnn, images, tmp_path):
+    path = tmp_path / "fixed.pt2"
+    torch.export.save(torch.export.export(plain_cnn, (images[:1],)), path)
+    with pytest.raises(ModelLoadError, match=r"fixed.pt2 was exported for batches of exactly 1 image\(s\); .*"
+                                             r"dynamic_shapes=\(\{0: torch.export.Dim\('batch'\)\},\)"):
+        load_model(str(path))
 
 
 def test_cut_inside_residual_block_is_refused_with_nearest_points(default_model):

@@ -2,6 +2,7 @@
 Python backend only, so the repositories are the CPU variant: --tail python): `edgesplit export-triton`
 writes them, `edgesplit edge --server grpc://...` streams to them, and answers equal in-process inference."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -144,12 +145,21 @@ def test_the_decode_model_refuses_a_wrong_payload_and_keeps_serving(bundles, tri
     assert np.abs(answer - SplitInference(bundle).cloud([payload])).max() <= 1e-4
 
 
-def test_an_edge_of_another_bundle_is_refused_in_one_line(bundles, triton):
-    done = edgesplit("edge", "--bundle", bundles["int8"].directory, "--server", f"grpc://{triton.grpc_url}/learned",
-                     "--source", DEFAULT_CALIBRATION, "--limit", "5", check=False)
+@pytest.mark.parametrize("model, key, problem", [
+    ("learned", "", r"Triton at grpc://\S+ serves bundle \w+ as model learned, this edge runs bundle \w+: export the "
+                    r"repository from this bundle"),
+    ("int8_tail", "", r"Triton at grpc://\S+ model int8_tail takes \['codes'\], not an edge's PAYLOAD and BUNDLE_ID: "
+                      r"point the edge at the ensemble \(grpc://HOST:PORT/NAME, not NAME_decode or NAME_tail\)"),
+    ("int8", "a shared key of 128 bits at least", r"this edge holds a shared key \(--key-file or EDGESPLIT_KEY\), but "
+                                                  r"Triton's gRPC has no shared-key authentication: use TLS .*"),
+])
+def test_an_edge_the_server_cannot_serve_is_refused_in_one_line(bundles, triton, model, key, problem):
+    done = subprocess.run([sys.executable, "-m", "edgesplit", "edge", "--bundle", str(bundles["int8"].directory),
+                           "--server", f"grpc://{triton.grpc_url}/{model}", "--source", str(DEFAULT_CALIBRATION),
+                           "--limit", "5"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, EDGESPLIT_KEY=key))
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert re.fullmatch(r"error: Triton at grpc://\S+ serves bundle \w+ as model learned, this edge runs bundle "
-                        r"\w+: export the repository from this bundle\n", done.stderr)
+    assert re.fullmatch(f"error: {problem}\n", done.stderr), done.stderr
 
 
 def test_a_repository_whose_bundle_or_tail_was_changed_does_not_load(bundles, tmp_path):

@@ -110,11 +110,27 @@ def _load_exported(path: Path) -> tuple[nn.Module, tuple[int, int, int] | None]:
         program = torch.export.load(path)
     except Exception as error:
         raise ModelLoadError(f"cannot load {path} as a torch.export archive: {error}") from error
+    batch = _static_batch(program)
+    if batch is not None:
+        raise ModelLoadError(
+            f"{path} was exported for batches of exactly {batch} image(s); edgesplit runs it on batches of any size: "
+            "export it with a dynamic batch dimension from an example batch of 2, e.g. torch.export.export(model, "
+            "(torch.zeros(2, C, H, W),), dynamic_shapes=({0: torch.export.Dim('batch')},))")
     args = program.example_inputs[0] if program.example_inputs else ()
     shape = tuple(args[0].shape[1:]) if len(args) == 1 and args[0].dim() == 4 else None
     unlifted = program.module()
     # the unlifted module refuses .eval(); a plain GraphModule over the same graph does not
     return torch.fx.GraphModule(unlifted, unlifted.graph), shape
+
+
+def _static_batch(program) -> int | None:
+    """The batch size a program was specialized to, None when its first input's batch dimension is dynamic."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    image = next((node for node in program.graph.nodes if node.op == "placeholder" and node.name in user_inputs), None)
+    value = None if image is None else image.meta.get("val")
+    if value is None or value.dim() == 0 or not isinstance(value.shape[0], int):
+        return None
+    return value.shape[0]
 
 
 def with_normalization(module: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> fx.GraphModule:

@@ -97,6 +97,10 @@ class TritonChannel(Channel):
 class TritonTransport(Transport):
     def __init__(self, *args):
         super().__init__(*args)
+        if self.key:  # an edge given a key means to authenticate; this path cannot, so it says so
+            raise ProtocolError("this edge holds a shared key (--key-file or EDGESPLIT_KEY), but Triton's gRPC has no "
+                                "shared-key authentication: use TLS (--tls-ca, --tls-cert/--tls-key for mutual TLS) "
+                                "and drop the key", protocol.AUTH_FAILED)
         self.client_module = _client_module()
         self.model = self.server.path or DEFAULT_MODEL
         self.bundle_id = np.frombuffer(protocol.bundle_id_bytes(self.bundle.bundle_id), dtype=np.uint8).reshape(1, -1)
@@ -139,6 +143,11 @@ class TritonTransport(Transport):
             raise ProtocolError("{} serves bundle {} as model {}, this edge runs bundle {}: export the repository "
                                 "from this bundle".format(where, served, self.model, self.bundle.bundle_id),
                                 protocol.BUNDLE_MISMATCH)
+        inputs = sorted(tensor["name"] for tensor in config.get("input", []))
+        if inputs != sorted((PAYLOAD, BUNDLE_ID)):
+            raise ProtocolError("{} model {} takes {}, not an edge's {} and {}: point the edge at the ensemble "
+                                "(grpc://HOST:PORT/NAME, not NAME_decode or NAME_tail)".format(
+                                    where, self.model, inputs, PAYLOAD, BUNDLE_ID), protocol.BUNDLE_MISMATCH)
         outputs = [tensor["name"] for tensor in config.get("output", [])]
         if outputs != self.outputs:
             raise ProtocolError("{} model {} answers {}, the bundle's cloud half {}".format(

@@ -123,7 +123,7 @@ class Batcher:
     """Collects decoded frames from all connections into batches of at most `max_batch`.
 
     Each connection has its own queue and a batch takes one frame from each in turn (round-robin),
-    and while N edges are connected one edge fills at most max_batch / N of a batch: an edge with
+    and while N edges are connected one edge fills at most max_batch / 2N of a batch: an edge with
     256 frames queued delays another edge's frame by one short batch, not by its backlog. The first
     frame opens a batch; more join until the batch is full or `max_wait_ms` passed. While the
     backend runs a batch, the next one fills up. With one edge connected no batch waits: nobody
@@ -165,6 +165,12 @@ class Batcher:
             self.queues[source] = waiting
         return pending
 
+    def _share(self, connected: int) -> int:
+        """Frames one connection may put in a batch: all of it when alone; else half an even share, so that a
+        frame from another edge waits behind a short batch (measured: a 10 fps edge's p99 beside one keeping 256
+        frames in flight fell from 3.6-4.7x its p99 alone to 2.4-3.0x; the greedy edge lost ~10 % throughput)."""
+        return self.max_batch if connected == 1 else max(1, self.max_batch // (2 * connected))
+
     async def _arrival(self, timeout: Optional[float]) -> bool:
         self.arrived.clear()
         try:
@@ -177,7 +183,7 @@ class Batcher:
         while not self.queues:
             await self._arrival(None)
         connected = max(1, self.connected())
-        share, taken = max(1, self.max_batch // connected), collections.Counter()
+        share, taken = self._share(connected), collections.Counter()
         batch = [self._take(taken, share)]
         deadline = time.monotonic() + (self.max_wait if connected > 1 else 0.0)
         while len(batch) < self.max_batch:

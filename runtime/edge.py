@@ -278,17 +278,19 @@ class EdgeClient(Replies):
 
     def lost(self, channel: Channel, problem: str) -> None:
         """Fail every frame in flight on `channel` over to the fallback, then reconnect."""
+        problem = "connection lost: {}".format(problem)
         with self._lock:
             if not channel.alive:
                 return  # another thread of this channel got here first
             channel.alive = False
             if self._channel is channel:
                 self._channel = None
+                self._last_problem = problem  # what a frame submitted from now on is told, with the channel gone
             lost = [request_id for request_id, entry in self._pending.items() if entry.channel is channel]
         channel.close()
-        self._connection_failed("connection lost: {}".format(problem))
+        self._connection_failed(problem)
         for request_id in lost:
-            self._fail_over(request_id, "connection lost: {}".format(problem))
+            self._fail_over(request_id, problem)
         self._wake_connector.set()
 
     def _received(self, size: int) -> None:

@@ -125,9 +125,9 @@ class Batcher:
     Each connection has its own queue and a batch takes one frame from each in turn (round-robin),
     and while N edges are connected one edge fills at most max_batch / 2N of a batch: an edge with
     256 frames queued delays another edge's frame by one short batch, not by its backlog. The first
-    frame opens a batch; more join until the batch is full or `max_wait_ms` passed. While the
-    backend runs a batch, the next one fills up. With one edge connected no batch waits: nobody
-    else could join it, what that edge has queued already goes along.
+    frame opens a batch; more join until the batch is full, every connected edge has a frame in it,
+    or `max_wait_ms` passed. While the backend runs a batch, the edges' queues fill up. A lone edge's
+    batch never waits: what it has queued goes along.
     """
 
     def __init__(self, infer, max_batch: int, max_wait_ms: float, metrics: ServerMetrics,
@@ -185,14 +185,15 @@ class Batcher:
         connected = max(1, self.connected())
         share, taken = self._share(connected), collections.Counter()
         batch = [self._take(taken, share)]
-        deadline = time.monotonic() + (self.max_wait if connected > 1 else 0.0)
+        deadline = time.monotonic() + self.max_wait
         while len(batch) < self.max_batch:
             pending = self._take(taken, share)
             if pending is not None:
                 batch.append(pending)
                 continue
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not await self._arrival(remaining):
+            # once every connected edge has a frame in the batch nobody is left to wait for
+            if len(taken) >= connected or remaining <= 0 or not await self._arrival(remaining):
                 break
         return batch
 

@@ -661,26 +661,28 @@ def test_a_failing_backend_answers_its_batch_with_errors_and_the_server_recovers
         assert_matches(edge.run_all(frames[:4]), reference)
 
 
-def test_a_lone_edge_does_not_wait_for_a_batch_to_fill():
-    """With one connection nobody can join a batch: the batcher takes what is queued and goes."""
+def test_a_batch_waits_only_while_a_connected_edge_has_no_frame_in_it():
+    """Waiting lets other edges join a batch: a lone edge's batch, or one holding a frame of every connected
+    edge, goes at once; one missing a connected edge waits (here 60 s) for it."""
     import asyncio
 
     from runtime.cloud import Batcher
     from runtime.metrics import ServerMetrics
 
-    async def collect(others_connected: bool) -> int:
+    async def collect(connected: int, sources: list[str]) -> int:
         batcher = Batcher(lambda codes: codes, max_batch=8, max_wait_ms=60_000, metrics=ServerMetrics(),
-                          connected=lambda: 2 if others_connected else 1)
+                          connected=lambda: connected)
         try:
-            for _ in range(3):
-                batcher.submit(np.zeros(4, dtype=np.uint8))
+            for source in sources:
+                batcher.submit(np.zeros(4, dtype=np.uint8), source)
             return len(await asyncio.wait_for(batcher._collect(), 2.0))
         finally:
             batcher.close()
 
-    assert asyncio.run(collect(False)) == 3  # the three queued frames, no 60 s wait
-    with pytest.raises(asyncio.TimeoutError):  # with company, it waits for the batch to fill
-        asyncio.run(collect(True))
+    assert asyncio.run(collect(1, ["a"] * 3)) == 3  # the three queued frames, no 60 s wait
+    assert asyncio.run(collect(2, ["a"] * 3 + ["b"])) == 3  # a's share of 8 // (2 x 2), then b's frame
+    with pytest.raises(asyncio.TimeoutError):  # b is connected but has sent nothing yet
+        asyncio.run(collect(2, ["a"] * 3))
 
 
 def test_server_addresses_name_their_transport_and_wrong_ones_say_what_was_expected():

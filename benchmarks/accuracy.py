@@ -21,10 +21,10 @@ import torch
 from benchmarks.common import cpu_name, labeled_data, parse_arguments, table, write_csv
 from toolchain.codecs import make_codec, parse_codec_spec
 from toolchain.data import load_images
+from toolchain.evaluate import reference_outputs
 from toolchain.load import load_model
 from toolchain.profile import default_points
 from toolchain.split import candidate_points, split_model, trace
-from toolchain.train import predict
 
 CODECS = ("int8", "int8:per=channel", "affine:bits=6", "affine:bits=4")
 QUICK_CODECS = ("int8", "affine:bits=4")
@@ -113,7 +113,7 @@ def main() -> None:
         test = test.take(1000)
     calibration = load_images(source, "train", loaded.spec()).take(CALIBRATION_FRAMES).inputs()
     inputs = test.inputs()
-    float_accuracy = float((predict(loaded.module, inputs).argmax(1) == test.labels).mean())
+    float_accuracy = float((reference_outputs(loaded, inputs)[0].argmax(1) == test.labels).mean())
     graph = trace(loaded.module, loaded.input_shape)
     points = [p for p in default_points(candidate_points(graph)) if p.module not in ("normalize", "flatten")]
     rows = []

@@ -27,7 +27,7 @@ from runtime.bundle import load_bundle
 from runtime.local import SplitInference
 from runtime.protocol import frame_bytes
 from toolchain.data import load_images
-from toolchain.evaluate import predict_outputs
+from toolchain.evaluate import reference_outputs
 from toolchain.exit_calibration import exit_checks
 from toolchain.image_formats import TITLES, decode_image, encode_image, formats_for, to_pixels
 from toolchain.load import load_model
@@ -61,7 +61,7 @@ def measure_bundle(bundle_path: Path, inputs: np.ndarray, labels: np.ndarray, fl
             "split_only": split, "with_exit": exits}
 
 
-def image_baselines(model, inputs: np.ndarray, labels: np.ndarray) -> dict:
+def image_baselines(loaded, inputs: np.ndarray, labels: np.ndarray) -> dict:
     """Mean bytes per image in each format and the float model's accuracy on what the cloud decodes."""
     pixels = to_pixels(inputs)
     results = {}
@@ -69,7 +69,7 @@ def image_baselines(model, inputs: np.ndarray, labels: np.ndarray) -> dict:
         encoded = [encode_image(p, name) for p in pixels]
         decoded = np.stack([decode_image(e, name, pixels.shape[1:]) for e in encoded]).astype(np.float32) / 255
         results[name] = {"payload_bytes": float(np.mean([len(e) for e in encoded])),
-                         "accuracy": float((predict_outputs(model, decoded)[0].argmax(1) == labels).mean())}
+                         "accuracy": float((reference_outputs(loaded, decoded)[0].argmax(1) == labels).mean())}
     return results
 
 
@@ -181,7 +181,7 @@ def main() -> None:
     loaded = load_model(None)
     test = load_images(data, "test", loaded.spec())
     inputs = test.inputs()
-    float_logits = predict_outputs(loaded.module, inputs)[0]
+    float_logits = reference_outputs(loaded, inputs)[0]
     with tempfile.TemporaryDirectory() as scratch:
         bundle_path = Path(scratch) / "bundle"
         build_seconds = build_default(bundle_path)
@@ -189,7 +189,7 @@ def main() -> None:
     summary = {"machine": cpu_name(), "date": time.strftime("%Y-%m-%d"), "data": data, "frames": len(inputs),
                "quick": args.quick, "build_seconds": round(build_seconds, 2),
                "float_accuracy": float((float_logits.argmax(1) == test.labels).mean()),
-               "bundle": bundle, "images": image_baselines(loaded.module, inputs, test.labels)}
+               "bundle": bundle, "images": image_baselines(loaded, inputs, test.labels)}
     rows = rows_of(summary)
     write_csv(args.output / "results.csv", rows)
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -15,6 +15,7 @@ from toolchain.build import BuildOptions, build_engines
 from toolchain.cli import main
 from toolchain.data import to_model_input
 from toolchain.errors import EdgesplitError
+from toolchain.evaluate import reference_outputs
 from toolchain.load import InputOptions
 from toolchain.train import predict
 
@@ -28,7 +29,7 @@ def bundle_copy(int8_built, tmp_path):
 
 def test_int8_bundle_agrees_with_float_model_on_held_out_images(int8_built, default_model, holdout):
     inputs = to_model_input(holdout.images, INPUT_SHAPE)
-    reference = top1(predict(default_model.module, inputs))
+    reference = top1(reference_outputs(default_model, inputs)[0])
     deployed = top1(SplitInference(load_bundle(int8_built.bundle))(inputs))
     agreement = (deployed == reference).mean()
     loss_points = 100 * ((reference == holdout.labels).mean() - (deployed == holdout.labels).mean())
@@ -145,3 +146,27 @@ def test_factory_model_with_weights_builds_per_channel(plain_cnn, tmp_path, hold
     inputs = to_model_input(holdout.images[:200], INPUT_SHAPE)
     agreement = (top1(SplitInference(bundle)(inputs)) == top1(predict(plain_cnn, inputs))).mean()
     assert agreement >= 0.98
+
+
+def test_the_float_models_outputs_are_computed_once_per_model_and_inputs(plain_cnn, images):
+    """Builds of one model compare against the same float outputs: the second lookup runs nothing, other
+    inputs or a module changed since loading run the model again, and nobody can change the shared arrays."""
+    import numpy as np
+    import torch
+
+    from toolchain.load import LoadedModel, state_dict_sha256
+
+    loaded = LoadedModel(plain_cnn, "plain", None, None, state_dict_sha256(plain_cnn))
+    runs = []
+    plain_cnn.register_forward_hook(lambda *_: runs.append(1))
+    inputs = images.numpy()[:8]
+    first = reference_outputs(loaded, inputs)
+    assert reference_outputs(loaded, inputs.copy()) is first and len(runs) == 1
+    reference_outputs(loaded, inputs[:4])
+    assert len(runs) == 2
+    with pytest.raises(ValueError):
+        first[0][0, 0] = 0.0
+    with torch.no_grad():
+        next(plain_cnn.parameters()).add_(1.0)
+    changed = reference_outputs(loaded, inputs)
+    assert len(runs) == 3 and not np.allclose(changed[0], first[0])

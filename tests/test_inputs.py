@@ -22,7 +22,7 @@ from runtime.images import SourceFrame, open_source
 from runtime.local import SplitInference, softmax_entropy
 from toolchain.cli import main
 from toolchain.data import load_images
-from toolchain.evaluate import predict_outputs
+from toolchain.evaluate import predict_outputs, reference_outputs
 from toolchain.load import InputOptions, load_model
 
 import architectures
@@ -225,7 +225,7 @@ def test_a_cut_crossed_by_two_tensors_carries_both_in_one_frame(default_model, h
         with EdgeClient(bundle, ClientConfig(*server.address, key=b"a test key of 128 bits")) as client:
             outcomes = client.run_all(frames)
     np.testing.assert_allclose(np.stack([o.logits for o in outcomes]), run(inputs), atol=1e-4)
-    reference = top1(predict_outputs(default_model.module, holdout.inputs())[0])
+    reference = top1(reference_outputs(default_model, holdout.inputs())[0])
     assert (top1(run(holdout.inputs())) == reference).mean() >= 0.98
     assert bundle.manifest["checks"]["top1_agreement"] >= 0.98
 

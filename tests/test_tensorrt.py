@@ -20,7 +20,7 @@ from targets import DEVICES
 from toolchain.build import BuildOptions, build_engines
 from toolchain.data import to_model_input
 from toolchain.backends.tensorrt import lint
-from toolchain.train import predict
+from toolchain.evaluate import reference_outputs
 
 from conftest import INPUT_SHAPE, top1
 
@@ -66,7 +66,7 @@ def test_without_a_gpu_the_bundle_is_complete_and_says_why_no_engine(trt_bundle)
 def test_qdq_halves_meet_the_accuracy_gate_in_onnx_runtime(trt_bundle, default_model, holdout):
     _, report = trt_bundle
     inputs = to_model_input(holdout.images, INPUT_SHAPE)
-    reference = top1(predict(default_model.module, inputs))
+    reference = top1(reference_outputs(default_model, inputs)[0])
     deployed = top1(SplitInference(load_bundle(report.bundle), verified=True)(inputs))
     loss = 100 * ((reference == holdout.labels).mean() - (deployed == holdout.labels).mean())
     assert loss <= 0.5

@@ -21,7 +21,7 @@ from toolchain.build import BuildOptions, build_engines
 from toolchain.data import to_model_input
 from toolchain.split import split_model, trace
 from toolchain.backends.tflite import float_ops, graph_ops
-from toolchain.train import predict
+from toolchain.evaluate import reference_outputs
 
 from conftest import INPUT_SHAPE, top1
 
@@ -44,7 +44,7 @@ def holdout_inputs(holdout):
 
 
 def test_int8_tflite_edge_keeps_accuracy_within_half_a_point(pi_bundle, default_model, holdout, holdout_inputs):
-    reference = top1(predict(default_model.module, holdout_inputs))
+    reference = top1(reference_outputs(default_model, holdout_inputs)[0])
     deployed = top1(SplitInference(load_bundle(pi_bundle.bundle))(holdout_inputs))
     loss_points = 100 * ((reference == holdout.labels).mean() - (deployed == holdout.labels).mean())
     assert loss_points <= 0.5

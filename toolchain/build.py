@@ -37,7 +37,7 @@ from toolchain.lossless import AUTO as AUTO_LOSSLESS, choose as choose_lossless
 from toolchain.split import Split, default_point, split_model, trace
 from toolchain.zoo import ZOO
 from toolchain.evaluate import (Bounds, agreement_bound, code_differences, compare_outputs, failed_bound,
-                                 output_kinds, predict_outputs)
+                                 output_kinds, reference_outputs)
 
 EXPORT_CHECK_FRAMES = 64
 LOG = logging.getLogger("edgesplit.build")
@@ -191,7 +191,7 @@ def evaluate_stage(build: Build) -> None:
     run = SplitInference(Bundle(build.staging, describe_bundle(build)), verified=True)
     inputs = build.holdout_inputs
     deployed = run.deployed(inputs)
-    reference = predict_outputs(build.loaded.module, inputs)
+    reference = reference_outputs(build.loaded, inputs)
     checks = build.checks
     checks.update(holdout_frames=len(inputs), holdout_origin=build.holdout.origin,
                   calibration_origin=build.calibration.origin, mean_payload_bytes=float(deployed.payload_bytes.mean()),

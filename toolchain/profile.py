@@ -22,7 +22,6 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from torch import nn
 
 from calibration_data import DEFAULT_CALIBRATION
 from runtime.bundle import open_bundle
@@ -33,12 +32,12 @@ from toolchain.backends import WholeModel, check_precision, exporter
 from toolchain.build import BuildOptions, build_engines
 from toolchain.data import load_images
 from toolchain.errors import EdgesplitError
+from toolchain.evaluate import reference_outputs
 from toolchain.image_formats import decode_image, encode_image, formats_for, to_pixels
 from toolchain.load import InputOptions, LoadedModel, load_model
 from toolchain.planning import PROFILE_FORMAT
 from toolchain.results import cpu_name
 from toolchain.split import SplitPoint, candidate_points, output_names, resolve_point, trace
-from toolchain.train import predict
 
 WARMUP_FRAMES = 10
 PIXEL_NDIM = 3  # a cloud-only frame carries the image as C, H, W
@@ -143,7 +142,8 @@ def measure_whole_model(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndar
     return timing
 
 
-def measure_image_formats(model: nn.Module, inputs: np.ndarray, labels: np.ndarray | None, frames: int) -> list[dict]:
+def measure_image_formats(loaded: LoadedModel, inputs: np.ndarray, labels: np.ndarray | None,
+                          frames: int) -> list[dict]:
     """Cloud-only uploads: bytes, encode (edge) and decode (cloud) time, and what JPEG costs in accuracy."""
     pixels = to_pixels(inputs)
     shape = pixels.shape[1:]
@@ -157,7 +157,7 @@ def measure_image_formats(model: nn.Module, inputs: np.ndarray, labels: np.ndarr
         entry["frame_bytes"] = frame_bytes(entry["payload_bytes"], PIXEL_NDIM)
         if labels is not None:
             decoded = np.stack([decode_image(e, image_format, shape) for e in encoded]).astype(np.float32) / 255
-            entry["accuracy"] = float((predict(model, decoded).argmax(1) == labels).mean())
+            entry["accuracy"] = float((reference_outputs(loaded, decoded)[0].argmax(1) == labels).mean())
         results.append(entry)
     return results
 
@@ -179,7 +179,7 @@ def profile_target(options: ProfileOptions) -> dict:
               else default_points(candidate_points(graph)))
     float_accuracy = None
     if holdout.labels is not None:
-        float_accuracy = float((predict(loaded.module, inputs).argmax(1) == holdout.labels).mean())
+        float_accuracy = float((reference_outputs(loaded, inputs)[0].argmax(1) == holdout.labels).mean())
 
     candidates = []
     steps = len(points) * len(options.codecs) + 3
@@ -212,7 +212,7 @@ def profile_target(options: ProfileOptions) -> dict:
             inputs, holdout.labels, options.frames)
         progress.advance(task)
         progress.update(task, description="image uploads (raw, PNG, JPEG)")
-        cloud_only["uploads"] = measure_image_formats(loaded.module, inputs, holdout.labels, options.frames)
+        cloud_only["uploads"] = measure_image_formats(loaded, inputs, holdout.labels, options.frames)
         progress.advance(task)
     return {
         "format": PROFILE_FORMAT,

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from toolchain.errors import EdgesplitError
-
-if TYPE_CHECKING:
-    from toolchain.load import LoadedModel
+from toolchain.load import LoadedModel, state_dict_sha256
 
 KINDS = ("class", "regression")
 # quantization-only codecs keep >= 98 % top-1 agreement; a learned codec keeps what its training measured,
@@ -73,8 +71,6 @@ REMEMBERED_REFERENCES = 8
 def reference_outputs(loaded: LoadedModel, inputs: np.ndarray) -> list[np.ndarray]:
     """`predict_outputs` of a loaded model, computed once per model and inputs in a process. A module changed
     since it was loaded (its content hash differs) is run again, not looked up."""
-    from toolchain.load import state_dict_sha256
-
     if state_dict_sha256(loaded.module) != loaded.sha256:
         return predict_outputs(loaded.module, inputs)
     key = (loaded.name, loaded.weights, loaded.sha256, inputs.dtype.str, inputs.shape,

@@ -94,3 +94,17 @@ def test_the_edge_command_fails_when_no_frame_is_answered(int8_built):
     assert "0 answered by the cloud, 0 on the edge, 3 errors" in result.stdout
     assert "wire: nothing sent; latency no answers" in result.stdout
     assert result.stderr.strip().splitlines()[-1].startswith("error: no frame was answered: cloud unreachable")
+
+
+@pytest.mark.parametrize("arguments,expected", [
+    (["--bogus"], "edgesplit: error: No such option '--bogus'."),
+    (["frobnicate"], "edgesplit: error: No such command 'frobnicate'."),
+    (["build-engines", "--precision", "fp64"],
+     "edgesplit build-engines: error: Invalid value for '--precision': 'fp64' is not one of 'fp32', 'fp16', 'int8'."),
+    (["export-triton", "--bundle", "/no/such/bundle"],
+     "edgesplit export-triton: error: Invalid value for '--bundle': Path '/no/such/bundle' does not exist."),
+])
+def test_wrong_arguments_to_toolchain_commands_are_one_line_and_exit_2(arguments, expected):
+    """As the runtime's commands do: the problem in one line, not click's usage block (`--help` shows that)."""
+    done = subprocess.run([sys.executable, "-m", "edgesplit", *arguments], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == "" and done.stderr.strip().splitlines() == [expected], done.stderr

@@ -20,8 +20,18 @@ from toolchain.lossless import CHOICES as LOSSLESS_CHOICES
 from targets import DEFAULT_EDGE, PRECISIONS, names as device_names
 
 
+NO_ARGUMENTS = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
 class ReportingGroup(click.Group):
-    """Prints an EdgesplitError as one line and exits 1; `--debug` shows the traceback."""
+    """Prints an EdgesplitError as one line and exits 1, and wrong arguments as one line (not click's usage
+    block; `--help` shows that) and exits 2, as the runtime's commands do; `--debug` shows the traceback."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:  # the group's own options
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as error:
+            self.refuse(error, info_name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -31,6 +41,18 @@ class ReportingGroup(click.Group):
                 raise
             click.secho(f"error: {error}", fg="red", err=True)
             sys.exit(1)
+        except click.UsageError as error:
+            if ctx.params.get("debug"):
+                raise
+            self.refuse(error, ctx.command_path)
+
+    @staticmethod
+    def refuse(error: click.UsageError, command: str):
+        if isinstance(error, NO_ARGUMENTS):  # bare `edgesplit`: its help, as click shows it
+            raise error
+        command = error.ctx.command_path if error.ctx else command
+        click.secho(f"{command}: error: {error.format_message()}", fg="red", err=True)
+        sys.exit(2)
 
 
 @click.group(cls=ReportingGroup)

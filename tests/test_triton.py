@@ -162,6 +162,16 @@ def test_an_edge_the_server_cannot_serve_is_refused_in_one_line(bundles, triton,
     assert re.fullmatch(f"error: {problem}\n", done.stderr), done.stderr
 
 
+def test_triton_named_without_grpc_scheme_is_refused_with_how_to_reach_it(bundles, triton):
+    """HOST:PORT means `edgesplit serve`; Triton's gRPC port answers HELLO with HTTP/2 and hangs up."""
+    done = subprocess.run([sys.executable, "-m", "edgesplit", "edge", "--bundle", str(bundles["int8"].directory),
+                           "--server", triton.grpc_url, "--source", str(DEFAULT_CALIBRATION), "--limit", "5"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stderr == (
+        f"error: {triton.grpc_url} is not an edgesplit server: it answered with bytes 00 00 18 04 (HTTP/2: a gRPC "
+        "server? Triton is reached with --server grpc://HOST:PORT)\n"), done.stderr
+
+
 def test_a_repository_whose_bundle_or_tail_was_changed_does_not_load(bundles, tmp_path):
     bundle = bundles["int8"]
     python_tail, native_tail = tmp_path / "python", tmp_path / "native"

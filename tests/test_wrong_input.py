@@ -108,3 +108,25 @@ def test_wrong_arguments_to_toolchain_commands_are_one_line_and_exit_2(arguments
     """As the runtime's commands do: the problem in one line, not click's usage block (`--help` shows that)."""
     done = subprocess.run([sys.executable, "-m", "edgesplit", *arguments], capture_output=True, text=True)
     assert done.returncode == 2 and done.stdout == "" and done.stderr.strip().splitlines() == [expected], done.stderr
+
+
+def test_the_edge_command_names_a_server_that_does_not_speak_edgesplit(int8_built):
+    """An HTTP server at HOST:PORT: one line with what it answered, not 'server closed the connection'."""
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer_like_http():
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(4096)
+            connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=answer_like_http, daemon=True).start()
+    address = "127.0.0.1:{}".format(listener.getsockname()[1])
+    with listener:
+        result = subprocess.run([sys.executable, "-m", "edgesplit", "edge", "--bundle", str(int8_built.bundle),
+                                 "--server", address, "--source", str(DEFAULT_CALIBRATION), "--limit", "3"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr == (
+        f"error: {address} is not an edgesplit server: it answered with bytes 48 54 54 50\n"), result.stderr

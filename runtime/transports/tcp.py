@@ -11,6 +11,7 @@ from runtime.errors import ProtocolError
 from runtime.transports import Channel, Replies, Transport
 
 REPLY_LIMITS = protocol.Limits(max_payload=1 << 20, max_elements=1 << 18)
+HTTP2_SETTINGS = 0x4  # the frame type an HTTP/2 server opens with
 
 
 def client_context(tls) -> ssl.SSLContext:
@@ -129,10 +130,20 @@ class TcpTransport(Transport):
         threading.Thread(target=channel.receive, name="edgesplit-receiver", daemon=True).start()
         return channel
 
+    def check_peer(self, first: bytes) -> None:
+        """Refuse a peer whose answer to HELLO does not start like an edgesplit frame (a gRPC port sends an
+        HTTP/2 SETTINGS frame, then hangs up): say so, rather than 'server closed the connection'."""
+        if first and not protocol.MAGIC.startswith(first):
+            grpc = first[0] == 0 and len(first) == len(protocol.MAGIC) and first[3] == HTTP2_SETTINGS
+            raise ProtocolError("{} is not an edgesplit server: it answered with bytes {}{}".format(
+                self.server, " ".join("{:02x}".format(byte) for byte in first),
+                " (HTTP/2: a gRPC server? Triton is reached with --server grpc://HOST:PORT)" if grpc else ""))
+
     def handshake(self, channel: TcpChannel) -> None:
         key, bundle_id = self.key, self.bundle_id
         client_nonce = protocol.new_nonce()
         channel.sock.sendall(protocol.encode(protocol.Frame(protocol.HELLO, bundle_id=bundle_id, payload=client_nonce)))
+        self.check_peer(channel.stream.peek(len(protocol.MAGIC))[:len(protocol.MAGIC)])
         reply = channel.read_frame()
         server_nonce = b""
         if reply.type == protocol.CHALLENGE:

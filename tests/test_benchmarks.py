@@ -10,7 +10,7 @@ import pytest
 import toolchain.data as data
 from benchmarks.testbed import missing_root
 from benchmarks.tritonserver import missing as tritonserver_missing
-from benchmarks.testbed.devices import REFERENCES
+from benchmarks.testbed.devices import REFERENCES, SETTLED
 from benchmarks.testbed.link import NamespaceLink
 from toolchain.planning import SEGMENT_OVERHEAD_BYTES
 
@@ -115,7 +115,7 @@ def test_bandwidth_suite_streams_each_strategy_through_the_link(device, tmp_path
     assert {r["frame_bytes"] for r in rows if r["strategy"] == "cloud-only"} == {32 * 32 + 64}  # the image
     if device != "host":
         calibration = summary["calibration"]
-        assert calibration["confined_ms"] == pytest.approx(calibration["published_ms"], rel=0.15)
+        assert calibration["confined_ms"] == pytest.approx(calibration["published_ms"], rel=SETTLED)
         assert summary["link_check"]["link_bps"] == pytest.approx(summary["link_check"]["configured_bps"], rel=0.1)
         assert summary["testbed"].startswith(f"emulated {device}, factor {calibration['factor']:.2f}")
         # the emulated device ran its own target's bundles: a Pi's edge halves are TFLite

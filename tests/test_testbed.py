@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from benchmarks.testbed import missing_root
-from benchmarks.testbed.devices import REFERENCES, TestbedError, calibrate, edge_backend, quota_for, slowdown
+from benchmarks.testbed import devices
+from benchmarks.testbed.devices import REFERENCES, SETTLED, TestbedError, calibrate, edge_backend, quota_for, \
+    slowdown
 from benchmarks.testbed.link import NamespaceLink
 
 needs_root = pytest.mark.skipif(missing_root() is not None, reason=f"{missing_root()}")
@@ -42,12 +44,30 @@ def test_without_root_the_testbed_says_why(monkeypatch):
 @needs_root
 @pytest.mark.parametrize("device", ["jetson-nano", "raspberry-pi"])
 def test_the_quota_makes_the_reference_model_as_slow_as_the_device(device, tmp_path):
-    calibration = calibrate(device, tmp_path, frames=30)
+    calibration = calibrate(device, tmp_path)
     assert calibration.factor > 1
     # under the quota the reference takes the device's published time
-    assert calibration.confined_ms == pytest.approx(calibration.published_ms, rel=0.15)
+    assert calibration.confined_ms == pytest.approx(calibration.published_ms, rel=SETTLED)
     assert calibration.words() == (f"emulated {device}, factor {calibration.factor:.2f}, calibrated from "
                                    f"{REFERENCES[device].source}")
+
+
+def test_a_round_slowed_by_a_busy_moment_is_corrected_and_a_quota_that_never_settles_is_refused(tmp_path,
+                                                                                                  monkeypatch):
+    published = REFERENCES["jetson-nano"].published_ms
+    rounds = iter([1.30 * published, 0.85 * published, 1.02 * published])  # a busy round, an overshoot, settled
+    factors = []
+    monkeypatch.setattr(devices, "time_confined", lambda device, command, factor: (factors.append(factor),
+                                                                                    next(rounds))[1])
+    calibration = calibrate("jetson-nano", tmp_path, frames=5)
+    assert calibration.confined_ms == 1.02 * published
+    assert factors[1] == pytest.approx(factors[0] / 1.30) and factors[2] == pytest.approx(factors[1] / 0.85)
+    assert calibration.factor == factors[2]
+    monkeypatch.setattr(devices, "time_confined", lambda device, command, factor: 1.5 * published)
+    with pytest.raises(TestbedError, match=rf"^the quota for jetson-nano did not settle in 6 rounds: the reference "
+                                           rf"took {1.5 * published:.1f} ms under the last one, published "
+                                           rf"{published:.1f} ms \(is something else busy on this machine\?\)$"):
+        calibrate("jetson-nano", tmp_path, frames=5)
 
 
 @needs_root

@@ -7,9 +7,11 @@ needs its GPU; TFLite for the Raspberry Pi), with the one thread the edge uses, 
     factor K = published ms per image on the device / ms per image here
     quota    = period / K of one core      (cgroup CPU bandwidth control)
 
-K is corrected once by the reference's time under that quota (scheduling at period edges costs a
-little), so the reference model, run under the quota, takes the device's published time — which
-`calibrate` measures and reports beside the target. Timings of other models under the quota
+K is corrected by the reference's time under that quota (scheduling at period edges costs a little)
+until the reference model, run under the quota, takes the device's published time within 10 % —
+which `calibrate` reports beside the target, or refuses with the time it got. Each time is the median
+of three processes; on a shared machine one process's time differs from the next by up to ~15 %, and
+the machine's speed drifts over minutes, so a correction may take a few rounds. Timings of other models under the quota
 are then what that device would take if it were K times slower than this CPU at everything.
 That is the assumption, and every result measured this way names it.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +36,9 @@ from typing import Callable, NamedTuple
 PERIOD_US = 10_000  # short periods keep per-frame timings smooth (a 47 ms frame spans ~5 periods)
 MIN_QUOTA_US = 1_000  # the kernel refuses a smaller cpu.cfs_quota_us
 WARMUP_FRAMES = 5
+RUNS = 3  # processes per calibration time, whose median is taken
+SETTLED = 0.10  # the reference's time under the quota within 10 % of the published one
+CALIBRATION_ROUNDS = 6
 
 
 class TestbedError(Exception):
@@ -231,23 +237,33 @@ def export_reference(device: str, work: Path) -> Path:
     return path
 
 
+def median_ms(command: list[str]) -> float:
+    return statistics.median(run_json(command)["ms"] for _ in range(RUNS))
+
+
 def time_confined(device: str, command: list[str], factor: float) -> float:
     period, quota = quota_for(factor)
     with CpuQuota(f"calibrate-{device}", period, quota) as confined:
-        return run_json(confined.wrap(command))["ms"]
+        return median_ms(confined.wrap(command))
 
 
-def calibrate(device: str, work: Path, threads: int = 1, frames: int = 40) -> Calibration:
-    """Time the reference here, derive the quota, and time it again under the quota."""
+def calibrate(device: str, work: Path, threads: int = 1, frames: int = 10) -> Calibration:
+    """Time the reference here, derive the quota, then correct it by the reference's time under the quota
+    until that time is within SETTLED of the published one."""
     ref = reference(device)
     command = time_command(export_reference(device, work), edge_backend(ref.target), frames, threads)
-    here_ms = run_json(command)["ms"]
+    here_ms = median_ms(command)
     factor = slowdown(ref.published_ms, here_ms, device)
-    confined_ms = time_confined(device, command, factor)
-    factor = max(1.0, factor * ref.published_ms / confined_ms)  # again, for what the quota itself costs
-    confined_ms = time_confined(device, command, factor)
-    period, quota = quota_for(factor)
-    return Calibration(device, factor, here_ms, ref.published_ms, confined_ms, period, quota, threads, ref.source)
+    for _ in range(CALIBRATION_ROUNDS):
+        confined_ms = time_confined(device, command, factor)
+        if abs(confined_ms / ref.published_ms - 1) <= SETTLED:
+            period, quota = quota_for(factor)
+            return Calibration(device, factor, here_ms, ref.published_ms, confined_ms, period, quota, threads,
+                               ref.source)
+        factor = max(1.0, factor * ref.published_ms / confined_ms)
+    raise TestbedError(f"the quota for {device} did not settle in {CALIBRATION_ROUNDS} rounds: the reference took "
+                       f"{confined_ms:.1f} ms under the last one, published {ref.published_ms:.1f} ms "
+                       f"(is something else busy on this machine?)")
 
 
 def random_feed(runner) -> dict:

@@ -25,6 +25,7 @@ from toolchain.evaluate import reference_outputs
 from toolchain.load import load_model
 from toolchain.profile import default_points
 from toolchain.split import candidate_points, split_model, trace
+from toolchain.train import accuracy
 
 CODECS = ("int8", "int8:per=channel", "affine:bits=6", "affine:bits=4")
 QUICK_CODECS = ("int8", "affine:bits=4")
@@ -113,7 +114,7 @@ def main() -> None:
         test = test.take(1000)
     calibration = load_images(source, "train", loaded.spec()).take(CALIBRATION_FRAMES).inputs()
     inputs = test.inputs()
-    float_accuracy = float((reference_outputs(loaded, inputs)[0].argmax(1) == test.labels).mean())
+    float_accuracy = accuracy(reference_outputs(loaded, inputs)[0], test.labels)
     graph = trace(loaded.module, loaded.input_shape)
     points = [p for p in default_points(candidate_points(graph)) if p.module not in ("normalize", "flatten")]
     rows = []

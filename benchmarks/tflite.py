@@ -27,6 +27,7 @@ from toolchain.build import BuildOptions, build_engines
 from toolchain.data import load_images
 from toolchain.evaluate import reference_outputs
 from toolchain.load import load_model
+from toolchain.train import accuracy
 
 SEARCHED_CODEC = ROOT / "benchmarks" / "results" / "search-layer2" / "best.pt"
 BUILDS = [
@@ -75,8 +76,8 @@ def main() -> None:
     model = load_model(None)
     test = load_images(labeled_data(args.quick), "test", model.spec())
     inputs = test.inputs()
-    float_top1 = float((reference_outputs(model, inputs)[0].argmax(1) == test.labels).mean())
-    accuracy, latency = [], []
+    float_top1 = accuracy(reference_outputs(model, inputs)[0], test.labels)
+    accuracies, latency = [], []
     scratch = Path(tempfile.mkdtemp())
     builds = [(name, options) for name, options in BUILDS[:2 if args.quick else None]
               if options.codec_weights is None or SEARCHED_CODEC.exists()]
@@ -90,7 +91,7 @@ def main() -> None:
             top1 = float((logits.argmax(1) == test.labels).mean())
             edge = report.manifest["artefacts"]["edge"]
             edge_bytes = (report.bundle / edge["file"]).stat().st_size
-            accuracy.append({"bundle": name, "images": len(inputs), "top1": round(top1, 4),
+            accuracies.append({"bundle": name, "images": len(inputs), "top1": round(top1, 4),
                              "float_top1": round(float_top1, 4), "loss_points": round(100 * (float_top1 - top1), 2),
                              "payload_bytes": report.manifest["checks"]["mean_payload_bytes"]})
             frames = 100 if args.quick else 500
@@ -99,10 +100,10 @@ def main() -> None:
                             "ms_1_thread": round(edge_latency_ms(bundle, inputs, 1, frames), 3),
                             "ms_4_threads": round(edge_latency_ms(bundle, inputs, 4, frames), 3)})
             progress.advance(task)
-    write_csv(args.output / "accuracy.csv", accuracy)
+    write_csv(args.output / "accuracy.csv", accuracies)
     write_csv(args.output / "latency.csv", latency)
     summary = {"quick": args.quick, "machine": cpu_name(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
-               "test_images": len(inputs), "accuracy": accuracy, "latency": latency}
+               "test_images": len(inputs), "accuracy": accuracies, "latency": latency}
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(args.output, latency)
     (args.output / "RESULTS.md").write_text(f"""# Raspberry Pi target benchmark
@@ -114,7 +115,7 @@ TFLite model in ai-edge-litert (XNNPACK) and their cloud half in ONNX Runtime.
 
 ## Top-1, end to end (edge → wire bytes → cloud)
 
-{table(accuracy, list(accuracy[0]))}
+{table(accuracies, list(accuracies[0]))}
 
 ## Edge half: size and time per frame
 

@@ -4,8 +4,10 @@ import json
 import shutil
 import tarfile
 
+import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 
 from runtime.bundle import check_artefact_io, extract_tar, load_bundle
@@ -16,7 +18,7 @@ from toolchain.cli import main
 from toolchain.data import to_model_input
 from toolchain.errors import EdgesplitError
 from toolchain.evaluate import reference_outputs
-from toolchain.load import InputOptions
+from toolchain.load import InputOptions, LoadedModel, state_dict_sha256
 from toolchain.train import predict
 
 from conftest import INPUT_SHAPE, top1
@@ -151,11 +153,6 @@ def test_factory_model_with_weights_builds_per_channel(plain_cnn, tmp_path, hold
 def test_the_float_models_outputs_are_computed_once_per_model_and_inputs(plain_cnn, images):
     """Builds of one model compare against the same float outputs: the second lookup runs nothing, other
     inputs or a module changed since loading run the model again, and nobody can change the shared arrays."""
-    import numpy as np
-    import torch
-
-    from toolchain.load import LoadedModel, state_dict_sha256
-
     loaded = LoadedModel(plain_cnn, "plain", None, None, state_dict_sha256(plain_cnn))
     runs = []
     plain_cnn.register_forward_hook(lambda *_: runs.append(1))

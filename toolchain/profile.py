@@ -38,6 +38,7 @@ from toolchain.load import InputOptions, LoadedModel, load_model
 from toolchain.planning import PROFILE_FORMAT
 from toolchain.results import cpu_name
 from toolchain.split import SplitPoint, candidate_points, output_names, resolve_point, trace
+from toolchain.train import accuracy
 
 WARMUP_FRAMES = 10
 PIXEL_NDIM = 3  # a cloud-only frame carries the image as C, H, W
@@ -157,7 +158,7 @@ def measure_image_formats(loaded: LoadedModel, inputs: np.ndarray, labels: np.nd
         entry["frame_bytes"] = frame_bytes(entry["payload_bytes"], PIXEL_NDIM)
         if labels is not None:
             decoded = np.stack([decode_image(e, image_format, shape) for e in encoded]).astype(np.float32) / 255
-            entry["accuracy"] = float((reference_outputs(loaded, decoded)[0].argmax(1) == labels).mean())
+            entry["accuracy"] = accuracy(reference_outputs(loaded, decoded)[0], labels)
         results.append(entry)
     return results
 
@@ -179,7 +180,7 @@ def profile_target(options: ProfileOptions) -> dict:
               else default_points(candidate_points(graph)))
     float_accuracy = None
     if holdout.labels is not None:
-        float_accuracy = float((reference_outputs(loaded, inputs)[0].argmax(1) == holdout.labels).mean())
+        float_accuracy = accuracy(reference_outputs(loaded, inputs)[0], holdout.labels)
 
     candidates = []
     steps = len(points) * len(options.codecs) + 3

@@ -11,8 +11,9 @@ K is corrected by the reference's time under that quota (scheduling at period ed
 until the reference model, run under the quota, takes the device's published time within 10 % —
 which `calibrate` reports beside the target, or refuses with the time it got. Each time is the median
 of three processes; on a shared machine one process's time differs from the next by up to ~15 %, and
-the machine's speed drifts over minutes, so a correction may take a few rounds. Timings of other models under the quota
-are then what that device would take if it were K times slower than this CPU at everything.
+the machine's speed drifts over minutes, so a correction may take a few rounds. Timings of other
+models under the quota are then what that device would take if it were K times slower than this CPU
+at everything.
 That is the assumption, and every result measured this way names it.
 
 `python -m benchmarks.testbed.devices time FILE --backend NAME` times one artefact at batch 1 (the

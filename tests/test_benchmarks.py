@@ -80,8 +80,9 @@ def test_pruning_benchmark_quick_run_writes_results(tmp_path):
 
 def run_suite(suite: str, *arguments: str) -> None:
     """`python -m benchmarks SUITE --quick ...`, the one command users type per suite."""
-    subprocess.run([sys.executable, "-m", "benchmarks", suite, "--quick", *arguments], check=True,
-                   capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "benchmarks", suite, "--quick", *arguments], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("device", ["jetson-nano", "raspberry-pi", "host"])

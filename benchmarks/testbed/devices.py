@@ -39,7 +39,7 @@ MIN_QUOTA_US = 1_000  # the kernel refuses a smaller cpu.cfs_quota_us
 WARMUP_FRAMES = 5
 RUNS = 3  # processes per calibration time, whose median is taken
 SETTLED = 0.10  # the reference's time under the quota within 10 % of the published one
-CALIBRATION_ROUNDS = 6
+CALIBRATION_ROUNDS = 8
 
 
 class TestbedError(Exception):

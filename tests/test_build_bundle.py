@@ -18,10 +18,12 @@ from toolchain.cli import main
 from toolchain.data import to_model_input
 from toolchain.errors import EdgesplitError
 from toolchain.evaluate import reference_outputs
+from toolchain.cache import CACHE_ENV
 from toolchain.load import InputOptions, LoadedModel, state_dict_sha256
+from toolchain.models import PlainCNN
 from toolchain.train import predict
 
-from conftest import INPUT_SHAPE, top1
+from conftest import INPUT_SHAPE, TINY_WEIGHTS, top1
 
 
 @pytest.fixture()
@@ -167,3 +169,52 @@ def test_the_float_models_outputs_are_computed_once_per_model_and_inputs(plain_c
         next(plain_cnn.parameters()).add_(1.0)
     changed = reference_outputs(loaded, inputs)
     assert len(runs) == 3 and not np.allclose(changed[0], first[0])
+
+
+def test_a_bundle_built_before_from_the_same_content_is_reused_and_any_change_builds_anew(tmp_path, monkeypatch):
+    """EDGESPLIT_CACHE: the same model, images, options and code give the stored bundle back (byte for byte,
+    in a fraction of the build); other images, another option or other weights build anew."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    tiny = dict(model="conftest:TinyNet", weights=TINY_WEIGHTS, inputs=InputOptions((1, 32, 32), "pad"),
+                holdout_frames=300, max_loss=3.0, min_agreement=0.9)  # a 5k-parameter model, perturbed below
+    first = build_engines(BuildOptions(**tiny, output=tmp_path / "first"), show_progress=False)
+    again = build_engines(BuildOptions(**tiny, output=tmp_path / "again", tar=True), show_progress=False)
+    assert (first.reused, again.reused) == (False, True)
+    assert again.manifest == first.manifest and (tmp_path / "again.tar").exists()
+    assert all((tmp_path / "again" / name).read_bytes() == (tmp_path / "first" / name).read_bytes()
+               for name in first.manifest["files"])
+    load_bundle(tmp_path / "again")
+    other_weights = tmp_path / "other.pt"
+    state = torch.load(TINY_WEIGHTS, weights_only=True)
+    torch.save({name: value + 0.01 if value.is_floating_point() else value for name, value in state.items()},
+               other_weights)
+    for change in (dict(holdout_frames=299), dict(lossless="zlib"), dict(weights=other_weights)):
+        rebuilt = build_engines(BuildOptions(**dict(tiny, **change), output=tmp_path / "other"), show_progress=False)
+        assert not rebuilt.reused, change
+
+
+def test_the_float_models_outputs_are_read_back_by_the_next_process(plain_cnn, images, tmp_path, monkeypatch):
+    """With EDGESPLIT_CACHE a second process (here: the in-process memory emptied) reads the outputs back; a
+    model with the same name and weights whose code differs is a miss."""
+    from toolchain import evaluate
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(evaluate, "_REFERENCES", type(evaluate._REFERENCES)())
+    loaded = LoadedModel(plain_cnn, "plain", None, None, state_dict_sha256(plain_cnn))
+    runs = []
+    plain_cnn.register_forward_hook(lambda *_: runs.append(1))
+    inputs = images.numpy()[:8]
+    first = [output.copy() for output in reference_outputs(loaded, inputs)]
+    evaluate._REFERENCES.clear()
+    np.testing.assert_array_equal(reference_outputs(loaded, inputs)[0], first[0])
+    assert len(runs) == 1 and len(list((tmp_path / "reference-outputs").glob("*.npz"))) == 1
+    evaluate._REFERENCES.clear()
+    doubled = Doubled(widths=(8, 16)).eval()
+    doubled.load_state_dict(plain_cnn.state_dict())
+    changed = reference_outputs(LoadedModel(doubled, "plain", None, None, loaded.sha256), inputs)
+    np.testing.assert_allclose(changed[0], 2 * first[0], rtol=1e-6)
+
+
+class Doubled(PlainCNN):
+    def forward(self, x):
+        return 2 * super().forward(x)

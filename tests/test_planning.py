@@ -152,10 +152,11 @@ def test_profile_then_plan_on_this_cpu(tmp_path):
     """Real bundles timed with ONNX Runtime; the plan reads the JSON and draws the figure."""
     profile_path = tmp_path / "cpu.json"
     result = CliRunner().invoke(main, ["profile", "--target", "cpu", "--splits", "layer2,pool", "--frames", "20",
-                                       "--output", str(profile_path)])
+                                       "--holdout-frames", "500", "--output", str(profile_path)])
     assert result.exit_code == 0, result.output
     profile = json.loads(profile_path.read_text())
     assert [c["split"] for c in profile["candidates"]] == ["layer2", "pool"]
+    assert profile["data"]["holdout_frames"] == 500
     layer2, pool = profile["candidates"]
     assert layer2["frame_bytes"] == 64 * 16 * 16 + 64 and pool["frame_bytes"] == 256 + 64
     assert all(c["edge"]["ms"] > 0 and c["cloud"]["ms"] > 0 for c in profile["candidates"])

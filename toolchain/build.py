@@ -1,7 +1,8 @@
 """`build-engines`: a short pipeline of stages over one build's state, with progress.
 
-load model → load images → split → codec (+ exit branch) → export edge → export cloud →
-calibrate exit → evaluate → compile engines → write bundle. A bundled model built with no split,
+load model → load images → (reuse a bundle built before from the same content, when EDGESPLIT_CACHE is
+set) → split → codec (+ exit branch) → export edge → export cloud → calibrate exit → evaluate → compile
+engines → write bundle. A bundled model built with no split,
 codec or exit named gets the codec and exit branch trained for it (toolchain/zoo/): nothing is
 trained during that build. Each half goes through its device's exporter
 (toolchain/backends/); this module never asks which backend a device has.
@@ -9,6 +10,7 @@ trained during that build. Each half goes through its device's exporter
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -20,9 +22,10 @@ import torch
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from calibration_data import DEFAULT_CALIBRATION
-from runtime.bundle import SCHEMA_VERSION, Bundle
+from runtime.bundle import MANIFEST_NAME, SCHEMA_VERSION, Bundle
 from runtime.local import SplitInference
 from targets import ROLES, Deployment, deployment
+from toolchain import cache
 from toolchain.backends import Half, Parts, check_precision, exporter
 from toolchain.bundle import finish_bundle, staging_directory
 from toolchain.codec_training import load_checkpoint, prepare_training, read_checkpoint, train_codec
@@ -62,6 +65,7 @@ class BuildOptions(NamedTuple):
     max_relative_error: float = 0.1  # of a regression output against the float model's
     output_kinds: tuple[str, ...] | None = None  # per model output: class or regression (default: class first)
     calibration_frames: int = 512
+    holdout_frames: int | None = None  # evaluate on this many held-out images, drawn at random (default: all)
     tar: bool = False
     precision: str | None = None  # of the edge half; default: the edge device's
     cloud_precision: str | None = None  # of the cloud half; default: the cloud device's
@@ -76,6 +80,7 @@ class BuildReport(NamedTuple):
     bundle: Path
     manifest: dict
     seconds: float
+    reused: bool = False  # copied from a bundle built before from the same content (EDGESPLIT_CACHE)
 
 
 class Build:
@@ -104,6 +109,8 @@ class Build:
         self.output = options.output
         self.staging: Path | None = None
         self.manifest: dict = {}
+        self.reuse_key: str | None = None
+        self.reused = False
 
     @property
     def parts(self) -> Parts:
@@ -122,8 +129,46 @@ def images_stage(build: Build) -> None:
     source, spec = build.options.calib or str(DEFAULT_CALIBRATION), build.loaded.spec()
     build.calibration = load_images(source, "train", spec).take(build.options.calibration_frames)
     build.holdout = load_images(source, "test", spec)
+    if build.options.holdout_frames is not None:
+        build.holdout = build.holdout.sample(build.options.holdout_frames)
     build.input_shape = spec.shape
     build.calibration_inputs, build.holdout_inputs = build.calibration.inputs(), build.holdout.inputs()
+
+
+def reuse_key(build: Build) -> str | None:
+    """Everything the bundle is made from, hashed: options, model, images, checkpoints, code. None where caching
+    is off, and for builds that train (their data can be large) or compile engines (those depend on the host's
+    GPU): those always run."""
+    options = build.options
+    trains = (parse_codec_spec(options.codec).name in LEARNED and options.codec_weights is None) or \
+        (options.early_exit and options.exit_weights is None)
+    compiles = any(exporter(build.deployment.device(role)).compile is not None for role in ROLES)
+    if trains or compiles or cache.folder("bundles") is None:
+        return None
+    loaded = build.loaded
+    return cache.content_key(
+        options._replace(output=None, tar=False, target=build.deployment.edge.name,
+                         cloud=build.deployment.cloud.name)._asdict(),
+        [cache.file_digest(path) for path in (options.codec_weights, options.exit_weights) if path is not None],
+        loaded.name, loaded.sha256, cache.module_code(loaded.module), loaded.spec().to_manifest(),
+        build.calibration_inputs, build.holdout_inputs, build.holdout.labels, cache.code_version())
+
+
+def reuse_stage(build: Build) -> None:
+    """With EDGESPLIT_CACHE set, a bundle built before from the same content (`reuse_key`) is written again and
+    the stages after this one are skipped (toolchain/cache.py)."""
+    build.reuse_key = reuse_key(build)
+    stored = build.reuse_key and cache.stored_directory("bundles", build.reuse_key)
+    if not stored:
+        return
+    manifest = json.loads((stored / MANIFEST_NAME).read_text())
+    for derived in ("files", "bundle_id"):  # finish_bundle writes them again
+        del manifest[derived]
+    for path in stored.iterdir():
+        if path.name != MANIFEST_NAME:
+            shutil.copy2(path, build.staging / path.name)
+    build.manifest = finish_bundle(build.staging, build.output, manifest, build.options.tar)
+    build.reused = True
 
 
 def split_stage(build: Build) -> None:
@@ -223,9 +268,12 @@ def compile_stage(build: Build) -> None:
 
 def write_stage(build: Build) -> None:
     build.manifest = finish_bundle(build.staging, build.output, describe_bundle(build), build.options.tar)
+    if build.reuse_key is not None:
+        cache.store_directory("bundles", build.reuse_key, build.output)
 
 
-STAGES = (("load model", load_stage), ("load images", images_stage), ("split", split_stage),
+STAGES = (("load model", load_stage), ("load images", images_stage), ("reuse a bundle built before", reuse_stage),
+          ("split", split_stage),
           ("codec", codec_stage), ("export edge half", export_stage("edge")),
           ("export cloud half", export_stage("cloud")), ("calibrate exit", exit_stage),
           ("evaluate bundle", evaluate_stage),
@@ -245,11 +293,13 @@ def build_engines(options: BuildOptions, show_progress: bool = True) -> BuildRep
                 progress.update(task, description=name)
                 stage(build)
                 progress.advance(task)
+                if build.reused:
+                    break
         finally:
             if build.staging is not None:
                 shutil.rmtree(build.staging, ignore_errors=True)  # gone once the bundle is in place, or failed
         progress.update(task, description="done")
-    return BuildReport(build.output, build.manifest, time.perf_counter() - started)
+    return BuildReport(build.output, build.manifest, time.perf_counter() - started, build.reused)
 
 
 def with_shipped(options: BuildOptions, loaded: LoadedModel) -> BuildOptions:

@@ -85,6 +85,11 @@ MODEL_OPTIONS = [
 ]
 
 
+HOLDOUT_FRAMES = click.option("--holdout-frames", type=click.IntRange(min=1), default=None,
+                              help="Evaluate bundles on this many held-out images, drawn at random [default: all "
+                                   "of them].")
+
+
 class ModelArgs(NamedTuple):
     spec: str | None
     weights: Path | None
@@ -170,6 +175,7 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
                    "slice].")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Bundle directory [default: bundles/<model>-<edge>[-with-<cloud>]].")
+@HOLDOUT_FRAMES
 @click.option("--max-loss", default=1.0, show_default=True,
               help="Accuracy points the bundle may lose against the float model before the build fails.")
 @click.option("--min-agreement", type=float, default=None,
@@ -197,8 +203,8 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
               help="Accuracy points the exits may cost: the threshold is the least offloading one whose exits "
                    "change at most this % of the cloud's answers on the calibration images [default: the shipped "
                    "exit's, else 0.3].")
-def build_engines(model, target, cloud, split, codec, codec_weights, lossless, train_data, calib, output, max_loss,
-                  min_agreement, max_relative_error, output_kinds, codec_epochs, tar, precision, cloud_precision,
+def build_engines(model, target, cloud, split, codec, codec_weights, lossless, train_data, calib, output,
+                  holdout_frames, max_loss, min_agreement, max_relative_error, output_kinds, codec_epochs, tar, precision, cloud_precision,
                   early_exit, exit_weights, exit_epochs, exit_threshold, exit_max_loss) -> None:
     """Split, quantize, export and bundle a model for an edge device and a cloud device.
 
@@ -213,7 +219,8 @@ def build_engines(model, target, cloud, split, codec, codec_weights, lossless, t
     report = build(BuildOptions(
         model=model.spec, weights=model.weights, inputs=model.inputs,
         target=target, cloud=cloud, split=split, codec=codec, codec_weights=codec_weights, lossless=lossless,
-        train_data=train_data, calib=calib, output=output, max_loss=max_loss, min_agreement=min_agreement,
+        train_data=train_data, calib=calib, output=output, holdout_frames=holdout_frames, max_loss=max_loss,
+        min_agreement=min_agreement,
         max_relative_error=max_relative_error, output_kinds=output_kinds and tuple(output_kinds.split(",")),
         codec_epochs=codec_epochs, tar=tar, precision=precision,
         cloud_precision=cloud_precision, early_exit=early_exit, exit_weights=exit_weights, exit_epochs=exit_epochs,
@@ -551,11 +558,13 @@ def search_codec_command(model, split, data, train_frames, epochs, seed,
               help="Codec spec to profile at every split; repeat for several (--codec int8 --codec affine:bits=4).")
 @click.option("--lossless", type=click.Choice(list(LOSSLESS)), default="none", show_default=True)
 @click.option("--calib", default=None, help="Calibration/held-out images [default: the bundled Fashion-MNIST slice].")
+@HOLDOUT_FRAMES
 @click.option("--frames", default=200, show_default=True, help="Frames timed per half, one at a time.")
 @click.option("--threads", type=int, default=None, help="Backend threads [default: the backend's].")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Profile JSON [default: profile-<target>.json].")
-def profile_command(model, target, cloud, splits, codecs, lossless, calib, frames, threads, output) -> None:
+def profile_command(model, target, cloud, splits, codecs, lossless, calib, holdout_frames, frames, threads,
+                    output) -> None:
     """Time every candidate split's edge and cloud half on this machine with the target's backends,
     and the edge-only and cloud-only baselines; write a device profile for `edgesplit plan`."""
     import json
@@ -565,7 +574,8 @@ def profile_command(model, target, cloud, splits, codecs, lossless, calib, frame
     profile = profile_target(ProfileOptions(
         target=target, cloud=cloud, model=model.spec, weights=model.weights, inputs=model.inputs,
         splits=tuple(s.strip() for s in splits.split(",")) if splits else None,
-        codecs=codecs, lossless=lossless, calib=calib, frames=frames, threads=threads))
+        codecs=codecs, lossless=lossless, calib=calib, holdout_frames=holdout_frames, frames=frames,
+        threads=threads))
     output = output or Path(f"profile-{profile['target']}.json")
     output.write_text(json.dumps(profile, indent=1) + "\n")
     for candidate in profile["candidates"]:

@@ -49,6 +49,15 @@ class ImageSet(NamedTuple):
         labels = None if self.labels is None else self.labels[:count]
         return ImageSet(self.images[:count], labels, self.origin)
 
+    def sample(self, count: int, seed: int = 0) -> "ImageSet":
+        """`count` images drawn without replacement (in their order): a folder's images come sorted by class,
+        so its first images may all be of one class."""
+        if count >= len(self):
+            return self
+        chosen = np.sort(np.random.default_rng(seed).choice(len(self), count, replace=False))
+        return ImageSet(self.images[chosen], None if self.labels is None else self.labels[chosen],
+                        f"{self.origin} ({count} drawn at random)")
+
     def inputs(self) -> np.ndarray:
         """What the edge half takes: float32 in [0, 1]."""
         return self.images.astype(np.float32) / 255.0

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from toolchain import cache
 from toolchain.errors import EdgesplitError
 from toolchain.load import LoadedModel, state_dict_sha256
 
@@ -69,14 +70,16 @@ REMEMBERED_REFERENCES = 8
 
 
 def reference_outputs(loaded: LoadedModel, inputs: np.ndarray) -> list[np.ndarray]:
-    """`predict_outputs` of a loaded model, computed once per model and inputs in a process. A module changed
-    since it was loaded (its content hash differs) is run again, not looked up."""
+    """`predict_outputs` of a loaded model, computed once per model and inputs in a process (and across
+    processes with EDGESPLIT_CACHE set). A module changed since it was loaded (its content hash differs) is
+    run again, not looked up."""
     if state_dict_sha256(loaded.module) != loaded.sha256:
         return predict_outputs(loaded.module, inputs)
     key = (loaded.name, loaded.weights, loaded.sha256, inputs.dtype.str, inputs.shape,
            hashlib.sha256(np.ascontiguousarray(inputs).data).hexdigest())
     if key not in _REFERENCES:
-        _REFERENCES[key] = predict_outputs(loaded.module, inputs)
+        stored = cache.content_key(*key, cache.module_code(loaded.module), torch.__version__)
+        _REFERENCES[key] = cache.arrays("reference-outputs", stored, lambda: predict_outputs(loaded.module, inputs))
         for output in _REFERENCES[key]:
             output.flags.writeable = False  # shared by every caller
         if len(_REFERENCES) > REMEMBERED_REFERENCES:

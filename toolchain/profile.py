@@ -54,6 +54,7 @@ class ProfileOptions(NamedTuple):
     codecs: tuple[str, ...] = ("int8",)
     lossless: str = "none"
     calib: str | None = None
+    holdout_frames: int | None = None  # held-out images the accuracies are measured on, drawn at random (all)
     frames: int = 200  # frames timed per half
     threads: int | None = None
     keep: Path | None = None  # keep the bundles (their paths are in the profile) and whole-model files here
@@ -172,6 +173,7 @@ def profile_target(options: ProfileOptions) -> dict:
     source = options.calib or str(DEFAULT_CALIBRATION)
     calibration = load_images(source, "train", spec).take(512)
     holdout = load_images(source, "test", spec)
+    holdout = holdout if options.holdout_frames is None else holdout.sample(options.holdout_frames)
     input_shape = spec.shape
     calibration_inputs, inputs = calibration.inputs(), holdout.inputs()
     timed = inputs[:options.frames]
@@ -195,8 +197,8 @@ def profile_target(options: ProfileOptions) -> dict:
                 report = build_engines(BuildOptions(
                     model=options.model, weights=options.weights, inputs=options.inputs,
                     target=devices.edge.name, cloud=devices.cloud.name, split=point.node, codec=codec,
-                    lossless=options.lossless,
-                    calib=options.calib, output=output, max_loss=math.inf), show_progress=False)
+                    lossless=options.lossless, calib=options.calib, holdout_frames=options.holdout_frames,
+                    output=output, max_loss=math.inf), show_progress=False)
                 candidates.append(candidate(point, codec, options.lossless, output, report.manifest["checks"], timed,
                                             options.threads))
                 if options.keep:

@@ -64,7 +64,9 @@ def build_summary(report) -> Table:
             table.add_row(*row)
     table.add_row("halves vs PyTorch", f"edge max |Δ| {checks['edge_max_abs_error']:g} code(s), "
                                        f"cloud max |Δ| {checks.get('cloud_max_abs_error', math.nan):.2g}")
-    table.add_row("build time", f"{report.seconds:.1f} s")
+    table.add_row("build time", f"{report.seconds:.1f} s" + (" (a bundle built before from the same model, images "
+                                                             "and code, reused: EDGESPLIT_CACHE)" if report.reused
+                                                             else ""))
     return table
 
 

@@ -105,13 +105,13 @@ def write_report(output, summary: dict, rows: list[dict]) -> None:
 
 
 def main() -> None:
-    args = parse_arguments(__doc__, "accuracy", "1000 test images, two codecs.")
+    args = parse_arguments(__doc__, "accuracy", "500 test images, two codecs.")
     codecs = QUICK_CODECS if args.quick else CODECS
     source = labeled_data(args.quick)
     loaded = load_model(None)
     test = load_images(source, "test", loaded.spec())
     if args.quick:
-        test = test.take(1000)
+        test = test.take(500)
     calibration = load_images(source, "train", loaded.spec()).take(CALIBRATION_FRAMES).inputs()
     inputs = test.inputs()
     float_accuracy = accuracy(reference_outputs(loaded, inputs)[0], test.labels)

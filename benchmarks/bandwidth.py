@@ -410,14 +410,15 @@ def speedup_rows(rows: list[dict]) -> list[dict]:
     return result
 
 
-def open_testbed(device: str, work: Path, stack) -> Testbed:
-    """Calibrate the device and build the link; the host testbed where `device` is 'host'."""
+def open_testbed(device: str, work: Path, stack, calibration_file: Path | None) -> Testbed:
+    """Calibrate the device (or read its calibration) and build the link; the host testbed where `device` is
+    'host'."""
     if device == "host":
         return Testbed(None, None, None)
     reason = missing_root()
     if reason:
         raise TestbedError(f"{reason}; or measure without an emulated device: --device host")
-    calibration = calibrate(device, work)
+    calibration = Calibration.read(calibration_file, device) if calibration_file else calibrate(device, work)
     period, quota = quota_for(calibration.factor)
     return Testbed(calibration, stack.enter_context(CpuQuota(device, period, quota)),
                    stack.enter_context(NamespaceLink()))
@@ -430,19 +431,23 @@ def main() -> None:
         parser.add_argument("--device", default=DEFAULT_DEVICE, choices=(*REFERENCES, "host"),
                             help="The emulated edge device (root), or host: this CPU, token-bucket uplink.")
         parser.add_argument("--max-loss", type=float, default=1.0, help="Accuracy points a split may lose.")
+        parser.add_argument("--calibration", type=Path, default=None,
+                            help="The device's calibration from an earlier run on this machine (what `python -m "
+                                 "benchmarks.testbed.devices calibrate DEVICE` prints, or a summary.json) instead "
+                                 "of calibrating again.")
 
-    args = parse_arguments(__doc__, "bandwidth", "Two bandwidths, 20 frames, two candidate splits at layer3 (int8 and "
-                           "the shipped learned codec).", options,
+    args = parse_arguments(__doc__, "bandwidth", "Two bandwidths, 20 frames, one candidate split: the shipped learned "
+                           "codec at layer3.", options,
                            folder=lambda a: "bandwidth" if a.device == DEFAULT_DEVICE else f"bandwidth-{a.device}")
     rates = [parse_rate(b) for b in (QUICK_BANDWIDTHS if args.quick else BANDWIDTHS)]
-    splits, codecs = (("layer3",), CODECS[:1]) if args.quick else (SPLITS, CODECS)
+    splits, codecs = (("layer3",), ()) if args.quick else (SPLITS, CODECS)
     learned = LEARNED[:1] if args.quick else LEARNED
     frames = QUICK_FRAMES if args.quick else FRAMES
     interrupt_on_sigterm()
     with ExitStack() as stack, Progress() as progress:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         try:
-            testbed = open_testbed(args.device, work, stack)
+            testbed = open_testbed(args.device, work, stack, args.calibration)
             repeats = 1 if args.quick else REPEATS
             found = profiles(testbed, splits, codecs, learned, 20 if args.quick else 200, work, frames, repeats)
             link_check = None

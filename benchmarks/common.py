@@ -30,6 +30,22 @@ def parse_arguments(doc: str, suite: str, quick_help: str, add_options=None, fol
     return args
 
 
+def add_bundle_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="Bundle directory (default: build the default model's int8 bundle at layer2, "
+                             "uncompressed, for the cpu).")
+
+
+def int8_bundle(given: Path | None, scratch: Path) -> Path:
+    """The suite's bundle: `given`, or the int8 one built into `scratch`."""
+    if given is not None:
+        return given
+    from toolchain.build import BuildOptions, build_engines
+
+    return build_engines(BuildOptions(split="layer2", codec="int8", lossless="none", output=scratch / "int8-cpu"),
+                         show_progress=False).bundle
+
+
 def labeled_data(quick: bool) -> str:
     """Debian's full Fashion-MNIST for full runs, the bundled slice for --quick or when it is missing."""
     return "fashion-mnist" if FASHION_MNIST_DIR.exists() and not quick else str(DEFAULT_CALIBRATION)

@@ -89,7 +89,7 @@ def plot(output: Path, measured: ExitMeasurement, curves: dict[int, list]) -> No
 
 
 def main() -> None:
-    args = parse_arguments(__doc__, "early_exit", "Train on 512 images for 1 epoch, test on 2000.")
+    args = parse_arguments(__doc__, "early_exit", "Train on 512 images for 1 epoch, test on 1000.")
     data = labeled_data(args.quick)
     epochs = 1 if args.quick else 2
     model = load_model(None)
@@ -105,6 +105,7 @@ def main() -> None:
                                             output=weights.parent / "bundle"))
         progress.advance(task)
         test = load_images(data, "test", model.spec())
+        test = test.take(1000) if args.quick else test
         inputs = test.inputs()
         measured = measure(load_bundle(report.bundle), inputs, test.labels)
         calibration = load_images(str(DEFAULT_CALIBRATION), "train", model.spec()).inputs()

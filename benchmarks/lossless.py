@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import cpu_name, parse_arguments, table, write_csv
+from benchmarks.common import (add_bundle_option, cpu_name, int8_bundle,
+                               parse_arguments, table, write_csv)
 from calibration_data import DEFAULT_CALIBRATION
 from runtime.bundle import load_bundle
 from runtime.images import read_npz
@@ -109,15 +110,11 @@ def write_report(output: Path, summary: dict, rows: list[dict]) -> None:
 
 def main() -> None:
     def options(parser):
-        parser.add_argument("--bundle", type=Path, default=None, help="Bundle directory (default: build an int8 bundle at layer2, uncompressed).")
+        add_bundle_option(parser)
         parser.add_argument("--images", default=str(DEFAULT_CALIBRATION), help="An .npz of test images.")
 
     args = parse_arguments(__doc__, "lossless", "100 frames, one repeat.", options)
-    if args.bundle is None:
-        from toolchain.build import BuildOptions, build_engines
-
-        args.bundle = build_engines(BuildOptions(split="layer2", codec="int8", lossless="none",
-                                                 output=Path(tempfile.mkdtemp()) / "int8-cpu")).bundle
+    args.bundle = int8_bundle(args.bundle, Path(tempfile.mkdtemp()))
     bundle = load_bundle(args.bundle)
     images, _, _ = read_npz(args.images, "test")
     spec = InputSpec.from_manifest(bundle.manifest["source_model"]["input"])

@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
-from benchmarks.common import ROOT, cpu_name, free_port, parse_arguments, table, write_csv
+from benchmarks.common import (ROOT, add_bundle_option, cpu_name, free_port,
+                               int8_bundle, parse_arguments, table, write_csv)
 from benchmarks.runtime import synthetic_edge
 from calibration_data import DEFAULT_CALIBRATION
 from runtime import protocol
@@ -372,13 +373,10 @@ def plot(output: Path, latencies: dict) -> None:
 
 
 def main() -> None:
-    from toolchain.build import BuildOptions, build_engines
-
-    args = parse_arguments(__doc__, "reliability", "Shorter floods and runs (3 s), same faults.")
+    args = parse_arguments(__doc__, "reliability", "Shorter floods and runs (3 s), same faults.", add_bundle_option)
 
     with tempfile.TemporaryDirectory() as scratch:
-        bundle_dir = build_engines(BuildOptions(split="layer2", codec="int8", lossless="none",
-                                                output=Path(scratch) / "int8-cpu"), show_progress=False).bundle
+        bundle_dir = int8_bundle(args.bundle, Path(scratch))
         bundle = load_bundle(bundle_dir)
         source = list(open_source(str(DEFAULT_CALIBRATION), bundle.input_spec()))[:64]
         codes = EdgeHalf(bundle).codes(np.stack([frame.image for frame in source]))

@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
-from benchmarks.common import ROOT, cpu_name, free_port, parse_arguments, table, write_csv
+from benchmarks.common import (ROOT, add_bundle_option, cpu_name, free_port,
+                               int8_bundle, parse_arguments, table, write_csv)
 from calibration_data import DEFAULT_CALIBRATION
 from runtime import protocol
 from runtime.bundle import load_bundle
@@ -385,18 +386,14 @@ in-process server, with `--uplink/--rtt` emulation (token bucket, 4096-byte burs
 
 def main() -> None:
     def options(parser):
-        parser.add_argument("--bundle", type=Path, default=None, help="Bundle directory (default: build an int8 bundle at layer2, uncompressed).")
+        add_bundle_option(parser)
         parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads in the server.")
         parser.add_argument("--fps", type=float, default=DEFAULT_FPS, help="Frames per second each edge sends.")
         parser.add_argument("--edges", type=lambda text: tuple(int(n) for n in text.split(",")),
                             default=(1, 10, 30, 50, 100), help="Comma-separated numbers of concurrent edges.")
 
     args = parse_arguments(__doc__, "runtime", "Few frames, 1 and 10 edges, 1 s per run.", options)
-    if args.bundle is None:
-        from toolchain.build import BuildOptions, build_engines
-
-        args.bundle = build_engines(BuildOptions(split="layer2", codec="int8", lossless="none",
-                                                 output=Path(tempfile.mkdtemp()) / "int8-cpu")).bundle
+    args.bundle = int8_bundle(args.bundle, Path(tempfile.mkdtemp()))
     bundle = load_bundle(args.bundle)
     source = list(open_source(str(DEFAULT_CALIBRATION), bundle.input_spec()))
     count = 64 if args.quick else 256

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
-from benchmarks.common import cpu_name, free_port, parse_arguments, table, write_csv
+from benchmarks.common import (add_bundle_option, cpu_name, free_port,
+                               int8_bundle, parse_arguments, table, write_csv)
 from benchmarks.runtime import drive, scrape, serving
 from benchmarks.tritonserver import TritonServer, missing
 from calibration_data import DEFAULT_CALIBRATION
@@ -253,8 +254,7 @@ after a 1 s warm-up. The load generator shares the two cores with the server.
 
 def main() -> None:
     def options(parser):
-        parser.add_argument("--bundle", type=Path, default=None,
-                            help="Bundle directory (default: build the server suite's int8 bundle at layer2).")
+        add_bundle_option(parser)
         parser.add_argument("--fps", type=float, default=30.0, help="Frames per second each edge sends.")
         parser.add_argument("--edges", type=lambda text: tuple(int(n) for n in text.split(",")), default=(1, 10, 30),
                             help="Comma-separated numbers of concurrent edges.")
@@ -264,11 +264,7 @@ def main() -> None:
     if reason:
         raise SystemExit(f"error: {reason}")
     work = Path(tempfile.mkdtemp())
-    if args.bundle is None:
-        from toolchain.build import BuildOptions, build_engines
-
-        args.bundle = build_engines(BuildOptions(split="layer2", codec="int8", lossless="none",
-                                                 output=work / "int8-cpu"), show_progress=False).bundle
+    args.bundle = int8_bundle(args.bundle, work)
     bundle = load_bundle(args.bundle)
     source = list(open_source(str(DEFAULT_CALIBRATION), bundle.input_spec()))[:64 if args.quick else 256]
     codes = EdgeHalf(bundle).codes(np.stack([frame.image for frame in source]))

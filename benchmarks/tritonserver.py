@@ -57,15 +57,24 @@ def pinned(package: str) -> str:
     return package
 
 
-def missing() -> str:
-    """Why no Triton server can run here ('' when one can)."""
+def server_installed() -> bool:
+    return (server_dir() / "bin" / "tritonserver").exists() and (stub_python() / "bin" / "python3").exists()
+
+
+def unsupported() -> str:
+    """Why the packaged tritonserver cannot run on this machine or with this Python ('' when it can)."""
     if platform.system() != "Linux" or platform.machine() != "x86_64":
         return f"the packaged tritonserver is for x86-64 Linux, this is {platform.system()} {platform.machine()}"
-    if not (server_dir() / "bin" / "tritonserver").exists() or not (stub_python() / "bin" / "python3").exists():
-        return f"no tritonserver in {HOME}: run `python -m benchmarks.tritonserver fetch` (downloads {WHEEL})"
     if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
         return f"the Python backend's stub needs a shared libpython, and {sys.executable} is built without one"
     return ""
+
+
+def missing() -> str:
+    """Why no Triton server can run here ('' when one can)."""
+    if not unsupported() and not server_installed():
+        return f"no tritonserver in {HOME}: run `python -m benchmarks.tritonserver fetch` (downloads {WHEEL})"
+    return unsupported()
 
 
 def fetch() -> Path:

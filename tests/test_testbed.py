@@ -1,8 +1,7 @@
 """The testbed: emulated devices (cgroup quota calibrated from a published time) and kernel links."""
 
+import json
 import os
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,8 +42,8 @@ def test_without_root_the_testbed_says_why(monkeypatch):
 
 @needs_root
 @pytest.mark.parametrize("device", ["jetson-nano", "raspberry-pi"])
-def test_the_quota_makes_the_reference_model_as_slow_as_the_device(device, tmp_path):
-    calibration = calibrate(device, tmp_path)
+def test_the_quota_makes_the_reference_model_as_slow_as_the_device(device, calibration):
+    calibration = calibration(device)[1]
     assert calibration.factor > 1
     # under the quota the reference takes the device's published time
     assert calibration.confined_ms == pytest.approx(calibration.published_ms, rel=SETTLED)
@@ -70,6 +69,28 @@ def test_a_round_slowed_by_a_busy_moment_is_corrected_and_a_quota_that_never_set
         calibrate("jetson-nano", tmp_path, frames=5)
 
 
+def test_a_calibration_file_for_another_device_or_of_something_else_is_one_line(calibration_entry, tmp_path):
+    from benchmarks.testbed.devices import Calibration
+
+    written = tmp_path / "summary.json"
+    written.write_text(json.dumps({"calibration": calibration_entry}))
+    assert Calibration.read(written, "jetson-nano").factor == calibration_entry["factor"]
+    with pytest.raises(TestbedError, match=f"^{written} calibrates jetson-nano, not raspberry-pi$"):
+        Calibration.read(written, "raspberry-pi")
+    written.write_text(json.dumps({"device": "jetson-nano"}))
+    with pytest.raises(TestbedError, match=rf"^{written} holds no calibration \(KeyError: 'factor'\); expected the "
+                                           r"JSON that `python -m benchmarks.testbed.devices calibrate DEVICE` prints$"):
+        Calibration.read(written, "jetson-nano")
+
+
+@pytest.fixture()
+def calibration_entry() -> dict:
+    from benchmarks.testbed.devices import Calibration
+
+    return Calibration("jetson-nano", 3.3, 13.2, 47.436, 46.0, 10_000, 3_030, 1, REFERENCES["jetson-nano"].source
+                       ).as_dict()
+
+
 @needs_root
 def test_the_namespace_link_runs_at_its_configured_rate():
     with NamespaceLink(prefix="es-test") as link:
@@ -93,14 +114,3 @@ def test_codes_compare_allows_one_code_and_reports_the_mismatched_share():
     other[1, 0, 0, 0] = 3
     assert compare(reference, other)["max_code_difference"] == 3
     assert compare(reference, other[:2])["same_shape"] is False
-
-
-@pytest.mark.skipif(missing_root() is not None or not os.environ.get("EDGESPLIT_AARCH64"),
-                    reason="builds an arm64 userland under QEMU (root; ~6 min the first time, ~3 min after): "
-                           "set EDGESPLIT_AARCH64=1 to run benchmarks/testbed/aarch64.sh")
-def test_the_pi_edge_half_computes_the_same_codes_on_aarch64(tmp_path):
-    script = Path(__file__).resolve().parents[1] / "benchmarks/testbed/aarch64.sh"
-    done = subprocess.run([str(script), os.environ.get("EDGESPLIT_AARCH64_WORK", str(tmp_path))],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-2000:]
-    assert '"top1_agreement": ' in done.stdout and "aarch64 xnnpack (cortex-a76 under QEMU): (200," in done.stdout

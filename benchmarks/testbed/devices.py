@@ -133,6 +133,20 @@ class Calibration(NamedTuple):
     def as_dict(self) -> dict:
         return dict(self._asdict(), words=self.words())
 
+    @classmethod
+    def read(cls, path: Path, device: str) -> "Calibration":
+        """A calibration written before: what `calibrate` prints, or a bandwidth summary.json holding one."""
+        try:
+            entry = json.loads(Path(path).read_text())
+            entry = entry.get("calibration", entry)
+            calibration = cls(**{field: entry[field] for field in cls._fields})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise TestbedError(f"{path} holds no calibration ({type(error).__name__}: {error}); expected the JSON "
+                               "that `python -m benchmarks.testbed.devices calibrate DEVICE` prints") from None
+        if calibration.device != device:
+            raise TestbedError(f"{path} calibrates {calibration.device}, not {device}")
+        return calibration
+
 
 def reference(device: str) -> Reference:
     if device not in REFERENCES:

@@ -1,7 +1,21 @@
-"""Shared fixtures: real images from calibration_data and small real models."""
+"""Shared fixtures: real images from calibration_data, small real models, and what several tests need built.
+
+Two tiers (tests/README.md):
+- every test: `python -m pytest -q` (the README's command, what CI runs);
+- quick, for local work: `python -m pytest -q -m "not slow"` leaves out the benchmark smoke runs, the default
+  model built for each device and the emulated devices' calibration (tests using `device_bundle` or
+  `calibration` are marked slow here), and the few trainings of their own.
+
+What several tests need is built once per run: session fixtures below, and EDGESPLIT_CACHE set to one
+folder for the run (toolchain/cache.py), which the benchmark and command processes the tests start inherit.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +24,8 @@ import torch
 
 from calibration_data import DEFAULT_CALIBRATION
 from runtime.inputs import InputSpec
-from toolchain.data import ImageSet, load_images, to_model_input
+from toolchain.cache import CACHE_ENV
+from toolchain.data import FASHION_MNIST_DIR, ImageSet, load_images, to_model_input
 from toolchain.load import load_model
 from toolchain.models import PlainCNN
 
@@ -19,6 +34,67 @@ DEFAULT_SPEC = InputSpec(1, 32, 32, "pad")  # the bundled model's: Fashion-MNIST
 TINY_WEIGHTS = Path(__file__).with_name("assets") / "tiny.pt"
 TINY_MODEL = ["--model", "conftest:TinyNet", "--weights", str(TINY_WEIGHTS), "--input-shape", "1,32,32",
               "--resize", "pad"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_cache(tmp_path_factory):
+    """One EDGESPLIT_CACHE for the run (toolchain/cache.py), inherited by the commands the tests start: the float
+    model's outputs on the held-out images are computed once, not in every benchmark process."""
+    if os.environ.get(CACHE_ENV):
+        yield
+        return
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    del os.environ[CACHE_ENV]
+
+
+SLOW_FIXTURES = {"device_bundle", "calibration"}  # the default model per device; an emulated device's quota
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def debian_package(package: str, present) -> None:
+    """Installs a Debian package a test needs unless `present()`; apt needs root, so without it the test skips
+    saying what to install."""
+    if present():
+        return
+    if os.geteuid() != 0:
+        pytest.skip(f"needs Debian's {package}, and installing it needs root: apt-get install -y {package}")
+    install = ["apt-get", "install", "-y", "-q", package]
+    environment = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    if subprocess.run(install, env=environment, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=environment, capture_output=True, check=True)
+        subprocess.run(install, env=environment, capture_output=True, check=True)
+    assert present(), f"apt-get installed {package}, yet it is not where the tests look"
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist() -> Path:
+    """Debian's full Fashion-MNIST (the `fashion-mnist` source)."""
+    debian_package("dataset-fashion-mnist", FASHION_MNIST_DIR.exists)
+    return FASHION_MNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def haproxy() -> str:
+    debian_package("haproxy", lambda: shutil.which("haproxy") is not None)
+    return shutil.which("haproxy")
+
+
+@pytest.fixture(scope="session")
+def tritonserver() -> Path:
+    """The real tritonserver (benchmarks/tritonserver.py), fetched into its cache the first time."""
+    from benchmarks import tritonserver
+
+    if tritonserver.unsupported():  # not on this machine kind: another OS or CPU, a Python without libpython.so
+        pytest.skip(tritonserver.unsupported())
+    if not tritonserver.server_installed():
+        tritonserver.fetch()
+    return tritonserver.server_dir()
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +125,20 @@ def int8_built(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def default_build(tmp_path_factory):
+    """`build-engines` with nothing but an output folder (the cpu edge and cloud, the shipped codec and exit):
+    (bundle path, what it printed)."""
+    from click.testing import CliRunner
+
+    from toolchain.cli import main
+
+    output = tmp_path_factory.mktemp("default") / "bundle"
+    result = CliRunner().invoke(main, ["build-engines", "--output", str(output)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    return output, result.output
+
+
+@pytest.fixture(scope="session")
 def device_bundle(tmp_path_factory):
     """`device_bundle(edge, cloud=None)`: the default model built for that deployment, once per session."""
     from toolchain.build import BuildOptions, build_engines
@@ -61,6 +151,42 @@ def device_bundle(tmp_path_factory):
             built[edge, cloud] = build_engines(BuildOptions(target=edge, cloud=cloud, output=output))
         return built[edge, cloud]
     return build
+
+
+@pytest.fixture(scope="session")
+def deployed_top1(holdout):
+    """`deployed_top1(bundle_path)`: top-1 of the bundle run as deployed (each half as its entry says it is
+    verified on a CPU) on the held-out images, computed once per bundle: several tests judge one device bundle."""
+    from runtime.bundle import load_bundle
+    from runtime.local import SplitInference
+
+    done = {}
+
+    def run(path: Path) -> np.ndarray:
+        if path not in done:
+            inputs = to_model_input(holdout.images, INPUT_SHAPE)
+            done[path] = top1(SplitInference(load_bundle(path), verified=True)(inputs))
+            done[path].flags.writeable = False
+        return done[path]
+    return run
+
+
+@pytest.fixture(scope="session")
+def calibration(tmp_path_factory):
+    """`calibration(device)`: the emulated device calibrated once per run (root), as the JSON file the bandwidth
+    suite's --calibration reads and the Calibration; test_testbed checks it."""
+    from benchmarks.testbed.devices import calibrate
+
+    done = {}
+
+    def calibrated(device: str):
+        if device not in done:
+            work = tmp_path_factory.mktemp(f"calibration-{device}")
+            result = calibrate(device, work)
+            (work / "calibration.json").write_text(json.dumps(result.as_dict()))
+            done[device] = work / "calibration.json", result
+        return done[device]
+    return calibrated
 
 
 @pytest.fixture()

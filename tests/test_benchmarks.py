@@ -1,4 +1,5 @@
-"""The codec benchmark runs end to end in --quick mode and writes what it promises."""
+"""Every benchmark suite runs end to end in --quick mode and writes what it promises (the smoke runs are
+marked slow: the quick tier leaves them out)."""
 
 import csv
 import json
@@ -7,16 +8,14 @@ import sys
 
 import pytest
 
-import toolchain.data as data
 from benchmarks.testbed import missing_root
-from benchmarks.tritonserver import missing as tritonserver_missing
 from benchmarks.testbed.devices import REFERENCES, SETTLED
 from benchmarks.testbed.link import NamespaceLink
 from toolchain.planning import SEGMENT_OVERHEAD_BYTES
 
 
-@pytest.mark.skipif(not data.FASHION_MNIST_DIR.exists(), reason="needs Debian's dataset-fashion-mnist package")
-def test_codec_benchmark_quick_run_writes_results(tmp_path):
+@pytest.mark.slow
+def test_codec_benchmark_quick_run_writes_results(fashion_mnist, tmp_path):
     subprocess.run([sys.executable, "-m", "benchmarks.codecs", "--quick", "--output", str(tmp_path)],
                    check=True, capture_output=True)
     with open(tmp_path / "accuracy_vs_bytes.csv") as stream:
@@ -31,6 +30,7 @@ def test_codec_benchmark_quick_run_writes_results(tmp_path):
     assert (tmp_path / "accuracy_vs_bytes.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_runtime_benchmark_quick_run_writes_results(int8_built, tmp_path):
     subprocess.run([sys.executable, "-m", "benchmarks.runtime", "--quick", "--bundle", str(int8_built.bundle),
                     "--output", str(tmp_path)], check=True, capture_output=True)
@@ -49,6 +49,7 @@ def test_runtime_benchmark_quick_run_writes_results(int8_built, tmp_path):
         assert (tmp_path / name).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_early_exit_benchmark_quick_run_writes_results(tmp_path):
     subprocess.run([sys.executable, "-m", "benchmarks.early_exit", "--quick", "--output", str(tmp_path)],
                    check=True, capture_output=True)
@@ -65,9 +66,8 @@ def test_early_exit_benchmark_quick_run_writes_results(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_pruning_benchmark_quick_run_writes_results(tmp_path):
-    pytest.importorskip("litert_torch", reason="the TFLite edge latency needs the [tflite] extra")
-    pytest.importorskip("torch_pruning", reason="pruning is in the [prune] extra")
     subprocess.run([sys.executable, "-m", "benchmarks.pruning", "--quick", "--output", str(tmp_path)],
                    check=True, capture_output=True)
     rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
@@ -85,11 +85,13 @@ def run_suite(suite: str, *arguments: str) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", ["jetson-nano", "raspberry-pi", "host"])
-def test_bandwidth_suite_streams_each_strategy_through_the_link(device, tmp_path):
+def test_bandwidth_suite_streams_each_strategy_through_the_link(device, calibration, tmp_path):
     if device != "host" and missing_root():
         pytest.skip(missing_root())
-    run_suite("bandwidth", "--device", device, "--output", str(tmp_path))
+    calibrated = [] if device == "host" else ["--calibration", str(calibration(device)[0])]  # test_testbed checks it
+    run_suite("bandwidth", "--device", device, *calibrated, "--output", str(tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())
     rows = summary["rows"]
     assert [(r["bandwidth_bps"], r["strategy"]) for r in rows] == [
@@ -134,6 +136,7 @@ def edge_ms_per_frame(profile: dict) -> dict:
     return dict(times, **{"cloud-only raw": raw["encode"]["ms"]})
 
 
+@pytest.mark.slow
 def test_accuracy_suite_reports_loss_per_split_and_bits(tmp_path):
     run_suite("accuracy", "--output", str(tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -184,8 +187,8 @@ def test_benchmarks_command_lists_its_suites():
                                                     "pruning"))
 
 
+@pytest.mark.slow
 def test_tflite_suite_compares_the_int8_edge_with_the_float_one(tmp_path):
-    pytest.importorskip("litert_torch", reason="the raspberry-pi target needs the [tflite] extra")
     from benchmarks.tflite import BUILDS
 
     run_suite("tflite", "--output", str(tmp_path))
@@ -199,12 +202,9 @@ def test_tflite_suite_compares_the_int8_edge_with_the_float_one(tmp_path):
     assert (tmp_path / "latency.png").stat().st_size > 0
 
 
-def test_reliability_suite_contains_every_fault(tmp_path):
-    import shutil
-
-    if shutil.which("openssl") is None or shutil.which("tar") is None:
-        pytest.skip("the suite makes signing keys with openssl and a sparse archive with GNU tar")
-    run_suite("reliability", "--output", str(tmp_path))
+@pytest.mark.slow
+def test_reliability_suite_contains_every_fault(int8_built, tmp_path):
+    run_suite("reliability", "--bundle", str(int8_built.bundle), "--output", str(tmp_path))
     rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
     by_measure = {}
     for row in rows:
@@ -218,8 +218,8 @@ def test_reliability_suite_contains_every_fault(tmp_path):
     assert (tmp_path / "reliability.png").stat().st_size > 0
 
 
-@pytest.mark.skipif(bool(tritonserver_missing()), reason=tritonserver_missing() or "tritonserver runs here")
-def test_triton_suite_compares_triton_with_serve_on_the_same_load(int8_built, tmp_path):
+@pytest.mark.slow
+def test_triton_suite_compares_triton_with_serve_on_the_same_load(tritonserver, int8_built, tmp_path):
     run_suite("triton", "--bundle", str(int8_built.bundle), "--output", str(tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [(r["server"], r["edges"]) for r in summary["servers"]] == [

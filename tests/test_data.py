@@ -60,8 +60,7 @@ def test_unknown_source_is_named():
         load_images("nowhere", "train", MNIST_SIZE)
 
 
-@pytest.mark.skipif(not data.FASHION_MNIST_DIR.exists(), reason="needs Debian's dataset-fashion-mnist package")
-def test_debian_fashion_mnist_test_split_is_balanced():
+def test_debian_fashion_mnist_test_split_is_balanced(fashion_mnist):
     test = load_images("fashion-mnist", "test", MNIST_SIZE)
     assert test.images.shape == (10000, 1, 28, 28)
     assert np.bincount(test.labels).tolist() == [1000] * 10

@@ -27,15 +27,6 @@ SHIPPED = ZOO[DEFAULT_MODEL].shipped
 RAW_IMAGE_BYTES = 32 * 32
 
 
-@pytest.fixture(scope="module")
-def default_build(tmp_path_factory):
-    """`build-engines` with nothing but an output folder: (bundle path, what it printed)."""
-    output = tmp_path_factory.mktemp("default") / "bundle"
-    result = CliRunner().invoke(main, ["build-engines", "--output", str(output)], env={"COLUMNS": "250"})
-    assert result.exit_code == 0, result.output
-    return output, result.output
-
-
 def test_default_bundle_sends_few_bytes_within_the_accuracy_bound(default_build, default_model, holdout):
     """Through ONNX Runtime on the held-out slice: <= 64 B per frame (16x fewer than the raw image) and
     within 0.5 pt of the float model, before and with the exits."""

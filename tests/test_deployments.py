@@ -33,12 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PAIRS = list(itertools.product(names("edge"), names("cloud")))
 
 
-def tflite_missing(*devices):
-    from importlib.util import find_spec
-
-    return "tflite" in {DEVICES[d].backend for d in devices} and find_spec("litert_torch") is None
-
-
 @pytest.fixture(scope="module")
 def tiny():
     return load_model("conftest:TinyNet", TINY_WEIGHTS, InputOptions(INPUT_SHAPE, "pad"))
@@ -46,8 +40,6 @@ def tiny():
 
 @pytest.mark.parametrize("edge,cloud", PAIRS)
 def test_every_edge_device_works_with_every_cloud_device(edge, cloud, tiny, holdout, tmp_path):
-    if tflite_missing(edge, cloud):
-        pytest.skip("the TFLite converter is in the [tflite] extra")
     output = tmp_path / "bundle"
     built = CliRunner().invoke(main, ["build-engines", *TINY_MODEL, "--target", edge, "--cloud", cloud,
                                       "--max-loss", "3", "--min-agreement", "0.9", "--output", str(output)])
@@ -74,11 +66,10 @@ def test_every_edge_device_works_with_every_cloud_device(edge, cloud, tiny, hold
 
 
 @pytest.mark.parametrize("edge", ["jetson-nano", "jetson-orin", "raspberry-pi"])
-def test_device_edges_default_to_the_cloud_gpu_and_keep_accuracy(edge, device_bundle, default_model, holdout):
+def test_device_edges_default_to_the_cloud_gpu_and_keep_accuracy(edge, device_bundle, deployed_top1, default_model,
+                                                                 holdout):
     """The default model on each device edge + the INT8 TensorRT cloud, run as deployed (the Q/DQ cloud as
     fake quantization in ONNX Runtime here): <= 0.5 pt against the float model."""
-    if tflite_missing(edge):
-        pytest.skip("the TFLite converter is in the [tflite] extra")
     report = device_bundle(edge)
     manifest = report.manifest
     assert manifest["deployment"]["cloud"]["name"] == "cloud-gpu"
@@ -89,7 +80,7 @@ def test_device_edges_default_to_the_cloud_gpu_and_keep_accuracy(edge, device_bu
     assert (edge_entry["backend"], edge_entry["precision"]) == (DEVICES[edge].backend, DEVICES[edge].precision)
     inputs = to_model_input(holdout.images, INPUT_SHAPE)
     reference = top1(reference_outputs(default_model, inputs)[0])
-    deployed = top1(SplitInference(load_bundle(report.bundle), verified=True)(inputs))
+    deployed = deployed_top1(report.bundle)
     assert 100 * ((reference == holdout.labels).mean() - (deployed == holdout.labels).mean()) <= 0.5
     assert (deployed == reference).mean() >= 0.98
 

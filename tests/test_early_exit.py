@@ -22,6 +22,7 @@ from toolchain.cli import main
 from toolchain.codec_training import prepare_training
 from toolchain.data import to_model_input
 from toolchain.exit_branch import load_exit, save_exit, train_exit
+from toolchain.zoo import DEFAULT_MODEL, ZOO
 
 from conftest import DEFAULT_SPEC, INPUT_SHAPE
 
@@ -50,10 +51,10 @@ def frames(holdout):
     return [SourceFrame(i, inputs[i], int(holdout.labels[i])) for i in range(FRAMES)]
 
 
-def exit_reference(default_model, exit_weights, inputs):
+def exit_reference(default_model, exit_weights, inputs, split="layer2"):
     from toolchain.split import split_model
 
-    halves = split_model(default_model.module, "layer2", INPUT_SHAPE)
+    halves = split_model(default_model.module, split, INPUT_SHAPE)
     with torch.no_grad():
         branch = load_exit(exit_weights, halves.point.node, default_model.sha256)
         return branch(halves.head(torch.from_numpy(inputs))).numpy()
@@ -75,18 +76,17 @@ def test_onnx_edge_carries_codes_and_exit_logits_that_agree_with_pytorch(exit_bu
 
 
 @pytest.mark.parametrize("target", ["raspberry-pi", "jetson-orin"])
-def test_tflite_and_tensorrt_edges_carry_the_exit_output(target, exit_weights, default_model, frames, tmp_path):
-    if target == "raspberry-pi":
-        pytest.importorskip("litert_torch", reason="the TFLite converter is in the [tflite] extra")
-    report = build_engines(BuildOptions(target=target, split="layer2", codec="int8", exit_weights=exit_weights,
-                                        output=tmp_path / target))
+def test_tflite_and_tensorrt_edges_carry_the_exit_output(target, device_bundle, default_model, frames):
+    """The device's default bundle: the shipped exit branch inside its int8 TFLite or Q/DQ TensorRT edge."""
+    report = device_bundle(target)
     bundle = load_bundle(report.bundle)
     check_artefact_io(bundle)
     inputs = np.stack([f.image for f in frames[:64]])
     # TensorRT's Q/DQ ONNX runs in ONNX Runtime here; the TFLite half in ai-edge-litert
     edge = EdgeHalf(bundle, verified=True)
     _, exit_logits = edge.codes_and_exit(inputs)
-    reference = exit_reference(default_model, exit_weights, inputs)
+    split = bundle.manifest["split"]["module"]
+    reference = exit_reference(default_model, ZOO[DEFAULT_MODEL].shipped.exit_weights, inputs, split)
     assert (exit_logits.argmax(1) == reference.argmax(1)).mean() >= 0.9  # int8 inside, so agreement not equality
 
 

@@ -62,8 +62,6 @@ def build(arguments, tmp_path, name="bundle"):
 @pytest.mark.parametrize("device", ["cpu", "raspberry-pi"])
 @pytest.mark.parametrize("name", sorted(architectures.SHAPES))
 def test_architectures_nobody_designed_for_build_and_reproduce_pytorch(name, device, rgb_npz, tmp_path):
-    if device == "raspberry-pi":
-        pytest.importorskip("litert_torch", reason="the TFLite converter is in the [tflite] extra")
     shape = architectures.SHAPES[name]
     resize = "resize" if shape[1] == 64 else "pad"
     model = ["--model", f"architectures:{name}", "--input-shape", ",".join(map(str, shape)), "--resize", resize]
@@ -259,14 +257,14 @@ def serve_and_run_edge(bundle_path: Path, source: str, tmp_path: Path, limit: in
 
 
 @pytest.mark.parametrize("edge_device", ["cpu", "raspberry-pi"])
-def test_the_edge_command_runs_each_edge_device_that_runs_here(edge_device, device_bundle, holdout, tmp_path):
-    if edge_device == "raspberry-pi":
-        pytest.importorskip("litert_torch", reason="the TFLite converter is in the [tflite] extra")
-    report = device_bundle(edge_device, "cpu")
-    summary, rows = serve_and_run_edge(report.bundle, str(DEFAULT_CALIBRATION), tmp_path, 200)
+def test_the_edge_command_runs_each_edge_device_that_runs_here(edge_device, device_bundle, default_build, holdout,
+                                                               tmp_path):
+    """The default model for the device with a cpu cloud (for the cpu: the README's build-engines)."""
+    path = default_build[0] if edge_device == "cpu" else device_bundle(edge_device, "cpu").bundle
+    summary, rows = serve_and_run_edge(path, str(DEFAULT_CALIBRATION), tmp_path, 200)
     assert summary["cloud_answers"] + summary["edge_answers"] == 200 and summary["errors"] == 0
     assert summary["cloud_answers"] > 0 and summary["edge_answers"] > 0  # the default bundle's early exit
-    bundle = load_bundle(report.bundle)
+    bundle = load_bundle(path)
     run = SplitInference(bundle)
     payloads, exit_logits = run.edge_half.payloads_and_exit(holdout.inputs()[:200])
     on_edge = softmax_entropy(exit_logits) < bundle.manifest["exit"]["threshold"]
@@ -276,7 +274,6 @@ def test_the_edge_command_runs_each_edge_device_that_runs_here(edge_device, devi
 
 
 def test_the_default_raspberry_pi_edge_takes_the_whole_pixel_range(device_bundle):
-    pytest.importorskip("litert_torch", reason="the TFLite converter is in the [tflite] extra")
     quantization = device_bundle("raspberry-pi").manifest["artefacts"]["edge"]["inputs"][0]["quantization"]
     scale, zero_point = quantization["scale"], quantization["zero_point"]
     assert scale * (-128 - zero_point) <= 0.0 and scale * (127 - zero_point) >= 1.0 - 1e-6

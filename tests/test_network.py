@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -276,7 +275,6 @@ def test_metrics_endpoint_serves_prometheus_text(bundle, frames, server):
         urllib.request.urlopen("http://{}:{}/other".format(host, port), timeout=10)
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
 def test_tls_with_a_self_signed_certificate(bundle, frames, reference, tmp_path):
     import ssl
 

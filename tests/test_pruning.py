@@ -13,7 +13,6 @@ from toolchain.split import split_model
 
 from conftest import INPUT_SHAPE
 
-pytest.importorskip("torch_pruning", reason="pruning is in the [prune] extra")
 
 SPLIT = "features.8"
 

@@ -2,7 +2,6 @@
 
 Each bundle here pairs one TensorRT half with a CPU half, so a test looks at one TensorRT half at a time."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from toolchain.data import to_model_input
 from toolchain.backends.tensorrt import lint
 from toolchain.evaluate import reference_outputs
 
+import numpy_convolutions
 from conftest import INPUT_SHAPE, top1
 
 ENGINE_ROLE = {"cloud-gpu": "cloud", "jetson-orin": "edge", "jetson-nano": "edge"}
@@ -34,6 +34,12 @@ needs_gpu = pytest.mark.skipif("reason" in DEVICE, reason=f"needs TensorRT and a
 @pytest.fixture(scope="module", params=sorted(ENGINE_ROLE))
 def trt_bundle(request, device_bundle):
     """(TensorRT device, the default-model bundle holding its half)."""
+    return request.param, device_bundle(BUNDLE_OF[request.param])
+
+
+@pytest.fixture(scope="module", params=sorted(d for d in ENGINE_ROLE if DEVICES[d].precision == "int8"))
+def qdq_bundle(request, device_bundle):
+    """(TensorRT device whose half is Q/DQ INT8, the default-model bundle holding its half)."""
     return request.param, device_bundle(BUNDLE_OF[request.param])
 
 
@@ -63,36 +69,34 @@ def test_without_a_gpu_the_bundle_is_complete_and_says_why_no_engine(trt_bundle)
     check_artefact_io(load_bundle(report.bundle))  # ONNX Runtime opens the ONNX the device builds from
 
 
-def test_qdq_halves_meet_the_accuracy_gate_in_onnx_runtime(trt_bundle, default_model, holdout):
+def test_qdq_halves_meet_the_accuracy_gate_in_onnx_runtime(trt_bundle, deployed_top1, default_model, holdout):
     _, report = trt_bundle
     inputs = to_model_input(holdout.images, INPUT_SHAPE)
     reference = top1(reference_outputs(default_model, inputs)[0])
-    deployed = top1(SplitInference(load_bundle(report.bundle), verified=True)(inputs))
+    deployed = deployed_top1(report.bundle)
     loss = 100 * ((reference == holdout.labels).mean() - (deployed == holdout.labels).mean())
     assert loss <= 0.5
     assert (deployed == reference).mean() >= 0.98
     assert report.manifest["checks"]["top1_agreement"] == pytest.approx((deployed == reference).mean())
 
 
-def test_qdq_accuracy_does_not_depend_on_the_hosts_int8_kernels(trt_bundle, holdout):
+def test_qdq_accuracy_does_not_depend_on_the_hosts_int8_kernels(qdq_bundle, deployed_top1, holdout):
     """The gate runs Q/DQ as separate ops (fake quantization, as TensorRT computes), never ONNX Runtime's
     fused int8 kernels: numpy's ONNX reference evaluator, which has no int8 kernels, gives the same accuracy."""
     from onnx import version_converter
     from onnx.reference import ReferenceEvaluator
 
-    target_name, report = trt_bundle
+    target_name, report = qdq_bundle
     bundle = load_bundle(report.bundle)
     role = ENGINE_ROLE[target_name]
     entry = bundle.artefact(role)
-    if entry["precision"] != "int8":
-        pytest.skip(f"{target_name}'s TensorRT half is {entry['precision']}, not Q/DQ")
     assert entry["verification"]["options"] == {"graph_optimization": "disabled"}
     inputs, labels = to_model_input(holdout.images[:1000], INPUT_SHAPE), holdout.labels[:1000]
     run = SplitInference(bundle, verified=True)
-    verified = top1(run(inputs))
+    verified = deployed_top1(report.bundle)[:1000]
     # DequantizeLinear has numpy reference kernels from opset 19 on; the conversion changes no arithmetic
     model = version_converter.convert_version(onnx.load(str(bundle.directory / entry["file"])), 19)
-    reference = ReferenceEvaluator(model)
+    reference = ReferenceEvaluator(model, new_ops=numpy_convolutions.OPS)
     name = entry["inputs"][0]["name"]
     if role == "edge":
         codes = np.concatenate([reference.run(None, {name: inputs[i:i + 250]})[0] for i in range(0, 1000, 250)])
@@ -105,6 +109,30 @@ def test_qdq_accuracy_does_not_depend_on_the_hosts_int8_kernels(trt_bundle, hold
     # the default's 4-bit learned codes sit closer to rounding boundaries than int8 codes: two images of 1000
     assert abs(int((verified == labels).sum()) - int((independent == labels).sum())) <= 2
     assert (verified == independent).mean() >= 0.996
+
+
+@pytest.mark.parametrize("op,image,weights,attributes", [
+    ("Conv", (4, 6, 9, 8), (10, 6, 3, 3), dict(pads=[1, 1, 1, 1])),
+    ("Conv", (4, 6, 9, 8), (10, 3, 3, 3), dict(pads=[1, 0, 2, 1], strides=[2, 2], group=2)),
+    ("Conv", (4, 6, 9, 8), (6, 1, 3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 1], group=6)),
+    ("ConvTranspose", (4, 6, 5, 4), (6, 3, 4, 4), dict(pads=[1, 1, 1, 1], strides=[2, 2])),
+    ("ConvTranspose", (4, 6, 5, 4), (6, 3, 3, 3), dict(pads=[0, 1, 1, 0], strides=[2, 3], output_padding=[1, 1])),
+])
+def test_the_numpy_convolutions_compute_what_the_reference_kernels_do(op, image, weights, attributes):
+    from onnx.reference import ReferenceEvaluator
+
+    random = np.random.default_rng(0)
+    outputs = weights[0] if op == "Conv" else weights[1]
+    initializers = [helper.make_tensor(name, TensorProto.FLOAT, shape, random.standard_normal(shape).ravel())
+                    for name, shape in (("w", weights), ("b", [outputs]))]
+    graph = helper.make_graph([helper.make_node(op, ["x", "w", "b"], ["y"], **attributes)], "one",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    x = random.standard_normal(image).astype(np.float32)
+    expected = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(ReferenceEvaluator(model, new_ops=numpy_convolutions.OPS).run(None, {"x": x})[0],
+                               expected, atol=1e-4)
 
 
 RTX_PARSE = """
@@ -122,8 +150,6 @@ print("parsed", len(sys.argv) - 1)
 
 def test_tensorrt_rtx_parses_every_produced_onnx(trt_bundle):
     """In a subprocess, as every TensorRT object here: a crash must not take the test run with it."""
-    if importlib.util.find_spec("tensorrt_rtx") is None:
-        pytest.skip("tensorrt-rtx (a CPU-capable ONNX parser) is not installed")
     _, report = trt_bundle
     paths = [str(report.bundle / report.manifest["artefacts"][role]["file"]) for role in ("edge", "cloud")]
     result = subprocess.run([sys.executable, "-c", RTX_PARSE] + paths, capture_output=True, text=True, timeout=300)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("litert_torch", reason="the TFLite converter is in the [tflite] extra")
 
 from runtime.bundle import check_artefact_io, load_bundle
 from runtime.cloud import BackgroundServer, ServerConfig
@@ -122,7 +121,7 @@ def test_tflite_edge_over_the_network_equals_in_process(pi_bundle, holdout_input
     np.testing.assert_allclose(np.stack([o.logits for o in outcomes]), expected, atol=1e-4)
 
 
-@pytest.mark.skipif(not SEARCHED_CODEC.exists(), reason="needs the committed search-codec checkpoint")
+@pytest.mark.slow
 def test_learned_codec_on_the_pi_requantizes_int8_tanh_to_its_bits(tmp_path, default_model, holdout, holdout_inputs):
     report = build_engines(BuildOptions(target="raspberry-pi", cloud="cpu", split="layer2",
                                         codec="bbnet:c=16,s=4,bits=4", codec_weights=SEARCHED_CODEC,

@@ -4,7 +4,6 @@ writes them, `edgesplit edge --server grpc://...` streams to them, and answers e
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -13,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as tritonclient
 
 from benchmarks.common import free_port
-from benchmarks.tritonserver import TritonServer, missing
+from benchmarks.tritonserver import TritonServer
 from calibration_data import DEFAULT_CALIBRATION
 from runtime import protocol
 from runtime.bundle import load_bundle
@@ -26,8 +26,7 @@ from runtime.local import SplitInference
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 40
 
-pytestmark = pytest.mark.skipif(bool(missing()), reason=missing() or "tritonserver runs here")
-tritonclient = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[grpc] (the dev extra)")
+pytestmark = pytest.mark.usefixtures("tritonserver")  # fetched into its cache the first time (conftest)
 
 
 def edgesplit(*words, check=True) -> subprocess.CompletedProcess:
@@ -191,7 +190,6 @@ def test_a_repository_whose_bundle_or_tail_was_changed_does_not_load(bundles, tm
         assert problem in log.read_text()
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
 def test_the_edge_reaches_triton_over_tls_and_refuses_an_untrusted_certificate(bundles, repositories, tmp_path):
     bundle = bundles["int8"]
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -229,15 +227,14 @@ backend triton
 """
 
 
-@pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs haproxy (apt-get install haproxy)")
-def test_killing_one_of_two_triton_servers_behind_haproxy_loses_no_frame(bundles, repositories, tmp_path):
+def test_killing_one_of_two_triton_servers_behind_haproxy_loses_no_frame(haproxy, bundles, repositories, tmp_path):
     bundle = bundles["int8"]
     port = free_port()
     with TritonServer(repositories[0], tmp_path / "first.log") as first, \
             TritonServer(repositories[0], tmp_path / "second.log") as second:
         config = tmp_path / "haproxy.cfg"
         config.write_text(HAPROXY.format(port=port, first=first.grpc_url, second=second.grpc_url))
-        balancer = subprocess.Popen(["haproxy", "-f", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        balancer = subprocess.Popen([haproxy, "-f", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             frames = list(open_source(str(DEFAULT_CALIBRATION), bundle.input_spec()))[:400]
 

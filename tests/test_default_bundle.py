@@ -1,6 +1,7 @@
 """The default bundle shows what splitting buys: the shipped learned codec and exit branch, driven through
 `build-engines` and `edgesplit demo` as a newcomer types them."""
 
+import hashlib
 import json
 import re
 import subprocess
@@ -155,3 +156,37 @@ def test_readme_shows_the_default_benchmark_numbers():
     summary = json.loads((ROOT / "benchmarks" / "results" / "default" / "summary.json").read_text())
     block = README_BLOCK.search((ROOT / "README.md").read_text())
     assert block and block.group(0).split("\n", 1)[1].rsplit("<!-- end -->", 1)[0] == readme_block(summary)
+
+
+def test_the_shipped_codecs_card_is_what_its_script_writes_from_the_facts_it_kept(tmp_path, default_model):
+    """toolchain/zoo/make.py --card-only re-renders the committed card from its .json, and that .json names the
+    checkpoints that ship (regenerate rather than edit)."""
+    import shutil
+
+    from runtime.bundle import file_sha256
+
+    facts = SHIPPED.card.with_suffix(".json")
+    shutil.copy(facts, tmp_path)
+    subprocess.run([sys.executable, "-m", "toolchain.zoo.make", "--card-only", "--output-dir", str(tmp_path)],
+                   cwd=ROOT, check=True, capture_output=True)
+    assert (tmp_path / SHIPPED.card.name).read_text() == SHIPPED.card.read_text()
+    kept = json.loads(facts.read_text())
+    assert (kept["codec_sha256"], kept["exit_sha256"], kept["model_sha256"]) == (
+        file_sha256(SHIPPED.codec_weights), file_sha256(SHIPPED.exit_weights), default_model.sha256)
+
+
+def test_train_model_writes_weights_that_load_and_a_card_with_the_measured_accuracy(holdout, tmp_path):
+    """`edgesplit train-model` on a small labeled .npz: weights for the bundled architecture and a model card
+    whose numbers come from the run."""
+    source = tmp_path / "small.npz"
+    np.savez(source, train_images=holdout.images[:96, 0, 2:30, 2:30], train_labels=holdout.labels[:96],
+             test_images=holdout.images[96:160, 0, 2:30, 2:30], test_labels=holdout.labels[96:160])
+    weights = tmp_path / "weights.pt"
+    result = CliRunner().invoke(main, ["train-model", "--data", str(source), "--epochs", "1", "--output",
+                                       str(weights)])
+    assert result.exit_code == 0, result.output
+    accuracy = re.search(r"test accuracy (\d+\.\d\d)% after 1 epochs; wrote ", result.output).group(1)
+    card = weights.with_suffix(".md").read_text()
+    assert f"| test accuracy | {accuracy}% on the {source} test split |" in card
+    assert f"`{hashlib.sha256(weights.read_bytes()).hexdigest()}`" in card
+    ZOO[DEFAULT_MODEL].factory().load_state_dict(torch.load(weights, weights_only=True))

@@ -227,6 +227,7 @@ backend triton
 """
 
 
+@pytest.mark.slow
 def test_killing_one_of_two_triton_servers_behind_haproxy_loses_no_frame(haproxy, bundles, repositories, tmp_path):
     bundle = bundles["int8"]
     port = free_port()

@@ -22,7 +22,7 @@ import torch
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from calibration_data import DEFAULT_CALIBRATION
-from runtime.bundle import MANIFEST_NAME, SCHEMA_VERSION, Bundle
+from runtime.bundle import MANIFEST_NAME, SCHEMA_VERSION, Bundle, file_sha256
 from runtime.local import SplitInference
 from targets import ROLES, Deployment, deployment
 from toolchain import cache
@@ -149,7 +149,7 @@ def reuse_key(build: Build) -> str | None:
     return cache.content_key(
         options._replace(output=None, tar=False, target=build.deployment.edge.name,
                          cloud=build.deployment.cloud.name)._asdict(),
-        [cache.file_digest(path) for path in (options.codec_weights, options.exit_weights) if path is not None],
+        [file_sha256(path) for path in (options.codec_weights, options.exit_weights) if path is not None],
         loaded.name, loaded.sha256, cache.module_code(loaded.module), loaded.spec().to_manifest(),
         build.calibration_inputs, build.holdout_inputs, build.holdout.labels, cache.code_version())
 

@@ -45,14 +45,6 @@ def content_key(*parts) -> str:
     return digest.hexdigest()
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @functools.lru_cache(maxsize=None)
 def code_version() -> str:
     """edgesplit's own source (toolchain, runtime, targets) and the version of every installed distribution."""

@@ -51,6 +51,17 @@ def shared_cache(tmp_path_factory):
 SLOW_FIXTURES = {"device_bundle", "calibration"}  # the default model per device; an emulated device's quota
 
 
+def pytest_configure(config):
+    """A -m expression naming a marker nobody registered (`-m "not slwo"`) is refused: it would select every test."""
+    import re
+
+    known = {line.split(":")[0].strip() for line in config.getini("markers")}
+    named = set(re.findall(r"[A-Za-z_]\w*", config.option.markexpr or "")) - {"and", "or", "not"}
+    if named - known:
+        raise pytest.UsageError(f"-m names {', '.join(sorted(named - known))}, which no test is marked with (the "
+                                "quick tier is -m 'not slow')")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
@@ -83,6 +94,19 @@ def fashion_mnist() -> Path:
 def haproxy() -> str:
     debian_package("haproxy", lambda: shutil.which("haproxy") is not None)
     return shutil.which("haproxy")
+
+
+@pytest.fixture(scope="session")
+def testbed() -> None:
+    """What emulated devices and links need: root, iproute2 (installed as root when missing) and a writable cgroup
+    cpu controller (the kernel's or the container's to give; root cannot add one)."""
+    from benchmarks.testbed import missing_root
+
+    if os.geteuid() != 0:
+        pytest.skip(missing_root())
+    debian_package("iproute2", lambda: shutil.which("ip") is not None and shutil.which("tc") is not None)
+    if missing_root():
+        pytest.skip(missing_root())
 
 
 @pytest.fixture(scope="session")
@@ -172,7 +196,7 @@ def deployed_top1(holdout):
 
 
 @pytest.fixture(scope="session")
-def calibration(tmp_path_factory):
+def calibration(testbed, tmp_path_factory):
     """`calibration(device)`: the emulated device calibrated once per run (root), as the JSON file the bandwidth
     suite's --calibration reads and the Calibration; test_testbed checks it."""
     from benchmarks.testbed.devices import calibrate

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-from benchmarks.testbed import missing_root
 from benchmarks.testbed.devices import REFERENCES, SETTLED
 from benchmarks.testbed.link import NamespaceLink
 from toolchain.planning import SEGMENT_OVERHEAD_BYTES
@@ -87,10 +86,9 @@ def run_suite(suite: str, *arguments: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("device", ["jetson-nano", "raspberry-pi", "host"])
-def test_bandwidth_suite_streams_each_strategy_through_the_link(device, calibration, tmp_path):
-    if device != "host" and missing_root():
-        pytest.skip(missing_root())
-    calibrated = [] if device == "host" else ["--calibration", str(calibration(device)[0])]  # test_testbed checks it
+def test_bandwidth_suite_streams_each_strategy_through_the_link(device, request, tmp_path):
+    # an emulated device needs the testbed (root); its calibration is test_testbed's
+    calibrated = [] if device == "host" else ["--calibration", str(request.getfixturevalue("calibration")(device)[0])]
     run_suite("bandwidth", "--device", device, *calibrated, "--output", str(tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())
     rows = summary["rows"]

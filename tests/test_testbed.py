@@ -8,11 +8,10 @@ import pytest
 
 from benchmarks.testbed import missing_root
 from benchmarks.testbed import devices
-from benchmarks.testbed.devices import REFERENCES, SETTLED, TestbedError, calibrate, edge_backend, quota_for, \
+from benchmarks.testbed.devices import REFERENCES, SETTLED, calibrate, edge_backend, quota_for, \
     slowdown
 from benchmarks.testbed.link import NamespaceLink
 
-needs_root = pytest.mark.skipif(missing_root() is not None, reason=f"{missing_root()}")
 
 
 def test_the_factor_is_the_published_time_over_the_time_here():
@@ -20,9 +19,9 @@ def test_the_factor_is_the_published_time_over_the_time_here():
     assert quota_for(4.0) == (10_000, 2_500)  # a quarter of a core
     assert quota_for(20.0) == (20_000, 1_000)  # the period grows so the quota stays above the kernel's 1 ms
     assert quota_for(4.0, cores=2) == (10_000, 5_000)
-    with pytest.raises(TestbedError, match="slower than the jetson-nano's published 10.0 ms: a quota can only slow"):
+    with pytest.raises(devices.TestbedError, match="slower than the jetson-nano's published 10.0 ms: a quota can only slow"):
         slowdown(10.0, 12.5, "the jetson-nano")
-    with pytest.raises(TestbedError, match="times must be positive"):
+    with pytest.raises(devices.TestbedError, match="times must be positive"):
         slowdown(47.4, 0.0)
 
 
@@ -40,7 +39,6 @@ def test_without_root_the_testbed_says_why(monkeypatch):
     assert missing_root().startswith("the testbed needs root (cgroup CPU quotas and network namespaces)")
 
 
-@needs_root
 @pytest.mark.parametrize("device", ["jetson-nano", "raspberry-pi"])
 def test_the_quota_makes_the_reference_model_as_slow_as_the_device(device, calibration):
     calibration = calibration(device)[1]
@@ -63,7 +61,7 @@ def test_a_round_slowed_by_a_busy_moment_is_corrected_and_a_quota_that_never_set
     assert factors[1] == pytest.approx(factors[0] / 1.30) and factors[2] == pytest.approx(factors[1] / 0.85)
     assert calibration.factor == factors[2]
     monkeypatch.setattr(devices, "time_confined", lambda device, command, factor: 1.5 * published)
-    with pytest.raises(TestbedError, match=rf"^the quota for jetson-nano did not settle in 8 rounds: the reference "
+    with pytest.raises(devices.TestbedError, match=rf"^the quota for jetson-nano did not settle in 8 rounds: the reference "
                                            rf"took {1.5 * published:.1f} ms under the last one, published "
                                            rf"{published:.1f} ms \(is something else busy on this machine\?\)$"):
         calibrate("jetson-nano", tmp_path, frames=5)
@@ -75,10 +73,10 @@ def test_a_calibration_file_for_another_device_or_of_something_else_is_one_line(
     written = tmp_path / "summary.json"
     written.write_text(json.dumps({"calibration": calibration_entry}))
     assert Calibration.read(written, "jetson-nano").factor == calibration_entry["factor"]
-    with pytest.raises(TestbedError, match=f"^{written} calibrates jetson-nano, not raspberry-pi$"):
+    with pytest.raises(devices.TestbedError, match=f"^{written} calibrates jetson-nano, not raspberry-pi$"):
         Calibration.read(written, "raspberry-pi")
     written.write_text(json.dumps({"device": "jetson-nano"}))
-    with pytest.raises(TestbedError, match=rf"^{written} holds no calibration \(KeyError: 'factor'\); expected the "
+    with pytest.raises(devices.TestbedError, match=rf"^{written} holds no calibration \(KeyError: 'factor'\); expected the "
                                            r"JSON that `python -m benchmarks.testbed.devices calibrate DEVICE` prints$"):
         Calibration.read(written, "jetson-nano")
 
@@ -91,8 +89,7 @@ def calibration_entry() -> dict:
                        ).as_dict()
 
 
-@needs_root
-def test_the_namespace_link_runs_at_its_configured_rate():
+def test_the_namespace_link_runs_at_its_configured_rate(testbed):
     with NamespaceLink(prefix="es-test") as link:
         link.shape(1e6)
         measured = link.measure_rate(250_000)

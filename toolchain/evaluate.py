@@ -78,7 +78,7 @@ def reference_outputs(loaded: LoadedModel, inputs: np.ndarray) -> list[np.ndarra
     key = (loaded.name, loaded.weights, loaded.sha256, inputs.dtype.str, inputs.shape,
            hashlib.sha256(np.ascontiguousarray(inputs).data).hexdigest())
     if key not in _REFERENCES:
-        stored = cache.content_key(*key, cache.module_code(loaded.module), torch.__version__)
+        stored = cache.content_key(*key, cache.module_code(loaded.module), cache.code_version())
         _REFERENCES[key] = cache.arrays("reference-outputs", stored, lambda: predict_outputs(loaded.module, inputs))
         for output in _REFERENCES[key]:
             output.flags.writeable = False  # shared by every caller

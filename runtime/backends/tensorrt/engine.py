@@ -7,13 +7,13 @@ cached outside the bundle and stamped with the TensorRT version, GPU and compute
 Creating TensorRT objects without a CUDA device can segfault, so a subprocess probes first.
 """
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from runtime.bundle import file_sha256
 from runtime.errors import BundleError
 
 ENGINE_CACHE = Path(os.environ.get("EDGESPLIT_ENGINE_CACHE", "~/.cache/edgesplit/engines")).expanduser()
@@ -71,10 +71,6 @@ def probe_device(timeout: float = 120.0) -> dict:
         return json.loads(result.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         return {"reason": "the CUDA/TensorRT probe printed nothing usable: {!r}".format(result.stdout[-200:])}
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def stamp_mismatch(stamp: dict, device: dict) -> str:

@@ -17,7 +17,7 @@ import weakref
 from pathlib import Path
 
 from runtime.errors import BundleError, WireError
-from runtime.signing import SIGNATURE_NAME, verify_signature
+from runtime.signing import SIGNATURE_NAME, check_signature, verify_signature
 from runtime.wire import WireFormat
 
 MANIFEST_NAME = "manifest.json"
@@ -27,8 +27,12 @@ REQUIRED_KEYS = ("schema_version", "bundle_id", "source_model", "split", "codec"
                  "deployment", "artefacts", "files", "tools")
 ROLES = ("edge", "cloud")
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_MANIFEST_DEPTH = 32  # an edgesplit manifest nests 6 deep
 MAX_FILES = 64  # a bundle holds two artefacts, their sidecars and the manifest
 MAX_BUNDLE_BYTES = 2 * 1024 ** 3  # all files together; a ResNet-50 cloud half is ~100 MB
+MAX_HEADER_BYTES = 64 * 1024  # a member's long-name or pax header: a bundle's file names are short
+HEADER_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                tarfile.SOLARIS_XHDTYPE)
 
 
 def file_sha256(path: Path) -> str:
@@ -104,7 +108,20 @@ def _parse_manifest(path: Path, data: bytes) -> dict:
         raise BundleError("{} nests too deeply to be a manifest".format(path)) from None
     if not isinstance(manifest, dict):
         raise BundleError("{} must hold a JSON object".format(path))
+    if nesting(manifest) > MAX_MANIFEST_DEPTH:  # code that walks it recursively would hit Python's limit
+        raise BundleError("{} nests more than {} levels deep: not a manifest".format(path, MAX_MANIFEST_DEPTH))
     return manifest
+
+
+def nesting(value) -> int:
+    """How deep lists and objects nest in parsed JSON, counted without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
 
 
 def _check_structure(manifest: dict) -> None:
@@ -209,34 +226,86 @@ def verify_manifest(directory: Path, manifest: dict) -> None:
             manifest["bundle_id"]))
 
 
-def _member_names(archive: Path, members: list) -> list:
-    """Each member's file name, after checking before extraction that the members are few plain top-level
-    files whose sizes add up to a bundle's, not an archive bomb."""
-    if len(members) > MAX_FILES + 2:  # the files, the manifest and its signature
-        raise BundleError("{} has over {} members: not a bundle".format(archive, MAX_FILES + 2))
-    names = []
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A member header that refuses a GNU long name or a pax header over MAX_HEADER_BYTES before tarfile reads
+    it into memory (a 509 KB .tar.gz can declare a 512 MB name)."""
+
+    def _proc_member(self, tar):
+        if self.type in HEADER_TYPES and self.size > MAX_HEADER_BYTES:
+            raise BundleError("{}: a {:,}-byte member header (a long name or pax record), over {:,}: not a "
+                              "bundle".format(tar.name, self.size, MAX_HEADER_BYTES))
+        return super()._proc_member(tar)
+
+
+def _headers(tar: tarfile.TarFile):
+    """The archive's members one header at a time, none kept: 200,000 headers cost their count, not memory."""
+    for member in tar:
+        tar.members = []
+        yield member
+
+
+def _checked(members, archive: Path):
+    """(member, file name) under running limits on their count and summed size, each a plain top-level file: a
+    bomb is refused at the first member past a limit, before the next header is read."""
+    names, total = set(), 0
     for member in members:
         name = member.name[2:] if member.name.startswith("./") else member.name
         if not member.isfile() or member.issparse() or not name or "/" in name or "\\" in name \
                 or name.startswith("."):
             raise BundleError("{}: member {!r} is not a plain top-level file".format(archive, member.name))
-        names.append(name)
-    if len(set(names)) != len(names):
-        raise BundleError("{} holds a file name twice".format(archive))
-    total = sum(member.size for member in members)
-    if total > MAX_BUNDLE_BYTES:
-        raise BundleError("{} would unpack to {:,} bytes, over a bundle's {:,}".format(archive, total, MAX_BUNDLE_BYTES))
-    return names
+        if name in names:
+            raise BundleError("{} holds a file name twice".format(archive))
+        names.add(name)
+        total += member.size
+        if len(names) > MAX_FILES + 2:  # the files, the manifest and its signature
+            raise BundleError("{} has over {} members: not a bundle".format(archive, MAX_FILES + 2))
+        if total > MAX_BUNDLE_BYTES:
+            raise BundleError("{} would unpack to over {:,} bytes, a bundle's most".format(archive, MAX_BUNDLE_BYTES))
+        yield member, name
 
 
-def extract_tar(archive: Path, destination: Path) -> Path:
-    """Unpack a bundle .tar holding plain files at top level (no links, no paths), streaming each."""
+def _signed_sizes(tar: tarfile.TarFile, archive: Path, trust) -> dict:
+    """A first pass that extracts nothing: the manifest and its signature, verified with the trusted key, and the
+    sizes of the files the signed manifest lists (with those two): what the second pass may extract."""
+    held = {}
+    for member, name in _checked(_headers(tar), archive):
+        if name in (MANIFEST_NAME, SIGNATURE_NAME) and member.size > MAX_MANIFEST_BYTES:
+            raise BundleError("{}: {} is over {} bytes: not a manifest".format(archive, name, MAX_MANIFEST_BYTES))
+        with tar.extractfile(member) as stream:
+            if name in (MANIFEST_NAME, SIGNATURE_NAME):
+                held[name] = stream.read()
+            else:  # read past in 1 MB blocks: the next header's seek would decompress a .tar.gz 8 KB at a time
+                while stream.read(1 << 20):
+                    pass
+    if MANIFEST_NAME not in held:
+        raise BundleError("{} is not a bundle: it has no {}".format(archive, MANIFEST_NAME))
+    if SIGNATURE_NAME not in held:
+        raise BundleError("{} is not signed (no {}): a trusted key was given, so it is refused".format(
+            archive, SIGNATURE_NAME))
+    check_signature(held[SIGNATURE_NAME], held[MANIFEST_NAME], trust, archive)
+    files = _parse_manifest(archive, held[MANIFEST_NAME]).get("files")
+    if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):
+        raise BundleError("the manifest's files must map each file name to its sha256 and bytes")
+    sizes = {name: entry.get("bytes") for name, entry in files.items()}
+    sizes.update({name: len(data) for name, data in held.items()})
+    return sizes
+
+
+def extract_tar(archive: Path, destination: Path, trust=None) -> Path:
+    """Unpack a bundle .tar (or .tar.gz) of plain top-level files, streaming each, under running limits. With
+    `trust`, the manifest's signature is verified first and only the files it lists, at their listed sizes, are
+    extracted."""
     try:
-        with tarfile.open(str(archive)) as tar:
-            members = tar.getmembers()
-            names = _member_names(archive, members)
+        allowed = None
+        if trust is not None:
+            with tarfile.open(str(archive), tarinfo=_BoundedTarInfo) as tar:
+                allowed = _signed_sizes(tar, archive, trust)
+        with tarfile.open(str(archive), tarinfo=_BoundedTarInfo) as tar:
             destination.mkdir(parents=True, exist_ok=True)
-            for member, name in zip(members, names):
+            for member, name in _checked(_headers(tar), archive):
+                if allowed is not None and allowed.get(name) != member.size:
+                    raise BundleError("{}: {} ({:,} bytes) is not a file the signed manifest lists at that size"
+                                      .format(archive, name, member.size))
                 with tar.extractfile(member) as source, open(str(destination / name), "wb") as target:
                     shutil.copyfileobj(source, target, 1 << 20)
     except (tarfile.TarError, EOFError, OSError) as error:
@@ -268,7 +337,7 @@ def open_bundle(path, trust=None) -> Bundle:
         return load_bundle(path, trust)
     scratch = Path(tempfile.mkdtemp(prefix="edgesplit-bundle-"))
     try:
-        bundle = load_bundle(extract_tar(path, scratch), trust)
+        bundle = load_bundle(extract_tar(path, scratch, trust), trust)
     except BundleError as error:  # named after the archive the user gave, not the folder it was unpacked in
         shutil.rmtree(str(scratch), ignore_errors=True)
         raise BundleError(str(error).replace(str(scratch), str(path))) from None

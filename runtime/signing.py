@@ -72,18 +72,23 @@ def sign_manifest(directory: Path, private_key_path) -> Path:
 
 def verify_signature(directory: Path, manifest_bytes: bytes, public_key_path) -> None:
     """Refuse a bundle whose manifest is unsigned or not signed by the trusted key."""
-    _, _, invalid = _serialization()
-    key = load_public_key(public_key_path)
     path = directory / SIGNATURE_NAME
     if not path.is_file():
         raise BundleError("{} is not signed (no {}): a trusted key was given, so it is refused".format(
             directory, SIGNATURE_NAME))
     with open(str(path), "rb") as stream:
         signature = stream.read(SIGNATURE_BYTES + 1)  # one byte more tells a longer file apart
+    check_signature(signature, manifest_bytes, public_key_path, directory)
+
+
+def check_signature(signature: bytes, manifest_bytes: bytes, public_key_path, where) -> None:
+    """Refuse a manifest whose signature is not the trusted key's (`where` names the bundle)."""
+    _, _, invalid = _serialization()
+    key = load_public_key(public_key_path)
     try:
         if len(signature) != SIGNATURE_BYTES:
             raise invalid()
         key.verify(signature, manifest_bytes)
     except invalid:
         raise BundleError("{}'s signature does not verify with {}: the manifest was changed after signing, or "
-                          "another key signed it".format(directory, public_key_path)) from None
+                          "another key signed it".format(where, public_key_path)) from None

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from benchmarks.reliability import Zeros, rewrite_manifest, swap_two_classes
-from runtime.bundle import MAX_BUNDLE_BYTES, _member_names, load_bundle, open_bundle
+from benchmarks.reliability import (Zeros, long_name_bomb, many_members, rewrite_manifest, signing_keys as make_keys,
+                                   swap_two_classes, verify_process, with_big_member)
+from runtime.bundle import MAX_BUNDLE_BYTES, _checked, load_bundle, open_bundle
 from runtime.errors import BundleError
 from toolchain.cli import main
 
@@ -51,12 +52,14 @@ def test_a_sparse_member_is_refused_before_extraction(tmp_path):
 
 
 def test_members_adding_up_to_more_than_a_bundle_are_refused_from_their_headers():
-    members = [tarfile.TarInfo(name) for name in ("edge.onnx", "cloud.onnx")]
+    members = [tarfile.TarInfo(name) for name in ("edge.onnx", "cloud.onnx", "never.read")]
     members[0].size, members[1].size = MAX_BUNDLE_BYTES, 1
-    with pytest.raises(BundleError, match=r"would unpack to 2,147,483,649 bytes, over a bundle's 2,147,483,648"):
-        _member_names(Path("big.tar"), members)
+    checked = _checked(iter(members), Path("big.tar"))
+    assert next(checked)[1] == "edge.onnx"
+    with pytest.raises(BundleError, match=r"^big.tar would unpack to over 2,147,483,648 bytes, a bundle's most$"):
+        next(checked)
     with pytest.raises(BundleError, match="has over 66 members"):
-        _member_names(Path("many.tar"), [tarfile.TarInfo(f"f{i}") for i in range(67)])
+        list(_checked((tarfile.TarInfo(f"f{i}") for i in range(67)), Path("many.tar")))
 
 
 @pytest.mark.parametrize("name", [".", "", ".hidden", "a/b"])
@@ -143,14 +146,7 @@ def test_a_manifest_nested_deeply_is_one_line(bundle_copy):
 
 @pytest.fixture(scope="module")
 def signing_keys(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("keys")
-    keys = {}
-    for name in ("builder", "stranger"):
-        private, public = folder / f"{name}.pem", folder / f"{name}.pub"
-        subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(private)], check=True)
-        subprocess.run(["openssl", "pkey", "-in", str(private), "-pubout", "-out", str(public)], check=True)
-        keys[name] = (private, public)
-    return keys
+    return {name: make_keys(tmp_path_factory.mktemp(name)) for name in ("builder", "stranger")}
 
 
 def test_a_signed_bundle_verifies_and_a_rehashed_tampered_model_does_not(bundle_copy, signing_keys):
@@ -191,3 +187,55 @@ def test_a_signed_tar_is_accepted_by_the_runtime(int8_built, signing_keys, tmp_p
     assert open_bundle(archive, public).bundle_id == load_bundle(int8_built.bundle).bundle_id
     with pytest.raises(BundleError, match="signature does not verify"):
         open_bundle(archive, signing_keys["stranger"][1])
+
+
+def test_a_manifest_nested_past_its_depth_is_one_line_though_its_hashes_match(bundle_copy):
+    """500 levels, rehashed as an attacker would: it parses, and code walking it recursively (json.dumps for the
+    bundle id, in a deeper stack) comes near Python's limit."""
+    def nest(manifest):
+        deep = []
+        for _ in range(500):
+            deep = [deep]
+        manifest["tools"]["deep"] = deep
+    rewrite_manifest(bundle_copy, nest)
+    code, output = verify(bundle_copy)
+    assert code == 1 and output.strip() == f"error: {bundle_copy / 'manifest.json'} nests more than 32 levels deep: " \
+                                           "not a manifest"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bomb", ["a 512 MB long name", "200,000 members", "an unsigned 1 GiB member, trusted"])
+def test_an_archive_bomb_is_refused_within_200_mb_and_10_s_leaving_nothing(bomb, int8_built, signing_keys,
+                                                                           tmp_path):
+    """verify-bundle in its own process, as the attacker ran it: archives of about 1 MB each."""
+    public = signing_keys["builder"][1]
+    path, options, message = {
+        "a 512 MB long name": (long_name_bomb(tmp_path / "name.tar.gz", 512 * 1024 ** 2), (),
+                               ": a 536,870,912-byte member header (a long name or pax record), over 65,536: not a "
+                               "bundle"),
+        "200,000 members": (many_members(tmp_path / "many.tar.gz", 200_000), (), " has over 66 members: not a bundle"),
+        "an unsigned 1 GiB member, trusted": (
+            with_big_member(tmp_path / "big.tar.gz", [int8_built.bundle / "manifest.json"], 1024 ** 3),
+            ("--trust", str(public)),
+            " is not signed (no manifest.json.sig): a trusted key was given, so it is refused"),
+    }[bomb]
+    assert path.stat().st_size < 2e6
+    result = verify_process(path, *options)
+    assert (result["code"], result["message"]) == ("1", f"error: {path}{message}")
+    assert result["peak_mb"] <= 200 and result["seconds"] <= 10 and result["left_in_tmp"] == 0, result
+    assert result["written_mb"] < 1, result  # refused before unpacking anything
+
+
+def test_with_a_trusted_key_only_the_files_the_signed_manifest_lists_are_unpacked(int8_built, signing_keys,
+                                                                                  tmp_path):
+    private, public = signing_keys["builder"]
+    signed = shutil.copytree(int8_built.bundle, tmp_path / "signed")
+    CliRunner().invoke(main, ["sign-bundle", str(signed), "--key", str(private)], catch_exceptions=False)
+    archive = with_big_member(tmp_path / "extra.tar.gz", sorted(signed.iterdir()), 4096)
+    before = bundle_temporaries()
+    with pytest.raises(BundleError, match=r"extra.tar.gz: padding.bin \(4,096 bytes\) is not a file the signed "
+                                          "manifest lists at that size"):
+        open_bundle(archive, public)
+    assert bundle_temporaries() == before
+    with pytest.raises(BundleError, match="files not in the manifest: padding.bin"):  # without a key: once unpacked
+        open_bundle(archive)

@@ -11,6 +11,7 @@ new frames and answers every frame already accepted, then closes what is left at
 
 import asyncio
 import collections
+import errno
 import logging
 import os
 import ssl
@@ -39,12 +40,14 @@ class ServerConfig(NamedTuple):
     max_wait_ms: float = 2.0
     max_in_flight: int = 256  # per connection; at the cap the connection is not read until a reply goes out
     handshake_timeout_s: float = 5.0  # from accepting to READY, the TLS handshake included
-    frame_timeout_s: float = 10.0  # a frame's body must follow its header within this (slow-sender guard)
+    frame_timeout_s: float = 10.0  # a frame must arrive whole within this of its first byte (slow-sender guard)
     idle_timeout_s: float = 300.0  # a connection that sends no frame for this long is closed
     write_timeout_s: float = 10.0  # a reply the edge does not take within this closes its connection
     shutdown_timeout_s: float = 10.0  # after this, shutdown closes the connections still answering
     batch_timeout_s: float = 30.0  # watchdog: a batch the backend has not answered by then gets TIMEOUT errors
     max_connections: int = 1024  # more are refused (BUSY); kept below the process's file limit
+    max_handshakes: int = 64  # connections not yet authenticated, at most a quarter of max_connections
+    max_handshakes_per_address: int = 16  # of those, from one address (a NAT's edges reconnecting share one)
     auth_failures: int = 10  # failed key proofs per address per AUTH_WINDOW_S before it is refused outright
     threads: Optional[int] = None
     ssl_context: Optional[ssl.SSLContext] = None
@@ -53,6 +56,9 @@ class ServerConfig(NamedTuple):
 
 
 AUTH_WINDOW_S = 60.0
+METRICS_REQUEST_BYTES = 8192  # a GET line and its headers
+METRICS_DEADLINE_S = 5.0  # for the whole request, however it is dripped
+ACCEPT_LOG_INTERVAL_S = 10.0  # accept() failing at the file limit is logged once per interval
 WRITE_BUFFER_BYTES = 64 * 1024  # replies buffered per connection before a write waits (then times out)
 MAX_TRACKED_ADDRESSES = 10000  # failed-auth memory is bounded too
 RESERVED_FILES = 64  # descriptors kept for the bundle, logs and the metrics endpoint
@@ -68,7 +74,8 @@ def check_limits(config: ServerConfig) -> None:
         value = getattr(config, name)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ProtocolError("{} must be a positive number of seconds, got {}".format(name, value))
-    for name in ("max_batch", "max_in_flight", "max_connections", "auth_failures"):
+    for name in ("max_batch", "max_in_flight", "max_connections", "auth_failures", "max_handshakes",
+                 "max_handshakes_per_address"):
         if getattr(config, name) < 1:
             raise ProtocolError("{} must be at least 1, got {}".format(name, getattr(config, name)))
 
@@ -112,6 +119,37 @@ class AuthThrottle:
         self.failures.move_to_end(address)
         while len(self.failures) > MAX_TRACKED_ADDRESSES:
             self.failures.popitem(last=False)
+
+
+class Handshakes:
+    """Connections not yet authenticated, oldest first, under caps of their own. A newcomer is never refused for
+    them: it closes the oldest handshake of its own address when that address is at its cap, else (the table or
+    the server full) the oldest of the address holding the most. So keyless sockets reopened as fast as they
+    close only ever displace each other, and an edge with the key from another address completes its handshake."""
+
+    def __init__(self, total: int, per_address: int):
+        self.total, self.per_address = total, min(per_address, total)
+        self.waiting = collections.OrderedDict()  # connection -> None, oldest first
+
+    def __len__(self) -> int:
+        return len(self.waiting)
+
+    def displaced_by(self, newcomer, server_full: bool) -> Optional["_Connection"]:
+        """The handshake a newcomer closes; None when there is a free place for it (or, the server being full,
+        no handshake to close: it is refused)."""
+        counts = collections.Counter(connection.address for connection in self.waiting)
+        if counts[newcomer.address] >= self.per_address:
+            return next(c for c in self.waiting if c.address == newcomer.address)
+        if self.waiting and (len(self.waiting) >= self.total or server_full):
+            most = max(counts.values())
+            return next(c for c in self.waiting if counts[c.address] == most)
+        return None
+
+    def admit(self, connection) -> None:
+        self.waiting[connection] = None
+
+    def done(self, connection) -> None:
+        self.waiting.pop(connection, None)
 
 
 class _Pending(NamedTuple):
@@ -246,14 +284,23 @@ class _Connection:
     async def read_exactly(self, size: int) -> bytes:
         return await self.reader.readexactly(size)
 
-    async def read_frame(self, limits: protocol.Limits, body_timeout_s: float) -> protocol.Frame:
-        header = protocol.parse_header(await self.read_exactly(protocol.HEADER_BYTES), limits)
+    async def read_frame(self, limits: protocol.Limits, frame_timeout_s: float) -> protocol.Frame:
+        """The next frame: its first byte may take as long as the caller waits, the rest of it (header and body)
+        must follow within `frame_timeout_s` (a header dripped a byte a second is a slow sender, not idle)."""
+        first = await self.read_exactly(1)
+        deadline = time.monotonic() + frame_timeout_s
         try:
-            body = await asyncio.wait_for(self.read_exactly(header.body_bytes), body_timeout_s)
+            rest = await asyncio.wait_for(self.read_exactly(protocol.HEADER_BYTES - 1), frame_timeout_s)
         except asyncio.TimeoutError:
-            raise ProtocolError("{} frame {} is truncated: its {} body bytes did not arrive within {} s".format(
-                header.frame.type_name, header.frame.request_id, header.body_bytes, body_timeout_s),
-                protocol.TIMEOUT) from None
+            raise ProtocolError("a frame header did not arrive whole within {} s of its first byte".format(
+                frame_timeout_s), protocol.TIMEOUT) from None
+        header = protocol.parse_header(first + rest, limits)
+        try:
+            body = await asyncio.wait_for(self.read_exactly(header.body_bytes), max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise ProtocolError("{} frame {} is truncated: its {} body bytes did not arrive within {} s of its first "
+                                "byte".format(header.frame.type_name, header.frame.request_id, header.body_bytes,
+                                              frame_timeout_s), protocol.TIMEOUT) from None
         return protocol.finish_frame(header, body, limits)
 
     async def send(self, frame: protocol.Frame) -> int:
@@ -294,20 +341,25 @@ class CloudServer:
         self._connections = {}  # task -> _Connection
         self.max_connections = connection_cap(config.max_connections)
         self.throttle = AuthThrottle(config.auth_failures)
+        self.handshakes = Handshakes(max(1, min(config.max_handshakes, self.max_connections // 4)),
+                                     config.max_handshakes_per_address)
+        self._accept_logged = 0.0
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> tuple:
         self._stopping = asyncio.get_running_loop().create_future()
         self.batcher = Batcher(self.cloud.replies, self.config.max_batch, self.config.max_wait_ms, self.metrics,
-                               connected=lambda: len(self._connections), timeout_s=self.config.batch_timeout_s)
+                               connected=lambda: len(self._connections) - len(self.handshakes),
+                               timeout_s=self.config.batch_timeout_s)
+        asyncio.get_running_loop().set_exception_handler(self._loop_problem)
         self._batcher_task = asyncio.ensure_future(self.batcher.run())
         self._server = await _listen(self._serve_connection, self.config.host, self.config.port,
                                      self.config.ssl_context, self.config.handshake_timeout_s)
         self.address = self._server.sockets[0].getsockname()[:2]
         if self.config.metrics_port is not None:
             self._metrics_server = await _listen(self._serve_metrics, self.config.metrics_host,
-                                                 self.config.metrics_port)
+                                                 self.config.metrics_port, limit=METRICS_REQUEST_BYTES)
             self.metrics_address = self._metrics_server.sockets[0].getsockname()[:2]
         log.info("serving bundle %s on %s:%d (batch <= %d, wait <= %.1f ms)", self.bundle.bundle_id,
                  self.address[0], self.address[1], self.config.max_batch, self.config.max_wait_ms)
@@ -361,6 +413,7 @@ class CloudServer:
             writer.close()
             return
         self._connections[task] = connection
+        self.handshakes.admit(connection)
         self.metrics.connections.inc()
         try:
             await self._converse(connection)
@@ -368,18 +421,25 @@ class CloudServer:
             log.exception("connection %s failed", connection.peer)
         finally:
             self.metrics.connections.dec()
+            self.handshakes.done(connection)
             writer.close()
             self._connections.pop(task, None)
 
     def _refusal(self, connection: _Connection) -> Optional[ProtocolError]:
-        """Why a new connection is refused before its handshake, if it is."""
-        if len(self._connections) >= self.max_connections:
-            return ProtocolError("the server holds its maximum of {} connections; try again later".format(
-                self.max_connections), protocol.BUSY)
+        """Why a new connection is refused before its handshake, if it is; a handshake it displaces is closed."""
         wait_s = self.throttle.refused_for(connection.address)
         if wait_s:
             return ProtocolError("too many failed key proofs from {}; try again in {:.0f} s".format(
                 connection.address, wait_s), protocol.AUTH_FAILED)
+        full = len(self._connections) >= self.max_connections
+        displaced = self.handshakes.displaced_by(connection, full)
+        if displaced is not None:
+            self.handshakes.done(displaced)
+            self.metrics.refused.labels("displaced").inc()
+            displaced.abort()
+        elif full:
+            return ProtocolError("the server holds its maximum of {} connections; try again later".format(
+                self.max_connections), protocol.BUSY)
         return None
 
     async def _converse(self, connection: _Connection) -> None:
@@ -399,6 +459,7 @@ class CloudServer:
             return
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
             return
+        self.handshakes.done(connection)
         try:
             await self._read_requests(connection)
         finally:
@@ -483,6 +544,9 @@ class CloudServer:
         if problem is None:
             try:
                 values = await self.batcher.submit(codes, connection)
+                if not np.isfinite(values).all():  # never sent as an answer: the edge would take it for one
+                    raise ProtocolError("the cloud half's outputs for this frame hold NaN or infinity",
+                                        protocol.INTERNAL)
             except ProtocolError as error:
                 problem = error
         if problem is not None:
@@ -507,28 +571,42 @@ class CloudServer:
     # --- metrics endpoint ------------------------------------------------------------------
 
     async def _serve_metrics(self, reader, writer) -> None:
+        """GET /metrics: the request (line and headers) within METRICS_REQUEST_BYTES and METRICS_DEADLINE_S, as a
+        whole; anything longer or slower is closed without an answer."""
         try:
-            request = await asyncio.wait_for(reader.readline(), 5.0)
-            while (await asyncio.wait_for(reader.readline(), 5.0)) not in (b"\r\n", b"\n", b""):
-                pass
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), METRICS_DEADLINE_S)
             if request.split(b" ")[:2] == [b"GET", b"/metrics"]:
                 body, status = self.metrics.exposition(), b"200 OK"
             else:
                 body, status = b"only GET /metrics is served here\n", b"404 Not Found"
             writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4\r\n"
                          b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
-            await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
+            await asyncio.wait_for(writer.drain(), METRICS_DEADLINE_S)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
         finally:
             writer.close()
 
+    def _loop_problem(self, loop, context: dict) -> None:
+        """asyncio's reports: accept() failing at the file limit (once per connection attempt) is one line per
+        ACCEPT_LOG_INTERVAL_S, not a traceback each; everything else as asyncio reports it."""
+        error = context.get("exception")
+        if isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            now = time.monotonic()
+            if now - self._accept_logged >= ACCEPT_LOG_INTERVAL_S:
+                self._accept_logged = now
+                log.warning("cannot accept connections: %s (the process's file limit; connections beyond it wait "
+                            "in the kernel's backlog)", os.strerror(error.errno))
+            return
+        loop.default_exception_handler(context)
 
-async def _listen(handler, host: str, port: int, ssl_context=None, tls_timeout_s: Optional[float] = None):
+
+async def _listen(handler, host: str, port: int, ssl_context=None, tls_timeout_s: Optional[float] = None,
+                  **options):
     """A listening server, or one line naming the address that cannot be had (in use, not ours)."""
     tls = {} if ssl_context is None else {"ssl": ssl_context, "ssl_handshake_timeout": tls_timeout_s}
     try:
-        return await asyncio.start_server(handler, host, port, **tls)
+        return await asyncio.start_server(handler, host, port, **tls, **options)
     except OSError as error:
         reason = os.strerror(error.errno) if error.errno else str(error)
         raise EdgesplitError("cannot listen on {}:{}: {}".format(host, port, reason)) from error

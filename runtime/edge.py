@@ -15,6 +15,7 @@ import random
 import ssl
 import threading
 import time
+import weakref
 from typing import Iterable, Iterator, List, NamedTuple, Optional
 
 import numpy as np
@@ -33,6 +34,8 @@ log = logging.getLogger("edgesplit.edge")
 CLOUD, EDGE, ERROR = "cloud", "edge", "error"
 CLOUD_FAILURES = (protocol.INTERNAL, protocol.TIMEOUT)  # per-frame errors that are the cloud's, not the frame's
 TRANSIENT_REFUSALS = (protocol.BUSY,)  # a handshake refused for now: retried with backoff like an unreachable server
+SILENT_TIMEOUTS = 3  # frames in a row with no reply in time: the connection is presumed dead and replaced
+UNMATCHED_SLACK = 16  # replies matching no frame in flight, beyond one per frame that timed out, before the loss
 
 
 class Outcome(NamedTuple):
@@ -76,11 +79,13 @@ class ClientStats:
         self.payload_bytes = 0
         self.connects = 0
         self.late_replies = 0
+        self.abandoned = 0  # connections given up on for silence or for replies to frames never sent
 
     def as_dict(self) -> dict:
         return {"frames": self.frames, "cloud_answers": self.outcomes[CLOUD], "edge_answers": self.outcomes[EDGE],
                 "errors": self.outcomes[ERROR], "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
-                "payload_bytes": self.payload_bytes, "connects": self.connects, "late_replies": self.late_replies}
+                "payload_bytes": self.payload_bytes, "connects": self.connects, "late_replies": self.late_replies,
+                "abandoned_connections": self.abandoned}
 
 
 class _InFlight(NamedTuple):
@@ -90,6 +95,17 @@ class _InFlight(NamedTuple):
     deadline: float
     channel: Optional[Channel]
     exit_logits: Optional[np.ndarray]  # the edge's own answer if the cloud's never comes
+
+
+class _Health:
+    """What the client watches of a channel: timeouts in a row, and replies that matched no frame against the
+    frames that timed out (each of those may still be answered, late, once)."""
+
+    def __init__(self):
+        self.timeouts_in_a_row = 0
+        self.timeouts = 0
+        self.unmatched = 0
+        self.verdict = ""  # why the channel is to be abandoned, once decided
 
 
 class EdgeClient(Replies):
@@ -111,6 +127,7 @@ class EdgeClient(Replies):
         self._outcomes = queue.Queue()
         self._outbox = queue.Queue()
         self._channel = None
+        self._health = weakref.WeakKeyDictionary()  # channel → _Health, from its first frame or reply
         self._last_problem = "not connected yet"
         self._backoff = config.backoff_s
         self._next_attempt = 0.0
@@ -166,6 +183,7 @@ class EdgeClient(Replies):
                 for outcome in self._ready_outcomes():
                     yield outcome
             self._submit(frame)
+            self._expire_overdue()
             for outcome in self._ready_outcomes():
                 yield outcome
         while True:
@@ -192,6 +210,11 @@ class EdgeClient(Replies):
         """Run the edge half on one frame; answer it here when the exit branch is sure enough, else send it.
         The caller holds a slot for it."""
         started = time.monotonic()
+        if frame.error:  # the source could not give this frame (an unreadable file): its outcome says why
+            with self._lock:
+                self.stats.frames += 1
+                self._finish(frame.index, frame.label, started, ERROR, None, frame.error)
+            return
         codes, exit_logits = self.edge.codes_and_exit(frame.image[None])
         exit_logits = None if exit_logits is None else exit_logits[0]
         with self._lock:
@@ -230,20 +253,52 @@ class EdgeClient(Replies):
         self._outcomes.put(Outcome(index, answered_by, logits, error, time.monotonic() - started, label, outputs))
         self._slots.release()
 
-    def _complete(self, request_id: int, answered_by: str, logits, error: str = "") -> None:
+    def _answer(self, channel: Channel, request_id: int, outcome) -> None:
+        """Give the frame a reply names its outcome, `outcome(entry)` → (answered_by, outputs, error); a reply that
+        names no frame in flight on `channel` counts against it, and past the bound loses it."""
         with self._lock:
-            entry = self._pending.pop(request_id, None)
-            if entry is None:  # already given an outcome (timed out, connection lost)
-                self.stats.late_replies += 1
-                return
-            self._finish(entry.index, entry.label, entry.started, answered_by, logits, error)
+            entry = self._matched(channel, request_id)
+            if entry is not None:
+                self._finish(entry.index, entry.label, entry.started, *outcome(entry))
+            problem = self._health_of(channel).verdict
+        if problem:
+            self._abandon(channel, problem)
 
-    def _outputs(self, values: np.ndarray) -> List[np.ndarray]:
-        """A reply's values → one array per cloud output; a reply of another size is refused."""
-        if values.size != self.reply_values:
-            raise ProtocolError("RESULT carries {} values, the bundle's outputs {} hold {}".format(
-                values.size, [name for name, _ in self.output_sizes], self.reply_values))
-        return split_values(values.reshape(-1), self.output_sizes)
+    def _matched(self, channel: Channel, request_id: int) -> Optional[_InFlight]:
+        """The frame in flight on `channel` a reply answers, popped; None for a late reply (its frame already has
+        an outcome) or one for a frame never sent. The caller holds the lock."""
+        entry = self._pending.get(request_id)
+        health = self._health_of(channel)
+        if entry is not None and entry.channel is channel:
+            health.timeouts_in_a_row = 0
+            return self._pending.pop(request_id)
+        self.stats.late_replies += 1
+        health.unmatched += 1
+        if health.unmatched > health.timeouts + UNMATCHED_SLACK and not health.verdict:
+            health.verdict = ("{} replies matched no frame in flight ({} frames had timed out): the server answers "
+                              "frames this edge never sent".format(health.unmatched, health.timeouts))
+        return None
+
+    def _health_of(self, channel: Channel) -> _Health:
+        """The caller holds the lock."""
+        health = self._health.get(channel)
+        if health is None:
+            health = self._health[channel] = _Health()
+        return health
+
+    def _malformed(self, values: np.ndarray) -> bool:
+        """Not one flat float32 vector of the outputs' size: the server does not speak the protocol."""
+        return values.dtype.kind != "f" or values.dtype.itemsize != 4 or values.shape != (self.reply_values,)
+
+    def _faulty(self, values: np.ndarray) -> Optional[str]:
+        """Why a RESULT's values are no answer: malformed, or holding NaN or infinity (this frame's answer is
+        broken)."""
+        if self._malformed(values):
+            return "RESULT is {} shaped {}; the bundle's outputs {} are one flat float32 vector of {} values".format(
+                values.dtype.name, values.shape, [name for name, _ in self.output_sizes], self.reply_values)
+        if not np.isfinite(values).all():
+            return "RESULT holds NaN or infinity"
+        return None
 
     def _fail_over(self, request_id: int, problem: str, what: str = "cloud unreachable") -> None:
         with self._lock:
@@ -253,28 +308,52 @@ class EdgeClient(Replies):
                              *self._fallback(entry.exit_logits, problem, what))
 
     def _expire_overdue(self) -> None:
+        """Frames past their deadline get their fallback; SILENT_TIMEOUTS of them in a row on the current channel
+        (no reply in between) abandon it: a hung server or a black-holing path keeps a connection open, silent."""
         now = time.monotonic()
         with self._lock:
-            overdue = [request_id for request_id, entry in self._pending.items() if entry.deadline < now]
-        for request_id in overdue:
+            overdue = [(request_id, entry.channel) for request_id, entry in self._pending.items()
+                       if entry.deadline < now]
+            silent = set()
+            for _, channel in overdue:
+                health = self._health_of(channel)
+                health.timeouts += 1
+                health.timeouts_in_a_row += 1
+                if health.timeouts_in_a_row >= SILENT_TIMEOUTS and channel.alive:
+                    silent.add(channel)
+        for request_id, _ in overdue:
             self._fail_over(request_id, "no reply within {} s".format(self.config.reply_timeout_s))
+        for channel in silent:
+            self._abandon(channel, "no reply to {} frames in a row within {} s: the connection is silent".format(
+                SILENT_TIMEOUTS, self.config.reply_timeout_s))
+
+    def _abandon(self, channel: Channel, problem: str) -> None:
+        with self._lock:
+            if channel.alive:
+                self.stats.abandoned += 1
+        self.lost(channel, problem)
 
     # --- what the transport reports (Replies) -----------------------------------------------
 
     def result(self, channel: Channel, request_id: int, values: np.ndarray, received_bytes: int) -> None:
+        """A RESULT: the frame's answer, or (faulty) its fallback marked as the cloud's failure; a malformed one
+        also loses the connection."""
         self._received(received_bytes)
-        try:
-            self._complete(request_id, CLOUD, self._outputs(values))
-        except ProtocolError as error:
-            self._complete(request_id, ERROR, None, str(error))
+        problem = self._faulty(values)
+        if problem is None:
+            self._answer(channel, request_id, lambda entry: (CLOUD, split_values(values.astype(np.float32), self.output_sizes), ""))
+            return
+        self._answer(channel, request_id, lambda entry: self._fallback(entry.exit_logits, problem, "cloud failed"))
+        if self._malformed(values):
+            self.lost(channel, problem)
 
     def refused(self, channel: Channel, request_id: int, code: int, message: str, received_bytes: int) -> None:
         self._received(received_bytes)
         if code in CLOUD_FAILURES:  # not the frame's fault: answered like an unreachable cloud
-            self._fail_over(request_id, message, "cloud failed")
+            self._answer(channel, request_id, lambda entry: self._fallback(entry.exit_logits, message, "cloud failed"))
             return
-        self._complete(request_id, ERROR, None, "server refused the frame ({}): {}".format(
-            protocol.ERROR_NAMES.get(code, code), message))
+        refusal = "server refused the frame ({}): {}".format(protocol.ERROR_NAMES.get(code, code), message)
+        self._answer(channel, request_id, lambda entry: (ERROR, None, refusal))
 
     def lost(self, channel: Channel, problem: str) -> None:
         """Fail every frame in flight on `channel` over to the fallback, then reconnect."""

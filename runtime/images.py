@@ -8,6 +8,7 @@ names, as torchvision's ImageFolder) and `train`/`test` splits.
 
 import logging
 import time
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Iterator, List, NamedTuple, Optional, Tuple
@@ -20,13 +21,15 @@ from runtime.inputs import InputSpec
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".webp")
 SPLITS = ("train", "test")
 COLOR_MODES = {1: "L", 3: "RGB"}
+MAX_PIXELS = 4096 * 4096  # an image file declaring more (in its header) is refused before it is decoded
 LOG = logging.getLogger("edgesplit.images")
 
 
 class SourceFrame(NamedTuple):
     index: int
-    image: np.ndarray  # float32 C,H,W in [0, 1], the model's input size
+    image: Optional[np.ndarray]  # float32 C,H,W in [0, 1], the model's input size; None when `error` says why
     label: Optional[int]
+    error: str = ""  # why the source could not give this frame (an unreadable file); the run goes on
 
 
 def check_labels(labels: np.ndarray, count: int, origin) -> np.ndarray:
@@ -113,15 +116,28 @@ def decode_image(path: Path, spec: InputSpec) -> np.ndarray:
     if mode is None:
         raise EdgesplitError("image files give 1 or 3 channels, the model takes {}".format(spec.channels))
     try:
-        with Image.open(str(path)) as picture:
-            pixels = np.asarray(_without_opaque_alpha(picture))
-    except (OSError, ValueError) as error:
-        raise EdgesplitError("{} is not a readable image: {}".format(path, error)) from error
+        with warnings.catch_warnings():  # Pillow's own bomb check warns at 89 MP: ours is stricter, and one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(str(path)) as picture:  # reads the header only
+                _check_size(path, picture.size)
+                pixels = np.asarray(_without_opaque_alpha(picture))
+    except EdgesplitError:
+        raise
+    except Exception as error:  # Pillow's decoders raise many types for a broken file; each is this file's fault
+        raise EdgesplitError("{} is not a readable image: {}".format(path, str(error) or type(error).__name__)) \
+            from error
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
     if channels != spec.channels:  # converting colour would be a silent fix: the camera must match the model
         raise EdgesplitError("{}: the image has {} channel(s), the model takes {} ({})".format(
             path, channels, spec.channels, mode))
     return spec.fit(spec.arrange(pixels[None] if channels > 1 else pixels[None, None], path), path)[0]
+
+
+def _check_size(path: Path, size: Tuple[int, int]) -> None:
+    width, height = size
+    if width * height > MAX_PIXELS:
+        raise EdgesplitError("{} declares {}x{} pixels, over the {} a frame may have ({:.1f} MP): refused before "
+                             "decoding".format(path, width, height, MAX_PIXELS, MAX_PIXELS / 1e6))
 
 
 def _without_opaque_alpha(picture):
@@ -149,8 +165,12 @@ def _array_frames(images, labels, spec: InputSpec, origin, first: int) -> Iterat
 
 
 def _file_frames(files, spec: InputSpec, first: int) -> Iterator[SourceFrame]:
+    """Each file its own frame; one that cannot be read is a frame with an error, and the files after it go on."""
     for index, (path, label) in enumerate(files[first:], first):
-        yield SourceFrame(index, decode_image(path, spec).astype(np.float32) / 255.0, label)
+        try:
+            yield SourceFrame(index, decode_image(path, spec).astype(np.float32) / 255.0, label)
+        except EdgesplitError as error:
+            yield SourceFrame(index, None, label, str(error))
 
 
 def _camera_frames(device: int, spec: InputSpec) -> Iterator[SourceFrame]:

@@ -223,11 +223,12 @@ def result_frame(request_id: int, bundle_id: bytes, values: np.ndarray) -> Frame
 
 
 def result_values(frame: Frame) -> np.ndarray:
+    """A RESULT's values with the dtype and shape the frame declares (the edge checks they are the bundle's)."""
     dtype = DTYPES[frame.dtype]
     if frame.type != RESULT or dtype is None or len(frame.payload) != _product(frame.shape) * dtype.itemsize:
         raise ProtocolError("RESULT frame {} payload does not match its shape {}".format(
             frame.request_id, frame.shape))
-    return np.frombuffer(frame.payload, dtype=dtype).reshape(frame.shape).astype(np.float32)
+    return np.frombuffer(frame.payload, dtype=dtype).reshape(frame.shape)
 
 
 def check_features(frame: Frame, wire, quantization) -> None:

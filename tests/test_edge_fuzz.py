@@ -76,7 +76,7 @@ def read_all(data: bytes):
 def test_fuzz_mutated_replies_give_one_outcome_or_lose_the_connection(client, channel, data):
     original = protocol.encode(data.draw(st.sampled_from(replies(client))))
     with client._lock:
-        client._pending[REQUEST_ID] = _InFlight(0, None, time.monotonic(), time.monotonic() + 60, None, None)
+        client._pending[REQUEST_ID] = _InFlight(0, None, time.monotonic(), time.monotonic() + 60, channel, None)
         client._slots.acquire(blocking=False)
     try:
         frame = read_all(mutate(data, original))

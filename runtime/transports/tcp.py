@@ -3,6 +3,7 @@ the shared key, a receiver thread per connection reads replies. Python 3.6 synta
 
 import socket
 import ssl
+import struct
 import threading
 from typing import Optional
 
@@ -19,6 +20,13 @@ def client_context(tls) -> ssl.SSLContext:
     if tls.cert:
         context.load_cert_chain(tls.cert, tls.key)
     return context
+
+
+def send_deadline(sock, seconds: float) -> None:
+    """A send the kernel cannot take within `seconds` fails (OSError) instead of blocking the sender: the frame
+    could not be answered in time anyway. SO_SNDTIMEO bounds sends only; reads stay blocking."""
+    whole = int(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
 
 
 class TcpChannel(Channel):
@@ -123,7 +131,8 @@ class TcpTransport(Transport):
         channel = TcpChannel(sock, self, replies)
         try:
             self.handshake(channel)
-            sock.settimeout(None)
+            sock.settimeout(None)  # the receiver waits for replies as long as frames are in flight
+            send_deadline(sock, self.reply_timeout_s)
         except BaseException:
             channel.release()
             raise

@@ -74,7 +74,7 @@ class TritonChannel(Channel):
             return
         if error is None:
             try:
-                values = np.concatenate([np.asarray(result.as_numpy(name), dtype=np.float32).reshape(-1)
+                values = np.concatenate([np.asarray(result.as_numpy(name)).reshape(-1)
                                          for name in self.transport.outputs])
             except Exception as fault:  # a reply without the bundle's outputs
                 self._lose("malformed reply from Triton: {}".format(fault))

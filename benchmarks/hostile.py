@@ -1,0 +1,256 @@
+"""Hostile peers and paths, as issue 29's attack run used them against the real commands: keyless sockets that
+hold every slot, a path that goes silent after the handshake, a server whose RESULTs are faulty, and an
+image folder with broken files. The reliability suite measures with them; the tests assert with them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from benchmarks.common import ROOT
+from runtime import protocol
+from runtime.errors import ProtocolError
+
+
+class KeylessFlood:
+    """`count` connections from `source` that never send a byte (they hold a place until the server closes
+    them), each reopened as soon as it is closed. A context manager; `opened` counts the connections."""
+
+    def __init__(self, address: tuple, count: int = 16, source: str = "127.0.0.2"):
+        self.address, self.source, self.opened = tuple(address), source, 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._hold, daemon=True) for _ in range(count)]
+
+    def __enter__(self) -> "KeylessFlood":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+
+    def _hold(self) -> None:
+        while not self._stop.is_set():
+            with socket.socket() as sock:
+                sock.bind((self.source, 0))
+                sock.settimeout(0.5)
+                try:
+                    sock.connect(self.address)
+                    self.opened += 1
+                    while not self._stop.is_set() and self._open(sock):
+                        pass
+                except OSError:
+                    pass
+
+    @staticmethod
+    def _open(sock: socket.socket) -> bool:
+        try:
+            return bool(sock.recv(4096))
+        except socket.timeout:
+            return True
+
+
+class SilentPath:
+    """A relay to `server` whose first `silent` connections go silent once the edge's AUTH has passed: what
+    follows is swallowed (a hung server, a black-holing path, a lost NAT entry), while the connection stays
+    open. Later connections are relayed whole."""
+
+    def __init__(self, server: tuple, silent: int = 1):
+        self.server, self.silent, self.connections = tuple(server), silent, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                edge, _ = self.listener.accept()
+                upstream = socket.create_connection(self.server)
+            except OSError:
+                return
+            self.connections += 1
+            silent = self.connections <= self.silent
+            threading.Thread(target=self._uplink, args=(edge, upstream, silent), daemon=True).start()
+            threading.Thread(target=_relay, args=(upstream, edge), daemon=True).start()
+
+    @staticmethod
+    def _uplink(edge: socket.socket, upstream: socket.socket, silent: bool) -> None:
+        """Edge → server: whole, or (silent) the HELLO and AUTH frames, then nothing."""
+        if silent:
+            try:
+                for _ in range(2):
+                    frame = protocol.read_frame(lambda count: _read(edge, count))
+                    upstream.sendall(protocol.encode(frame))
+                while edge.recv(65536):
+                    pass
+            except (OSError, ProtocolError):
+                pass
+            return
+        _relay(edge, upstream)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _read(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def _relay(source: socket.socket, target: socket.socket) -> None:
+    try:
+        while True:
+            data = source.recv(65536)
+            if not data:
+                break
+            target.sendall(data)
+    except OSError:
+        pass
+    for sock in (source, target):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+FAULTS = ("nan", "uint8", "shaped", "unsent")
+
+
+class FaultyServer:
+    """An edgesplit server holding the key whose RESULTs are faulty: `nan` (logits of NaN and infinity),
+    `uint8` (the right count, the wrong dtype), `shaped` (float32 shaped 2 x N/2), or `unsent` (after READY,
+    `unsent_replies` RESULTs for request ids the edge never sent, then correct answers: logits of zeros).
+    With `first_only`, connections after the first are answered with correct zeros."""
+
+    def __init__(self, bundle, key: bytes, fault: str, first_only: bool = False, unsent_replies: int = 100000):
+        if fault not in FAULTS:
+            raise ValueError(f"fault must be one of {FAULTS}, got {fault!r}")
+        self.bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
+        self.values = sum(int(np.prod(t["shape"][1:])) for t in bundle.artefact("cloud")["outputs"])
+        self.key, self.fault, self.first_only, self.unsent_replies = key, fault, first_only, unsent_replies
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            fault = self.fault if self.connections == 1 or not self.first_only else None
+            threading.Thread(target=self._serve, args=(sock, fault), daemon=True).start()
+
+    def _serve(self, sock: socket.socket, fault) -> None:
+        with sock:
+            try:
+                self._handshake(sock)
+                if fault == "unsent":
+                    self._send_unsent(sock)
+                while True:
+                    frame = protocol.read_frame(lambda count: _read(sock, count), protocol.Limits(1 << 20, 1 << 20))
+                    if frame.type == protocol.FEATURES:
+                        sock.sendall(protocol.encode(self._reply(frame.request_id, fault)))
+            except (OSError, ProtocolError):
+                pass
+
+    def _handshake(self, sock: socket.socket) -> None:
+        receive = lambda: protocol.read_frame(lambda count: _read(sock, count))  # noqa: E731
+        hello = receive()
+        nonce = protocol.new_nonce()
+        sock.sendall(protocol.encode(protocol.Frame(protocol.CHALLENGE, bundle_id=self.bundle_id, payload=nonce)))
+        receive()  # AUTH: this server does not check the edge's proof, only proves its own
+        proof = protocol.server_proof(self.key, nonce, hello.payload, self.bundle_id)
+        sock.sendall(protocol.encode(protocol.Frame(protocol.READY, bundle_id=self.bundle_id, payload=proof)))
+
+    def _send_unsent(self, sock: socket.socket) -> None:
+        never_sent = protocol.encode(self._reply(1 << 62, None))
+        for _ in range(self.unsent_replies):
+            sock.sendall(never_sent)
+
+    def _reply(self, request_id: int, fault) -> protocol.Frame:
+        if fault == "nan":
+            values = np.full(self.values, np.nan, np.float32)
+            values[1] = np.inf
+            return protocol.result_frame(request_id, self.bundle_id, values)
+        if fault == "uint8":
+            return protocol.Frame(protocol.RESULT, request_id, self.bundle_id, dtype=protocol.DTYPE_UINT8,
+                                  shape=(self.values,), payload=bytes(self.values))
+        if fault == "shaped":
+            return protocol.result_frame(request_id, self.bundle_id, np.zeros((2, self.values // 2), np.float32))
+        return protocol.result_frame(request_id, self.bundle_id, np.zeros(self.values, np.float32))
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+class EdgeRun(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+    summary: dict | None  # --summary-json, when the run wrote it
+    rows: list[list[str]]  # --output's CSV, header first
+    peak_mb: float  # the process's peak RSS
+
+
+def run_edge(bundle_path: Path, address: tuple, source: Path | str, output: Path, *options: str, key: str,
+             timeout: float = 180) -> EdgeRun:
+    """`edgesplit edge` as a user runs it, writing its summary and CSV into `output`."""
+    summary_path, rows_path = output / "summary.json", output / "frames.csv"
+    for path in (summary_path, rows_path):
+        path.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "edgesplit", "edge", "--bundle", str(bundle_path), "--server",
+               "{}:{}".format(*address), "--source", str(source), "--summary-json", str(summary_path), "--output",
+               str(rows_path), *options]
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(command, cwd=str(ROOT), env=dict(os.environ, EDGESPLIT_KEY=key), stdout=stdout,
+                                   stderr=stderr, text=True)
+        timer = threading.Timer(timeout, process.kill)
+        timer.start()
+        _, status, usage = os.wait4(process.pid, 0)  # the child's own peak RSS, which communicate() would lose
+        timer.cancel()
+        stdout.seek(0)
+        stderr.seek(0)
+        return EdgeRun(os.waitstatus_to_exitcode(status), stdout.read(), stderr.read(),
+                       json.loads(summary_path.read_text()) if summary_path.exists() else None,
+                       list(csv.reader(rows_path.open())) if rows_path.exists() else [], usage.ru_maxrss / 1024)
+
+
+def image_folder(folder: Path, images: np.ndarray, huge: int = 12000) -> dict[str, Path]:
+    """`images` (uint8, N x H x W or N x H x W x 3) as 000.png, 001.png, ... and among them the broken files issue 29
+    found ending a run: a truncated JPEG, a text file named .png, and a `huge` x `huge` PNG (kilobytes of zlib,
+    `huge`² bytes decoded). Returns the broken files by kind."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{index:03d}.png")
+    middle = len(images) // 2
+    jpeg = folder / f"{middle:03d}-truncated.jpg"
+    Image.fromarray(images[0]).resize((256, 256)).save(jpeg, quality=90)
+    jpeg.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
+    text = folder / f"{middle:03d}-notes.png"
+    text.write_text("not an image\n")
+    big = folder / f"{middle:03d}-huge.png"
+    Image.new(Image.fromarray(images[0]).mode, (huge, huge)).save(big, compress_level=9)
+    return {"truncated": jpeg, "text": text, "huge": big}

@@ -151,17 +151,31 @@ def scrape(metrics_port: int) -> dict[str, float]:
     return values
 
 
+async def connected(port: int, bundle_id: bytes, patience_s: float = 10.0):
+    """A connection to `serve --no-auth` past READY; a BUSY refusal (many edges from one address handshaking at
+    once) is retried, as an edge's backoff does."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        writer.write(protocol.encode(protocol.Frame(protocol.HELLO, bundle_id=bundle_id,
+                                                    payload=protocol.new_nonce())))
+        header = protocol.parse_header(await reader.readexactly(protocol.HEADER_BYTES))
+        frame = protocol.finish_frame(header, await reader.readexactly(header.body_bytes))
+        if frame.type == protocol.READY:
+            return reader, writer
+        writer.close()
+        if protocol.error_details(frame)[0] != protocol.BUSY or time.monotonic() > deadline:
+            raise ConnectionRefusedError(protocol.error_details(frame)[1])
+        await asyncio.sleep(random.uniform(0.05, 0.15))
+
+
 async def synthetic_edge(port: int, bundle_id: bytes, frames: list[bytes], expected: np.ndarray, wire, quantization,
                          fps: float, start: float, warm_until: float, stop_at: float, latencies: list,
                          counts: dict) -> None:
     """One edge at `fps`: sends recorded payloads open-loop (a camera does not wait), times each reply and
     checks its top-1 against `expected` (the in-process prediction for that payload)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    writer.write(protocol.encode(protocol.Frame(protocol.HELLO, bundle_id=bundle_id, payload=protocol.new_nonce())))
-    header = protocol.parse_header(await reader.readexactly(protocol.HEADER_BYTES))
-    await reader.readexactly(header.body_bytes)
-    assert header.frame.type == protocol.READY
+    reader, writer = await connected(port, bundle_id)
     sent: dict[int, float] = {}
 
     async def receive():

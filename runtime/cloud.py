@@ -122,31 +122,40 @@ class AuthThrottle:
 
 
 class Handshakes:
-    """Connections not yet authenticated, oldest first, under caps of their own. A newcomer is never refused for
-    them: it closes the oldest handshake of its own address when that address is at its cap, else (the table or
-    the server full) the oldest of the address holding the most. So keyless sockets reopened as fast as they
-    close only ever displace each other, and an edge with the key from another address completes its handshake."""
+    """Connections not yet authenticated, oldest first, under caps of their own. Another address's newcomer is
+    never refused for them: with the table (or the server) full it closes the oldest handshake of the address
+    holding the most, so keyless sockets reopened as fast as they close cannot keep an edge with the key out. A
+    newcomer from an address at its own cap closes that address's oldest handshake only once it is
+    SETTLING_S old, else it is refused as busy: a burst from one NAT retries with backoff instead of closing
+    its own handshakes before they can finish."""
+
+    SETTLING_S = 1.0  # two round trips on a slow link
 
     def __init__(self, total: int, per_address: int):
         self.total, self.per_address = total, min(per_address, total)
-        self.waiting = collections.OrderedDict()  # connection -> None, oldest first
+        self.waiting = collections.OrderedDict()  # connection -> when it was accepted, oldest first
 
     def __len__(self) -> int:
         return len(self.waiting)
 
-    def displaced_by(self, newcomer, server_full: bool) -> Optional["_Connection"]:
-        """The handshake a newcomer closes; None when there is a free place for it (or, the server being full,
-        no handshake to close: it is refused)."""
+    def admission(self, newcomer, server_full: bool) -> tuple:
+        """(the handshake the newcomer closes or None, whether the newcomer is refused instead)."""
         counts = collections.Counter(connection.address for connection in self.waiting)
-        if counts[newcomer.address] >= self.per_address:
-            return next(c for c in self.waiting if c.address == newcomer.address)
-        if self.waiting and (len(self.waiting) >= self.total or server_full):
-            most = max(counts.values())
-            return next(c for c in self.waiting if counts[c.address] == most)
-        return None
+        own = counts[newcomer.address]
+        if own < self.per_address and len(self.waiting) < self.total and not server_full:
+            return None, False
+        crowded = max(counts, key=counts.get) if counts else None
+        if own < self.per_address and crowded is not None and counts[crowded] > own:
+            return self._oldest(crowded), False
+        settled = [c for c, since in self.waiting.items()
+                   if c.address == newcomer.address and time.monotonic() - since >= self.SETTLING_S]
+        return (settled[0], False) if settled else (None, True)
+
+    def _oldest(self, address: str):
+        return next(connection for connection in self.waiting if connection.address == address)
 
     def admit(self, connection) -> None:
-        self.waiting[connection] = None
+        self.waiting[connection] = time.monotonic()
 
     def done(self, connection) -> None:
         self.waiting.pop(connection, None)
@@ -432,11 +441,15 @@ class CloudServer:
             return ProtocolError("too many failed key proofs from {}; try again in {:.0f} s".format(
                 connection.address, wait_s), protocol.AUTH_FAILED)
         full = len(self._connections) >= self.max_connections
-        displaced = self.handshakes.displaced_by(connection, full)
+        displaced, refused = self.handshakes.admission(connection, full)
         if displaced is not None:
             self.handshakes.done(displaced)
             self.metrics.refused.labels("displaced").inc()
             displaced.abort()
+        elif refused and not full:
+            return ProtocolError("the server holds its maximum of handshakes in progress ({} in all, {} per address); "
+                                 "try again later".format(self.handshakes.total, self.handshakes.per_address),
+                                 protocol.BUSY)
         elif full:
             return ProtocolError("the server holds its maximum of {} connections; try again later".format(
                 self.max_connections), protocol.BUSY)

@@ -418,6 +418,8 @@ class EdgeClient(Replies):
     def _connect(self) -> None:
         channel = self.transport.open(self)
         with self._lock:
+            if not channel.alive:  # lost between its handshake and here: its receiver runs from the start
+                raise ConnectionError("connection lost as it opened ({})".format(self._last_problem))
             self._channel = channel
             self.stats.connects += 1
             self._backoff = self.config.backoff_s

@@ -131,7 +131,7 @@ def test_replies_for_frames_never_sent_lose_the_connection_past_a_small_bound(in
     assert run.returncode == 0, run.stderr
     assert run.summary["abandoned_connections"] == 1 and server.connections == 2, run.summary
     assert run.summary["late_replies"] <= UNMATCHED_SLACK + 1 + 8  # the bound, and what the receiver had buffered
-    assert run.summary["cloud_answers"] >= 90
+    assert run.summary["cloud_answers"] >= 80  # those sent while it reconnected fell back
 
 
 def test_the_server_sends_no_non_finite_output_it_answers_internal(bundle):

@@ -22,7 +22,7 @@ import numpy as np
 from runtime import protocol
 from runtime.errors import ProtocolError
 from runtime.transports import Channel, Transport
-from runtime.triton import BUNDLE_ID, BUNDLE_ID_PARAMETER, DEFAULT_MODEL, PAYLOAD
+from runtime.triton import BUNDLE_ID, BUNDLE_ID_PARAMETER, COMPRESSION, DEFAULT_MODEL, PAYLOAD, padded, payload_size
 
 # what a request and a reply cost on the wire besides the payload and the output values: HTTP/2 frames,
 # HPACK'd headers, gRPC's length prefix, protobuf fields (model, tensor names, types, shapes), the 16-byte
@@ -57,13 +57,15 @@ class TritonChannel(Channel):
 
     def send(self, request_id: int, payload: bytes) -> int:
         client_module = self.transport.client_module
-        tensors = [client_module.InferInput(PAYLOAD, [1, len(payload)], "UINT8"),
+        size = self.transport.payload_size
+        tensors = [client_module.InferInput(PAYLOAD, [1, size], "UINT8"),
                    client_module.InferInput(BUNDLE_ID, [1, protocol.BUNDLE_ID_BYTES], "UINT8")]
-        tensors[0].set_data_from_numpy(np.frombuffer(payload, dtype=np.uint8).reshape(1, -1))
+        tensors[0].set_data_from_numpy(padded(payload, size))
         tensors[1].set_data_from_numpy(self.transport.bundle_id)
         try:
             self.client.async_infer(self.transport.model, tensors, functools.partial(self._done, request_id),
-                                    request_id=str(request_id), client_timeout=self.transport.reply_timeout_s)
+                                    request_id=str(request_id), client_timeout=self.transport.reply_timeout_s,
+                                    compression_algorithm=COMPRESSION)
         except client_module.InferenceServerException as error:
             raise ConnectionError("Triton refused the request: {}".format(error.message())) from error
         return self.wire_bytes(len(payload))
@@ -105,6 +107,7 @@ class TritonTransport(Transport):
         self.model = self.server.path or DEFAULT_MODEL
         self.bundle_id = np.frombuffer(protocol.bundle_id_bytes(self.bundle.bundle_id), dtype=np.uint8).reshape(1, -1)
         self.outputs = [tensor["name"] for tensor in self.bundle.artefact("cloud")["outputs"]]
+        self.payload_size = payload_size(self.bundle.wire)
 
     def open(self, replies) -> TritonChannel:
         client = self._client()

@@ -21,7 +21,7 @@ from runtime import protocol
 from runtime.bundle import Bundle, file_sha256, load_bundle
 from runtime.errors import BundleError, ProtocolError, WireError
 from runtime.local import CloudHalf
-from runtime.triton import BUNDLE_FOLDER, BUNDLE_ID, BUNDLE_ID_PARAMETER, PAYLOAD
+from runtime.triton import BUNDLE_FOLDER, BUNDLE_ID, BUNDLE_ID_PARAMETER, PAYLOAD, unpadded
 from runtime.wire import decode_frame
 
 
@@ -58,7 +58,6 @@ class Decode:
         bundle = _repository_bundle(args, settings)
         _check_native_tail(args, settings, bundle)
         self.wire = bundle.wire
-        self.limits = protocol.features_limits(self.wire)
         self.bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
         self.inputs = [(t["name"], np.dtype(t["dtype"])) for t in bundle.artefact("cloud")["inputs"]]
 
@@ -83,10 +82,7 @@ class Decode:
         if bundle_id.tobytes() != self.bundle_id:
             raise ProtocolError("frame is for bundle {}, this server serves {}".format(
                 bundle_id.tobytes().hex(), self.bundle_id.hex()), protocol.BUNDLE_MISMATCH)
-        if payload.size > self.limits.max_payload:
-            raise ProtocolError("payload of {} bytes is over this bundle's limit of {}".format(
-                payload.size, self.limits.max_payload), protocol.BAD_REQUEST)
-        codes = decode_frame(payload.tobytes(), self.wire)
+        codes = decode_frame(unpadded(payload), self.wire)
         return codes if self.wire.parts else [codes]
 
 

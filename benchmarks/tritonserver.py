@@ -31,6 +31,7 @@ import zipfile
 from pathlib import Path
 
 from benchmarks.common import free_port
+from runtime.triton import SERVER_ENVIRONMENT, SERVER_OPTIONS
 
 WHEEL = "nvidia-pytriton==0.7.0"
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,8 +134,9 @@ class TritonServer:
                  f"--backend-directory={home / 'backends'}", f"--cache-directory={home / 'caches'}",
                  f"--grpc-port={self.grpc_port}", f"--http-port={self.http_port}",
                  f"--metrics-port={self.metrics_port}", "--allow-cpu-metrics=false", "--allow-gpu-metrics=false",
-                 *self.options],
-                stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, LD_LIBRARY_PATH=library_path, PATH=path),
+                 *SERVER_OPTIONS, *self.options],
+                stdout=log, stderr=subprocess.STDOUT,
+                env=dict(os.environ, LD_LIBRARY_PATH=library_path, PATH=path, **SERVER_ENVIRONMENT),
                 start_new_session=True)  # its group holds the Python-backend stubs too
         deadline = time.monotonic() + self.startup_s
         while not ready(self.http_port):

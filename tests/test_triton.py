@@ -15,6 +15,7 @@ import pytest
 import tritonclient.grpc as tritonclient
 
 from benchmarks.common import free_port
+from benchmarks.reliability import rss_mb
 from benchmarks.tritonserver import TritonServer
 from calibration_data import DEFAULT_CALIBRATION
 from runtime import protocol
@@ -22,6 +23,7 @@ from runtime.bundle import load_bundle
 from runtime.edge import CLOUD, ClientConfig, EdgeClient
 from runtime.images import open_source
 from runtime.local import SplitInference
+from runtime.triton import LENGTH_BYTES, padded, payload_size
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 40
@@ -114,10 +116,13 @@ def test_ten_edges_at_once_are_batched_by_triton(bundles, triton):
     assert inferences >= 300 and inferences / executions > 1  # frames per backend call: batches formed
 
 
-def infer(triton, model: str, bundle, payload: bytes):
-    inputs = [tritonclient.InferInput("PAYLOAD", [1, len(payload)], "UINT8"),
+def infer(triton, model: str, bundle, payload, served=None):
+    """One request as an edge sends it: `payload` (bytes, or PAYLOAD's array as it is) padded to the size of the
+    bundle the model serves (`served`, default `bundle`), with `bundle`'s id."""
+    data = payload if isinstance(payload, np.ndarray) else padded(payload, payload_size((served or bundle).wire))
+    inputs = [tritonclient.InferInput("PAYLOAD", list(data.shape), "UINT8"),
               tritonclient.InferInput("BUNDLE_ID", [1, 16], "UINT8")]
-    inputs[0].set_data_from_numpy(np.frombuffer(payload, np.uint8).reshape(1, -1))
+    inputs[0].set_data_from_numpy(data)
     inputs[1].set_data_from_numpy(np.frombuffer(protocol.bundle_id_bytes(bundle.bundle_id), np.uint8).reshape(1, -1))
     return tritonclient.InferenceServerClient(triton.grpc_url).infer(model, inputs)
 
@@ -125,11 +130,13 @@ def infer(triton, model: str, bundle, payload: bytes):
 def test_the_decode_model_refuses_a_wrong_payload_and_keeps_serving(bundles, triton):
     bundle = bundles["learned"]
     payload = SplitInference(bundle).edge(images(bundle, 1))[0]
-    wrong_payloads = {b"\0" + payload[1:]: "is not valid zstd data",  # no zstd magic
-                      payload[:-3]: r"has \d+ bytes after zstd decoding, the bundle's wire format needs 64",
-                      bytes(1000): "is not valid zstd data",
-                      bytes(5000): "of 5000 bytes is over this bundle's limit of 4096"}  # before decompressing
-    for wrong, reason in wrong_payloads.items():
+    claims_5000 = padded(b"", payload_size(bundle.wire))
+    claims_5000[0, :LENGTH_BYTES] = np.frombuffer((5000).to_bytes(LENGTH_BYTES, "little"), np.uint8)
+    wrong_payloads = [(b"\0" + payload[1:], "is not valid zstd data"),  # no zstd magic
+                      (payload[:-3], r"has \d+ bytes after zstd decoding, the bundle's wire format needs 64"),
+                      (bytes(1000), "is not valid zstd data"),
+                      (claims_5000, "of 5000 bytes is over this bundle's limit of 4096")]  # before decompressing
+    for wrong, reason in wrong_payloads:
         with pytest.raises(tritonclient.InferenceServerException, match="in ensemble 'learned', payload " + reason) \
                 as refused:
             infer(triton, "learned", bundle, wrong)
@@ -139,9 +146,34 @@ def test_the_decode_model_refuses_a_wrong_payload_and_keeps_serving(bundles, tri
                                                                   "format needs 16384"):
         infer(triton, "int8", int8, bytes(100))
     with pytest.raises(tritonclient.InferenceServerException, match="frame is for bundle"):
-        infer(triton, "int8", bundle, bytes(int8.wire.packed_bytes))
+        infer(triton, "int8", bundle, bytes(int8.wire.packed_bytes), served=int8)
     answer = infer(triton, "learned", bundle, payload).as_numpy("logits")  # still serving
     assert np.abs(answer - SplitInference(bundle).cloud([payload])).max() <= 1e-4
+
+
+def test_four_64_mb_requests_are_refused_before_a_model_copies_them(bundles, triton):
+    """PAYLOAD has a fixed size: Triton refuses another shape on arrival, and (started as export-triton says)
+    keeps none of the memory the requests took."""
+    bundle = bundles["int8"]
+    refusals = []
+
+    def send():
+        try:
+            infer(triton, "int8", bundle, np.zeros((1, 64 << 20), np.uint8))
+        except tritonclient.InferenceServerException as error:
+            refusals.append(error.message())
+
+    before = rss_mb(triton.process.pid)
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    time.sleep(1.0)
+    after = rss_mb(triton.process.pid)
+    assert len(refusals) == 4 and all("unexpected shape for input 'PAYLOAD'" in r for r in refusals), refusals
+    assert after - before <= 64, (before, after)
+    assert infer(triton, "int8", bundle, bytes(bundle.wire.packed_bytes)).as_numpy("logits").shape == (1, 10)
 
 
 @pytest.mark.parametrize("model, key, problem", [

@@ -427,12 +427,12 @@ def sign_bundle_command(path: Path, key: Path) -> None:
 def export_triton_command(bundle_path, output, name, instances, max_batch, max_queue_delay_us, tail, threads,
                           trust) -> None:
     """Write a Triton model repository serving a bundle's cloud side: decode → tail as an ensemble."""
-    from toolchain.triton import RepositoryOptions, export_repository
+    from toolchain.triton import RepositoryOptions, export_repository, server_command
 
     names = export_repository(RepositoryOptions(bundle_path, output, name, instances, max_batch, max_queue_delay_us,
                                                 tail, threads, trust))
     click.echo(f"wrote {output}: ensemble {names['ensemble']} ({names['decode']} → {names['tail']}) for bundle "
-               f"{names['bundle_id']}; serve it with tritonserver --model-repository={output}, and point edges at "
+               f"{names['bundle_id']}; serve it with {server_command(output)}, and point edges at "
                f"grpc://HOST:8001/{names['ensemble']}")
 
 

@@ -1,7 +1,7 @@
 """`edgesplit export-triton`: a Triton Inference Server model repository for a bundle's cloud side.
 
     REPO/
-      NAME/                  ensemble: PAYLOAD (uint8 [-1]) + BUNDLE_ID (uint8 [16]) → the model's outputs
+      NAME/                  ensemble: PAYLOAD (uint8 [fixed]) + BUNDLE_ID (uint8 [16]) → the model's outputs
         config.pbtxt, 1/
       NAME_decode/           Python backend: payload → the tail's inputs (runtime/wire.py, its limits)
         config.pbtxt
@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from runtime.bundle import Bundle, open_bundle
-from runtime.triton import BUNDLE_FOLDER, BUNDLE_ID, BUNDLE_ID_PARAMETER, PAYLOAD, VERSION, model_names
+from runtime.triton import (BUNDLE_FOLDER, BUNDLE_ID, BUNDLE_ID_PARAMETER, PAYLOAD, SERVER_ENVIRONMENT, SERVER_OPTIONS,
+                            VERSION, model_names, payload_size)
 from targets import get_device
 from toolchain.backends import exporter
 from toolchain.errors import EdgesplitError
@@ -75,10 +76,10 @@ def _batched(options: RepositoryOptions, kind: str, count: int) -> str:
             f"instance_group [ {{ kind: {kind} count: {count} }} ]\n")
 
 
-def _edge_inputs() -> list:
+def _edge_inputs(bundle: Bundle) -> list:
     from runtime.protocol import BUNDLE_ID_BYTES
 
-    return [{"name": PAYLOAD, "dtype": "uint8", "shape": ["batch", -1]},
+    return [{"name": PAYLOAD, "dtype": "uint8", "shape": ["batch", payload_size(bundle.wire)]},
             {"name": BUNDLE_ID, "dtype": "uint8", "shape": ["batch", BUNDLE_ID_BYTES]}]
 
 
@@ -89,10 +90,10 @@ def _maps(kind: str, tensors: list) -> str:
 
 def _ensemble(options: RepositoryOptions, bundle: Bundle, names: dict) -> str:
     cloud = bundle.artefact("cloud")
-    decode = _maps("input", _edge_inputs()) + _maps("output", cloud["inputs"])
+    decode = _maps("input", _edge_inputs(bundle)) + _maps("output", cloud["inputs"])
     tail = _maps("input", cloud["inputs"]) + _maps("output", cloud["outputs"])
     return (f'name: "{names["ensemble"]}"\nplatform: "ensemble"\nmax_batch_size: {options.max_batch}\n'
-            f"input {_tensors(_edge_inputs())}\noutput {_tensors(cloud['outputs'])}\n"
+            f"input {_tensors(_edge_inputs(bundle))}\noutput {_tensors(cloud['outputs'])}\n"
             f"ensemble_scheduling {{ step [\n"
             f'  {{ model_name: "{names["decode"]}" model_version: -1{decode} }},\n'
             f'  {{ model_name: "{names["tail"]}" model_version: -1{tail} }}\n'
@@ -113,7 +114,7 @@ def _decode(options: RepositoryOptions, bundle: Bundle, names: dict, native: dic
     settings = {BUNDLE_ID_PARAMETER: bundle.bundle_id, "decode_model": names["decode"], **native,
                 "trust": options.trust and str(options.trust.resolve())}
     return (f'name: "{names["decode"]}"\nbackend: "python"\n' + _batched(options, "KIND_CPU", 1)
-            + f"input {_tensors(_edge_inputs())}\noutput {_tensors(cloud['inputs'])}\n" + _parameters(settings))
+            + f"input {_tensors(_edge_inputs(bundle))}\noutput {_tensors(cloud['inputs'])}\n" + _parameters(settings))
 
 
 def _tail(options: RepositoryOptions, bundle: Bundle, names: dict, folder: Path) -> tuple[str, dict]:
@@ -169,3 +170,9 @@ def export_repository(options: RepositoryOptions) -> dict:
     (folders["ensemble"] / VERSION).mkdir(parents=True)
     (folders["ensemble"] / "config.pbtxt").write_text(_ensemble(options, bundle, names))
     return dict(names, bundle_id=bundle.bundle_id)
+
+
+def server_command(repository: Path) -> str:
+    """How to start tritonserver on the repository so that an oversized request costs only while it lasts."""
+    environment = " ".join(f"{key}={value}" for key, value in SERVER_ENVIRONMENT.items())
+    return f"{environment} tritonserver --model-repository={repository} {' '.join(SERVER_OPTIONS)}"

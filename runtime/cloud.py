@@ -297,20 +297,23 @@ class _Connection:
         """The next frame: its first byte may take as long as the caller waits, the rest of it (header and body)
         must follow within `frame_timeout_s` (a header dripped a byte a second is a slow sender, not idle)."""
         first = await self.read_exactly(1)
-        deadline = time.monotonic() + frame_timeout_s
+        headers = []
+
+        async def rest() -> bytes:
+            headers.append(protocol.parse_header(first + await self.read_exactly(protocol.HEADER_BYTES - 1), limits))
+            return await self.read_exactly(headers[0].body_bytes)
+
         try:
-            rest = await asyncio.wait_for(self.read_exactly(protocol.HEADER_BYTES - 1), frame_timeout_s)
+            body = await asyncio.wait_for(rest(), frame_timeout_s)  # one timer a frame, as a body alone had
         except asyncio.TimeoutError:
-            raise ProtocolError("a frame header did not arrive whole within {} s of its first byte".format(
-                frame_timeout_s), protocol.TIMEOUT) from None
-        header = protocol.parse_header(first + rest, limits)
-        try:
-            body = await asyncio.wait_for(self.read_exactly(header.body_bytes), max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
+            if not headers:
+                raise ProtocolError("a frame header did not arrive whole within {} s of its first byte".format(
+                    frame_timeout_s), protocol.TIMEOUT) from None
+            frame = headers[0].frame
             raise ProtocolError("{} frame {} is truncated: its {} body bytes did not arrive within {} s of its first "
-                                "byte".format(header.frame.type_name, header.frame.request_id, header.body_bytes,
+                                "byte".format(frame.type_name, frame.request_id, headers[0].body_bytes,
                                               frame_timeout_s), protocol.TIMEOUT) from None
-        return protocol.finish_frame(header, body, limits)
+        return protocol.finish_frame(headers[0], body, limits)
 
     async def send(self, frame: protocol.Frame) -> int:
         """Write one frame; an edge that does not take it within the write timeout loses its connection,

@@ -63,13 +63,12 @@ class KeylessFlood:
             return True
 
 
-class SilentPath:
-    """A relay to `server` whose first `silent` connections go silent once the edge's AUTH has passed: what
-    follows is swallowed (a hung server, a black-holing path, a lost NAT entry), while the connection stays
-    open. Later connections are relayed whole."""
+class Listener:
+    """A loopback listener whose accepted connections go to `take(sock, number)` on a thread each (numbered from
+    1); `close` stops it."""
 
-    def __init__(self, server: tuple, silent: int = 1):
-        self.server, self.silent, self.connections = tuple(server), silent, 0
+    def __init__(self):
+        self.connections = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.address = self.listener.getsockname()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -77,45 +76,60 @@ class SilentPath:
     def _accept(self) -> None:
         while True:
             try:
-                edge, _ = self.listener.accept()
-                upstream = socket.create_connection(self.server)
+                sock, _ = self.listener.accept()
             except OSError:
                 return
             self.connections += 1
-            silent = self.connections <= self.silent
-            threading.Thread(target=self._uplink, args=(edge, upstream, silent), daemon=True).start()
-            threading.Thread(target=_relay, args=(upstream, edge), daemon=True).start()
+            threading.Thread(target=self.take, args=(sock, self.connections), daemon=True).start()
 
-    @staticmethod
-    def _uplink(edge: socket.socket, upstream: socket.socket, silent: bool) -> None:
-        """Edge → server: whole, or (silent) the HELLO and AUTH frames, then nothing."""
-        if silent:
-            try:
-                for _ in range(2):
-                    frame = protocol.read_frame(lambda count: _read(edge, count))
-                    upstream.sendall(protocol.encode(frame))
-                while edge.recv(65536):
-                    pass
-            except (OSError, ProtocolError):
-                pass
-            return
-        _relay(edge, upstream)
+    def take(self, sock: socket.socket, number: int) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         self.listener.close()
 
 
-def _read(sock: socket.socket, count: int) -> bytes:
+class SilentPath(Listener):
+    """A relay to `server` whose first `silent` connections go silent once the edge's AUTH has passed: what
+    follows is swallowed (a hung server, a black-holing path, a lost NAT entry), while the connection stays
+    open. Later connections are relayed whole."""
+
+    def __init__(self, server: tuple, silent: int = 1):
+        self.server, self.silent = tuple(server), silent
+        super().__init__()
+
+    def take(self, edge: socket.socket, number: int) -> None:
+        """Server → edge whole; edge → server whole, or (silent) the HELLO and AUTH frames, then nothing."""
+        try:
+            upstream = socket.create_connection(self.server)
+        except OSError:
+            edge.close()
+            return
+        threading.Thread(target=relay, args=(upstream, edge), daemon=True).start()
+        if number > self.silent:
+            relay(edge, upstream)
+            return
+        try:
+            for _ in range(2):
+                upstream.sendall(protocol.encode(protocol.read_frame(lambda count: read_exactly(edge, count))))
+            while edge.recv(65536):
+                pass
+        except (OSError, ProtocolError):
+            pass
+
+
+def read_exactly(sock: socket.socket, count: int) -> bytes:
     data = b""
     while len(data) < count:
         chunk = sock.recv(count - len(data))
         if not chunk:
-            raise ConnectionError("closed")
+            raise ConnectionError("the server closed the connection")
         data += chunk
     return data
 
 
-def _relay(source: socket.socket, target: socket.socket) -> None:
+def relay(source: socket.socket, target: socket.socket) -> None:
+    """Bytes from `source` to `target` until either ends; then both are shut down."""
     try:
         while True:
             data = source.recv(65536)
@@ -132,9 +146,10 @@ def _relay(source: socket.socket, target: socket.socket) -> None:
 
 
 FAULTS = ("nan", "uint8", "shaped", "unsent")
+FEATURE_LIMITS = protocol.Limits(max_payload=1 << 20, max_elements=1 << 20)
 
 
-class FaultyServer:
+class FaultyServer(Listener):
     """An edgesplit server holding the key whose RESULTs are faulty: `nan` (logits of NaN and infinity),
     `uint8` (the right count, the wrong dtype), `shaped` (float32 shaped 2 x N/2), or `unsent` (after READY,
     `unsent_replies` RESULTs for request ids the edge never sent, then correct answers: logits of zeros).
@@ -146,36 +161,24 @@ class FaultyServer:
         self.bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
         self.values = sum(int(np.prod(t["shape"][1:])) for t in bundle.artefact("cloud")["outputs"])
         self.key, self.fault, self.first_only, self.unsent_replies = key, fault, first_only, unsent_replies
-        self.connections = 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = self.listener.getsockname()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            fault = self.fault if self.connections == 1 or not self.first_only else None
-            threading.Thread(target=self._serve, args=(sock, fault), daemon=True).start()
-
-    def _serve(self, sock: socket.socket, fault) -> None:
+    def take(self, sock: socket.socket, number: int) -> None:
+        fault = self.fault if number == 1 or not self.first_only else None
         with sock:
             try:
                 self._handshake(sock)
                 if fault == "unsent":
                     self._send_unsent(sock)
                 while True:
-                    frame = protocol.read_frame(lambda count: _read(sock, count), protocol.Limits(1 << 20, 1 << 20))
+                    frame = protocol.read_frame(lambda count: read_exactly(sock, count), FEATURE_LIMITS)
                     if frame.type == protocol.FEATURES:
                         sock.sendall(protocol.encode(self._reply(frame.request_id, fault)))
             except (OSError, ProtocolError):
                 pass
 
     def _handshake(self, sock: socket.socket) -> None:
-        receive = lambda: protocol.read_frame(lambda count: _read(sock, count))  # noqa: E731
+        receive = lambda: protocol.read_frame(lambda count: read_exactly(sock, count))  # noqa: E731
         hello = receive()
         nonce = protocol.new_nonce()
         sock.sendall(protocol.encode(protocol.Frame(protocol.CHALLENGE, bundle_id=self.bundle_id, payload=nonce)))
@@ -199,9 +202,6 @@ class FaultyServer:
         if fault == "shaped":
             return protocol.result_frame(request_id, self.bundle_id, np.zeros((2, self.values // 2), np.float32))
         return protocol.result_frame(request_id, self.bundle_id, np.zeros(self.values, np.float32))
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 class EdgeRun(NamedTuple):

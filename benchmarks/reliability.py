@@ -14,6 +14,11 @@
    600 MB of zeros; the verifier's peak RSS, and what is left in the temporary directory.
 6. A manifest with an absurd wire shape, and a cloud half with two classes swapped and every hash
    recomputed, checked with and without a trusted key.
+7. Issue 29's attack run, through `edgesplit edge` (benchmarks/hostile.py): 16 keyless sockets reopened as
+   they close against `--max-connections 16`; a path that goes silent after READY; RESULTs of NaN, of
+   uint8, shaped 2 x 5, or for ids never sent; an image folder with a truncated JPEG, a text file named
+   .png and a 12000x12000 PNG. Bundle bombs add a 512 MB long name, 200,000 members and an unsigned
+   1 GiB member under `--trust`.
 
 results.csv / summary.json / RESULTS.md; the figure compares the bystander's latencies.
 """
@@ -21,6 +26,7 @@ results.csv / summary.json / RESULTS.md; the figure compares the bystander's lat
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import json
 import os
@@ -39,6 +45,8 @@ from rich.progress import Progress
 
 from benchmarks.common import (ROOT, add_bundle_option, cpu_name, free_port,
                                int8_bundle, parse_arguments, table, write_csv)
+from benchmarks.hostile import (FAULTS, FaultyServer, KeylessFlood, SilentPath, image_folder, read_exactly,
+                               run_edge)
 from benchmarks.runtime import synthetic_edge
 from calibration_data import DEFAULT_CALIBRATION
 from runtime import protocol
@@ -67,16 +75,6 @@ def start_serve(bundle_dir: Path, *options: str) -> tuple[subprocess.Popen, int]
     if "serving bundle" not in process.stdout.readline():
         raise RuntimeError("edgesplit serve did not start")
     return process, port
-
-
-def read_exactly(sock: socket.socket, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        chunk = sock.recv(count - len(data))
-        if not chunk:
-            raise ConnectionError("the server closed the connection")
-        data += chunk
-    return data
 
 
 def authenticated(address, bundle_id: bytes, key: bytes = KEY.encode(), receive_buffer=None) -> socket.socket:
@@ -253,23 +251,112 @@ def key_guessing(bundle, seconds: float) -> list[dict]:
              "value": tried, "goal": "<= 10 per minute", "detail": f"then: {refusal}"}]
 
 
+def stopped(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    process.wait(30)
+
+
+def keyless_flood(bundle, scratch: Path) -> list[dict]:
+    """16 keyless sockets from 127.0.0.2 reopened as they close, against `serve --max-connections 16`; an edge with
+    the key sends 150 frames from 127.0.0.1."""
+    process, port = start_serve(bundle.directory, "--max-connections", "16")
+    try:
+        with KeylessFlood(("127.0.0.1", port), count=16, source="127.0.0.2") as flood:
+            time.sleep(1.0)
+            run = run_edge(bundle.directory, ("127.0.0.1", port), DEFAULT_CALIBRATION, scratch, "--limit", "150",
+                           key=KEY)
+    finally:
+        stopped(process)
+    answered = (run.summary or {}).get("cloud_answers", 0)
+    return [{"fault": "16 keyless sockets reopened as they close, --max-connections 16",
+             "measure": "an edge with the key: frames the cloud answered", "value": f"{answered}/150",
+             "goal": ">= 90 %", "detail": f"{flood.opened} keyless connections opened meanwhile"}]
+
+
+def silent_server(bundle, scratch: Path) -> list[dict]:
+    """A path that swallows everything after the edge's AUTH on the first connection, then relays normally."""
+    process, port = start_serve(bundle.directory)
+    path = SilentPath(("127.0.0.1", port), silent=1)
+    try:
+        run = run_edge(bundle.directory, path.address, DEFAULT_CALIBRATION, scratch, "--limit", "100", "--fps", "20",
+                       "--timeout", "2", key=KEY)
+    finally:
+        path.close()
+        stopped(process)
+    summary = run.summary or {}
+    return [{"fault": "the server goes silent after READY (a black-holing path), --fps 20 --timeout 2",
+             "measure": "frames the cloud answered", "value": f"{summary.get('cloud_answers', 0)}/100",
+             "goal": ">= 50/100", "detail": f"{summary.get('abandoned_connections')} connection abandoned, "
+                                            f"{summary.get('frames_per_second')} fps"}]
+
+
+def faulty_results(bundle, scratch: Path) -> list[dict]:
+    """A server holding the key whose RESULTs are NaN, uint8, shaped 2 x 5, or for ids never sent."""
+    rows = []
+    for fault in FAULTS:
+        server = FaultyServer(bundle, KEY.encode(), fault, first_only=fault == "unsent")
+        try:
+            run = run_edge(bundle.directory, server.address, DEFAULT_CALIBRATION, scratch, "--limit", "100", "--fps",
+                           "50", key=KEY)
+        finally:
+            server.close()
+        summary = run.summary or {}
+        unsent = fault == "unsent"  # then correct answers: they count once the connection was replaced
+        rows.append({"fault": f"RESULTs: {fault}" + (" (first connection), then correct" if unsent else ""),
+                     "measure": "frames counted as the cloud's answers", "value": f"{summary.get('cloud_answers')}/100",
+                     "goal": ">= 80/100, the flooded connection abandoned" if unsent else "0/100",
+                     "detail": f"{summary.get('late_replies')} replies matched no frame, "
+                               f"{summary.get('abandoned_connections')} connection(s) abandoned; first: "
+                               f"{summary.get('first_error')}"})
+    return rows
+
+
+def image_folder_run(bundle, scratch: Path) -> list[dict]:
+    """A folder of 20 images with a truncated JPEG, a text file named .png and a 12000x12000 PNG among them."""
+    process, port = start_serve(bundle.directory)
+    images = np.load(DEFAULT_CALIBRATION)["test_images"][:20]
+    clean, folder = scratch / "clean-images", scratch / "broken-images"
+    image_folder(clean, images, huge=8)
+    for path in clean.glob("*-*"):
+        path.unlink()
+    image_folder(folder, images)
+    try:
+        baseline = run_edge(bundle.directory, ("127.0.0.1", port), clean, scratch, key=KEY)
+        run = run_edge(bundle.directory, ("127.0.0.1", port), folder, scratch, key=KEY)
+    finally:
+        stopped(process)
+    errors = [row for row in run.rows[1:] if row[1] == "error"]
+    return [{"fault": "an image folder with a truncated JPEG, a text .png and a 12000x12000 PNG",
+             "measure": "edge peak RSS above the same folder without them (MB)",
+             "value": round(run.peak_mb - baseline.peak_mb, 1), "goal": "<= 100, every file a row, exit 0",
+             "detail": f"exit {run.returncode}, {len(run.rows) - 1} rows, {len(errors)} errors: "
+                       + "; ".join(row[5].rsplit("/", 1)[-1][:80] for row in errors)}]
+
+
 def verify_process(path: Path, *options: str) -> dict:
-    """`edgesplit verify-bundle` in its own process: exit status, its last line, peak RSS, /tmp leftovers."""
+    """`edgesplit verify-bundle` in its own process: exit status, its last line, peak RSS, bytes it wrote, seconds,
+    /tmp leftovers."""
     before = set(Path(tempfile.gettempdir()).iterdir())
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the process that forked this one
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the process that forked this one; wchar: what the
+    # process passed to write(), the files it unpacked included
     probe = ("import sys\nfrom edgesplit.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as "
              "stop:\n    code = stop.code\nelse:\n    code = 0\npeak = next(line.split()[1] for line in "
-             "open('/proc/self/status') if line.startswith('VmHWM:'))\nprint('PEAK', peak, code, file=sys.stderr)")
+             "open('/proc/self/status') if line.startswith('VmHWM:'))\nwritten = next(line.split()[1] for line in "
+             "open('/proc/self/io') if line.startswith('wchar:'))\nprint('PEAK', peak, written, code, file=sys.stderr)")
+    started = time.monotonic()
     done = subprocess.run([sys.executable, "-c", probe, "verify-bundle", str(path), *options], cwd=str(ROOT),
                           capture_output=True, text=True, timeout=900)
+    seconds = time.monotonic() - started
     lines = (done.stdout + done.stderr).strip().splitlines()
-    _, peak_kb, code = next(line for line in lines if line.startswith("PEAK")).split()
+    _, peak_kb, written, code = next(line for line in lines if line.startswith("PEAK")).split()
     message = next((line for line in lines if not line.startswith("PEAK")), "")
     left = len(set(Path(tempfile.gettempdir()).iterdir()) - before)
-    return {"code": code, "message": message, "peak_mb": int(peak_kb) / 1024, "left_in_tmp": left}
+    return {"code": code, "message": message, "peak_mb": int(peak_kb) / 1024, "written_mb": int(written) / 1e6,
+            "left_in_tmp": left, "seconds": seconds}
 
 
-def bombs(scratch: Path) -> list[dict]:
+def bombs(scratch: Path, bundle_dir: Path, public_key: Path) -> list[dict]:
+    """Archives that cost a careless reader memory, time or disk, each through `verify-bundle`."""
     sparse_dir = scratch / "sparse"
     sparse_dir.mkdir()
     with open(sparse_dir / "cloud.onnx", "wb") as sparse:
@@ -281,13 +368,73 @@ def bombs(scratch: Path) -> list[dict]:
         member = tarfile.TarInfo("cloud.onnx")
         member.size = 600 * 1024 * 1024
         archive.addfile(member, io.BufferedReader(Zeros(member.size), 1 << 20))
+    cases = [("tar with a 3 GiB sparse member", sparse_tar, ()), ("tar.gz of 600 MB of zeros", gzip_tar, ()),
+             ("tar.gz with a 512 MB long name", long_name_bomb(scratch / "name.tar.gz", 512 * 1024 ** 2), ()),
+             ("tar.gz of 200,000 members", many_members(scratch / "many.tar.gz", 200_000), ()),
+             ("unsigned tar.gz with a 1 GiB member, trusted key", with_big_member(
+                 scratch / "big.tar.gz", [bundle_dir / "manifest.json"], 1024 ** 3), ("--trust", str(public_key)))]
     rows = []
-    for name, path in (("tar with a 3 GiB sparse member", sparse_tar), ("tar.gz of 600 MB of zeros", gzip_tar)):
-        result = verify_process(path)
+    for name, path, options in cases:
+        result = verify_process(path, *options)
         rows.append({"fault": f"{name} ({path.stat().st_size / 1e6:.1f} MB)", "measure": "verify-bundle peak RSS (MB)",
-                     "value": round(result["peak_mb"], 1), "goal": "<= 200, nothing left in /tmp",
-                     "detail": f"exit {result['code']}: {result['message']}; left in /tmp: {result['left_in_tmp']}"})
+                     "value": round(result["peak_mb"], 1), "goal": "<= 200 and 10 s, nothing left in /tmp",
+                     "detail": f"exit {result['code']} after {result['seconds']:.1f} s, {result['written_mb']:.0f} MB "
+                               f"written: {result['message']}; left in /tmp: {result['left_in_tmp']}"})
     return rows
+
+
+def signing_keys(scratch: Path) -> tuple[Path, Path]:
+    """An Ed25519 key pair made with openssl, as the README says: (private, public)."""
+    private, public = scratch / "signing.pem", scratch / "signing.pub"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(private)], check=True)
+    subprocess.run(["openssl", "pkey", "-in", str(private), "-pubout", "-out", str(public)], check=True)
+    return private, public
+
+
+def long_name_bomb(path: Path, name_bytes: int) -> Path:
+    """A .tar.gz whose first header declares a GNU long name of `name_bytes` zeros (then a real member): a few
+    hundred KB on disk; a reader that takes the name whole holds `name_bytes` in memory."""
+    with gzip.open(path, "wb", compresslevel=9) as stream:
+        header = tarfile.TarInfo("././@LongLink")
+        header.type, header.size = tarfile.GNUTYPE_LONGNAME, name_bytes
+        stream.write(header.tobuf(tarfile.GNU_FORMAT))
+        shutil.copyfileobj(io.BufferedReader(Zeros(_blocks(name_bytes)), 1 << 20), stream, 1 << 20)
+        member = tarfile.TarInfo("edge.onnx")
+        member.size = 1
+        stream.write(member.tobuf(tarfile.GNU_FORMAT) + b"x".ljust(tarfile.BLOCKSIZE, b"\0"))
+        stream.write(bytes(2 * tarfile.BLOCKSIZE))
+    return path
+
+
+def many_members(path: Path, count: int) -> Path:
+    """A .tar.gz of `count` empty members: a reader that lists them all first pays for every one. Headers are
+    one template with the name and checksum rewritten (TarInfo.tobuf would take seconds for 200,000)."""
+    header = bytearray(tarfile.TarInfo("f0000000").tobuf(tarfile.GNU_FORMAT))
+    header[148:156] = b" " * 8  # the checksum counts its own field as spaces
+    base = sum(header) - sum(b"f0000000")
+    with gzip.open(path, "wb", compresslevel=9) as stream:
+        for index in range(count):
+            name = b"f%07d" % index
+            header[0:8] = name
+            header[148:156] = b"%06o\0 " % (base + sum(name))
+            stream.write(header)
+        stream.write(bytes(2 * tarfile.BLOCKSIZE))
+    return path
+
+
+def with_big_member(path: Path, files: list[Path], size: int) -> Path:
+    """`files` as a .tar.gz with one more member of `size` zeros."""
+    with tarfile.open(path, "w:gz", compresslevel=9) as archive:
+        for file in files:
+            archive.add(file, arcname=file.name)
+        member = tarfile.TarInfo("padding.bin")
+        member.size = size
+        archive.addfile(member, io.BufferedReader(Zeros(size), 1 << 20))
+    return path
+
+
+def _blocks(size: int) -> int:
+    return -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
 class Zeros(io.RawIOBase):
@@ -330,16 +477,13 @@ def swap_two_classes(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def tampering(bundle_dir: Path, scratch: Path) -> list[dict]:
+def tampering(bundle_dir: Path, scratch: Path, private: Path, public: Path) -> list[dict]:
     absurd = shutil.copytree(bundle_dir, scratch / "absurd")
     rewrite_manifest(absurd, lambda manifest: manifest["wire"].__setitem__("shape", [1000000, 1000000]))
     refused = verify_process(absurd)
     rows = [{"fault": "wire shape [1000000, 1000000], hashes recomputed", "measure": "verify-bundle exit status",
              "value": refused["code"], "goal": "1", "detail": refused["message"]}]
     swapped = shutil.copytree(bundle_dir, scratch / "swapped")
-    private, public = scratch / "signing.pem", scratch / "signing.pub"
-    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(private)], check=True)
-    subprocess.run(["openssl", "pkey", "-in", str(private), "-pubout", "-out", str(public)], check=True)
     subprocess.run([sys.executable, "-m", "edgesplit", "sign-bundle", str(swapped), "--key", str(private)],
                    cwd=str(ROOT), check=True, capture_output=True)
     swap_two_classes(swapped / "cloud.onnx")
@@ -377,6 +521,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         bundle_dir = int8_bundle(args.bundle, Path(scratch))
+        keys = signing_keys(Path(scratch))
         bundle = load_bundle(bundle_dir)
         source = list(open_source(str(DEFAULT_CALIBRATION), bundle.input_spec()))[:64]
         codes = EdgeHalf(bundle).codes(np.stack([frame.image for frame in source]))
@@ -386,8 +531,12 @@ def main() -> None:
         steps = [("non-reading client", lambda: non_reading_client(bundle, seconds)),
                  ("SIGTERM", lambda: sigterm_with_stalled_client(bundle)),
                  ("key guessing", lambda: key_guessing(bundle, seconds)),
-                 ("bundle bombs", lambda: bombs(Path(scratch))),
-                 ("tampered bundles", lambda: tampering(bundle_dir, Path(scratch)))]
+                 ("keyless flood", lambda: keyless_flood(bundle, Path(scratch))),
+                 ("silent server", lambda: silent_server(bundle, Path(scratch))),
+                 ("faulty results", lambda: faulty_results(bundle, Path(scratch))),
+                 ("broken images", lambda: image_folder_run(bundle, Path(scratch))),
+                 ("bundle bombs", lambda: bombs(Path(scratch), bundle_dir, keys[1])),
+                 ("tampered bundles", lambda: tampering(bundle_dir, Path(scratch), *keys))]
         rows = []
         with Progress() as progress:
             task = progress.add_task("faults", total=len(steps) + 1)
@@ -404,7 +553,7 @@ def main() -> None:
     write_csv(args.output / "results.csv", rows)
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(args.output, latencies)
-    lines = ["# Reliability under attack (issue 20)", "",
+    lines = ["# Reliability under attack (issues 20 and 29)", "",
              f"Generated by `python -m benchmarks reliability` on {summary['machine']} ({summary['cpus']} CPUs), "
              f"{summary['date']}; `edgesplit serve` and `verify-bundle` in their own processes, default settings "
              "unless the row says otherwise.", "", table(rows, ["fault", "measure", "value", "goal", "detail"]), "",

@@ -341,7 +341,8 @@ class EdgeClient(Replies):
         self._received(received_bytes)
         problem = self._faulty(values)
         if problem is None:
-            self._answer(channel, request_id, lambda entry: (CLOUD, split_values(values.astype(np.float32), self.output_sizes), ""))
+            outputs = split_values(values.astype(np.float32), self.output_sizes)
+            self._answer(channel, request_id, lambda entry: (CLOUD, outputs, ""))
             return
         self._answer(channel, request_id, lambda entry: self._fallback(entry.exit_logits, problem, "cloud failed"))
         if self._malformed(values):

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.hostile import FaultyServer, KeylessFlood, SilentPath, image_folder, run_edge
-from benchmarks.reliability import KEY, authenticated, read_exactly, start_serve
+from benchmarks.hostile import FaultyServer, KeylessFlood, SilentPath, image_folder, read_exactly, run_edge
+from benchmarks.reliability import KEY, authenticated, start_serve
 from calibration_data import DEFAULT_CALIBRATION
 from runtime import protocol
 from runtime.bundle import load_bundle

@@ -26,7 +26,8 @@ from runtime.images import open_source
 from runtime.local import SplitInference
 from runtime.transports import Tls
 
-from benchmarks.reliability import authenticated, read_exactly
+from benchmarks.hostile import read_exactly, relay
+from benchmarks.reliability import authenticated
 from calibration_data import DEFAULT_CALIBRATION
 
 KEY = b"a test key of 128 bits"
@@ -495,19 +496,8 @@ class InjectingProxy:
         while True:
             edge, _ = self.listener.accept()
             upstream = socket.create_connection(self.server_address)
-            threading.Thread(target=self.pipe, args=(edge, upstream), daemon=True).start()
+            threading.Thread(target=relay, args=(edge, upstream), daemon=True).start()
             threading.Thread(target=self.replies, args=(upstream, edge), daemon=True).start()
-
-    def pipe(self, source, target):
-        try:
-            while True:
-                data = source.recv(65536)
-                if not data:
-                    break
-                target.sendall(data)
-        except OSError:
-            pass
-        target.close()
 
     def replies(self, source, target):
         limits = protocol.Limits(max_payload=1 << 20, max_elements=1 << 18)

@@ -6,6 +6,7 @@ image folder with broken files. The reliability suite measures with them; the te
 from __future__ import annotations
 
 import csv
+import ipaddress
 import json
 import os
 import socket
@@ -24,13 +25,16 @@ from runtime.errors import ProtocolError
 
 
 class KeylessFlood:
-    """`count` connections from `source` that never send a byte (they hold a place until the server closes
-    them), each reopened as soon as it is closed. A context manager; `opened` counts the connections."""
+    """`count` connections that never send a byte (they hold a place until the server closes them), each reopened
+    as soon as it is closed, from `source`: one loopback address, or with `spread` each from its own (127.0.0.2,
+    127.0.0.3, ...). A context manager; `opened` counts the connections."""
 
-    def __init__(self, address: tuple, count: int = 16, source: str = "127.0.0.2"):
-        self.address, self.source, self.opened = tuple(address), source, 0
+    def __init__(self, address: tuple, count: int = 16, source: str = "127.0.0.2", spread: bool = False):
+        first = ipaddress.ip_address(source)
+        self.address, self.opened = tuple(address), 0
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._hold, daemon=True) for _ in range(count)]
+        self._threads = [threading.Thread(target=self._hold, args=(str(first + spread * n),), daemon=True)
+                         for n in range(count)]
 
     def __enter__(self) -> "KeylessFlood":
         for thread in self._threads:
@@ -42,10 +46,10 @@ class KeylessFlood:
         for thread in self._threads:
             thread.join(10)
 
-    def _hold(self) -> None:
+    def _hold(self, source: str) -> None:
         while not self._stop.is_set():
             with socket.socket() as sock:
-                sock.bind((self.source, 0))
+                sock.bind((source, 0))
                 sock.settimeout(0.5)
                 try:
                     sock.connect(self.address)
@@ -145,14 +149,16 @@ def relay(source: socket.socket, target: socket.socket) -> None:
             pass
 
 
-FAULTS = ("nan", "uint8", "shaped", "unsent")
+RESULT_FAULTS = ("nan", "uint8", "shaped", "unsent")
+FAULTS = RESULT_FAULTS + ("every other",)
 FEATURE_LIMITS = protocol.Limits(max_payload=1 << 20, max_elements=1 << 20)
 
 
 class FaultyServer(Listener):
     """An edgesplit server holding the key whose RESULTs are faulty: `nan` (logits of NaN and infinity),
     `uint8` (the right count, the wrong dtype), `shaped` (float32 shaped 2 x N/2), or `unsent` (after READY,
-    `unsent_replies` RESULTs for request ids the edge never sent, then correct answers: logits of zeros).
+    `unsent_replies` RESULTs for request ids the edge never sent, then correct answers: logits of zeros), or
+    `every other` (correct zeros for even request ids, nothing for odd ones: a lossy server, not a silent one).
     With `first_only`, connections after the first are answered with correct zeros."""
 
     def __init__(self, bundle, key: bytes, fault: str, first_only: bool = False, unsent_replies: int = 100000):
@@ -172,7 +178,7 @@ class FaultyServer(Listener):
                     self._send_unsent(sock)
                 while True:
                     frame = protocol.read_frame(lambda count: read_exactly(sock, count), FEATURE_LIMITS)
-                    if frame.type == protocol.FEATURES:
+                    if frame.type == protocol.FEATURES and not (fault == "every other" and frame.request_id % 2):
                         sock.sendall(protocol.encode(self._reply(frame.request_id, fault)))
             except (OSError, ProtocolError):
                 pass

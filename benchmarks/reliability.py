@@ -45,7 +45,7 @@ from rich.progress import Progress
 
 from benchmarks.common import (ROOT, add_bundle_option, cpu_name, free_port,
                                int8_bundle, parse_arguments, table, write_csv)
-from benchmarks.hostile import (FAULTS, FaultyServer, KeylessFlood, SilentPath, image_folder, read_exactly,
+from benchmarks.hostile import (RESULT_FAULTS, FaultyServer, KeylessFlood, SilentPath, image_folder, read_exactly,
                                run_edge)
 from benchmarks.runtime import synthetic_edge
 from calibration_data import DEFAULT_CALIBRATION
@@ -293,7 +293,7 @@ def silent_server(bundle, scratch: Path) -> list[dict]:
 def faulty_results(bundle, scratch: Path) -> list[dict]:
     """A server holding the key whose RESULTs are NaN, uint8, shaped 2 x 5, or for ids never sent."""
     rows = []
-    for fault in FAULTS:
+    for fault in RESULT_FAULTS:
         server = FaultyServer(bundle, KEY.encode(), fault, first_only=fault == "unsent")
         try:
             run = run_edge(bundle.directory, server.address, DEFAULT_CALIBRATION, scratch, "--limit", "100", "--fps",
@@ -330,7 +330,7 @@ def image_folder_run(bundle, scratch: Path) -> list[dict]:
              "measure": "edge peak RSS above the same folder without them (MB)",
              "value": round(run.peak_mb - baseline.peak_mb, 1), "goal": "<= 100, every file a row, exit 0",
              "detail": f"exit {run.returncode}, {len(run.rows) - 1} rows, {len(errors)} errors: "
-                       + "; ".join(row[5].rsplit("/", 1)[-1][:80] for row in errors)}]
+                       + "; ".join(row[5].replace(f"{folder}/", "")[:100] for row in errors)}]
 
 
 def verify_process(path: Path, *options: str) -> dict:

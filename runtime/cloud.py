@@ -13,6 +13,7 @@ import asyncio
 import collections
 import errno
 import logging
+import math
 import os
 import ssl
 import threading
@@ -67,8 +68,9 @@ RESERVED_FILES = 64  # descriptors kept for the bundle, logs and the metrics end
 def check_limits(config: ServerConfig) -> None:
     """Every timeout a positive finite number of seconds, every count at least 1: one line naming the first
     that is not (a timeout of 0 or NaN would close every edge, a cap of 0 would mean none)."""
-    import math
-
+    if not (math.isfinite(config.max_wait_ms) and config.max_wait_ms >= 0):
+        raise ProtocolError("max_wait_ms must be a finite number of milliseconds >= 0, got {}".format(
+            config.max_wait_ms))
     for name in ("handshake_timeout_s", "frame_timeout_s", "idle_timeout_s", "write_timeout_s", "shutdown_timeout_s",
                  "batch_timeout_s"):
         value = getattr(config, name)
@@ -122,43 +124,63 @@ class AuthThrottle:
 
 
 class Handshakes:
-    """Connections not yet authenticated, oldest first, under caps of their own. Another address's newcomer is
-    never refused for them: with the table (or the server) full it closes the oldest handshake of the address
-    holding the most, so keyless sockets reopened as fast as they close cannot keep an edge with the key out. A
-    newcomer from an address at its own cap closes that address's oldest handshake only once it is
-    SETTLING_S old, else it is refused as busy: a burst from one NAT retries with backoff instead of closing
-    its own handshakes before they can finish."""
+    """Connections not yet authenticated, under caps of their own, and what each address's earlier handshakes
+    came to: one that ends without authenticating (closed, displaced, timed out, refused) counts against its
+    address, and the count fades over UNFINISHED_FADE_S. With the table (or the server) full, a newcomer closes
+    the handshake of the address with the most unfinished ones if that count is over its own (or equal, once
+    that handshake is SETTLING_S old), else a handshake of its own address SETTLING_S old, else it is refused as
+    busy. So keyless sockets, from one address or many,
+    displace each other but not an edge with the key from an address whose handshakes finish; and a burst
+    from one NAT retries with backoff instead of closing its own handshakes before they can finish."""
 
     SETTLING_S = 1.0  # two round trips on a slow link
+    UNFINISHED_FADE_S = 60.0
 
     def __init__(self, total: int, per_address: int):
         self.total, self.per_address = total, min(per_address, total)
         self.waiting = collections.OrderedDict()  # connection -> when it was accepted, oldest first
+        self.unfinished = collections.OrderedDict()  # address -> (count, when counted), least recent first
 
     def __len__(self) -> int:
         return len(self.waiting)
 
     def admission(self, newcomer, server_full: bool) -> tuple:
         """(the handshake the newcomer closes or None, whether the newcomer is refused instead)."""
-        counts = collections.Counter(connection.address for connection in self.waiting)
-        own = counts[newcomer.address]
+        own = sum(1 for connection in self.waiting if connection.address == newcomer.address)
         if own < self.per_address and len(self.waiting) < self.total and not server_full:
             return None, False
-        crowded = max(counts, key=counts.get) if counts else None
-        if own < self.per_address and crowded is not None and counts[crowded] > own:
-            return self._oldest(crowded), False
-        settled = [c for c, since in self.waiting.items()
-                   if c.address == newcomer.address and time.monotonic() - since >= self.SETTLING_S]
-        return (settled[0], False) if settled else (None, True)
+        now = time.monotonic()
+        if own < self.per_address and self.waiting:
+            worst = max(self.waiting, key=lambda connection: self.score(connection.address))
+            mine, theirs = self.score(newcomer.address), self.score(worst.address)
+            if theirs > mine or (theirs == mine and now - self.waiting[worst] >= self.SETTLING_S):
+                return worst, False
+        settled = next((c for c, since in self.waiting.items()
+                        if c.address == newcomer.address and now - since >= self.SETTLING_S), None)
+        return settled, settled is None
 
-    def _oldest(self, address: str):
-        return next(connection for connection in self.waiting if connection.address == address)
+    def score(self, address: str) -> float:
+        count, when = self.unfinished.get(address, (0.0, 0.0))
+        return count * math.exp((when - time.monotonic()) / self.UNFINISHED_FADE_S)
 
     def admit(self, connection) -> None:
         self.waiting[connection] = time.monotonic()
 
-    def done(self, connection) -> None:
+    def finished(self, connection) -> None:
+        """Authenticated: it leaves the table."""
         self.waiting.pop(connection, None)
+
+    def unfinished_by(self, address: str) -> None:
+        """A handshake from `address` ended without authenticating, or was refused."""
+        self.unfinished[address] = (self.score(address) + 1.0, time.monotonic())
+        self.unfinished.move_to_end(address)
+        while len(self.unfinished) > MAX_TRACKED_ADDRESSES:
+            self.unfinished.popitem(last=False)
+
+    def closed(self, connection) -> None:
+        """The connection is gone; if it never authenticated, its address is counted."""
+        if self.waiting.pop(connection, None) is not None:
+            self.unfinished_by(connection.address)
 
 
 class _Pending(NamedTuple):
@@ -433,7 +455,7 @@ class CloudServer:
             log.exception("connection %s failed", connection.peer)
         finally:
             self.metrics.connections.dec()
-            self.handshakes.done(connection)
+            self.handshakes.closed(connection)
             writer.close()
             self._connections.pop(task, None)
 
@@ -445,8 +467,10 @@ class CloudServer:
                 connection.address, wait_s), protocol.AUTH_FAILED)
         full = len(self._connections) >= self.max_connections
         displaced, refused = self.handshakes.admission(connection, full)
+        if refused:
+            self.handshakes.unfinished_by(connection.address)
         if displaced is not None:
-            self.handshakes.done(displaced)
+            self.handshakes.closed(displaced)
             self.metrics.refused.labels("displaced").inc()
             displaced.abort()
         elif refused and not full:
@@ -475,7 +499,7 @@ class CloudServer:
             return
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
             return
-        self.handshakes.done(connection)
+        self.handshakes.finished(connection)
         try:
             await self._read_requests(connection)
         finally:

@@ -34,7 +34,7 @@ log = logging.getLogger("edgesplit.edge")
 CLOUD, EDGE, ERROR = "cloud", "edge", "error"
 CLOUD_FAILURES = (protocol.INTERNAL, protocol.TIMEOUT)  # per-frame errors that are the cloud's, not the frame's
 TRANSIENT_REFUSALS = (protocol.BUSY,)  # a handshake refused for now: retried with backoff like an unreachable server
-SILENT_TIMEOUTS = 3  # frames in a row with no reply in time: the connection is presumed dead and replaced
+SILENT_TIMEOUTS = 3  # frames timed out with nothing heard since they were sent: the connection is replaced
 UNMATCHED_SLACK = 16  # replies matching no frame in flight, beyond one per frame that timed out, before the loss
 
 
@@ -98,11 +98,13 @@ class _InFlight(NamedTuple):
 
 
 class _Health:
-    """What the client watches of a channel: timeouts in a row, and replies that matched no frame against the
-    frames that timed out (each of those may still be answered, late, once)."""
+    """What the client watches of a channel: frames that timed out with nothing heard on it since they were sent
+    (silence, not a slow or partial answer), and replies that matched no frame against the frames that timed out
+    (each of those may still be answered, late, once)."""
 
     def __init__(self):
-        self.timeouts_in_a_row = 0
+        self.heard = 0.0  # when the last reply of any kind arrived
+        self.silent_timeouts = 0
         self.timeouts = 0
         self.unmatched = 0
         self.verdict = ""  # why the channel is to be abandoned, once decided
@@ -269,8 +271,8 @@ class EdgeClient(Replies):
         an outcome) or one for a frame never sent. The caller holds the lock."""
         entry = self._pending.get(request_id)
         health = self._health_of(channel)
+        health.heard, health.silent_timeouts = time.monotonic(), 0
         if entry is not None and entry.channel is channel:
-            health.timeouts_in_a_row = 0
             return self._pending.pop(request_id)
         self.stats.late_replies += 1
         health.unmatched += 1
@@ -308,30 +310,35 @@ class EdgeClient(Replies):
                              *self._fallback(entry.exit_logits, problem, what))
 
     def _expire_overdue(self) -> None:
-        """Frames past their deadline get their fallback; SILENT_TIMEOUTS of them in a row on the current channel
-        (no reply in between) abandon it: a hung server or a black-holing path keeps a connection open, silent."""
+        """Frames past their deadline get their fallback; SILENT_TIMEOUTS of them on a channel that has said
+        nothing since they were sent abandon it: a hung server or a black-holing path keeps a connection open,
+        silent. (A server answering some frames is slow or lossy, not silent: it keeps its connection.)"""
         now = time.monotonic()
         with self._lock:
-            overdue = [(request_id, entry.channel) for request_id, entry in self._pending.items()
-                       if entry.deadline < now]
+            overdue = [(request_id, entry) for request_id, entry in self._pending.items() if entry.deadline < now]
             silent = set()
-            for _, channel in overdue:
-                health = self._health_of(channel)
+            for _, entry in overdue:
+                health = self._health_of(entry.channel)
                 health.timeouts += 1
-                health.timeouts_in_a_row += 1
-                if health.timeouts_in_a_row >= SILENT_TIMEOUTS and channel.alive:
-                    silent.add(channel)
+                if health.heard < entry.started:
+                    health.silent_timeouts += 1
+                if health.silent_timeouts >= SILENT_TIMEOUTS and entry.channel.alive:
+                    silent.add(entry.channel)
         for request_id, _ in overdue:
             self._fail_over(request_id, "no reply within {} s".format(self.config.reply_timeout_s))
         for channel in silent:
-            self._abandon(channel, "no reply to {} frames in a row within {} s: the connection is silent".format(
-                SILENT_TIMEOUTS, self.config.reply_timeout_s))
+            self._abandon(channel, "no reply to {} frames within {} s and nothing else heard: the connection is "
+                                   "silent".format(SILENT_TIMEOUTS, self.config.reply_timeout_s))
 
     def _abandon(self, channel: Channel, problem: str) -> None:
+        """Give up on a channel the server may not have given up on: reconnect at once, no backoff."""
         with self._lock:
             if channel.alive:
                 self.stats.abandoned += 1
         self.lost(channel, problem)
+        with self._lock:
+            self._next_attempt = time.monotonic()
+        self._wake_connector.set()
 
     # --- what the transport reports (Replies) -----------------------------------------------
 

@@ -38,10 +38,11 @@ def edge(int8_built, address, tmp_path, *options, source=DEFAULT_CALIBRATION):
     return run_edge(int8_built.bundle, address, source, tmp_path, *options, key=KEY)
 
 
-def test_keyless_sockets_reopened_as_they_close_do_not_lock_out_an_edge_with_the_key(int8_built, tmp_path):
+@pytest.mark.parametrize("spread", [False, True], ids=["from one address", "each from its own address"])
+def test_keyless_sockets_reopened_as_they_close_do_not_lock_out_an_edge_with_the_key(int8_built, tmp_path, spread):
     process, port = start_serve(int8_built.bundle, "--max-connections", "16")
     try:
-        with KeylessFlood(("127.0.0.1", port), count=16, source="127.0.0.2") as flood:
+        with KeylessFlood(("127.0.0.1", port), count=16, source="127.0.0.2", spread=spread) as flood:
             time.sleep(1.0)  # every place the server has, taken
             run = edge(int8_built, ("127.0.0.1", port), tmp_path, "--limit", "150")
         assert flood.opened > 16  # the flood kept reopening what the server closed
@@ -64,6 +65,17 @@ def test_an_edge_abandons_a_connection_gone_silent_and_reconnects(int8_built, se
     assert len(run.rows) == 101  # every frame one outcome
     silent = [row for row in run.rows[1:] if row[1] == "error"]
     assert silent and all("no reply" in row[5] or "the connection is silent" in row[5] for row in silent)
+
+
+def test_a_server_answering_every_other_frame_is_lossy_not_silent_and_keeps_its_connection(int8_built, bundle,
+                                                                                           tmp_path):
+    server = FaultyServer(bundle, KEY.encode(), "every other")
+    try:
+        run = edge(int8_built, server.address, tmp_path, "--limit", "40", "--fps", "20", "--timeout", "1")
+    finally:
+        server.close()
+    assert run.summary["abandoned_connections"] == 0 and server.connections == 1, run.summary
+    assert run.summary["cloud_answers"] == 20 and run.summary["errors"] == 20
 
 
 def test_a_send_the_kernel_cannot_take_fails_within_its_deadline(bundle):

@@ -31,6 +31,10 @@ MAX_MANIFEST_DEPTH = 32  # an edgesplit manifest nests 6 deep
 MAX_FILES = 64  # a bundle holds two artefacts, their sidecars and the manifest
 MAX_BUNDLE_BYTES = 2 * 1024 ** 3  # all files together; a ResNet-50 cloud half is ~100 MB
 MAX_HEADER_BYTES = 64 * 1024  # a member's long-name or pax header: a bundle's file names are short
+# an archive unpacks to at most this many times its own size (weights compress 1-3x; zeros 1000x and more), or
+# EXPANSION_FLOOR, whichever is more: a 1 MB .tar.gz or .tar.bz2 of zeros is refused at its headers
+MAX_EXPANSION = 100
+EXPANSION_FLOOR = 64 * 1024 ** 2
 HEADER_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
                 tarfile.SOLARIS_XHDTYPE)
 
@@ -244,7 +248,12 @@ def _headers(tar: tarfile.TarFile):
         yield member
 
 
-def _checked(members, archive: Path):
+def expansion_budget(archive: Path) -> int:
+    """The most bytes `archive` may unpack to: MAX_EXPANSION times its size, at least EXPANSION_FLOOR."""
+    return min(MAX_BUNDLE_BYTES, max(EXPANSION_FLOOR, MAX_EXPANSION * archive.stat().st_size))
+
+
+def _checked(members, archive: Path, budget: int = MAX_BUNDLE_BYTES):
     """(member, file name) under running limits on their count and summed size, each a plain top-level file: a
     bomb is refused at the first member past a limit, before the next header is read."""
     names, total = set(), 0
@@ -261,14 +270,19 @@ def _checked(members, archive: Path):
             raise BundleError("{} has over {} members: not a bundle".format(archive, MAX_FILES + 2))
         if total > MAX_BUNDLE_BYTES:
             raise BundleError("{} would unpack to over {:,} bytes, a bundle's most".format(archive, MAX_BUNDLE_BYTES))
+        if total > budget:
+            raise BundleError("{} would unpack to over {:,} bytes, {} times its size: a compression bomb, not a "
+                              "bundle".format(archive, budget, MAX_EXPANSION))
         yield member, name
 
 
 def _signed_sizes(tar: tarfile.TarFile, archive: Path, trust) -> dict:
     """A first pass that extracts nothing: the manifest and its signature, verified with the trusted key, and the
     sizes of the files the signed manifest lists (with those two): what the second pass may extract."""
-    held = {}
-    for member, name in _checked(_headers(tar), archive):
+    held, sizes = {}, None
+    for member, name in _checked(_headers(tar), archive, expansion_budget(archive)):
+        if sizes is not None:  # verified already: a member it does not list is refused at its header
+            _check_listed(sizes, name, member, archive)
         if name in (MANIFEST_NAME, SIGNATURE_NAME) and member.size > MAX_MANIFEST_BYTES:
             raise BundleError("{}: {} is over {} bytes: not a manifest".format(archive, name, MAX_MANIFEST_BYTES))
         with tar.extractfile(member) as stream:
@@ -277,18 +291,33 @@ def _signed_sizes(tar: tarfile.TarFile, archive: Path, trust) -> dict:
             else:  # read past in 1 MB blocks: the next header's seek would decompress a .tar.gz 8 KB at a time
                 while stream.read(1 << 20):
                     pass
+        if sizes is None and len(held) == 2:
+            check_signature(held[SIGNATURE_NAME], held[MANIFEST_NAME], trust, archive)
+            sizes = _listed_sizes(archive, held)
     if MANIFEST_NAME not in held:
         raise BundleError("{} is not a bundle: it has no {}".format(archive, MANIFEST_NAME))
     if SIGNATURE_NAME not in held:
         raise BundleError("{} is not signed (no {}): a trusted key was given, so it is refused".format(
             archive, SIGNATURE_NAME))
-    check_signature(held[SIGNATURE_NAME], held[MANIFEST_NAME], trust, archive)
+    return sizes
+
+
+def _listed_sizes(archive: Path, held: dict) -> dict:
+    """The size of each file the manifest (`held[MANIFEST_NAME]`) lists, and of the manifest and signature held."""
     files = _parse_manifest(archive, held[MANIFEST_NAME]).get("files")
     if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):
         raise BundleError("the manifest's files must map each file name to its sha256 and bytes")
     sizes = {name: entry.get("bytes") for name, entry in files.items()}
     sizes.update({name: len(data) for name, data in held.items()})
+    sizes.setdefault(SIGNATURE_NAME, MAX_MANIFEST_BYTES)  # unsigned: a signature may follow, checked later
     return sizes
+
+
+def _check_listed(sizes: dict, name: str, member, archive: Path) -> None:
+    wanted = sizes.get(name)
+    if wanted != member.size and not (name == SIGNATURE_NAME and member.size <= wanted):
+        raise BundleError("{}: {} ({:,} bytes) is not a file the manifest lists at that size".format(
+            archive, name, member.size))
 
 
 def extract_tar(archive: Path, destination: Path, trust=None) -> Path:
@@ -302,12 +331,14 @@ def extract_tar(archive: Path, destination: Path, trust=None) -> Path:
                 allowed = _signed_sizes(tar, archive, trust)
         with tarfile.open(str(archive), tarinfo=_BoundedTarInfo) as tar:
             destination.mkdir(parents=True, exist_ok=True)
-            for member, name in _checked(_headers(tar), archive):
-                if allowed is not None and allowed.get(name) != member.size:
-                    raise BundleError("{}: {} ({:,} bytes) is not a file the signed manifest lists at that size"
-                                      .format(archive, name, member.size))
+            for member, name in _checked(_headers(tar), archive, expansion_budget(archive)):
+                if allowed is not None:
+                    _check_listed(allowed, name, member, archive)
                 with tar.extractfile(member) as source, open(str(destination / name), "wb") as target:
                     shutil.copyfileobj(source, target, 1 << 20)
+                if allowed is None and name == MANIFEST_NAME and member.size <= MAX_MANIFEST_BYTES:
+                    # unsigned: the files after the manifest must be the ones it lists, at their sizes
+                    allowed = _listed_sizes(archive, {MANIFEST_NAME: (destination / name).read_bytes()})
     except (tarfile.TarError, EOFError, OSError) as error:
         reason = str(error).splitlines()[0].rstrip(":") if str(error) else type(error).__name__
         raise BundleError("{} is not a bundle directory or a readable .tar of one ({})".format(archive, reason)) \

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from benchmarks.reliability import (Zeros, long_name_bomb, many_members, rewrite_manifest, signing_keys as make_keys,
                                    swap_two_classes, verify_process, with_big_member)
-from runtime.bundle import MAX_BUNDLE_BYTES, _checked, load_bundle, open_bundle
+from runtime.bundle import MAX_BUNDLE_BYTES, _checked, expansion_budget, load_bundle, open_bundle
 from runtime.errors import BundleError
 from toolchain.cli import main
 
@@ -90,7 +90,9 @@ def test_a_gzip_bomb_is_unpacked_with_bounded_memory_and_nothing_left_behind(tmp
     done = subprocess.run([sys.executable, "-c", probe, str(archive)], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     message, peak_kb = done.stdout.strip().splitlines()
-    assert message == f"{archive} is not a bundle: it has no manifest.json"  # the archive the user gave
+    budget = expansion_budget(archive)  # refused at the header: 600 MB from under 5 MB is a bomb
+    assert message == f"{archive} would unpack to over {budget:,} bytes, 100 times its size: a compression bomb, " \
+                      "not a bundle"  # the archive the user gave
     assert int(peak_kb) < 200 * 1024
     assert bundle_temporaries() == before
 
@@ -216,9 +218,10 @@ def test_an_archive_bomb_is_refused_within_200_mb_and_10_s_leaving_nothing(bomb,
         "200,000 members": (many_members(tmp_path / "many.tar.gz", 200_000), (), " has over 66 members: not a bundle"),
         "an unsigned 1 GiB member, trusted": (
             with_big_member(tmp_path / "big.tar.gz", [int8_built.bundle / "manifest.json"], 1024 ** 3),
-            ("--trust", str(public)),
-            " is not signed (no manifest.json.sig): a trusted key was given, so it is refused"),
+            ("--trust", str(public)), " would unpack to over {:,} bytes, 100 times its size: a compression bomb, not "
+                                      "a bundle"),
     }[bomb]
+    message = message.format(expansion_budget(path)) if "{" in message else message
     assert path.stat().st_size < 2e6
     result = verify_process(path, *options)
     assert (result["code"], result["message"]) == ("1", f"error: {path}{message}")
@@ -233,9 +236,26 @@ def test_with_a_trusted_key_only_the_files_the_signed_manifest_lists_are_unpacke
     CliRunner().invoke(main, ["sign-bundle", str(signed), "--key", str(private)], catch_exceptions=False)
     archive = with_big_member(tmp_path / "extra.tar.gz", sorted(signed.iterdir()), 4096)
     before = bundle_temporaries()
-    with pytest.raises(BundleError, match=r"extra.tar.gz: padding.bin \(4,096 bytes\) is not a file the signed "
-                                          "manifest lists at that size"):
-        open_bundle(archive, public)
+    for trust in (public, None):  # without a key, the unsigned manifest's listing is held to as well
+        with pytest.raises(BundleError, match=r"extra.tar.gz: padding.bin \(4,096 bytes\) is not a file the "
+                                              "manifest lists at that size"):
+            open_bundle(archive, trust)
     assert bundle_temporaries() == before
-    with pytest.raises(BundleError, match="files not in the manifest: padding.bin"):  # without a key: once unpacked
-        open_bundle(archive)
+
+
+@pytest.mark.parametrize("compression", ["bz2", "gz"])
+def test_a_member_larger_than_the_manifest_says_is_refused_at_its_header_without_a_key(int8_built, tmp_path,
+                                                                                    compression):
+    """A stranger's bomb: the bundle's real manifest first, then its cloud half swapped for 40 MiB of zeros (under
+    the expansion budget), as a compressed stream named .tar. Refused at that member's header: nothing of it is
+    written."""
+    archive = tmp_path / "bomb.tar"
+    with tarfile.open(archive, f"w:{compression}") as tar:
+        tar.add(int8_built.bundle / "manifest.json", "manifest.json")
+        member = tarfile.TarInfo("cloud.onnx")
+        member.size = 40 * 1024 ** 2
+        tar.addfile(member, io.BufferedReader(Zeros(member.size), 1 << 20))
+    result = verify_process(archive)
+    assert result["code"] == "1" and result["message"] == (
+        f"error: {archive}: cloud.onnx (41,943,040 bytes) is not a file the manifest lists at that size"), result
+    assert result["written_mb"] < 1 and result["seconds"] < 10 and result["left_in_tmp"] == 0, result

@@ -107,7 +107,8 @@ def _parse_manifest(path: Path, data: bytes) -> dict:
     try:
         manifest = json.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as error:
-        raise BundleError("{} is not valid JSON: {}".format(path, error)) from error
+        reason = "an integer of over 4,300 digits" if "int_max_str_digits" in str(error) else str(error)
+        raise BundleError("{} is not valid JSON: {}".format(path, reason)) from error
     except RecursionError:
         raise BundleError("{} nests too deeply to be a manifest".format(path)) from None
     if not isinstance(manifest, dict):

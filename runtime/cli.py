@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import EdgesplitError
+from runtime.errors import EdgesplitError, one_line
 
 def _server(text: str):
     from runtime.transports import parse_server
@@ -44,6 +44,59 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(error)) from error
 
 
+def _count(text: str) -> int:
+    """A whole number >= 1 (frames, threads, bytes of burst)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a whole number >= 1, got {!r}".format(text)) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("expected a whole number >= 1, got {}".format(value))
+    return value
+
+
+def _positive(text: str) -> float:
+    """A finite number > 0 and at most a day's worth (seconds, frames per second)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number, got {!r}".format(text)) from None
+    if not (0 < value <= 86400):  # NaN fails this too
+        raise argparse.ArgumentTypeError("expected a number > 0 and <= 86400, got {}".format(text))
+    return value
+
+
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number, got {!r}".format(text)) from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError("expected an entropy >= 0 (nats), got {}".format(text))
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text) if text.isdigit() else -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("expected a port 0-65535 (0: any free one), got {!r}".format(text))
+    return value
+
+
+def _output(text: str) -> str:
+    """A file to write: its folder must exist (checked before the run, not after it)."""
+    folder = Path(text).parent
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError("cannot write {}: the folder {} does not exist".format(text, folder))
+    return text
+
+
+def _existing(text: str) -> str:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError("no such file: {}".format(text))
+    return text
+
+
 class _Parser(argparse.ArgumentParser):
     """Wrong arguments are one line naming the problem (`--help` shows the usage), like every other error."""
 
@@ -66,27 +119,27 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--split", default=None, choices=("train", "test"),
                       help="Which set of a source holding both (.npz with train_/test_ arrays, folder with "
                            "train/ and test/) [default: test].")
-    edge.add_argument("--limit", type=int, default=None, help="Stop after this many frames.")
-    edge.add_argument("--fps", type=float, default=None, help="Pace the source to this frame rate.")
-    edge.add_argument("--in-flight", type=int, default=8, help="Frames sent but not yet answered (default 8).")
-    edge.add_argument("--timeout", type=float, default=10.0, help="Seconds to wait for one reply (default 10).")
+    edge.add_argument("--limit", type=_count, default=None, help="Stop after this many frames.")
+    edge.add_argument("--fps", type=_positive, default=None, help="Pace the source to this frame rate.")
+    edge.add_argument("--in-flight", type=_count, default=8, help="Frames sent but not yet answered (default 8).")
+    edge.add_argument("--timeout", type=_positive, default=10.0, help="Seconds to wait for one reply (default 10).")
     edge.add_argument("--key-file", default=None,
                       help="Shared key file for `edgesplit serve` (default: the EDGESPLIT_KEY variable).")
     edge.add_argument("--tls", action="store_true", help="Connect with TLS, checking the server's certificate.")
-    edge.add_argument("--tls-ca", default=None, help="CA file that signed the server's certificate (implies --tls).")
+    edge.add_argument("--tls-ca", default=None, type=_existing, help="CA file that signed the server's certificate (implies --tls).")
     edge.add_argument("--tls-server-name", default=None, help="Name the certificate must carry (default: host).")
-    edge.add_argument("--tls-cert", default=None, help="This edge's certificate chain, for mutual TLS (implies --tls).")
-    edge.add_argument("--tls-key", default=None, help="Private key of --tls-cert.")
+    edge.add_argument("--tls-cert", default=None, type=_existing, help="This edge's certificate chain, for mutual TLS (implies --tls).")
+    edge.add_argument("--tls-key", default=None, type=_existing, help="Private key of --tls-cert.")
     edge.add_argument("--uplink", type=_rate, default=None, help="Emulated uplink rate, e.g. 1mbit (tc units).")
     edge.add_argument("--rtt", type=_duration, default=0.0, help="Emulated round-trip delay, e.g. 20ms.")
-    edge.add_argument("--burst", type=int, default=4096, help="Emulated token-bucket depth in bytes (default 4096).")
-    edge.add_argument("--threads", type=int, default=None, help="Threads for the edge backend.")
-    edge.add_argument("--exit-threshold", type=float, default=None,
+    edge.add_argument("--burst", type=_count, default=4096, help="Emulated token-bucket depth in bytes (default 4096).")
+    edge.add_argument("--threads", type=_count, default=None, help="Threads for the edge backend.")
+    edge.add_argument("--exit-threshold", type=_threshold, default=None,
                       help="Answer frames whose exit-branch entropy is below this on the edge [default: the "
                            "bundle's, from calibrate-exit].")
-    edge.add_argument("--output", default=None, help="CSV with one row per frame.")
-    edge.add_argument("--summary-json", default=None, help="Write the summary as JSON too.")
-    edge.add_argument("--save-outputs", default=None,
+    edge.add_argument("--output", default=None, type=_output, help="CSV with one row per frame.")
+    edge.add_argument("--summary-json", default=None, type=_output, help="Write the summary as JSON too.")
+    edge.add_argument("--save-outputs", default=None, type=_output,
                       help="An .npz with every output of each frame the cloud answered (boxes too), by name, "
                            "and their frame indices.")
 
@@ -97,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="Images as for `edge --source` [default: the bundled Fashion-MNIST held-out images].")
     demo.add_argument("--split", default=None, choices=("train", "test"),
                       help="Which set of a source holding both [default: test].")
-    demo.add_argument("--frames", type=int, default=300, help="Frames to send (default 300).")
+    demo.add_argument("--frames", type=_count, default=300, help="Frames to send (default 300).")
 
     engines = commands.add_parser("build-engines", help="Build a bundle's TensorRT engines on this device.")
     _bundle_arguments(engines)
@@ -105,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="Serve a bundle's cloud half to edges over TCP.")
     _bundle_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: all interfaces).")
-    serve.add_argument("--port", type=int, default=9000)
+    serve.add_argument("--port", type=_port, default=9000)
     serve.add_argument("--key-file", default=None, help="Shared key file (default: the EDGESPLIT_KEY variable).")
     serve.add_argument("--no-auth", action="store_true", help="Accept edges without a shared key.")
     serve.add_argument("--tls-cert", default=None, help="Certificate chain (PEM) to serve TLS with.")
@@ -114,8 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-wait-ms", type=float, default=2.0,
                        help="How long a batch waits to fill up while other edges are connected.")
     serve.add_argument("--max-in-flight", type=int, default=256, help="Unanswered frames allowed per edge.")
-    serve.add_argument("--threads", type=int, default=None, help="Threads for the cloud backend.")
-    serve.add_argument("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
+    serve.add_argument("--threads", type=_count, default=None, help="Threads for the cloud backend.")
+    serve.add_argument("--metrics-port", type=_port, default=None, help="Serve Prometheus metrics on this port.")
     serve.add_argument("--metrics-host", default="127.0.0.1",
                        help="Address of the metrics endpoint (default loopback: it tells how busy the server is).")
     serve.add_argument("--max-connections", type=int, default=1024,
@@ -222,8 +275,6 @@ def run_demo(args) -> dict:
     from runtime.edge import ClientConfig
     from runtime.images import open_source
 
-    if args.frames < 1:
-        raise EdgesplitError("--frames must be at least 1, got {}".format(args.frames))
     bundle = open_bundle(args.bundle, args.trust)
     frames = islice(open_source(args.source or str(DEFAULT_CALIBRATION), bundle.input_spec(), args.split),
                     args.frames)
@@ -340,7 +391,7 @@ def main(argv=None) -> None:
     except EdgesplitError as error:
         if args.debug:
             raise
-        print("error: {}".format(error), file=sys.stderr)
+        print("error: {}".format(one_line(error)), file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

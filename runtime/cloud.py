@@ -15,6 +15,7 @@ import errno
 import logging
 import math
 import os
+import socket
 import ssl
 import threading
 import time
@@ -647,8 +648,8 @@ async def _listen(handler, host: str, port: int, ssl_context=None, tls_timeout_s
     tls = {} if ssl_context is None else {"ssl": ssl_context, "ssl_handshake_timeout": tls_timeout_s}
     try:
         return await asyncio.start_server(handler, host, port, **tls, **options)
-    except OSError as error:
-        reason = os.strerror(error.errno) if error.errno else str(error)
+    except OSError as error:  # a socket.gaierror's errno is a resolver code, not an errno os.strerror knows
+        reason = error.strerror if isinstance(error, socket.gaierror) or not error.errno else os.strerror(error.errno)
         raise EdgesplitError("cannot listen on {}:{}: {}".format(host, port, reason)) from error
 
 

@@ -223,8 +223,9 @@ def open_source(source: str, spec: InputSpec, split: Optional[str] = None, first
     if path.suffix == ".npy" and path.is_file():
         _check_split_given(path, split, False)
         return _array_frames(load_array(path), None, spec, path, first)
-    raise EdgesplitError("source {!r} not found: give an .npz or .npy of uint8 images, a folder of image "
-                         "files, or camera[:N]".format(source))
+    problem = "is not an .npz, an .npy or a folder" if path.exists() else "not found"
+    raise EdgesplitError("source {!r} {}: give an .npz or .npy of uint8 images, a folder of image files, or "
+                         "camera[:N]".format(source, problem))
 
 
 def paced(frames: Iterator[SourceFrame], fps: Optional[float]) -> Iterator[SourceFrame]:

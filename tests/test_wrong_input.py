@@ -130,3 +130,49 @@ def test_the_edge_command_names_a_server_that_does_not_speak_edgesplit(int8_buil
                                 cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr == (
         f"error: {address} is not an edgesplit server: it answered with bytes 48 54 54 50\n"), result.stderr
+
+
+RUNTIME_WRONG = [
+    (["edge", "--timeout", "nan"], "argument --timeout: expected a number > 0 and <= 86400, got nan"),
+    (["edge", "--timeout", "1e300"], "argument --timeout: expected a number > 0 and <= 86400, got 1e300"),
+    (["edge", "--timeout", "0"], "argument --timeout: expected a number > 0 and <= 86400, got 0"),
+    (["edge", "--fps", "-1"], "argument --fps: expected a number > 0 and <= 86400, got -1"),
+    (["edge", "--limit", "-5"], "argument --limit: expected a whole number >= 1, got -5"),
+    (["edge", "--in-flight", "0"], "argument --in-flight: expected a whole number >= 1, got 0"),
+    (["edge", "--burst", "-1"], "argument --burst: expected a whole number >= 1, got -1"),
+    (["edge", "--exit-threshold", "nan"], "argument --exit-threshold: expected an entropy >= 0 (nats), got nan"),
+    (["edge", "--output", "/nonexistent/x.csv"],
+     "argument --output: cannot write /nonexistent/x.csv: the folder /nonexistent does not exist"),
+    (["edge", "--tls-ca", "/nonexistent/ca.pem"], "argument --tls-ca: no such file: /nonexistent/ca.pem"),
+    (["serve", "--port", "70000"], "argument --port: expected a port 0-65535 (0: any free one), got '70000'"),
+    (["serve", "--threads", "-3"], "argument --threads: expected a whole number >= 1, got -3"),
+]
+
+
+@pytest.mark.parametrize("arguments, message", RUNTIME_WRONG, ids=[" ".join(a) for a, _ in RUNTIME_WRONG])
+def test_runtime_options_out_of_range_are_one_line_before_anything_runs(int8_built, arguments, message):
+    """What a stranger typed: every one used to be a traceback, a hang (--in-flight 0) or a run that failed
+    every frame (--timeout 0)."""
+    command, *options = arguments
+    where = ["--server", "127.0.0.1:9", "--source", str(DEFAULT_CALIBRATION)] if command == "edge" else []
+    result = subprocess.run([sys.executable, "-m", "edgesplit", command, "--bundle", str(int8_built.bundle), *where,
+                             *options], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.strip() == f"edgesplit {command}: error: {message}", result.stderr
+
+
+def test_a_source_that_exists_but_is_no_source_says_so(int8_built, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    result = subprocess.run([sys.executable, "-m", "edgesplit", "edge", "--bundle", str(int8_built.bundle),
+                             "--server", "127.0.0.1:9", "--source", str(text)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1 and result.stderr.strip() == (
+        f"error: source '{text}' is not an .npz, an .npy or a folder: give an .npz or .npy of uint8 images, a "
+        "folder of image files, or camera[:N]")
+
+
+def test_an_error_quoting_a_huge_value_is_cut_to_one_readable_line():
+    from runtime.errors import MAX_MESSAGE_CHARS, BundleError, one_line
+
+    line = one_line(BundleError("bundle id " + "f" * 3_000_000))
+    assert len(line) < MAX_MESSAGE_CHARS + 50 and line.endswith("(3,000,010 characters in all)")

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import click
 
-from runtime.errors import EdgesplitError
+from runtime.errors import EdgesplitError, one_line
 from runtime.inputs import RESIZE_POLICIES, parse_floats
 from runtime.wire import LOSSLESS
 from toolchain.lossless import CHOICES as LOSSLESS_CHOICES
@@ -39,7 +39,7 @@ class ReportingGroup(click.Group):
         except EdgesplitError as error:
             if ctx.params.get("debug"):
                 raise
-            click.secho(f"error: {error}", fg="red", err=True)
+            click.secho(f"error: {one_line(error)}", fg="red", err=True)
             sys.exit(1)
         except click.UsageError as error:
             if ctx.params.get("debug"):

@@ -162,6 +162,14 @@ def export_repository(options: RepositoryOptions) -> dict:
         if any(output.iterdir()) and not (output / names["ensemble"] / "config.pbtxt").exists():
             raise EdgesplitError(f"{output} exists and is not a repository this command wrote: refusing to replace it")
         shutil.rmtree(output)
+    try:
+        _write(options, bundle, names, output)
+    except OSError as error:
+        raise EdgesplitError(f"cannot write the repository {output}: {error.strerror or error}") from error
+    return dict(names, bundle_id=bundle.bundle_id)
+
+
+def _write(options: RepositoryOptions, bundle: Bundle, names: dict, output: Path) -> None:
     folders = {role: output / name for role, name in names.items()}
     tail_config, native = _tail(options, bundle, names, folders["tail"])
     (folders["tail"] / "config.pbtxt").write_text(tail_config)
@@ -169,7 +177,6 @@ def export_repository(options: RepositoryOptions) -> dict:
     (folders["decode"] / "config.pbtxt").write_text(_decode(options, bundle, names, native, folders["decode"]))
     (folders["ensemble"] / VERSION).mkdir(parents=True)
     (folders["ensemble"] / "config.pbtxt").write_text(_ensemble(options, bundle, names))
-    return dict(names, bundle_id=bundle.bundle_id)
 
 
 def server_command(repository: Path) -> str:

@@ -244,8 +244,8 @@ def run_edge(bundle_path: Path, address: tuple, source: Path | str, output: Path
 
 def image_folder(folder: Path, images: np.ndarray, huge: int = 12000) -> dict[str, Path]:
     """`images` (uint8, N x H x W or N x H x W x 3) as 000.png, 001.png, ... and among them the broken files issue 29
-    found ending a run: a truncated JPEG, a text file named .png, and a `huge` x `huge` PNG (kilobytes of zlib,
-    `huge`² bytes decoded). Returns the broken files by kind."""
+    found ending a run: a truncated JPEG, a text file named .png, a `huge` x `huge` PNG (kilobytes of zlib,
+    `huge`² bytes decoded), a PNG header declaring 30000 x 30000, and a dangling link. Returns them by kind."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -259,4 +259,20 @@ def image_folder(folder: Path, images: np.ndarray, huge: int = 12000) -> dict[st
     text.write_text("not an image\n")
     big = folder / f"{middle:03d}-huge.png"
     Image.new(Image.fromarray(images[0]).mode, (huge, huge)).save(big, compress_level=9)
-    return {"truncated": jpeg, "text": text, "huge": big}
+    bomb = folder / f"{middle:03d}-bomb.png"  # its header alone: 30000 x 30000, past Pillow's own refusal
+    bomb.write_bytes(_png_header(30000, 30000))
+    gone = folder / f"{middle:03d}-gone.png"
+    gone.symlink_to(folder / "no such file")
+    return {"truncated": jpeg, "text": text, "huge": big, "bomb": bomb, "gone": gone}
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares its size and holds no pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
+        chunk(b"IEND", b"")

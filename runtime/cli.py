@@ -44,15 +44,24 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(error)) from error
 
 
-def _count(text: str) -> int:
-    """A whole number >= 1 (frames, threads, bytes of burst)."""
+def _whole(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError("expected a whole number >= 1, got {!r}".format(text)) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("expected a whole number >= 1, got {}".format(value))
+        raise argparse.ArgumentTypeError("expected a whole number >= {}, got {!r}".format(least, text)) from None
+    if value < least:
+        raise argparse.ArgumentTypeError("expected a whole number >= {}, got {}".format(least, value))
     return value
+
+
+def _count(text: str) -> int:
+    """Frames, threads: at least 1."""
+    return _whole(text, 1)
+
+
+def _bytes(text: str) -> int:
+    """A size in bytes; 0 is one (an emulated link's empty bucket paces every byte)."""
+    return _whole(text, 0)
 
 
 def _positive(text: str) -> float:
@@ -126,13 +135,15 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--key-file", default=None,
                       help="Shared key file for `edgesplit serve` (default: the EDGESPLIT_KEY variable).")
     edge.add_argument("--tls", action="store_true", help="Connect with TLS, checking the server's certificate.")
-    edge.add_argument("--tls-ca", default=None, type=_existing, help="CA file that signed the server's certificate (implies --tls).")
+    edge.add_argument("--tls-ca", default=None, type=_existing,
+                      help="CA file that signed the server's certificate (implies --tls).")
     edge.add_argument("--tls-server-name", default=None, help="Name the certificate must carry (default: host).")
-    edge.add_argument("--tls-cert", default=None, type=_existing, help="This edge's certificate chain, for mutual TLS (implies --tls).")
+    edge.add_argument("--tls-cert", default=None, type=_existing,
+                      help="This edge's certificate chain, for mutual TLS (implies --tls).")
     edge.add_argument("--tls-key", default=None, type=_existing, help="Private key of --tls-cert.")
     edge.add_argument("--uplink", type=_rate, default=None, help="Emulated uplink rate, e.g. 1mbit (tc units).")
     edge.add_argument("--rtt", type=_duration, default=0.0, help="Emulated round-trip delay, e.g. 20ms.")
-    edge.add_argument("--burst", type=_count, default=4096, help="Emulated token-bucket depth in bytes (default 4096).")
+    edge.add_argument("--burst", type=_bytes, default=4096, help="Emulated token-bucket depth in bytes (default 4096).")
     edge.add_argument("--threads", type=_count, default=None, help="Threads for the edge backend.")
     edge.add_argument("--exit-threshold", type=_threshold, default=None,
                       help="Answer frames whose exit-branch entropy is below this on the edge [default: the "

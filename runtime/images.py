@@ -18,7 +18,7 @@ import numpy as np
 from runtime.errors import EdgesplitError
 from runtime.inputs import InputSpec
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".webp", ".gif", ".tif", ".tiff")
 SPLITS = ("train", "test")
 COLOR_MODES = {1: "L", 3: "RGB"}
 MAX_PIXELS = 4096 * 4096  # an image file declaring more (in its header) is refused before it is decoded
@@ -80,7 +80,9 @@ def read_npz(path, split: str) -> Tuple[np.ndarray, Optional[np.ndarray], bool]:
 
 
 def _image_files(directory: Path) -> List[Path]:
-    files = [p for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")]
+    """The folder's image files by name; a link or device named like one is listed too, to be refused as a
+    frame of its own (an error row), not dropped without a word."""
+    files = [p for p in directory.iterdir() if not p.name.startswith(".") and not p.is_dir()]
     others = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
     if others:
         LOG.warning("%s: skipped %d file(s) that are not images (%s): %s", directory, len(others),
@@ -115,6 +117,8 @@ def decode_image(path: Path, spec: InputSpec) -> np.ndarray:
     mode = COLOR_MODES.get(spec.channels)
     if mode is None:
         raise EdgesplitError("image files give 1 or 3 channels, the model takes {}".format(spec.channels))
+    if not path.is_file():  # a dangling link, a device: never opened (a read of /dev/zero would not end)
+        raise EdgesplitError("{} is not a regular file".format(path))
     try:
         with warnings.catch_warnings():  # Pillow's own bomb check warns at 89 MP: ours is stricter, and one line
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -123,6 +127,10 @@ def decode_image(path: Path, spec: InputSpec) -> np.ndarray:
                 pixels = np.asarray(_without_opaque_alpha(picture))
     except EdgesplitError:
         raise
+    except Image.DecompressionBombError:  # Pillow's own refusal, from the header, past twice its 89 MP warning
+        raise EdgesplitError("{} declares over {:,} pixels, over the {} a frame may have ({:.1f} MP): refused "
+                             "before decoding".format(path, 2 * Image.MAX_IMAGE_PIXELS, MAX_PIXELS,
+                                                      MAX_PIXELS / 1e6)) from None
     except Exception as error:  # Pillow's decoders raise many types for a broken file; each is this file's fault
         raise EdgesplitError("{} is not a readable image: {}".format(path, str(error) or type(error).__name__)) \
             from error

@@ -216,12 +216,13 @@ def test_reliability_suite_contains_every_fault(int8_built, tmp_path):
         seconds = float(re.match(r"exit 1 after ([\d.]+) s, \d+ MB written: ", bomb["detail"]).group(1))
         assert bomb["value"] <= 200 and seconds <= 10 and bomb["detail"].endswith("/tmp: 0"), bomb
     answered = lambda row: int(row["value"].split("/")[0])  # noqa: E731
-    assert [answered(row) >= 135 for row in by_measure["an edge with the key: frames the cloud answered"]] == [True] * 2
+    [flood] = by_measure["an edge with the key: frames the cloud answered"]  # quick: from 16 addresses only
+    assert answered(flood) >= 135
     assert answered(by_measure["frames the cloud answered"][0]) >= 50  # silent server
     faulty = by_measure["frames counted as the cloud's answers"]
-    assert [answered(row) for row in faulty[:3]] == [0, 0, 0] and answered(faulty[3]) >= 80  # NaN, uint8, 2x5; unsent
+    assert [answered(row) for row in faulty[:3]] == [0, 0, 0] and answered(faulty[3]) >= 40  # NaN, uint8, 2x5; unsent
     [images] = by_measure["edge peak RSS above the same folder without them (MB)"]
-    assert images["value"] <= 100 and images["detail"].startswith("exit 0, 23 rows, 3 errors"), images
+    assert images["value"] <= 100 and images["detail"].startswith("exit 0, 25 rows, 5 errors"), images
     statuses = [(row["goal"], row["value"]) for row in by_measure["verify-bundle exit status"]]
     assert statuses == [("1", "1"), ("-", "0"), ("1", "1")]  # absurd shape; tampered: verifies without a key only
     assert (tmp_path / "reliability.png").stat().st_size > 0

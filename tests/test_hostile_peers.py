@@ -109,12 +109,14 @@ def test_broken_and_huge_files_in_an_image_folder_are_error_rows_and_the_run_goe
     run = edge(int8_built, ("127.0.0.1", serve), tmp_path, source=folder)
     assert baseline.returncode == 0 and run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr
-    assert len(run.rows) == 1 + 12 + 3 and run.summary["cloud_answers"] == 12 and run.summary["errors"] == 3
+    assert len(run.rows) == 1 + 12 + 5 and run.summary["cloud_answers"] == 12 and run.summary["errors"] == 5
     errors = {Path(row[5].split(" ")[0]).name: row[5] for row in run.rows[1:] if row[1] == "error"}
     assert set(errors) == {path.name for path in broken.values()}
     assert "is not a readable image" in errors[broken["truncated"].name]
     assert "is not a readable image: cannot identify image file" in errors[broken["text"].name]
     assert f"declares 12000x12000 pixels, over the {MAX_PIXELS} a frame may have" in errors[broken["huge"].name]
+    assert f"pixels, over the {MAX_PIXELS} a frame may have" in errors[broken["bomb"].name]
+    assert errors[broken["gone"].name].endswith("-gone.png is not a regular file")
     assert run.peak_mb <= baseline.peak_mb + 100, (run.peak_mb, baseline.peak_mb)
 
 

@@ -60,7 +60,8 @@ def test_image_files_of_another_channel_count_are_refused_not_converted(mode, al
     picture = save_png(folder / "a" / "0.png", mode, alpha)
     spec = InputSpec(1, 32, 32, "pad")
     [frame] = open_source(str(folder), spec)  # that file's own outcome: the run goes on
-    assert frame.image is None and frame.error == f"{picture}: the image has {channels} channel(s), the model takes 1 (L)"
+    assert frame.image is None
+    assert frame.error == f"{picture}: the image has {channels} channel(s), the model takes 1 (L)"
 
 
 def test_an_opaque_alpha_channel_is_dropped_losslessly(tmp_path):
@@ -139,7 +140,7 @@ RUNTIME_WRONG = [
     (["edge", "--fps", "-1"], "argument --fps: expected a number > 0 and <= 86400, got -1"),
     (["edge", "--limit", "-5"], "argument --limit: expected a whole number >= 1, got -5"),
     (["edge", "--in-flight", "0"], "argument --in-flight: expected a whole number >= 1, got 0"),
-    (["edge", "--burst", "-1"], "argument --burst: expected a whole number >= 1, got -1"),
+    (["edge", "--burst", "-1"], "argument --burst: expected a whole number >= 0, got -1"),
     (["edge", "--exit-threshold", "nan"], "argument --exit-threshold: expected an entropy >= 0 (nats), got nan"),
     (["edge", "--output", "/nonexistent/x.csv"],
      "argument --output: cannot write /nonexistent/x.csv: the folder /nonexistent does not exist"),
@@ -150,14 +151,17 @@ RUNTIME_WRONG = [
 
 
 @pytest.mark.parametrize("arguments, message", RUNTIME_WRONG, ids=[" ".join(a) for a, _ in RUNTIME_WRONG])
-def test_runtime_options_out_of_range_are_one_line_before_anything_runs(int8_built, arguments, message):
+def test_runtime_options_out_of_range_are_one_line_before_anything_runs(int8_built, arguments, message, capsys):
     """What a stranger typed: every one used to be a traceback, a hang (--in-flight 0) or a run that failed
-    every frame (--timeout 0)."""
+    every frame (--timeout 0). The runtime's own entry point, in this process: argparse refuses them first."""
+    from runtime.cli import main as runtime_main
+
     command, *options = arguments
     where = ["--server", "127.0.0.1:9", "--source", str(DEFAULT_CALIBRATION)] if command == "edge" else []
-    result = subprocess.run([sys.executable, "-m", "edgesplit", command, "--bundle", str(int8_built.bundle), *where,
-                             *options], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and result.stderr.strip() == f"edgesplit {command}: error: {message}", result.stderr
+    with pytest.raises(SystemExit) as stopped:
+        runtime_main([command, "--bundle", str(int8_built.bundle), *where, *options])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip() == f"edgesplit {command}: error: {message}"
 
 
 def test_a_source_that_exists_but_is_no_source_says_so(int8_built, tmp_path):

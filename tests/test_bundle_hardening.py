@@ -243,6 +243,7 @@ def test_with_a_trusted_key_only_the_files_the_signed_manifest_lists_are_unpacke
     assert bundle_temporaries() == before
 
 
+@pytest.mark.slow  # 40 MiB compressed twice, and verify-bundle in its own process
 @pytest.mark.parametrize("compression", ["bz2", "gz"])
 def test_a_member_larger_than_the_manifest_says_is_refused_at_its_header_without_a_key(int8_built, tmp_path,
                                                                                     compression):

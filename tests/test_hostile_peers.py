@@ -38,6 +38,7 @@ def edge(int8_built, address, tmp_path, *options, source=DEFAULT_CALIBRATION):
     return run_edge(int8_built.bundle, address, source, tmp_path, *options, key=KEY)
 
 
+@pytest.mark.slow  # seconds of flood and a server of its own: CI runs it, the quick tier leaves it out
 @pytest.mark.parametrize("spread", [False, True], ids=["from one address", "each from its own address"])
 def test_keyless_sockets_reopened_as_they_close_do_not_lock_out_an_edge_with_the_key(int8_built, tmp_path, spread):
     process, port = start_serve(int8_built.bundle, "--max-connections", "16")
@@ -53,6 +54,7 @@ def test_keyless_sockets_reopened_as_they_close_do_not_lock_out_an_edge_with_the
     assert run.summary["cloud_answers"] >= 135, run.summary  # 90 %
 
 
+@pytest.mark.slow  # 100 frames at 20 fps
 def test_an_edge_abandons_a_connection_gone_silent_and_reconnects(int8_built, serve, tmp_path):
     path = SilentPath(("127.0.0.1", serve), silent=1)
     try:
@@ -67,6 +69,7 @@ def test_an_edge_abandons_a_connection_gone_silent_and_reconnects(int8_built, se
     assert silent and all("no reply" in row[5] or "the connection is silent" in row[5] for row in silent)
 
 
+@pytest.mark.slow  # 40 frames at 20 fps
 def test_a_server_answering_every_other_frame_is_lossy_not_silent_and_keeps_its_connection(int8_built, bundle,
                                                                                            tmp_path):
     server = FaultyServer(bundle, KEY.encode(), "every other")

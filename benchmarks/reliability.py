@@ -136,8 +136,7 @@ def non_reading_client(bundle, seconds: float) -> list[dict]:
         after, peak = rss_mb(process.pid), rss_mb(process.pid, "VmHWM")
         flooded["socket"].close()
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
+        stopped(process)
     return [{"fault": "tiny frames, replies never read", "measure": "server RSS growth (MB)",
              "value": round(after - before, 1), "goal": "<= 30",
              "detail": f"{flooded['frames_sent']:,} frames sent in {flooded['seconds']:.1f} s; peak RSS {peak:.0f} MB; "
@@ -220,8 +219,7 @@ def bystander(bundle, payloads, expected, seconds: float) -> tuple[list[dict], d
                 rival.join(30)
             runs[with_greedy]["greedy_answered"] = answered.value
         finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(30)
+            stopped(process)
     alone, crowded = runs[False], runs[True]
     row = {"fault": f"a client keeping {GREEDY_IN_FLIGHT} frames in flight", "measure": "bystander p99 with / alone",
            "value": round(crowded["p99"] / alone["p99"], 2), "goal": "<= 3",
@@ -245,8 +243,7 @@ def key_guessing(bundle, seconds: float) -> list[dict]:
                     break
                 tried += 1
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
+        stopped(process)
     return [{"fault": "guessing keys from one address", "measure": "wrong keys tried before refusal",
              "value": tried, "goal": "<= 10 per minute", "detail": f"then: {refusal}"}]
 

@@ -64,25 +64,24 @@ def _bytes(text: str) -> int:
     return _whole(text, 0)
 
 
-def _positive(text: str) -> float:
-    """A finite number > 0 and at most a day's worth (seconds, frames per second)."""
+def _number(text: str, within, expected: str) -> float:
+    """`text` as a float for which `within(value)` holds (a comparison NaN fails), or one line saying `expected`."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError("expected a number, got {!r}".format(text)) from None
-    if not (0 < value <= 86400):  # NaN fails this too
-        raise argparse.ArgumentTypeError("expected a number > 0 and <= 86400, got {}".format(text))
+    if not within(value):
+        raise argparse.ArgumentTypeError("expected {}, got {}".format(expected, text))
     return value
+
+
+def _positive(text: str) -> float:
+    """Seconds, frames per second: > 0 and at most a day's worth."""
+    return _number(text, lambda value: 0 < value <= 86400, "a number > 0 and <= 86400")
 
 
 def _threshold(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected a number, got {!r}".format(text)) from None
-    if not (value >= 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError("expected an entropy >= 0 (nats), got {}".format(text))
-    return value
+    return _number(text, lambda value: 0 <= value < float("inf"), "an entropy >= 0 (nats)")
 
 
 def _port(text: str) -> int:

@@ -292,10 +292,10 @@ class EdgeClient(Replies):
         """Not one flat float32 vector of the outputs' size: the server does not speak the protocol."""
         return values.dtype.kind != "f" or values.dtype.itemsize != 4 or values.shape != (self.reply_values,)
 
-    def _faulty(self, values: np.ndarray) -> Optional[str]:
+    def _faulty(self, values: np.ndarray, malformed: bool) -> Optional[str]:
         """Why a RESULT's values are no answer: malformed, or holding NaN or infinity (this frame's answer is
         broken)."""
-        if self._malformed(values):
+        if malformed:
             return "RESULT is {} shaped {}; the bundle's outputs {} are one flat float32 vector of {} values".format(
                 values.dtype.name, values.shape, [name for name, _ in self.output_sizes], self.reply_values)
         if not np.isfinite(values).all():
@@ -346,13 +346,14 @@ class EdgeClient(Replies):
         """A RESULT: the frame's answer, or (faulty) its fallback marked as the cloud's failure; a malformed one
         also loses the connection."""
         self._received(received_bytes)
-        problem = self._faulty(values)
+        malformed = self._malformed(values)
+        problem = self._faulty(values, malformed)
         if problem is None:
             outputs = split_values(values.astype(np.float32), self.output_sizes)
             self._answer(channel, request_id, lambda entry: (CLOUD, outputs, ""))
             return
         self._answer(channel, request_id, lambda entry: self._fallback(entry.exit_logits, problem, "cloud failed"))
-        if self._malformed(values):
+        if malformed:
             self.lost(channel, problem)
 
     def refused(self, channel: Channel, request_id: int, code: int, message: str, received_bytes: int) -> None:

@@ -99,12 +99,18 @@ def fetch() -> Path:
     return server_dir()
 
 
-def ready(http_port: int) -> bool:
+def answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=2) as answer:
+        with urllib.request.urlopen(url, timeout=2) as answer:
             return answer.status == 200
     except OSError:
         return False
+
+
+def ready(http_port: int, metrics_port: int) -> bool:
+    """Every model ready and the metrics endpoint up: tritonserver starts its metrics service after HTTP."""
+    return answers(f"http://127.0.0.1:{http_port}/v2/health/ready") and answers(
+        f"http://127.0.0.1:{metrics_port}/metrics")
 
 
 class TritonServer:
@@ -139,7 +145,7 @@ class TritonServer:
                 env=dict(os.environ, LD_LIBRARY_PATH=library_path, PATH=path, **SERVER_ENVIRONMENT),
                 start_new_session=True)  # its group holds the Python-backend stubs too
         deadline = time.monotonic() + self.startup_s
-        while not ready(self.http_port):
+        while not ready(self.http_port, self.metrics_port):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.close()
                 raise RuntimeError(f"tritonserver did not become ready: {self.log_tail()}")

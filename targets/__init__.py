@@ -3,7 +3,9 @@
 A device says which half it can run (edge, cloud or both), the runtime backend that runs it,
 its default precision and the precisions it refuses (with the reason), the ONNX opset its
 parser takes, the versions it runs, what it cannot do, and `backend_options`: facts that only
-its backend's code reads (a TensorRT parser's version, a batch profile, the codes' dtype).
+its backend's code reads (a TensorRT parser's version, a batch profile, the codes' dtype), and
+`speed`: a reference model with a time published for the device, from which the toolchain derives how
+much slower than the machine it runs on the device is (toolchain/device_speed.py; the testbed's quota).
 A deployment is an edge device and a cloud device, chosen independently.
 
 Adding a device is adding a module here with a `DEVICE = Device(...)`. Python 3.6-compatible,
@@ -20,6 +22,16 @@ ROLES = ("edge", "cloud")
 PRECISIONS = ("fp32", "fp16", "int8")  # every precision any backend builds; each backend says its own
 
 
+class SpeedReference(NamedTuple):
+    """A model whose time per image on the device is published: the device's speed, measured against it."""
+
+    model: str  # a reference model toolchain/device_speed.py builds
+    input_shape: Tuple[int, int, int]
+    published_ms: float  # per image, on the device
+    source: str
+    stand_in: str  # the edgesplit target whose edge halves run here in the device's place (its backend's)
+
+
 class Device(NamedTuple):
     name: str
     description: str
@@ -32,12 +44,14 @@ class Device(NamedTuple):
     refused_precisions: Dict[str, str] = {}  # precision -> why this device cannot run it
     backend_options: Dict[str, object] = {}  # read by its backend's code only
     default_cloud: Optional[str] = None  # an edge device's cloud unless --cloud says otherwise
+    speed: Optional[SpeedReference] = None  # None: as fast as the machine the toolchain runs on
 
     def describe(self) -> dict:
         """What a manifest records about the device."""
         entry = self._asdict()
         entry.update(roles=list(self.roles), cannot=list(self.cannot), refused_precisions=dict(self.refused_precisions),
                      backend_options=dict(self.backend_options))
+        del entry["speed"]  # the toolchain's concern: a bundle runs the same whatever the device's speed
         return entry
 
 

@@ -1,7 +1,7 @@
 """Emulated edge devices: a process confined to a CPU quota that makes it as slow as the device.
 
-The factor is calibrated, not guessed: a reference model with a published time on the device is
-timed here on the backend the emulated edge runs (ONNX Runtime for the Jetson Nano, whose TensorRT
+The factor is calibrated, not guessed: a reference model with a published time on the device (targets/
+name it; toolchain/device_speed.py builds and times it) is timed here on the backend the emulated edge runs (ONNX Runtime for the Jetson Nano, whose TensorRT
 needs its GPU; TFLite for the Raspberry Pi), with the one thread the edge uses, and
 
     factor K = published ms per image on the device / ms per image here
@@ -32,11 +32,12 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
+
+from targets import DEVICES
 
 PERIOD_US = 10_000  # short periods keep per-frame timings smooth (a 47 ms frame spans ~5 periods)
 MIN_QUOTA_US = 1_000  # the kernel refuses a smaller cpu.cfs_quota_us
-WARMUP_FRAMES = 5
 RUNS = 3  # processes per calibration time, whose median is taken
 SETTLED = 0.10  # the reference's time under the quota within 10 % of the published one
 CALIBRATION_ROUNDS = 8
@@ -66,54 +67,14 @@ def one_line_errors():
 
 class Reference(NamedTuple):
     device: str  # the edge target it stands for
-    model: str
-    build: Callable  # () -> torch module, weights irrelevant to its time
-    input_shape: tuple[int, ...]
-    published_ms: float  # per image, on the device
+    published_ms: float  # per image, on the device, of the reference model targets/ name
     source: str
     target: str  # the edgesplit target whose edge halves the emulated device runs here
-    export: Callable  # (module, example NCHW array, path): the reference as the published run had it
 
 
-def _cifar_resnet18():
-    from toolchain.models import CifarResNet18
-
-    return CifarResNet18(width=1.0, in_channels=3)
-
-
-def _mobilenet_v1():
-    from toolchain.models import MobileNetV1
-
-    return MobileNetV1()
-
-
-def _onnx(module, example, path: Path) -> None:
-    import torch
-
-    from toolchain.export import export_onnx
-
-    export_onnx(module, (torch.from_numpy(example),), path, 17, ("image",), ("logits",), {})
-
-
-def _float_tflite(module, example, path: Path) -> None:
-    from toolchain.backends.tflite import convert_float
-    from toolchain.quiet import quiet
-
-    with quiet():
-        convert_float(module, example, path)
-
-
-REFERENCES = {
-    "jetson-nano": Reference(
-        "jetson-nano", "CIFAR ResNet-18 (3x3 stem, 3x32x32)", _cifar_resnet18, (3, 32, 32), 47.436,
-        "BBNet (Zhou et al., Sensors 2021, 21(13):4494), Table 4: Jetson Nano alone, "
-        "4.7436 s per 100 CIFAR-10 images", "cpu", _onnx),
-    "raspberry-pi": Reference(
-        "raspberry-pi", "MobileNet v1 1.0 224 (float TFLite, 3x224x224)", _mobilenet_v1, (3, 224, 224), 87.0,
-        "TildAlice, \"MobileNet vs EfficientNet-Lite: Pi 4 First Model 38ms Gap\" (dev.to/tildalice.io, 2026): "
-        "Raspberry Pi 4 CPU, TFLite, MobileNet v1 1.0_224 87 ms per image",
-        "raspberry-pi", _float_tflite),
-}
+# every device whose speed reference targets/ give (toolchain/device_speed.py builds and times the models)
+REFERENCES = {name: Reference(name, device.speed.published_ms, device.speed.source, device.speed.stand_in)
+              for name, device in sorted(DEVICES.items()) if device.speed is not None}
 
 
 class Calibration(NamedTuple):
@@ -239,17 +200,11 @@ def run_json(command: list[str]) -> dict:
 
 
 def export_reference(device: str, work: Path) -> Path:
-    import numpy as np
-
     from targets import get_device
-    from toolchain.backends import exporter
+    from toolchain.device_speed import export_reference as export
 
-    ref = reference(device)
-    work.mkdir(parents=True, exist_ok=True)
-    path = work / f"reference-{device}{exporter(get_device(ref.target, 'edge')).suffix}"
-    if not path.exists():
-        ref.export(ref.build().eval(), np.zeros((1, *ref.input_shape), np.float32), path)
-    return path
+    reference(device)
+    return export(get_device(device, "edge"), work)
 
 
 def median_ms(command: list[str]) -> float:
@@ -281,37 +236,6 @@ def calibrate(device: str, work: Path, threads: int = 1, frames: int = 10) -> Ca
                        f"(is something else busy on this machine?)")
 
 
-def random_feed(runner) -> dict:
-    """One frame of noise for each of a runner's inputs (a time does not depend on the values)."""
-    import numpy as np
-
-    random = np.random.default_rng(0)
-    feed = {}
-    for name, dtype, shape in runner.inputs:
-        shape = [1, *shape[1:]]
-        if np.issubdtype(np.dtype(dtype), np.integer):
-            limits = np.iinfo(np.dtype(dtype))
-            feed[name] = random.integers(limits.min, limits.max, shape, dtype=dtype, endpoint=True)
-        else:
-            feed[name] = random.random(shape).astype(dtype)
-    return feed
-
-
-def time_artefact(path: Path, backend: str, frames: int, threads: int) -> float:
-    """Milliseconds per image through a runtime backend at batch 1, after a warm-up: the whole run over its
-    frames (under a quota single frames fall on either side of a period edge; the mean does not care)."""
-    from runtime.backends import open_runner
-
-    with open_runner(backend, path, threads=threads) as runner:
-        feed = random_feed(runner)
-        for _ in range(WARMUP_FRAMES):
-            runner.infer(feed)
-        started = time.perf_counter()
-        for _ in range(frames):
-            runner.infer(feed)
-        return 1000 * (time.perf_counter() - started) / frames
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -326,6 +250,8 @@ def main() -> None:
                              help="Keep the reference model's artefact here (default: a temporary folder).")
     args = parser.parse_args()
     if args.command == "time":
+        from toolchain.device_speed import time_artefact
+
         print(json.dumps({"ms": time_artefact(args.artefact, args.backend, args.frames, args.threads)}))
     else:
         with one_line_errors(), tempfile.TemporaryDirectory() as scratch:

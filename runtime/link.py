@@ -12,7 +12,7 @@ import time
 
 RATE_UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9,  # tc's units: bits and bytes per second
               "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9}
-DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
 
 
 def _parse(text: str, units: dict, what: str, example: str) -> float:

@@ -654,6 +654,90 @@ def plan_command(profile_edge, profile_cloud, bandwidth, max_loss, rtt, edge_slo
     console.print(f"wrote {output / 'plan.csv'}, plan.json and plan.png")
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+@main.command("optimize")
+@model_options
+@click.option("--train-data", default=None,
+              help="Labeled images the pruned heads, codecs and exit branches train on [default: the bundled "
+                   "model's dataset].")
+@click.option("--calib", default=None, help="Calibration/held-out images [default: the bundled Fashion-MNIST slice].")
+@click.option("--target", default=DEFAULT_EDGE, show_default=True,
+              help=f"Edge device: {', '.join(device_names('edge'))}.")
+@click.option("--cloud", default=None, help="Cloud device [default: the edge device's default cloud].")
+@click.option("--uplink", default="20kbit,100kbit,1mbit", show_default=True,
+              help="Comma-separated uplink rates in tc units; the winner is picked (and built) per rate.")
+@click.option("--max-loss", default=1.0, show_default=True,
+              help="Accuracy points a deployment may lose against the float model, exits included.")
+@click.option("--budget", default="30min", show_default=True,
+              help="Time for the whole run (e.g. 90s, 20min, 1h): no new piece is started past what the builds "
+                   "of the winners need.")
+@click.option("--splits", default=None, help="Comma-separated split points [default: the end of every top-level "
+                                             "module].")
+@click.option("--prune", "ratios", default="0,0.3,0.5", show_default=True,
+              help="Head pruning ratios to try (0: unpruned).")
+@click.option("--criterion", type=click.Choice(["feature-bias", "bn-scale"]), default="feature-bias",
+              show_default=True, help="Pruning criterion: SAFBMP's feature bias or BBNet's BN scale.")
+@click.option("--codec", "codecs", multiple=True, default=None,
+              help="Codec spec to try at every split; repeat for several [default: int8 and two 4-bit BBNet "
+                   "codecs sized to each split].")
+@click.option("--no-exit", is_flag=True, help="Try no early-exit branch.")
+@click.option("--train-frames", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Training images for fine-tuning, codecs and exits.")
+@click.option("--epochs", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Epochs of fine-tuning, codec and exit training each.")
+@HOLDOUT_FRAMES
+@click.option("--frames", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Frames timed per point, one at a time.")
+@click.option("--rtt", default="0ms", show_default=True, help="Round trip added to every upload (e.g. 20ms).")
+@click.option("--edge-factor", type=float, default=None,
+              help="How many times slower than this machine the edge device is, measured elsewhere (the testbed's "
+                   "calibration) [default: timed against the device's speed reference in targets/].")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("optimized"),
+              show_default=True, help="Folder for the report, the winners' bundles and the cache.")
+@click.option("--no-build", is_flag=True, help="Report only: build no winner.")
+def optimize_command(model, train_data, calib, target, cloud, uplink, max_loss, budget, splits, ratios, criterion,
+                     codecs, no_exit, train_frames, epochs, holdout_frames, frames, rtt, edge_factor, output,
+                     no_build) -> None:
+    """From a model and a link to the deployment that wins: pruned heads x splits x codecs x exits, and both
+    baselines, measured, predicted per uplink rate, and the winners built."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from toolchain.optimize import OptimizeOptions, optimize
+    from toolchain.optimize_report import write_report
+
+    options = OptimizeOptions(
+        model=model.spec, weights=model.weights, inputs=model.inputs, train_data=train_data, calib=calib,
+        target=target, cloud=cloud, uplinks=tuple(_rates(uplink)), max_loss=max_loss,
+        budget_s=_duration(budget, "--budget"), splits=tuple(s.strip() for s in splits.split(",")) if splits else None,
+        ratios=_floats(ratios), criterion=criterion, codecs=tuple(codecs) or None, early_exit=not no_exit,
+        train_frames=train_frames, epochs=epochs, holdout_frames=holdout_frames or 2000, frames=frames,
+        rtt_ms=_duration(rtt, "--rtt") * 1000, edge_factor=edge_factor, output=output, build=not no_build)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns) as progress:
+        result = optimize(options, progress)
+    summary = write_report(result, output)
+    for choice in summary["choices"]:
+        click.echo(f"{choice['uplink']:>12}: {choice['choice']} — {choice['s_per_100']:.2f} s per 100 frames, "
+                   f"{choice['speedup_vs_better_baseline']:.2f}x the better baseline, "
+                   f"{choice['loss_points']:+.2f} pt; {choice['bundle']}")
+    click.echo(f"wrote {output / 'REPORT.md'} ({summary['points']} points in {summary['seconds']:.0f} s)")
+
+
+def _duration(text: str, option: str) -> float:
+    from runtime.link import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint=option) from None
+
+
 @main.command("estimate-rate")
 @click.option("--cameras", type=int, required=True, help="Edges (cameras) sending to one cloud.")
 @click.option("--fps", type=float, required=True, help="Frames per second per camera.")

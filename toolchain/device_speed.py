@@ -79,6 +79,8 @@ class Speed(NamedTuple):
     def words(self) -> str:
         if self.factor == 1.0 and not self.source:
             return f"{self.device}: this machine"
+        if not self.published_ms:
+            return f"{self.device} = this machine x {self.factor:g} ({self.source})"
         return f"{self.device} = this machine x {self.factor:.2f} ({self.here_ms:.2f} ms here, {self.published_ms:g} " \
                f"ms published: {self.source})"
 

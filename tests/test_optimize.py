@@ -1,0 +1,144 @@
+"""`edgesplit optimize`: pruned heads, codecs trained on them and exits composed, measured, predicted per rate,
+and the winner built; what it stores lets a second run resume without training or measuring again."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from runtime.bundle import load_bundle
+from runtime.local import SplitInference
+from toolchain.cli import main
+from toolchain.planning import link_bytes
+
+from conftest import TINY_MODEL
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+def optimize(output: Path, *arguments: str) -> dict:
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-m", "edgesplit", "optimize", *arguments, "--output", str(output)],
+                          cwd=ROOT, env=environment, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    return json.loads((output / "summary.json").read_text())
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as stream:
+        return list(csv.DictReader(stream))
+
+
+def stored_files(folder: Path) -> dict[str, int]:
+    return {str(path.relative_to(folder)): path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def composed(tmp_path_factory, fashion_mnist):
+    """The tiny model cut after its second block, its head pruned or not, int8 and two learned codecs at each,
+    an exit branch: the search alone (no build)."""
+    output = tmp_path_factory.mktemp("composed")
+    summary = optimize(output, *TINY_MODEL, "--train-data", "fashion-mnist", "--splits", "features.8", "--prune",
+                       "0,0.5", "--train-frames", "1500", "--holdout-frames", "300", "--frames", "10",
+                       "--uplink", "20kbit,10mbit", "--max-loss", "100", "--no-build")
+    return output, summary
+
+
+def test_codecs_and_exits_are_trained_on_the_pruned_heads_own_features(composed):
+    output, summary = composed
+    points = read_csv(output / "points.csv")
+    pruned = [p for p in points if p["strategy"] == "split" and float(p["ratio"]) == 0.5]
+    unpruned = [p for p in points if p["strategy"] == "split" and float(p["ratio"]) == 0]
+    codecs = {"int8", "bbnet:bits=4,c=8,s=4", "bbnet:bits=4,c=2,s=4"}  # a quarter and a sixteenth of 32 channels
+    assert {p["codec"] for p in pruned} == {p["codec"] for p in unpruned} == codecs
+    # every pruned head is its own model: its codecs and exit branch were trained for it, not for the original
+    archives = list((output / "cache" / "pruned").glob("*.pt2"))
+    assert len(archives) == 1
+    trained_for = {torch.load(path, weights_only=True)["model_sha256"]
+                   for kind in ("codecs", "exits") for path in (output / "cache" / kind).glob("*.pt")}
+    assert len(trained_for) == 2 and summary["model"]["sha256"] in trained_for
+    # exits: 'send everything' and thresholds that send fewer frames, each scored on the held-out half
+    offloads = sorted({float(p["offload_rate"]) for p in unpruned if p["codec"] == "int8"})
+    assert offloads[-1] == 1.0 and offloads[0] < 1.0
+    assert summary["evaluated_frames"] == 150
+
+
+def test_each_rate_picks_the_fastest_prediction_from_measured_times_and_real_frame_bytes(composed):
+    output, summary = composed
+    factor = summary["speed"]["factor"]
+    points = {p["name"]: p for p in read_csv(output / "points.csv")}
+    predictions = read_csv(output / "predictions.csv")
+    for choice in summary["choices"]:
+        at_rate = [p for p in predictions if float(p["uplink_bps"]) == choice["uplink_bps"]]
+        fastest = min(at_rate, key=lambda p: float(p["s_per_100"]))
+        assert [p["option"] for p in at_rate if p["chosen"] == "True"] == [choice["choice"]]
+        assert float(fastest["s_per_100"]) == choice["s_per_100"]
+        for prediction in at_rate:
+            point = points[prediction["option"]]
+            sent, frame = float(point["offload_rate"]), float(point["frame_bytes"])
+            # the upload: the protocol's whole frame plus TCP/IP headers per segment, for the share still sent
+            expected = sent * 1000 * 8 * link_bytes(frame) / choice["uplink_bps"] if frame else 0.0
+            assert float(prediction["upload_ms"]) == pytest.approx(expected, rel=1e-3, abs=2e-3)
+            assert float(prediction["edge_ms"]) == pytest.approx(factor * float(point["edge_ms_here"]), rel=1e-3, abs=1e-3)
+    for name in ("points.csv", "predictions.csv", "choices.csv", "optimize.png", "REPORT.md"):
+        assert (output / name).stat().st_size > 0
+
+
+def test_a_second_run_resumes_from_what_the_first_stored(composed, tmp_path):
+    output, summary = composed
+    before = stored_files(output / "cache")
+    again = optimize(output, *TINY_MODEL, "--train-data", "fashion-mnist", "--splits", "features.8", "--prune",
+                     "0,0.5", "--train-frames", "1500", "--holdout-frames", "300", "--frames", "10",
+                     "--uplink", "20kbit,10mbit", "--max-loss", "100", "--no-build")
+    assert stored_files(output / "cache") == before  # nothing trained, built or measured again
+    assert [c["choice"] for c in again["choices"]] == [c["choice"] for c in summary["choices"]]
+
+
+@pytest.mark.slow
+def test_the_winning_split_is_built_for_the_real_devices_and_sends_what_was_predicted(tmp_path, fashion_mnist,
+                                                                                       holdout):
+    # the default model on an edge twice as slow as this machine, at 1 Mbit/s: the image (PNG) takes ~5 ms a frame
+    # on the link, the whole model ~8 ms on the edge; a layer1 head with a 256-byte codec ~3 ms on either
+    summary = optimize(tmp_path, "--target", "jetson-nano", "--edge-factor", "2", "--uplink", "1mbit",
+                       "--splits", "layer1", "--prune", "0", "--codec", "bbnet:bits=4,c=8,s=4", "--no-exit",
+                       "--train-frames", "2000", "--holdout-frames", "200", "--frames", "30", "--max-loss", "100")
+    (choice,) = summary["choices"]
+    assert choice["strategy"] == "split" and choice["choice"] == "layer1 bbnet:bits=4,c=8,s=4", choice
+    assert choice["speedup_vs_better_baseline"] > 1
+    bundle = load_bundle(Path(choice["bundle"]))
+    manifest = bundle.manifest
+    assert manifest["deployment"]["edge"]["name"] == "jetson-nano"
+    assert (manifest["codec"]["name"], manifest["codec"]["params"]) == ("bbnet", {"bits": 4, "c": 8, "s": 4})
+    assert manifest["split"]["module"] == "layer1"
+    verified = subprocess.run([sys.executable, "-m", "edgesplit", "verify-bundle", choice["bundle"]], cwd=ROOT,
+                              capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stderr
+    # what the built bundle sends is what the prediction counted
+    deployed = SplitInference(bundle, verified=True).deployed(holdout.inputs()[:100])
+    point = next(p for p in read_csv(tmp_path / "points.csv") if p["name"] == choice["choice"])
+    assert deployed.payload_bytes.mean() == pytest.approx(float(point["payload_bytes"]), abs=1)
+
+
+@pytest.mark.parametrize("arguments,expected", [
+    (["--uplink", "0kbit"], "a rate must be positive"),
+    (["--prune", "0,1.5"], "pruning ratio must be between 0 and 1"),
+    (["--prune", "half"], "'half' is not a comma-separated list of numbers"),
+    (["--splits", "nosuch"], "nosuch"),
+    (["--budget", "soon"], "a duration must look like 20ms"),
+    (["--edge-factor", "0"], "--edge-factor is how many times slower"),
+    (["--budget", "1ms", "--splits", "features.8"], "no split point could be measured within the budget"),
+])
+def test_wrong_options_get_one_line(arguments, expected, tmp_path, fashion_mnist):
+    result = CliRunner().invoke(main, ["optimize", *TINY_MODEL, "--train-data", "fashion-mnist", "--train-frames",
+                                       "200", "--holdout-frames", "40", *arguments, "--output", str(tmp_path)])
+    assert result.exit_code in (1, 2) and "Traceback" not in result.output, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.startswith("error") or ": error:" in line]
+    assert len(lines) == 1 and expected in lines[0], result.output

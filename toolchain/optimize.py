@@ -1,0 +1,526 @@
+"""`edgesplit optimize`: from a model, its data, two devices and uplink rates to the deployment that wins.
+
+Operating points: the whole model on the edge device (edge-only), the image sent raw / PNG / JPEG
+(cloud-only), and every split x head pruning ratio x codec x exit threshold. Each piece is trained on the
+output of what precedes it: a head is pruned (and fine-tuned by distillation from the unpruned model) first;
+the learned codecs and the exit branch are then trained on that pruned head's own features. Every
+point is built as a bundle and measured here, on the edge device's backend where it runs here and else
+on its stand-in's (targets/), one thread, one frame at a time; a measured time times the device's factor
+(toolchain/device_speed.py) is the device's. Accuracy is measured on held-out images: exit thresholds are
+picked on one half and scored on the other.
+
+Per rate, every point is predicted as the bandwidth benchmark measures (100 frames streamed with 8 in
+flight: the first frame's latency, then one frame per slowest stage), its upload counting the protocol's
+frame and TCP/IP headers, an exit as the share of frames it still sends. The fastest within --max-loss
+wins, and each winning split is built for the real devices.
+
+Trained pieces and measured points are stored under the cache folder by the content they come from (the
+model, the data, the options that shape them, edgesplit's code), so an interrupted run resumes and a second
+run costs only what changed. The search stops starting new work when what is left of --budget would not
+cover the builds of the winners; the report names what it did not try.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from calibration_data import DEFAULT_CALIBRATION
+from targets import Deployment, deployment, get_device
+from toolchain import cache
+from toolchain.backends import exporter
+from toolchain.errors import EdgesplitError
+from toolchain.load import InputOptions, LoadedModel, load_model
+from toolchain.planning import PlanOption, link_bytes
+
+STREAM_FRAMES, IN_FLIGHT = 100, 8  # as the bandwidth benchmark streams them
+EXIT_LOSSES = (0.1, 0.25, 0.5, 1.0)  # accuracy points exits may cost on the selection half: one threshold each
+DEFAULT_RATIOS = (0.0, 0.3, 0.5)
+CRITERIA = ("feature-bias", "bn-scale")
+CODE_BITS = 4
+REPORT_FORMAT = "edgesplit-optimize/1"
+
+
+class OptimizeOptions(NamedTuple):
+    model: str | None = None
+    weights: Path | None = None
+    inputs: InputOptions = InputOptions()
+    train_data: str | None = None  # labeled images the pieces train on (default: a bundled model's dataset)
+    calib: str | None = None  # calibration and held-out images (default: the bundled Fashion-MNIST slice)
+    target: str = "cpu"  # the edge device
+    cloud: str | None = None
+    uplinks: tuple[float, ...] = (20e3, 100e3, 1e6)  # bits per second
+    max_loss: float = 1.0  # accuracy points against the float model, exits included
+    budget_s: float = 1800.0
+    splits: tuple[str, ...] | None = None  # default: the end of every top-level module
+    ratios: tuple[float, ...] = DEFAULT_RATIOS  # shares of the head's prunable channels removed (0: unpruned)
+    criterion: str = "feature-bias"  # SAFBMP's; bn-scale is BBNet's network slimming
+    codecs: tuple[str, ...] | None = None  # default: int8 and learned codecs sized to each split (learned_grid)
+    early_exit: bool = True
+    train_frames: int | None = 10_000
+    epochs: int = 1  # of fine-tuning, codec and exit training each
+    holdout_frames: int | None = 2000
+    frames: int = 100  # timed per point
+    rtt_ms: float = 0.0
+    edge_factor: float | None = None  # the device's speed factor measured elsewhere (the testbed's calibration)
+    output: Path = Path("optimized")
+    cache_dir: Path | None = None  # default: <output>/cache
+    build: bool = True  # build each winning split for the real devices
+
+
+class Head(NamedTuple):
+    """The model a point's bundle is built from: the original, or one pruned before `split`."""
+    split: str  # as users name it (module path)
+    ratio: float
+    model: str | None
+    weights: Path | None
+    inputs: InputOptions
+    loaded: LoadedModel
+    node: str  # the split's fx node in this model
+    shape: tuple[int, ...]  # of the split tensor
+
+
+class Search(NamedTuple):
+    """What the whole search shares: devices, data, the store and the clock."""
+    options: OptimizeOptions
+    devices: Deployment  # the real ones
+    measured_on: Deployment  # where each half is timed here (stand-ins for backends that cannot run here)
+    speed: object  # device_speed.Speed
+    loaded: LoadedModel
+    data: str
+    train: object  # ImageSet
+    calibration: np.ndarray
+    select: object  # ImageSet: picks exit thresholds
+    evaluate: object  # ImageSet: scores every point
+    float_predictions: np.ndarray  # the float model on `evaluate`
+    float_accuracy: float
+    store: Path
+    work: Path
+    started: float
+
+
+def learned_grid(shape: tuple[int, ...]) -> list[str]:
+    """BBNet codecs for a C,H,W split tensor: a quarter and a sixteenth of its channels at the largest stride
+    up to 4 that divides its height and width, 4-bit codes (the zoo's 64-byte codec at layer3 is one)."""
+    if len(shape) != 3:
+        return []
+    channels, height, width = shape
+    stride = next(s for s in (4, 2, 1) if height % s == 0 and width % s == 0)
+    widths = sorted({max(1, channels // 4), max(1, channels // 16)}, reverse=True)
+    return [f"bbnet:bits={CODE_BITS},c={c},s={stride}" for c in widths]
+
+
+def check_options(options: OptimizeOptions) -> None:
+    from toolchain.pruning import check_ratio
+
+    if not options.uplinks or any(rate <= 0 for rate in options.uplinks):
+        raise EdgesplitError("--uplink needs one or more positive rates, e.g. 20kbit,100kbit,1mbit")
+    for ratio in options.ratios:
+        if ratio != 0:
+            check_ratio(ratio)
+    if options.criterion not in CRITERIA:
+        raise EdgesplitError(f"unknown pruning criterion {options.criterion!r}; criteria: {', '.join(CRITERIA)}")
+    if options.budget_s <= 0 or options.max_loss < 0 or options.frames < 1 or options.epochs < 0:
+        raise EdgesplitError("--budget and --frames must be positive, --max-loss and --epochs at least 0")
+    if options.edge_factor is not None and not 0 < options.edge_factor < math.inf:
+        raise EdgesplitError(f"--edge-factor is how many times slower than this machine the device is, a positive "
+                             f"number; got {options.edge_factor}")
+
+
+def stand_ins(devices: Deployment) -> Deployment:
+    """Where each half is timed here: the device itself where its backend runs here, else its stand-in
+    (the edge: targets/ name one; the cloud: this CPU, a lower bound on a GPU server's speed)."""
+    from toolchain.device_speed import stand_in
+
+    cloud = devices.cloud if not exporter(devices.cloud).unavailable() else get_device("cpu", "cloud")
+    return Deployment(get_device(stand_in(devices.edge), "edge"), cloud)
+
+
+def stored(store: Path, kind: str, key: str, suffix: str, make: Callable[[Path], None]) -> Path:
+    """The file stored under the key, made by `make(path)` first where missing (written aside, then renamed)."""
+    folder = store / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{key}{suffix}"
+    if not path.exists():
+        descriptor, aside = tempfile.mkstemp(dir=folder, suffix=suffix)
+        os.close(descriptor)
+        make(Path(aside))
+        os.replace(aside, path)
+    return path
+
+
+def prepare(options: OptimizeOptions, progress_note: Callable[[str], None]) -> Search:
+    from toolchain.data import ImageSet, load_images
+    from toolchain.device_speed import Speed, measure_speed
+    from toolchain.evaluate import reference_outputs
+
+    check_options(options)
+    devices = deployment(options.target, options.cloud)
+    measured_on = stand_ins(devices)
+    loaded = load_model(options.model, options.weights, options.inputs)
+    spec = loaded.spec()
+    data = options.train_data or loaded.dataset
+    if data is None:
+        raise EdgesplitError("optimize trains codecs, exit branches and pruned heads: give --train-data, labeled "
+                             "images")
+    train = load_images(data, "train", spec)
+    train = train if options.train_frames is None else train.take(options.train_frames)
+    if train.labels is None:
+        raise EdgesplitError(f"{data} has no labels: pruned heads, codecs and exits are scored by accuracy")
+    source = options.calib or str(DEFAULT_CALIBRATION)
+    holdout = load_images(source, "test", spec)
+    holdout = holdout if options.holdout_frames is None else holdout.sample(options.holdout_frames)
+    if holdout.labels is None or len(holdout) < 20:
+        raise EdgesplitError(f"optimize needs at least 20 labeled held-out images in {source}; it has "
+                             f"{len(holdout)}{'' if holdout.labels is not None else ' without labels'}")
+    halves = [ImageSet(holdout.images[part::2], holdout.labels[part::2], holdout.origin) for part in (0, 1)]
+    store = options.cache_dir or options.output / "cache"
+    work = options.output / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    progress_note(f"timing {devices.edge.name}'s speed reference here")
+    speed = measure_speed(devices.edge, store / "speed") if options.edge_factor is None else \
+        Speed(devices.edge.name, options.edge_factor, 0.0, 0.0, "--edge-factor")
+    float_predictions = reference_outputs(loaded, halves[1].inputs())[0].argmax(1)
+    return Search(options, devices, measured_on, speed, loaded, data, train,
+                  load_images(source, "train", spec).take(512).inputs(), halves[0], halves[1], float_predictions,
+                  float((float_predictions == halves[1].labels).mean()), store, work, time.monotonic())
+
+
+def model_key(loaded: LoadedModel) -> str:
+    return cache.content_key(loaded.sha256, cache.module_code(loaded.module))
+
+
+def head(search: Search, split: str, ratio: float) -> Head:
+    """The original model, or one pruned before `split` and fine-tuned (stored as a .pt2 archive)."""
+    from toolchain.split import resolve_point, trace
+
+    options, loaded = search.options, search.loaded
+    if ratio == 0:
+        point = resolve_point(trace(loaded.module, loaded.input_shape), split)
+        return Head(split, 0.0, options.model, options.weights, options.inputs, loaded, point.node, point.shape)
+    key = cache.content_key("pruned", model_key(loaded), split, ratio, options.criterion, options.epochs,
+                            search.train.images, search.train.labels, cache.code_version())
+    path = stored(search.store, "pruned", key, ".pt2", lambda aside: prune_head(search, split, ratio, aside))
+    spec = loaded.spec()
+    inputs = InputOptions(spec.shape, spec.resize)  # the normalization is inside the archive's graph
+    pruned = load_model(str(path), None, inputs)
+    point = resolve_point(trace(pruned.module, pruned.input_shape), split)
+    return Head(split, ratio, str(path), None, inputs, pruned, point.node, point.shape)
+
+
+def prune_head(search: Search, split: str, ratio: float, path: Path) -> None:
+    import copy
+
+    from toolchain.pruning import fine_tune, head_modules, prune, save_pruned, sparsity_train
+
+    shape, teacher = search.loaded.input_shape, search.loaded.module.eval()
+    train_inputs, labels = search.train.inputs(), search.train.labels
+    model = copy.deepcopy(teacher)
+    if search.options.criterion == "bn-scale":
+        sparsity_train(model, head_modules(model, split, shape), train_inputs, labels, search.options.epochs)
+    pruned, report = prune(model, split, shape, search.options.criterion, ratio, search.calibration)
+    if report.head_params_after == report.head_params_before:
+        raise EdgesplitError(f"nothing before {split} can be pruned (its channels are the split tensor's)")
+    fine_tune(pruned, teacher, train_inputs, labels, search.options.epochs)
+    save_pruned(pruned, shape, path)
+
+
+def trained_pieces(search: Search, chosen: Head, codecs: list[str]) -> tuple[dict[str, Path | None], Path | None]:
+    """Each learned codec's checkpoint and the exit branch's, trained on `chosen`'s own head features."""
+    from toolchain.codec_training import prepare_training, save_checkpoint, train_codec
+    from toolchain.codecs import make_codec, parse_codec_spec
+    from toolchain.exit_branch import save_exit, train_exit
+
+    options, frozen = search.options, []
+    base = (model_key(chosen.loaded), chosen.node, options.epochs, search.train.images, search.train.labels,
+            cache.code_version())
+
+    def features():
+        if not frozen:
+            frozen.append(prepare_training(chosen.loaded.module, chosen.node, chosen.loaded.spec(), search.data,
+                                           options.train_frames, test_frames=0))
+        return frozen[0]
+
+    def codec_weights(spec: str) -> Path | None:
+        if not make_codec(parse_codec_spec(spec), chosen.shape).learned:
+            return None
+
+        def make(path: Path) -> None:
+            codec = make_codec(parse_codec_spec(spec), chosen.shape)
+            train_codec(codec, features().tail, features().train, options.epochs, seed=0)
+            save_checkpoint(path, codec, spec, chosen.node, chosen.loaded.sha256, epoch=options.epochs)
+        return stored(search.store, "codecs", cache.content_key("codec", spec, *base), ".pt", make)
+
+    def exit_weights(path: Path) -> None:
+        cached = features().train
+        save_exit(path, train_exit(cached, int(cached.teacher.shape[1]), epochs=max(1, options.epochs)),
+                  chosen.node, chosen.loaded.sha256)
+
+    weights = {spec: codec_weights(spec) for spec in codecs}
+    branch = stored(search.store, "exits", cache.content_key("exit", *base), ".pt", exit_weights) \
+        if options.early_exit else None
+    return weights, branch
+
+
+def point_key(search: Search, *parts) -> str:
+    options = search.options
+    return cache.content_key(*parts, search.measured_on.edge.name, search.measured_on.cloud.name, options.calib,
+                             search.select.images, search.evaluate.images, search.evaluate.labels, options.frames,
+                             cache.code_version())
+
+
+def file_hash(path: Path | None) -> str | None:
+    from runtime.bundle import file_sha256
+
+    return None if path is None else file_sha256(path)
+
+
+def measure_point(search: Search, chosen: Head, position: int, codec: str, codec_weights: Path | None,
+                  exit_weights: Path | None) -> list[dict]:
+    """One bundle (split x pruned head x codec, with its exit branch) built, timed and scored: one row per exit
+    threshold. Stored, so a run resumes past it."""
+    import json
+
+    key = point_key(search, "point", model_key(chosen.loaded), chosen.node, codec, file_hash(codec_weights),
+                    file_hash(exit_weights))
+
+    def make(path: Path) -> None:
+        rows = build_and_measure(search, chosen, codec, codec_weights, exit_weights)
+        path.write_text(json.dumps([dict(row, position=position) for row in rows]))
+    return json.loads(stored(search.store, "points", key, ".json", make).read_text())
+
+
+def build_and_measure(search: Search, chosen: Head, codec: str, codec_weights: Path | None,
+                      exit_weights: Path | None) -> list[dict]:
+    from runtime.bundle import open_bundle
+    from runtime.local import SplitInference
+    from toolchain.build import BuildOptions, build_engines
+    from toolchain.profile import measure_bundle
+
+    options = search.options
+    output = search.work / f"{chosen.split}-{chosen.ratio:g}-{codec.replace(':', '_').replace(',', '_')}"
+    started = time.monotonic()
+    build_engines(BuildOptions(
+        model=chosen.model, weights=chosen.weights, inputs=chosen.inputs, target=search.measured_on.edge.name,
+        cloud=search.measured_on.cloud.name, split=chosen.node, codec=codec, codec_weights=codec_weights,
+        exit_weights=exit_weights, calib=options.calib, holdout_frames=min(200, len(search.evaluate)),
+        output=output, max_loss=math.inf, min_agreement=0.0, max_relative_error=math.inf), show_progress=False)
+    build_s = time.monotonic() - started
+    timing = measure_bundle(output, search.evaluate.inputs()[:options.frames], threads=1)
+    inference = SplitInference(open_bundle(output), verified=True)
+    select, evaluate = (inference.deployed(part.inputs()) for part in (search.select, search.evaluate))
+    shutil.rmtree(output)  # measured: the winner is built again for the real devices
+    base = {"strategy": "split", "split": chosen.split, "ratio": chosen.ratio, "codec": codec,
+            "payload_bytes": timing["payload_bytes"], "frame_bytes": timing["frame_bytes"],
+            "edge_ms_here": timing["edge"]["ms"], "edge_p90_ms_here": timing["edge"]["p90_ms"],
+            "cloud_ms": timing["cloud"]["ms"], "build_s": round(build_s, 1)}
+    return [dict(base, **scored) for scored in exit_rows(search, select, evaluate)]
+
+
+def exit_rows(search: Search, select, evaluate) -> list[dict]:
+    """'Send every frame', then a threshold per EXIT_LOSSES picked on the selection half: each scored on the
+    evaluation half (its offload rate, accuracy and agreement with the float model)."""
+    from runtime.local import softmax_entropy
+    from toolchain.exit_calibration import ExitMeasurement, curve, pick
+
+    thresholds = [0.0]
+    if select.exit_logits is not None:
+        labels = search.select.labels
+        points = curve(ExitMeasurement(softmax_entropy(select.exit_logits), select.exit_logits.argmax(1) == labels,
+                                       select.outputs[0].argmax(1) == labels))
+        thresholds += sorted({pick(points, max_loss_points=loss).threshold for loss in EXIT_LOSSES} - {0.0})
+    cloud = evaluate.outputs[0].argmax(1)
+    exits = cloud if evaluate.exit_logits is None else evaluate.exit_logits.argmax(1)
+    rows = []
+    for threshold in thresholds:
+        local = np.zeros(len(cloud), bool) if threshold == 0 else softmax_entropy(evaluate.exit_logits) < threshold
+        answers = np.where(local, exits, cloud)
+        accuracy = float((answers == search.evaluate.labels).mean())
+        rows.append({"threshold": threshold, "offload_rate": float(1 - local.mean()), "accuracy": accuracy,
+                     "agreement": float((answers == search.float_predictions).mean()),
+                     "loss_points": 100 * (search.float_accuracy - accuracy)})
+    return rows
+
+
+def measure_baselines(search: Search) -> list[dict]:
+    """The whole model on the edge device, and the image sent raw / PNG / JPEG to the whole model in the cloud."""
+    import json
+
+    def make(path: Path) -> None:
+        path.write_text(json.dumps(baseline_rows(search)))
+    key = point_key(search, "baselines", model_key(search.loaded))
+    return json.loads(stored(search.store, "baselines", key, ".json", make).read_text())
+
+
+def baseline_rows(search: Search) -> list[dict]:
+    from toolchain.profile import measure_image_formats, measure_whole_model, whole_model_runner
+
+    inputs, labels = search.evaluate.inputs(), search.evaluate.labels
+    frames = min(search.options.frames, len(inputs))
+
+    def whole(role: str, threads: int | None) -> dict:
+        run = whole_model_runner(search.loaded, search.measured_on, role, search.calibration, search.work, threads)
+        return measure_whole_model(run, inputs, labels, frames)
+
+    edge, cloud = whole("edge", 1), whole("cloud", None)
+    rows = [{"strategy": "edge-only", "name": "edge-only", "frame_bytes": 0.0, "payload_bytes": 0.0,
+             "offload_rate": 0.0, "edge_ms_here": edge["ms"], "edge_p90_ms_here": edge["p90_ms"], "cloud_ms": 0.0,
+             "accuracy": edge["accuracy"], "position": math.inf}]
+    for upload in measure_image_formats(search.loaded, inputs, labels, frames):
+        rows.append({"strategy": "cloud-only", "name": f"cloud-only {upload['format']}",
+                     "frame_bytes": upload["frame_bytes"], "payload_bytes": upload["payload_bytes"],
+                     "offload_rate": 1.0, "edge_ms_here": upload["encode"]["ms"],
+                     "edge_p90_ms_here": upload["encode"]["p90_ms"],
+                     "cloud_ms": upload["decode"]["ms"] + cloud["ms"], "accuracy": upload["accuracy"],
+                     "position": -math.inf})
+    for row in rows:
+        row["loss_points"] = 100 * (search.float_accuracy - row["accuracy"])
+    return rows
+
+
+def point_name(row: dict) -> str:
+    if row["strategy"] != "split":
+        return row["name"]
+    pruned = f" pruned {row['ratio']:g}" if row["ratio"] else ""
+    exits = f" exit {row['threshold']:.3g} ({row['offload_rate']:.0%} sent)" if row["threshold"] else ""
+    return f"{row['split']}{pruned} {row['codec']}{exits}"
+
+
+class Choice(NamedTuple):
+    rate: float
+    options: list[PlanOption]  # every point, predicted at this rate, in the rows' order
+    winner: PlanOption
+    edge_only: PlanOption
+    cloud_only: PlanOption | None  # the fastest image upload within --max-loss
+
+    def seconds(self, option: PlanOption) -> float:
+        """Predicted seconds for STREAM_FRAMES frames streamed with IN_FLIGHT unanswered."""
+        return option.stream_ms(STREAM_FRAMES, IN_FLIGHT) / 1000
+
+    @property
+    def speedup(self) -> float:
+        """Over the better baseline."""
+        baselines = [self.seconds(o) for o in (self.edge_only, self.cloud_only) if o is not None]
+        return min(baselines) / self.seconds(self.winner)
+
+
+def predict(row: dict, factor: float, rate: float, rtt_ms: float) -> PlanOption:
+    """A measured point at one rate: the edge's time scaled to the device, an exit as the share it sends."""
+    sent = row["offload_rate"]
+    upload = sent * (1000 * 8 * link_bytes(row["frame_bytes"]) / rate + rtt_ms) if row["frame_bytes"] else 0.0
+    return PlanOption(row["strategy"], point_name(row), row["position"], sent * row["frame_bytes"],
+                      factor * row["edge_ms_here"], upload, sent * row["cloud_ms"], row["loss_points"])
+
+
+def choose(rows: list[dict], factor: float, rate: float, options: OptimizeOptions) -> Choice:
+    from toolchain.planning import fastest
+
+    predicted = [predict(row, factor, rate, options.rtt_ms) for row in rows]
+    cost = lambda option: option.stream_ms(STREAM_FRAMES, IN_FLIGHT)  # noqa: E731
+    edge_only = next(o for o in predicted if o.strategy == "edge-only")
+    uploads = [o for o in predicted if o.strategy == "cloud-only" and o.loss_points <= options.max_loss]
+    return Choice(rate, predicted, fastest(predicted, options.max_loss, cost=cost), edge_only,
+                  min(uploads, key=cost) if uploads else None)
+
+
+class Result(NamedTuple):
+    rows: list[dict]  # every measured point and baseline
+    choices: list[Choice]  # one per rate
+    not_tried: list[str]  # heads or codecs the budget left out, or that could not be made (with why)
+    bundles: dict[str, str]  # winner name -> its bundle's folder, or why it could not be built
+    speed: object  # device_speed.Speed
+    search: Search
+    seconds: float
+
+
+def split_names(search: Search) -> list[str]:
+    from toolchain.profile import default_points
+    from toolchain.split import candidate_points, resolve_point, trace
+
+    graph = trace(search.loaded.module, search.loaded.input_shape)
+    if search.options.splits:
+        for name in search.options.splits:
+            resolve_point(graph, name)  # an unknown name is refused here, in one line
+        return list(search.options.splits)
+    return [point.module or point.node for point in default_points(candidate_points(graph))]
+
+
+def optimize(options: OptimizeOptions, progress) -> Result:
+    """The whole search under a rich Progress; the winners built unless options.build is False."""
+    from toolchain.split import resolve_point, trace
+
+    task = progress.add_task("preparing", total=None)
+    search = prepare(options, lambda words: progress.update(task, description=words))
+    graph = trace(search.loaded.module, search.loaded.input_shape)
+    heads = [(ratio, split) for ratio in options.ratios for split in split_names(search)]
+    progress.update(task, total=len(heads) + 1, completed=0, description="baselines: whole model, image uploads")
+    rows, not_tried, longest_build = measure_baselines(search), [], [0.0]
+    progress.advance(task)
+
+    def out_of_budget() -> bool:  # what is left must still build a winner per rate
+        reserve = len(options.uplinks) * longest_build[0]
+        return time.monotonic() - search.started + reserve > options.budget_s
+
+    for ratio, split in heads:
+        progress.update(task, description=f"{split}, pruned {ratio:g}" if ratio else f"{split}, unpruned")
+        if out_of_budget():
+            not_tried.append(f"{split} pruned {ratio:g}: over the budget" if ratio else f"{split}: over the budget")
+            progress.advance(task)
+            continue
+        try:
+            chosen = head(search, split, ratio)
+            codecs = list(options.codecs or ["int8", *learned_grid(chosen.shape)])
+            weights, branch = trained_pieces(search, chosen, codecs)
+            position = resolve_point(graph, split).position
+            for codec in codecs:
+                if out_of_budget():
+                    not_tried.append(f"{split} pruned {ratio:g} {codec}: over the budget")
+                    continue
+                measured = measure_point(search, chosen, position, codec, weights[codec], branch)
+                longest_build[0] = max(longest_build[0], *(row["build_s"] for row in measured))
+                rows += measured
+        except (EdgesplitError, RuntimeError, ValueError) as error:
+            not_tried.append(f"{split} pruned {ratio:g}: {str(error).splitlines()[0]}")
+        progress.advance(task)
+    if not any(row["strategy"] == "split" for row in rows):
+        raise EdgesplitError(f"no split point could be measured within the budget ({'; '.join(not_tried)})")
+    choices = [choose(rows, search.speed.factor, rate, options) for rate in options.uplinks]
+    bundles = build_winners(search, rows, choices, progress) if options.build else {}
+    progress.update(task, description="done")
+    return Result(rows, choices, not_tried, bundles, search.speed, search, time.monotonic() - search.started)
+
+
+def build_winners(search: Search, rows: list[dict], choices: list[Choice], progress) -> dict[str, str]:
+    """Each split that wins some rate, built for the real devices with its codec, exit branch and threshold."""
+    from toolchain.build import BuildOptions, build_engines
+
+    options, bundles = search.options, {}
+    by_name = {point_name(row): row for row in rows}
+    for choice in choices:
+        name = choice.winner.name
+        if choice.winner.strategy != "split" or name in bundles:
+            continue
+        row = by_name[name]
+        task = progress.add_task(f"building {name}", total=None)
+        chosen = head(search, row["split"], row["ratio"])
+        weights, branch = trained_pieces(search, chosen, [row["codec"]])
+        output = options.output / "bundles" / f"{row['split']}-{row['ratio']:g}-{len(bundles)}"
+        try:
+            build_engines(BuildOptions(
+                model=chosen.model, weights=chosen.weights, inputs=chosen.inputs, target=options.target,
+                cloud=options.cloud, split=chosen.node, codec=row["codec"], codec_weights=weights[row["codec"]],
+                exit_weights=branch if row["threshold"] else None, exit_threshold=row["threshold"] or None,
+                calib=options.calib, holdout_frames=options.holdout_frames, output=output,
+                max_loss=options.max_loss), show_progress=False)
+            bundles[name] = str(output)
+        except EdgesplitError as error:
+            bundles[name] = f"not built: {str(error).splitlines()[0]}"
+        progress.update(task, total=1, completed=1)
+    return bundles

@@ -36,22 +36,26 @@ from toolchain.train import accuracy, predict
 SPLIT = "layer2"
 SHAPE = (1, 32, 32)
 BUILD_HOLDOUT = 200  # the timed bundles' own check: accuracy is measured on the test images, in main()
+QUICK_CALIBRATION = 128  # --quick: calibration images of the timed bundles (their time does not depend on it)
 
 
-def edge_latencies(model_path: Path | None, scratch: Path, inputs: np.ndarray, frames: int) -> dict:
+def edge_latencies(model_path: Path | None, scratch: Path, inputs: np.ndarray, frames: int,
+                   calibration_frames: int) -> dict:
     """Median edge ms per frame for the cpu (ONNX Runtime fp32) and raspberry-pi (TFLite int8) bundles."""
     model = {} if model_path is None else {"model": str(model_path), "inputs": InputOptions(SHAPE, "pad")}
     latencies = {}
     for target, column in (("cpu", "onnxrt_fp32_ms"), ("raspberry-pi", "tflite_int8_ms")):
         # the timed edge stops at the codes: no lossless stage to choose
         report = build_engines(BuildOptions(target=target, cloud="cpu", split=SPLIT, output=scratch / target,
-                                            max_loss=100.0, lossless="none", holdout_frames=BUILD_HOLDOUT, **model))
+                                            max_loss=100.0, lossless="none", holdout_frames=BUILD_HOLDOUT,
+                                            calibration_frames=calibration_frames, **model))
         latencies[column] = round(edge_latency_ms(load_bundle(report.bundle), inputs, 1, frames), 3)
     return latencies
 
 
 def main() -> None:
-    args = parse_arguments(__doc__, "pruning", "512 training images, one ratio, 250 test images.")
+    args = parse_arguments(__doc__, "pruning", "512 training images, one ratio, 250 test images; the timed bundles "
+                                               "calibrated on 128 images.")
     data = labeled_data(args.quick)
     ratios = (0.5,) if args.quick else (0.3, 0.5, 0.7)
     loaded = load_model(None)
@@ -63,6 +67,7 @@ def main() -> None:
     train_inputs, test_inputs = train.inputs(), test.inputs()
     calibration = load_images(str(DEFAULT_CALIBRATION), "train", spec).inputs()
     timed = 100 if args.quick else 500
+    calibration_frames = QUICK_CALIBRATION if args.quick else BuildOptions().calibration_frames
     teacher = loaded.module.eval()
     base_accuracy = accuracy(predict(teacher, test_inputs), test.labels)
     base_macs, base_params = count(teacher, SHAPE)
@@ -75,7 +80,7 @@ def main() -> None:
                     "head_params": head_params, "head_macs_m": round(head_macs / 1e6, 1),
                     "top1_before": round(base_accuracy, 4), "top1_pruned": round(base_accuracy, 4),
                     "top1_finetuned": round(base_accuracy, 4),
-                    **edge_latencies(None, scratch / "base", test_inputs, timed)}
+                    **edge_latencies(None, scratch / "base", test_inputs, timed, calibration_frames)}
         rows.append(baseline)
         progress.advance(task)
         for criterion in ("bn-scale", "feature-bias"):
@@ -94,7 +99,7 @@ def main() -> None:
                              "macs_m": round(report.macs_after / 1e6, 1), "head_params": report.head_params_after,
                              "head_macs_m": round(report.head_macs_after / 1e6, 1), "top1_before": round(before, 4),
                              "top1_pruned": round(after, 4), "top1_finetuned": round(tuned, 4),
-                             **edge_latencies(path, scratch / path.stem, test_inputs, timed)})
+                             **edge_latencies(path, scratch / path.stem, test_inputs, timed, calibration_frames)})
                 progress.advance(task)
     for row in rows:
         row["loss_points"] = round(100 * (base_accuracy - row["top1_finetuned"]), 2)

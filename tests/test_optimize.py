@@ -3,6 +3,7 @@ and the winner built; what it stores lets a second run resume without training o
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,7 +16,8 @@ from click.testing import CliRunner
 from runtime.bundle import load_bundle
 from runtime.local import SplitInference
 from toolchain.cli import main
-from toolchain.planning import link_bytes
+from toolchain.optimize import BUILD_ATTEMPTS, Choice, built_winner
+from toolchain.planning import PlanOption, link_bytes
 
 from conftest import TINY_MODEL
 
@@ -102,6 +104,32 @@ def test_a_second_run_resumes_from_what_the_first_stored(composed, tmp_path):
     assert [c["choice"] for c in again["choices"]] == [c["choice"] for c in summary["choices"]]
 
 
+def profile_of(summary: dict, edge_only_ms: float, sha256: str | None = None) -> dict:
+    """What `edgesplit profile` writes on a device, as far as optimize reads it."""
+    return {"format": "edgesplit-profile/2", "target": "cpu", "devices": {"edge": "cpu", "cloud": "cpu"},
+            "device": {}, "model": {"name": summary["model"]["name"], "sha256": sha256 or summary["model"]["sha256"],
+                                    "input_shape": [1, 32, 32]},
+            "data": {}, "candidates": [], "edge_only": {"ms": edge_only_ms}, "cloud_only": {"uploads": []}}
+
+
+def test_a_profile_measured_on_the_device_sets_its_factor(composed, tmp_path):
+    output, summary = composed
+    here = next(float(p["edge_ms_here"]) for p in read_csv(output / "points.csv") if p["strategy"] == "edge-only")
+    profile = tmp_path / "device.json"
+    profile.write_text(json.dumps(profile_of(summary, 5 * here)))
+    arguments = [*TINY_MODEL, "--train-data", "fashion-mnist", "--splits", "features.8", "--prune", "0,0.5",
+                 "--train-frames", "1500", "--holdout-frames", "300", "--frames", "10", "--uplink", "20kbit,10mbit",
+                 "--max-loss", "100", "--no-build", "--cache", str(output / "cache")]
+    profiled = optimize(tmp_path / "profiled", *arguments, "--profile-edge", str(profile))
+    assert profiled["speed"]["factor"] == pytest.approx(5, rel=1e-3)
+    edge_only = [p for p in read_csv(tmp_path / "profiled" / "predictions.csv") if p["option"] == "edge-only"]
+    assert len(edge_only) == 2 and all(float(p["edge_ms"]) == pytest.approx(5 * here, abs=1e-3) for p in edge_only)
+    profile.write_text(json.dumps(profile_of(summary, 5 * here, sha256="0" * 64)))
+    result = CliRunner().invoke(main, ["optimize", *arguments, "--profile-edge", str(profile), "--output",
+                                       str(tmp_path / "other")])
+    assert result.exit_code == 1 and "profiles model" in result.output.strip().splitlines()[-1], result.output
+
+
 @pytest.mark.slow
 def test_the_winning_split_is_built_for_the_real_devices_and_sends_what_was_predicted(tmp_path, fashion_mnist,
                                                                                        holdout):
@@ -142,3 +170,27 @@ def test_wrong_options_get_one_line(arguments, expected, tmp_path, fashion_mnist
     assert result.exit_code in (1, 2) and "Traceback" not in result.output, result.output
     lines = [line for line in result.output.strip().splitlines() if line.startswith("error") or ": error:" in line]
     assert len(lines) == 1 and expected in lines[0], result.output
+
+
+def option(name: str, strategy: str, edge_ms: float, loss: float = 0.0) -> PlanOption:
+    return PlanOption(strategy, name, 1.0 if strategy == "split" else math.inf, 0.0, edge_ms, 0.0, 0.0, loss)
+
+
+def test_a_point_its_build_refuses_gives_way_to_the_next_fastest():
+    options = [option("a", "split", 1), option("b", "split", 2), option("c", "split", 3, loss=5),
+               option("edge-only", "edge-only", 4), option("d", "split", 5)]
+    choice = Choice(1e5, options, options[0], options[3], None)
+    tried = []
+
+    def build(point):
+        tried.append(point.name)
+        return point.name == "b"
+    assert built_winner(choice, 1.0, build).winner.name == "b" and tried == ["a", "b"]
+    tried.clear()  # nothing builds: the baseline, and no split slower than it is tried
+    assert built_winner(choice, 1.0, lambda point: tried.append(point.name) or False).winner.name == "edge-only"
+    assert tried == ["a", "b"]
+    many = [option(str(i), "split", i) for i in range(1, 6)] + [options[3]]
+    tried.clear()  # at most BUILD_ATTEMPTS builds per rate
+    assert built_winner(Choice(1e5, many, many[0], options[3], None), 1.0,
+                        lambda point: tried.append(point.name) or False).winner.name == "edge-only"
+    assert len(tried) == BUILD_ATTEMPTS

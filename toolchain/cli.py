@@ -687,9 +687,9 @@ def _floats(text: str) -> tuple[float, ...]:
               help="Codec spec to try at every split; repeat for several [default: int8 and two 4-bit BBNet "
                    "codecs sized to each split].")
 @click.option("--no-exit", is_flag=True, help="Try no early-exit branch.")
-@click.option("--train-frames", type=click.IntRange(min=1), default=10_000, show_default=True,
+@click.option("--train-frames", type=click.IntRange(min=1), default=20_000, show_default=True,
               help="Training images for fine-tuning, codecs and exits.")
-@click.option("--epochs", type=click.IntRange(min=0), default=1, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=0), default=2, show_default=True,
               help="Epochs of fine-tuning, codec and exit training each.")
 @HOLDOUT_FRAMES
 @click.option("--frames", type=click.IntRange(min=1), default=100, show_default=True,
@@ -698,12 +698,17 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--edge-factor", type=float, default=None,
               help="How many times slower than this machine the edge device is, measured elsewhere (the testbed's "
                    "calibration) [default: timed against the device's speed reference in targets/].")
+@click.option("--profile-edge", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="`edgesplit profile` of this model run on the edge device: its whole-model time over the same "
+                   "model's here sets the factor.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("optimized"),
-              show_default=True, help="Folder for the report, the winners' bundles and the cache.")
+              show_default=True, help="Folder for the report and the winners' bundles.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Trained pieces and measured points, kept by what they were made from [default: OUTPUT/cache].")
 @click.option("--no-build", is_flag=True, help="Report only: build no winner.")
 def optimize_command(model, train_data, calib, target, cloud, uplink, max_loss, budget, splits, ratios, criterion,
-                     codecs, no_exit, train_frames, epochs, holdout_frames, frames, rtt, edge_factor, output,
-                     no_build) -> None:
+                     codecs, no_exit, train_frames, epochs, holdout_frames, frames, rtt, edge_factor,
+                     profile_edge, output, cache_dir, no_build) -> None:
     """From a model and a link to the deployment that wins: pruned heads x splits x codecs x exits, and both
     baselines, measured, predicted per uplink rate, and the winners built."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -717,7 +722,8 @@ def optimize_command(model, train_data, calib, target, cloud, uplink, max_loss, 
         budget_s=_duration(budget, "--budget"), splits=tuple(s.strip() for s in splits.split(",")) if splits else None,
         ratios=_floats(ratios), criterion=criterion, codecs=tuple(codecs) or None, early_exit=not no_exit,
         train_frames=train_frames, epochs=epochs, holdout_frames=holdout_frames or 2000, frames=frames,
-        rtt_ms=_duration(rtt, "--rtt") * 1000, edge_factor=edge_factor, output=output, build=not no_build)
+        rtt_ms=_duration(rtt, "--rtt") * 1000, edge_factor=edge_factor,
+        profile_edge=profile_edge, output=output, cache_dir=cache_dir, build=not no_build)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns) as progress:
         result = optimize(options, progress)

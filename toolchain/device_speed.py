@@ -82,7 +82,7 @@ class Speed(NamedTuple):
         if not self.published_ms:
             return f"{self.device} = this machine x {self.factor:g} ({self.source})"
         return f"{self.device} = this machine x {self.factor:.2f} ({self.here_ms:.2f} ms here, {self.published_ms:g} " \
-               f"ms published: {self.source})"
+               f"ms on the device: {self.source})"
 
 
 def stand_in(device: Device) -> str:

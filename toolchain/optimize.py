@@ -38,7 +38,7 @@ from toolchain import cache
 from toolchain.backends import exporter
 from toolchain.errors import EdgesplitError
 from toolchain.load import InputOptions, LoadedModel, load_model
-from toolchain.planning import PlanOption, link_bytes
+from toolchain.planning import PlanOption, link_bytes, within
 
 STREAM_FRAMES, IN_FLIGHT = 100, 8  # as the bandwidth benchmark streams them
 EXIT_LOSSES = (0.1, 0.25, 0.5, 1.0)  # accuracy points exits may cost on the selection half: one threshold each
@@ -46,6 +46,8 @@ DEFAULT_RATIOS = (0.0, 0.3, 0.5)
 CRITERIA = ("feature-bias", "bn-scale")
 CODE_BITS = 4
 REPORT_FORMAT = "edgesplit-optimize/1"
+BUILD_ATTEMPTS = 3  # points built per rate before its best baseline is taken
+TIMING_ROUND = 10  # frames an edge half and the whole model take turns timing
 
 
 class OptimizeOptions(NamedTuple):
@@ -64,12 +66,13 @@ class OptimizeOptions(NamedTuple):
     criterion: str = "feature-bias"  # SAFBMP's; bn-scale is BBNet's network slimming
     codecs: tuple[str, ...] | None = None  # default: int8 and learned codecs sized to each split (learned_grid)
     early_exit: bool = True
-    train_frames: int | None = 10_000
-    epochs: int = 1  # of fine-tuning, codec and exit training each
+    train_frames: int | None = 20_000
+    epochs: int = 2  # of fine-tuning, codec and exit training each
     holdout_frames: int | None = 2000
     frames: int = 100  # timed per point
     rtt_ms: float = 0.0
     edge_factor: float | None = None  # the device's speed factor measured elsewhere (the testbed's calibration)
+    profile_edge: Path | None = None  # `edgesplit profile` run on the device: its edge-only time sets the factor
     output: Path = Path("optimized")
     cache_dir: Path | None = None  # default: <output>/cache
     build: bool = True  # build each winning split for the real devices
@@ -104,6 +107,8 @@ class Search(NamedTuple):
     store: Path
     work: Path
     started: float
+    runners: dict  # the whole model on the edge's backend here, made once (whole_on_edge)
+    whole_ms: float = 0.0  # the whole model's edge time here, as the baselines measured it
 
 
 def learned_grid(shape: tuple[int, ...]) -> list[str]:
@@ -129,6 +134,8 @@ def check_options(options: OptimizeOptions) -> None:
         raise EdgesplitError(f"unknown pruning criterion {options.criterion!r}; criteria: {', '.join(CRITERIA)}")
     if options.budget_s <= 0 or options.max_loss < 0 or options.frames < 1 or options.epochs < 0:
         raise EdgesplitError("--budget and --frames must be positive, --max-loss and --epochs at least 0")
+    if options.edge_factor is not None and options.profile_edge is not None:
+        raise EdgesplitError("give --edge-factor or --profile-edge, not both: each sets how slow the device is")
     if options.edge_factor is not None and not 0 < options.edge_factor < math.inf:
         raise EdgesplitError(f"--edge-factor is how many times slower than this machine the device is, a positive "
                              f"number; got {options.edge_factor}")
@@ -157,14 +164,37 @@ def stored(store: Path, kind: str, key: str, suffix: str, make: Callable[[Path],
 
 
 def prepare(options: OptimizeOptions, progress_note: Callable[[str], None]) -> Search:
-    from toolchain.data import ImageSet, load_images
-    from toolchain.device_speed import Speed, measure_speed
+    from toolchain.data import load_images
+    from toolchain.device_speed import Speed
     from toolchain.evaluate import reference_outputs
 
     check_options(options)
     devices = deployment(options.target, options.cloud)
     measured_on = stand_ins(devices)
     loaded = load_model(options.model, options.weights, options.inputs)
+    data, train, (select, evaluate) = labeled_images(options, loaded)
+    store = options.cache_dir or options.output / "cache"
+    work = options.output / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    if options.profile_edge is not None:
+        speed = None  # set from the profile's edge-only time once the whole model is timed here (with_profile)
+    elif options.edge_factor is not None:
+        speed = Speed(devices.edge.name, options.edge_factor, 0.0, 0.0, "--edge-factor")
+    else:
+        progress_note(f"timing {devices.edge.name}'s speed reference here")
+        speed = device_speed(devices.edge, store)
+    float_predictions = reference_outputs(loaded, evaluate.inputs())[0].argmax(1)
+    calibration = load_images(options.calib or str(DEFAULT_CALIBRATION), "train", loaded.spec()).take(512).inputs()
+    return Search(options, devices, measured_on, speed, loaded, data, train, calibration, select, evaluate,
+                  float_predictions, float((float_predictions == evaluate.labels).mean()), store, work,
+                  time.monotonic(), {})
+
+
+def labeled_images(options: OptimizeOptions, loaded: LoadedModel):
+    """The training source, its training images, and the held-out images in two halves: one picks exit
+    thresholds, the other scores every point."""
+    from toolchain.data import ImageSet, load_images
+
     spec = loaded.spec()
     data = options.train_data or loaded.dataset
     if data is None:
@@ -180,17 +210,43 @@ def prepare(options: OptimizeOptions, progress_note: Callable[[str], None]) -> S
     if holdout.labels is None or len(holdout) < 20:
         raise EdgesplitError(f"optimize needs at least 20 labeled held-out images in {source}; it has "
                              f"{len(holdout)}{'' if holdout.labels is not None else ' without labels'}")
-    halves = [ImageSet(holdout.images[part::2], holdout.labels[part::2], holdout.origin) for part in (0, 1)]
-    store = options.cache_dir or options.output / "cache"
-    work = options.output / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    progress_note(f"timing {devices.edge.name}'s speed reference here")
-    speed = measure_speed(devices.edge, store / "speed") if options.edge_factor is None else \
-        Speed(devices.edge.name, options.edge_factor, 0.0, 0.0, "--edge-factor")
-    float_predictions = reference_outputs(loaded, halves[1].inputs())[0].argmax(1)
-    return Search(options, devices, measured_on, speed, loaded, data, train,
-                  load_images(source, "train", spec).take(512).inputs(), halves[0], halves[1], float_predictions,
-                  float((float_predictions == halves[1].labels).mean()), store, work, time.monotonic())
+    return data, train, [ImageSet(holdout.images[part::2], holdout.labels[part::2], holdout.origin)
+                         for part in (0, 1)]
+
+
+def device_speed(device, store: Path):
+    """The device's factor, measured once per machine and code: a resumed run scales its stored times by the
+    factor measured beside them."""
+    import json
+
+    from toolchain.device_speed import Speed, measure_speed
+    from toolchain.results import cpu_name
+
+    def make(path: Path) -> None:
+        path.write_text(json.dumps(measure_speed(device, store / "speed")._asdict()))
+    key = cache.content_key("speed", device.name, cpu_name(), cache.code_version())
+    return Speed(**json.loads(stored(store, "speed", key, ".json", make).read_text()))
+
+
+def with_profile(search: Search, baselines: list[dict]) -> Search:
+    """The device's factor from a profile measured on it: its edge-only time over the whole model's here (same
+    model, the device's backend there, the stand-in's here)."""
+    from toolchain.device_speed import Speed
+    from toolchain.planning import load_profile
+
+    path = search.options.profile_edge
+    profile = load_profile(path)
+    if profile["model"]["sha256"] != search.loaded.sha256:
+        raise EdgesplitError(f"{path} profiles model {profile['model']['name']} (sha256 "
+                             f"{profile['model']['sha256'][:12]}…), not {search.loaded.name} "
+                             f"({search.loaded.sha256[:12]}…): profile this model on the device")
+    if profile["devices"]["edge"] != search.devices.edge.name:
+        raise EdgesplitError(f"{path} was measured on {profile['devices']['edge']}, not on the edge device "
+                             f"{search.devices.edge.name}")
+    device_ms = profile["edge_only"]["ms"]
+    here_ms = next(row["edge_ms_here"] for row in baselines if row["strategy"] == "edge-only")
+    return search._replace(speed=Speed(search.devices.edge.name, device_ms / here_ms, here_ms, device_ms,
+                                       f"the whole model's time in {path}"))
 
 
 def model_key(loaded: LoadedModel) -> str:
@@ -313,15 +369,47 @@ def build_and_measure(search: Search, chosen: Head, codec: str, codec_weights: P
         exit_weights=exit_weights, calib=options.calib, holdout_frames=min(200, len(search.evaluate)),
         output=output, max_loss=math.inf, min_agreement=0.0, max_relative_error=math.inf), show_progress=False)
     build_s = time.monotonic() - started
-    timing = measure_bundle(output, search.evaluate.inputs()[:options.frames], threads=1)
+    timed = search.evaluate.inputs()[:options.frames]
+    timing = measure_bundle(output, timed, threads=1)
+    edge_ms, edge_p90_ms = edge_beside_whole(search, output, timed)
     inference = SplitInference(open_bundle(output), verified=True)
     select, evaluate = (inference.deployed(part.inputs()) for part in (search.select, search.evaluate))
     shutil.rmtree(output)  # measured: the winner is built again for the real devices
     base = {"strategy": "split", "split": chosen.split, "ratio": chosen.ratio, "codec": codec,
             "payload_bytes": timing["payload_bytes"], "frame_bytes": timing["frame_bytes"],
-            "edge_ms_here": timing["edge"]["ms"], "edge_p90_ms_here": timing["edge"]["p90_ms"],
+            "edge_ms_here": edge_ms, "edge_p90_ms_here": edge_p90_ms,
             "cloud_ms": timing["cloud"]["ms"], "build_s": round(build_s, 1)}
     return [dict(base, **scored) for scored in exit_rows(search, select, evaluate)]
+
+
+def whole_on_edge(search: Search) -> Callable[[np.ndarray], np.ndarray]:
+    from toolchain.profile import whole_model_runner
+
+    if "edge" not in search.runners:
+        search.runners["edge"] = whole_model_runner(search.loaded, search.measured_on, "edge", search.calibration,
+                                                    search.work, 1)
+    return search.runners["edge"]
+
+
+def edge_beside_whole(search: Search, bundle: Path, inputs: np.ndarray) -> tuple[float, float]:
+    """The edge half's ms per frame (median and p90) as if timed when the baselines timed the whole model: both
+    run in alternating rounds, and the edge's times are scaled by the whole model's then over now, so the
+    machine's drift over a long search does not rank points."""
+    from runtime.bundle import open_bundle
+    from runtime.local import EdgeHalf
+
+    edge, whole = EdgeHalf(open_bundle(bundle), threads=1), whole_on_edge(search)
+    frames = [inputs[i:i + 1] for i in range(len(inputs))]
+    times = {"edge": [], "whole": []}
+    for start in range(0, len(frames), TIMING_ROUND):
+        for name, run in (("edge", edge.payloads), ("whole", whole)):
+            run(frames[start])  # warm again after the other's round
+            for frame in frames[start:start + TIMING_ROUND]:
+                began = time.perf_counter()
+                run(frame)
+                times[name].append(1000 * (time.perf_counter() - began))
+    scale = search.whole_ms / float(np.median(times["whole"]))
+    return scale * float(np.median(times["edge"])), scale * float(np.percentile(times["edge"], 90))
 
 
 def exit_rows(search: Search, select, evaluate) -> list[dict]:
@@ -365,11 +453,9 @@ def baseline_rows(search: Search) -> list[dict]:
     inputs, labels = search.evaluate.inputs(), search.evaluate.labels
     frames = min(search.options.frames, len(inputs))
 
-    def whole(role: str, threads: int | None) -> dict:
-        run = whole_model_runner(search.loaded, search.measured_on, role, search.calibration, search.work, threads)
-        return measure_whole_model(run, inputs, labels, frames)
-
-    edge, cloud = whole("edge", 1), whole("cloud", None)
+    edge = measure_whole_model(whole_on_edge(search), inputs, labels, frames)
+    cloud = measure_whole_model(whole_model_runner(search.loaded, search.measured_on, "cloud", search.calibration,
+                                                   search.work, None), inputs, labels, frames)
     rows = [{"strategy": "edge-only", "name": "edge-only", "frame_bytes": 0.0, "payload_bytes": 0.0,
              "offload_rate": 0.0, "edge_ms_here": edge["ms"], "edge_p90_ms_here": edge["p90_ms"], "cloud_ms": 0.0,
              "accuracy": edge["accuracy"], "position": math.inf}]
@@ -434,7 +520,8 @@ class Result(NamedTuple):
     rows: list[dict]  # every measured point and baseline
     choices: list[Choice]  # one per rate
     not_tried: list[str]  # heads or codecs the budget left out, or that could not be made (with why)
-    bundles: dict[str, str]  # winner name -> its bundle's folder, or why it could not be built
+    bundles: dict[str, str]  # winner name -> its bundle's folder
+    refused: dict[str, str]  # point name -> why its build for the real devices refused it
     speed: object  # device_speed.Speed
     search: Search
     seconds: float
@@ -462,6 +549,9 @@ def optimize(options: OptimizeOptions, progress) -> Result:
     heads = [(ratio, split) for ratio in options.ratios for split in split_names(search)]
     progress.update(task, total=len(heads) + 1, completed=0, description="baselines: whole model, image uploads")
     rows, not_tried, longest_build = measure_baselines(search), [], [0.0]
+    search = search._replace(whole_ms=next(row["edge_ms_here"] for row in rows if row["strategy"] == "edge-only"))
+    if options.profile_edge is not None:
+        search = with_profile(search, rows)
     progress.advance(task)
 
     def out_of_budget() -> bool:  # what is left must still build a winner per rate
@@ -492,35 +582,66 @@ def optimize(options: OptimizeOptions, progress) -> Result:
     if not any(row["strategy"] == "split" for row in rows):
         raise EdgesplitError(f"no split point could be measured within the budget ({'; '.join(not_tried)})")
     choices = [choose(rows, search.speed.factor, rate, options) for rate in options.uplinks]
-    bundles = build_winners(search, rows, choices, progress) if options.build else {}
+    bundles, refused = {}, {}
+    if options.build:
+        choices, bundles, refused = build_winners(search, rows, choices, progress)
+    shutil.rmtree(search.work, ignore_errors=True)  # the candidates' scratch: what was measured is stored
     progress.update(task, description="done")
-    return Result(rows, choices, not_tried, bundles, search.speed, search, time.monotonic() - search.started)
+    return Result(rows, choices, not_tried, bundles, refused, search.speed, search,
+                  time.monotonic() - search.started)
 
 
-def build_winners(search: Search, rows: list[dict], choices: list[Choice], progress) -> dict[str, str]:
-    """Each split that wins some rate, built for the real devices with its codec, exit branch and threshold."""
+def build_winners(search: Search, rows: list[dict], choices: list[Choice],
+                  progress) -> tuple[list[Choice], dict[str, str], dict[str, str]]:
+    """Per rate, the fastest point within --max-loss built for the real devices (its codec, exit branch and
+    threshold). Returns the choices as built, each built point's bundle folder, and why each point its build
+    refused (the real devices' precisions, more held-out images) was refused."""
+    by_name = {point_name(row): row for row in rows}
+    bundles, refused = {}, {}
+
+    def build(option: PlanOption) -> bool:
+        if option.name not in bundles and option.name not in refused:
+            task = progress.add_task(f"building {option.name}", total=None)
+            try:
+                bundles[option.name] = build_point(search, by_name[option.name])
+            except EdgesplitError as error:
+                refused[option.name] = str(error).splitlines()[0]
+            progress.update(task, total=1, completed=1)
+        return option.name in bundles
+
+    return [built_winner(choice, search.options.max_loss, build) for choice in choices], bundles, refused
+
+
+def built_winner(choice: Choice, max_loss: float, build: Callable[[PlanOption], bool]) -> Choice:
+    """The fastest point within `max_loss` that builds: a split whose build refuses it gives way to the next,
+    BUILD_ATTEMPTS splits at most; then the best baseline (edge-only, even beyond `max_loss`, where none is
+    within it: the report shows its loss)."""
+    ranked = sorted((o for o in choice.options if within(o, max_loss)), key=lambda o: (choice.seconds(o), -o.position))
+    attempts = 0
+    for option in ranked:
+        if option.strategy != "split":
+            return choice._replace(winner=option)
+        if attempts == BUILD_ATTEMPTS:
+            break
+        attempts += 1
+        if build(option):
+            return choice._replace(winner=option)
+    return choice._replace(winner=next((o for o in ranked if o.strategy != "split"), choice.edge_only))
+
+
+def build_point(search: Search, row: dict) -> str:
     from toolchain.build import BuildOptions, build_engines
 
-    options, bundles = search.options, {}
-    by_name = {point_name(row): row for row in rows}
-    for choice in choices:
-        name = choice.winner.name
-        if choice.winner.strategy != "split" or name in bundles:
-            continue
-        row = by_name[name]
-        task = progress.add_task(f"building {name}", total=None)
-        chosen = head(search, row["split"], row["ratio"])
-        weights, branch = trained_pieces(search, chosen, [row["codec"]])
-        output = options.output / "bundles" / f"{row['split']}-{row['ratio']:g}-{len(bundles)}"
-        try:
-            build_engines(BuildOptions(
-                model=chosen.model, weights=chosen.weights, inputs=chosen.inputs, target=options.target,
-                cloud=options.cloud, split=chosen.node, codec=row["codec"], codec_weights=weights[row["codec"]],
-                exit_weights=branch if row["threshold"] else None, exit_threshold=row["threshold"] or None,
-                calib=options.calib, holdout_frames=options.holdout_frames, output=output,
-                max_loss=options.max_loss), show_progress=False)
-            bundles[name] = str(output)
-        except EdgesplitError as error:
-            bundles[name] = f"not built: {str(error).splitlines()[0]}"
-        progress.update(task, total=1, completed=1)
-    return bundles
+    options = search.options
+    chosen = head(search, row["split"], row["ratio"])
+    weights, branch = trained_pieces(search, chosen, [row["codec"]])
+    output = options.output / "bundles" / "-".join(
+        part.replace(":", "_").replace(",", "_").replace("=", "") for part in
+        (row["split"], f"pruned{row['ratio']:g}", row["codec"], f"exit{row['threshold']:.3g}"))
+    build_engines(BuildOptions(
+        model=chosen.model, weights=chosen.weights, inputs=chosen.inputs, target=options.target,
+        cloud=options.cloud, split=chosen.node, codec=row["codec"], codec_weights=weights[row["codec"]],
+        exit_weights=branch if row["threshold"] else None, exit_threshold=row["threshold"] or None,
+        calib=options.calib, holdout_frames=options.holdout_frames, output=output,
+        max_loss=options.max_loss), show_progress=False)
+    return str(output)

@@ -138,6 +138,7 @@ def write_report(result: Result, output: Path) -> dict:
         "float_accuracy": search.float_accuracy, "evaluated_frames": len(search.evaluate),
         "max_loss": options.max_loss, "budget_s": options.budget_s, "seconds": round(result.seconds, 1),
         "date": time.strftime("%Y-%m-%d"), "choices": choices, "not_tried": result.not_tried,
+        "refused": result.refused,
         "points": len([r for r in points if r["strategy"] == "split"])}
     (output / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (output / "REPORT.md").write_text(markdown(summary, choices, points, result))
@@ -149,6 +150,8 @@ def markdown(summary: dict, choices: list[dict], points: list[dict], result: Res
     best = sorted((p for p in points if p["loss_points"] <= options.max_loss),
                   key=lambda p: (p["offload_rate"] or 0) * (p["frame_bytes"] or 0))[:15]
     not_tried = "\n".join(f"- {line}" for line in result.not_tried) or "- nothing: every point was measured"
+    refused = "\n".join(f"- {name}: {why}" for name, why in result.refused.items()) or \
+        "- nothing: every point chosen was built"
     return f"""# edgesplit optimize: {summary['model']['name']} on {summary['devices']['edge']} → {summary['devices']['cloud']}
 
 Measured on {summary['machine']}, {summary['date']}, in {summary['seconds']:.0f} s (budget {options.budget_s:.0f} s).
@@ -171,6 +174,10 @@ share of frames it still sends.
 
 {markdown_table(best, ['name', 'offload_rate', 'frame_bytes', 'edge_ms_device', 'cloud_ms', 'loss_points',
                        'agreement'])}
+
+## Refused when built for the real devices (the next fastest point took its place)
+
+{refused}
 
 ## Not tried
 

@@ -73,6 +73,7 @@ LEARNED = (("bbnet-64B-shipped", "layer3", ROOT / "toolchain/zoo/resnet18w05_fmn
 CLOUD_ONLY_SPLIT = "normalize"  # the image, as int8 codes, is what crosses
 DEFAULT_DEVICE = "jetson-nano"  # BBNet's edge
 FRAMES, QUICK_FRAMES = 100, 20
+QUICK_CALIBRATION = 128  # --quick: calibration images per build (a full-int8 TFLite conversion takes ~20 s on 512)
 IN_FLIGHT = 8
 REPEATS, REPEAT_BELOW_S = 5, 20.0  # see steady_stream; --quick runs each stream once
 PROFILE_RATE = 1e9  # the edge is profiled through the same tbf as the rows (its qdisc costs the edge a few %)
@@ -191,7 +192,7 @@ class Candidates(NamedTuple):
     whole_model: Path
 
 
-def learned_candidates(target: str, learned, frames: int, work: Path) -> list[dict]:
+def learned_candidates(target: str, learned, frames: int, work: Path, calibration_frames: int) -> list[dict]:
     """Profile entries (this machine) for learned codecs with committed weights: (label, split, weights)."""
     model = load_model(None)
     timed = load_images(str(DEFAULT_CALIBRATION), "test", model.spec()).inputs()[:frames]
@@ -200,7 +201,8 @@ def learned_candidates(target: str, learned, frames: int, work: Path) -> list[di
     for label, split, weights in learned:
         output = work / f"learned-{split}"
         report = build_engines(BuildOptions(target=target, cloud="cpu", split=split, codec_weights=weights,
-                                            output=output, lossless="none", max_loss=math.inf), show_progress=False)
+                                            output=output, lossless="none", max_loss=math.inf,
+                                            calibration_frames=calibration_frames), show_progress=False)
         point = resolve_point(graph, report.manifest["split"]["node"])
         entries.append(dict(candidate(point, label, "none", output, report.manifest["checks"], timed, None),
                             bundle=str(output)))
@@ -227,15 +229,15 @@ def edge_profile(testbed: Testbed, host: dict, cloud_only: Path, whole_model: Pa
 
 
 def profiles(testbed: Testbed, splits, codecs, learned, frames: int, work: Path, streamed: int,
-             repeats: int) -> Candidates:
+             repeats: int, calibration_frames: int) -> Candidates:
     """Build every candidate, profile the cloud here and the edge on the testbed."""
     # the cloud's times with serve's own threads (the backend's default); edge times are measured on the testbed
     host = profile_target(ProfileOptions(target=testbed.target, cloud="cpu", splits=splits, codecs=codecs,
-                                         frames=frames, keep=work))
-    host["candidates"] += learned_candidates(testbed.target, learned, frames, work)
+                                         frames=frames, keep=work, calibration_frames=calibration_frames))
+    host["candidates"] += learned_candidates(testbed.target, learned, frames, work, calibration_frames)
     cloud_only = build_engines(BuildOptions(target=testbed.target, cloud="cpu", split=CLOUD_ONLY_SPLIT, codec="int8",
-                                            output=work / "cloud-only", lossless="none", max_loss=math.inf),
-                               show_progress=False)
+                                            output=work / "cloud-only", lossless="none", max_loss=math.inf,
+                                            calibration_frames=calibration_frames), show_progress=False)
     bundles = {f"{c['split']} {c['codec']}": Path(c["bundle"]) for c in host["candidates"]}
     bundles["cloud-only raw"] = cloud_only.bundle
     whole_model = next(work.glob(f"whole-*-edge{exporter(get_device(testbed.target, 'edge')).suffix}"))
@@ -437,7 +439,7 @@ def main() -> None:
                                  "of calibrating again.")
 
     args = parse_arguments(__doc__, "bandwidth", "Two bandwidths, 20 frames, one candidate split: the shipped learned "
-                           "codec at layer3.", options,
+                           "codec at layer3; every build calibrated on 128 images.", options,
                            folder=lambda a: "bandwidth" if a.device == DEFAULT_DEVICE else f"bandwidth-{a.device}")
     rates = [parse_rate(b) for b in (QUICK_BANDWIDTHS if args.quick else BANDWIDTHS)]
     splits, codecs = (("layer3",), ()) if args.quick else (SPLITS, CODECS)
@@ -449,7 +451,8 @@ def main() -> None:
         try:
             testbed = open_testbed(args.device, work, stack, args.calibration)
             repeats = 1 if args.quick else REPEATS
-            found = profiles(testbed, splits, codecs, learned, 20 if args.quick else 200, work, frames, repeats)
+            found = profiles(testbed, splits, codecs, learned, 20 if args.quick else 200, work, frames, repeats,
+                             QUICK_CALIBRATION if args.quick else BuildOptions().calibration_frames)
             link_check = None
             if testbed.link:  # long enough that the one-packet burst does not count
                 testbed.link.shape(LINK_CHECK_BPS)

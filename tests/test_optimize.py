@@ -94,16 +94,6 @@ def test_each_rate_picks_the_fastest_prediction_from_measured_times_and_real_fra
         assert (output / name).stat().st_size > 0
 
 
-def test_a_second_run_resumes_from_what_the_first_stored(composed, tmp_path):
-    output, summary = composed
-    before = stored_files(output / "cache")
-    again = optimize(output, *TINY_MODEL, "--train-data", "fashion-mnist", "--splits", "features.8", "--prune",
-                     "0,0.5", "--train-frames", "1500", "--holdout-frames", "300", "--frames", "10",
-                     "--uplink", "20kbit,10mbit", "--max-loss", "100", "--no-build")
-    assert stored_files(output / "cache") == before  # nothing trained, built or measured again
-    assert [c["choice"] for c in again["choices"]] == [c["choice"] for c in summary["choices"]]
-
-
 def profile_of(summary: dict, edge_only_ms: float, sha256: str | None = None) -> dict:
     """What `edgesplit profile` writes on a device, as far as optimize reads it."""
     return {"format": "edgesplit-profile/2", "target": "cpu", "devices": {"edge": "cpu", "cloud": "cpu"},
@@ -112,8 +102,9 @@ def profile_of(summary: dict, edge_only_ms: float, sha256: str | None = None) ->
             "data": {}, "candidates": [], "edge_only": {"ms": edge_only_ms}, "cloud_only": {"uploads": []}}
 
 
-def test_a_profile_measured_on_the_device_sets_its_factor(composed, tmp_path):
+def test_a_second_run_resumes_and_a_profile_measured_on_the_device_sets_its_factor(composed, tmp_path):
     output, summary = composed
+    before = stored_files(output / "cache")
     here = next(float(p["edge_ms_here"]) for p in read_csv(output / "points.csv") if p["strategy"] == "edge-only")
     profile = tmp_path / "device.json"
     profile.write_text(json.dumps(profile_of(summary, 5 * here)))
@@ -121,6 +112,7 @@ def test_a_profile_measured_on_the_device_sets_its_factor(composed, tmp_path):
                  "--train-frames", "1500", "--holdout-frames", "300", "--frames", "10", "--uplink", "20kbit,10mbit",
                  "--max-loss", "100", "--no-build", "--cache", str(output / "cache")]
     profiled = optimize(tmp_path / "profiled", *arguments, "--profile-edge", str(profile))
+    assert stored_files(output / "cache") == before  # nothing trained, built or measured again
     assert profiled["speed"]["factor"] == pytest.approx(5, rel=1e-3)
     edge_only = [p for p in read_csv(tmp_path / "profiled" / "predictions.csv") if p["option"] == "edge-only"]
     assert len(edge_only) == 2 and all(float(p["edge_ms"]) == pytest.approx(5 * here, abs=1e-3) for p in edge_only)
@@ -137,7 +129,7 @@ def test_the_winning_split_is_built_for_the_real_devices_and_sends_what_was_pred
     # on the link, the whole model ~8 ms on the edge; a layer1 head with a 256-byte codec ~3 ms on either
     summary = optimize(tmp_path, "--target", "jetson-nano", "--edge-factor", "2", "--uplink", "1mbit",
                        "--splits", "layer1", "--prune", "0", "--codec", "bbnet:bits=4,c=8,s=4", "--no-exit",
-                       "--train-frames", "2000", "--holdout-frames", "200", "--frames", "30", "--max-loss", "100")
+                       "--train-frames", "1000", "--holdout-frames", "100", "--frames", "30", "--max-loss", "100")
     (choice,) = summary["choices"]
     assert choice["strategy"] == "split" and choice["choice"] == "layer1 bbnet:bits=4,c=8,s=4", choice
     assert choice["speedup_vs_better_baseline"] > 1

@@ -56,6 +56,7 @@ class ProfileOptions(NamedTuple):
     calib: str | None = None
     holdout_frames: int | None = None  # held-out images the accuracies are measured on, drawn at random (all)
     frames: int = 200  # frames timed per half
+    calibration_frames: int = 512  # images the bundles and the whole models are calibrated on
     threads: int | None = None
     keep: Path | None = None  # keep the bundles (their paths are in the profile) and whole-model files here
 
@@ -171,7 +172,7 @@ def profile_target(options: ProfileOptions) -> dict:
     loaded = load_model(options.model, options.weights, options.inputs)
     spec = loaded.spec()
     source = options.calib or str(DEFAULT_CALIBRATION)
-    calibration = load_images(source, "train", spec).take(512)
+    calibration = load_images(source, "train", spec).take(options.calibration_frames)
     holdout = load_images(source, "test", spec)
     holdout = holdout if options.holdout_frames is None else holdout.sample(options.holdout_frames)
     input_shape = spec.shape
@@ -198,6 +199,7 @@ def profile_target(options: ProfileOptions) -> dict:
                     model=options.model, weights=options.weights, inputs=options.inputs,
                     target=devices.edge.name, cloud=devices.cloud.name, split=point.node, codec=codec,
                     lossless=options.lossless, calib=options.calib, holdout_frames=options.holdout_frames,
+                    calibration_frames=options.calibration_frames,
                     output=output, max_loss=math.inf), show_progress=False)
                 candidates.append(candidate(point, codec, options.lossless, output, report.manifest["checks"], timed,
                                             options.threads))

@@ -155,10 +155,20 @@ def test_the_winning_split_is_built_for_the_real_devices_and_sends_what_was_pred
     (["--budget", "soon"], "a duration must look like 20ms"),
     (["--edge-factor", "0"], "--edge-factor is how many times slower"),
     (["--budget", "1ms", "--splits", "features.8"], "no split point could be measured within the budget"),
+    (["--max-loss", "-1"], "--max-loss must be at least 0 and finite, got -1"),
+    (["--codec", "nosuch"], "unknown codec 'nosuch'"),
+    (["--uplink", "20kbit,,1mbit"], "a rate must look like 1mbit"),
+    (["--input-shape", "3,32,32"], "does not run on an input of shape 1x3x32x32"),
+    (["--model", "conftest:TinyNet", "--weights", None], "near chance for 10 classes: are its weights given"),
 ])
 def test_wrong_options_get_one_line(arguments, expected, tmp_path, fashion_mnist):
-    result = CliRunner().invoke(main, ["optimize", *TINY_MODEL, "--train-data", "fashion-mnist", "--train-frames",
-                                       "200", "--holdout-frames", "40", *arguments, "--output", str(tmp_path)])
+    model, holdout = list(TINY_MODEL), "40"
+    if None in arguments:  # the factory without its weights: random ones, the same every run
+        del model[2:4]
+        arguments, holdout = [], "400"
+        torch.manual_seed(0)
+    result = CliRunner().invoke(main, ["optimize", *model, "--train-data", "fashion-mnist", "--train-frames",
+                                       "200", "--holdout-frames", holdout, *arguments, "--output", str(tmp_path)])
     assert result.exit_code in (1, 2) and "Traceback" not in result.output, result.output
     lines = [line for line in result.output.strip().splitlines() if line.startswith("error") or ": error:" in line]
     assert len(lines) == 1 and expected in lines[0], result.output

@@ -589,7 +589,7 @@ def _rates(text: str) -> list[float]:
     from runtime.link import parse_rate
 
     try:
-        return [parse_rate(item.strip()) for item in text.split(",") if item.strip()]
+        return [parse_rate(item) for item in text.split(",")]
     except ValueError as error:
         raise click.BadParameter(str(error)) from error
 
@@ -725,7 +725,7 @@ def optimize_command(model, train_data, calib, target, cloud, uplink, max_loss, 
         rtt_ms=_duration(rtt, "--rtt") * 1000, edge_factor=edge_factor,
         profile_edge=profile_edge, output=output, cache_dir=cache_dir, build=not no_build)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns) as progress:
+    with Progress(*columns, transient=True) as progress:  # gone when done: what is left is the outcome
         result = optimize(options, progress)
     summary = write_report(result, output)
     for choice in summary["choices"]:

@@ -73,7 +73,7 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
 
 def _load_state_dict(module: nn.Module, weights: Path) -> None:
     if not weights.is_file():
-        raise ModelLoadError(f"weights file {weights} does not exist")
+        raise ModelLoadError(f"weights file {weights} {'is not a regular file' if weights.exists() else 'does not exist'}")
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as error:

@@ -47,6 +47,7 @@ CRITERIA = ("feature-bias", "bn-scale")
 CODE_BITS = 4
 REPORT_FORMAT = "edgesplit-optimize/1"
 BUILD_ATTEMPTS = 3  # points built per rate before its best baseline is taken
+NEAR_CHANCE = 1.5  # times 1 / classes: a float model this close to guessing is refused (check_float_accuracy)
 TIMING_ROUND = 10  # frames an edge half and the whole model take turns timing
 
 
@@ -97,6 +98,7 @@ class Search(NamedTuple):
     measured_on: Deployment  # where each half is timed here (stand-ins for backends that cannot run here)
     speed: object  # device_speed.Speed
     loaded: LoadedModel
+    graph: object  # the model's fx graph with shapes (toolchain.split.trace)
     data: str
     train: object  # ImageSet
     calibration: np.ndarray
@@ -123,6 +125,7 @@ def learned_grid(shape: tuple[int, ...]) -> list[str]:
 
 
 def check_options(options: OptimizeOptions) -> None:
+    from toolchain.codecs import parse_codec_spec
     from toolchain.pruning import check_ratio
 
     if not options.uplinks or any(rate <= 0 for rate in options.uplinks):
@@ -132,8 +135,12 @@ def check_options(options: OptimizeOptions) -> None:
             check_ratio(ratio)
     if options.criterion not in CRITERIA:
         raise EdgesplitError(f"unknown pruning criterion {options.criterion!r}; criteria: {', '.join(CRITERIA)}")
-    if options.budget_s <= 0 or options.max_loss < 0 or options.frames < 1 or options.epochs < 0:
-        raise EdgesplitError("--budget and --frames must be positive, --max-loss and --epochs at least 0")
+    for name, value, least in (("--budget", options.budget_s, 1e-9), ("--max-loss", options.max_loss, 0),
+                               ("--frames", options.frames, 1), ("--epochs", options.epochs, 0)):
+        if not least <= value < math.inf:
+            raise EdgesplitError(f"{name} must be at least {least:g} and finite, got {value:g}")
+    for codec in options.codecs or ():
+        parse_codec_spec(codec)  # an unknown codec or parameter: one line, before anything is trained
     if options.edge_factor is not None and options.profile_edge is not None:
         raise EdgesplitError("give --edge-factor or --profile-edge, not both: each sets how slow the device is")
     if options.edge_factor is not None and not 0 < options.edge_factor < math.inf:
@@ -167,11 +174,13 @@ def prepare(options: OptimizeOptions, progress_note: Callable[[str], None]) -> S
     from toolchain.data import load_images
     from toolchain.device_speed import Speed
     from toolchain.evaluate import reference_outputs
+    from toolchain.split import trace
 
     check_options(options)
     devices = deployment(options.target, options.cloud)
     measured_on = stand_ins(devices)
     loaded = load_model(options.model, options.weights, options.inputs)
+    graph = trace(loaded.module, loaded.spec().shape)  # a model that does not take the input shape: one line
     data, train, (select, evaluate) = labeled_images(options, loaded)
     store = options.cache_dir or options.output / "cache"
     work = options.output / "work"
@@ -183,11 +192,22 @@ def prepare(options: OptimizeOptions, progress_note: Callable[[str], None]) -> S
     else:
         progress_note(f"timing {devices.edge.name}'s speed reference here")
         speed = device_speed(devices.edge, store)
-    float_predictions = reference_outputs(loaded, evaluate.inputs())[0].argmax(1)
+    outputs = reference_outputs(loaded, evaluate.inputs())[0]
+    float_predictions = outputs.argmax(1)
+    float_accuracy = float((float_predictions == evaluate.labels).mean())
+    check_float_accuracy(float_accuracy, outputs.shape[1], evaluate.origin)
     calibration = load_images(options.calib or str(DEFAULT_CALIBRATION), "train", loaded.spec()).take(512).inputs()
-    return Search(options, devices, measured_on, speed, loaded, data, train, calibration, select, evaluate,
-                  float_predictions, float((float_predictions == evaluate.labels).mean()), store, work,
-                  time.monotonic(), {})
+    return Search(options, devices, measured_on, speed, loaded, graph, data, train, calibration, select, evaluate,
+                  float_predictions, float_accuracy, store, work, time.monotonic(), {})
+
+
+def check_float_accuracy(accuracy: float, classes: int, origin: str) -> None:
+    """Points are scored against the labels: a float model near chance on them means the labels are not its
+    classes (a folder's classes are sorted by name) or its weights are not trained ones."""
+    if accuracy <= NEAR_CHANCE / classes:
+        raise EdgesplitError(f"the model answers {accuracy:.1%} of the held-out images in {origin} right, near "
+                             f"chance for {classes} classes: are its weights given (--weights), and are the labels "
+                             "its classes (class folders are numbered in name order)?")
 
 
 def labeled_images(options: OptimizeOptions, loaded: LoadedModel):
@@ -208,8 +228,9 @@ def labeled_images(options: OptimizeOptions, loaded: LoadedModel):
     holdout = load_images(source, "test", spec)
     holdout = holdout if options.holdout_frames is None else holdout.sample(options.holdout_frames)
     if holdout.labels is None or len(holdout) < 20:
-        raise EdgesplitError(f"optimize needs at least 20 labeled held-out images in {source}; it has "
-                             f"{len(holdout)}{'' if holdout.labels is not None else ' without labels'}")
+        raise EdgesplitError(f"optimize needs at least 20 labeled held-out images in {source} (its test split, or "
+                             f"every 5th image of a source with one set); it has {len(holdout)}"
+                             f"{'' if holdout.labels is not None else ', unlabeled'}")
     return data, train, [ImageSet(holdout.images[part::2], holdout.labels[part::2], holdout.origin)
                          for part in (0, 1)]
 
@@ -259,7 +280,7 @@ def head(search: Search, split: str, ratio: float) -> Head:
 
     options, loaded = search.options, search.loaded
     if ratio == 0:
-        point = resolve_point(trace(loaded.module, loaded.input_shape), split)
+        point = resolve_point(search.graph, split)
         return Head(split, 0.0, options.model, options.weights, options.inputs, loaded, point.node, point.shape)
     key = cache.content_key("pruned", model_key(loaded), split, ratio, options.criterion, options.epochs,
                             search.train.images, search.train.labels, cache.code_version())
@@ -320,8 +341,9 @@ def trained_pieces(search: Search, chosen: Head, codecs: list[str]) -> tuple[dic
                   chosen.node, chosen.loaded.sha256)
 
     weights = {spec: codec_weights(spec) for spec in codecs}
+    # an exit branch reads a C,H,W tensor: a flat one's points go without
     branch = stored(search.store, "exits", cache.content_key("exit", *base), ".pt", exit_weights) \
-        if options.early_exit else None
+        if options.early_exit and len(chosen.shape) == 3 else None
     return weights, branch
 
 
@@ -426,11 +448,14 @@ def exit_rows(search: Search, select, evaluate) -> list[dict]:
         thresholds += sorted({pick(points, max_loss_points=loss).threshold for loss in EXIT_LOSSES} - {0.0})
     cloud = evaluate.outputs[0].argmax(1)
     exits = cloud if evaluate.exit_logits is None else evaluate.exit_logits.argmax(1)
-    rows = []
+    rows, seen = [], set()
     for threshold in thresholds:
         local = np.zeros(len(cloud), bool) if threshold == 0 else softmax_entropy(evaluate.exit_logits) < threshold
         answers = np.where(local, exits, cloud)
         accuracy = float((answers == search.evaluate.labels).mean())
+        if (local.sum(), accuracy) in seen:  # two thresholds that exit the same frames here: one point
+            continue
+        seen.add((local.sum(), accuracy))
         rows.append({"threshold": threshold, "offload_rate": float(1 - local.mean()), "accuracy": accuracy,
                      "agreement": float((answers == search.float_predictions).mean()),
                      "loss_points": 100 * (search.float_accuracy - accuracy)})
@@ -529,23 +554,21 @@ class Result(NamedTuple):
 
 def split_names(search: Search) -> list[str]:
     from toolchain.profile import default_points
-    from toolchain.split import candidate_points, resolve_point, trace
+    from toolchain.split import candidate_points, resolve_point
 
-    graph = trace(search.loaded.module, search.loaded.input_shape)
     if search.options.splits:
         for name in search.options.splits:
-            resolve_point(graph, name)  # an unknown name is refused here, in one line
+            resolve_point(search.graph, name)  # an unknown name is refused here, in one line
         return list(search.options.splits)
-    return [point.module or point.node for point in default_points(candidate_points(graph))]
+    return [point.module or point.node for point in default_points(candidate_points(search.graph))]
 
 
 def optimize(options: OptimizeOptions, progress) -> Result:
     """The whole search under a rich Progress; the winners built unless options.build is False."""
-    from toolchain.split import resolve_point, trace
+    from toolchain.split import resolve_point
 
     task = progress.add_task("preparing", total=None)
     search = prepare(options, lambda words: progress.update(task, description=words))
-    graph = trace(search.loaded.module, search.loaded.input_shape)
     heads = [(ratio, split) for ratio in options.ratios for split in split_names(search)]
     progress.update(task, total=len(heads) + 1, completed=0, description="baselines: whole model, image uploads")
     rows, not_tried, longest_build = measure_baselines(search), [], [0.0]
@@ -568,7 +591,7 @@ def optimize(options: OptimizeOptions, progress) -> Result:
             chosen = head(search, split, ratio)
             codecs = list(options.codecs or ["int8", *learned_grid(chosen.shape)])
             weights, branch = trained_pieces(search, chosen, codecs)
-            position = resolve_point(graph, split).position
+            position = resolve_point(search.graph, split).position
             for codec in codecs:
                 if out_of_budget():
                     not_tried.append(f"{split} pruned {ratio:g} {codec}: over the budget")
@@ -580,7 +603,8 @@ def optimize(options: OptimizeOptions, progress) -> Result:
             not_tried.append(f"{split} pruned {ratio:g}: {str(error).splitlines()[0]}")
         progress.advance(task)
     if not any(row["strategy"] == "split" for row in rows):
-        raise EdgesplitError(f"no split point could be measured within the budget ({'; '.join(not_tried)})")
+        raise EdgesplitError(f"no split point could be measured within the budget of {options.budget_s:g} s: "
+                             f"{len(not_tried)} left out, the first: {not_tried[0] if not_tried else 'none'}")
     choices = [choose(rows, search.speed.factor, rate, options) for rate in options.uplinks]
     bundles, refused = {}, {}
     if options.build:

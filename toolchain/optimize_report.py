@@ -157,8 +157,9 @@ def markdown(summary: dict, choices: list[dict], points: list[dict], result: Res
 Measured on {summary['machine']}, {summary['date']}, in {summary['seconds']:.0f} s (budget {options.budget_s:.0f} s).
 Edge times: measured here on {summary['measured_on']['edge']}'s backend, one thread, times the device's factor:
 {summary['speed']['words']}. Cloud times: {summary['measured_on']['cloud']} here.
-Accuracy against the float model ({summary['float_accuracy']:.2%}) on {summary['evaluated_frames']} held-out images
-(exit thresholds picked on as many others); `--max-loss {options.max_loss}` points. Predicted time: {STREAM_FRAMES}
+Accuracy: top-1 on the labels of {summary['evaluated_frames']} held-out images (exit thresholds picked on as many
+others); a point's loss is the float model's top-1 there ({summary['float_accuracy']:.2%}) less its own, at most
+`--max-loss {options.max_loss}` points; agreement is with the float model's answers. Predicted time: {STREAM_FRAMES}
 frames streamed with 8 in flight, the upload counting the protocol's frame and TCP/IP headers, an exit as the
 share of frames it still sends.
 

@@ -64,7 +64,8 @@ def load_profile(path: Path) -> dict:
     try:
         profile = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
-        raise EdgesplitError(f"cannot read profile {path}: {error}") from error
+        raise EdgesplitError(f"cannot read profile {path} ({error}); expected the JSON `edgesplit profile` writes") \
+            from error
     if not isinstance(profile, dict) or profile.get("format") != PROFILE_FORMAT:
         found = profile.get("format") if isinstance(profile, dict) else type(profile).__name__
         raise EdgesplitError(f"{path} is not an edgesplit profile (format {found!r}, expected {PROFILE_FORMAT!r}); "

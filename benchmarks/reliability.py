@@ -57,6 +57,9 @@ from runtime.wire import encode_frame
 
 KEY = "a key for the reliability suite, 256 bits of it......"
 GREEDY_IN_FLIGHT = 256
+# frames a flooded connection may cost: those in flight on it when it is abandoned (the edge's default 8) and
+# as many produced while the edge reconnects; a fixed cost, whatever the run's length
+UNSENT_LOSS = 16
 BYSTANDER_FPS = 10.0
 
 
@@ -307,7 +310,7 @@ def faulty_results(bundle, scratch: Path, frames: int) -> list[dict]:
         rows.append({"fault": f"RESULTs: {fault}" + (" (first connection), then correct" if unsent else ""),
                      "measure": "frames counted as the cloud's answers",
                      "value": f"{summary.get('cloud_answers')}/{frames}",
-                     "goal": (f">= {frames * 4 // 5}/{frames}, the flooded connection abandoned" if unsent
+                     "goal": (f">= {frames - UNSENT_LOSS}/{frames}, the flooded connection abandoned" if unsent
                               else f"0/{frames}"),
                      "detail": f"{summary.get('late_replies')} replies matched no frame, "
                                f"{summary.get('abandoned_connections')} connection(s) abandoned; first: "

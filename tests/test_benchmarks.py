@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from benchmarks.reliability import UNSENT_LOSS
 from benchmarks.testbed.devices import REFERENCES, SETTLED
 from benchmarks.testbed.link import NamespaceLink
 from toolchain.planning import SEGMENT_OVERHEAD_BYTES
@@ -220,7 +221,8 @@ def test_reliability_suite_contains_every_fault(int8_built, tmp_path):
     assert answered(flood) >= 135
     assert answered(by_measure["frames the cloud answered"][0]) >= 50  # silent server
     faulty = by_measure["frames counted as the cloud's answers"]
-    assert [answered(row) for row in faulty[:3]] == [0, 0, 0] and answered(faulty[3]) >= 40  # NaN, uint8, 2x5; unsent
+    # NaN, uint8, 2x5: never answers; unsent: the flooded connection costs at most UNSENT_LOSS frames
+    assert [answered(row) for row in faulty[:3]] == [0, 0, 0] and answered(faulty[3]) >= 50 - UNSENT_LOSS
     [images] = by_measure["edge peak RSS above the same folder without them (MB)"]
     assert images["value"] <= 100 and images["detail"].startswith("exit 0, 25 rows, 5 errors"), images
     statuses = [(row["goal"], row["value"]) for row in by_measure["verify-bundle exit status"]]

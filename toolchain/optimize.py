@@ -43,7 +43,6 @@ from toolchain.planning import PlanOption, link_bytes, within
 STREAM_FRAMES, IN_FLIGHT = 100, 8  # as the bandwidth benchmark streams them
 EXIT_LOSSES = (0.1, 0.25, 0.5, 1.0)  # accuracy points exits may cost on the selection half: one threshold each
 DEFAULT_RATIOS = (0.0, 0.3, 0.5)
-CRITERIA = ("feature-bias", "bn-scale")
 CODE_BITS = 4
 REPORT_FORMAT = "edgesplit-optimize/1"
 BUILD_ATTEMPTS = 3  # points built per rate before its best baseline is taken
@@ -126,7 +125,7 @@ def learned_grid(shape: tuple[int, ...]) -> list[str]:
 
 def check_options(options: OptimizeOptions) -> None:
     from toolchain.codecs import parse_codec_spec
-    from toolchain.pruning import check_ratio
+    from toolchain.pruning import CRITERIA, check_ratio
 
     if not options.uplinks or any(rate <= 0 for rate in options.uplinks):
         raise EdgesplitError("--uplink needs one or more positive rates, e.g. 20kbit,100kbit,1mbit")

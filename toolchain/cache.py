@@ -74,21 +74,29 @@ def module_code(module) -> list[str]:
     return parts
 
 
+def stored_file(root: Path, kind: str, key: str, suffix: str, make: Callable[[Path], None]) -> Path:
+    """root/kind/<key><suffix>, made by `make(path)` first where missing: written aside and renamed, so a process
+    reading the key meanwhile sees all of it or nothing."""
+    directory = root / kind
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{key}{suffix}"
+    if not path.exists():
+        descriptor, aside = tempfile.mkstemp(dir=directory, suffix=suffix)
+        os.close(descriptor)
+        make(Path(aside))
+        os.replace(aside, path)
+    return path
+
+
 def arrays(kind: str, key: str, compute: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
     """`compute()`, or what it returned for the same key before (read back without pickle)."""
-    root = folder(kind)
-    if root is None:
+    root = os.environ.get(CACHE_ENV)
+    if not root:
         return compute()
-    path = root / f"{key}.npz"
-    if path.exists():
-        with np.load(path, allow_pickle=False) as stored:
-            return [stored[f"arr_{index}"] for index in range(len(stored.files))]
-    result = compute()
-    # written aside and renamed: a process reading the key meanwhile sees all of it or nothing
-    with tempfile.NamedTemporaryFile(dir=root, suffix=".npz", delete=False) as stream:
-        np.savez(stream, *result)
-    os.replace(stream.name, path)
-    return result
+    path = stored_file(Path(root).expanduser(), kind, key, ".npz",
+                       lambda aside: np.savez(aside, *compute()))
+    with np.load(path, allow_pickle=False) as stored:
+        return [stored[f"arr_{index}"] for index in range(len(stored.files))]
 
 
 def stored_directory(kind: str, key: str) -> Path | None:

@@ -691,7 +691,8 @@ def _floats(text: str) -> tuple[float, ...]:
               help="Training images for fine-tuning, codecs and exits.")
 @click.option("--epochs", type=click.IntRange(min=0), default=2, show_default=True,
               help="Epochs of fine-tuning, codec and exit training each.")
-@HOLDOUT_FRAMES
+@click.option("--holdout-frames", type=click.IntRange(min=20), default=2000, show_default=True,
+              help="Labeled held-out images, drawn at random: half pick exit thresholds, half score every point.")
 @click.option("--frames", type=click.IntRange(min=1), default=100, show_default=True,
               help="Frames timed per point, one at a time.")
 @click.option("--rtt", default="0ms", show_default=True, help="Round trip added to every upload (e.g. 20ms).")
@@ -721,7 +722,7 @@ def optimize_command(model, train_data, calib, target, cloud, uplink, max_loss, 
         target=target, cloud=cloud, uplinks=tuple(_rates(uplink)), max_loss=max_loss,
         budget_s=_duration(budget, "--budget"), splits=tuple(s.strip() for s in splits.split(",")) if splits else None,
         ratios=_floats(ratios), criterion=criterion, codecs=tuple(codecs) or None, early_exit=not no_exit,
-        train_frames=train_frames, epochs=epochs, holdout_frames=holdout_frames or 2000, frames=frames,
+        train_frames=train_frames, epochs=epochs, holdout_frames=holdout_frames, frames=frames,
         rtt_ms=_duration(rtt, "--rtt") * 1000, edge_factor=edge_factor,
         profile_edge=profile_edge, output=output, cache_dir=cache_dir, build=not no_build)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

@@ -22,10 +22,9 @@ cover the builds of the winners; the report names what it did not try.
 
 from __future__ import annotations
 
+import functools
 import math
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -156,19 +155,6 @@ def stand_ins(devices: Deployment) -> Deployment:
     return Deployment(get_device(stand_in(devices.edge), "edge"), cloud)
 
 
-def stored(store: Path, kind: str, key: str, suffix: str, make: Callable[[Path], None]) -> Path:
-    """The file stored under the key, made by `make(path)` first where missing (written aside, then renamed)."""
-    folder = store / kind
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{key}{suffix}"
-    if not path.exists():
-        descriptor, aside = tempfile.mkstemp(dir=folder, suffix=suffix)
-        os.close(descriptor)
-        make(Path(aside))
-        os.replace(aside, path)
-    return path
-
-
 def prepare(options: OptimizeOptions, progress_note: Callable[[str], None]) -> Search:
     from toolchain.data import load_images
     from toolchain.device_speed import Speed
@@ -245,7 +231,7 @@ def device_speed(device, store: Path):
     def make(path: Path) -> None:
         path.write_text(json.dumps(measure_speed(device, store / "speed")._asdict()))
     key = cache.content_key("speed", device.name, cpu_name(), cache.code_version())
-    return Speed(**json.loads(stored(store, "speed", key, ".json", make).read_text()))
+    return Speed(**json.loads(cache.stored_file(store, "speed", key, ".json", make).read_text()))
 
 
 def with_profile(search: Search, baselines: list[dict]) -> Search:
@@ -283,7 +269,7 @@ def head(search: Search, split: str, ratio: float) -> Head:
         return Head(split, 0.0, options.model, options.weights, options.inputs, loaded, point.node, point.shape)
     key = cache.content_key("pruned", model_key(loaded), split, ratio, options.criterion, options.epochs,
                             search.train.images, search.train.labels, cache.code_version())
-    path = stored(search.store, "pruned", key, ".pt2", lambda aside: prune_head(search, split, ratio, aside))
+    path = cache.stored_file(search.store, "pruned", key, ".pt2", lambda aside: prune_head(search, split, ratio, aside))
     spec = loaded.spec()
     inputs = InputOptions(spec.shape, spec.resize)  # the normalization is inside the archive's graph
     pruned = load_model(str(path), None, inputs)
@@ -311,28 +297,27 @@ def prune_head(search: Search, split: str, ratio: float, path: Path) -> None:
 def trained_pieces(search: Search, chosen: Head, codecs: list[str]) -> tuple[dict[str, Path | None], Path | None]:
     """Each learned codec's checkpoint and the exit branch's, trained on `chosen`'s own head features."""
     from toolchain.codec_training import prepare_training, save_checkpoint, train_codec
-    from toolchain.codecs import make_codec, parse_codec_spec
+    from toolchain.codecs import LEARNED, make_codec, parse_codec_spec
     from toolchain.exit_branch import save_exit, train_exit
 
-    options, frozen = search.options, []
+    options = search.options
     base = (model_key(chosen.loaded), chosen.node, options.epochs, search.train.images, search.train.labels,
             cache.code_version())
 
-    def features():
-        if not frozen:
-            frozen.append(prepare_training(chosen.loaded.module, chosen.node, chosen.loaded.spec(), search.data,
-                                           options.train_frames, test_frames=0))
-        return frozen[0]
+    @functools.lru_cache(maxsize=None)
+    def features():  # the head's outputs on the training images, once, and only if something is trained
+        return prepare_training(chosen.loaded.module, chosen.node, chosen.loaded.spec(), search.data,
+                                options.train_frames, test_frames=0)
 
     def codec_weights(spec: str) -> Path | None:
-        if not make_codec(parse_codec_spec(spec), chosen.shape).learned:
+        if parse_codec_spec(spec).name not in LEARNED:
             return None
 
         def make(path: Path) -> None:
             codec = make_codec(parse_codec_spec(spec), chosen.shape)
             train_codec(codec, features().tail, features().train, options.epochs, seed=0)
             save_checkpoint(path, codec, spec, chosen.node, chosen.loaded.sha256, epoch=options.epochs)
-        return stored(search.store, "codecs", cache.content_key("codec", spec, *base), ".pt", make)
+        return cache.stored_file(search.store, "codecs", cache.content_key("codec", spec, *base), ".pt", make)
 
     def exit_weights(path: Path) -> None:
         cached = features().train
@@ -341,7 +326,7 @@ def trained_pieces(search: Search, chosen: Head, codecs: list[str]) -> tuple[dic
 
     weights = {spec: codec_weights(spec) for spec in codecs}
     # an exit branch reads a C,H,W tensor: a flat one's points go without
-    branch = stored(search.store, "exits", cache.content_key("exit", *base), ".pt", exit_weights) \
+    branch = cache.stored_file(search.store, "exits", cache.content_key("exit", *base), ".pt", exit_weights) \
         if options.early_exit and len(chosen.shape) == 3 else None
     return weights, branch
 
@@ -371,15 +356,15 @@ def measure_point(search: Search, chosen: Head, position: int, codec: str, codec
     def make(path: Path) -> None:
         rows = build_and_measure(search, chosen, codec, codec_weights, exit_weights)
         path.write_text(json.dumps([dict(row, position=position) for row in rows]))
-    return json.loads(stored(search.store, "points", key, ".json", make).read_text())
+    return json.loads(cache.stored_file(search.store, "points", key, ".json", make).read_text())
 
 
 def build_and_measure(search: Search, chosen: Head, codec: str, codec_weights: Path | None,
                       exit_weights: Path | None) -> list[dict]:
     from runtime.bundle import open_bundle
-    from runtime.local import SplitInference
+    from runtime.local import EdgeHalf, SplitInference
     from toolchain.build import BuildOptions, build_engines
-    from toolchain.profile import measure_bundle
+    from toolchain.profile import measure_crossing
 
     options = search.options
     output = search.work / f"{chosen.split}-{chosen.ratio:g}-{codec.replace(':', '_').replace(',', '_')}"
@@ -391,9 +376,11 @@ def build_and_measure(search: Search, chosen: Head, codec: str, codec_weights: P
         output=output, max_loss=math.inf, min_agreement=0.0, max_relative_error=math.inf), show_progress=False)
     build_s = time.monotonic() - started
     timed = search.evaluate.inputs()[:options.frames]
-    timing = measure_bundle(output, timed, threads=1)
-    edge_ms, edge_p90_ms = edge_beside_whole(search, output, timed)
-    inference = SplitInference(open_bundle(output), verified=True)
+    bundle = open_bundle(output)
+    edge, frames = EdgeHalf(bundle, threads=1), [timed[i:i + 1] for i in range(len(timed))]
+    timing = measure_crossing(bundle, edge, frames, threads=1)
+    edge_ms, edge_p90_ms = edge_beside_whole(search, edge, frames)
+    inference = SplitInference(bundle, verified=True)
     select, evaluate = (inference.deployed(part.inputs()) for part in (search.select, search.evaluate))
     shutil.rmtree(output)  # measured: the winner is built again for the real devices
     base = {"strategy": "split", "split": chosen.split, "ratio": chosen.ratio, "codec": codec,
@@ -412,15 +399,11 @@ def whole_on_edge(search: Search) -> Callable[[np.ndarray], np.ndarray]:
     return search.runners["edge"]
 
 
-def edge_beside_whole(search: Search, bundle: Path, inputs: np.ndarray) -> tuple[float, float]:
+def edge_beside_whole(search: Search, edge, frames: list[np.ndarray]) -> tuple[float, float]:
     """The edge half's ms per frame (median and p90) as if timed when the baselines timed the whole model: both
     run in alternating rounds, and the edge's times are scaled by the whole model's then over now, so the
     machine's drift over a long search does not rank points."""
-    from runtime.bundle import open_bundle
-    from runtime.local import EdgeHalf
-
-    edge, whole = EdgeHalf(open_bundle(bundle), threads=1), whole_on_edge(search)
-    frames = [inputs[i:i + 1] for i in range(len(inputs))]
+    whole = whole_on_edge(search)
     times = {"edge": [], "whole": []}
     for start in range(0, len(frames), TIMING_ROUND):
         for name, run in (("edge", edge.payloads), ("whole", whole)):
@@ -468,7 +451,7 @@ def measure_baselines(search: Search) -> list[dict]:
     def make(path: Path) -> None:
         path.write_text(json.dumps(baseline_rows(search)))
     key = point_key(search, "baselines", model_key(search.loaded))
-    return json.loads(stored(search.store, "baselines", key, ".json", make).read_text())
+    return json.loads(cache.stored_file(search.store, "baselines", key, ".json", make).read_text())
 
 
 def baseline_rows(search: Search) -> list[dict]:
@@ -511,8 +494,7 @@ class Choice(NamedTuple):
     cloud_only: PlanOption | None  # the fastest image upload within --max-loss
 
     def seconds(self, option: PlanOption) -> float:
-        """Predicted seconds for STREAM_FRAMES frames streamed with IN_FLIGHT unanswered."""
-        return option.stream_ms(STREAM_FRAMES, IN_FLIGHT) / 1000
+        return stream_ms(option) / 1000
 
     @property
     def speedup(self) -> float:
@@ -533,11 +515,15 @@ def choose(rows: list[dict], factor: float, rate: float, options: OptimizeOption
     from toolchain.planning import fastest
 
     predicted = [predict(row, factor, rate, options.rtt_ms) for row in rows]
-    cost = lambda option: option.stream_ms(STREAM_FRAMES, IN_FLIGHT)  # noqa: E731
     edge_only = next(o for o in predicted if o.strategy == "edge-only")
     uploads = [o for o in predicted if o.strategy == "cloud-only" and o.loss_points <= options.max_loss]
-    return Choice(rate, predicted, fastest(predicted, options.max_loss, cost=cost), edge_only,
-                  min(uploads, key=cost) if uploads else None)
+    return Choice(rate, predicted, fastest(predicted, options.max_loss, cost=stream_ms), edge_only,
+                  min(uploads, key=stream_ms) if uploads else None)
+
+
+def stream_ms(option: PlanOption) -> float:
+    """Predicted ms for STREAM_FRAMES frames streamed with IN_FLIGHT unanswered: what a point is ranked by."""
+    return option.stream_ms(STREAM_FRAMES, IN_FLIGHT)
 
 
 class Result(NamedTuple):
@@ -570,14 +556,14 @@ def optimize(options: OptimizeOptions, progress) -> Result:
     search = prepare(options, lambda words: progress.update(task, description=words))
     heads = [(ratio, split) for ratio in options.ratios for split in split_names(search)]
     progress.update(task, total=len(heads) + 1, completed=0, description="baselines: whole model, image uploads")
-    rows, not_tried, longest_build = measure_baselines(search), [], [0.0]
+    rows, not_tried, longest_build = measure_baselines(search), [], 0.0
     search = search._replace(whole_ms=next(row["edge_ms_here"] for row in rows if row["strategy"] == "edge-only"))
     if options.profile_edge is not None:
         search = with_profile(search, rows)
     progress.advance(task)
 
     def out_of_budget() -> bool:  # what is left must still build a winner per rate
-        reserve = len(options.uplinks) * longest_build[0]
+        reserve = len(options.uplinks) * longest_build
         return time.monotonic() - search.started + reserve > options.budget_s
 
     for ratio, split in heads:
@@ -596,7 +582,7 @@ def optimize(options: OptimizeOptions, progress) -> Result:
                     not_tried.append(f"{split} pruned {ratio:g} {codec}: over the budget")
                     continue
                 measured = measure_point(search, chosen, position, codec, weights[codec], branch)
-                longest_build[0] = max(longest_build[0], *(row["build_s"] for row in measured))
+                longest_build = max(longest_build, *(row["build_s"] for row in measured))
                 rows += measured
         except (EdgesplitError, RuntimeError, ValueError) as error:
             not_tried.append(f"{split} pruned {ratio:g}: {str(error).splitlines()[0]}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from toolchain.optimize import REPORT_FORMAT, STREAM_FRAMES, Choice, Result, point_name
 from toolchain.planning import format_rate
 from toolchain.results import cpu_name, write_csv
+from toolchain.summary import markdown_table
 
 POINT_COLUMNS = ("name", "strategy", "split", "ratio", "codec", "threshold", "offload_rate", "payload_bytes",
                  "frame_bytes", "edge_ms_here", "edge_p90_ms_here", "cloud_ms", "accuracy", "agreement",
@@ -113,12 +114,6 @@ def draw(result: Result, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
-
-
-def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join("" if row[c] is None else str(row[c]) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def write_report(result: Result, output: Path) -> dict:

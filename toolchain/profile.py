@@ -115,14 +115,19 @@ def candidate(point: SplitPoint, codec: str, lossless: str, bundle: Path, checks
 def measure_bundle(path: Path, inputs: np.ndarray, threads: int | None) -> dict:
     """Edge (head + encoder + wire codec) and cloud (wire decode + decoder + tail) per frame, batch 1."""
     bundle = open_bundle(path)
-    edge, cloud = EdgeHalf(bundle, threads), CloudHalf(bundle, threads)
+    edge = EdgeHalf(bundle, threads)
     frames = [inputs[i:i + 1] for i in range(len(inputs))]
+    crossing = measure_crossing(bundle, edge, frames, threads)
+    return {"edge": time_per_frame(lambda i: edge.payloads(frames[i]), len(frames)), **crossing}
+
+
+def measure_crossing(bundle, edge: EdgeHalf, frames: list[np.ndarray], threads: int | None) -> dict:
+    """What the edge sends for each frame (mean payload and frame bytes) and the cloud's time per frame on it."""
+    cloud = CloudHalf(bundle, threads)
     payloads = [edge.payloads(frame)[0] for frame in frames]
-    edge_time = time_per_frame(lambda i: edge.payloads(frames[i]), len(frames))
-    cloud_time = time_per_frame(lambda i: cloud.logits(cloud.decode(payloads[i])[None]), len(frames))
     payload_bytes = float(np.mean([len(p) for p in payloads]))
-    return {"edge": edge_time, "cloud": cloud_time, "payload_bytes": payload_bytes,
-            "frame_bytes": frame_bytes(payload_bytes, len(bundle.wire.shape))}
+    return {"cloud": time_per_frame(lambda i: cloud.logits(cloud.decode(payloads[i])[None]), len(frames)),
+            "payload_bytes": payload_bytes, "frame_bytes": frame_bytes(payload_bytes, len(bundle.wire.shape))}
 
 
 def whole_model_runner(loaded: LoadedModel, devices: Deployment, role: str, calibration: np.ndarray, work: Path,

@@ -89,9 +89,12 @@ def device_rows() -> list[dict]:
              "default cloud": d.default_cloud or "-", "description": d.description} for d in DEVICES.values()]
 
 
-def markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    return "\n".join(lines + ["| " + " | ".join(str(value) for value in row.values()) + " |" for row in rows])
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """The rows' `columns` (default: every key of the first row) as a Markdown table; None is an empty cell."""
+    columns = columns or list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join("" if row[c] is None else str(row[c]) for c in columns) + " |"
+                              for row in rows])
 
 
 def rich_table(title: str, rows: list[dict]) -> Table:

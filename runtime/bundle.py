@@ -23,9 +23,15 @@ from runtime.wire import WireFormat
 MANIFEST_NAME = "manifest.json"
 # 2: a deployment of two devices (edge, cloud) replaced the single target; halves say how they are verified
 SCHEMA_VERSION = 2
-REQUIRED_KEYS = ("schema_version", "bundle_id", "source_model", "split", "codec", "wire",
-                 "deployment", "artefacts", "files", "tools")
+REQUIRED_KEYS = ("schema_version", "bundle_id", "source_model", "deployment", "artefacts", "files", "tools")
+CROSSING_KEYS = ("split", "codec", "wire")  # what a bundle that sends frames says of them
 ROLES = ("edge", "cloud")
+# where the model runs, and the halves each strategy ships: a split, the whole model on the edge device (no
+# server), or the whole model on the cloud device with the image sent (the edge runs no model)
+STRATEGIES = {"split": ROLES, "edge-only": ("edge",), "cloud-only": ("cloud",)}
+ABSENT_HALF = {
+    "cloud": "it is edge-only: the whole model runs on the edge device; run it with `edgesplit edge`, no server needed",
+    "edge": "it is cloud-only: the edge sends the image and runs no model"}
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_MANIFEST_DEPTH = 32  # an edgesplit manifest nests 6 deep
 MAX_FILES = 64  # a bundle holds two artefacts, their sidecars and the manifest
@@ -61,16 +67,30 @@ class Bundle:
     def __init__(self, directory: Path, manifest: dict):
         self.directory = Path(directory)
         self.manifest = manifest
-        try:
-            self.wire = WireFormat.from_manifest(manifest["wire"])
-        except (KeyError, TypeError, ValueError, WireError) as error:
-            raise BundleError("the manifest's wire entry is malformed: {}".format(error)) from error
+        self.strategy = strategy_of(manifest)
+        self.wire = None  # an edge-only bundle sends nothing
+        if self.strategy != "edge-only":
+            try:
+                self.wire = WireFormat.from_manifest(manifest["wire"])
+            except (KeyError, TypeError, ValueError, WireError) as error:
+                raise BundleError("the manifest's wire entry is malformed: {}".format(error)) from error
 
     @property
     def bundle_id(self) -> str:
         return self.manifest["bundle_id"]
 
+    @property
+    def roles(self):
+        return STRATEGIES[self.strategy]
+
+    @property
+    def answering_role(self) -> str:
+        """The half whose outputs are the model's answers."""
+        return "edge" if self.strategy == "edge-only" else "cloud"
+
     def artefact(self, role: str) -> dict:
+        if role not in self.roles:
+            raise BundleError("bundle {} has no {} half ({})".format(self.bundle_id, role, ABSENT_HALF[role]))
         return self.manifest["artefacts"][role]
 
     def input_spec(self):
@@ -129,24 +149,38 @@ def nesting(value) -> int:
     return deepest
 
 
+def strategy_of(manifest: dict) -> str:
+    """Where the bundle's model runs (STRATEGIES); a manifest that does not say is a split."""
+    strategy = manifest.get("strategy", "split")
+    if strategy not in STRATEGIES:
+        raise BundleError("the manifest's strategy must be one of {}, got {!r}".format(
+            ", ".join(STRATEGIES), strategy))
+    return strategy
+
+
 def _check_structure(manifest: dict) -> None:
     """The types verify_manifest relies on, so that a malformed manifest is named, not a traceback."""
-    files, artefacts = manifest["files"], manifest["artefacts"]
+    files, artefacts, roles = manifest["files"], manifest["artefacts"], STRATEGIES[strategy_of(manifest)]
     if not isinstance(files, dict) or not all(
             isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and type(entry.get("bytes")) is int
             for entry in files.values()):
         raise BundleError("the manifest's files must map each file name to its sha256 and bytes")
     if len(files) > MAX_FILES:
         raise BundleError("the manifest lists {} files; a bundle has at most {}".format(len(files), MAX_FILES))
-    if not isinstance(artefacts, dict) or not all(isinstance(artefacts.get(role), dict) for role in ROLES):
-        raise BundleError("the manifest's artefacts must describe the edge and the cloud half")
-    for role in ROLES:
+    if not isinstance(artefacts, dict) or sorted(artefacts) != sorted(roles) or \
+            not all(isinstance(artefacts[role], dict) for role in roles):
+        raise BundleError("the manifest's artefacts must describe the {} half, as its strategy ships".format(
+            " and the ".join(roles)))
+    for role in roles:
         for kind in ("inputs", "outputs"):
             tensors = artefacts[role].get(kind)
             if not isinstance(tensors, list) or not tensors or not all(_is_tensor(t) for t in tensors):
                 raise BundleError("the manifest's {} {} must be a list of tensors with a name, a dtype and a "
                                   "shape".format(role, kind))
-    _check_exit(manifest.get("exit"), [t["name"] for t in artefacts["edge"]["outputs"]])
+    if "edge" in roles:
+        _check_exit(manifest.get("exit"), [t["name"] for t in artefacts["edge"]["outputs"]])
+    elif "exit" in manifest:
+        raise BundleError("the manifest has an exit branch but no edge half to run it")
 
 
 def _is_tensor(tensor) -> bool:
@@ -202,7 +236,8 @@ def verify_manifest(directory: Path, manifest: dict) -> None:
     if version != SCHEMA_VERSION:
         raise BundleError("bundle schema version {!r} is not supported (this runtime reads {})".format(
             version, SCHEMA_VERSION))
-    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    crossing = CROSSING_KEYS if strategy_of(manifest) != "edge-only" else ()
+    missing = [key for key in REQUIRED_KEYS + crossing if key not in manifest]
     if missing:
         raise BundleError("manifest lacks {}".format(", ".join(missing)))
     _check_structure(manifest)
@@ -222,7 +257,7 @@ def verify_manifest(directory: Path, manifest: dict) -> None:
                       and p.name not in files)
     if unlisted:
         raise BundleError("files not in the manifest: {}".format(", ".join(unlisted)))
-    for role in ROLES:
+    for role in STRATEGIES[strategy_of(manifest)]:
         entry = manifest["artefacts"].get(role)
         if entry is None or entry.get("file") not in files:
             raise BundleError("manifest has no hashed {} artefact".format(role))
@@ -383,11 +418,12 @@ def open_bundle(path, trust=None) -> Bundle:
 def check_artefact_io(bundle: Bundle) -> None:
     """Open each artefact with its backend and compare its inputs/outputs with the manifest, and the codes
     the cloud half takes with what the wire carries."""
-    taken = [tuple(tensor["shape"][1:]) for tensor in bundle.artefact("cloud")["inputs"]][:len(bundle.wire.shapes)]
-    if taken != [tuple(shape) for shape in bundle.wire.shapes]:
-        raise BundleError("the wire carries codes shaped {}, the cloud half takes {}".format(
-            [list(shape) for shape in bundle.wire.shapes], [list(shape) for shape in taken]))
-    for role in ROLES:
+    if "cloud" in bundle.roles:
+        taken = [tuple(t["shape"][1:]) for t in bundle.artefact("cloud")["inputs"]][:len(bundle.wire.shapes)]
+        if taken != [tuple(shape) for shape in bundle.wire.shapes]:
+            raise BundleError("the wire carries codes shaped {}, the cloud half takes {}".format(
+                [list(shape) for shape in bundle.wire.shapes], [list(shape) for shape in taken]))
+    for role in bundle.roles:
         entry = bundle.artefact(role)
         # a TensorRT artefact ships ONNX, which ONNX Runtime checks on any machine
         runner = bundle.open_runner(role, verified=True)

@@ -117,11 +117,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="Show tracebacks instead of one-line errors.")
     commands = parser.add_subparsers(dest="command")
 
-    edge = commands.add_parser("edge", help="Run the edge half on a source and send features to a server.")
+    edge = commands.add_parser("edge", help="Run the edge half on a source and send features to a server (an "
+                                             "edge-only bundle answers every frame on the device).")
     _bundle_arguments(edge)
-    edge.add_argument("--server", required=True, type=_server,
+    edge.add_argument("--server", default=None, type=_server,
                       help="HOST:PORT of `edgesplit serve`, or grpc://HOST:PORT[/MODEL] of a Triton server holding "
-                           "an `edgesplit export-triton` repository (MODEL: its ensemble, default edgesplit).")
+                           "an `edgesplit export-triton` repository (MODEL: its ensemble, default edgesplit). "
+                           "Needed by every bundle but an edge-only one.")
     edge.add_argument("--source", required=True,
                       help="An .npz/.npy of uint8 images, a folder of image files, or camera[:N].")
     edge.add_argument("--split", default=None, choices=("train", "test"),
@@ -210,20 +212,13 @@ def run_edge(args) -> dict:
     from itertools import islice
 
     from runtime.bundle import open_bundle
-    from runtime.edge import ClientConfig
     from runtime.images import open_source
-    from runtime.link import EmulatedLink
-    from runtime.protocol import read_key
 
     bundle = open_bundle(args.bundle, args.trust)
     frames = open_source(args.source, bundle.input_spec(), args.split)
     if args.limit is not None:
         frames = islice(frames, args.limit)
-    link = EmulatedLink(args.uplink, args.rtt, args.burst) if (args.uplink or args.rtt) else None
-    server = args.server
-    config = ClientConfig(server.host, server.port, key=read_key(args.key_file), tls=_client_tls(args),
-                          in_flight=args.in_flight, reply_timeout_s=args.timeout, link=link,
-                          exit_threshold=args.exit_threshold, transport=server.transport, model=server.path)
+    config = _client_config(args, bundle)
     summary, outcomes = _edge_session(bundle, config, frames, args.fps, args.threads)
     if args.output:
         _write_outcomes(args.output, outcomes)
@@ -234,13 +229,34 @@ def run_edge(args) -> dict:
     return _finish(summary)
 
 
+def _client_config(args, bundle):
+    """How the edge reaches its server; None for an edge-only bundle, which needs none."""
+    from runtime.edge import ClientConfig
+    from runtime.link import EmulatedLink
+    from runtime.protocol import read_key
+
+    server = args.server
+    if bundle.strategy == "edge-only":
+        if server is not None:
+            print("note: bundle {} is edge-only: the whole model answers on this device, --server is not "
+                  "contacted".format(bundle.bundle_id), file=sys.stderr)
+        return None
+    if server is None:
+        raise EdgesplitError("bundle {} is {}: it sends frames to a cloud server; give --server HOST:PORT".format(
+            bundle.bundle_id, bundle.strategy))
+    link = EmulatedLink(args.uplink, args.rtt, args.burst) if (args.uplink or args.rtt) else None
+    return ClientConfig(server.host, server.port, key=read_key(args.key_file), tls=_client_tls(args),
+                        in_flight=args.in_flight, reply_timeout_s=args.timeout, link=link,
+                        exit_threshold=args.exit_threshold, transport=server.transport, model=server.path)
+
+
 def _edge_session(bundle, config, frames, fps=None, threads=None):
-    """Run frames through an EdgeClient, with progress on stderr; (summary, outcomes in frame order)."""
-    from runtime.edge import CLOUD, ERROR, EdgeClient
+    """Run frames through the bundle's client, with progress on stderr; (summary, outcomes in frame order)."""
+    from runtime.edge import CLOUD, ERROR, open_client
     from runtime.images import paced
 
     outcomes = []
-    with EdgeClient(bundle, config, threads=threads) as client:
+    with open_client(bundle, config, threads=threads) as client:
         started = last_report = time.monotonic()  # the frames' time, not the backend's loading
         for outcome in client.run(paced(frames, fps)):
             outcomes.append(outcome)

@@ -356,6 +356,7 @@ class _Connection:
 
 class CloudServer:
     def __init__(self, bundle: Bundle, config: ServerConfig):
+        bundle.artefact("cloud")  # an edge-only bundle has nothing to serve: one line says so
         if not config.key and not config.allow_unauthenticated:
             raise ProtocolError("the server needs a shared key (--key-file or EDGESPLIT_KEY), "
                                 "or --no-auth to accept any edge that knows the bundle id")

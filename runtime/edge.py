@@ -25,7 +25,7 @@ from runtime.bundle import Bundle
 from runtime.errors import ProtocolError
 from runtime.images import SourceFrame
 from runtime.link import EmulatedLink
-from runtime.local import EdgeHalf, class_output, output_sizes, softmax_entropy, split_values
+from runtime.local import WholeModelHalf, class_output, edge_half, output_sizes, softmax_entropy, split_values
 from runtime.transports import DEFAULT_TRANSPORT, Channel, Replies, Server, Tls, open_transport
 from runtime.wire import encode_frame, frames_of
 
@@ -115,7 +115,7 @@ class EdgeClient(Replies):
         self.config = config
         self.transport = open_transport(bundle, config.server, config.key, config.tls, config.connect_timeout_s,
                                         config.reply_timeout_s)
-        self.edge = EdgeHalf(bundle, threads)
+        self.edge = edge_half(bundle, threads)
         self.output_sizes = output_sizes(bundle)
         self.reply_values = sum(int(np.prod(shape)) for _, shape in self.output_sizes)
         self.scored = class_output(bundle)
@@ -440,3 +440,52 @@ class EdgeClient(Replies):
             self._next_attempt = time.monotonic() + self._backoff * random.uniform(0.8, 1.2)
             self._backoff = min(self.config.backoff_max_s, self._backoff * 2)
         log.warning("%s; retrying", problem)
+
+
+class LocalClient:
+    """An edge-only bundle's client: the whole model answers every frame on the device; nothing is sent, no
+    server is needed. The same interface and outcomes as EdgeClient, so `edgesplit edge` runs either."""
+
+    def __init__(self, bundle: Bundle, threads: Optional[int] = None):
+        self.model = WholeModelHalf(bundle, threads)
+        self.scored = class_output(bundle)
+        self.stats = ClientStats()
+
+    def start(self) -> "LocalClient":
+        return self
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "LocalClient":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+    def run(self, frames: Iterable[SourceFrame]) -> Iterator[Outcome]:
+        for frame in frames:
+            started = time.monotonic()
+            self.stats.frames += 1
+            if frame.error:
+                self.stats.outcomes[ERROR] += 1
+                yield Outcome(frame.index, ERROR, None, frame.error, time.monotonic() - started, frame.label)
+                continue
+            outputs = [output[0] for output in self.model.outputs_of(frame.image[None])]
+            self.stats.outcomes[EDGE] += 1
+            yield Outcome(frame.index, EDGE, outputs[self.scored], "", time.monotonic() - started, frame.label,
+                          outputs)
+
+    def run_all(self, frames: Iterable[SourceFrame]) -> List[Outcome]:
+        return list(self.run(frames))
+
+
+def open_client(bundle: Bundle, config: Optional[ClientConfig], threads: Optional[int] = None):
+    """The client a bundle needs: edge-only bundles answer on the device (no `config`); the others reach a server
+    as `config` says."""
+    if bundle.strategy == "edge-only":
+        return LocalClient(bundle, threads)
+    if config is None:
+        raise ProtocolError("this bundle ({}) sends frames to a cloud server: give its address".format(
+            bundle.strategy))
+    return EdgeClient(bundle, config, threads)

@@ -103,6 +103,11 @@ class InputSpec(NamedTuple):
         return self.fit(self.arrange(images, origin), origin).astype(np.float32) / 255.0
 
 
+def to_pixels(inputs: np.ndarray) -> np.ndarray:
+    """Model inputs (`prepare`'s float in [0, 1]) → the uint8 pixels they were made from, exactly."""
+    return np.round(inputs * 255).astype(np.uint8)
+
+
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """One uint8 C,H,W image, bilinear (Pillow), so every source resizes alike."""
     try:

@@ -10,6 +10,7 @@ import numpy as np
 
 from runtime.bundle import Bundle
 from runtime.errors import BundleError
+from runtime.inputs import to_pixels
 from runtime.wire import decode_frame, encode_frame, frames_of
 
 
@@ -126,14 +127,66 @@ class EdgeHalf(_Half):
         return [encode_frame(frame, self.wire) for frame in frames_of(codes, self.wire)], exit_logits
 
 
+class PixelEdge:
+    """A cloud-only bundle's edge: no model, the image's own pixels are the codes (sent raw, PNG or JPEG)."""
+
+    def __init__(self, bundle: Bundle):
+        self.wire = bundle.wire
+
+    def codes_and_exit(self, images: np.ndarray):
+        return to_pixels(images), None
+
+    def codes(self, images: np.ndarray) -> np.ndarray:
+        return to_pixels(images)
+
+    def payloads_and_exit(self, images: np.ndarray):
+        return [encode_frame(pixels, self.wire) for pixels in to_pixels(images)], None
+
+
+def edge_half(bundle: Bundle, threads=None, verified: bool = False, **options):
+    """What the edge runs on each image before sending: the head + encoder, or (cloud-only) nothing."""
+    if bundle.strategy == "cloud-only":
+        return PixelEdge(bundle)
+    return EdgeHalf(bundle, threads, verified, **options)
+
+
+class WholeModelHalf(_Half):
+    """An edge-only bundle's one artefact: images → every output of the model, on the device."""
+
+    def __init__(self, bundle: Bundle, threads=None, verified: bool = False, **options):
+        super().__init__(bundle, "edge", threads, verified, **options)
+        entry = bundle.artefact("edge")
+        image = entry["inputs"][0]
+        self.input_layout = image.get("layout", "NCHW")
+        self.input_quantization = self.runner.quantization(image["name"]) if image["dtype"] == "int8" else None
+        self.declared = entry["outputs"]
+
+    def outputs_of(self, images: np.ndarray) -> List[np.ndarray]:
+        if self.input_layout == "NHWC":
+            images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+        if self.input_quantization is not None:
+            images = quantize_int8(images, *self.input_quantization)
+        results = self.runner.infer({self.inputs[0][0]: images})
+        return [self._answer(results[tensor["name"]], tensor, len(images)) for tensor in self.declared]
+
+    def _answer(self, values: np.ndarray, tensor: dict, count: int) -> np.ndarray:
+        """Float values shaped as the model returns them (an int8 artefact's dequantized, its layout undone)."""
+        if tensor["dtype"] == "int8":
+            scale, zero_point = self.runner.quantization(tensor["name"])
+            values = (values.astype(np.float32) - zero_point) * scale
+        return values.astype(np.float32, copy=False).reshape((count,) + tuple(tensor.get("answer_shape",
+                                                                                         tensor["shape"][1:])))
+
+
 def output_sizes(bundle: Bundle) -> List[tuple]:
-    """(name, shape) of each cloud output, in the order replies carry them."""
-    return [(t["name"], tuple(t["shape"][1:])) for t in bundle.artefact("cloud")["outputs"]]
+    """(name, shape) of each output the answering half returns, in the order replies carry them."""
+    return [(t["name"], tuple(t.get("answer_shape", t["shape"][1:])))
+            for t in bundle.artefact(bundle.answering_role)["outputs"]]
 
 
 def class_output(bundle: Bundle) -> int:
     """Index of the output a frame's top-1 is read from: the first classification output."""
-    kinds = [t.get("kind", "class") for t in bundle.artefact("cloud")["outputs"]]
+    kinds = [t.get("kind", "class") for t in bundle.artefact(bundle.answering_role)["outputs"]]
     return kinds.index("class")
 
 
@@ -190,8 +243,8 @@ class SplitInference:
     def __init__(self, bundle: Bundle, threads=None, verified: bool = False, **options):
         """`verified=True` runs each half the way the toolchain verified it (a TensorRT half's Q/DQ ONNX in
         ONNX Runtime as fake quantization), so a bundle for a GPU can be measured on any CPU. `options`
-        go to both halves' runners."""
-        self.edge_half = EdgeHalf(bundle, threads, verified, **options)
+        go to both halves' runners. A cloud-only bundle's edge sends the image's pixels."""
+        self.edge_half = edge_half(bundle, threads, verified, **options)
         self.cloud_half = CloudHalf(bundle, threads, verified, **options)
 
     def edge(self, images: np.ndarray) -> List[bytes]:
@@ -217,3 +270,12 @@ class SplitInference:
             outputs.append(self.cloud_outputs(payloads))
         return Deployed(np.array(sizes), None if exits[0] is None else np.concatenate(exits),
                         [np.concatenate(parts) for parts in zip(*outputs)])
+
+
+def deployed(bundle: Bundle, images: np.ndarray, verified: bool = False, batch: int = 500) -> Deployed:
+    """Every frame as the bundle deploys it, whatever its strategy: an edge-only bundle sends nothing."""
+    if bundle.strategy != "edge-only":
+        return SplitInference(bundle, verified=verified).deployed(images, batch)
+    model = WholeModelHalf(bundle, verified=verified)
+    outputs = [model.outputs_of(images[start:start + batch]) for start in range(0, len(images), batch)]
+    return Deployed(np.zeros(len(images), dtype=np.int64), None, [np.concatenate(parts) for parts in zip(*outputs)])

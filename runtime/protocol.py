@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple, Tuple
 import numpy as np
 
 from runtime.errors import ProtocolError
-from runtime.wire import LOSSLESS, MAX_WIRE_NDIM
+from runtime.wire import LOSSLESS, MAX_WIRE_NDIM, PICTURES
 
 MAGIC = b"ESPL"
 VERSION = 1
@@ -38,7 +38,7 @@ KNOWN_FLAGS = FLAG_FINAL
 DTYPE_NONE, DTYPE_UINT8, DTYPE_FLOAT32 = 0, 1, 2
 DTYPES = {DTYPE_NONE: None, DTYPE_UINT8: np.dtype(np.uint8), DTYPE_FLOAT32: np.dtype(">f4")}
 
-LOSSLESS_IDS = {name: stage.wire_id for name, stage in LOSSLESS.items()}
+STAGE_IDS = {stage.wire_id for stage in LOSSLESS.values()} | set(PICTURES.values())
 
 # error codes carried in ERROR frames
 BAD_FRAME, UNSUPPORTED_VERSION, BUNDLE_MISMATCH, AUTH_FAILED, BAD_REQUEST, INTERNAL, TIMEOUT, \
@@ -156,7 +156,7 @@ def parse_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Header:
     tensor = frame_type in TENSOR_TYPES
     if tensor != (dtype != DTYPE_NONE) or (not tensor and ndim):
         raise ProtocolError("a {} frame {} a tensor".format(FRAME_TYPES[frame_type], "needs" if tensor else "has no"))
-    if lossless not in LOSSLESS_IDS.values() or bits > 8:
+    if lossless not in STAGE_IDS or bits > 8:
         raise ProtocolError("unknown codec: lossless stage {}, {} bits".format(lossless, bits))
     limit = limits.max_payload if tensor else MAX_CONTROL_PAYLOAD
     if payload_length > limit:
@@ -213,7 +213,7 @@ def read_frame(read_exactly: Callable[[int], bytes], limits: Limits = DEFAULT_LI
 
 def features_frame(request_id: int, bundle_id: bytes, payload: bytes, wire, quantization) -> Frame:
     """One frame's encoded codes. `wire` is the bundle's WireFormat, `quantization` its (scale, zero point)."""
-    return Frame(FEATURES, request_id, bundle_id, 0, LOSSLESS_IDS[wire.lossless], wire.bits, DTYPE_UINT8,
+    return Frame(FEATURES, request_id, bundle_id, 0, wire.stage_id, wire.bits, DTYPE_UINT8,
                  tuple(wire.shape), quantization[0], quantization[1], payload)
 
 
@@ -233,7 +233,7 @@ def result_values(frame: Frame) -> np.ndarray:
 
 def check_features(frame: Frame, wire, quantization) -> None:
     """Refuse a FEATURES frame whose codec description differs from the bundle's."""
-    expected = (LOSSLESS_IDS[wire.lossless], wire.bits, DTYPE_UINT8, tuple(wire.shape))
+    expected = (wire.stage_id, wire.bits, DTYPE_UINT8, tuple(wire.shape))
     found = (frame.lossless, frame.bits, frame.dtype, frame.shape)
     if found != expected:
         raise ProtocolError("features are (lossless {}, {} bits, dtype {}, shape {}); the bundle sends "

@@ -1,6 +1,7 @@
-"""Bytes that cross the network for one frame: the integer codes of the split tensor.
+"""Bytes that cross the network for one frame: the integer codes of the split tensor, or the image.
 
-codes (uint8, values < 2^bits) → bit-packing when bits < 8 → lossless stage → payload.
+codes (uint8, values < 2^bits) → bit-packing when bits < 8 → lossless stage → payload. A cloud-only
+bundle's codes are the image's pixels, sent raw or as a PNG or JPEG picture (Pillow, imported then).
 Shared by edge and cloud; parameters come from the bundle manifest. Python 3.6 + numpy only;
 zstandard and lz4 are imported only when a bundle uses them. Decompression never produces
 more than the frame's packed size, so a crafted payload cannot balloon memory.
@@ -56,6 +57,48 @@ LOSSLESS = {
                     lambda payload, size: _optional("lz4.block", "lz4").decompress(payload, uncompressed_size=size),
                     False),
 }
+
+
+# A picture stage replaces bit-packing and the lossless stage for a cloud-only bundle's C x H x W pixels; its
+# frame header id follows LOSSLESS's.
+PICTURES = {"png": 4, "jpeg": 5}
+PICTURE_CHANNELS = {1: "L", 3: "RGB"}
+JPEG_QUALITY = 90
+
+
+def _pillow():
+    try:
+        from PIL import Image
+    except ImportError as error:
+        raise WireError("PNG and JPEG frames need Pillow: pip install pillow") from error
+    return Image
+
+
+def encode_picture(pixels: np.ndarray, picture: str) -> bytes:
+    """One C x H x W uint8 image (C = 1 or 3) → PNG or JPEG bytes, as a camera would send it."""
+    picture_file = _pillow().fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
+    buffer = io.BytesIO()
+    options = {"quality": JPEG_QUALITY} if picture == "jpeg" else {"optimize": True}
+    picture_file.save(buffer, format=picture.upper(), **options)
+    return buffer.getvalue()
+
+
+def decode_picture(payload: bytes, picture: str, shape) -> np.ndarray:
+    """PNG or JPEG bytes → C x H x W uint8; its header must declare exactly `shape` before a pixel is decoded."""
+    channels, height, width = shape
+    try:
+        opened = _pillow().open(io.BytesIO(payload), formats=[picture.upper()])
+        if opened.size != (width, height) or opened.mode != PICTURE_CHANNELS[channels]:
+            raise WireError("the {} frame is a {}x{} {} picture; the bundle sends {}x{} {}".format(
+                picture, opened.size[1], opened.size[0], opened.mode, height, width, PICTURE_CHANNELS[channels]))
+        pixels = np.asarray(opened)
+    except WireError:
+        raise
+    except Exception as error:  # Pillow raises its own types, and OSError for truncated data
+        raise WireError("payload is not a valid {} picture: {}".format(picture, error)) from error
+    if pixels.shape != (height, width) + ((channels,) if channels > 1 else ()):
+        raise WireError("the {} picture decoded to {}, not {}".format(picture, pixels.shape, tuple(shape)))
+    return pixels[None] if channels == 1 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
 def _stage(lossless: str) -> Lossless:
@@ -140,12 +183,14 @@ def _size(shape) -> int:
 class WireFormat(NamedTuple):
     """One frame: code shape without the batch axis, bits per code, lossless stage. When several tensors
     cross the cut, `parts` holds each one's code shape, `shape` is (all their elements,), and a frame is
-    every part bit-packed in order, then one lossless stage over the whole."""
+    every part bit-packed in order, then one lossless stage over the whole. `picture` ("png" or "jpeg") sends
+    8-bit C x H x W codes (the image itself) as that picture instead."""
 
     shape: Tuple[int, ...]
     bits: int = 8
     lossless: str = "none"
     parts: Tuple[Tuple[int, ...], ...] = ()
+    picture: str = ""
 
     @classmethod
     def of(cls, shapes, bits: int = 8, lossless: str = "none") -> "WireFormat":
@@ -175,12 +220,20 @@ class WireFormat(NamedTuple):
                  "lossless": self.lossless, "packed_bytes_per_frame": self.packed_bytes}
         if self.parts:
             entry["parts"] = [list(shape) for shape in self.parts]
+        if self.picture:
+            entry["picture"] = self.picture
         return entry
 
     @classmethod
     def from_manifest(cls, entry: dict) -> "WireFormat":
         parts = tuple(tuple(shape) for shape in entry.get("parts", ()))
-        return cls(tuple(entry["shape"]), entry["bits"], entry["lossless"], parts).validated()
+        return cls(tuple(entry["shape"]), entry["bits"], entry["lossless"], parts,
+                   entry.get("picture", "")).validated()
+
+    @property
+    def stage_id(self) -> int:
+        """The frame header's id of what follows bit-packing: a lossless stage, or the picture format."""
+        return PICTURES[self.picture] if self.picture else LOSSLESS[self.lossless].wire_id
 
     def validated(self) -> "WireFormat":
         if type(self.bits) is not int or not 1 <= self.bits <= 8:
@@ -194,6 +247,10 @@ class WireFormat(NamedTuple):
         if self.parts and _size(self.shape) != sum(_size(shape) for shape in self.parts):
             raise WireError("wire shape {} does not hold its parts {}".format(self.shape, self.parts))
         _stage(self.lossless)
+        if self.picture and (self.picture not in PICTURES or self.bits != 8 or self.lossless != "none"
+                             or self.parts or len(self.shape) != 3 or self.shape[0] not in PICTURE_CHANNELS):
+            raise WireError("a {!r} picture frame carries one 8-bit grey or RGB image (C x H x W, C = 1 or 3) with "
+                            "no lossless stage; pictures: {}".format(self.picture, ", ".join(PICTURES)))
         return self
 
 
@@ -211,12 +268,16 @@ def encode_frame(codes, wire: WireFormat) -> bytes:
     if found != [(np.dtype(np.uint8), shape) for shape in wire.shapes]:
         raise WireError("codes must be uint8 shaped {}, got {}".format(
             list(wire.shapes), [("{} {}".format(dtype, shape)) for dtype, shape in found]))
+    if wire.picture:
+        return encode_picture(arrays[0], wire.picture)
     return compress_bytes(b"".join(pack_bits(a, wire.bits) for a in arrays), wire.lossless)
 
 
 def decode_frame(payload: bytes, wire: WireFormat):
     """Payload bytes → one frame's codes (a list of arrays when several parts); sizes must be exactly what
     the manifest says."""
+    if wire.picture:
+        return decode_picture(payload, wire.picture, wire.shape)
     data = decompress_bytes(payload, wire.lossless, wire.packed_bytes)
     arrays, offset = [], 0
     for shape in wire.shapes:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from runtime import protocol
 from runtime.errors import ProtocolError
 from runtime.link import EmulatedLink, parse_duration, parse_rate
-from runtime.wire import WireFormat
+from runtime.wire import LOSSLESS, WireFormat
 
 BUNDLE = bytes(range(16))
 WIRE = WireFormat((4, 3, 2), bits=4, lossless="zlib")
@@ -26,7 +26,7 @@ def test_features_frame_round_trips_with_every_field():
     assert len(data) == protocol.HEADER_BYTES + 3 * 4 + 3
     decoded = protocol.decode(data)
     assert decoded == frame
-    assert (decoded.lossless, decoded.bits, decoded.shape) == (protocol.LOSSLESS_IDS["zlib"], 4, (4, 3, 2))
+    assert (decoded.lossless, decoded.bits, decoded.shape) == (LOSSLESS["zlib"].wire_id, 4, (4, 3, 2))
     protocol.check_features(decoded, WIRE, (0.5, 3.0))
 
 

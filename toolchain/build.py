@@ -22,14 +22,14 @@ import torch
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from calibration_data import DEFAULT_CALIBRATION
-from runtime.bundle import MANIFEST_NAME, SCHEMA_VERSION, Bundle, file_sha256
-from runtime.local import SplitInference
+from runtime.bundle import MANIFEST_NAME, SCHEMA_VERSION, STRATEGIES, Bundle, file_sha256
+from runtime.local import deployed, edge_half
 from targets import ROLES, Deployment, deployment
 from toolchain import cache
 from toolchain.backends import Half, Parts, check_precision, exporter
 from toolchain.bundle import finish_bundle, staging_directory
 from toolchain.codec_training import load_checkpoint, prepare_training, read_checkpoint, train_codec
-from toolchain.codecs import DEFAULT_CODEC, LEARNED, FeatureCodec, make_cut_codec, parse_codec_spec
+from toolchain.codecs import DEFAULT_CODEC, LEARNED, FeatureCodec, PixelCodec, make_cut_codec, parse_codec_spec
 from toolchain.data import ImageSet, load_images
 from toolchain.errors import EdgesplitError
 from toolchain.exit_branch import ExitBranch, load_exit, train_exit
@@ -37,7 +37,7 @@ from toolchain.exit_calibration import DEFAULT_EXIT_MAX_LOSS, curve, exit_checks
 from toolchain.image_formats import mean_image_bytes
 from toolchain.load import InputOptions, LoadedModel, load_model
 from toolchain.lossless import AUTO as AUTO_LOSSLESS, choose as choose_lossless
-from toolchain.split import Split, default_point, split_model, trace
+from toolchain.split import Split, default_point, split_model, trace, unsplit
 from toolchain.zoo import ZOO
 from toolchain.evaluate import (Bounds, agreement_bound, code_differences, compare_outputs, failed_bound,
                                  output_kinds, reference_outputs)
@@ -47,6 +47,8 @@ LOG = logging.getLogger("edgesplit.build")
 
 
 class BuildOptions(NamedTuple):
+    strategy: str = "split"  # or the whole model on the edge device (edge-only), or the image sent (cloud-only)
+    image_format: str = "raw"  # how cloud-only sends the image: raw, png or jpeg
     model: str | None = None
     weights: Path | None = None
     inputs: InputOptions = InputOptions()  # input shape, resize policy, normalization
@@ -88,6 +90,7 @@ class Build:
 
     def __init__(self, options: BuildOptions):
         self.options = options
+        self.roles = strategy_roles(options)
         self.deployment: Deployment = deployment(options.target, options.cloud)
         self.precisions = {role: check_precision(self.deployment.device(role), role, requested) for role, requested
                            in zip(ROLES, (options.precision, options.cloud_precision))}
@@ -120,7 +123,8 @@ class Build:
 def load_stage(build: Build) -> None:
     options = build.options
     build.loaded = load_model(options.model, options.weights, options.inputs)
-    build.options = with_shipped(options, build.loaded)
+    if options.strategy == "split":
+        build.options = with_shipped(options, build.loaded)
     build.output = options.output or Path("bundles") / f"{build.loaded.name}-{build.deployment.name}"
     build.staging = staging_directory(build.output)
 
@@ -140,9 +144,9 @@ def reuse_key(build: Build) -> str | None:
     is off, and for builds that train (their data can be large) or compile engines (those depend on the host's
     GPU): those always run."""
     options = build.options
-    trains = (parse_codec_spec(options.codec).name in LEARNED and options.codec_weights is None) or \
-        (options.early_exit and options.exit_weights is None)
-    compiles = any(exporter(build.deployment.device(role)).compile is not None for role in ROLES)
+    trains = (options.codec is not None and parse_codec_spec(options.codec).name in LEARNED
+              and options.codec_weights is None) or (options.early_exit and options.exit_weights is None)
+    compiles = any(exporter(build.deployment.device(role)).compile is not None for role in build.roles)
     if trains or compiles or cache.folder("bundles") is None:
         return None
     loaded = build.loaded
@@ -174,6 +178,11 @@ def reuse_stage(build: Build) -> None:
 def split_stage(build: Build) -> None:
     """A cut named with --split may be crossed by several tensors; the default never is."""
     loaded = build.loaded
+    if build.options.strategy != "split":
+        build.halves = unsplit(loaded.module, build.input_shape)
+        build.split_name = build.halves.point.node
+        build.output_kinds = output_kinds(build.halves.outputs, build.options.output_kinds)
+        return
     build.split_name = build.options.split or loaded.default_split or default_point(trace(
         loaded.module, build.input_shape)).node
     build.halves = split_model(loaded.module, build.split_name, build.input_shape, several=bool(build.options.split))
@@ -181,7 +190,13 @@ def split_stage(build: Build) -> None:
 
 
 def codec_stage(build: Build) -> None:
-    """The codec (calibrated, or learned and loaded/trained) and the exit branch, if asked for."""
+    """The codec (calibrated, or learned and loaded/trained) and the exit branch, if asked for; cloud-only sends
+    the image's pixels, edge-only nothing."""
+    if build.options.strategy != "split":
+        build.lossless, build.codec_facts = "none", {"learned": False}
+        if build.options.strategy == "cloud-only":
+            build.codec = PixelCodec(build.input_shape, build.options.image_format)
+        return
     single = len(build.halves.point.shapes) == 1 and len(build.halves.outputs) == 1
     wants_training = parse_codec_spec(build.options.codec).name in LEARNED or build.options.early_exit \
         or build.options.exit_weights is not None
@@ -202,6 +217,8 @@ def codec_stage(build: Build) -> None:
 
 def export_stage(role: str) -> Callable[[Build], None]:
     def export(build: Build) -> None:
+        if role not in build.roles:
+            return
         device = build.deployment.device(role)
         half = Half(role, device, build.precisions[role], build.parts, build.calibration_inputs,
                     build.holdout_inputs[:EXPORT_CHECK_FRAMES], build.staging, artefact_metadata(build, role))
@@ -233,23 +250,24 @@ def evaluate_stage(build: Build) -> None:
     """Float model vs the bundle as deployed (edge → wire bytes → cloud, and the edge's own answers below the
     exit threshold), each half run the way its entry says it is verified on a CPU, output by output; the
     bytes of sending the image instead; the build fails past its bounds."""
-    run = SplitInference(Bundle(build.staging, describe_bundle(build)), verified=True)
+    bundle = Bundle(build.staging, describe_bundle(build))
     inputs = build.holdout_inputs
-    deployed = run.deployed(inputs)
+    run = deployed(bundle, inputs, verified=True)
     reference = reference_outputs(build.loaded, inputs)
     checks = build.checks
     checks.update(holdout_frames=len(inputs), holdout_origin=build.holdout.origin,
-                  calibration_origin=build.calibration.origin, mean_payload_bytes=float(deployed.payload_bytes.mean()),
+                  calibration_origin=build.calibration.origin, mean_payload_bytes=float(run.payload_bytes.mean()),
                   image_bytes=mean_image_bytes(inputs))
-    checks.update(compare_outputs(build.halves.outputs, build.output_kinds, reference, deployed.outputs,
+    checks.update(compare_outputs(build.halves.outputs, build.output_kinds, reference, run.outputs,
                                   build.holdout.labels))
     if build.exit:
         scored = build.output_kinds.index("class")
-        checks["exit"] = exit_checks(build.exit["threshold"], deployed.exit_logits, deployed.outputs[scored],
-                                     reference[scored], build.holdout.labels, deployed.payload_bytes)
-    if "edge_max_abs_error" not in checks:  # an integer-only edge: codes through the runtime vs PyTorch
-        checks.update(code_differences(run.edge_half.codes(inputs[:EXPORT_CHECK_FRAMES]),
-                                       build.parts.codes(inputs[:EXPORT_CHECK_FRAMES], torch.uint8)))
+        checks["exit"] = exit_checks(build.exit["threshold"], run.exit_logits, run.outputs[scored],
+                                     reference[scored], build.holdout.labels, run.payload_bytes)
+    if "edge_max_abs_error" not in checks and build.codec is not None:  # an integer-only edge, or none: codes
+        checks.update(code_differences(  # through the runtime vs PyTorch
+            edge_half(bundle, verified=True).codes(inputs[:EXPORT_CHECK_FRAMES]),
+            build.parts.codes(inputs[:EXPORT_CHECK_FRAMES], torch.uint8)))
     bounds = Bounds(build.options.max_loss, agreement_bound(build.options.min_agreement, build.codec_facts),
                     build.options.max_relative_error)
     checks["bounds"] = bounds._asdict()
@@ -260,7 +278,7 @@ def evaluate_stage(build: Build) -> None:
 
 def compile_stage(build: Build) -> None:
     """Engines for the halves whose backend compiles, where this host can (else each entry says why)."""
-    for role in ROLES:
+    for role in build.roles:
         row = exporter(build.deployment.device(role))
         if row.compile is not None:
             row.compile(build.staging, {role: build.artefacts[role]})
@@ -300,6 +318,27 @@ def build_engines(options: BuildOptions, show_progress: bool = True) -> BuildRep
                 shutil.rmtree(build.staging, ignore_errors=True)  # gone once the bundle is in place, or failed
         progress.update(task, description="done")
     return BuildReport(build.output, build.manifest, time.perf_counter() - started, build.reused)
+
+
+SPLIT_OPTIONS = ("split", "codec", "codec_weights", "exit_weights", "exit_threshold", "exit_max_loss")
+
+
+def strategy_roles(options: BuildOptions) -> tuple[str, ...]:
+    """The halves the strategy ships; options that describe a cut are refused for a bundle that has none."""
+    if options.strategy not in STRATEGIES:
+        raise EdgesplitError(f"strategy must be one of {', '.join(STRATEGIES)}, got {options.strategy!r}")
+    if options.strategy != "split":
+        named = [f"--{name.replace('_', '-')}" for name in SPLIT_OPTIONS if getattr(options, name) is not None]
+        named += ["--early-exit"] if options.early_exit else []
+        if named:
+            raise EdgesplitError(f"{', '.join(named)} {'describes' if len(named) == 1 else 'describe'} a split; "
+                                 f"this {options.strategy} bundle has no cut")
+    if options.strategy != "split" and options.lossless not in (AUTO_LOSSLESS, "none"):
+        raise EdgesplitError(f"--lossless {options.lossless} compresses a split's codes; this {options.strategy} bundle "
+                             "sends " + ("nothing" if options.strategy == "edge-only" else "the image (--image-format)"))
+    if options.image_format != "raw" and options.strategy != "cloud-only":
+        raise EdgesplitError(f"--image-format is how cloud-only sends the image; this bundle is {options.strategy}")
+    return STRATEGIES[options.strategy]
 
 
 def with_shipped(options: BuildOptions, loaded: LoadedModel) -> BuildOptions:
@@ -370,18 +409,22 @@ def describe_bundle(build: Build) -> dict:
     loaded, point, codec = build.loaded, build.halves.point, build.codec
     manifest = {
         "schema_version": SCHEMA_VERSION,
+        "strategy": build.options.strategy,
         "source_model": {"name": loaded.name, "sha256": loaded.sha256, "weights": loaded.weights,
                          "input": loaded.spec().to_manifest()},
-        "split": {"requested": build.options.split or build.split_name, "node": point.node, "module": point.module,
-                  "shape": list(point.shape), "shapes": [list(shape) for shape in point.shapes], "dtype": point.dtype,
-                  "fp32_bytes": point.fp32_bytes},
-        "codec": {**codec.describe(), **build.codec_facts},
-        "wire": codec.wire_format(build.lossless).to_manifest(),
         "deployment": {role: build.deployment.device(role).describe() for role in ROLES},
-        "artefacts": with_output_kinds(build.artefacts, build.output_kinds),
+        "artefacts": with_output_kinds(build.artefacts, build.output_kinds,
+                                       "edge" if build.options.strategy == "edge-only" else "cloud"),
         "tools": tool_versions(),
         "checks": build.checks,
     }
+    if codec is not None:  # something crosses: the image (cloud-only) or the cut's codes
+        manifest.update(split={"requested": build.options.split or build.split_name, "node": point.node,
+                               "module": point.module, "shape": list(point.shape),
+                               "shapes": [list(shape) for shape in point.shapes], "dtype": point.dtype,
+                               "fp32_bytes": point.fp32_bytes},
+                        codec={**codec.describe(), **build.codec_facts},
+                        wire=codec.wire_format(build.lossless).to_manifest())
     if build.branch is not None:
         manifest["exit"] = {"output": build.artefacts["edge"]["outputs"][1]["name"],
                             "threshold": build.exit.get("threshold"), "calibration": build.exit.get("calibration"),
@@ -389,10 +432,11 @@ def describe_bundle(build: Build) -> dict:
     return manifest
 
 
-def with_output_kinds(artefacts: dict, kinds: tuple[str, ...]) -> dict:
-    """The cloud outputs say whether each is a classification or a regression (the edge scores the first class)."""
-    if "cloud" in artefacts:
-        for tensor, kind in zip(artefacts["cloud"]["outputs"], kinds):
+def with_output_kinds(artefacts: dict, kinds: tuple[str, ...], answering: str) -> dict:
+    """The answering half's outputs (the cloud's; edge-only: the edge's) say whether each is a classification or a
+    regression (the edge scores the first class)."""
+    if answering in artefacts:
+        for tensor, kind in zip(artefacts[answering]["outputs"], kinds):
             tensor["kind"] = kind
     return artefacts
 
@@ -405,7 +449,7 @@ def artefact_metadata(build: Build, role: str) -> dict[str, str]:
         "edgesplit_model": build.loaded.name,
         "edgesplit_model_sha256": build.loaded.sha256,
         "edgesplit_split": build.halves.point.node,
-        "edgesplit_codec": build.codec.name,
+        "edgesplit_codec": build.codec.name if build.codec is not None else "none (edge-only)",
         "edgesplit_device": build.deployment.device(role).name,
     }
 

@@ -13,9 +13,11 @@ from typing import NamedTuple
 
 import click
 
+from runtime.bundle import STRATEGIES
 from runtime.errors import EdgesplitError, one_line
 from runtime.inputs import RESIZE_POLICIES, parse_floats
 from runtime.wire import LOSSLESS
+from toolchain.image_formats import IMAGE_FORMATS
 from toolchain.lossless import CHOICES as LOSSLESS_CHOICES
 from targets import DEFAULT_EDGE, PRECISIONS, names as device_names
 
@@ -156,6 +158,11 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
 @click.option("--cloud", default=None,
               help=f"Cloud device: {', '.join(device_names('cloud'))} [default: cloud-gpu for a device edge, "
                    "cpu for --target cpu].")
+@click.option("--strategy", type=click.Choice(list(STRATEGIES)), default="split", show_default=True,
+              help="Where the model runs: split between the devices, edge-only (the whole model on the edge device, "
+                   "no server), or cloud-only (the image sent, the whole model in the cloud). `optimize` picks one.")
+@click.option("--image-format", type=click.Choice(IMAGE_FORMATS), default="raw", show_default=True,
+              help="How a cloud-only bundle sends the image (JPEG at quality 90).")
 @click.option("--split", default=None, help="fx node name or module path (e.g. layer2); see list-splits.")
 @click.option("--codec", default=None,
               help="Codec spec: int8, int8:per=channel, affine:bits=4, bbnet:c=8,s=2,bits=4, safbmp:c=8,s=2,bits=4 "
@@ -203,7 +210,7 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
               help="Accuracy points the exits may cost: the threshold is the least offloading one whose exits "
                    "change at most this % of the cloud's answers on the calibration images [default: the shipped "
                    "exit's, else 0.3].")
-def build_engines(model, target, cloud, split, codec, codec_weights, lossless, train_data, calib, output,
+def build_engines(model, target, cloud, strategy, image_format, split, codec, codec_weights, lossless, train_data, calib, output,
                   holdout_frames, max_loss, min_agreement, max_relative_error, output_kinds, codec_epochs, tar, precision, cloud_precision,
                   early_exit, exit_weights, exit_epochs, exit_threshold, exit_max_loss) -> None:
     """Split, quantize, export and bundle a model for an edge device and a cloud device.
@@ -217,7 +224,7 @@ def build_engines(model, target, cloud, split, codec, codec_weights, lossless, t
     from toolchain.summary import build_summary
 
     report = build(BuildOptions(
-        model=model.spec, weights=model.weights, inputs=model.inputs,
+        strategy=strategy, image_format=image_format, model=model.spec, weights=model.weights, inputs=model.inputs,
         target=target, cloud=cloud, split=split, codec=codec, codec_weights=codec_weights, lossless=lossless,
         train_data=train_data, calib=calib, output=output, holdout_frames=holdout_frames, max_loss=max_loss,
         min_agreement=min_agreement,
@@ -390,9 +397,9 @@ def verify_bundle(path: Path, trust: Path | None) -> None:
     check_artefact_io(bundle)
     devices = bundle.manifest["deployment"]
     signed = f", signed by {trust}" if trust else ""
-    click.echo(f"ok: bundle {bundle.bundle_id} ({bundle.manifest['source_model']['name']}, edge "
-               f"{devices['edge']['name']}, cloud {devices['cloud']['name']}), "
-               f"{len(bundle.manifest['files'])} files verified{signed}")
+    halves = ", ".join(f"{role} {devices[role]['name']}" for role in bundle.roles)
+    click.echo(f"ok: bundle {bundle.bundle_id} ({bundle.manifest['source_model']['name']}, {bundle.strategy}: "
+               f"{halves}), {len(bundle.manifest['files'])} files verified{signed}")
 
 
 @main.command("sign-bundle")

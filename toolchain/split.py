@@ -265,6 +265,20 @@ def _graph_of(nodes: list[fx.Node], env: dict[fx.Node, fx.Node]) -> fx.Graph:
     return graph
 
 
+INPUT = "input"  # the cut before the model's first node: the image itself crosses
+
+
+def unsplit(module: nn.Module, input_shape: tuple[int, int, int]) -> Split:
+    """The whole model as a Split at its input: an identity head and the model as the tail. Cloud-only sends the
+    image to that tail; edge-only runs it on the device."""
+    with torch.no_grad():
+        result = module.eval()(torch.zeros(1, *input_shape))
+    names = output_names(result)
+    point = SplitPoint(INPUT, None, tuple(input_shape), "float32", 0, ((INPUT, tuple(input_shape)),))
+    return Split(nn.Identity(), TupleOutputs(module, names).eval() if isinstance(result, dict) else module, point,
+                 names)
+
+
 def split_model(module: nn.Module, split: str, input_shape: tuple[int, int, int], several: bool = False) -> Split:
     """Head and tail with tail(head(x)) == module(x) (tail(*head(x)) when several tensors cross)."""
     graph_module = trace(module, input_shape)

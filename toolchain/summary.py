@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 
 from rich.table import Table
 
-from runtime.bundle import ROLES
+from runtime.bundle import ROLES, STRATEGIES, strategy_of
 from targets import DEVICES
 from toolchain.backends import EXPORTERS
 from toolchain.image_formats import TITLES
@@ -24,22 +23,27 @@ def half_row(entry: dict, device: dict) -> str:
     return text
 
 
+STRATEGY_TITLES = {"split": "split: the head on the edge device, features sent, the tail in the cloud",
+                   "edge-only": "edge-only: the whole model on the edge device, nothing sent, no server",
+                   "cloud-only": "cloud-only: the image sent, the whole model in the cloud"}
+
+
 def build_summary(report) -> Table:
     manifest, checks = report.manifest, report.manifest["checks"]
-    split = manifest["split"]
+    strategy = strategy_of(manifest)
     table = Table(title=f"bundle {manifest['bundle_id']} → {report.bundle}", show_header=False)
     model = manifest["source_model"]
     table.add_row("model", f"{model['name']}, weights: {model.get('weights') or 'its own'}")
-    for role in ROLES:
+    table.add_row("strategy", STRATEGY_TITLES[strategy])
+    for role in STRATEGIES[strategy]:
         table.add_row(f"{role} half", half_row(manifest["artefacts"][role], manifest["deployment"][role]))
-    for role in ROLES:
+    for role in STRATEGIES[strategy]:
         table.add_row(f"{role} checked with", manifest["artefacts"][role]["verification"]["arithmetic"])
-    table.add_row("split", f"{split['module'] or split['node']} (node {split['node']}), "
-                           f"tensor {' + '.join('x'.join(map(str, shape)) for shape in split['shapes'])}")
-    codec = manifest["codec"]
-    origin = f" (shipped with the model: {codec['shipped']})" if "shipped" in codec else ""
-    table.add_row("codec", codec["name"] + "".join(f" {k}={v}" for k, v in codec["params"].items())
-                  + f", lossless {manifest['wire']['lossless']}{origin}")
+    if strategy == "split":
+        table.add_row(*split_row(manifest["split"]))
+        table.add_row(*codec_row(manifest["codec"], manifest["wire"]))
+    elif strategy == "cloud-only":
+        table.add_row("sent", f"the image, {TITLES[manifest['wire'].get('picture') or 'raw']}")
     table.add_row("held-out images", f"{checks['holdout_frames']}: {checks['holdout_origin']}")
     if "float_accuracy" in checks:
         table.add_row("float accuracy", f"{checks['float_accuracy']:.2%} on the held-out images")
@@ -52,22 +56,44 @@ def build_summary(report) -> Table:
         measured = f"top-1 agreement {result['top1_agreement']:.2%}" if "top1_agreement" in result else \
             f"relative error {result['relative_error']:.2g}"
         table.add_row(f"output {name}", f"{result['kind']}: {measured} with the float model")
-    payload = checks["mean_payload_bytes"]
-    table.add_row("bytes per frame", f"{payload:,.1f} on the wire (the split tensor as fp32: {split['fp32_bytes']:,})")
-    images = checks["image_bytes"]
-    verdict = "" if payload < min(images.values()) else " (sending the image is smaller: split later, or use a " \
-        "learned codec)"
-    table.add_row("instead of the image", "; ".join(f"{TITLES[name]} {size:,.0f} B: {size / payload:,.1f}x the wire"
-                                                    for name, size in images.items()) + verdict)
+    if strategy == "split":
+        for row in wire_rows(manifest["split"], checks):
+            table.add_row(*row)
+    else:
+        table.add_row("bytes per frame", "nothing sent" if strategy == "edge-only" else
+                      f"{checks['mean_payload_bytes']:,.1f} on the wire")
     if "exit" in checks:
         for row in exit_rows(manifest["exit"], checks):
             table.add_row(*row)
-    table.add_row("halves vs PyTorch", f"edge max |Δ| {checks['edge_max_abs_error']:g} code(s), "
-                                       f"cloud max |Δ| {checks.get('cloud_max_abs_error', math.nan):.2g}")
+    differences = [f"{role} max |Δ| {checks[f'{role}_max_abs_error']:.3g}" for role in ROLES
+                   if f"{role}_max_abs_error" in checks]  # an integer-only artefact has its own checks
+    if differences:
+        table.add_row("halves vs PyTorch", ", ".join(differences))
     table.add_row("build time", f"{report.seconds:.1f} s" + (" (a bundle built before from the same model, images "
                                                              "and code, reused: EDGESPLIT_CACHE)" if report.reused
                                                              else ""))
     return table
+
+
+def split_row(split: dict) -> tuple[str, str]:
+    return "split", (f"{split['module'] or split['node']} (node {split['node']}), "
+                     f"tensor {' + '.join('x'.join(map(str, shape)) for shape in split['shapes'])}")
+
+
+def codec_row(codec: dict, wire: dict) -> tuple[str, str]:
+    origin = f" (shipped with the model: {codec['shipped']})" if "shipped" in codec else ""
+    return "codec", (codec["name"] + "".join(f" {k}={v}" for k, v in codec["params"].items())
+                     + f", lossless {wire['lossless']}{origin}")
+
+
+def wire_rows(split: dict, checks: dict) -> list[tuple[str, str]]:
+    """Bytes per frame, against sending the image instead."""
+    payload, images = checks["mean_payload_bytes"], checks["image_bytes"]
+    verdict = "" if payload < min(images.values()) else " (sending the image is smaller: split later, or use a " \
+        "learned codec)"
+    return [("bytes per frame", f"{payload:,.1f} on the wire (the split tensor as fp32: {split['fp32_bytes']:,})"),
+            ("instead of the image", "; ".join(f"{TITLES[name]} {size:,.0f} B: {size / payload:,.1f}x the wire"
+                                               for name, size in images.items()) + verdict)]
 
 
 def exit_rows(entry: dict, checks: dict) -> list[tuple[str, str]]:

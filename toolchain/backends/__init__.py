@@ -42,17 +42,20 @@ class Chain(nn.Module):
 
 
 class Parts(NamedTuple):
-    """The torch pieces both halves are made of, and the names their tensors carry."""
+    """The torch pieces both halves are made of, and the names their tensors carry. Edge-only has no codec: its
+    edge half is the whole model (the tail of a cut at the input)."""
 
     head: nn.Module
-    codec: FeatureCodec
+    codec: FeatureCodec | None
     tail: nn.Module
     branch: ExitBranch | None
     outputs: tuple[str, ...]  # what the tail returns, in order
 
     @property
     def code_names(self) -> tuple[str, ...]:
-        """'codes', or codes0, codes1.. when several tensors cross the cut."""
+        """'codes', or codes0, codes1.. when several tensors cross the cut; none when nothing does."""
+        if self.codec is None:
+            return ()
         count = len(getattr(self.codec, "codecs", ())) or 1
         return (CODES,) if count == 1 else tuple(f"{CODES}{i}" for i in range(count))
 
@@ -61,7 +64,9 @@ class Parts(NamedTuple):
         return getattr(self.codec, "code_shapes", (self.codec.code_shape,))
 
     def edge(self, code_dtype: torch.dtype) -> nn.Module:
-        """Head + encoder (+ exit branch): images → codes (, exit logits)."""
+        """Head + encoder (+ exit branch): images → codes (, exit logits); edge-only: the whole model."""
+        if self.codec is None:
+            return self.tail.eval()
         encoder = self.codec.encoder(code_dtype)
         if self.branch is None:
             return Chain(self.head, encoder).eval()
@@ -69,6 +74,8 @@ class Parts(NamedTuple):
 
     def edge_before_quantizer(self) -> nn.Module:
         """What an integer-only artefact computes: the encoder stops before its quantizer."""
+        if self.codec is None:
+            return self.tail.eval()
         before = self.codec.pre_quantization()
         if self.branch is None:
             return Chain(self.head, before).eval()
@@ -116,6 +123,8 @@ class Half(NamedTuple):
         """(input names, output names)."""
         if self.role == "cloud":
             return self.parts.code_names, self.parts.outputs
+        if self.parts.codec is None:
+            return (IMAGE,), self.parts.outputs
         exits = () if self.parts.branch is None else (EXIT_OUTPUT,)
         return (IMAGE,), self.parts.code_names + exits
 

@@ -19,18 +19,19 @@ def export(half: Half) -> tuple[dict, dict]:
 def onnx_entry(half: Half, file: str, code_dtype: str) -> dict:
     """The manifest entry of an ONNX half (shared by every backend that ships ONNX)."""
     parts = half.parts
+    answers = [tensor_spec(name, shape, "float32") for name, shape in zip(parts.outputs, parts.output_shapes(half.sample))]
+    common = {"file": file, "backend": half.device.backend, "device": half.device.name, "precision": half.precision,
+              "opset": half.device.onnx_opset}
+    if parts.codec is None:  # edge-only: the whole model
+        return dict(common, inputs=[tensor_spec("image", half.sample.shape[1:], "float32")], outputs=answers)
     codes = [tensor_spec(name, shape, code_dtype) for name, shape in zip(parts.code_names, parts.code_shapes)]
     if half.role == "edge":
         inputs = [tensor_spec("image", half.sample.shape[1:], "float32")]
         outputs = codes + ([] if parts.branch is None else [tensor_spec("exit_logits", (parts.branch.classes,),
                                                                           "float32")])
     else:
-        inputs = codes
-        outputs = [tensor_spec(name, shape, "float32")
-                   for name, shape in zip(parts.outputs, parts.output_shapes(half.sample))]
-    return {"file": file, "backend": half.device.backend, "device": half.device.name, "precision": half.precision,
-            "opset": half.device.onnx_opset, "inputs": inputs, "outputs": outputs,
-            "codes": code_encoding(code_dtype, parts.codec.levels)}
+        inputs, outputs = codes, answers
+    return dict(common, inputs=inputs, outputs=outputs, codes=code_encoding(code_dtype, parts.codec.levels))
 
 
 def whole_model(request: WholeModel):

@@ -177,6 +177,8 @@ def export(half: Half) -> tuple[dict, dict]:
     so codes are its int8 output + 128 and the device never converts features to float."""
     from importlib import metadata
 
+    if half.parts.codec is None:
+        return export_whole(half)
     artefact = convert_int8(half.parts.edge_before_quantizer(), half.calibration, half.directory / FILE)
     check_input_range(artefact.input_quantization)
     mapping = half.parts.codec.map_int8_output(*artefact.output_quantization)
@@ -201,6 +203,25 @@ class _LogitsAsMap(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return first_output(self.model(x))[:, :, None, None]
+
+
+def export_whole(half: Half) -> tuple[dict, dict]:
+    """Edge-only: the whole model as full-int8 TFLite, answering with its class logits (an N x 1 x 1 x K map)."""
+    from importlib import metadata
+
+    if len(half.parts.outputs) > 1:
+        raise EdgesplitError(f"a full-int8 TFLite whole model answers with one output; this model returns "
+                             f"{len(half.parts.outputs)} ({', '.join(half.parts.outputs)}): run it split, or "
+                             "edge-only on another device")
+    artefact = convert_int8(_LogitsAsMap(half.parts.tail), half.calibration, half.directory / FILE)
+    check_input_range(artefact.input_quantization)
+    answer = _tensor(artefact.output_name, artefact.output_shape, artefact.output_quantization)
+    answer["answer_shape"] = [artefact.output_shape[-1]]
+    entry = {"file": FILE, "backend": half.device.backend, "device": half.device.name, "precision": half.precision,
+             "inputs": [_tensor(artefact.input_name, artefact.input_shape, artefact.input_quantization)],
+             "outputs": [answer], "ops": artefact.ops, "float_model_bytes": artefact.float_bytes,
+             "tools": {name: metadata.version(name) for name in TOOLS}, "verification": VERIFICATION}
+    return entry, {}
 
 
 def whole_model(request: WholeModel):

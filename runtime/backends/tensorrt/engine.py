@@ -165,7 +165,7 @@ def engine_for(onnx_path: Path, entry: dict, cache_key: str) -> Path:
 def rebuild_engines(bundle) -> list:
     """Build every TensorRT engine of a bundle here, into the cache: [(plan path, stamp)]."""
     built = []
-    for role in ("edge", "cloud"):
+    for role in bundle.roles:
         entry = bundle.artefact(role)
         if "engine" not in entry:
             continue

@@ -467,7 +467,7 @@ def baseline_rows(search: Search) -> list[dict]:
              "offload_rate": 0.0, "edge_ms_here": edge["ms"], "edge_p90_ms_here": edge["p90_ms"], "cloud_ms": 0.0,
              "accuracy": edge["accuracy"], "position": math.inf}]
     for upload in measure_image_formats(search.loaded, inputs, labels, frames):
-        rows.append({"strategy": "cloud-only", "name": f"cloud-only {upload['format']}",
+        rows.append({"strategy": "cloud-only", "name": f"cloud-only {upload['format']}", "format": upload["format"],
                      "frame_bytes": upload["frame_bytes"], "payload_bytes": upload["payload_bytes"],
                      "offload_rate": 1.0, "edge_ms_here": upload["encode"]["ms"],
                      "edge_p90_ms_here": upload["encode"]["p90_ms"],
@@ -623,25 +623,34 @@ def build_winners(search: Search, rows: list[dict], choices: list[Choice],
 
 def built_winner(choice: Choice, max_loss: float, build: Callable[[PlanOption], bool]) -> Choice:
     """The fastest point within `max_loss` that builds: a split whose build refuses it gives way to the next,
-    BUILD_ATTEMPTS splits at most; then the best baseline (edge-only, even beyond `max_loss`, where none is
-    within it: the report shows its loss)."""
+    BUILD_ATTEMPTS splits at most; then the best baseline that builds (edge-only, even beyond `max_loss`, where
+    none is within it: the report shows its loss). Baselines are bundles too: the runtime runs whatever wins."""
     ranked = sorted((o for o in choice.options if within(o, max_loss)), key=lambda o: (choice.seconds(o), -o.position))
     attempts = 0
     for option in ranked:
-        if option.strategy != "split":
-            return choice._replace(winner=option)
-        if attempts == BUILD_ATTEMPTS:
-            break
-        attempts += 1
+        if option.strategy == "split":
+            if attempts == BUILD_ATTEMPTS:
+                continue
+            attempts += 1
         if build(option):
             return choice._replace(winner=option)
-    return choice._replace(winner=next((o for o in ranked if o.strategy != "split"), choice.edge_only))
+    if choice.edge_only not in ranked:
+        build(choice.edge_only)
+    return choice._replace(winner=choice.edge_only)
 
 
 def build_point(search: Search, row: dict) -> str:
     from toolchain.build import BuildOptions, build_engines
 
     options = search.options
+    if row["strategy"] != "split":
+        output = options.output / "bundles" / row["name"].replace(" ", "-")
+        build_engines(BuildOptions(
+            strategy=row["strategy"], image_format=row.get("format", "raw"), model=options.model,
+            weights=options.weights, inputs=options.inputs, target=options.target, cloud=options.cloud,
+            calib=options.calib, holdout_frames=options.holdout_frames, output=output, max_loss=math.inf),
+            show_progress=False)
+        return str(output)
     chosen = head(search, row["split"], row["ratio"])
     weights, branch = trained_pieces(search, chosen, [row["codec"]])
     output = options.output / "bundles" / "-".join(

@@ -11,7 +11,7 @@ import numpy as np
 from runtime.bundle import Bundle
 from runtime.errors import BundleError
 from runtime.inputs import to_pixels
-from runtime.wire import decode_frame, encode_frame, frames_of
+from runtime.wire import decode_frame, encode_frame, frames_of, pillow
 
 
 class _Half:
@@ -132,6 +132,8 @@ class PixelEdge:
 
     def __init__(self, bundle: Bundle):
         self.wire = bundle.wire
+        if self.wire.picture:
+            pillow()  # imported now: missing, it is one line before the first frame; present, no frame pays for it
 
     def codes_and_exit(self, images: np.ndarray):
         return to_pixels(images), None
@@ -205,6 +207,8 @@ class CloudHalf(_Half):
 
     def __init__(self, bundle: Bundle, threads=None, verified: bool = False, **options):
         super().__init__(bundle, "cloud", threads, verified, **options)
+        if self.wire.picture:
+            pillow()  # as PixelEdge
 
     def decode(self, payload: bytes):
         return decode_frame(payload, self.wire)

@@ -66,7 +66,7 @@ PICTURE_CHANNELS = {1: "L", 3: "RGB"}
 JPEG_QUALITY = 90
 
 
-def _pillow():
+def pillow():
     try:
         from PIL import Image
     except ImportError as error:
@@ -76,7 +76,7 @@ def _pillow():
 
 def encode_picture(pixels: np.ndarray, picture: str) -> bytes:
     """One C x H x W uint8 image (C = 1 or 3) → PNG or JPEG bytes, as a camera would send it."""
-    picture_file = _pillow().fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
+    picture_file = pillow().fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
     buffer = io.BytesIO()
     options = {"quality": JPEG_QUALITY} if picture == "jpeg" else {"optimize": True}
     picture_file.save(buffer, format=picture.upper(), **options)
@@ -87,7 +87,7 @@ def decode_picture(payload: bytes, picture: str, shape) -> np.ndarray:
     """PNG or JPEG bytes → C x H x W uint8; its header must declare exactly `shape` before a pixel is decoded."""
     channels, height, width = shape
     try:
-        opened = _pillow().open(io.BytesIO(payload), formats=[picture.upper()])
+        opened = pillow().open(io.BytesIO(payload), formats=[picture.upper()])
         if opened.size != (width, height) or opened.mode != PICTURE_CHANNELS[channels]:
             raise WireError("the {} frame is a {}x{} {} picture; the bundle sends {}x{} {}".format(
                 picture, opened.size[1], opened.size[0], opened.mode, height, width, PICTURE_CHANNELS[channels]))

@@ -91,14 +91,21 @@ def run_suite(suite: str, *arguments: str) -> None:
 def test_bandwidth_suite_streams_each_strategy_through_the_link(device, request, tmp_path):
     # an emulated device needs the testbed (root); its calibration is test_testbed's
     calibrated = [] if device == "host" else ["--calibration", str(request.getfixturevalue("calibration")(device)[0])]
-    run_suite("bandwidth", "--device", device, *calibrated, "--output", str(tmp_path))
+    # the optimizer's choice on the emulated Nano only: its search is the same code on every device
+    composed = device == "jetson-nano"
+    run_suite("bandwidth", "--device", device, *calibrated, *([] if composed else ["--no-optimize"]), "--output",
+              str(tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())
     rows = summary["rows"]
     assert [(r["bandwidth_bps"], r["strategy"]) for r in rows] == [
-        (rate, strategy) for rate in (1e5, 3.5e6) for strategy in ("cloud-only", "edgesplit", "edge-only")]
+        (rate, strategy) for rate in (1e5, 3.5e6) for strategy in ("cloud-only", "cloud-only png", "edgesplit",
+                                                                   "edge-only")] + [
+        (rate, "optimized") for rate in (1e5, 3.5e6) if composed]
     edge_ms = edge_ms_per_frame(json.loads((tmp_path / "profile-edge.json").read_text()))
     link_bound = 0
     for row in rows:
+        if row["strategy"] == "optimized":  # 20 frames, exits on: its accuracy is checked below
+            continue
         assert abs(row["accuracy"] - summary["float_accuracy"]) <= 0.01
         if row["strategy"] == "edge-only":
             continue
@@ -116,6 +123,14 @@ def test_bandwidth_suite_streams_each_strategy_through_the_link(device, request,
         if device != "host":  # the kernel counted every frame and its TCP/IP headers
             assert row["link_bytes_per_frame"] >= row["frame_bytes"] + 66
     assert {r["frame_bytes"] for r in rows if r["strategy"] == "cloud-only"} == {32 * 32 + 64}  # the image
+    if composed:  # each rate's winner, built by the optimizer, answered every frame (exits on)
+        details = summary["optimized"]
+        assert [d["bandwidth_bps"] for d in details] == [1e5, 3.5e6]
+        for detail in details:
+            assert 0 <= detail["sent"] <= 1 and detail["loss_points"] <= 10  # 20 frames: one is 5 points
+            assert detail["sent"] == {"edge-only": 0, "cloud-only": 1}.get(detail["strategy"], detail["sent"])
+        assert "## The optimizer's choice, composed" in (tmp_path / "RESULTS.md").read_text()
+        assert (tmp_path / "optimize" / "REPORT.md").exists() and (tmp_path / "optimized.csv").exists()
     if device != "host":
         calibration = summary["calibration"]
         assert calibration["confined_ms"] == pytest.approx(calibration["published_ms"], rel=SETTLED)
@@ -132,8 +147,7 @@ def test_bandwidth_suite_streams_each_strategy_through_the_link(device, request,
 def edge_ms_per_frame(profile: dict) -> dict:
     """Option name (as the bandwidth rows name it) -> the edge's ms per frame in a profile."""
     times = {f"{c['split']} {c['codec']}": c["edge"]["ms"] for c in profile["candidates"]}
-    raw = next(u for u in profile["cloud_only"]["uploads"] if u["format"] == "raw")
-    return dict(times, **{"cloud-only raw": raw["encode"]["ms"]})
+    return dict(times, **{f"cloud-only {u['format']}": u["encode"]["ms"] for u in profile["cloud_only"]["uploads"]})
 
 
 @pytest.mark.slow

@@ -109,6 +109,7 @@ class Search(NamedTuple):
     started: float
     runners: dict  # the whole model on the edge's backend here, made once (whole_on_edge)
     whole_ms: float = 0.0  # the whole model's edge time here, as the baselines measured it
+    client_ms: float = 0.0  # CPU time here the edge client spends per frame it sends, beyond the model
 
 
 def learned_grid(shape: tuple[int, ...]) -> list[str]:
@@ -253,6 +254,23 @@ def with_profile(search: Search, baselines: list[dict]) -> Search:
     here_ms = next(row["edge_ms_here"] for row in baselines if row["strategy"] == "edge-only")
     return search._replace(speed=Speed(search.devices.edge.name, device_ms / here_ms, here_ms, device_ms,
                                        f"the whole model's time in {path}"))
+
+
+def client_cost(search: Search) -> float:
+    """toolchain/client_cost.py's measure, once per machine, code and input."""
+    import json
+
+    from toolchain.client_cost import client_ms
+    from toolchain.results import cpu_name
+
+    options = search.options
+    images = options.calib or str(DEFAULT_CALIBRATION)
+
+    def make(path: Path) -> None:
+        path.write_text(json.dumps({"ms": client_ms(options.model, options.weights, options.inputs, images,
+                                                    search.work)}))
+    key = cache.content_key("client", cpu_name(), cache.code_version(), search.loaded.spec().to_manifest(), images)
+    return json.loads(cache.stored_file(search.store, "client", key, ".json", make).read_text())["ms"]
 
 
 def model_key(loaded: LoadedModel) -> str:
@@ -503,18 +521,20 @@ class Choice(NamedTuple):
         return min(baselines) / self.seconds(self.winner)
 
 
-def predict(row: dict, factor: float, rate: float, rtt_ms: float) -> PlanOption:
-    """A measured point at one rate: the edge's time scaled to the device, an exit as the share it sends."""
+def predict(row: dict, factor: float, rate: float, rtt_ms: float, client_ms: float) -> PlanOption:
+    """A measured point at one rate: the edge's time (and the client's, for a frame it sends) scaled to the device,
+    an exit as the share it sends."""
     sent = row["offload_rate"]
     upload = sent * (1000 * 8 * link_bytes(row["frame_bytes"]) / rate + rtt_ms) if row["frame_bytes"] else 0.0
-    return PlanOption(row["strategy"], point_name(row), row["position"], sent * row["frame_bytes"],
-                      factor * row["edge_ms_here"], upload, sent * row["cloud_ms"], row["loss_points"])
+    edge_ms = factor * (row["edge_ms_here"] + sent * client_ms)
+    return PlanOption(row["strategy"], point_name(row), row["position"], sent * row["frame_bytes"], edge_ms, upload,
+                      sent * row["cloud_ms"], row["loss_points"])
 
 
-def choose(rows: list[dict], factor: float, rate: float, options: OptimizeOptions) -> Choice:
+def choose(rows: list[dict], factor: float, rate: float, options: OptimizeOptions, client_ms: float = 0.0) -> Choice:
     from toolchain.planning import fastest
 
-    predicted = [predict(row, factor, rate, options.rtt_ms) for row in rows]
+    predicted = [predict(row, factor, rate, options.rtt_ms, client_ms) for row in rows]
     edge_only = next(o for o in predicted if o.strategy == "edge-only")
     uploads = [o for o in predicted if o.strategy == "cloud-only" and o.loss_points <= options.max_loss]
     return Choice(rate, predicted, fastest(predicted, options.max_loss, cost=stream_ms), edge_only,
@@ -590,7 +610,9 @@ def optimize(options: OptimizeOptions, progress) -> Result:
     if not any(row["strategy"] == "split" for row in rows):
         raise EdgesplitError(f"no split point could be measured within the budget of {options.budget_s:g} s: "
                              f"{len(not_tried)} left out, the first: {not_tried[0] if not_tried else 'none'}")
-    choices = [choose(rows, search.speed.factor, rate, options) for rate in options.uplinks]
+    progress.update(task, description="timing the edge client")
+    search = search._replace(client_ms=client_cost(search))
+    choices = [choose(rows, search.speed.factor, rate, options, search.client_ms) for rate in options.uplinks]
     bundles, refused = {}, {}
     if options.build:
         choices, bundles, refused = build_winners(search, rows, choices, progress)

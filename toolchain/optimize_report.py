@@ -130,6 +130,7 @@ def write_report(result: Result, output: Path) -> dict:
         "devices": {"edge": search.devices.edge.name, "cloud": search.devices.cloud.name},
         "measured_on": {"edge": search.measured_on.edge.name, "cloud": search.measured_on.cloud.name},
         "speed": dict(search.speed._asdict(), words=search.speed.words()), "machine": cpu_name(),
+        "client_ms": search.client_ms,
         "float_accuracy": search.float_accuracy, "evaluated_frames": len(search.evaluate),
         "max_loss": options.max_loss, "budget_s": options.budget_s, "seconds": round(result.seconds, 1),
         "date": time.strftime("%Y-%m-%d"), "choices": choices, "not_tried": result.not_tried,
@@ -151,7 +152,9 @@ def markdown(summary: dict, choices: list[dict], points: list[dict], result: Res
 
 Measured on {summary['machine']}, {summary['date']}, in {summary['seconds']:.0f} s (budget {options.budget_s:.0f} s).
 Edge times: measured here on {summary['measured_on']['edge']}'s backend, one thread, times the device's factor:
-{summary['speed']['words']}. Cloud times: {summary['measured_on']['cloud']} here.
+{summary['speed']['words']}; a frame that is sent adds the edge client's own CPU time ({summary['client_ms']:.2f} ms
+here: reading, encoding, the socket and the reply), times the factor too. Cloud times: {summary['measured_on']['cloud']}
+here.
 Accuracy: top-1 on the labels of {summary['evaluated_frames']} held-out images (exit thresholds picked on as many
 others); a point's loss is the float model's top-1 there ({summary['float_accuracy']:.2%}) less its own, at most
 `--max-loss {options.max_loss}` points; agreement is with the float model's answers. Predicted time: {STREAM_FRAMES}

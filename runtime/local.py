@@ -25,6 +25,24 @@ class _Half:
         self.outputs = [tensor["name"] for tensor in entry["outputs"]]
 
 
+class _ImageHalf(_Half):
+    """An edge artefact, which takes images: NCHW float, or (integer-only) quantized and maybe NHWC."""
+
+    def __init__(self, bundle: Bundle, threads=None, verified: bool = False, **options):
+        super().__init__(bundle, "edge", threads, verified, **options)
+        image = bundle.artefact("edge")["inputs"][0]
+        self.input_layout = image.get("layout", "NCHW")
+        self.input_quantization = self.runner.quantization(image["name"]) if image["dtype"] == "int8" else None
+
+    def run_images(self, images: np.ndarray) -> dict:
+        """float32 N,C,H,W in [0, 1] → every output of the artefact, by name."""
+        if self.input_layout == "NHWC":
+            images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+        if self.input_quantization is not None:
+            images = quantize_int8(images, *self.input_quantization)
+        return self.runner.infer({self.inputs[0][0]: images})
+
+
 def softmax_entropy(logits: np.ndarray) -> np.ndarray:
     """Entropy in nats of each row's softmax: ECNet's measure of how unsure the edge classifier is."""
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -71,7 +89,7 @@ class CodeMapping:
         return np.clip(np.round(real / self.scale + self.zero_point), 0, self.levels - 1).astype(np.uint8)
 
 
-class EdgeHalf(_Half):
+class EdgeHalf(_ImageHalf):
     """Head + encoder: float NCHW images → uint8 codes (one array per crossing tensor) → one payload per frame.
 
     An integer-only artefact (TFLite int8) takes quantized input, may be NHWC, and ends before
@@ -79,14 +97,11 @@ class EdgeHalf(_Half):
     """
 
     def __init__(self, bundle: Bundle, threads=None, verified: bool = False, **options):
-        super().__init__(bundle, "edge", threads, verified, **options)
+        super().__init__(bundle, threads, verified, **options)
         entry = bundle.artefact("edge")
-        image = entry["inputs"][0]
         exit_entry = bundle.manifest.get("exit")
         self.exit_name = exit_entry["output"] if exit_entry else None
         self.code_outputs = [t for t in entry["outputs"] if t["name"] != self.exit_name]
-        self.input_layout = image.get("layout", "NCHW")
-        self.input_quantization = self.runner.quantization(image["name"]) if image["dtype"] == "int8" else None
         self.to_codes = None
         if self.code_outputs[0]["dtype"] == "int8":
             self.to_codes = CodeMapping(entry["to_codes"], self.runner.quantization(self.code_outputs[0]["name"]))
@@ -100,11 +115,7 @@ class EdgeHalf(_Half):
     def codes_and_exit(self, images: np.ndarray):
         """Codes for the wire (an array, or a list with one per crossing tensor) and, when the bundle has an
         exit branch, its logits (else None)."""
-        if self.input_layout == "NHWC":
-            images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
-        if self.input_quantization is not None:
-            images = quantize_int8(images, *self.input_quantization)
-        results = self.runner.infer({self.inputs[0][0]: images})
+        results = self.run_images(images)
         parts = [self._codes(results[tensor["name"]], tensor) for tensor in self.code_outputs]
         exit_logits = None if self.exit_name is None else results[self.exit_name].astype(np.float32)
         if self.exit_quantization is not None:
@@ -152,23 +163,15 @@ def edge_half(bundle: Bundle, threads=None, verified: bool = False, **options):
     return EdgeHalf(bundle, threads, verified, **options)
 
 
-class WholeModelHalf(_Half):
+class WholeModelHalf(_ImageHalf):
     """An edge-only bundle's one artefact: images → every output of the model, on the device."""
 
     def __init__(self, bundle: Bundle, threads=None, verified: bool = False, **options):
-        super().__init__(bundle, "edge", threads, verified, **options)
-        entry = bundle.artefact("edge")
-        image = entry["inputs"][0]
-        self.input_layout = image.get("layout", "NCHW")
-        self.input_quantization = self.runner.quantization(image["name"]) if image["dtype"] == "int8" else None
-        self.declared = entry["outputs"]
+        super().__init__(bundle, threads, verified, **options)
+        self.declared = bundle.artefact("edge")["outputs"]
 
     def outputs_of(self, images: np.ndarray) -> List[np.ndarray]:
-        if self.input_layout == "NHWC":
-            images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
-        if self.input_quantization is not None:
-            images = quantize_int8(images, *self.input_quantization)
-        results = self.runner.infer({self.inputs[0][0]: images})
+        results = self.run_images(images)
         return [self._answer(results[tensor["name"]], tensor, len(images)) for tensor in self.declared]
 
     def _answer(self, values: np.ndarray, tensor: dict, count: int) -> np.ndarray:

@@ -563,7 +563,8 @@ def main() -> None:
     def options(parser):
         parser.add_argument("--device", default=DEFAULT_DEVICE, choices=(*REFERENCES, "host"),
                             help="The emulated edge device (root), or host: this CPU, token-bucket uplink.")
-        parser.add_argument("--max-loss", type=float, default=1.0, help="Accuracy points a split may lose.")
+        parser.add_argument("--max-loss", type=float, default=GOAL_LOSS,
+                            help="Accuracy points a split (and the optimizer's choice) may lose.")
         parser.add_argument("--calibration", type=Path, default=None,
                             help="The device's calibration from an earlier run on this machine (what `python -m "
                                  "benchmarks.testbed.devices calibrate DEVICE` prints, or a summary.json) instead "

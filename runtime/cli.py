@@ -237,9 +237,12 @@ def _client_config(args, bundle):
 
     server = args.server
     if bundle.strategy == "edge-only":
-        if server is not None:
-            print("note: bundle {} is edge-only: the whole model answers on this device, --server is not "
-                  "contacted".format(bundle.bundle_id), file=sys.stderr)
+        given = (("--server", server), ("--exit-threshold", args.exit_threshold), ("--uplink", args.uplink),
+                 ("--rtt", args.rtt or None))
+        unused = [name for name, value in given if value is not None]
+        if unused:
+            print("note: bundle {} is edge-only: the whole model answers on this device, so {} {} not used".format(
+                bundle.bundle_id, ", ".join(unused), "is" if len(unused) == 1 else "are"), file=sys.stderr)
         return None
     if server is None:
         raise EdgesplitError("bundle {} is {}: it sends frames to a cloud server; give --server HOST:PORT".format(

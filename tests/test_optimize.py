@@ -89,8 +89,8 @@ def test_each_rate_picks_the_fastest_prediction_from_measured_times_and_real_fra
             # the upload: the protocol's whole frame plus TCP/IP headers per segment, for the share still sent
             expected = sent * 1000 * 8 * link_bytes(frame) / choice["uplink_bps"] if frame else 0.0
             assert float(prediction["upload_ms"]) == pytest.approx(expected, rel=1e-3, abs=2e-3)
-            # the edge: its head, and for a frame it sends the client's own work, both at the device's speed
-            expected = factor * (float(point["edge_ms_here"]) + sent * summary["client_ms"])
+            # the edge: its head and the client's own work (none for edge-only), both at the device's speed
+            expected = factor * (float(point["edge_ms_here"]) + (summary["client_ms"] if frame else 0.0))
             assert float(prediction["edge_ms"]) == pytest.approx(expected, rel=1e-3, abs=1e-3)
     assert 0.05 < summary["client_ms"] < 20  # CPU ms per frame for reading, encoding and the socket
     for name in ("points.csv", "predictions.csv", "choices.csv", "optimize.png", "REPORT.md"):

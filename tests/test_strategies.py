@@ -81,12 +81,22 @@ def test_an_edge_only_bundle_answers_every_frame_on_the_device_without_a_server(
     assert verified.exit_code == 0 and f"edge-only: edge {target}), 1 files verified" in verified.output
 
 
-def test_serving_an_edge_only_bundle_is_refused_in_one_line(edge_only):
+def test_serving_an_edge_only_bundle_or_sizing_its_uplink_is_refused_in_one_line(edge_only):
     result = runtime_command("serve", "--bundle", str(edge_only["cpu"]), "--port", "0")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].endswith(
         "has no cloud half (it is edge-only: the whole model runs on the edge device; run it with `edgesplit edge`, "
         "no server needed)")
+    rate = CliRunner().invoke(main, ["estimate-rate", "--cameras", "4", "--fps", "10", "--bundle", str(edge_only["cpu"])])
+    assert rate.exit_code == 1 and rate.output.strip() == (
+        "error: this bundle is edge-only: its edge sends nothing, so it needs no uplink (0 bit/s)")
+
+
+def test_options_an_edge_only_bundle_does_not_use_are_named_not_ignored(edge_only, tmp_path):
+    result = runtime_command("edge", "--bundle", str(edge_only["cpu"]), "--source", str(DEFAULT_CALIBRATION),
+                             "--limit", "5", "--server", "127.0.0.1:9", "--exit-threshold", "0.1", "--uplink", "1mbit")
+    assert result.returncode == 0 and "5 on the edge" in result.stdout
+    assert "so --server, --exit-threshold, --uplink are not used" in result.stderr
 
 
 def test_an_edge_only_bundle_for_the_nano_carries_the_whole_model_and_its_engine_recipe(tmp_path_factory):
@@ -144,6 +154,12 @@ def test_an_edge_without_a_server_for_a_bundle_that_needs_one_is_told_in_one_lin
     (["--image-format", "png"], "error: --image-format is how cloud-only sends the image; this bundle is split"),
     (["--strategy", "cloud-only", "--lossless", "zstd"],
      "error: --lossless zstd compresses a split's codes; this cloud-only bundle sends the image (--image-format)"),
+    (["--strategy", "edge-only", "--train-data", "fashion-mnist"],
+     "error: --train-data describes a split; this edge-only bundle has no cut"),
+    (["--strategy", "edge-only", "--cloud-precision", "fp16"],
+     "error: --cloud-precision sets a half this edge-only bundle does not have"),
+    (["--strategy", "cloud-only", "--precision", "int8"],
+     "error: --precision sets a half this cloud-only bundle does not have"),
 ])
 def test_options_that_do_not_fit_the_strategy_are_refused_in_one_line(options, message, tmp_path):
     result = CliRunner().invoke(main, ["build-engines", *options, "--output", str(tmp_path / "b")])

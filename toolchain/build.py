@@ -93,7 +93,7 @@ class Build:
         self.roles = strategy_roles(options)
         self.deployment: Deployment = deployment(options.target, options.cloud)
         self.precisions = {role: check_precision(self.deployment.device(role), role, requested) for role, requested
-                           in zip(ROLES, (options.precision, options.cloud_precision))}
+                           in zip(ROLES, (options.precision, options.cloud_precision)) if role in self.roles}
         self.loaded: LoadedModel | None = None
         self.calibration: ImageSet | None = None
         self.holdout: ImageSet | None = None
@@ -125,7 +125,9 @@ def load_stage(build: Build) -> None:
     build.loaded = load_model(options.model, options.weights, options.inputs)
     if options.strategy == "split":
         build.options = with_shipped(options, build.loaded)
-    build.output = options.output or Path("bundles") / f"{build.loaded.name}-{build.deployment.name}"
+    build.output = options.output or Path("bundles") / "-".join(
+        [build.loaded.name, build.deployment.name] + ([] if options.strategy == "split" else [options.strategy])
+        + ([options.image_format] if options.strategy == "cloud-only" else []))
     build.staging = staging_directory(build.output)
 
 
@@ -320,7 +322,7 @@ def build_engines(options: BuildOptions, show_progress: bool = True) -> BuildRep
     return BuildReport(build.output, build.manifest, time.perf_counter() - started, build.reused)
 
 
-SPLIT_OPTIONS = ("split", "codec", "codec_weights", "exit_weights", "exit_threshold", "exit_max_loss")
+SPLIT_OPTIONS = ("split", "codec", "codec_weights", "exit_weights", "exit_threshold", "exit_max_loss", "train_data")
 
 
 def strategy_roles(options: BuildOptions) -> tuple[str, ...]:
@@ -336,6 +338,11 @@ def strategy_roles(options: BuildOptions) -> tuple[str, ...]:
     if options.strategy != "split" and options.lossless not in (AUTO_LOSSLESS, "none"):
         raise EdgesplitError(f"--lossless {options.lossless} compresses a split's codes; this {options.strategy} bundle "
                              "sends " + ("nothing" if options.strategy == "edge-only" else "the image (--image-format)"))
+    absent = [option for option, role, value in (("--precision", "edge", options.precision),
+                                                 ("--cloud-precision", "cloud", options.cloud_precision))
+              if value is not None and role not in STRATEGIES[options.strategy]]
+    if absent:
+        raise EdgesplitError(f"{absent[0]} sets a half this {options.strategy} bundle does not have")
     if options.image_format != "raw" and options.strategy != "cloud-only":
         raise EdgesplitError(f"--image-format is how cloud-only sends the image; this bundle is {options.strategy}")
     return STRATEGIES[options.strategy]

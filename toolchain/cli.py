@@ -398,7 +398,8 @@ def verify_bundle(path: Path, trust: Path | None) -> None:
     devices = bundle.manifest["deployment"]
     signed = f", signed by {trust}" if trust else ""
     halves = ", ".join(f"{role} {devices[role]['name']}" for role in bundle.roles)
-    click.echo(f"ok: bundle {bundle.bundle_id} ({bundle.manifest['source_model']['name']}, {bundle.strategy}: "
+    picture = f" {bundle.wire.picture or 'raw'}" if bundle.strategy == "cloud-only" else ""
+    click.echo(f"ok: bundle {bundle.bundle_id} ({bundle.manifest['source_model']['name']}, {bundle.strategy}{picture}: "
                f"{halves}), {len(bundle.manifest['files'])} files verified{signed}")
 
 

@@ -109,7 +109,7 @@ class Search(NamedTuple):
     started: float
     runners: dict  # the whole model on the edge's backend here, made once (whole_on_edge)
     whole_ms: float = 0.0  # the whole model's edge time here, as the baselines measured it
-    client_ms: float = 0.0  # CPU time here the edge client spends per frame it sends, beyond the model
+    client_ms: float = 0.0  # CPU time here the edge client spends per frame, beyond the model
 
 
 def learned_grid(shape: tuple[int, ...]) -> list[str]:
@@ -522,11 +522,12 @@ class Choice(NamedTuple):
 
 
 def predict(row: dict, factor: float, rate: float, rtt_ms: float, client_ms: float) -> PlanOption:
-    """A measured point at one rate: the edge's time (and the client's, for a frame it sends) scaled to the device,
-    an exit as the share it sends."""
+    """A measured point at one rate: the edge's time and its client's scaled to the device, an exit as the share it
+    sends. The client's time counts for every frame of a point that can send: a frame that exits was still read,
+    prepared and looped over, and the socket's share is not measured apart (for exits, an upper bound)."""
     sent = row["offload_rate"]
     upload = sent * (1000 * 8 * link_bytes(row["frame_bytes"]) / rate + rtt_ms) if row["frame_bytes"] else 0.0
-    edge_ms = factor * (row["edge_ms_here"] + sent * client_ms)
+    edge_ms = factor * (row["edge_ms_here"] + (client_ms if row["frame_bytes"] else 0.0))
     return PlanOption(row["strategy"], point_name(row), row["position"], sent * row["frame_bytes"], edge_ms, upload,
                       sent * row["cloud_ms"], row["loss_points"])
 

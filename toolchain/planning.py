@@ -240,7 +240,9 @@ class RateEstimate(NamedTuple):
 
 def bundle_payload(manifest: dict) -> tuple[float, int]:
     """A bundle's mean payload bytes per frame, measured at build time (a lossless stage makes it
-    vary), and the dimensions of its codes (one shape word each on the wire)."""
+    vary), and the dimensions of its codes (one shape word each on the wire). An edge-only bundle sends nothing."""
+    if "cloud" not in manifest["artefacts"]:
+        raise EdgesplitError("this bundle is edge-only: its edge sends nothing, so it needs no uplink (0 bit/s)")
     return manifest["checks"]["mean_payload_bytes"], len(manifest["artefacts"]["cloud"]["inputs"][0]["shape"]) - 1
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from runtime.bundle import ROLES, STRATEGIES, strategy_of
+from runtime.bundle import STRATEGIES, strategy_of
 from targets import DEVICES
 from toolchain.backends import EXPORTERS
 from toolchain.image_formats import TITLES
@@ -43,7 +43,8 @@ def build_summary(report) -> Table:
         table.add_row(*split_row(manifest["split"]))
         table.add_row(*codec_row(manifest["codec"], manifest["wire"]))
     elif strategy == "cloud-only":
-        table.add_row("sent", f"the image, {TITLES[manifest['wire'].get('picture') or 'raw']}")
+        table.add_row("edge device", f"{manifest['deployment']['edge']['name']}: runs no model, sends the image, "
+                                     f"{TITLES[manifest['wire'].get('picture') or 'raw']}")
     table.add_row("held-out images", f"{checks['holdout_frames']}: {checks['holdout_origin']}")
     if "float_accuracy" in checks:
         table.add_row("float accuracy", f"{checks['float_accuracy']:.2%} on the held-out images")
@@ -61,11 +62,11 @@ def build_summary(report) -> Table:
             table.add_row(*row)
     else:
         table.add_row("bytes per frame", "nothing sent" if strategy == "edge-only" else
-                      f"{checks['mean_payload_bytes']:,.1f} on the wire")
+                      f"{checks['mean_payload_bytes']:,.1f} payload (the image raw: {checks['image_bytes']['raw']:,.0f})")
     if "exit" in checks:
         for row in exit_rows(manifest["exit"], checks):
             table.add_row(*row)
-    differences = [f"{role} max |Δ| {checks[f'{role}_max_abs_error']:.3g}" for role in ROLES
+    differences = [f"{role} max |Δ| {checks[f'{role}_max_abs_error']:.3g}" for role in STRATEGIES[strategy]
                    if f"{role}_max_abs_error" in checks]  # an integer-only artefact has its own checks
     if differences:
         table.add_row("halves vs PyTorch", ", ".join(differences))

@@ -77,10 +77,11 @@ ROOT = Path(__file__).resolve().parents[1]
 LEARNED = (("bbnet-64B-shipped", "layer3", ROOT / "toolchain/zoo/resnet18w05_fmnist_layer3_codec.pt"),
            ("bbnet-128B-searched", "layer2", ROOT / "benchmarks/results/search-layer2/best.pt"))
 UPLOADS = ("raw", "png")  # the image uploads measured (JPEG q90 costs accuracy: the optimizer weighs it)
+QUICK_UPLOADS = ("raw",)
 # the optimizer's search, as benchmarks/results/optimize ran it; --quick: one head and codec, little training
 OPTIMIZE = {"splits": ("layer2", "layer3"), "ratios": (0.0, 0.5), "budget_s": 2400.0}
 QUICK_OPTIMIZE = {"splits": ("layer3",), "ratios": (0.0,), "codecs": ("bbnet:bits=4,c=32,s=2",),
-                  "train_frames": 2000, "epochs": 1, "holdout_frames": 300, "frames": 10}
+                  "train_frames": 1000, "epochs": 1, "holdout_frames": 200, "frames": 10}
 DEFAULT_DEVICE = "jetson-nano"  # BBNet's edge
 FRAMES, QUICK_FRAMES = 100, 20
 QUICK_CALIBRATION = 128  # --quick: calibration images per build (a full-int8 TFLite conversion takes ~20 s on 512)
@@ -209,6 +210,7 @@ class Candidates(NamedTuple):
     edge: dict  # the same candidates timed on the (emulated) edge device
     bundles: dict  # option name -> bundle directory
     whole_model: Path
+    pictures: tuple[str, ...]  # the image uploads streamed: raw, and PNG but in --quick
 
 
 def learned_candidates(target: str, learned, frames: int, work: Path, calibration_frames: int) -> list[dict]:
@@ -248,7 +250,7 @@ def edge_profile(testbed: Testbed, host: dict, uploads: dict[str, Path], whole_m
 
 
 def profiles(testbed: Testbed, splits, codecs, learned, frames: int, work: Path, streamed: int,
-             repeats: int, calibration_frames: int) -> Candidates:
+             repeats: int, calibration_frames: int, pictures: tuple[str, ...]) -> Candidates:
     """Build every candidate, profile the cloud here and the edge on the testbed."""
     # the cloud's times with serve's own threads (the backend's default); edge times are measured on the testbed
     host = profile_target(ProfileOptions(target=testbed.target, cloud="cpu", splits=splits, codecs=codecs,
@@ -257,12 +259,12 @@ def profiles(testbed: Testbed, splits, codecs, learned, frames: int, work: Path,
     uploads = {picture: build_engines(BuildOptions(
         strategy="cloud-only", image_format=picture, target=testbed.target, cloud="cpu",
         output=work / f"cloud-only-{picture}", max_loss=math.inf, calibration_frames=calibration_frames),
-        show_progress=False).bundle for picture in UPLOADS}
+        show_progress=False).bundle for picture in pictures}
     bundles = {f"{c['split']} {c['codec']}": Path(c["bundle"]) for c in host["candidates"]}
     bundles.update({f"cloud-only {picture}": path for picture, path in uploads.items()})
     whole_model = next(work.glob(f"whole-*-edge{exporter(get_device(testbed.target, 'edge')).suffix}"))
     edge = edge_profile(testbed, host, uploads, whole_model, work, streamed, repeats)
-    return Candidates(host, edge, bundles, whole_model)
+    return Candidates(host, edge, bundles, whole_model, pictures)
 
 
 def plan_row(option: PlanOption, strategy: str, rate: float, frames: int, burst_ms: float, measured_s: float,
@@ -295,9 +297,10 @@ def measure_rows(testbed: Testbed, found: Candidates, rates: list[float], frames
 
         choice = fastest(options, max_loss, cost=cost).name
         split = fastest(options, max_loss, "split", cost=cost)
-        raw, png = (next(o for o in options if o.name == f"cloud-only {name}") for name in ("raw", "png"))
+        uploads = [(f"cloud-only {name}" if name != "raw" else "cloud-only",
+                    next(o for o in options if o.name == f"cloud-only {name}")) for name in found.pictures]
         edge_only = next(o for o in options if o.strategy == "edge-only")
-        for strategy, option in (("cloud-only", raw), ("cloud-only png", png), ("edgesplit", split)):
+        for strategy, option in (*uploads, ("edgesplit", split)):
             progress.update(task, description=f"{format_rate(rate)}: {option.name}")
             measured = steady_stream(testbed, found.bundles[option.name], rate, frames, work, repeats)
             rows.append(plan_row(option, strategy, rate, frames, burst_ms, measured["seconds"], measured,
@@ -531,7 +534,7 @@ def speedup_rows(rows: list[dict]) -> list[dict]:
     for rate in dict.fromkeys(r["bandwidth_bps"] for r in rows):
         by = {r["strategy"]: r for r in rows if r["bandwidth_bps"] == rate}
         split, cloud, edge = by["edgesplit"]["s_per_100"], by["cloud-only"]["s_per_100"], by["edge-only"]["s_per_100"]
-        best = min(cloud, edge, by["cloud-only png"]["s_per_100"])  # the better baseline: device, raw or PNG image
+        best = min(cloud, edge, by.get("cloud-only png", by["cloud-only"])["s_per_100"])  # device, raw or PNG
         entry = {"bandwidth": by["edgesplit"]["bandwidth"], "bandwidth_bps": rate,
                  "choice": by["edgesplit"]["planner_choice"], "vs_cloud": cloud / split, "vs_edge": edge / split,
                  "vs_best": best / split}
@@ -572,8 +575,8 @@ def main() -> None:
         parser.add_argument("--no-optimize", action="store_true",
                             help="Leave out the optimizer's choice (its search trains and builds for ~30 minutes).")
 
-    args = parse_arguments(__doc__, "bandwidth", "Two bandwidths, 20 frames, one candidate split: the shipped learned "
-                           "codec at layer3; every build calibrated on 128 images.", options,
+    args = parse_arguments(__doc__, "bandwidth", "Two bandwidths, 20 frames, the raw image only, one candidate split: "
+                           "the shipped learned codec at layer3; every build calibrated on 128 images.", options,
                            folder=lambda a: "bandwidth" if a.device == DEFAULT_DEVICE else f"bandwidth-{a.device}")
     rates = [parse_rate(b) for b in (QUICK_BANDWIDTHS if args.quick else BANDWIDTHS)]
     splits, codecs = (("layer3",), ()) if args.quick else (SPLITS, CODECS)
@@ -586,7 +589,8 @@ def main() -> None:
             testbed = open_testbed(args.device, work, stack, args.calibration)
             repeats = 1 if args.quick else REPEATS
             found = profiles(testbed, splits, codecs, learned, 20 if args.quick else 200, work, frames, repeats,
-                             QUICK_CALIBRATION if args.quick else BuildOptions().calibration_frames)
+                             QUICK_CALIBRATION if args.quick else BuildOptions().calibration_frames,
+                             QUICK_UPLOADS if args.quick else UPLOADS)
             link_check = None
             if testbed.link:  # long enough that the one-packet burst does not count
                 testbed.link.shape(LINK_CHECK_BPS)

@@ -98,8 +98,7 @@ def test_bandwidth_suite_streams_each_strategy_through_the_link(device, request,
     summary = json.loads((tmp_path / "summary.json").read_text())
     rows = summary["rows"]
     assert [(r["bandwidth_bps"], r["strategy"]) for r in rows] == [
-        (rate, strategy) for rate in (1e5, 3.5e6) for strategy in ("cloud-only", "cloud-only png", "edgesplit",
-                                                                   "edge-only")] + [
+        (rate, strategy) for rate in (1e5, 3.5e6) for strategy in ("cloud-only", "edgesplit", "edge-only")] + [
         (rate, "optimized") for rate in (1e5, 3.5e6) if composed]
     edge_ms = edge_ms_per_frame(json.loads((tmp_path / "profile-edge.json").read_text()))
     link_bound = 0

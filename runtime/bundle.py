@@ -85,8 +85,7 @@ class Bundle:
 
     @property
     def answering_role(self) -> str:
-        """The half whose outputs are the model's answers."""
-        return "edge" if self.strategy == "edge-only" else "cloud"
+        return answering_role(self.strategy)
 
     def artefact(self, role: str) -> dict:
         if role not in self.roles:
@@ -147,6 +146,17 @@ def nesting(value) -> int:
         deepest = max(deepest, depth)
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return deepest
+
+
+def answering_role(strategy: str) -> str:
+    """The half whose outputs are the model's answers: the cloud's, but for edge-only."""
+    return "edge" if strategy == "edge-only" else "cloud"
+
+
+def answer_shape(tensor: dict) -> tuple:
+    """A manifest output's shape as the model returns it, without the batch axis (an integer-only artefact may
+    hold it in another layout: its `answer_shape` says so)."""
+    return tuple(tensor.get("answer_shape", tensor["shape"][1:]))
 
 
 def strategy_of(manifest: dict) -> str:

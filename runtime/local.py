@@ -8,7 +8,7 @@ from typing import List, NamedTuple, Optional
 
 import numpy as np
 
-from runtime.bundle import Bundle
+from runtime.bundle import Bundle, answer_shape
 from runtime.errors import BundleError
 from runtime.inputs import to_pixels
 from runtime.wire import decode_frame, encode_frame, frames_of, pillow
@@ -168,25 +168,25 @@ class WholeModelHalf(_ImageHalf):
 
     def __init__(self, bundle: Bundle, threads=None, verified: bool = False, **options):
         super().__init__(bundle, threads, verified, **options)
-        self.declared = bundle.artefact("edge")["outputs"]
+        # per output: its name, its shape as the model returns it, and (int8) its (scale, zero point), read once
+        self.answers = [(t["name"], answer_shape(t), self.runner.quantization(t["name"]) if t["dtype"] == "int8"
+                         else None) for t in bundle.artefact("edge")["outputs"]]
 
     def outputs_of(self, images: np.ndarray) -> List[np.ndarray]:
-        results = self.run_images(images)
-        return [self._answer(results[tensor["name"]], tensor, len(images)) for tensor in self.declared]
-
-    def _answer(self, values: np.ndarray, tensor: dict, count: int) -> np.ndarray:
         """Float values shaped as the model returns them (an int8 artefact's dequantized, its layout undone)."""
-        if tensor["dtype"] == "int8":
-            scale, zero_point = self.runner.quantization(tensor["name"])
-            values = (values.astype(np.float32) - zero_point) * scale
-        return values.astype(np.float32, copy=False).reshape((count,) + tuple(tensor.get("answer_shape",
-                                                                                         tensor["shape"][1:])))
+        results = self.run_images(images)
+        answers = []
+        for name, shape, quantization in self.answers:
+            values = results[name].astype(np.float32)
+            if quantization is not None:
+                values = (values - quantization[1]) * quantization[0]
+            answers.append(values.reshape((len(images),) + shape))
+        return answers
 
 
 def output_sizes(bundle: Bundle) -> List[tuple]:
     """(name, shape) of each output the answering half returns, in the order replies carry them."""
-    return [(t["name"], tuple(t.get("answer_shape", t["shape"][1:])))
-            for t in bundle.artefact(bundle.answering_role)["outputs"]]
+    return [(t["name"], answer_shape(t)) for t in bundle.artefact(bundle.answering_role)["outputs"]]
 
 
 def class_output(bundle: Bundle) -> int:

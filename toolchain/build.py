@@ -22,7 +22,7 @@ import torch
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from calibration_data import DEFAULT_CALIBRATION
-from runtime.bundle import MANIFEST_NAME, SCHEMA_VERSION, STRATEGIES, Bundle, file_sha256
+from runtime.bundle import MANIFEST_NAME, SCHEMA_VERSION, STRATEGIES, Bundle, answering_role, file_sha256
 from runtime.local import deployed, edge_half
 from targets import ROLES, Deployment, deployment
 from toolchain import cache
@@ -420,8 +420,7 @@ def describe_bundle(build: Build) -> dict:
         "source_model": {"name": loaded.name, "sha256": loaded.sha256, "weights": loaded.weights,
                          "input": loaded.spec().to_manifest()},
         "deployment": {role: build.deployment.device(role).describe() for role in ROLES},
-        "artefacts": with_output_kinds(build.artefacts, build.output_kinds,
-                                       "edge" if build.options.strategy == "edge-only" else "cloud"),
+        "artefacts": with_output_kinds(build.artefacts, build.output_kinds, answering_role(build.options.strategy)),
         "tools": tool_versions(),
         "checks": build.checks,
     }

@@ -311,18 +311,28 @@ def measure_rows(testbed: Testbed, found: Candidates, rates: list[float], frames
     return rows
 
 
+def write_profiles(found: Candidates, output: Path) -> None:
+    """profile-cloud.json and profile-edge.json, without the bundles' scratch paths."""
+    output.mkdir(parents=True, exist_ok=True)
+    for side, profile in (("cloud", found.host), ("edge", found.edge)):
+        kept = dict(profile, candidates=[{k: v for k, v in c.items() if k != "bundle"} for c in profile["candidates"]])
+        (output / f"profile-{side}.json").write_text(json.dumps(kept, indent=1) + "\n")
+
+
 def optimized(testbed: Testbed, rates: list[float], max_loss: float, work: Path, progress: Progress, quick: bool,
               output: Path):
-    """`edgesplit optimize` for the testbed's device at `rates`: its edge times are this machine's times the
-    emulated device's factor (the calibration the testbed runs under), each rate's winner built as a bundle.
-    Its report goes to `output`/optimize; trained pieces are kept in EDGESPLIT_CACHE's folder where set."""
+    """`edgesplit optimize` for the testbed's device at `rates`, given the edge profile measured on the testbed
+    (`--profile-edge`, written to `output` first): the whole model's time there over its time here is the factor
+    every edge time is scaled by; the quota's own calibration (the reference model's) under-counted what a small
+    model's frame costs under it by about a third. Each rate's winner is built as a bundle; the report goes to
+    `output`/optimize; trained pieces are kept in EDGESPLIT_CACHE's folder where set."""
     from toolchain.cache import folder
     from toolchain.optimize import OptimizeOptions, optimize
     from toolchain.optimize_report import write_report
 
-    factor = testbed.calibration.factor if testbed.calibration else 1.0
     result = optimize(OptimizeOptions(target=testbed.target, cloud="cpu", uplinks=tuple(rates), max_loss=max_loss,
-                                      edge_factor=factor, output=work / "optimize", cache_dir=folder("optimize"),
+                                      profile_edge=output / "profile-edge.json", output=work / "optimize",
+                                      cache_dir=folder("optimize"),
                                       **(QUICK_OPTIMIZE if quick else OPTIMIZE)), progress)
     write_report(result, output / "optimize")
     return result
@@ -596,6 +606,7 @@ def main() -> None:
                 testbed.link.shape(LINK_CHECK_BPS)
                 link_check = testbed.link.measure_rate(int(LINK_CHECK_BPS / 8 * 2))
             rows = measure_rows(testbed, found, rates, frames, args.max_loss, work, progress, repeats)
+            write_profiles(found, args.output)
             details, optimize_words = [], None
             if not args.no_optimize:
                 result = optimized(testbed, rates, args.max_loss, work, progress, args.quick, args.output)
@@ -606,9 +617,6 @@ def main() -> None:
             sys.exit(f"error: {error}")
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the namespaces, cgroup and scratch folder are gone now
             sys.exit(130)
-    for side, profile in (("cloud", found.host), ("edge", found.edge)):  # without the bundles' scratch paths
-        kept = dict(profile, candidates=[{k: v for k, v in c.items() if k != "bundle"} for c in profile["candidates"]])
-        (args.output / f"profile-{side}.json").write_text(json.dumps(kept, indent=1) + "\n")
     from runtime.protocol import frame_bytes
 
     summary = {"quick": args.quick, "machine": cpu_name(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),

@@ -180,6 +180,26 @@ def test_declared_mean_and_std_are_folded_into_the_edge_half(tmp_path, rgb_npz):
     assert wrong.exit_code == 1 and "--mean needs 1 or 3 values (one per channel), got 2" in wrong.output
 
 
+def test_the_console_script_imports_a_model_module_from_the_current_folder(tmp_path):
+    (tmp_path / "mynets.py").write_text("import torch\n\ndef make(linear=torch.nn.Linear):\n    return torch.nn."
+                                        "Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), linear(144, 2))\n"
+                                        "\ndef lazy():\n    return make(lambda _, n: torch.nn.LazyLinear(n))\n")
+    script = Path(sys.executable).with_name("edgesplit")
+    listed = subprocess.run([str(script), "list-splits", "--model", "mynets:make", "--input-shape", "3,8,8"],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert listed.returncode == 0 and "0" in listed.stdout.split(), listed.stdout + listed.stderr
+    missing = subprocess.run([str(script), "list-splits", "--model", "nonets:make", "--input-shape", "3,8,8"],
+                             cwd=tmp_path, capture_output=True, text=True)
+    assert missing.returncode == 1 and missing.stderr.strip() == ("error: cannot import 'nonets:make' (from the "
+                                                                  "current folder or the installed packages): No "
+                                                                  "module named 'nonets'"), missing.stderr
+    lazy = subprocess.run([str(script), "list-splits", "--model", "mynets:lazy", "--input-shape", "3,8,8"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert lazy.returncode == 1 and lazy.stderr.strip() == (
+        "error: mynets:lazy has parameters not yet made (2.weight, 2.bias: a lazy module such as LazyLinear): run "
+        "one forward pass before returning the model, or give --weights"), lazy.stderr
+
+
 def frames_of(bundle, source, count):
     return list(open_source(str(source), bundle.input_spec()))[:count]
 

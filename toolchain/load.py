@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import operator
+import os
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -95,10 +97,13 @@ def _load_state_dict(module: nn.Module, weights: Path) -> None:
 
 def _load_factory(spec: str) -> nn.Module:
     module_name, _, attribute = spec.partition(":")
+    if os.getcwd() not in sys.path:  # a console script does not look in the current folder; `python -m` does
+        sys.path.insert(0, os.getcwd())
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
-        raise ModelLoadError(f"cannot import {spec!r}: {error}") from error
+        raise ModelLoadError(f"cannot import {spec!r} (from the current folder or the installed packages): "
+                             f"{error}") from error
     model = factory()
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{spec} returned a {type(model).__name__}, not a torch.nn.Module")
@@ -199,6 +204,10 @@ def load_model(spec: str | None, weights: Path | None = None, inputs: InputOptio
         if input_spec is None:
             raise ModelLoadError(f"--mean/--std need the input shape of {source.name}: give --input-shape C,H,W")
         module = with_normalization(module, input_spec.mean, input_spec.std)
+    lazy = [name for name, p in module.named_parameters() if isinstance(p, nn.parameter.UninitializedParameter)]
+    if lazy:
+        raise ModelLoadError(f"{spec} has parameters not yet made ({', '.join(lazy[:3])}: a lazy module such "
+                             "as LazyLinear): run one forward pass before returning the model, or give --weights")
     module.eval()
     # the shipped checkpoints belong to the bundled weights as they are (their sha256 is checked when loaded)
     as_shipped = zoo is not None and weights is None and inputs.mean is None and inputs.std is None

@@ -90,16 +90,27 @@ def _image_files(directory: Path) -> List[Path]:
     return sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _class_names(root: Path) -> List[str]:
+    """Subfolders of `root` that hold an image file (none where `root` is not a folder)."""
+    if not root.is_dir():
+        return []
+    return [p.name for p in root.iterdir()
+            if p.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir())]
+
+
 def folder_layout(directory: Path, split: str) -> Tuple[Path, List[Tuple[Path, Optional[int]]], List[str], bool]:
     """(folder read, [(file, label)], class names, whether it is that split's own folder).
 
-    `train/` and `test/` subfolders are splits; class subfolders give labels; plain files have none."""
+    `train/` and `test/` subfolders are splits; class subfolders give labels (numbered in name order over every
+    split, so a class one split lacks does not shift the others'); plain files have none."""
     has_split = (directory / check_split(split)).is_dir()
     root = directory / split if has_split else directory
     listed = {p.name: _image_files(p) for p in sorted(root.iterdir()) if p.is_dir()}
     classes = [name for name, images in listed.items() if images]
+    if classes and has_split:
+        classes = sorted(set(classes).union(*(_class_names(directory / other) for other in SPLITS)))
     if classes:
-        files = [(path, label) for label, name in enumerate(classes) for path in listed[name]]
+        files = [(path, label) for label, name in enumerate(classes) for path in listed.get(name, [])]
     else:
         files = [(path, None) for path in _image_files(root)]
     if not files:

@@ -19,6 +19,7 @@ from runtime.bundle import load_bundle
 from runtime.cloud import BackgroundServer, ServerConfig
 from runtime.edge import CLOUD, ClientConfig, EdgeClient
 from runtime.images import SourceFrame, open_source
+from runtime.inputs import InputSpec
 from runtime.local import SplitInference, softmax_entropy
 from toolchain.cli import main
 from toolchain.data import load_images
@@ -178,6 +179,16 @@ def test_declared_mean_and_std_are_folded_into_the_edge_half(tmp_path, rgb_npz):
     wrong = CliRunner().invoke(main, ["list-splits", "--model", "architectures:mobilenet_v2", "--input-shape",
                                       "3,32,32", "--mean", "0.5,0.5", "--std", "0.2,0.2"])
     assert wrong.exit_code == 1 and "--mean needs 1 or 3 values (one per channel), got 2" in wrong.output
+
+
+def test_a_class_one_split_lacks_keeps_the_numbers_of_the_others(tmp_path):
+    images = np.full((3, 3, 8, 8), 100, np.uint8)
+    write_folder(tmp_path / "train", images, np.array([0, 1, 2]), ".png")
+    write_folder(tmp_path / "test", images[:2], np.array([0, 2]), ".png")  # no class1
+    spec = InputSpec(3, 8, 8, "none", None, None)
+    assert load_images(tmp_path, "test", spec).labels.tolist() == [0, 2]
+    assert [frame.label for frame in open_source(str(tmp_path), spec, "test")] == [0, 2]
+    assert load_images(tmp_path, "train", spec).labels.tolist() == [0, 1, 2]
 
 
 def test_the_console_script_imports_a_model_module_from_the_current_folder(tmp_path):

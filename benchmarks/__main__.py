@@ -14,6 +14,7 @@ SUITES = {
     "codecs": ("benchmarks.codecs", "accuracy vs bytes for affine and learned codecs"),
     "tflite": ("benchmarks.tflite", "int8 TFLite edge: accuracy, size, latency"),
     "triton": ("benchmarks.triton", "the cloud side on Triton Inference Server vs edgesplit serve; gRPC overhead"),
+    "foreign": ("benchmarks.foreign", "edgesplit optimize on three models nobody here designed, measured on the testbed"),
     "reliability": ("benchmarks.reliability", "faults an attacker can cause, and what they cost the server now"),
     "report": ("benchmarks.report", "gather every suite's results into benchmarks/RESULTS.md"),
 }

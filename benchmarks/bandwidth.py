@@ -22,8 +22,8 @@ Nano go to benchmarks/results/bandwidth-<device>.
    edge --limit 100` in the edge's namespace and cgroup, every frame answered by the cloud (early
    exits off, as BBNet has none); the seconds it took and the bytes the edge's interface sent. A
    stream under 20 s (the emulated edge, not the link, may set its time) is the median of five runs.
-4. Composed. `edgesplit optimize` for the device (its edge times this machine's times the testbed's
-   factor, the calibration the emulated device runs under) at every bandwidth: pruned heads, learned
+4. Composed. `edgesplit optimize` for the device (`--profile-edge` with the edge profile of 1: every
+   edge time here scaled by the whole model's time there over here) at every bandwidth: pruned heads, learned
    codecs and exit branches, each rate's winner built as a bundle; the winner streamed as in 3 with
    its exits on, accuracy counted over every frame from the edge's per-frame CSV against the float
    model's on the same frames.
@@ -154,8 +154,9 @@ def start_server(testbed: Testbed, bundle: Path, port: int, log: Path) -> subpro
     return server
 
 
-def stream(testbed: Testbed, bundle: Path, rate: float | None, frames: int, work: Path, exits: bool = False) -> dict:
-    """`frames` frames through `edgesplit edge` (and serve, unless the bundle is edge-only): seconds, bytes,
+def stream(testbed: Testbed, bundle: Path, rate: float | None, frames: int, work: Path, exits: bool = False,
+           source: Path = DEFAULT_CALIBRATION) -> dict:
+    """`frames` frames of `source` through `edgesplit edge` (and serve, unless the bundle is edge-only): seconds, bytes,
     accuracy over every frame from the per-frame CSV. Without `exits` every frame is answered by the cloud."""
     served = json.loads((bundle / "manifest.json").read_text()).get("strategy") != "edge-only"
     port = free_port()
@@ -167,7 +168,7 @@ def stream(testbed: Testbed, bundle: Path, rate: float | None, frames: int, work
         done = subprocess.run(testbed.edge([
             *edgesplit_command(), "edge", "--bundle", str(bundle), *(["--server", f"{testbed.host}:{port}"] if served
                                                                      else []),
-            "--source", str(DEFAULT_CALIBRATION), "--limit", str(frames), "--in-flight", str(IN_FLIGHT),
+            "--source", str(source), "--limit", str(frames), "--in-flight", str(IN_FLIGHT),
             "--threads", "1", *([] if exits else ["--exit-threshold", "0"]), "--timeout", "300",
             "--summary-json", str(summary_path), "--output", str(rows_path), *options]), capture_output=True, text=True)
         after = testbed.uplink_bytes()
@@ -188,13 +189,13 @@ def stream(testbed: Testbed, bundle: Path, rate: float | None, frames: int, work
 
 
 def steady_stream(testbed: Testbed, bundle: Path, rate: float | None, frames: int, work: Path, repeats: int,
-                  exits: bool = False) -> dict:
+                  exits: bool = False, source: Path = DEFAULT_CALIBRATION) -> dict:
     """`stream`, the median of `repeats` where the emulated edge, not the link, may set the time: runs of
     the same edge-bound stream vary by 10-15 % with the host's scheduling, while tbf times a thin link's
     rows to within a percent (those, over REPEAT_BELOW_S, run once)."""
-    runs = [stream(testbed, bundle, rate, frames, work, exits)]
+    runs = [stream(testbed, bundle, rate, frames, work, exits, source)]
     if runs[0]["seconds"] < REPEAT_BELOW_S:
-        runs += [stream(testbed, bundle, rate, frames, work, exits) for _ in range(repeats - 1)]
+        runs += [stream(testbed, bundle, rate, frames, work, exits, source) for _ in range(repeats - 1)]
     return sorted(runs, key=lambda run: run["seconds"])[len(runs) // 2]
 
 
@@ -338,15 +339,16 @@ def optimized(testbed: Testbed, rates: list[float], max_loss: float, work: Path,
     return result
 
 
-def float_top1(frames: int) -> float:
-    """The float model's top-1 on the first `frames` held-out images, as `edgesplit edge` reads them."""
+def float_top1(frames: int, model=None, source: Path = DEFAULT_CALIBRATION) -> float:
+    """The float model's (default: the bundled one's) top-1 on the first `frames` held-out images of `source`, as
+    `edgesplit edge` reads them."""
     import numpy as np
     import torch
 
     from runtime.images import open_source
 
-    model = load_model(None)
-    source = list(open_source(str(DEFAULT_CALIBRATION), model.spec(), "test"))[:frames]
+    model = model or load_model(None)
+    source = list(open_source(str(source), model.spec(), "test"))[:frames]
     with torch.no_grad():
         logits = model.module(torch.from_numpy(np.stack([frame.image for frame in source])))
     return float((logits.argmax(1).numpy() == np.array([frame.label for frame in source])).mean())

@@ -258,3 +258,26 @@ def test_triton_suite_compares_triton_with_serve_on_the_same_load(tritonserver, 
     assert 0 < grpc["uplink_bytes_per_frame"] < summary["payload_size"]
     for name in ("RESULTS.md", "server.png", "server.csv", "overhead.csv"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_the_foreign_suites_image_folder_is_what_the_toolchain_and_the_edge_read(fashion_mnist, tmp_path):
+    """Coloured at random (colour says nothing of the class), resized, in class folders; the edge's shuffled
+    .npz holds the same test images."""
+    import numpy as np
+
+    from benchmarks.foreign import CLASSES, rgb_folder
+    from runtime.images import open_source
+    from runtime.inputs import InputSpec
+    from toolchain.data import load_images
+
+    spec = InputSpec(3, 40, 24, "none", None, None)
+    root = rgb_folder(tmp_path, (3, 40, 24), {"train": 60, "test": 40})
+    train, test = (load_images(str(root), split, spec) for split in ("train", "test"))
+    assert (len(train), len(test)) == (60, 40) and test.inputs().shape == (40, 3, 40, 24)
+    assert sorted(p.name for p in (root / "train").iterdir()) == sorted({CLASSES[i] for i in train.labels})
+    assert np.abs(np.diff(test.inputs(), axis=1)).max() > 0.1  # not grey
+    streamed = list(open_source(str(root / "test.npz"), spec, "test"))
+    assert sorted(frame.label for frame in streamed) == sorted(test.labels.tolist())
+    assert [frame.label for frame in streamed] != sorted(frame.label for frame in streamed)  # shuffled
+    by_image = {frame.image.tobytes(): frame.label for frame in streamed}
+    assert all(by_image[image.tobytes()] == label for image, label in zip(test.inputs(), test.labels))

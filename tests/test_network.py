@@ -703,3 +703,30 @@ def test_server_addresses_name_their_transport_and_wrong_ones_say_what_was_expec
                            "--source", "s"], cwd=str(ROOT), capture_output=True, text=True)
     assert done.returncode == 2 and "argument --server: expected HOST:PORT or grpc://HOST:PORT[/MODEL], got " \
                                      "'grpc://h'" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("timeout", ["1", "30"])
+def test_serve_drops_a_sender_whose_frame_outlasts_its_frame_timeout(int8_built, bundle, timeout):
+    """A frame begun and not finished: dropped at --frame-timeout, not before (a large image on a thin uplink
+    needs it raised)."""
+    port = free_port()
+    server = start_serve_process(int8_built.bundle, port, "--frame-timeout", timeout)
+    bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
+    begun = protocol.encode(protocol.features_frame(1, bundle_id, bytes(100), bundle.wire,
+                                                    protocol.wire_quantization(bundle.manifest)))[:10]
+    try:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.settimeout(5)
+        sock.sendall(begun)  # the first bytes of a frame header, and then nothing
+        started = time.monotonic()
+        try:
+            sock.recv(1)  # the server's error frame or its close: it gave up on this sender
+            closed = True
+        except socket.timeout:
+            closed = False
+        waited = time.monotonic() - started
+        sock.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert (closed, waited < 4) == ((True, True) if timeout == "1" else (False, False)), (closed, waited)

@@ -139,11 +139,11 @@ def edgesplit_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "edgesplit"]
 
 
-def start_server(testbed: Testbed, bundle: Path, port: int, log: Path) -> subprocess.Popen:
-    """`edgesplit serve` on the cloud's side, once it listens (its messages go to `log`)."""
+def start_server(testbed: Testbed, bundle: Path, port: int, log: Path, options: tuple = ()) -> subprocess.Popen:
+    """`edgesplit serve [options]` on the cloud's side, once it listens (its messages go to `log`)."""
     with open(log, "w") as messages:
         server = subprocess.Popen(testbed.cloud([*edgesplit_command(), "serve", "--bundle", str(bundle), "--host",
-                                                 testbed.host, "--port", str(port), "--no-auth"]),
+                                                 testbed.host, "--port", str(port), "--no-auth", *options]),
                                   stderr=messages, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while "serving bundle" not in log.read_text():
@@ -155,12 +155,12 @@ def start_server(testbed: Testbed, bundle: Path, port: int, log: Path) -> subpro
 
 
 def stream(testbed: Testbed, bundle: Path, rate: float | None, frames: int, work: Path, exits: bool = False,
-           source: Path = DEFAULT_CALIBRATION) -> dict:
+           source: Path = DEFAULT_CALIBRATION, serve_options: tuple = ()) -> dict:
     """`frames` frames of `source` through `edgesplit edge` (and serve, unless the bundle is edge-only): seconds, bytes,
     accuracy over every frame from the per-frame CSV. Without `exits` every frame is answered by the cloud."""
     served = json.loads((bundle / "manifest.json").read_text()).get("strategy") != "edge-only"
     port = free_port()
-    server = start_server(testbed, bundle, port, work / "serve.log") if served else None
+    server = start_server(testbed, bundle, port, work / "serve.log", serve_options) if served else None
     summary_path, rows_path = work / "edge-summary.json", work / "edge-frames.csv"
     try:
         options = testbed.uplink(rate)
@@ -189,13 +189,14 @@ def stream(testbed: Testbed, bundle: Path, rate: float | None, frames: int, work
 
 
 def steady_stream(testbed: Testbed, bundle: Path, rate: float | None, frames: int, work: Path, repeats: int,
-                  exits: bool = False, source: Path = DEFAULT_CALIBRATION) -> dict:
+                  exits: bool = False, source: Path = DEFAULT_CALIBRATION, serve_options: tuple = ()) -> dict:
     """`stream`, the median of `repeats` where the emulated edge, not the link, may set the time: runs of
     the same edge-bound stream vary by 10-15 % with the host's scheduling, while tbf times a thin link's
     rows to within a percent (those, over REPEAT_BELOW_S, run once)."""
-    runs = [stream(testbed, bundle, rate, frames, work, exits, source)]
+    runs = [stream(testbed, bundle, rate, frames, work, exits, source, serve_options)]
     if runs[0]["seconds"] < REPEAT_BELOW_S:
-        runs += [stream(testbed, bundle, rate, frames, work, exits, source) for _ in range(repeats - 1)]
+        runs += [stream(testbed, bundle, rate, frames, work, exits, source, serve_options)
+                 for _ in range(repeats - 1)]
     return sorted(runs, key=lambda run: run["seconds"])[len(runs) // 2]
 
 

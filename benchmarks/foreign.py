@@ -157,7 +157,10 @@ def measure(testbed: Testbed, name: str, bundles: dict[str, Path], source: Path,
     rows = []
     for option, bundle in bundles.items():
         frames = sizes["upload_frames"] if option.startswith("cloud-only") else sizes["frames"]
-        measured = steady_stream(testbed, bundle, RATE, frames, work, repeats, exits=True, source=source)
+        # serve drops a frame that has not arrived whole in 10 s: a raw 3x224x224 image takes 12 s at 100 kbit/s
+        slowest_s = 8 * 2 * np.prod(sizes["shape"]) / RATE
+        measured = steady_stream(testbed, bundle, RATE, frames, work, repeats, exits=True, source=source,
+                                 serve_options=("--frame-timeout", f"{max(10.0, slowest_s):.0f}"))
         reference = float_accuracy[frames]
         rows.append({"model": name, "option": option, "frames": frames,
                      "s_per_100": round(100 * measured["seconds"] / frames, 3),
@@ -192,7 +195,7 @@ def one_model(testbed: Testbed, name: str, sizes: dict, output: Path, work: Path
     loaded = load_model(f"benchmarks.foreign_models:{name}", weights, InputOptions(shape=shape, resize="none"))
     source = data / "test.npz"
     reference = {n: float_top1(n, loaded, source) for n in {sizes["frames"], sizes["upload_frames"]}}
-    rows = measure(testbed, name, bundles, source, sizes, work, reference, repeats)
+    rows = measure(testbed, name, bundles, source, dict(sizes, shape=shape), work, reference, repeats)
     raw_bytes = int(np.prod(shape))
     return {"model": name, "input": "x".join(map(str, shape)), "float_accuracy": summary.get("float_accuracy"),
             "optimize_s": summary["wall_s"], "budget": sizes["budget"], "choice": choice["choice"],
@@ -264,6 +267,12 @@ def write_report(output: Path, context: dict, models: list[dict], rows: list[dic
     (output / "RESULTS.md").write_text("\n".join(lines) + "\n")
 
 
+def context(quick: bool, testbed: Testbed, sizes: dict) -> dict:
+    return {"quick": quick, "machine": cpu_name(), "date": time.strftime("%Y-%m-%d"), "testbed": testbed.words(),
+            "data": f"Debian's Fashion-MNIST coloured at random, {sizes['train']} training and {sizes['test']} test "
+                    f"images per model, written as PNG class folders; {sizes['epochs']} epochs of Adam"}
+
+
 def main() -> None:
     def options(parser):
         parser.add_argument("--models", default=",".join(MODELS), help="Comma-separated: " + ", ".join(MODELS))
@@ -288,15 +297,11 @@ def main() -> None:
                                             1 if args.quick else 3)
                 models.append(model)
                 rows += measured
+                write_report(args.output, context(args.quick, testbed, sizes), models, rows)  # kept if a later fails
         except (TestbedError, EdgesplitError, ValueError, OSError) as error:
             sys.exit(f"error: {error}")
         except KeyboardInterrupt:
             sys.exit(130)
-    context = {"quick": args.quick, "machine": cpu_name(), "date": time.strftime("%Y-%m-%d"),
-               "testbed": testbed.words(), "data": f"Debian's Fashion-MNIST coloured at random, {sizes['train']} "
-               f"training and {sizes['test']} test images per model, written as PNG class folders; "
-               f"{sizes['epochs']} epochs of Adam"}
-    write_report(args.output, context, models, rows)
     print(table(rows, ["model", "option", "s_per_100", "wire_bytes_per_frame", "loss_points"]))
     print(f"wrote {args.output / 'RESULTS.md'}")
 

@@ -17,6 +17,7 @@ from benchmarks.common import ROOT, cpu_name
 # (results folder, heading, what follows `python -m benchmarks`)
 SECTIONS = [("default", "default", "default"), ("bandwidth", "bandwidth", "bandwidth"),
             ("bandwidth-raspberry-pi", "bandwidth-raspberry-pi", "bandwidth --device raspberry-pi"),
+            ("foreign", "foreign", "foreign"),
             ("accuracy", "accuracy", "accuracy"), ("early_exit", "early-exit", "early-exit"),
             ("lossless", "lossless", "lossless"), ("runtime", "server", "server"), ("pruning", "pruning", "pruning"),
             ("codecs", "codecs", "codecs"), ("tflite", "tflite", "tflite"), ("triton", "triton", "triton"),

@@ -22,11 +22,11 @@ Nano go to benchmarks/results/bandwidth-<device>.
    edge --limit 100` in the edge's namespace and cgroup, every frame answered by the cloud (early
    exits off, as BBNet has none); the seconds it took and the bytes the edge's interface sent. A
    stream under 20 s (the emulated edge, not the link, may set its time) is the median of five runs.
-4. Composed. `edgesplit optimize` for the device (`--profile-edge` with the edge profile of 1: every
-   edge time here scaled by the whole model's time there over here) at every bandwidth: pruned heads, learned
-   codecs and exit branches, each rate's winner built as a bundle; the winner streamed as in 3 with
-   its exits on, accuracy counted over every frame from the edge's per-frame CSV against the float
-   model's on the same frames.
+4. Composed. `edgesplit optimize` for the device (`--profile-edge` with the edge profile of 1:
+   every edge time here scaled by the whole model's time there over here) at every bandwidth: pruned
+   heads, learned codecs and exit branches, each rate's winner built as a bundle; the winner streamed
+   as in 3 with its exits on, accuracy counted over every frame from the edge's per-frame CSV against
+   the float model's on the same frames.
 
 Without root the suite says so and stops; `--device host` runs the same steps on this CPU, the
 link emulated by the edge client's token bucket (no emulated device, no kernel link).
@@ -156,8 +156,9 @@ def start_server(testbed: Testbed, bundle: Path, port: int, log: Path, options: 
 
 def stream(testbed: Testbed, bundle: Path, rate: float | None, frames: int, work: Path, exits: bool = False,
            source: Path = DEFAULT_CALIBRATION, serve_options: tuple = ()) -> dict:
-    """`frames` frames of `source` through `edgesplit edge` (and serve, unless the bundle is edge-only): seconds, bytes,
-    accuracy over every frame from the per-frame CSV. Without `exits` every frame is answered by the cloud."""
+    """`frames` frames of `source` through `edgesplit edge` (and serve, unless the bundle is edge-only): seconds,
+    bytes, accuracy over every frame from the per-frame CSV. Without `exits` every frame is answered by the
+    cloud."""
     served = json.loads((bundle / "manifest.json").read_text()).get("strategy") != "edge-only"
     port = free_port()
     server = start_server(testbed, bundle, port, work / "serve.log", serve_options) if served else None

@@ -76,10 +76,20 @@ def rgb_folder(root: Path, shape: tuple[int, int, int], counts: dict[str, int], 
     return root
 
 
+def model_spec(name: str) -> str:
+    return f"benchmarks.foreign_models:{name}"
+
+
 def model_arguments(name: str, weights: Path) -> list[str]:
     shape = MODELS[name][1]
-    return ["--model", f"benchmarks.foreign_models:{name}", "--weights", str(weights), "--input-shape",
-            ",".join(map(str, shape)), "--resize", "none"]
+    return ["--model", model_spec(name), "--weights", str(weights), "--input-shape", ",".join(map(str, shape)),
+            "--resize", "none"]
+
+
+def load(name: str, weights: Path | None):
+    from toolchain.load import InputOptions, load_model
+
+    return load_model(model_spec(name), weights, InputOptions(shape=MODELS[name][1], resize="none"))
 
 
 def train(name: str, data: Path, weights: Path, epochs: int, progress: Progress) -> None:
@@ -87,12 +97,9 @@ def train(name: str, data: Path, weights: Path, epochs: int, progress: Progress)
     import torch
 
     from toolchain.data import load_images
-    from toolchain.load import InputOptions, load_model
 
-    make, shape = MODELS[name]
-    loaded = load_model(f"benchmarks.foreign_models:{name}", None, InputOptions(shape=shape, resize="none"))
-    images = load_images(str(data), "train", loaded.spec())
-    model = make()
+    images = load_images(str(data), "train", load(name, None).spec())
+    model = MODELS[name][0]()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     inputs, labels = torch.from_numpy(images.inputs()), torch.from_numpy(images.labels)
     task = progress.add_task(f"training {name}", total=epochs * ((len(labels) + 63) // 64))
@@ -124,13 +131,13 @@ def edge_factor(testbed: Testbed, bundle: Path, frames: int, repeats: int) -> di
     return {"here_ms": round(here, 3), "device_ms": round(device, 3), "factor": round(device / here, 3)}
 
 
-def optimize(testbed: Testbed, arguments: list[str], data: Path, factor: float, budget: str, output: Path,
-             work: Path) -> dict:
+def optimize(testbed: Testbed, arguments: list[str], data: Path, holdout: int, factor: float, budget: str,
+             output: Path, work: Path) -> dict:
     """`edgesplit optimize` for the emulated device at RATE: its summary and wall time."""
     started = time.monotonic()
     run([*edgesplit_command(), "optimize", *arguments, "--train-data", str(data), "--calib", str(data), "--target",
          testbed.target, "--cloud", "cpu", "--uplink", f"{int(RATE)}bit", "--max-loss", str(MAX_LOSS), "--budget",
-         budget, "--prune", "0,0.5", "--holdout-frames", str(len(list((data / "test").rglob("*.png")))),
+         budget, "--prune", "0,0.5", "--holdout-frames", str(holdout),
          "--edge-factor", str(factor), "--output", str(output), "--cache", str(work / "cache")], work / "optimize.log")
     summary = json.loads((output / "summary.json").read_text())
     return dict(summary, wall_s=round(time.monotonic() - started, 1))
@@ -153,15 +160,15 @@ def baselines(testbed: Testbed, arguments: list[str], data: Path, work: Path) ->
 
 
 def measure(testbed: Testbed, name: str, bundles: dict[str, Path], source: Path, sizes: dict, work: Path,
-            float_accuracy: dict[int, float], repeats: int) -> list[dict]:
+            float_accuracy: dict[int, float], repeats: int, raw_bytes: int) -> list[dict]:
     """Every bundle streamed at RATE with its exits on: seconds per 100 frames, bytes, loss on the same frames."""
+    # serve drops a frame that has not arrived whole in 10 s: a raw 3x224x224 image takes 12 s at 100 kbit/s
+    frame_timeout = ("--frame-timeout", f"{max(10.0, 2 * 8 * raw_bytes / RATE):.0f}")
     rows = []
     for option, bundle in bundles.items():
         frames = sizes["upload_frames"] if option.startswith("cloud-only") else sizes["frames"]
-        # serve drops a frame that has not arrived whole in 10 s: a raw 3x224x224 image takes 12 s at 100 kbit/s
-        slowest_s = 8 * 2 * np.prod(sizes["shape"]) / RATE
         measured = steady_stream(testbed, bundle, RATE, frames, work, repeats, exits=True, source=source,
-                                 serve_options=("--frame-timeout", f"{max(10.0, slowest_s):.0f}"))
+                                 serve_options=frame_timeout)
         reference = float_accuracy[frames]
         rows.append({"model": name, "option": option, "frames": frames,
                      "s_per_100": round(100 * measured["seconds"] / frames, 3),
@@ -176,9 +183,8 @@ def measure(testbed: Testbed, name: str, bundles: dict[str, Path], source: Path,
 
 def one_model(testbed: Testbed, name: str, sizes: dict, output: Path, work: Path, progress: Progress,
               repeats: int) -> tuple[dict, list[dict]]:
-    from toolchain.load import InputOptions, load_model
-
     shape = MODELS[name][1]
+    raw_bytes = int(np.prod(shape))
     data = rgb_folder(work / "images", shape, {"train": sizes["train"], "test": sizes["test"]})
     weights = work / f"{name}.pt"
     train(name, data, weights, sizes["epochs"], progress)
@@ -187,18 +193,17 @@ def one_model(testbed: Testbed, name: str, sizes: dict, output: Path, work: Path
     speed = edge_factor(testbed, bundles["edge-only"], 50 if sizes is FULL else 10, repeats)
     progress.console.log(f"{name}: {speed['here_ms']} ms here, {speed['device_ms']} ms on the emulated {DEVICE}")
     report = output / name
-    summary = optimize(testbed, arguments, data, speed["factor"], sizes["budget"], work / "optimized", work)
+    summary = optimize(testbed, arguments, data, sizes["test"], speed["factor"], sizes["budget"], work / "optimized",
+                       work)
     report.mkdir(parents=True, exist_ok=True)
     for kept in ("REPORT.md", "points.csv", "choices.csv", "summary.json", "optimize.png"):
         shutil.copy(work / "optimized" / kept, report / kept)
     choice = summary["choices"][0]
     bundles = {f"choice: {choice['choice']}": Path(choice["bundle"]), **bundles}
-    loaded = load_model(f"benchmarks.foreign_models:{name}", weights, InputOptions(shape=shape, resize="none"))
-    source = data / "test.npz"
-    reference = {n: float_top1(n, loaded, source) for n in {sizes["frames"], sizes["upload_frames"]}}
-    rows = measure(testbed, name, bundles, source, dict(sizes, shape=shape), work, reference, repeats)
-    raw_bytes = int(np.prod(shape))
-    return {"model": name, "input": "x".join(map(str, shape)), "float_accuracy": summary.get("float_accuracy"),
+    source, trained = data / "test.npz", load(name, weights)
+    reference = {n: float_top1(n, trained, source) for n in {sizes["frames"], sizes["upload_frames"]}}
+    rows = measure(testbed, name, bundles, source, sizes, work, reference, repeats, raw_bytes)
+    return {"model": name, "input": "x".join(map(str, shape)), "float_accuracy": summary["float_accuracy"],
             "optimize_s": summary["wall_s"], "budget": sizes["budget"], "choice": choice["choice"],
             "raw_image_bytes": raw_bytes, **speed}, rows
 

@@ -108,7 +108,7 @@ def folder_layout(directory: Path, split: str) -> Tuple[Path, List[Tuple[Path, O
     listed = {p.name: _image_files(p) for p in sorted(root.iterdir()) if p.is_dir()}
     classes = [name for name, images in listed.items() if images]
     if classes and has_split:
-        classes = sorted(set(classes).union(*(_class_names(directory / other) for other in SPLITS)))
+        classes = sorted(set().union(*(_class_names(directory / each) for each in SPLITS)))
     if classes:
         files = [(path, label) for label, name in enumerate(classes) for path in listed.get(name, [])]
     else:

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 from runtime.bundle import load_bundle
 from runtime.local import SplitInference, deployed
 from toolchain.cli import main
-from toolchain.optimize import BUILD_ATTEMPTS, Choice, built_winner
+from toolchain.optimize import BUILD_ATTEMPTS, Budget, Choice, built_winner
 from toolchain.planning import PlanOption, link_bytes
 
 from conftest import TINY_MODEL
@@ -89,8 +90,8 @@ def test_each_rate_picks_the_fastest_prediction_from_measured_times_and_real_fra
             # the upload: the protocol's whole frame plus TCP/IP headers per segment, for the share still sent
             expected = sent * 1000 * 8 * link_bytes(frame) / choice["uplink_bps"] if frame else 0.0
             assert float(prediction["upload_ms"]) == pytest.approx(expected, rel=1e-3, abs=2e-3)
-            # the edge: its head and the client's own work (none for edge-only), both at the device's speed
-            expected = factor * (float(point["edge_ms_here"]) + (summary["client_ms"] if frame else 0.0))
+            # the edge: its head and the client's own work (edge-only's frames too), both at the device's speed
+            expected = factor * (float(point["edge_ms_here"]) + summary["client_ms"])
             assert float(prediction["edge_ms"]) == pytest.approx(expected, rel=1e-3, abs=1e-3)
     assert 0.05 < summary["client_ms"] < 20  # CPU ms per frame for reading, encoding and the socket
     for name in ("points.csv", "predictions.csv", "choices.csv", "optimize.png", "REPORT.md"):
@@ -118,7 +119,9 @@ def test_a_second_run_resumes_and_a_profile_measured_on_the_device_sets_its_fact
     assert stored_files(output / "cache") == before  # nothing trained, built or measured again
     assert profiled["speed"]["factor"] == pytest.approx(5, rel=0.01)  # points.csv rounds the time here
     edge_only = [p for p in read_csv(tmp_path / "profiled" / "predictions.csv") if p["option"] == "edge-only"]
-    assert len(edge_only) == 2 and all(float(p["edge_ms"]) == pytest.approx(5 * here, abs=1e-3) for p in edge_only)
+    # the whole model as profiled, and the client's own work at the profile's factor
+    expected = 5 * here + profiled["speed"]["factor"] * profiled["client_ms"]
+    assert len(edge_only) == 2 and all(float(p["edge_ms"]) == pytest.approx(expected, abs=1e-3) for p in edge_only)
     profile.write_text(json.dumps(profile_of(summary, 5 * here, sha256="0" * 64)))
     result = CliRunner().invoke(main, ["optimize", *arguments, "--profile-edge", str(profile), "--output",
                                        str(tmp_path / "other")])
@@ -210,3 +213,15 @@ def test_a_point_its_build_refuses_gives_way_to_the_next_fastest():
     assert built_winner(Choice(1e5, many, many[0], options[3], None), 1.0,
                         lambda point: tried.append(point.name) or False).winner.name == "edge-only"
     assert tried == [str(i) for i in range(1, BUILD_ATTEMPTS + 1)] + ["edge-only"]
+
+
+def test_the_budget_starts_nothing_that_would_leave_no_time_to_build_the_winners():
+    budget = Budget(time.monotonic() - 9.0, 10.0, winners=2)
+    assert budget.allows("head", "point")  # nothing timed yet: 9 s spent of 10
+    with budget.timed("point"):
+        time.sleep(0.05)
+    assert 0.05 <= budget.longest["point"] < 1.0
+    budget.longest.update(build=0.3, head=0.2, point=0.3)  # 9 s + 2 builds of 0.3 s: room for a head, not its point
+    assert budget.allows("head") and not budget.allows("head", "point")
+    budget.longest["build"] = 0.6  # two winners' builds alone would end past the budget
+    assert not budget.allows()

@@ -4,8 +4,8 @@ socket, the sender and receiver threads, matching the reply.
 Measured here as CPU time, streaming the image raw to a real `edgesplit serve` on loopback (a cloud-only bundle:
 the edge runs no model), so that only the client's own work is counted. A device slower than this machine by a
 factor spends that factor times as long on it, frame after frame: on a quota-bound edge it is part of every
-frame's edge time, beside the head's (the optimizer adds it to every frame of a point that sends; edge-only runs
-no socket).
+frame's edge time, beside the head's (the optimizer adds it to every frame, edge-only's too: its frames are read,
+prepared and answered by the same loop, only without the socket).
 """
 
 from __future__ import annotations

@@ -152,7 +152,7 @@ def markdown(summary: dict, choices: list[dict], points: list[dict], result: Res
 
 Measured on {summary['machine']}, {summary['date']}, in {summary['seconds']:.0f} s (budget {options.budget_s:.0f} s).
 Edge times: measured here on {summary['measured_on']['edge']}'s backend, one thread, times the device's factor:
-{summary['speed']['words']}; every frame of a point that sends adds the edge client's own CPU time
+{summary['speed']['words']}; every frame adds the edge client's own CPU time
 ({summary['client_ms']:.2f} ms here: reading, encoding, the socket and the reply), times the factor too. Cloud times: {summary['measured_on']['cloud']}
 here.
 Accuracy: top-1 on the labels of {summary['evaluated_frames']} held-out images (exit thresholds picked on as many

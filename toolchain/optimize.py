@@ -163,6 +163,7 @@ def prepare(options: OptimizeOptions, progress_note: Callable[[str], None]) -> S
     from toolchain.evaluate import reference_outputs
     from toolchain.split import trace
 
+    started = time.monotonic()  # the budget counts loading and evaluating the model too
     check_options(options)
     devices = deployment(options.target, options.cloud)
     measured_on = stand_ins(devices)
@@ -185,7 +186,7 @@ def prepare(options: OptimizeOptions, progress_note: Callable[[str], None]) -> S
     check_float_accuracy(float_accuracy, outputs.shape[1], evaluate.origin)
     calibration = load_images(options.calib or str(DEFAULT_CALIBRATION), "train", loaded.spec()).take(512).inputs()
     return Search(options, devices, measured_on, speed, loaded, graph, data, train, calibration, select, evaluate,
-                  float_predictions, float_accuracy, store, work, time.monotonic(), {})
+                  float_predictions, float_accuracy, store, work, started, {})
 
 
 def check_float_accuracy(accuracy: float, classes: int, origin: str) -> None:

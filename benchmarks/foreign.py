@@ -174,9 +174,9 @@ def measure(testbed: Testbed, name: str, bundles: dict[str, Path], source: Path,
     twice, the same bundle's medians differed by up to 9 % here, which said nothing about the choice)."""
     # serve drops a frame that has not arrived whole in 10 s: a raw 3x224x224 image takes 12 s at 100 kbit/s
     frame_timeout = ("--frame-timeout", f"{max(10.0, 2 * 8 * raw_bytes / RATE):.0f}")
-    rows = []
+    rows, files = [], {option: deployed_files(bundle) for option, bundle in bundles.items()}
     for option, bundle in bundles.items():
-        same = [row for row in rows if deployed_files(bundles[row["option"]]) == deployed_files(bundle)]
+        same = [row for row in rows if files[row["option"]] == files[option]]
         if same:
             rows.append(dict(same[0], option=option, same_as=same[0]["option"]))
             continue

@@ -588,7 +588,10 @@ class Budget:
     def timed(self, kind: str):
         started = time.monotonic()
         yield
-        self.longest[kind] = max(self.longest[kind], time.monotonic() - started)
+        self.record(kind, time.monotonic() - started)
+
+    def record(self, kind: str, seconds: float) -> None:
+        self.longest[kind] = max(self.longest[kind], seconds)
 
 
 def optimize(options: OptimizeOptions, progress) -> Result:
@@ -625,7 +628,7 @@ def optimize(options: OptimizeOptions, progress) -> Result:
                     continue
                 with budget.timed("point"):
                     measured = measure_point(search, chosen, position, codec, weights[codec], branch)
-                budget.longest["build"] = max(budget.longest["build"], *(row["build_s"] for row in measured))
+                budget.record("build", max(row["build_s"] for row in measured))
                 rows += measured
         except (EdgesplitError, RuntimeError, ValueError) as error:
             not_tried.append(f"{split} pruned {ratio:g}: {str(error).splitlines()[0]}")

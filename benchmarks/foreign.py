@@ -162,12 +162,14 @@ def baselines(testbed: Testbed, arguments: list[str], data: Path, work: Path) ->
     return built
 
 
-def deployed_files(bundle: Path) -> dict[str, str]:
-    """Role -> sha256 of the file that role runs: two bundles with the same are one deployment."""
+def deployment_of(bundle: Path) -> dict:
+    """What a bundle runs: each role's file (sha256), what crosses the wire and when the edge answers. Two
+    bundles with the same are one deployment (the image sent raw and as PNG run the same files)."""
     from runtime.bundle import load_bundle
 
-    loaded = load_bundle(bundle)
-    return {role: loaded.manifest["files"][loaded.artefact(role)["file"]]["sha256"] for role in loaded.roles}
+    manifest = load_bundle(bundle).manifest
+    files = {role: manifest["files"][entry["file"]]["sha256"] for role, entry in manifest["artefacts"].items()}
+    return {"files": files, "wire": manifest.get("wire"), "exit": (manifest.get("exit") or {}).get("threshold")}
 
 
 def measure(testbed: Testbed, name: str, bundles: dict[str, Path], source: Path, sizes: dict, work: Path,
@@ -177,7 +179,7 @@ def measure(testbed: Testbed, name: str, bundles: dict[str, Path], source: Path,
     twice, the same bundle's medians differed by up to 9 % here, which said nothing about the choice)."""
     # serve drops a frame that has not arrived whole in 10 s: a raw 3x224x224 image takes 12 s at 100 kbit/s
     frame_timeout = ("--frame-timeout", f"{max(10.0, 2 * 8 * raw_bytes / RATE):.0f}")
-    rows, files = [], {option: deployed_files(bundle) for option, bundle in bundles.items()}
+    rows, files = [], {option: deployment_of(bundle) for option, bundle in bundles.items()}
     for option, bundle in bundles.items():
         same = [row for row in rows if files[row["option"]] == files[option]]
         if same:

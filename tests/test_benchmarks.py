@@ -281,3 +281,24 @@ def test_the_foreign_suites_image_folder_is_what_the_toolchain_and_the_edge_read
     assert [frame.label for frame in streamed] != sorted(frame.label for frame in streamed)  # shuffled
     by_image = {frame.image.tobytes(): frame.label for frame in streamed}
     assert all(by_image[image.tobytes()] == label for image, label in zip(test.inputs(), test.labels))
+
+
+def test_the_foreign_suite_takes_bundles_for_one_deployment_only_when_wire_and_files_agree(tmp_path):
+    """The image sent raw and as PNG run the same cloud file: they are two deployments (one run took PNG's and
+    JPEG's times from raw's), while a copy of a bundle is the same one."""
+    import shutil
+
+    from benchmarks.foreign import deployment_of
+    from toolchain.build import BuildOptions, build_engines
+    from toolchain.load import InputOptions
+
+    from conftest import INPUT_SHAPE, TINY_WEIGHTS
+
+    built = {picture: build_engines(BuildOptions(
+        strategy="cloud-only", image_format=picture, model="conftest:TinyNet", weights=TINY_WEIGHTS,
+        inputs=InputOptions(INPUT_SHAPE, "pad"), output=tmp_path / picture), show_progress=False).bundle
+        for picture in ("raw", "png")}
+    shutil.copytree(built["raw"], tmp_path / "copy")
+    raw, png = deployment_of(built["raw"]), deployment_of(built["png"])
+    assert raw["files"] == png["files"] and raw != png
+    assert deployment_of(tmp_path / "copy") == raw

@@ -221,7 +221,9 @@ def test_the_budget_starts_nothing_that_would_leave_no_time_to_build_the_winners
     with budget.timed("point"):
         time.sleep(0.05)
     assert 0.05 <= budget.longest["point"] < 1.0
-    budget.longest.update(build=0.3, head=0.2, point=0.3)  # 9 s + 2 builds of 0.3 s: room for a head, not its point
+    # 9.05 s spent; 2 builds of 0.25 s and a head of 0.15 s, reckoned at 1.25x, fit; with a point of 0.25 s they
+    # do not, though at 1x (9.95 s) they would
+    budget.longest.update(build=0.25, head=0.15, point=0.25)
     assert budget.allows("head") and not budget.allows("head", "point")
     budget.longest["build"] = 0.6  # two winners' builds alone would end past the budget
     assert not budget.allows()

@@ -34,6 +34,7 @@ from toolchain.data import ImageSet, load_images
 from toolchain.errors import EdgesplitError
 from toolchain.exit_branch import ExitBranch, load_exit, train_exit
 from toolchain.exit_calibration import DEFAULT_EXIT_MAX_LOSS, curve, exit_checks, measure, pick
+from toolchain.fault import at_fault
 from toolchain.image_formats import mean_image_bytes
 from toolchain.load import InputOptions, LoadedModel, load_model
 from toolchain.lossless import AUTO as AUTO_LOSSLESS, choose as choose_lossless
@@ -275,7 +276,8 @@ def evaluate_stage(build: Build) -> None:
     checks["bounds"] = bounds._asdict()
     problem = failed_bound(checks, bounds)
     if problem:
-        raise EdgesplitError(f"{problem}; nothing was written to {build.output}")
+        raise EdgesplitError(f"{problem}; {at_fault(build, bundle, inputs, reference, bounds)}; nothing was written "
+                             f"to {build.output}")
 
 
 def compile_stage(build: Build) -> None:

@@ -169,3 +169,22 @@ def rgb64() -> nn.Module:
         nn.Conv2d(16, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)))
+
+
+class TokenMixer(nn.Module):
+    """ViT's shape without attention: 8x8 patches → 16 tokens of 32 features → an MLP per token → mean → classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patches = nn.Conv2d(1, 32, 8, stride=8)
+        self.mlp = nn.Sequential(nn.LayerNorm(32), nn.Linear(32, 32), nn.GELU())
+        self.classifier = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patches(x).flatten(2).transpose(1, 2)
+        return self.classifier(self.mlp(tokens).mean(1))
+
+
+def token_mixer() -> nn.Module:
+    torch.manual_seed(0)
+    return TokenMixer()

@@ -94,6 +94,19 @@ def test_architectures_nobody_designed_for_build_and_reproduce_pytorch(name, dev
         np.testing.assert_allclose(found, wanted, atol=1e-3, rtol=1e-3)  # the cloud ONNX is the tail, exactly
 
 
+def test_a_token_cut_is_quantized_per_feature_and_refused_on_the_pi_in_one_line(tmp_path):
+    model = ["--model", "architectures:token_mixer", "--input-shape", "1,32,32", "--resize", "pad", "--split", "mlp_1",
+             "--codec", "int8:per=channel", "--max-loss", "100", "--min-agreement", "0"]
+    result, output = build([*model, "--target", "cpu"], tmp_path)
+    assert result.exit_code == 0, result.output[-2000:]
+    assert len(load_bundle(output).manifest["codec"]["scale"]) == 32  # 16 tokens of 32 features: one per feature
+    result, _ = build([*model, "--target", "raspberry-pi"], tmp_path, "pi")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [
+        "error: raspberry-pi's full-int8 TFLite half sends a C x H x W map; this cut crosses 16x32 (tokens?): split "
+        "where a convolution's map crosses, or build for another edge device"]
+
+
 def write_folder(root: Path, images: np.ndarray, labels: np.ndarray, suffix: str) -> None:
     from PIL import Image
 

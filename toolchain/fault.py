@@ -33,8 +33,8 @@ def at_fault(build: Build, bundle: Bundle, inputs: np.ndarray, reference: list[n
     codes = float_codes(build, inputs)
     codec = checks_of(build, inputs, reference, predict_outputs(build.parts.cloud(), codes))
     if failed_bound(codec, bounds):
-        return f"with both halves in float (PyTorch) the codec alone gives {score(codec)}: try another --codec or " \
-               "--split"
+        return f"with both halves in float (PyTorch) the codec alone ({build.codec.name} at split " \
+               f"{build.halves.point.node}) gives {score(codec)}: try another --codec or --split"
     lowered = [role for role in ROLES if build.precisions[role] in HIGHER]
     checks = {role: alone(build, bundle, role, inputs, reference, codes) for role in lowered}
     failing = [role for role in lowered if failed_bound(checks[role], bounds)]

@@ -169,3 +169,23 @@ def rgb64() -> nn.Module:
         nn.Conv2d(16, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)))
+
+
+class TinyViT(nn.Module):
+    """A ViT in miniature: 8x8 patches → 16 tokens of 32 features → two attention blocks → mean → classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patches = nn.Conv2d(1, 32, 8, stride=8)
+        self.blocks = nn.Sequential(*(nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+                                      for _ in range(2)))
+        self.classifier = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patches(x).flatten(2).transpose(1, 2)
+        return self.classifier(self.blocks(tokens).mean(1))
+
+
+def tiny_vit() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyViT()

@@ -10,7 +10,7 @@ from runtime.bundle import load_bundle
 from runtime.local import SplitInference
 from toolchain.cli import main
 from toolchain.codec_search import search, grid
-from toolchain.codec_training import load_checkpoint, prepare_training, score_codec, train_codec
+from toolchain.codec_training import epochs_for, load_checkpoint, prepare_training, score_codec, train_codec
 from toolchain.codecs import make_codec
 from toolchain.load import InputOptions
 from toolchain.data import to_model_input
@@ -129,6 +129,11 @@ def test_train_codec_then_build_a_learned_bundle(tmp_path, holdout, plain_cnn):
     assert "hold codec bbnet:c=4,s=2,bits=4, not the requested bbnet:c=8,s=2,bits=4" in wrong.stderr
 
 
+def test_a_codec_trained_in_the_build_takes_as_many_epochs_as_its_data_needs():
+    """Two epochs of 1,000 images are 16 steps: a codec that has not learned anything, refused as if it could not."""
+    assert [epochs_for(frames) for frames in (60000, 1000, 100, 1)] == [2, 113, 200, 200]
+
+
 @pytest.mark.parametrize("family", ["bbnet", "safbmp"])
 def test_learned_codec_inside_exported_onnx_matches_pytorch(family, tmp_path, plain_cnn, holdout):
     """build-engines trains the codec itself when given --train-data, then exports and checks it."""
@@ -145,6 +150,7 @@ def test_learned_codec_inside_exported_onnx_matches_pytorch(family, tmp_path, pl
     assert checks["edge_max_abs_error"] <= 1 and checks["edge_mismatched_fraction"] < 0.01
     assert checks["cloud_max_abs_error"] <= 1e-3
     assert report.manifest["codec"]["name"] == family and report.manifest["wire"]["bits"] == 6
+    assert report.manifest["codec"]["epochs"] == 1 and report.manifest["codec"]["training_frames"] == 512
     assert checks["mean_payload_bytes"] == 4 * 8 * 8 * 6 // 8
     bundle_top1 = top1(SplitInference(load_bundle(report.bundle))(to_model_input(holdout.images[:50], INPUT_SHAPE)))
     assert bundle_top1.shape == (50,)

@@ -74,6 +74,16 @@ def test_per_channel_uses_the_range_of_each_channel(features):
     assert error_channel < error_tensor / 10
 
 
+def test_per_channel_on_tokens_is_per_feature():
+    """A transformer's cut crosses N x tokens x features: a scale per feature, shared by every token."""
+    tokens = torch.randn(8, 5, 3) * torch.tensor([0.01, 1.0, 100.0])
+    codec = AffineCodec((5, 3), per="channel")
+    codec.calibrate(tokens)
+    assert codec.scale.shape == (1, 1, 3)
+    assert torch.all((codec(tokens) - tokens).abs() <= codec.scale / 2 + 1e-6)
+    assert (codec(tokens)[..., 0] - tokens[..., 0]).abs().max() < 1e-4
+
+
 def test_post_relu_features_use_all_codes(features):
     for bits in (8, 4):
         codec = AffineCodec(SHAPE, bits=bits)

@@ -38,6 +38,24 @@ def tiny():
     return load_model("conftest:TinyNet", TINY_WEIGHTS, InputOptions(INPUT_SHAPE, "pad"))
 
 
+def test_a_missed_bound_names_the_half_its_precision_and_the_option_that_passes(tmp_path):
+    """The tiny model's INT8 cloud half agrees on about 97 % alone, the Nano's FP16 head on 99 %: the refusal
+    names the cloud half, its precision and its score, and the option it names makes the build pass."""
+    arguments = ["build-engines", *TINY_MODEL, "--target", "jetson-nano", "--min-agreement", "0.99", "--output",
+                 str(tmp_path / "bundle")]
+    refused = CliRunner().invoke(main, arguments)
+    assert refused.exit_code == 1 and "Traceback" not in refused.output, refused.output
+    line = refused.output.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"error: output 'logits' agrees with the float model on [\d.]+% of held-out images \(bound --min-agreement "
+        r"99.00%\); the edge half \(fp16 on jetson-nano\) beside the other in float: 99.\d\d% top-1 agreement, "
+        r"[\d.-]+ pt lost; the cloud half \(int8 on cloud-gpu\) beside the other in float: 9[0-8].\d\d% top-1 "
+        r"agreement, [\d.-]+ pt lost: the cloud half misses it alone; --cloud-precision fp16 would build the cloud "
+        r"half in fp16; nothing was written to \S+", line), line
+    passed = CliRunner().invoke(main, arguments + ["--cloud-precision", "fp16"])
+    assert passed.exit_code == 0, passed.output
+
+
 @pytest.mark.parametrize("edge,cloud", PAIRS)
 def test_every_edge_device_works_with_every_cloud_device(edge, cloud, tiny, holdout, tmp_path):
     output = tmp_path / "bundle"

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
@@ -92,6 +93,25 @@ def test_architectures_nobody_designed_for_build_and_reproduce_pytorch(name, dev
     expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
     for found, wanted in zip(deployed, expected):
         np.testing.assert_allclose(found, wanted, atol=1e-3, rtol=1e-3)  # the cloud ONNX is the tail, exactly
+
+
+def test_a_transformer_splits_between_attention_blocks_on_every_device_that_takes_tokens(tmp_path):
+    """Per-channel int8 on tokens is per feature; the Nano's opset 13 has no attention op, so it is decomposed;
+    the Pi's converter takes maps only and says so."""
+    model = ["--model", "architectures:tiny_vit", "--input-shape", "1,32,32", "--resize", "pad", "--split", "blocks_0",
+             "--codec", "int8:per=channel", "--max-loss", "100", "--min-agreement", "0"]
+    result, output = build([*model, "--target", "cpu"], tmp_path)
+    assert result.exit_code == 0, result.output[-2000:]
+    assert len(load_bundle(output).manifest["codec"]["scale"]) == 32  # 16 tokens of 32 features: one per feature
+    result, output = build([*model, "--target", "jetson-nano"], tmp_path, "nano")
+    assert result.exit_code == 0, result.output[-2000:]
+    edge = onnx.load(output / load_bundle(output).artefact("edge")["file"])
+    assert edge.opset_import[0].version == 13 and {"MatMul", "Softmax"} <= {n.op_type for n in edge.graph.node}
+    result, _ = build([*model, "--target", "raspberry-pi"], tmp_path, "pi")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1:] == [
+        "error: raspberry-pi's full-int8 TFLite half sends a C x H x W map; this cut crosses 16x32 (tokens?): split "
+        "where a convolution's map crosses, or build for another edge device"]
 
 
 def write_folder(root: Path, images: np.ndarray, labels: np.ndarray, suffix: str) -> None:

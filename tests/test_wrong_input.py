@@ -44,6 +44,30 @@ def test_a_model_that_does_not_run_on_the_given_shape_says_why_in_one_line():
     assert "expected input[1, 3, 32, 32] to have 1 channels" in line
 
 
+def test_a_factory_that_raises_or_cannot_be_imported_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "stranger_factory.py").write_text("def model():\n    raise ValueError('no width 7')\n")
+    (tmp_path / "stranger_broken.py").write_text("raise RuntimeError('broken at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert one_line_error(["list-splits", "--model", "stranger_factory:model"]) == (
+        "error: stranger_factory:model() raised ValueError: no width 7; expected it to return the model called "
+        "with no arguments")
+    assert one_line_error(["list-splits", "--model", "stranger_broken:model"]) == (
+        "error: importing stranger_broken raised RuntimeError: broken at import")
+
+
+def test_a_file_that_is_not_a_torch_export_archive_is_one_line(tmp_path):
+    import torch
+
+    (tmp_path / "text.pt2").write_text("hello")
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "checkpoint.pt2")
+    expected = "; expected a file written by torch.export.save"
+    for name, problem in (("text.pt2", "is not a .pt2 archive (not a zip file)"), ("missing.pt2", "does not exist"),
+                          ("checkpoint.pt2", "is a zip file but no torch.export archive (a torch.save checkpoint? "
+                                             "give it as --weights)")):
+        path = tmp_path / name
+        assert one_line_error(["list-splits", "--model", str(path)]) == f"error: {path} {problem}{expected}"
+
+
 def save_png(path: Path, mode: str, alpha: int = 255) -> Path:
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(28, 28, len(mode)), dtype=np.uint8)

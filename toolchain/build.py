@@ -28,12 +28,13 @@ from targets import ROLES, Deployment, deployment
 from toolchain import cache
 from toolchain.backends import Half, Parts, check_precision, exporter
 from toolchain.bundle import finish_bundle, staging_directory
-from toolchain.codec_training import load_checkpoint, prepare_training, read_checkpoint, train_codec
+from toolchain.codec_training import epochs_for, load_checkpoint, prepare_training, read_checkpoint, train_codec
 from toolchain.codecs import DEFAULT_CODEC, LEARNED, FeatureCodec, PixelCodec, make_cut_codec, parse_codec_spec
 from toolchain.data import ImageSet, load_images
 from toolchain.errors import EdgesplitError
 from toolchain.exit_branch import ExitBranch, load_exit, train_exit
 from toolchain.exit_calibration import DEFAULT_EXIT_MAX_LOSS, curve, exit_checks, measure, pick
+from toolchain.fault import at_fault
 from toolchain.image_formats import mean_image_bytes
 from toolchain.load import InputOptions, LoadedModel, load_model
 from toolchain.lossless import AUTO as AUTO_LOSSLESS, choose as choose_lossless
@@ -59,7 +60,7 @@ class BuildOptions(NamedTuple):
     codec_weights: Path | None = None  # a train-codec checkpoint for a learned codec
     lossless: str = AUTO_LOSSLESS  # or a stage of runtime.wire.LOSSLESS
     train_data: str | None = None  # where a learned codec or exit branch without weights is trained
-    codec_epochs: int = 2  # when a learned codec is trained during the build
+    codec_epochs: int | None = None  # when a learned codec is trained during the build; None: by the data's size
     calib: str | None = None
     output: Path | None = None
     max_loss: float = 1.0  # accuracy points the bundle may lose against the float model
@@ -275,7 +276,8 @@ def evaluate_stage(build: Build) -> None:
     checks["bounds"] = bounds._asdict()
     problem = failed_bound(checks, bounds)
     if problem:
-        raise EdgesplitError(f"{problem}; nothing was written to {build.output}")
+        raise EdgesplitError(f"{problem}; {at_fault(build, bundle, inputs, reference, bounds)}; nothing was written "
+                             f"to {build.output}")
 
 
 def compile_stage(build: Build) -> None:
@@ -389,8 +391,9 @@ def prepare_codec(options: BuildOptions, loaded: LoadedModel, halves: Split) -> 
         raise EdgesplitError(f"codec {spec.name!r} must be trained: give --codec-weights from "
                              "`edgesplit train-codec`, or --train-data to train it here")
     frozen = prepare_training(loaded.module, point.node, loaded.spec(), data, test_frames=0)
-    train_codec(codec, frozen.tail, frozen.train, options.codec_epochs, seed=0)
-    return codec, {"learned": True, "trained_here": True}
+    epochs = options.codec_epochs or epochs_for(len(frozen.train))
+    train_codec(codec, frozen.tail, frozen.train, epochs, seed=0)
+    return codec, {"learned": True, "trained_here": True, "epochs": epochs, "training_frames": len(frozen.train)}
 
 
 def prepare_exit(options: BuildOptions, loaded: LoadedModel, split: str) -> ExitBranch | None:

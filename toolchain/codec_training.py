@@ -24,6 +24,14 @@ from toolchain.train import fit, progress_bar, steps_per_epoch
 
 TEMPERATURE = 2.0
 CHECKPOINT_VERSION = 1
+# What two epochs of Fashion-MNIST's 60,000 images in batches of 128 give the default model's codecs; a
+# build's own training takes as many epochs as its data needs for these steps
+TRAINING_STEPS, BATCH_SIZE, MAX_EPOCHS = 900, 128, 200
+
+
+def epochs_for(frames: int, batch_size: int = BATCH_SIZE) -> int:
+    """Epochs for about TRAINING_STEPS optimizer steps over `frames` (2 on 60,000 images, 113 on 1,000)."""
+    return max(2, min(MAX_EPOCHS, -(-TRAINING_STEPS // steps_per_epoch(frames, batch_size))))
 
 
 class FeatureCache(NamedTuple):
@@ -130,7 +138,7 @@ def load_checkpoint(path: Path, split: str, model_sha256: str, feature_shape: tu
 
 def train_codec(
     codec: FeatureCodec, tail: nn.Module, cache: FeatureCache, epochs: int, seed: int,
-    batch_size: int = 128, lr: float = 2e-3, checkpoint: Path | None = None,
+    batch_size: int = BATCH_SIZE, lr: float = 2e-3, checkpoint: Path | None = None,
     checkpoint_facts: dict | None = None, resume: bool = False,
 ) -> float:
     """Train the codec's parameters only; returns seconds. Checkpoints after every epoch."""

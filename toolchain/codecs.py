@@ -135,6 +135,11 @@ class FeatureCodec(nn.Module):
                 "code_shape": list(self.code_shape), "learned": self.learned}
 
 
+def channel_axis(rank: int) -> int:
+    """Where a batch's channels are: dim 1 of N, C, ... maps; the last of a transformer's N, tokens, features."""
+    return 2 if rank == 3 else 1
+
+
 class AffineCodec(FeatureCodec):
     """Calibrated asymmetric n-bit quantization of the split tensor, per tensor or per channel.
 
@@ -157,10 +162,11 @@ class AffineCodec(FeatureCodec):
 
     @torch.no_grad()
     def calibrate(self, features: torch.Tensor) -> None:
-        """Min/max ranges from a batch of split-tensor features (N, C, ...)."""
+        """Min/max ranges from a batch of split-tensor features (N, C, ...), or (N, tokens, features)."""
         per_channel = self.per == "channel"
-        reduce = [d for d in range(features.dim()) if not (per_channel and d == 1)]
-        # per channel, ranges keep shape (1, C, 1, ...) so they broadcast over NC... features
+        axis = channel_axis(features.dim())
+        reduce = [d for d in range(features.dim()) if not (per_channel and d == axis)]
+        # per channel, ranges keep shape (1, C, 1, ...) or (1, 1, D) so they broadcast over the features
         low = features.amin(dim=reduce, keepdim=per_channel).clamp(max=0.0)
         high = features.amax(dim=reduce, keepdim=per_channel).clamp(min=0.0)
         scale = (high - low) / (self.levels - 1)

@@ -51,12 +51,14 @@ def first_output(result):
 
 
 @torch.no_grad()
-def predict_outputs(model: nn.Module, inputs: np.ndarray, batch_size: int = 500) -> list[np.ndarray]:
-    """Every output of a model in eval mode, one array per output."""
+def predict_outputs(model: nn.Module, inputs: np.ndarray | list[np.ndarray], batch_size: int = 500) \
+        -> list[np.ndarray]:
+    """Every output of a model in eval mode, one array per output; `inputs` a list where the model takes several."""
     model.eval()
+    parts = inputs if isinstance(inputs, list) else [inputs]
     batches = []
-    for start in range(0, len(inputs), batch_size):
-        result = model(torch.from_numpy(inputs[start:start + batch_size]))
+    for start in range(0, len(parts[0]), batch_size):
+        result = model(*(torch.from_numpy(part[start:start + batch_size]) for part in parts))
         values = result.values() if isinstance(result, dict) else result if isinstance(result, (tuple, list)) \
             else (result,)
         batches.append([tensor.numpy() for tensor in values])

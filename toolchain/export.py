@@ -4,6 +4,7 @@ onnx.checker, metadata in the file, and a numerical comparison with PyTorch thro
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from pathlib import Path
@@ -19,6 +20,30 @@ from runtime.backends.onnxrt.runner import OnnxRuntimeRunner
 from toolchain.errors import EdgesplitError
 
 
+def _attention_below_opset_14() -> None:
+    """Opset 13 (TensorRT 8.2 on the Nano) has no symbolic for scaled dot-product attention; opset 14's
+    decomposition (Transpose, MatMul, Softmax, ...) uses only ops opset 13 has, so transformers export there."""
+    from torch.onnx import symbolic_opset14
+
+    torch.onnx.register_custom_op_symbolic("aten::scaled_dot_product_attention",
+                                           symbolic_opset14.scaled_dot_product_attention, 13)
+
+
+_attention_below_opset_14()
+
+
+@contextlib.contextmanager
+def attention_unfused():
+    """Without gradients, nn.TransformerEncoderLayer runs one fused op that has no ONNX export; this makes it run
+    its modules (attention, feed-forward) as in training."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
 class ExportCheck(NamedTuple):
     max_abs_error: float
     mismatched_fraction: float  # integer outputs: share of elements that differ at all
@@ -30,20 +55,39 @@ def export_onnx(
 ) -> None:
     """Export with a dynamic batch axis, simplify, check, and stamp metadata into the file."""
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # TorchScript deprecation chatter
-        torch.onnx.export(
-            module.eval(), tuple(examples), buffer, dynamo=False, opset_version=opset,
-            input_names=list(input_names), output_names=list(output_names),
-            dynamic_axes={name: {0: "batch"} for name in (*input_names, *output_names)},
-        )
+    with warnings.catch_warnings(), torch.no_grad(), attention_unfused(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # TorchScript deprecation chatter; stdout: the graph dumped on a failure
+        try:
+            torch.onnx.export(
+                module.eval(), tuple(examples), buffer, dynamo=False, opset_version=opset,
+                input_names=list(input_names), output_names=list(output_names),
+                dynamic_axes={name: {0: "batch"} for name in (*input_names, *output_names)},
+            )
+        except Exception as error:  # the exporter raises many types, with the graph dumped after the reason
+            reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+            raise EdgesplitError(f"{path.stem} cannot be exported to ONNX at opset {opset}: {reason}") from error
     model = onnx.load_from_string(buffer.getvalue())
     simplified, valid = onnxsim.simplify(model)
     if not valid:
         raise EdgesplitError(f"onnxsim could not validate the simplified {path.name}")
+    pin_output_shapes(simplified, module, examples)
     onnx.helper.set_model_props(simplified, metadata)
     onnx.checker.check_model(simplified, full_check=True)
     onnx.save(simplified, path)
+
+
+def pin_output_shapes(model: onnx.ModelProto, module: nn.Module, examples: tuple[torch.Tensor, ...]) -> None:
+    """Every output's axes but the batch as PyTorch computes them: reshapes traced from a dynamic batch (attention
+    decomposed, say) leave ONNX's shape inference with unknown axes TensorRT would take as dynamic. The
+    checker's full shape inference then verifies them."""
+    with torch.no_grad():
+        result = module.eval()(*examples)
+    for output, tensor in zip(model.graph.output, result if isinstance(result, tuple) else (result,)):
+        dims = output.type.tensor_type.shape.dim
+        if len(dims) != tensor.dim():
+            continue  # left to the checks that compare with PyTorch
+        for dim, size in list(zip(dims, tensor.shape))[1:]:
+            dim.dim_value = size
 
 
 def compare_with_torch(module: nn.Module, path: Path, inputs: tuple[torch.Tensor, ...]) -> list[ExportCheck]:

@@ -7,6 +7,7 @@ import importlib
 import operator
 import os
 import sys
+import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -104,13 +105,22 @@ def _load_factory(spec: str) -> nn.Module:
     except (ImportError, AttributeError) as error:
         raise ModelLoadError(f"cannot import {spec!r} (from the current folder or the installed packages): "
                              f"{error}") from error
-    model = factory()
+    except Exception as error:  # the module itself failed while it was imported
+        raise ModelLoadError(f"importing {module_name} raised {type(error).__name__}: {error}") from error
+    try:
+        model = factory()
+    except Exception as error:
+        raise ModelLoadError(f"{spec}() raised {type(error).__name__}: {error}; expected it to return the model "
+                             "called with no arguments") from error
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{spec} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
 def _load_exported(path: Path) -> tuple[nn.Module, tuple[int, int, int] | None]:
+    problem = _not_an_archive(path)
+    if problem:  # said before torch reads it: torch logs a traceback of its own before raising
+        raise ModelLoadError(f"{path} {problem}; expected a file written by torch.export.save")
     try:
         program = torch.export.load(path)
     except Exception as error:
@@ -126,6 +136,17 @@ def _load_exported(path: Path) -> tuple[nn.Module, tuple[int, int, int] | None]:
     unlifted = program.module()
     # the unlifted module refuses .eval(); a plain GraphModule over the same graph does not
     return torch.fx.GraphModule(unlifted, unlifted.graph), shape
+
+
+def _not_an_archive(path: Path) -> str | None:
+    if not path.is_file():
+        return "does not exist"
+    if not zipfile.is_zipfile(path):
+        return "is not a .pt2 archive (not a zip file)"
+    with zipfile.ZipFile(path) as archive:
+        if not any(name.endswith("/archive_format") for name in archive.namelist()):
+            return "is a zip file but no torch.export archive (a torch.save checkpoint? give it as --weights)"
+    return None
 
 
 def _static_batch(program) -> int | None:

@@ -66,6 +66,10 @@ def build_summary(report) -> Table:
     if "exit" in checks:
         for row in exit_rows(manifest["exit"], checks):
             table.add_row(*row)
+    if "wire_clipped_share" in checks:
+        low, high = checks["wire_range"]
+        table.add_row("wire range", f"{low:.3g} to {high:.3g} (the calibration images' min/max): "
+                                    f"{checks['wire_clipped_share']:.2%} of held-out feature values beyond it, clipped")
     differences = [f"{role} max |Δ| {checks[f'{role}_max_abs_error']:.3g}" for role in STRATEGIES[strategy]
                    if f"{role}_max_abs_error" in checks]  # an integer-only artefact has its own checks
     if differences:

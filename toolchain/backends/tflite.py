@@ -63,20 +63,35 @@ def first_line(error: Exception) -> str:
     return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
 
 
-def quantize_static(float_path: Path, input_name: str, samples: list[dict], path: Path) -> None:
-    """ai-edge-quantizer's static int8 recipe, with the input's range set to what pixels can be, [0, 1].
+def quantize_static(float_path: Path, fixed: dict[str, tuple[float, float]], samples: list[dict], path: Path) -> None:
+    """ai-edge-quantizer's static int8 recipe, with the ranges of the tensors in `fixed` (its input and outputs)
+    set, not measured.
 
-    Its calibration keeps a moving average of each sample's range: good for activations, but the input's
-    ends short of the data's (Fashion-MNIST reached 0.85 of 1.0) and would clip the brightest pixels."""
+    Its calibration keeps a moving average of each sample's range: good for activations inside, but the
+    input's ends short of the data's (Fashion-MNIST reached 0.85 of 1.0, clipping the brightest pixels), and
+    the output's clip every frame beyond the average (a keyword-spotting head's wire reached 5.70 of 9.47)."""
     from ai_edge_quantizer import quantizer, recipe
 
     quantizing = quantizer.Quantizer(str(float_path))
     quantizing.load_quantization_recipe(recipe.static_wi8_ai8())
     ranges = quantizing.calibrate({"serving_default": samples})
-    low, high = PIXEL_RANGE
-    measured = ranges[input_name]
-    ranges[input_name] = dict(measured, min=np.full_like(measured["min"], low), max=np.full_like(measured["max"], high))
+    for name, (low, high) in fixed.items():
+        measured = ranges[name]
+        ranges[name] = dict(measured, min=np.full_like(measured["min"], low), max=np.full_like(measured["max"], high))
     quantizing.quantize(ranges).export_model(str(path), overwrite=True)
+
+
+@torch.no_grad()
+def output_ranges(module: nn.Module, images: np.ndarray, batch: int = 64) -> dict[int, tuple[float, float]]:
+    """Each output's range over all of `images`, zero included, keyed by its rank (4: the features, 2: exit
+    logits)."""
+    ranges = {}
+    for start in range(0, len(images), batch):
+        result = module.eval()(torch.from_numpy(images[start:start + batch]))
+        for output in result if isinstance(result, (tuple, list)) else (result,):
+            low, high = ranges.get(output.dim(), (0.0, 0.0))
+            ranges[output.dim()] = (min(low, float(output.min())), max(high, float(output.max())))
+    return ranges
 
 
 def graph_ops(path: Path) -> list[tuple[str, set[str]]]:
@@ -118,8 +133,11 @@ def convert_and_quantize(module: nn.Module, calibration: np.ndarray, path: Path)
         interpreter = load_interpreter_module().Interpreter(model_path=str(float_path))
         input_key = interpreter.get_signature_list()["serving_default"]["inputs"][0]
         samples = [{input_key: nhwc_calibration[i:i + 1]} for i in range(len(nhwc_calibration))]
+        fixed = {interpreter.get_input_details()[0]["name"]: PIXEL_RANGE}
+        ranges = output_ranges(module, calibration)
+        fixed.update({detail["name"]: ranges[len(detail["shape"])] for detail in interpreter.get_output_details()})
         try:
-            quantize_static(float_path, interpreter.get_input_details()[0]["name"], samples, path)
+            quantize_static(float_path, fixed, samples, path)
         except Exception as error:  # as above: one line naming what the quantizer refused
             raise EdgesplitError(f"ai-edge-quantizer cannot make the edge half full-int8: {first_line(error)}") \
                 from error
@@ -179,7 +197,13 @@ def export(half: Half) -> tuple[dict, dict]:
 
     if half.parts.codec is None:
         return export_whole(half)
-    artefact = convert_int8(half.parts.edge_before_quantizer(), half.calibration, half.directory / FILE)
+    shape = half.parts.code_shapes[0]
+    if len(shape) != 3:  # the converter turns C x H x W maps channel-last; anything else has no such layout
+        raise EdgesplitError(f"{half.device.name}'s full-int8 TFLite half sends a C x H x W map; this cut crosses "
+                             f"{'x'.join(map(str, shape))} (tokens?): split where a convolution's map crosses, or "
+                             "build for another edge device")
+    module = half.parts.edge_before_quantizer()
+    artefact = convert_int8(module, half.calibration, half.directory / FILE)
     check_input_range(artefact.input_quantization)
     mapping = half.parts.codec.map_int8_output(*artefact.output_quantization)
     outputs = [_tensor(artefact.output_name, artefact.output_shape, artefact.output_quantization)]
@@ -191,7 +215,17 @@ def export(half: Half) -> tuple[dict, dict]:
              "codes": {"dtype": "int8", "values": f"integers 0..{half.parts.codec.levels - 1} after to_codes",
                        "note": "the output is the int8 tensor before the codec's quantizer; to_codes maps it"},
              "tools": {name: metadata.version(name) for name in TOOLS}, "verification": VERIFICATION}
-    return entry, {}
+    return entry, wire_clipping(module, half.sample, artefact.output_quantization)
+
+
+def wire_clipping(module: nn.Module, images: np.ndarray, quantization: tuple[float, int]) -> dict:
+    """The int8 output's range, and the share of feature values of `images` (held out) beyond it."""
+    scale, zero_point = quantization
+    low, high = scale * (-128 - zero_point), scale * (127 - zero_point)
+    with torch.no_grad():
+        features = first_output(module.eval()(torch.from_numpy(images)))
+    beyond = ((features < low - scale / 2) | (features > high + scale / 2)).float().mean()
+    return {"wire_range": [low, high], "wire_clipped_share": float(beyond)}
 
 
 class _LogitsAsMap(nn.Module):

@@ -1,0 +1,89 @@
+"""Which half of a bundle that missed its bound is at fault, and the option that would keep it in float.
+
+Each deployed half is run beside the other in float (PyTorch, the codec's own quantization kept), on the
+same held-out images: the half that misses the bound alone is the one to build in higher precision."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from runtime.bundle import Bundle
+from runtime.local import CloudHalf, edge_half
+from targets import ROLES
+from toolchain.backends import check_precision
+from toolchain.errors import TargetError
+from toolchain.evaluate import Bounds, compare_outputs, failed_bound, predict_outputs
+
+if TYPE_CHECKING:
+    from toolchain.build import Build
+
+PRECISION_OPTION = {"edge": "--precision", "cloud": "--cloud-precision"}
+HIGHER = {"int8": "fp16", "fp16": "fp32"}
+
+
+def at_fault(build: Build, bundle: Bundle, inputs: np.ndarray, reference: list[np.ndarray], bounds: Bounds) -> str:
+    """One clause naming what is at fault (the codec, or a half with its precision), what it scores alone,
+    and what would pass."""
+    if bundle.strategy != "split":  # one half runs the whole model
+        role = bundle.answering_role
+        return f"{describe(build, role)} runs the whole model{hint(build, role)}"
+    codes = float_codes(build, inputs)
+    codec = checks_of(build, inputs, reference, predict_outputs(build.parts.cloud(), codes))
+    if failed_bound(codec, bounds):
+        return f"with both halves in float (PyTorch) the codec alone ({build.codec.name} at split " \
+               f"{build.halves.point.node}) gives {score(codec)}: try another --codec or --split"
+    lowered = [role for role in ROLES if build.precisions[role] in HIGHER]
+    checks = {role: alone(build, bundle, role, inputs, reference, codes) for role in lowered}
+    failing = [role for role in lowered if failed_bound(checks[role], bounds)]
+    scores = "; ".join(f"{describe(build, role)} beside the other in float: {score(checks[role])}" for role in lowered)
+    verdict = f"the {failing[0]} half misses it alone" if len(failing) == 1 else "both halves miss it alone" \
+        if failing else \
+        "each half alone meets the bound, the two together do not"
+    return f"{scores}: {verdict}" + "".join(hint(build, role) for role in failing or lowered)
+
+
+def float_codes(build: Build, inputs: np.ndarray) -> np.ndarray | list[np.ndarray]:
+    """The codes PyTorch's head and encoder give (a list when several tensors cross)."""
+    codes = build.parts.codes(inputs, torch.uint8)
+    return [part.numpy() for part in codes] if isinstance(codes, tuple) else codes.numpy()
+
+
+def alone(build: Build, bundle: Bundle, role: str, inputs: np.ndarray, reference: list[np.ndarray],
+          codes: np.ndarray | list[np.ndarray]) -> dict:
+    """The checks of the bundle with only `role` deployed, the other half in PyTorch."""
+    if role == "edge":
+        outputs = predict_outputs(build.parts.cloud(), edge_half(bundle, verified=True).codes(inputs))
+    else:
+        outputs = CloudHalf(bundle, verified=True).outputs_of(codes)
+    return checks_of(build, inputs, reference, outputs)
+
+
+def checks_of(build: Build, inputs: np.ndarray, reference: list[np.ndarray], outputs: list[np.ndarray]) -> dict:
+    checks = compare_outputs(build.halves.outputs, build.output_kinds, reference, outputs, build.holdout.labels)
+    return {**checks, "holdout_frames": len(inputs)}
+
+
+def describe(build: Build, role: str) -> str:
+    return f"the {role} half ({build.precisions[role]} on {build.deployment.device(role).name})"
+
+
+def score(checks: dict) -> str:
+    """Top-1 agreement, and the accuracy lost when labels are known."""
+    words = f"{checks['top1_agreement']:.2%} top-1 agreement"
+    if "bundle_accuracy" in checks:
+        words += f", {100 * (checks['float_accuracy'] - checks['bundle_accuracy']):.2f} pt lost"
+    return words
+
+
+def hint(build: Build, role: str) -> str:
+    """The option that builds `role` one precision higher, where its device does; else what else could pass."""
+    device, precision = build.deployment.device(role), build.precisions[role]
+    higher = HIGHER.get(precision)
+    try:
+        check_precision(device, role, higher)
+    except TargetError:
+        return f"; {device.name} builds its {role} half in {precision} at most: try another --split or --codec"
+    return f"; {PRECISION_OPTION[role]} {higher} would build the {role} half in {higher}"

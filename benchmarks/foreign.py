@@ -102,6 +102,7 @@ def train(name: str, data: Path, weights: Path, epochs: int, progress: Progress)
     from toolchain.data import load_images
 
     images = load_images(str(data), "train", load(name, None).spec())
+    torch.manual_seed(0)  # the same weights every run: reruns compare, and optimize's cache applies
     model = MODELS[name][0]()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     inputs, labels = torch.from_numpy(images.inputs()), torch.from_numpy(images.labels)

@@ -275,8 +275,8 @@ def _edge_session(bundle, config, frames, fps=None, threads=None):
         stats = client.stats.as_dict()
     elapsed = time.monotonic() - started
     outcomes.sort(key=lambda outcome: outcome.index)
-    answered = [o for o in outcomes if o.logits is not None]
-    labeled = [o for o in answered if o.label is not None]
+    answered = [o for o in outcomes if o.answered_by != ERROR]
+    labeled = [o for o in answered if o.label is not None and o.logits is not None]
     latencies = [o.latency_s * 1000 for o in answered]
     summary = dict(stats, seconds=round(elapsed, 3), frames_per_second=round(len(outcomes) / elapsed, 2),
                    accuracy=(sum(int(o.logits.argmax() == o.label) for o in labeled) / len(labeled)

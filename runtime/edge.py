@@ -251,7 +251,8 @@ class EdgeClient(Replies):
         lock, so that `run` never sees a frame neither pending nor queued."""
         self.stats.outcomes[answered_by] += 1
         outputs = outputs if outputs is None or isinstance(outputs, list) else [outputs]
-        logits = None if outputs is None else outputs[self.scored if len(outputs) > 1 else 0]
+        # an exit's answer is one array, the class output's own
+        logits = None if outputs is None or self.scored is None else outputs[self.scored if len(outputs) > 1 else 0]
         self._outcomes.put(Outcome(index, answered_by, logits, error, time.monotonic() - started, label, outputs))
         self._slots.release()
 
@@ -473,8 +474,8 @@ class LocalClient:
                 continue
             outputs = [output[0] for output in self.model.outputs_of(frame.image[None])]
             self.stats.outcomes[EDGE] += 1
-            yield Outcome(frame.index, EDGE, outputs[self.scored], "", time.monotonic() - started, frame.label,
-                          outputs)
+            logits = None if self.scored is None else outputs[self.scored]
+            yield Outcome(frame.index, EDGE, logits, "", time.monotonic() - started, frame.label, outputs)
 
     def run_all(self, frames: Iterable[SourceFrame]) -> List[Outcome]:
         return list(self.run(frames))

@@ -189,10 +189,11 @@ def output_sizes(bundle: Bundle) -> List[tuple]:
     return [(t["name"], answer_shape(t)) for t in bundle.artefact(bundle.answering_role)["outputs"]]
 
 
-def class_output(bundle: Bundle) -> int:
-    """Index of the output a frame's top-1 is read from: the first classification output."""
+def class_output(bundle: Bundle) -> Optional[int]:
+    """Index of the output a frame's top-1 is read from: the first classification output; None when the model
+    has none (a detector's or segmenter's maps: a frame has no top-1)."""
     kinds = [t.get("kind", "class") for t in bundle.artefact(bundle.answering_role)["outputs"]]
-    return kinds.index("class")
+    return kinds.index("class") if "class" in kinds else None
 
 
 def split_values(values: np.ndarray, sizes: List[tuple]) -> List[np.ndarray]:

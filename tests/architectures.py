@@ -189,3 +189,10 @@ class TinyViT(nn.Module):
 def tiny_vit() -> nn.Module:
     torch.manual_seed(0)
     return TinyViT()
+
+
+def tiny_segmenter() -> nn.Module:
+    """A map per image (3 classes on an 8x8 grid), no score per image: a segmenter's or detector's shape."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 3, 1))

@@ -307,6 +307,28 @@ def serve_and_run_edge(bundle_path: Path, source: str, tmp_path: Path, limit: in
         return json.loads(summary.read_text()), list(csv.DictReader(stream))
 
 
+def test_a_model_without_a_class_output_builds_and_runs_on_closeness_alone(tmp_path):
+    """A map per image (a segmenter's, a detector's grid) is no class output: the build holds it to relative
+    error, does not read the images' class labels as its own, and the edge prints no top-1 for it."""
+    model = ["--model", "architectures:tiny_segmenter", "--input-shape", "1,32,32", "--resize", "pad"]
+    result, output = build(model, tmp_path)
+    assert result.exit_code == 0, result.output[-2000:]
+    assert "not measured: the model has no class output" in " ".join(result.output.split())
+    checks = load_bundle(output).manifest["checks"]
+    assert "top1_agreement" not in checks and "float_accuracy" not in checks and checks["labels_unused"]
+    assert 0 < checks["outputs"]["logits"]["relative_error"] < 0.1
+    summary, rows = serve_and_run_edge(output, str(DEFAULT_CALIBRATION), tmp_path, 5)
+    assert summary["cloud_answers"] == 5 and summary["accuracy"] is None
+    assert [row["prediction"] for row in rows] == [""] * 5
+    for extra, message in ((["--early-exit"], "error: an exit branch answers with a class: this model has no class "
+                                              "output"),
+                           (["--output-kinds", "class"], "error: output 'logits' is 3x8x8 per image, not one score "
+                                                         "per class: it cannot be a class output (--output-kinds "
+                                                         "regression for it)")):
+        result, _ = build([*model, *extra], tmp_path, "refused")
+        assert result.exit_code == 1 and result.output.strip().splitlines()[-1] == message, result.output[-2000:]
+
+
 @pytest.mark.parametrize("edge_device", ["cpu", "raspberry-pi"])
 def test_the_edge_command_runs_each_edge_device_that_runs_here(edge_device, device_bundle, default_build, holdout,
                                                                tmp_path):

@@ -187,6 +187,16 @@ def test_wrong_options_get_one_line(arguments, expected, tmp_path, fashion_mnist
     assert len(lines) == 1 and expected in lines[0], result.output
 
 
+def test_a_model_without_a_class_output_is_refused_in_one_line(tmp_path, fashion_mnist):
+    result = CliRunner().invoke(main, [
+        "optimize", "--model", "architectures:tiny_segmenter", "--input-shape", "1,32,32", "--resize", "pad",
+        "--train-data", "fashion-mnist", "--train-frames", "200", "--holdout-frames", "40", "--edge-factor", "3",
+        "--output", str(tmp_path)])
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1] == (
+        "error: optimize ranks deployments by top-1 accuracy; the model's first output is 3x8x8 per image, not one "
+        "score per class"), result.output
+
+
 def option(name: str, strategy: str, edge_ms: float, loss: float = 0.0) -> PlanOption:
     return PlanOption(strategy, name, 1.0 if strategy == "split" else math.inf, 0.0, edge_ms, 0.0, 0.0, loss)
 

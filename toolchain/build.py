@@ -41,7 +41,7 @@ from toolchain.lossless import AUTO as AUTO_LOSSLESS, choose as choose_lossless
 from toolchain.split import Split, default_point, split_model, trace, unsplit
 from toolchain.zoo import ZOO
 from toolchain.evaluate import (Bounds, agreement_bound, code_differences, compare_outputs, failed_bound,
-                                 output_kinds, reference_outputs)
+                                 output_kinds, predict_outputs, reference_outputs)
 
 EXPORT_CHECK_FRAMES = 64
 LOG = logging.getLogger("edgesplit.build")
@@ -184,12 +184,17 @@ def split_stage(build: Build) -> None:
     if build.options.strategy != "split":
         build.halves = unsplit(loaded.module, build.input_shape)
         build.split_name = build.halves.point.node
-        build.output_kinds = output_kinds(build.halves.outputs, build.options.output_kinds)
+        build.output_kinds = kinds_of(build)
         return
     build.split_name = build.options.split or loaded.default_split or default_point(trace(
         loaded.module, build.input_shape)).node
     build.halves = split_model(loaded.module, build.split_name, build.input_shape, several=bool(build.options.split))
-    build.output_kinds = output_kinds(build.halves.outputs, build.options.output_kinds)
+    build.output_kinds = kinds_of(build)
+
+
+def kinds_of(build: Build) -> tuple[str, ...]:
+    shapes = [output.shape[1:] for output in predict_outputs(build.loaded.module, build.calibration_inputs[:2])]
+    return output_kinds(build.halves.outputs, build.options.output_kinds, shapes)
 
 
 def codec_stage(build: Build) -> None:
@@ -207,6 +212,8 @@ def codec_stage(build: Build) -> None:
         raise EdgesplitError("learned codecs and exit branches are trained on one crossing tensor of a model with "
                              f"one output; this cut crosses {len(build.halves.point.shapes)} tensor(s) of a model "
                              f"returning {len(build.halves.outputs)}: use int8 or affine, without an exit branch")
+    if (build.options.early_exit or build.options.exit_weights is not None) and "class" not in build.output_kinds:
+        raise EdgesplitError("an exit branch answers with a class: this model has no class output")
     build.codec, build.codec_facts = prepare_codec(build.options, build.loaded, build.halves)
     build.branch = prepare_exit(build.options, build.loaded, build.halves.point.node)
     with torch.no_grad():

@@ -32,14 +32,19 @@ class Bounds(NamedTuple):
     max_relative_error: float
 
 
-def output_kinds(names: tuple[str, ...], requested: tuple[str, ...] | None) -> tuple[str, ...]:
-    """Per output: the requested kinds, or the first output a classification and the rest regressions."""
-    kinds = requested or ("class",) + ("regression",) * (len(names) - 1)
+def output_kinds(names: tuple[str, ...], requested: tuple[str, ...] | None,
+                 shapes: list[tuple[int, ...]]) -> tuple[str, ...]:
+    """Per output: the requested kinds, or the first output a classification when it is one score per class
+    (a map, a detector's grid or a segmenter's, is not) and the rest regressions. A model with no class output
+    is held to agreement and relative error only."""
+    kinds = requested or (("class",) if len(shapes[0]) == 1 else ("regression",)) + ("regression",) * (len(names) - 1)
     if len(kinds) != len(names) or set(kinds) - set(KINDS):
         raise EdgesplitError(f"--output-kinds needs one of {', '.join(KINDS)} per model output "
                              f"({', '.join(names)}), got {','.join(kinds)}")
-    if "class" not in kinds:
-        raise EdgesplitError("--output-kinds needs at least one class output: accuracy is measured on it")
+    for name, kind, shape in zip(names, kinds, shapes):
+        if kind == "class" and len(shape) != 1:
+            raise EdgesplitError(f"output {name!r} is {'x'.join(map(str, shape))} per image, not one score per "
+                                 "class: it cannot be a class output (--output-kinds regression for it)")
     return tuple(kinds)
 
 
@@ -97,7 +102,8 @@ def relative_error(deployed: np.ndarray, reference: np.ndarray) -> float:
 
 def compare_outputs(names, kinds, reference: list[np.ndarray], deployed: list[np.ndarray],
                     labels: np.ndarray | None) -> dict:
-    """Per-output agreement or relative error; top-1 agreement and accuracy from the first class output."""
+    """Per-output agreement or relative error; top-1 agreement and accuracy from the first class output, if any
+    (without one, labels are not used and the checks say so)."""
     outputs = {}
     for name, kind, wanted, found in zip(names, kinds, reference, deployed):
         outputs[name] = {"kind": kind}
@@ -105,6 +111,8 @@ def compare_outputs(names, kinds, reference: list[np.ndarray], deployed: list[np
             outputs[name]["top1_agreement"] = float((found.argmax(1) == wanted.argmax(1)).mean())
         else:
             outputs[name]["relative_error"] = relative_error(found, wanted)
+    if "class" not in kinds:
+        return {"outputs": outputs, "labels_unused": labels is not None}
     scored = kinds.index("class")
     checks = {"outputs": outputs, "top1_agreement": outputs[names[scored]]["top1_agreement"]}
     if labels is not None:

@@ -71,7 +71,10 @@ def describe(build: Build, role: str) -> str:
 
 
 def score(checks: dict) -> str:
-    """Top-1 agreement, and the accuracy lost when labels are known."""
+    """Top-1 agreement, and the accuracy lost when labels are known; a model without a class output, the
+    largest relative error of its outputs."""
+    if "top1_agreement" not in checks:
+        return f"relative error {max(result['relative_error'] for result in checks['outputs'].values()):.3g}"
     words = f"{checks['top1_agreement']:.2%} top-1 agreement"
     if "bundle_accuracy" in checks:
         words += f", {100 * (checks['float_accuracy'] - checks['bundle_accuracy']):.2f} pt lost"

@@ -181,6 +181,9 @@ def prepare(options: OptimizeOptions, progress_note: Callable[[str], None]) -> S
         progress_note(f"timing {devices.edge.name}'s speed reference here")
         speed = device_speed(devices.edge, store)
     outputs = reference_outputs(loaded, evaluate.inputs())[0]
+    if outputs.ndim != 2:
+        raise EdgesplitError(f"optimize ranks deployments by top-1 accuracy; the model's first output is "
+                             f"{'x'.join(map(str, outputs.shape[1:]))} per image, not one score per class")
     float_predictions = outputs.argmax(1)
     float_accuracy = float((float_predictions == evaluate.labels).mean())
     check_float_accuracy(float_accuracy, outputs.shape[1], evaluate.origin)

@@ -109,7 +109,7 @@ def candidate(point: SplitPoint, codec: str, lossless: str, bundle: Path, checks
             "shape": list(point.shape), "codec": codec, "lossless": lossless,
             "payload_bytes": measured["payload_bytes"], "frame_bytes": measured["frame_bytes"],
             "edge": measured["edge"], "cloud": measured["cloud"],
-            "accuracy": checks.get("bundle_accuracy"), "top1_agreement": checks["top1_agreement"]}
+            "accuracy": checks.get("bundle_accuracy"), "top1_agreement": checks.get("top1_agreement")}
 
 
 def measure_bundle(path: Path, inputs: np.ndarray, threads: int | None) -> dict:

@@ -50,6 +50,10 @@ def build_summary(report) -> Table:
         table.add_row("float accuracy", f"{checks['float_accuracy']:.2%} on the held-out images")
         table.add_row("bundle accuracy", f"{checks['bundle_accuracy']:.2%} "
                       f"({100 * (checks['bundle_accuracy'] - checks['float_accuracy']):+.2f} pt)")
+    elif checks.get("labels_unused"):
+        table.add_row("accuracy", "not measured: the model has no class output (one score per class), so the "
+                                  "images' labels are not used (--max-loss not checked; closeness to the float "
+                                  "model is)")
     else:
         table.add_row("accuracy", "not measured: the held-out images have no labels (--max-loss not checked; "
                                   "agreement with the float model is)")

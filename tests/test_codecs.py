@@ -151,7 +151,8 @@ def test_uncalibrated_shapes_are_checked():
     ("int9", "unknown codec 'int9'; codecs: affine, bbnet, int8, safbmp"),
     ("int8:per=pixel", "per must be 'tensor' or 'channel'"),
     ("int8:per", "codec option 'per' is not key=value"),
-    ("int8:bits=4", "bad options for codec 'int8'"),
+    ("int8:bits=4", "codec 'int8' takes no option bits; its options: per"),
+    ("bbnet:c=4,foo=1", "codec 'bbnet' takes no option foo; its options: c, s, bits"),
     ("affine:bits=9", "bits must be 1..8"),
     ("bbnet:c=0", r"need c >= 1, s >= 1, bits 1..8"),
 ])

@@ -110,7 +110,7 @@ def test_a_transformer_splits_between_attention_blocks_on_every_device_that_take
     result, _ = build([*model, "--target", "raspberry-pi"], tmp_path, "pi")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.strip().splitlines()[-1:] == [
-        "error: raspberry-pi's full-int8 TFLite half sends a C x H x W map; this cut crosses 16x32 (tokens?): split "
+        "error: raspberry-pi's full-int8 TFLite half sends a C x H x W map; this cut crosses 16x32: split "
         "where a convolution's map crosses, or build for another edge device"]
 
 

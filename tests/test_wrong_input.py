@@ -44,6 +44,12 @@ def test_a_model_that_does_not_run_on_the_given_shape_says_why_in_one_line():
     assert "expected input[1, 3, 32, 32] to have 1 channels" in line
 
 
+def test_an_exit_threshold_without_an_exit_branch_is_refused():
+    """It was ignored: the bundle answered every frame in the cloud, as if the threshold had said so."""
+    assert one_line_error(["build-engines", *TINY_MODEL, "--exit-threshold", "0.5", "--output", "/tmp/never"]) == (
+        "error: --exit-threshold is an exit branch's; this build has none: add --early-exit or --exit-weights")
+
+
 def test_a_factory_that_raises_or_cannot_be_imported_is_one_line(tmp_path, monkeypatch):
     (tmp_path / "stranger_factory.py").write_text("def model():\n    raise ValueError('no width 7')\n")
     (tmp_path / "stranger_broken.py").write_text("raise RuntimeError('broken at import')\n")

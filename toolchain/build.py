@@ -216,6 +216,9 @@ def codec_stage(build: Build) -> None:
         raise EdgesplitError("an exit branch answers with a class: this model has no class output")
     build.codec, build.codec_facts = prepare_codec(build.options, build.loaded, build.halves)
     build.branch = prepare_exit(build.options, build.loaded, build.halves.point.node)
+    if build.branch is None and build.options.exit_threshold is not None:
+        raise EdgesplitError("--exit-threshold is an exit branch's; this build has none: add --early-exit or "
+                             "--exit-weights")
     with torch.no_grad():
         build.codec.calibrate(build.halves.head(torch.from_numpy(build.calibration_inputs)))
     build.lossless = build.options.lossless

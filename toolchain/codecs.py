@@ -14,6 +14,7 @@ depthwise-separable encoder, self-attention + bottleneck decoder).
 
 from __future__ import annotations
 
+import inspect
 from typing import NamedTuple
 
 import numpy as np
@@ -444,8 +445,14 @@ def make_codec(spec: CodecSpec | str, feature_shape: tuple[int, ...]) -> Feature
     """A codec for a split tensor of `feature_shape` (one sample, no batch axis)."""
     if isinstance(spec, str):
         spec = parse_codec_spec(spec)
+    codec = CODECS[spec.name]
+    accepted = [name for name in inspect.signature(codec.__init__).parameters if name not in ("self", "feature_shape")]
+    unknown = sorted(set(spec.params) - set(accepted))
+    if unknown:
+        raise EdgesplitError(f"codec {spec.name!r} takes no option {', '.join(unknown)}; its options: "
+                             f"{', '.join(accepted) or 'none'}")
     try:
-        return CODECS[spec.name](tuple(feature_shape), **spec.params)
+        return codec(tuple(feature_shape), **spec.params)
     except TypeError as error:
         raise EdgesplitError(f"bad options for codec {spec.name!r}: {error}") from error
 

@@ -200,7 +200,7 @@ def export(half: Half) -> tuple[dict, dict]:
     shape = half.parts.code_shapes[0]
     if len(shape) != 3:  # the converter turns C x H x W maps channel-last; anything else has no such layout
         raise EdgesplitError(f"{half.device.name}'s full-int8 TFLite half sends a C x H x W map; this cut crosses "
-                             f"{'x'.join(map(str, shape))} (tokens?): split where a convolution's map crosses, or "
+                             f"{'x'.join(map(str, shape))}: split where a convolution's map crosses, or "
                              "build for another edge device")
     module = half.parts.edge_before_quantizer()
     artefact = convert_int8(module, half.calibration, half.directory / FILE)

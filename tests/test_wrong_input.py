@@ -50,6 +50,15 @@ def test_an_exit_threshold_without_an_exit_branch_is_refused():
         "error: --exit-threshold is an exit branch's; this build has none: add --early-exit or --exit-weights")
 
 
+@pytest.mark.parametrize("option,expected", [
+    ("--split=", "error: no node or module named '' in the model; valid points include features.0"),
+    ("--output-kinds=", "error: --output-kinds needs one of class, regression per model output (logits), got "),
+])
+def test_an_empty_value_is_a_wrong_value_not_the_default(option, expected):
+    """Both built with the defaults, as if the option had not been given."""
+    assert one_line_error(["build-engines", *TINY_MODEL, option, "--output", "/tmp/never"]).startswith(expected.strip())
+
+
 def test_a_factory_that_raises_or_cannot_be_imported_is_one_line(tmp_path, monkeypatch):
     (tmp_path / "stranger_factory.py").write_text("def model():\n    raise ValueError('no width 7')\n")
     (tmp_path / "stranger_broken.py").write_text("raise RuntimeError('broken at import')\n")

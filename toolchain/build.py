@@ -186,7 +186,8 @@ def split_stage(build: Build) -> None:
         build.split_name = build.halves.point.node
         build.output_kinds = kinds_of(build)
         return
-    build.split_name = build.options.split or loaded.default_split or default_point(trace(
+    named = build.options.split is not None  # an empty name is a wrong name, not the default
+    build.split_name = build.options.split if named else loaded.default_split or default_point(trace(
         loaded.module, build.input_shape)).node
     build.halves = split_model(loaded.module, build.split_name, build.input_shape, several=bool(build.options.split))
     build.output_kinds = kinds_of(build)

@@ -229,7 +229,7 @@ def build_engines(model, target, cloud, strategy, image_format, split, codec, co
         target=target, cloud=cloud, split=split, codec=codec, codec_weights=codec_weights, lossless=lossless,
         train_data=train_data, calib=calib, output=output, holdout_frames=holdout_frames, max_loss=max_loss,
         min_agreement=min_agreement,
-        max_relative_error=max_relative_error, output_kinds=output_kinds and tuple(output_kinds.split(",")),
+        max_relative_error=max_relative_error, output_kinds=None if output_kinds is None else tuple(output_kinds.split(",")),
         codec_epochs=codec_epochs, tar=tar, precision=precision,
         cloud_precision=cloud_precision, early_exit=early_exit, exit_weights=exit_weights, exit_epochs=exit_epochs,
         exit_threshold=exit_threshold, exit_max_loss=exit_max_loss,

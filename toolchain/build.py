@@ -41,7 +41,7 @@ from toolchain.lossless import AUTO as AUTO_LOSSLESS, choose as choose_lossless
 from toolchain.split import Split, default_point, split_model, trace, unsplit
 from toolchain.zoo import ZOO
 from toolchain.evaluate import (Bounds, agreement_bound, code_differences, compare_outputs, failed_bound,
-                                 output_kinds, predict_outputs, reference_outputs)
+                                 output_kinds, reference_outputs)
 
 EXPORT_CHECK_FRAMES = 64
 LOG = logging.getLogger("edgesplit.build")
@@ -194,8 +194,8 @@ def split_stage(build: Build) -> None:
 
 
 def kinds_of(build: Build) -> tuple[str, ...]:
-    shapes = [output.shape[1:] for output in predict_outputs(build.loaded.module, build.calibration_inputs[:2])]
-    return output_kinds(build.halves.outputs, build.options.output_kinds, shapes)
+    return output_kinds(build.halves.outputs, build.options.output_kinds,
+                        build.parts.output_shapes(build.calibration_inputs))
 
 
 def codec_stage(build: Build) -> None:

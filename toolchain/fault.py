@@ -39,10 +39,13 @@ def at_fault(build: Build, bundle: Bundle, inputs: np.ndarray, reference: list[n
     checks = {role: alone(build, bundle, role, inputs, reference, codes) for role in lowered}
     failing = [role for role in lowered if failed_bound(checks[role], bounds)]
     scores = "; ".join(f"{describe(build, role)} beside the other in float: {score(checks[role])}" for role in lowered)
-    verdict = f"the {failing[0]} half misses it alone" if len(failing) == 1 else "both halves miss it alone" \
-        if failing else \
-        "each half alone meets the bound, the two together do not"
-    return f"{scores}: {verdict}" + "".join(hint(build, role) for role in failing or lowered)
+    return f"{scores}: {verdict(failing)}" + "".join(hint(build, role) for role in failing or lowered)
+
+
+def verdict(failing: list[str]) -> str:
+    if not failing:
+        return "each half alone meets the bound, the two together do not"
+    return f"the {failing[0]} half misses it alone" if len(failing) == 1 else "both halves miss it alone"
 
 
 def float_codes(build: Build, inputs: np.ndarray) -> np.ndarray | list[np.ndarray]:

@@ -173,11 +173,17 @@ def convert_int8(module: nn.Module, calibration: np.ndarray, path: Path) -> TFLi
                                                    int(exits[0]["quantization"][1]))))
 
 
+def int8_range(quantization: tuple[float, int]) -> tuple[float, float]:
+    """The real values an int8 tensor with this (scale, zero point) can hold."""
+    scale, zero_point = quantization
+    return scale * (-128 - zero_point), scale * (127 - zero_point)
+
+
 def check_input_range(quantization: tuple[float, int]) -> None:
     """The int8 input must cover what pixels can be, [0, 1], or frames brighter or darker than the calibration
     images would be clipped; quantize_static sets it so, and this checks what the quantizer wrote."""
-    scale, zero_point = quantization
-    low, high = scale * (-128 - zero_point), scale * (127 - zero_point)
+    scale = quantization[0]
+    low, high = int8_range(quantization)
     wanted_low, wanted_high = PIXEL_RANGE
     if low > wanted_low + scale or high < wanted_high - scale:
         raise EdgesplitError(f"the int8 edge half's input covers [{low:.3f}, {high:.3f}], pixels span "
@@ -220,8 +226,8 @@ def export(half: Half) -> tuple[dict, dict]:
 
 def wire_clipping(module: nn.Module, images: np.ndarray, quantization: tuple[float, int]) -> dict:
     """The int8 output's range, and the share of feature values of `images` (held out) beyond it."""
-    scale, zero_point = quantization
-    low, high = scale * (-128 - zero_point), scale * (127 - zero_point)
+    scale = quantization[0]
+    low, high = int8_range(quantization)
     with torch.no_grad():
         features = first_output(module.eval()(torch.from_numpy(images)))
     beyond = ((features < low - scale / 2) | (features > high + scale / 2)).float().mean()

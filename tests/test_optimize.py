@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 from runtime.bundle import load_bundle
 from runtime.local import SplitInference, deployed
 from toolchain.cli import main
-from toolchain.optimize import BUILD_ATTEMPTS, Budget, Choice, built_winner
+from toolchain.optimize import BUILD_ATTEMPTS, Budget, Choice, built_winner, winner_build_s
 from toolchain.planning import PlanOption, link_bytes
 
 from conftest import TINY_MODEL
@@ -237,3 +238,10 @@ def test_the_budget_starts_nothing_that_would_leave_no_time_to_build_the_winners
     assert budget.allows("head") and not budget.allows("head", "point")
     budget.longest["build"] = 0.6  # two winners' builds alone would end past the budget
     assert not budget.allows()
+
+
+def test_a_winner_is_reckoned_to_evaluate_every_held_out_image_its_candidate_evaluated_a_sample_of():
+    search = SimpleNamespace(select=range(300), evaluate=range(300))
+    candidate = {"build_s": 10.0, "evaluate_s": 4.0, "evaluated_frames": 200}
+    assert winner_build_s(search, candidate) == pytest.approx(10.0 + 4.0 * 2)  # 600 frames, not 200
+    assert winner_build_s(search, dict(candidate, evaluated_frames=600)) == pytest.approx(10.0)

@@ -84,6 +84,7 @@ class BuildReport(NamedTuple):
     manifest: dict
     seconds: float
     reused: bool = False  # copied from a bundle built before from the same content (EDGESPLIT_CACHE)
+    stage_seconds: dict | None = None  # per stage, so a caller can tell what grows with the held-out frames
 
 
 class Build:
@@ -316,7 +317,7 @@ STAGES = (("load model", load_stage), ("load images", images_stage), ("reuse a b
 def build_engines(options: BuildOptions, show_progress: bool = True) -> BuildReport:
     """`show_progress=False` for callers that build many bundles under their own progress bar."""
     started = time.perf_counter()
-    build = Build(options)
+    build, stage_seconds = Build(options), {}
     # transient: a failed build leaves its one error line, not a spinner above it
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
                   disable=not show_progress, transient=True) as progress:
@@ -324,7 +325,9 @@ def build_engines(options: BuildOptions, show_progress: bool = True) -> BuildRep
         try:
             for name, stage in STAGES:
                 progress.update(task, description=name)
+                stage_started = time.perf_counter()
                 stage(build)
+                stage_seconds[name] = time.perf_counter() - stage_started
                 progress.advance(task)
                 if build.reused:
                     break
@@ -332,7 +335,7 @@ def build_engines(options: BuildOptions, show_progress: bool = True) -> BuildRep
             if build.staging is not None:
                 shutil.rmtree(build.staging, ignore_errors=True)  # gone once the bundle is in place, or failed
         progress.update(task, description="done")
-    return BuildReport(build.output, build.manifest, time.perf_counter() - started, build.reused)
+    return BuildReport(build.output, build.manifest, time.perf_counter() - started, build.reused, stage_seconds)
 
 
 SPLIT_OPTIONS = ("split", "codec", "codec_weights", "exit_weights", "exit_threshold", "exit_max_loss", "train_data")

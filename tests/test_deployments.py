@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 from runtime.backends import available
 from runtime.backends.onnxrt.runner import OnnxRuntimeRunner
@@ -21,10 +22,12 @@ from runtime.protocol import STAGE_IDS
 from runtime.wire import LOSSLESS, PICTURES
 from targets import DEVICES, names
 from toolchain.backends import EXPORTERS
+from toolchain.calibration import rank
 from toolchain.cli import main
 from toolchain.data import to_model_input
 from toolchain.evaluate import reference_outputs
 from toolchain.load import InputOptions, load_model
+from toolchain.summary import build_summary
 from toolchain.train import predict
 
 from conftest import INPUT_SHAPE, TINY_MODEL, TINY_WEIGHTS, top1
@@ -101,6 +104,14 @@ def test_device_edges_default_to_the_cloud_gpu_and_keep_accuracy(edge, device_bu
     deployed = deployed_top1(report.bundle)
     assert 100 * ((reference == holdout.labels).mean() - (deployed == holdout.labels).mean()) <= 0.5
     assert (deployed == reference).mean() >= 0.98
+    calibration = manifest["checks"]["cloud_calibration"]  # of the INT8 cloud's ranges, the best answers kept
+    scores = calibration["candidates"]
+    assert set(scores) == {"min-max", "percentile", "mse"}
+    assert rank(scores[calibration["method"]]) == max(map(rank, scores.values()))
+    console = Console(width=400, record=True)
+    console.print(build_summary(report))
+    text = " ".join(console.export_text().split())
+    assert f"cloud int8 ranges │ {calibration['method']}, whose answers on 64 calibration images" in text
 
 
 @pytest.mark.parametrize("arguments,message", [

@@ -28,6 +28,7 @@ from targets import ROLES, Deployment, deployment
 from toolchain import cache
 from toolchain.backends import Half, Parts, check_precision, exporter
 from toolchain.bundle import finish_bundle, staging_directory
+from toolchain.calibration import choose_codec_range
 from toolchain.codec_training import epochs_for, load_checkpoint, prepare_training, read_checkpoint, train_codec
 from toolchain.codecs import DEFAULT_CODEC, LEARNED, FeatureCodec, PixelCodec, make_cut_codec, parse_codec_spec
 from toolchain.data import ImageSet, load_images
@@ -222,7 +223,10 @@ def codec_stage(build: Build) -> None:
         raise EdgesplitError("--exit-threshold is an exit branch's; this build has none: add --early-exit or "
                              "--exit-weights")
     with torch.no_grad():
-        build.codec.calibrate(build.halves.head(torch.from_numpy(build.calibration_inputs)))
+        features = build.halves.head(torch.from_numpy(build.calibration_inputs))
+    chosen = choose_codec_range(build.codec, features, build.halves.tail)
+    if chosen is not None:
+        build.checks["codec_range"] = chosen
     build.lossless = build.options.lossless
     if build.lossless == AUTO_LOSSLESS:
         codes = build.parts.codes(build.calibration_inputs, torch.uint8)

@@ -15,6 +15,7 @@ depthwise-separable encoder, self-attention + bottleneck decoder).
 from __future__ import annotations
 
 import inspect
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -92,7 +93,9 @@ class FeatureCodec(nn.Module):
     def levels(self) -> int:
         return 2 ** self.bits
 
-    def calibrate(self, features: torch.Tensor) -> None:
+    range_methods: tuple[str, ...] = ()  # how `calibrate` may fit a range (RANGE_METHODS), if it fits one
+
+    def calibrate(self, features: torch.Tensor, method: str = "min-max") -> None:
         """Fit data-dependent constants (ranges) from split-tensor features; none by default."""
 
     def encoder(self, code_dtype: torch.dtype = torch.uint8) -> nn.Module:
@@ -141,6 +144,37 @@ def channel_axis(rank: int) -> int:
     return 2 if rank == 3 else 1
 
 
+RANGE_SAMPLE = 1 << 22  # values a range is fitted on, at most (torch.quantile takes 16M)
+
+
+def min_max_range(rows: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the range of its values, widened to contain 0: nothing clipped."""
+    return rows.amin(1).clamp(max=0.0), rows.amax(1).clamp(min=0.0)
+
+
+def percentile_range(rows: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the 0.01 % and 99.99 % quantiles: the rarest outliers clipped."""
+    low = torch.quantile(rows, 1e-4, dim=1).clamp(max=0.0)
+    return low, torch.quantile(rows, 1 - 1e-4, dim=1).clamp(min=0.0)
+
+
+def mse_range(rows: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the min-max range shrunk by the factor (of 20, 0.3 to 1) with the least squared error of codes
+    decoded, rounding and clipping together."""
+    low, high = min_max_range(rows, levels)
+    best_error, best = torch.full_like(low, math.inf), torch.ones_like(low)
+    for factor in torch.linspace(0.3, 1.0, 20, dtype=rows.dtype):
+        scale = ((high - low) * factor / (levels - 1)).clamp(min=1e-12)[:, None]
+        zero_point = torch.round(-low[:, None] * factor / scale)
+        error = (dequantize(quantize(rows, scale, zero_point, levels), scale, zero_point) - rows).pow(2).mean(1)
+        better = error < best_error
+        best_error, best = torch.where(better, error, best_error), torch.where(better, factor, best)
+    return low * best, high * best
+
+
+RANGE_METHODS = {"min-max": min_max_range, "percentile": percentile_range, "mse": mse_range}
+
+
 class AffineCodec(FeatureCodec):
     """Calibrated asymmetric n-bit quantization of the split tensor, per tensor or per channel.
 
@@ -149,6 +183,7 @@ class AffineCodec(FeatureCodec):
     """
 
     name = "affine"
+    range_methods = tuple(RANGE_METHODS)
 
     def __init__(self, feature_shape: tuple[int, ...], bits: int = 8, per: str = "tensor") -> None:
         super().__init__(feature_shape)
@@ -162,14 +197,22 @@ class AffineCodec(FeatureCodec):
         self.register_buffer("zero_point", torch.zeros(()))
 
     @torch.no_grad()
-    def calibrate(self, features: torch.Tensor) -> None:
-        """Min/max ranges from a batch of split-tensor features (N, C, ...), or (N, tokens, features)."""
+    def calibrate(self, features: torch.Tensor, method: str = "min-max") -> None:
+        """Ranges (RANGE_METHODS) from a batch of split-tensor features (N, C, ...), or (N, tokens, features)."""
         per_channel = self.per == "channel"
         axis = channel_axis(features.dim())
-        reduce = [d for d in range(features.dim()) if not (per_channel and d == axis)]
-        # per channel, ranges keep shape (1, C, 1, ...) or (1, 1, D) so they broadcast over the features
-        low = features.amin(dim=reduce, keepdim=per_channel).clamp(max=0.0)
-        high = features.amax(dim=reduce, keepdim=per_channel).clamp(min=0.0)
+        # a row of values per channel (or one row), sampled so quantiles stay within torch's limit
+        rows = (features.transpose(0, axis) if per_channel else features.reshape(1, -1)).reshape(
+            features.shape[axis] if per_channel else 1, -1)
+        rows = rows[:, ::max(1, rows.numel() // RANGE_SAMPLE)].double()
+        low, high = RANGE_METHODS[method](rows, self.levels)
+        if per_channel:  # ranges of shape (1, C, 1, ...) or (1, 1, D) broadcast over the features
+            shape = [1] * features.dim()
+            shape[axis] = -1
+            low, high = low.reshape(shape), high.reshape(shape)
+        else:
+            low, high = low.reshape(()), high.reshape(())
+        low, high = low.float(), high.float()
         scale = (high - low) / (self.levels - 1)
         self.scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         self.zero_point = torch.clamp(torch.round(-low / self.scale), 0, self.levels - 1)
@@ -214,7 +257,9 @@ class PixelCodec(AffineCodec):
         self.picture = picture
         self.scale, self.zero_point = torch.tensor(1 / 255), torch.tensor(0.0)
 
-    def calibrate(self, features: torch.Tensor) -> None:
+    range_methods = ()
+
+    def calibrate(self, features: torch.Tensor, method: str = "min-max") -> None:
         """The range is the pixels' by construction."""
 
     def params(self) -> dict:
@@ -383,9 +428,13 @@ class MultiCodec(FeatureCodec):
         self.code_shapes = tuple(codec.code_shape for codec in codecs)
         self.code_shape = (sum(int(np.prod(shape)) for shape in self.code_shapes),)
 
-    def calibrate(self, features) -> None:
+    @property
+    def range_methods(self) -> tuple[str, ...]:
+        return self.codecs[0].range_methods
+
+    def calibrate(self, features, method: str = "min-max") -> None:
         for codec, tensor in zip(self.codecs, features):
-            codec.calibrate(tensor)
+            codec.calibrate(tensor, method)
 
     def encoder(self, code_dtype: torch.dtype = torch.uint8) -> nn.Module:
         return PerTensor([codec.encoder(code_dtype) for codec in self.codecs])

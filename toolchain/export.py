@@ -129,7 +129,7 @@ def export_half(half, code_dtype: str) -> tuple[Path, dict]:
     limits = [MAX_CODE_ERROR if name in codes else MAX_LOGIT_ERROR for name in output_names]
     if half.precision == "int8":
         calibration = half.inputs(half.calibration, dtype)
-        quantize_in_place(path, {name: tensor.numpy() for name, tensor in zip(input_names, calibration)})
+        calibrated = quantize_in_place(path, {name: tensor.numpy() for name, tensor in zip(input_names, calibration)})
         limits = [float("inf")] * len(limits)
     errors: dict[str, list[ExportCheck]] = {}
     for name, check, limit in zip(output_names, compare_with_torch(module, path, examples), limits):
@@ -137,7 +137,7 @@ def export_half(half, code_dtype: str) -> tuple[Path, dict]:
             raise EdgesplitError(f"{name} output of the {half.role} ONNX differs from PyTorch by "
                                  f"{check.max_abs_error:g} (limit {limit:g})")
         errors.setdefault("exit" if name == "exit_logits" else half.role, []).append(check)
-    checks = {}
+    checks = {f"{half.role}_calibration": calibrated.describe()} if half.precision == "int8" else {}
     for label, found in errors.items():
         checks[f"{label}_max_abs_error"] = max(check.max_abs_error for check in found)
         checks[f"{label}_mismatched_fraction"] = max(check.mismatched_fraction for check in found)

@@ -17,32 +17,28 @@ from toolchain.errors import EdgesplitError
 from toolchain.quiet import quiet
 
 
-class _Feed:
-    """onnxruntime's CalibrationDataReader protocol over arrays (one per input), one sample per call."""
-
-    def __init__(self, samples: dict[str, np.ndarray]):
-        count = len(next(iter(samples.values())))
-        self.rows = iter([{name: array[i:i + 1] for name, array in samples.items()} for i in range(count)])
-
-    def get_next(self):
-        return next(self.rows, None)
-
-
-def quantize_qdq(float_path: Path, qdq_path: Path, samples: dict[str, np.ndarray]) -> None:
-    """Float ONNX → Q/DQ ONNX (int8 activations and per-channel weights, symmetric), MinMax on `samples`
-    (an array per input name)."""
+def quantize_qdq(float_path: Path, qdq_path: Path, samples: dict[str, np.ndarray],
+                 thresholds: dict[str, float] | None = None) -> None:
+    """Float ONNX → Q/DQ ONNX (int8 activations and per-channel weights, symmetric): activation ranges from
+    `thresholds` (|x| per tensor name) where given, else MinMax on `samples` (an array per input name)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from toolchain.calibration import CalibrationFeed
+
+    overrides = {name: [{"rmin": np.float32(-limit), "rmax": np.float32(limit)}] for name, limit in (thresholds or {}).items()}
+    if thresholds:  # every range given: the quantizer's own calibration pass only has to find the tensors
+        samples = {name: array[:1] for name, array in samples.items()}
 
     model = onnx.load(str(float_path))
     opset = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
     try:
         with quiet():  # "please consider pre-processing" warnings, every time
-            quantize_static(str(float_path), str(qdq_path), _Feed(samples), quant_format=QuantFormat.QDQ,
+            quantize_static(str(float_path), str(qdq_path), CalibrationFeed(samples), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                             calibrate_method=CalibrationMethod.MinMax,
                             # biases stay float: TensorRT's Q/DQ path is int8 only
                             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                           "QuantizeBias": False})
+                                           "QuantizeBias": False, "TensorQuantOverrides": overrides})
     except Exception as error:  # the tools raise many types; the build must name the stage
         raise EdgesplitError(f"onnxruntime could not quantize {float_path.name} to Q/DQ: {error}") from error
     quantized = onnx.load(str(qdq_path))
@@ -51,11 +47,14 @@ def quantize_qdq(float_path: Path, qdq_path: Path, samples: dict[str, np.ndarray
         raise EdgesplitError(f"Q/DQ quantization moved {float_path.name} from opset {opset} to {found}")
 
 
-def quantize_in_place(path: Path, samples: dict[str, np.ndarray]) -> None:
-    """Replace the float ONNX at `path` by its Q/DQ INT8 version calibrated on `samples`."""
+def quantize_in_place(path: Path, samples: dict[str, np.ndarray]):
+    """Replace the float ONNX at `path` by its Q/DQ INT8 version calibrated on `samples` with the activation
+    ranges that keep the float half's answers best; returns what was chosen (calibration.Calibrated)."""
+    from toolchain.calibration import calibrate
+
     float_path = path.with_suffix(".float.onnx")
     path.rename(float_path)
     try:
-        quantize_qdq(float_path, path, samples)
+        return calibrate(float_path, path, samples, quantize_qdq)
     finally:
         float_path.unlink()

@@ -74,6 +74,11 @@ def build_summary(report) -> Table:
         low, high = checks["wire_range"]
         table.add_row("wire range", f"{low:.3g} to {high:.3g} (the calibration images' min/max): "
                                     f"{checks['wire_clipped_share']:.2%} of held-out feature values beyond it, clipped")
+    if "codec_range" in checks and "wire_range" not in checks:  # on the Pi the artefact's own range is the wire's
+        table.add_row("codec range", range_row(checks["codec_range"]))
+    for role in STRATEGIES[strategy]:
+        if f"{role}_calibration" in checks:
+            table.add_row(f"{role} int8 ranges", int8_ranges_row(checks[f"{role}_calibration"]))
     differences = [f"{role} max |Δ| {checks[f'{role}_max_abs_error']:.3g}" for role in STRATEGIES[strategy]
                    if f"{role}_max_abs_error" in checks]  # an integer-only artefact has its own checks
     if differences:
@@ -82,6 +87,22 @@ def build_summary(report) -> Table:
                                                              "and code, reused: EDGESPLIT_CACHE)" if report.reused
                                                              else ""))
     return table
+
+
+def answer_words(score: dict) -> str:
+    agreement = "" if score["agreement"] is None else f"{score['agreement']:.2%} agreement, "
+    return f"{agreement}error {score['relative_error']:.2g}"
+
+
+def range_row(chosen: dict, reference: str = "the float model's") -> str:
+    scored = "; ".join(f"{method}: {answer_words(score)}" for method, score in chosen["candidates"].items())
+    return f"{chosen['method']}, whose answers on {chosen['frames']} calibration images kept {reference} best " \
+           f"({scored})"
+
+
+def int8_ranges_row(chosen: dict) -> str:
+    clipped = f"{chosen['clipped_tensors']} of {chosen['tensors']} activations clip outliers"
+    return range_row(chosen, reference="the float half's") + f"; {clipped}"
 
 
 def split_row(split: dict) -> tuple[str, str]:

@@ -1,0 +1,86 @@
+"""Ranges for int8: min-max, percentile and MSE per tensor (or channel), the one kept that keeps the float
+model's answers best, for the affine codec at the cut and for a Q/DQ half."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from toolchain.calibration import (LEVELS, RANGES, Histogram, calibrate, choose_codec_range, histograms,
+                                   quantization_error, rank)
+from toolchain.codecs import AffineCodec, make_codec
+from toolchain.export import export_onnx
+from toolchain.quantize import quantize_qdq
+
+
+def heavy_tailed(shape, seed=0) -> torch.Tensor:
+    """Post-ReLU-like features with one value in 20,000 a hundred times larger: min-max spends its codes on them."""
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(shape, generator=generator).abs()
+    features.view(-1)[::20000] = 300.0
+    return features
+
+
+def test_percentile_clips_a_heavy_tail_and_mse_has_the_least_expected_error():
+    values = heavy_tailed((64, 4096)).flatten().numpy()
+    counts, edges = np.histogram(values, bins=2048)
+    histogram = Histogram(counts.astype(np.float64), edges.astype(np.float64))
+    thresholds = {method: fit(histogram) for method, fit in RANGES.items()}
+    assert thresholds["min-max"] == pytest.approx(300.0)
+    assert thresholds["percentile"] < 10  # 13 outliers in 262,144 values lie beyond its 99.99 %
+    errors = dict(zip(thresholds, quantization_error(histogram, np.array(list(thresholds.values())))))
+    assert errors["mse"] == min(errors.values()) and errors["mse"] < errors["min-max"]
+
+
+@pytest.mark.parametrize("per", ["tensor", "channel"])
+def test_the_codec_keeps_the_range_whose_decoded_features_keep_the_tails_answers(per):
+    features = heavy_tailed((256, 4, 6, 6))
+    classes = torch.randn(4 * 6 * 6, 10, generator=torch.Generator().manual_seed(1))
+
+    def tail(x):
+        return x.flatten(1) @ classes
+
+    codec = AffineCodec((4, 6, 6), per=per)
+    chosen = choose_codec_range(codec, features, tail)
+    scores = chosen["candidates"]
+    assert set(scores) == {"min-max", "percentile", "mse"} and chosen["frames"] == 256
+    assert rank(scores[chosen["method"]]) == max(rank(score) for score in scores.values())
+    assert chosen["method"] != "min-max"  # a code step of 300/255 erases the answers that the clipped ranges keep
+    assert scores[chosen["method"]]["agreement"] > scores["min-max"]["agreement"] + 0.1
+    fitted = AffineCodec((4, 6, 6), per=per)
+    fitted.calibrate(features, chosen["method"])
+    assert torch.equal(codec.scale, fitted.scale) and torch.equal(codec.zero_point, fitted.zero_point)
+
+
+def test_a_codec_with_one_way_to_fit_a_range_is_calibrated_without_a_choice():
+    features = heavy_tailed((8, 4, 6, 6))
+    codec = make_codec("bbnet:c=4,s=2,bits=2", (4, 6, 6))
+    assert choose_codec_range(codec, features, lambda x: x) is None
+
+
+@pytest.fixture(scope="module")
+def float_half(tmp_path_factory):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 10)).eval()
+    path = tmp_path_factory.mktemp("half") / "half.float.onnx"
+    export_onnx(model, (torch.zeros(1, 3, 8, 8),), path, 13, ("features",), ("logits",), metadata={})
+    samples = heavy_tailed((128, 3, 8, 8)).numpy()
+    return path, {"features": samples}
+
+
+def test_a_qdq_half_keeps_the_ranges_that_keep_the_float_halfs_answers_and_its_file_has_them(float_half, tmp_path):
+    path, samples = float_half
+    chosen = calibrate(path, tmp_path / "half.onnx", samples, quantize_qdq)
+    assert set(chosen.scores) == set(RANGES) and chosen.frames == 64
+    assert rank(chosen.scores[chosen.method]) == max(rank(score) for score in chosen.scores.values())
+    onnx.checker.check_model(str(tmp_path / "half.onnx"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["half.onnx"]  # the other candidates are gone
+    # the input's QuantizeLinear has the chosen method's range: |x| up to the threshold in 127 steps
+    threshold = RANGES[chosen.method](histograms(path, samples)["features"])
+    model = onnx.load(str(tmp_path / "half.onnx"))
+    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
+    quantizer = next(node for node in model.graph.node if node.op_type == "QuantizeLinear"
+                     and node.input[0] == "features")
+    assert float(constants[quantizer.input[1]]) == pytest.approx(threshold / LEVELS, rel=1e-5)

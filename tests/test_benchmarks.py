@@ -215,6 +215,12 @@ def test_tflite_suite_compares_the_int8_edge_with_the_float_one(tmp_path):
     assert (tmp_path / "latency.png").stat().st_size > 0
 
 
+HEADER_REFUSALS = {  # bombs, by the words in their names, and the end of verify-bundle's one line for each
+    "512 MB long name": r": a 536,870,912-byte member header \(a long name or pax record\), over 65,536: not a bundle",
+    "200,000 members": r" has over 66 members: not a bundle",
+    "1 GiB member, trusted": r" would unpack to over [\d,]+ bytes, 100 times its size: a compression bomb, not a bundle"}
+
+
 @pytest.mark.slow
 def test_reliability_suite_contains_every_fault(int8_built, tmp_path):
     run_suite("reliability", "--bundle", str(int8_built.bundle), "--output", str(tmp_path))
@@ -227,8 +233,12 @@ def test_reliability_suite_contains_every_fault(int8_built, tmp_path):
     bombs = by_measure["verify-bundle peak RSS (MB)"]
     assert len(bombs) == 5  # sparse, gzip of zeros, long name, 200,000 members, unsigned 1 GiB with a trusted key
     for bomb in bombs:
-        seconds = float(re.match(r"exit 1 after ([\d.]+) s, \d+ MB written: ", bomb["detail"]).group(1))
-        assert bomb["value"] <= 200 and seconds <= 10 and bomb["detail"].endswith("/tmp: 0"), bomb
+        seconds, written = re.match(r"exit 1 after ([\d.]+) s, (\d+) MB written: ", bomb["detail"]).groups()
+        assert bomb["value"] <= 200 and float(seconds) <= 10 and bomb["detail"].endswith("/tmp: 0"), bomb
+        refusal = next((words for name, words in HEADER_REFUSALS.items() if name in bomb["fault"]), None)
+        if refusal is not None:  # refused from the archive's headers, before anything was unpacked
+            assert re.search(f"{refusal}; left in /tmp", bomb["detail"]) and written == "0", bomb
+    assert sum(any(name in bomb["fault"] for name in HEADER_REFUSALS) for bomb in bombs) == len(HEADER_REFUSALS)
     answered = lambda row: int(row["value"].split("/")[0])  # noqa: E731
     [flood] = by_measure["an edge with the key: frames the cloud answered"]  # quick: from 16 addresses only
     assert answered(flood) >= 135

@@ -1,5 +1,7 @@
 """Bundles are files from outside: archive bombs, malformed manifests, absurd shapes and tampered models
-are refused in one line; signed bundles pin the builder (Ed25519)."""
+are refused in one line; signed bundles pin the builder (Ed25519). The bombs that take seconds to make (a
+512 MB long name, 200,000 members, an unsigned 1 GiB member) go through verify-bundle in its own process in the
+reliability suite's test (tests/test_benchmarks.py), which holds them to the same lines, memory and time."""
 
 import io
 import os
@@ -15,8 +17,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from benchmarks.reliability import (Zeros, long_name_bomb, many_members, rewrite_manifest, signing_keys as make_keys,
-                                   swap_two_classes, verify_process, with_big_member)
+from benchmarks.reliability import (Zeros, rewrite_manifest, signing_keys as make_keys, swap_two_classes,
+                                   verify_process, with_big_member)
 from runtime.bundle import MAX_BUNDLE_BYTES, _checked, expansion_budget, load_bundle, open_bundle
 from runtime.errors import BundleError
 from toolchain.cli import main
@@ -203,30 +205,6 @@ def test_a_manifest_nested_past_its_depth_is_one_line_though_its_hashes_match(bu
     code, output = verify(bundle_copy)
     assert code == 1 and output.strip() == f"error: {bundle_copy / 'manifest.json'} nests more than 32 levels deep: " \
                                            "not a manifest"
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("bomb", ["a 512 MB long name", "200,000 members", "an unsigned 1 GiB member, trusted"])
-def test_an_archive_bomb_is_refused_within_200_mb_and_10_s_leaving_nothing(bomb, int8_built, signing_keys,
-                                                                           tmp_path):
-    """verify-bundle in its own process, as the attacker ran it: archives of about 1 MB each."""
-    public = signing_keys["builder"][1]
-    path, options, message = {
-        "a 512 MB long name": (long_name_bomb(tmp_path / "name.tar.gz", 512 * 1024 ** 2), (),
-                               ": a 536,870,912-byte member header (a long name or pax record), over 65,536: not a "
-                               "bundle"),
-        "200,000 members": (many_members(tmp_path / "many.tar.gz", 200_000), (), " has over 66 members: not a bundle"),
-        "an unsigned 1 GiB member, trusted": (
-            with_big_member(tmp_path / "big.tar.gz", [int8_built.bundle / "manifest.json"], 1024 ** 3),
-            ("--trust", str(public)), " would unpack to over {:,} bytes, 100 times its size: a compression bomb, not "
-                                      "a bundle"),
-    }[bomb]
-    message = message.format(expansion_budget(path)) if "{" in message else message
-    assert path.stat().st_size < 2e6
-    result = verify_process(path, *options)
-    assert (result["code"], result["message"]) == ("1", f"error: {path}{message}")
-    assert result["peak_mb"] <= 200 and result["seconds"] <= 10 and result["left_in_tmp"] == 0, result
-    assert result["written_mb"] < 1, result  # refused before unpacking anything
 
 
 def test_with_a_trusted_key_only_the_files_the_signed_manifest_lists_are_unpacked(int8_built, signing_keys,

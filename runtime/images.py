@@ -33,14 +33,17 @@ class SourceFrame(NamedTuple):
 
 
 def check_labels(labels: np.ndarray, count: int, origin) -> np.ndarray:
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise EdgesplitError("{}: labels must be a 1-D array of integer class indices, got {} {}".format(
-            origin, labels.dtype, labels.shape))
+    """Class indices, one per image (N) or per pixel (N, H, W), or float targets shaped like an output."""
+    classes = np.issubdtype(labels.dtype, np.integer)
+    if labels.ndim == 0 or not (classes or np.issubdtype(labels.dtype, np.floating)) or \
+            (labels.ndim == 1 and not classes):
+        raise EdgesplitError("{}: labels must be integer class indices (one per image, or per pixel) or float "
+                             "targets shaped like an output, got {} {}".format(origin, labels.dtype, labels.shape))
     if len(labels) != count:
         raise EdgesplitError("{}: {} labels for {} images".format(origin, len(labels), count))
-    if len(labels) and labels.min() < 0:
+    if classes and len(labels) and labels.min() < 0:
         raise EdgesplitError("{}: labels must be class indices >= 0, found {}".format(origin, labels.min()))
-    return labels.astype(np.int64)
+    return labels.astype(np.int64 if classes else np.float32)
 
 
 def check_split(split: str) -> str:
@@ -180,7 +183,7 @@ def _array_frames(images, labels, spec: InputSpec, origin, first: int) -> Iterat
     arranged = spec.arrange(images, origin)
     for index in range(first, len(arranged)):
         yield SourceFrame(index, spec.prepare(arranged[index:index + 1], origin)[0],
-                          None if labels is None else int(labels[index]))
+                          None if labels is None or labels.ndim > 1 else int(labels[index]))
 
 
 def _file_frames(files, spec: InputSpec, first: int) -> Iterator[SourceFrame]:

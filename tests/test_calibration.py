@@ -1,5 +1,9 @@
 """Ranges for int8: min-max, percentile and MSE per tensor (or channel), the one kept that keeps the float
-model's answers best, for the affine codec at the cut and for a Q/DQ half."""
+model's answers best, for the affine codec at the cut and for a Q/DQ half; a Q/DQ half's most sensitive
+layers kept in float where it misses its bound."""
+
+import re
+import shutil
 
 import numpy as np
 import onnx
@@ -11,7 +15,9 @@ from toolchain.calibration import (LEVELS, RANGES, Histogram, calibrate, choose_
                                    quantization_error, rank)
 from toolchain.codecs import AffineCodec, make_codec
 from toolchain.export import export_onnx
-from toolchain.quantize import quantize_qdq
+from toolchain.errors import EdgesplitError
+from toolchain.mixed_precision import Requantizable, keep_in_float, quantized_layers, sensitivities
+from toolchain.quantize import quantize_in_place, quantize_qdq
 
 
 def heavy_tailed(shape, seed=0) -> torch.Tensor:
@@ -63,7 +69,8 @@ def test_a_codec_with_one_way_to_fit_a_range_is_calibrated_without_a_choice():
 def float_half(tmp_path_factory):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(),
-                                torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 10)).eval()
+                                torch.nn.Conv2d(8, 8, 1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 4 * 4, 10)).eval()
     path = tmp_path_factory.mktemp("half") / "half.float.onnx"
     export_onnx(model, (torch.zeros(1, 3, 8, 8),), path, 13, ("features",), ("logits",), metadata={})
     samples = heavy_tailed((128, 3, 8, 8)).numpy()
@@ -84,3 +91,21 @@ def test_a_qdq_half_keeps_the_ranges_that_keep_the_float_halfs_answers_and_its_f
     quantizer = next(node for node in model.graph.node if node.op_type == "QuantizeLinear"
                      and node.input[0] == "features")
     assert float(constants[quantizer.input[1]]) == pytest.approx(threshold / LEVELS, rel=1e-5)
+
+
+def test_the_most_sensitive_layers_stay_in_float_until_the_bound_holds_at_most_half_of_them(float_half, tmp_path):
+    path, samples = float_half
+    qdq = tmp_path / "half.onnx"
+    shutil.copy(path, qdq)
+    quantize_in_place(qdq, samples, tmp_path, "cloud")
+    half = Requantizable.load(tmp_path, "cloud")
+    layers = quantized_layers(qdq)
+    assert len(layers) == 4  # three convolutions and the linear layer
+    ranked = [layer for layer, _ in sensitivities(half, layers, tmp_path)]
+    answers = iter([False, True])  # the bound holds once two layers are in float
+    kept = keep_in_float(half, qdq, lambda: next(answers), "the cloud half")
+    assert kept["layers"] == ranked[:2] and kept["of"] == 4 and 0 < kept["macs_share"] < 1
+    assert sorted(set(layers) - set(quantized_layers(qdq))) == sorted(ranked[:2])  # their weights in float
+    with pytest.raises(EdgesplitError, match=rf"^the cloud half misses the bound even with its 2 most sensitive of 4 "
+                                             rf"int8 layers in fp16: {re.escape(', '.join(ranked[:3]))} first$"):
+        keep_in_float(half, qdq, lambda: False, "the cloud half")

@@ -41,11 +41,14 @@ def tiny():
     return load_model("conftest:TinyNet", TINY_WEIGHTS, InputOptions(INPUT_SHAPE, "pad"))
 
 
+MISSED = ["build-engines", *TINY_MODEL, "--target", "jetson-nano", "--min-agreement", "0.99"]
+
+
 def test_a_missed_bound_names_the_half_its_precision_and_the_option_that_passes(tmp_path):
-    """The tiny model's INT8 cloud half agrees on about 97 % alone, the Nano's FP16 head on 99 %: the refusal
-    names the cloud half, its precision and its score, and the option it names makes the build pass."""
-    arguments = ["build-engines", *TINY_MODEL, "--target", "jetson-nano", "--min-agreement", "0.99", "--output",
-                 str(tmp_path / "bundle")]
+    """The tiny model's INT8 cloud half agrees on about 97 % alone, the Nano's FP16 head on 99 %: with
+    --strict-int8 the refusal names the cloud half, its precision and its score, and the option it names makes
+    the build pass."""
+    arguments = MISSED + ["--strict-int8", "--output", str(tmp_path / "bundle")]
     refused = CliRunner().invoke(main, arguments)
     assert refused.exit_code == 1 and "Traceback" not in refused.output, refused.output
     line = refused.output.strip().splitlines()[-1]
@@ -57,6 +60,19 @@ def test_a_missed_bound_names_the_half_its_precision_and_the_option_that_passes(
         r"half in fp16; nothing was written to \S+", line), line
     passed = CliRunner().invoke(main, arguments + ["--cloud-precision", "fp16"])
     assert passed.exit_code == 0, passed.output
+
+
+def test_an_int8_half_whose_most_sensitive_half_of_layers_in_fp16_still_misses_is_refused_naming_them(tmp_path):
+    """Without --strict-int8 the build first keeps the cloud half's most sensitive layers out of INT8, at most
+    half of them: the tiny model's cloud half has two (a convolution and the classifier), and one in fp16 does
+    not reach 99 %, so the refusal names the half and its layers, worst first (the search that succeeds is
+    tests/test_calibration.py's)."""
+    refused = CliRunner().invoke(main, MISSED + ["--output", str(tmp_path / "bundle")])
+    assert refused.exit_code == 1 and "Traceback" not in refused.output, refused.output
+    assert re.fullmatch(r"error: the cloud half \(int8 on cloud-gpu\) misses the bound even with its 1 most sensitive "
+                        r"of 2 int8 layers in fp16: /second/\S+, /second/\S+ first",
+                        refused.output.strip().splitlines()[-1]), refused.output
+    assert not (tmp_path / "bundle").exists()
 
 
 @pytest.mark.parametrize("edge,cloud", PAIRS)

@@ -23,8 +23,8 @@ from runtime.images import SourceFrame, open_source
 from runtime.inputs import InputSpec
 from runtime.local import SplitInference, softmax_entropy
 from toolchain.cli import main
-from toolchain.data import load_images
-from toolchain.evaluate import predict_outputs, reference_outputs
+from toolchain.data import load_images, to_model_input
+from toolchain.evaluate import batch_size_for, batched, predict_outputs, reference_outputs
 from toolchain.load import InputOptions, load_model
 
 import architectures
@@ -57,7 +57,7 @@ def rgb_npz(tmp_path_factory) -> Path:
 
 def build(arguments, tmp_path, name="bundle"):
     output = tmp_path / name
-    result = CliRunner().invoke(main, ["build-engines", *arguments, "--output", str(output)])
+    result = CliRunner().invoke(main, ["build-engines", *arguments, "--output", str(output)], env={"COLUMNS": "250"})
     return result, output
 
 
@@ -171,7 +171,10 @@ def test_small_images_are_refused_unless_the_spec_resizes_them(tmp_path):
 
 
 @pytest.mark.parametrize("labels,message", [
-    (np.array(["shirt"] * 100), "labels must be a 1-D array of integer class indices, got <U5"),
+    (np.array(["shirt"] * 100), "labels must be integer class indices (one per image, or per pixel) or float "
+                                "targets shaped like an output, got <U5 (100,)"),
+    (np.full(100, 0.5), "labels must be integer class indices (one per image, or per pixel) or float targets "
+                        "shaped like an output, got float64 (100,)"),
     (np.zeros(99, dtype=np.int64), "99 labels for 100 images"),
 ])
 def test_bad_labels_are_one_line(labels, message, tmp_path):
@@ -360,3 +363,72 @@ def test_an_int8_input_range_short_of_the_pixels_is_refused():
     with pytest.raises(EdgesplitError, match=r"input covers \[0.000, 0.800\], pixels span \[0, 1\]: frames outside "
                                              "would be clipped"):
         check_input_range((0.8 / 255, -128))
+
+
+SEGMENTER = ["--model", "architectures:tiny_segmenter", "--input-shape", "1,32,32", "--resize", "pad"]
+
+
+def segmenter_data(tmp_path: Path, labels_of) -> Path:
+    """Fashion-MNIST train and test splits whose labels are `labels_of(the float segmenter's maps)`."""
+    with np.load(DEFAULT_CALIBRATION) as data:
+        arrays = {f"{split}_images": data[f"{split}_images"][:count] for split, count in (("train", 256), ("test", 200))}
+    loaded = load_model("architectures:tiny_segmenter", None, InputOptions((1, 32, 32), "pad"))
+    for split in ("train", "test"):
+        maps = predict_outputs(loaded.module, to_model_input(arrays[f"{split}_images"], loaded.spec()))[0]
+        arrays[f"{split}_labels"] = labels_of(maps)
+    path = tmp_path / "labeled.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def a_quarter_flipped(maps: np.ndarray) -> np.ndarray:
+    """The float model's classes per pixel, every pixel of even row and column moved to the next class."""
+    classes = maps.argmax(1)
+    classes[:, ::2, ::2] = (classes[:, ::2, ::2] + 1) % maps.shape[1]
+    return classes
+
+
+def test_per_pixel_labels_score_a_segmenters_map_by_pixel_accuracy_and_mean_iou(tmp_path):
+    result, output = build([*SEGMENTER, "--calib", str(segmenter_data(tmp_path, a_quarter_flipped))], tmp_path)
+    assert result.exit_code == 0, result.output[-2000:]
+    checks = load_bundle(output).manifest["checks"]
+    assert (checks["labeled_output"], checks["accuracy_metric"]) == ("logits", "pixel accuracy")
+    assert checks["float_accuracy"] == pytest.approx(0.75)  # the float model misses exactly the flipped quarter
+    assert abs(checks["bundle_accuracy"] - checks["float_accuracy"]) <= 0.01
+    assert checks["outputs"]["logits"]["kind"] == "class map" and checks["outputs"]["logits"]["pixel_agreement"] >= 0.98
+    assert 0 < checks["float_miou"] < 0.75 and abs(checks["bundle_miou"] - checks["float_miou"]) <= 0.02
+    text = " ".join(result.output.split())
+    assert f"float pixel accuracy │ 75.00% on the held-out images (logits, mean IoU {checks['float_miou']:.3f})" in text
+
+
+def test_float_targets_shaped_like_an_output_are_scored_by_relative_error_and_other_shapes_are_one_line(tmp_path):
+    noise = np.random.default_rng(0)
+    targets = segmenter_data(tmp_path, lambda maps: maps + noise.normal(0, 0.1, maps.shape).astype(np.float32))
+    result, output = build([*SEGMENTER, "--calib", str(targets)], tmp_path)
+    assert result.exit_code == 0, result.output[-2000:]
+    checks = load_bundle(output).manifest["checks"]
+    assert checks["labeled_output"] == "logits" and "float_accuracy" not in checks
+    float_error, bundle_error = checks["float_target_error"], checks["bundle_target_error"]
+    # the bundle is its own relative error away from the float model's maps, the targets their noise
+    assert 0 < float_error and abs(bundle_error - float_error) <= 1.1 * checks["outputs"]["logits"]["relative_error"]
+    unfit = segmenter_data(tmp_path, lambda maps: maps.argmax(1)[:, :5, :5])
+    result, _ = build([*SEGMENTER, "--calib", str(unfit)], tmp_path, "refused")
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1] == (
+        "error: labels shaped 5x5 per image (int64) fit none of the model's outputs (logits 3x8x8): per-pixel class "
+        "indices fit a classes x H x W map, float targets an output of their own shape"), result.output[-2000:]
+
+
+def test_large_inputs_run_through_a_module_in_batches_that_bound_the_builds_memory():
+    """A 224x224 RGB model's calibration images go through the head 27 at a time (4M input values), not 512."""
+    seen = []
+    convolution = torch.nn.Conv2d(3, 4, 3).eval()
+
+    def recorded(images: torch.Tensor) -> torch.Tensor:
+        seen.append(len(images))
+        return convolution(images)
+    images = np.random.default_rng(0).random((60, 3, 224, 224), dtype=np.float32)
+    assert batch_size_for(images) == 27 and batch_size_for(images[:, :1, :32, :32]) == 500
+    result = batched(recorded, images)
+    assert seen == [27, 27, 6]
+    with torch.no_grad():
+        assert torch.allclose(result, convolution(torch.from_numpy(images)), atol=1e-5)

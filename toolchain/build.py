@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -35,13 +36,14 @@ from toolchain.data import ImageSet, load_images
 from toolchain.errors import EdgesplitError
 from toolchain.exit_branch import ExitBranch, load_exit, train_exit
 from toolchain.exit_calibration import DEFAULT_EXIT_MAX_LOSS, curve, exit_checks, measure, pick
-from toolchain.fault import at_fault
+from toolchain.fault import at_fault, describe as describe_half, halves_at_fault
 from toolchain.image_formats import mean_image_bytes
 from toolchain.load import InputOptions, LoadedModel, load_model
+from toolchain.mixed_precision import Requantizable, keep_in_float
 from toolchain.lossless import AUTO as AUTO_LOSSLESS, choose as choose_lossless
 from toolchain.split import Split, default_point, split_model, trace, unsplit
 from toolchain.zoo import ZOO
-from toolchain.evaluate import (Bounds, agreement_bound, code_differences, compare_outputs, failed_bound,
+from toolchain.evaluate import (Bounds, agreement_bound, batched, code_differences, compare_outputs, failed_bound,
                                  output_kinds, reference_outputs)
 
 EXPORT_CHECK_FRAMES = 64
@@ -78,6 +80,7 @@ class BuildOptions(NamedTuple):
     exit_epochs: int = 2
     exit_threshold: float | None = None  # entropy under which the edge answers; None: calibrated in the build
     exit_max_loss: float | None = None  # accuracy points exits may cost on the calibration images (see exit_stage)
+    strict_int8: bool = False  # refuse an INT8 half that misses the bound instead of keeping layers in fp16
 
 
 class BuildReport(NamedTuple):
@@ -114,6 +117,7 @@ class Build:
         self.checks: dict = {}
         self.output = options.output
         self.staging: Path | None = None
+        self.scratch: Path | None = None  # what must not enter the bundle (float halves to quantize again)
         self.manifest: dict = {}
         self.reuse_key: str | None = None
         self.reused = False
@@ -132,6 +136,7 @@ def load_stage(build: Build) -> None:
         [build.loaded.name, build.deployment.name] + ([] if options.strategy == "split" else [options.strategy])
         + ([options.image_format] if options.strategy == "cloud-only" else []))
     build.staging = staging_directory(build.output)
+    build.scratch = Path(tempfile.mkdtemp(prefix="edgesplit-build-"))
 
 
 def images_stage(build: Build) -> None:
@@ -222,8 +227,7 @@ def codec_stage(build: Build) -> None:
     if build.branch is None and build.options.exit_threshold is not None:
         raise EdgesplitError("--exit-threshold is an exit branch's; this build has none: add --early-exit or "
                              "--exit-weights")
-    with torch.no_grad():
-        features = build.halves.head(torch.from_numpy(build.calibration_inputs))
+    features = batched(build.halves.head.eval(), build.calibration_inputs)
     chosen = choose_codec_range(build.codec, features, build.halves.tail)
     if chosen is not None:
         build.checks["codec_range"] = chosen
@@ -240,7 +244,8 @@ def export_stage(role: str) -> Callable[[Build], None]:
             return
         device = build.deployment.device(role)
         half = Half(role, device, build.precisions[role], build.parts, build.calibration_inputs,
-                    build.holdout_inputs[:EXPORT_CHECK_FRAMES], build.staging, artefact_metadata(build, role))
+                    build.holdout_inputs[:EXPORT_CHECK_FRAMES], build.staging, artefact_metadata(build, role),
+                    build.scratch)
         build.artefacts[role], checks = exporter(device).export(half)
         build.checks.update(checks)
     return export
@@ -266,13 +271,45 @@ def exit_stage(build: Build) -> None:
 
 
 def evaluate_stage(build: Build) -> None:
+    """The bundle measured against the float model; an INT8 half at fault for a missed bound gets its most
+    sensitive layers in fp16 (unless --strict-int8); the build fails past its bounds."""
+    inputs = build.holdout_inputs
+    reference = reference_outputs(build.loaded, inputs)
+    bounds = Bounds(build.options.max_loss, agreement_bound(build.options.min_agreement, build.codec_facts),
+                    build.options.max_relative_error)
+    build.checks["bounds"] = bounds._asdict()
+    bundle = measure_bundle(build, inputs, reference)
+    problem = failed_bound(build.checks, bounds)
+    if problem and not build.options.strict_int8:
+        problem = with_layers_in_float(build, bundle, inputs, reference, bounds)
+    if problem:
+        raise EdgesplitError(f"{problem}; {at_fault(build, bundle, inputs, reference, bounds)}; nothing was written "
+                             f"to {build.output}")
+
+
+def with_layers_in_float(build: Build, bundle: Bundle, inputs, reference, bounds: Bounds) -> str:
+    """The one Q/DQ INT8 half at fault requantized with its fewest most sensitive layers in float until the
+    bundle meets its bounds; what it still misses ('' for nothing). Two halves at fault are left to the
+    refusal, which names both."""
+    roles = halves_at_fault(build, bundle, inputs, reference, bounds)
+    half = Requantizable.load(build.scratch, roles[0]) if len(roles) == 1 else None
+    if half is None:  # no Q/DQ file: a TFLite or fp16 half
+        return failed_bound(build.checks, bounds)
+
+    def meets() -> bool:
+        measure_bundle(build, inputs, reference)
+        return not failed_bound(build.checks, bounds)
+    build.checks[f"{roles[0]}_kept_float"] = keep_in_float(
+        half, build.staging / build.artefacts[roles[0]]["file"], meets, describe_half(build, roles[0]))
+    return ""
+
+
+def measure_bundle(build: Build, inputs, reference: list) -> Bundle:
     """Float model vs the bundle as deployed (edge → wire bytes → cloud, and the edge's own answers below the
     exit threshold), each half run the way its entry says it is verified on a CPU, output by output; the
-    bytes of sending the image instead; the build fails past its bounds."""
+    bytes of sending the image instead: into build.checks."""
     bundle = Bundle(build.staging, describe_bundle(build))
-    inputs = build.holdout_inputs
     run = deployed(bundle, inputs, verified=True)
-    reference = reference_outputs(build.loaded, inputs)
     checks = build.checks
     checks.update(holdout_frames=len(inputs), holdout_origin=build.holdout.origin,
                   calibration_origin=build.calibration.origin, mean_payload_bytes=float(run.payload_bytes.mean()),
@@ -287,13 +324,7 @@ def evaluate_stage(build: Build) -> None:
         checks.update(code_differences(  # through the runtime vs PyTorch
             edge_half(bundle, verified=True).codes(inputs[:EXPORT_CHECK_FRAMES]),
             build.parts.codes(inputs[:EXPORT_CHECK_FRAMES], torch.uint8)))
-    bounds = Bounds(build.options.max_loss, agreement_bound(build.options.min_agreement, build.codec_facts),
-                    build.options.max_relative_error)
-    checks["bounds"] = bounds._asdict()
-    problem = failed_bound(checks, bounds)
-    if problem:
-        raise EdgesplitError(f"{problem}; {at_fault(build, bundle, inputs, reference, bounds)}; nothing was written "
-                             f"to {build.output}")
+    return bundle
 
 
 def compile_stage(build: Build) -> None:
@@ -336,8 +367,9 @@ def build_engines(options: BuildOptions, show_progress: bool = True) -> BuildRep
                 if build.reused:
                     break
         finally:
-            if build.staging is not None:
-                shutil.rmtree(build.staging, ignore_errors=True)  # gone once the bundle is in place, or failed
+            for folder in (build.staging, build.scratch):  # the staging is gone once the bundle is in place
+                if folder is not None:
+                    shutil.rmtree(folder, ignore_errors=True)
         progress.update(task, description="done")
     return BuildReport(build.output, build.manifest, time.perf_counter() - started, build.reused, stage_seconds)
 

@@ -23,6 +23,7 @@ from toolchain.quiet import quiet
 LEVELS = 127  # symmetric int8: -127..127
 RANGE_PERCENTILE = 99.99
 SCORED_SAMPLES = 64  # inputs each candidate is run on; ranges come from every calibration input
+HISTOGRAM_CHUNK = 16  # inputs whose every activation the calibrator holds at once, not the whole set's
 
 
 class Histogram(NamedTuple):
@@ -67,6 +68,7 @@ class Calibrated(NamedTuple):
     clipped: int  # tensors whose range clips some calibration values
     scores: dict  # method -> {"agreement": ..., "relative_error": ...}
     frames: int  # calibration inputs the methods were scored on
+    thresholds: dict  # tensor name -> the chosen |x| range
 
     def describe(self) -> dict:
         return {"method": self.method, "tensors": self.tensors, "clipped_tensors": self.clipped,
@@ -91,7 +93,10 @@ def histograms(float_path: Path, samples: dict[str, np.ndarray]) -> dict[str, Hi
         calibrator = create_calibrator(str(float_path), augmented_model_path=str(Path(scratch) / "augmented.onnx"),
                                        calibrate_method=CalibrationMethod.Percentile,
                                        extra_options={"symmetric": True, "num_bins": 2048})
-        calibrator.collect_data(CalibrationFeed(samples))
+        count = len(next(iter(samples.values())))
+        for start in range(0, count, HISTOGRAM_CHUNK):  # each call merges into the histograms and drops its outputs
+            calibrator.collect_data(CalibrationFeed({name: array[start:start + HISTOGRAM_CHUNK]
+                                                     for name, array in samples.items()}))
         found = calibrator.collector.histogram_dict
     return {name: Histogram(np.asarray(entry[0], np.float64), np.asarray(entry[1], np.float64))
             for name, entry in found.items()}
@@ -148,7 +153,7 @@ def calibrate(float_path: Path, qdq_path: Path, samples: dict[str, np.ndarray],
     chosen = ranges(found, best)
     clipped = sum(chosen[name] < min_max(histogram) for name, histogram in found.items())
     onnx.checker.check_model(str(qdq_path))
-    return Calibrated(best, len(found), clipped, scores, len(next(iter(scored.values()))))
+    return Calibrated(best, len(found), clipped, scores, len(next(iter(scored.values()))), chosen)
 
 
 SCORED_FRAMES = 256  # calibration frames each codec range is scored on

@@ -201,6 +201,9 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
               help="Precision of the edge half [default: the edge device's].")
 @click.option("--cloud-precision", type=click.Choice(PRECISIONS), default=None,
               help="Precision of the cloud half [default: the cloud device's].")
+@click.option("--strict-int8", is_flag=True,
+              help="Refuse an INT8 half that misses the bounds instead of keeping its most sensitive layers in "
+                   "fp16 until it meets them.")
 @click.option("--early-exit", is_flag=True, help="Add an exit branch to the edge half, trained on --train-data.")
 @click.option("--exit-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="An exit branch from `edgesplit train-exit` instead of training one during the build.")
@@ -213,7 +216,7 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
                    "exit's, else 0.3].")
 def build_engines(model, target, cloud, strategy, image_format, split, codec, codec_weights, lossless, train_data, calib, output,
                   holdout_frames, max_loss, min_agreement, max_relative_error, output_kinds, codec_epochs, tar, precision, cloud_precision,
-                  early_exit, exit_weights, exit_epochs, exit_threshold, exit_max_loss) -> None:
+                  strict_int8, early_exit, exit_weights, exit_epochs, exit_threshold, exit_max_loss) -> None:
     """Split, quantize, export and bundle a model for an edge device and a cloud device.
 
     `build-engines --bundle PATH` (the runtime's command, on the device) builds that bundle's
@@ -231,7 +234,7 @@ def build_engines(model, target, cloud, strategy, image_format, split, codec, co
         min_agreement=min_agreement,
         max_relative_error=max_relative_error, output_kinds=None if output_kinds is None else tuple(output_kinds.split(",")),
         codec_epochs=codec_epochs, tar=tar, precision=precision,
-        cloud_precision=cloud_precision, early_exit=early_exit, exit_weights=exit_weights, exit_epochs=exit_epochs,
+        cloud_precision=cloud_precision, strict_int8=strict_int8, early_exit=early_exit, exit_weights=exit_weights, exit_epochs=exit_epochs,
         exit_threshold=exit_threshold, exit_max_loss=exit_max_loss,
     ))
     Console().print(build_summary(report))

@@ -55,12 +55,31 @@ def first_output(result):
     return result[0] if isinstance(result, (tuple, list)) else result
 
 
+BATCH_VALUES = 1 << 22  # input values run through a module at once: a batch's activations bound a build's memory
+
+
+def batch_size_for(inputs: np.ndarray, most: int = 500) -> int:
+    """500 32x32 images at once, 27 of 3x224x224."""
+    return max(1, min(most, BATCH_VALUES // max(1, int(np.prod(inputs.shape[1:])))))
+
+
+@torch.no_grad()
+def batched(module: nn.Module, images: np.ndarray):
+    """module(images) computed a batch at a time: a tensor, or a tuple where the module returns several."""
+    size = batch_size_for(images)
+    pieces = [module(torch.from_numpy(images[start:start + size])) for start in range(0, len(images), size)]
+    if isinstance(pieces[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*pieces))
+    return torch.cat(pieces)
+
+
 @torch.no_grad()
 def predict_outputs(model: nn.Module, inputs: np.ndarray | list[np.ndarray], batch_size: int = 500) \
         -> list[np.ndarray]:
     """Every output of a model in eval mode, one array per output; `inputs` a list where the model takes several."""
     model.eval()
     parts = inputs if isinstance(inputs, list) else [inputs]
+    batch_size = min(batch_size_for(part, batch_size) for part in parts)
     batches = []
     for start in range(0, len(parts[0]), batch_size):
         result = model(*(torch.from_numpy(part[start:start + batch_size]) for part in parts))
@@ -95,6 +114,44 @@ def reference_outputs(loaded: LoadedModel, inputs: np.ndarray) -> list[np.ndarra
     return _REFERENCES[key]
 
 
+def labeled_output(names, reference: list[np.ndarray], labels: np.ndarray) -> int:
+    """The output dense labels score: per-pixel class indices (N, H, W) an N x classes x H x W map, float
+    targets an output of their very shape."""
+    classes = np.issubdtype(labels.dtype, np.integer)
+    for index, wanted in enumerate(reference):
+        if (classes and wanted.ndim == labels.ndim + 1 and wanted.shape[2:] == labels.shape[1:]) or \
+                (not classes and wanted.shape == labels.shape):
+            return index
+    shapes = ", ".join(f"{name} {'x'.join(map(str, wanted.shape[1:]))}" for name, wanted in zip(names, reference))
+    raise EdgesplitError(f"labels shaped {'x'.join(map(str, labels.shape[1:]))} per image ({labels.dtype}) fit none "
+                         f"of the model's outputs ({shapes}): per-pixel class indices fit a classes x H x W map, "
+                         "float targets an output of their own shape")
+
+
+def dense_checks(names, reference: list[np.ndarray], deployed: list[np.ndarray], labels: np.ndarray,
+                 outputs: dict) -> dict:
+    """Per-pixel classes: pixel accuracy (the accuracy --max-loss bounds) and mean IoU, float and bundle, and the
+    map's pixel agreement (bounded by --min-agreement in place of its relative error); float targets: each one's
+    relative error to them."""
+    index = labeled_output(names, reference, labels)
+    name, wanted, found = names[index], reference[index], deployed[index]
+    if not np.issubdtype(labels.dtype, np.integer):
+        return {"labeled_output": name, "float_target_error": relative_error(wanted, labels),
+                "bundle_target_error": relative_error(found, labels)}
+    outputs[name].update(kind="class map", pixel_agreement=float((found.argmax(1) == wanted.argmax(1)).mean()))
+    return {"labeled_output": name, "accuracy_metric": "pixel accuracy",
+            "float_accuracy": float((wanted.argmax(1) == labels).mean()),
+            "bundle_accuracy": float((found.argmax(1) == labels).mean()),
+            "float_miou": mean_iou(wanted.argmax(1), labels), "bundle_miou": mean_iou(found.argmax(1), labels)}
+
+
+def mean_iou(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """Intersection over union per class present in the labels or the predictions, averaged."""
+    present = np.union1d(np.unique(predicted), np.unique(labels))
+    return float(np.mean([((predicted == c) & (labels == c)).sum() / ((predicted == c) | (labels == c)).sum()
+                          for c in present]))
+
+
 def relative_error(deployed: np.ndarray, reference: np.ndarray) -> float:
     scale = float(np.linalg.norm(reference))
     return float(np.linalg.norm(deployed - reference)) / (scale if scale else 1.0)
@@ -103,7 +160,8 @@ def relative_error(deployed: np.ndarray, reference: np.ndarray) -> float:
 def compare_outputs(names, kinds, reference: list[np.ndarray], deployed: list[np.ndarray],
                     labels: np.ndarray | None) -> dict:
     """Per-output agreement or relative error; top-1 agreement and accuracy from the first class output, if any
-    (without one, labels are not used and the checks say so)."""
+    (without one, labels are not used and the checks say so); labels shaped like an output (per-pixel classes,
+    targets) score that output instead."""
     outputs = {}
     for name, kind, wanted, found in zip(names, kinds, reference, deployed):
         outputs[name] = {"kind": kind}
@@ -111,6 +169,8 @@ def compare_outputs(names, kinds, reference: list[np.ndarray], deployed: list[np
             outputs[name]["top1_agreement"] = float((found.argmax(1) == wanted.argmax(1)).mean())
         else:
             outputs[name]["relative_error"] = relative_error(found, wanted)
+    if labels is not None and labels.ndim > 1:
+        return {"outputs": outputs, **dense_checks(names, reference, deployed, labels, outputs)}
     if "class" not in kinds:
         return {"outputs": outputs, "labels_unused": labels is not None}
     scored = kinds.index("class")
@@ -147,12 +207,15 @@ def failed_bound(checks: dict, bounds: Bounds) -> str:
         loss = None if accuracy is None else 100 * (checks["float_accuracy"] - accuracy)
         if loss is not None and loss > bounds.max_loss_points:
             frames = checks["holdout_frames"]
-            return (f"{what} loses {loss:.2f} accuracy points on the {frames} held-out images (one image is "
-                    f"{100 / frames:.2g} pt; limit --max-loss {bounds.max_loss_points}{hint})")
+            return (f"{what} loses {loss:.2f} {checks.get('accuracy_metric', 'accuracy')} points on the {frames} "
+                    f"held-out images (one image is {100 / frames:.2g} pt; limit --max-loss "
+                    f"{bounds.max_loss_points}{hint})")
     for name, result in checks["outputs"].items():
-        agreement, error = result.get("top1_agreement"), result.get("relative_error")
+        agreement = result.get("top1_agreement", result.get("pixel_agreement"))
+        error = None if "pixel_agreement" in result else result.get("relative_error")  # scored by its labels
         if agreement is not None and bounds.min_agreement is not None and agreement < bounds.min_agreement:
-            return (f"output {name!r} agrees with the float model on {agreement:.2%} of held-out images "
+            counted = "the held-out images' pixels" if "pixel_agreement" in result else "held-out images"
+            return (f"output {name!r} agrees with the float model on {agreement:.2%} of {counted} "
                     f"(bound --min-agreement {bounds.min_agreement:.2%})")
         if error is not None and error > bounds.max_relative_error:
             return (f"output {name!r} is {error:.3f} away from the float model's, relative "

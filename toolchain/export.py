@@ -129,7 +129,8 @@ def export_half(half, code_dtype: str) -> tuple[Path, dict]:
     limits = [MAX_CODE_ERROR if name in codes else MAX_LOGIT_ERROR for name in output_names]
     if half.precision == "int8":
         calibration = half.inputs(half.calibration, dtype)
-        calibrated = quantize_in_place(path, {name: tensor.numpy() for name, tensor in zip(input_names, calibration)})
+        calibrated = quantize_in_place(path, {name: tensor.numpy() for name, tensor in zip(input_names, calibration)},
+                                       half.scratch, half.role)
         limits = [float("inf")] * len(limits)
     errors: dict[str, list[ExportCheck]] = {}
     for name, check, limit in zip(output_names, compare_with_torch(module, path, examples), limits):

@@ -31,7 +31,7 @@ def at_fault(build: Build, bundle: Bundle, inputs: np.ndarray, reference: list[n
         role = bundle.answering_role
         return f"{describe(build, role)} runs the whole model{hint(build, role)}"
     codes = float_codes(build, inputs)
-    codec = checks_of(build, inputs, reference, predict_outputs(build.parts.cloud(), codes))
+    codec = codec_checks(build, inputs, reference, codes)
     if failed_bound(codec, bounds):
         return f"with both halves in float (PyTorch) the codec alone ({build.codec.name} at split " \
                f"{build.halves.point.node}) gives {score(codec)}: try another --codec or --split"
@@ -40,6 +40,26 @@ def at_fault(build: Build, bundle: Bundle, inputs: np.ndarray, reference: list[n
     failing = [role for role in lowered if failed_bound(checks[role], bounds)]
     scores = "; ".join(f"{describe(build, role)} beside the other in float: {score(checks[role])}" for role in lowered)
     return f"{scores}: {verdict(failing)}" + "".join(hint(build, role) for role in failing or lowered)
+
+
+def halves_at_fault(build: Build, bundle: Bundle, inputs: np.ndarray, reference: list[np.ndarray],
+                    bounds: Bounds) -> list[str]:
+    """The halves below float that miss the bound alone (every one of them where each meets it alone and the
+    two together do not); none where the codec alone misses it, or the bundle has no halves below float."""
+    if bundle.strategy != "split":
+        return [bundle.answering_role] if build.precisions[bundle.answering_role] in HIGHER else []
+    codes = float_codes(build, inputs)
+    if failed_bound(codec_checks(build, inputs, reference, codes), bounds):
+        return []
+    lowered = [role for role in ROLES if build.precisions[role] in HIGHER]
+    failing = [role for role in lowered
+               if failed_bound(alone(build, bundle, role, inputs, reference, codes), bounds)]
+    return failing or lowered
+
+
+def codec_checks(build: Build, inputs: np.ndarray, reference: list[np.ndarray], codes) -> dict:
+    """The checks with both halves in PyTorch and the codec's own quantization between them."""
+    return checks_of(build, inputs, reference, predict_outputs(build.parts.cloud(), codes))
 
 
 def verdict(failing: list[str]) -> str:

@@ -18,9 +18,10 @@ from toolchain.quiet import quiet
 
 
 def quantize_qdq(float_path: Path, qdq_path: Path, samples: dict[str, np.ndarray],
-                 thresholds: dict[str, float] | None = None) -> None:
+                 thresholds: dict[str, float] | None = None, exclude: list[str] | None = None) -> None:
     """Float ONNX → Q/DQ ONNX (int8 activations and per-channel weights, symmetric): activation ranges from
-    `thresholds` (|x| per tensor name) where given, else MinMax on `samples` (an array per input name)."""
+    `thresholds` (|x| per tensor name) where given, else MinMax on `samples` (an array per input name); the
+    nodes named in `exclude` stay in float."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from toolchain.calibration import CalibrationFeed
@@ -35,6 +36,7 @@ def quantize_qdq(float_path: Path, qdq_path: Path, samples: dict[str, np.ndarray
         with quiet():  # "please consider pre-processing" warnings, every time
             quantize_static(str(float_path), str(qdq_path), CalibrationFeed(samples), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            nodes_to_exclude=exclude or [],
                             calibrate_method=CalibrationMethod.MinMax,
                             # biases stay float: TensorRT's Q/DQ path is int8 only
                             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
@@ -47,14 +49,20 @@ def quantize_qdq(float_path: Path, qdq_path: Path, samples: dict[str, np.ndarray
         raise EdgesplitError(f"Q/DQ quantization moved {float_path.name} from opset {opset} to {found}")
 
 
-def quantize_in_place(path: Path, samples: dict[str, np.ndarray]):
+def quantize_in_place(path: Path, samples: dict[str, np.ndarray], scratch: Path | None = None, role: str = ""):
     """Replace the float ONNX at `path` by its Q/DQ INT8 version calibrated on `samples` with the activation
-    ranges that keep the float half's answers best; returns what was chosen (calibration.Calibrated)."""
-    from toolchain.calibration import calibrate
+    ranges that keep the float half's answers best; returns what was chosen (calibration.Calibrated). With a
+    `scratch` folder, what quantizing it again needs is kept there for `role` (mixed_precision.Requantizable)."""
+    from toolchain.calibration import SCORED_SAMPLES, calibrate
+    from toolchain.mixed_precision import Requantizable
 
     float_path = path.with_suffix(".float.onnx")
     path.rename(float_path)
     try:
-        return calibrate(float_path, path, samples, quantize_qdq)
+        calibrated = calibrate(float_path, path, samples, quantize_qdq)
+        if scratch is not None:
+            scored = {name: array[:SCORED_SAMPLES] for name, array in samples.items()}
+            Requantizable.save(scratch, role, float_path, scored, calibrated.thresholds)
+        return calibrated
     finally:
-        float_path.unlink()
+        float_path.unlink(missing_ok=True)

@@ -6,6 +6,7 @@ what they printed is dropped when they succeed, and their exception carries the 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -20,7 +21,9 @@ def quiet():
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
     previous = logging.root.manager.disable
-    with tempfile.TemporaryFile() as sink, warnings.catch_warnings():
+    # Python-level prints too, where sys.stdout is not descriptor 1 (a click test runner's, pytest's capture)
+    with tempfile.TemporaryFile() as sink, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         logging.disable(logging.WARNING)
         os.dup2(sink.fileno(), 1)

@@ -47,9 +47,16 @@ def build_summary(report) -> Table:
                                      f"{TITLES[manifest['wire'].get('picture') or 'raw']}")
     table.add_row("held-out images", f"{checks['holdout_frames']}: {checks['holdout_origin']}")
     if "float_accuracy" in checks:
-        table.add_row("float accuracy", f"{checks['float_accuracy']:.2%} on the held-out images")
-        table.add_row("bundle accuracy", f"{checks['bundle_accuracy']:.2%} "
-                      f"({100 * (checks['bundle_accuracy'] - checks['float_accuracy']):+.2f} pt)")
+        metric = checks.get("accuracy_metric", "accuracy")
+        table.add_row(f"float {metric}", f"{checks['float_accuracy']:.2%} on the held-out images" + (
+            f" ({checks['labeled_output']}, mean IoU {checks['float_miou']:.3f})" if "float_miou" in checks else ""))
+        table.add_row(f"bundle {metric}", f"{checks['bundle_accuracy']:.2%} "
+                      f"({100 * (checks['bundle_accuracy'] - checks['float_accuracy']):+.2f} pt"
+                      + (f", mean IoU {checks['bundle_miou']:.3f})" if "bundle_miou" in checks else ")"))
+    elif "float_target_error" in checks:
+        table.add_row("error to the targets", f"{checks['labeled_output']}: float model {checks['float_target_error']:.3g}"
+                                              f", bundle {checks['bundle_target_error']:.3g} (relative, on the "
+                                              "held-out images' labels)")
     elif checks.get("labels_unused"):
         table.add_row("accuracy", "not measured: the model has no class output (one score per class), so the "
                                   "images' labels are not used (--max-loss not checked; closeness to the float "
@@ -59,6 +66,7 @@ def build_summary(report) -> Table:
                                   "agreement with the float model is)")
     for name, result in checks["outputs"].items():
         measured = f"top-1 agreement {result['top1_agreement']:.2%}" if "top1_agreement" in result else \
+            f"pixel agreement {result['pixel_agreement']:.2%}" if "pixel_agreement" in result else \
             f"relative error {result['relative_error']:.2g}"
         table.add_row(f"output {name}", f"{result['kind']}: {measured} with the float model")
     if strategy == "split":
@@ -79,6 +87,8 @@ def build_summary(report) -> Table:
     for role in STRATEGIES[strategy]:
         if f"{role}_calibration" in checks:
             table.add_row(f"{role} int8 ranges", int8_ranges_row(checks[f"{role}_calibration"]))
+        if f"{role}_kept_float" in checks:
+            table.add_row(f"{role} kept in fp16", kept_float_row(checks[f"{role}_kept_float"]))
     differences = [f"{role} max |Δ| {checks[f'{role}_max_abs_error']:.3g}" for role in STRATEGIES[strategy]
                    if f"{role}_max_abs_error" in checks]  # an integer-only artefact has its own checks
     if differences:
@@ -103,6 +113,15 @@ def range_row(chosen: dict, reference: str = "the float model's") -> str:
 def int8_ranges_row(chosen: dict) -> str:
     clipped = f"{chosen['clipped_tensors']} of {chosen['tensors']} activations clip outliers"
     return range_row(chosen, reference="the float half's") + f"; {clipped}"
+
+
+def kept_float_row(kept: dict) -> str:
+    """Which layers an INT8 half keeps out of INT8, and what that costs: their share of its multiply-accumulates
+    (at TensorRT's INT8 rate twice its FP16 one, about half that share more compute time)."""
+    return (f"{len(kept['layers'])} of {kept['of']} int8 layers, the most sensitive, to meet the bounds "
+            f"(--strict-int8 refuses instead): {', '.join(kept['layers'])}; {kept['macs_share']:.1%} of the half's "
+            f"multiply-accumulates, about +{kept['macs_share'] / 2:.1%} compute time at INT8 twice FP16's rate; "
+            f"found in {kept['search_seconds']:.0f} s")
 
 
 def split_row(split: dict) -> tuple[str, str]:

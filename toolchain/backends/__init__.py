@@ -24,6 +24,7 @@ from torch import nn
 from targets import PRECISIONS, Device
 from toolchain.codecs import FeatureCodec
 from toolchain.errors import TargetError
+from toolchain.evaluate import batched
 from toolchain.exit_branch import EXIT_OUTPUT, EdgeWithExit, ExitBranch
 
 IMAGE, CODES, LOGITS = "image", "codes", "logits"
@@ -87,7 +88,7 @@ class Parts(NamedTuple):
     @torch.no_grad()
     def codes(self, images: np.ndarray, code_dtype: torch.dtype):
         """The codes of `images`: a tensor, or a tuple of them when several tensors cross."""
-        return Chain(self.head, self.codec.encoder(code_dtype)).eval()(torch.from_numpy(images))
+        return batched(Chain(self.head, self.codec.encoder(code_dtype)).eval(), images)
 
     @torch.no_grad()
     def output_shapes(self, images: np.ndarray) -> list[tuple[int, ...]]:
@@ -107,6 +108,7 @@ class Half(NamedTuple):
     sample: np.ndarray  # held-out images for the export checks
     directory: Path
     metadata: dict[str, str]
+    scratch: Path | None = None  # where an INT8 half keeps what quantizing it again needs (outside the bundle)
 
     def module(self, code_dtype: torch.dtype) -> nn.Module:
         return self.parts.edge(code_dtype) if self.role == "edge" else self.parts.cloud()

@@ -181,9 +181,10 @@ def read_folder(directory: Path, spec: InputSpec, split: str) -> Tuple[np.ndarra
 
 def _array_frames(images, labels, spec: InputSpec, origin, first: int) -> Iterator[SourceFrame]:
     arranged = spec.arrange(images, origin)
+    per_image = labels is not None and labels.ndim == 1  # per-pixel labels and targets are scored by the build
     for index in range(first, len(arranged)):
         yield SourceFrame(index, spec.prepare(arranged[index:index + 1], origin)[0],
-                          None if labels is None or labels.ndim > 1 else int(labels[index]))
+                          int(labels[index]) if per_image else None)
 
 
 def _file_frames(files, spec: InputSpec, first: int) -> Iterator[SourceFrame]:

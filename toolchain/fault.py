@@ -35,11 +35,11 @@ def at_fault(build: Build, bundle: Bundle, inputs: np.ndarray, reference: list[n
     if failed_bound(codec, bounds):
         return f"with both halves in float (PyTorch) the codec alone ({build.codec.name} at split " \
                f"{build.halves.point.node}) gives {score(codec)}: try another --codec or --split"
-    lowered = [role for role in ROLES if build.precisions[role] in HIGHER]
-    checks = {role: alone(build, bundle, role, inputs, reference, codes) for role in lowered}
-    failing = [role for role in lowered if failed_bound(checks[role], bounds)]
-    scores = "; ".join(f"{describe(build, role)} beside the other in float: {score(checks[role])}" for role in lowered)
-    return f"{scores}: {verdict(failing)}" + "".join(hint(build, role) for role in failing or lowered)
+    checks = halves_alone(build, bundle, inputs, reference, codes)
+    failing = [role for role in checks if failed_bound(checks[role], bounds)]
+    scores = "; ".join(f"{describe(build, role)} beside the other in float: {score(found)}"
+                       for role, found in checks.items())
+    return f"{scores}: {verdict(failing)}" + "".join(hint(build, role) for role in failing or checks)
 
 
 def halves_at_fault(build: Build, bundle: Bundle, inputs: np.ndarray, reference: list[np.ndarray],
@@ -51,10 +51,14 @@ def halves_at_fault(build: Build, bundle: Bundle, inputs: np.ndarray, reference:
     codes = float_codes(build, inputs)
     if failed_bound(codec_checks(build, inputs, reference, codes), bounds):
         return []
-    lowered = [role for role in ROLES if build.precisions[role] in HIGHER]
-    failing = [role for role in lowered
-               if failed_bound(alone(build, bundle, role, inputs, reference, codes), bounds)]
-    return failing or lowered
+    checks = halves_alone(build, bundle, inputs, reference, codes)
+    return [role for role in checks if failed_bound(checks[role], bounds)] or list(checks)
+
+
+def halves_alone(build: Build, bundle: Bundle, inputs: np.ndarray, reference: list[np.ndarray], codes) -> dict:
+    """Per half below float, the checks with it deployed beside the other in PyTorch."""
+    return {role: alone(build, bundle, role, inputs, reference, codes) for role in ROLES
+            if build.precisions[role] in HIGHER}
 
 
 def codec_checks(build: Build, inputs: np.ndarray, reference: list[np.ndarray], codes) -> dict:

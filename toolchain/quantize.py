@@ -17,18 +17,16 @@ from toolchain.errors import EdgesplitError
 from toolchain.quiet import quiet
 
 
-def quantize_qdq(float_path: Path, qdq_path: Path, samples: dict[str, np.ndarray],
-                 thresholds: dict[str, float] | None = None, exclude: list[str] | None = None) -> None:
+def quantize_qdq(float_path: Path, qdq_path: Path, samples: dict[str, np.ndarray], thresholds: dict[str, float],
+                 exclude: list[str] | None = None) -> None:
     """Float ONNX → Q/DQ ONNX (int8 activations and per-channel weights, symmetric): activation ranges from
-    `thresholds` (|x| per tensor name) where given, else MinMax on `samples` (an array per input name); the
-    nodes named in `exclude` stay in float."""
+    `thresholds` (|x| per tensor name, calibration.py); the nodes named in `exclude` stay in float."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from toolchain.calibration import CalibrationFeed
 
-    overrides = {name: [{"rmin": np.float32(-limit), "rmax": np.float32(limit)}] for name, limit in (thresholds or {}).items()}
-    if thresholds:  # every range given: the quantizer's own calibration pass only has to find the tensors
-        samples = {name: array[:1] for name, array in samples.items()}
+    overrides = {name: [{"rmin": np.float32(-limit), "rmax": np.float32(limit)}] for name, limit in thresholds.items()}
+    samples = {name: array[:1] for name, array in samples.items()}  # ranges given: its pass only finds the tensors
 
     model = onnx.load(str(float_path))
     opset = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))

@@ -196,3 +196,16 @@ def tiny_segmenter() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 3, 1))
+
+
+class Sawtooth(nn.Module):
+    """A periodic activation (fmod): ONNX's Mod, which TensorRT's parser imports from 8.6, not on the Nano's 8.2."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fmod(x, 1.0)
+
+
+def sawtooth() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1), Sawtooth(), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from runtime.backends.tensorrt.engine import probe_device, stamp_mismatch
@@ -17,6 +18,7 @@ from runtime.errors import BundleError, TargetError
 from runtime.local import CloudHalf, SplitInference
 from targets import DEVICES
 from toolchain.build import BuildOptions, build_engines
+from toolchain.cli import main
 from toolchain.data import to_model_input
 from toolchain.backends.tensorrt import lint
 from toolchain.evaluate import reference_outputs
@@ -183,6 +185,22 @@ def test_lint_names_what_a_tensorrt_parser_would_refuse(int8_built, tmp_path):
     assert "ops the jetson-nano parser does not import: Einsum" in problems
     assert "QuantizeLinear 'asymmetric' is not symmetric int8 (TensorRT needs int8, zero point 0)" in problems
     assert "input 'x' has dynamic axes [0, 2]; only the batch axis 0 may vary" in problems
+
+
+def test_a_half_the_nanos_parser_cannot_import_is_refused_before_any_training(tmp_path):
+    """Mod (torch.fmod) arrived in TensorRT 8.6's parser: the Nano (8.2) refuses a head holding it, in one line,
+    before the exit branch --early-exit asks for is trained; the cloud GPU's TensorRT 10 takes it."""
+    model = ["--model", "architectures:sawtooth", "--input-shape", "1,28,28"]
+    refused = CliRunner().invoke(main, ["build-engines", *model, "--target", "jetson-nano", "--split", "3",
+                                        "--early-exit", "--output", str(tmp_path / "after")])
+    assert refused.exit_code == 1 and refused.output.strip() == (
+        "error: the edge half at this cut would not build on jetson-nano (TensorRT 8.2, opset 13): ops the "
+        "jetson-nano parser does not import: Mod; choose a cut before them (--split) or a device whose TensorRT "
+        "imports them")
+    built = CliRunner().invoke(main, ["build-engines", *model, "--target", "jetson-nano", "--split", "2", "--output",
+                                      str(tmp_path / "before")])
+    assert built.exit_code == 0, built.output
+    assert "Mod" in {node.op_type for node in onnx.load(str(tmp_path / "before" / "cloud.onnx")).graph.node}
 
 
 def test_stamps_must_match_the_device():

@@ -1,7 +1,7 @@
 """`build-engines`: a short pipeline of stages over one build's state, with progress.
 
 load model → load images → (reuse a bundle built before from the same content, when EDGESPLIT_CACHE is
-set) → split → codec (+ exit branch) → export edge → export cloud → calibrate exit → evaluate → compile
+set) → split → check halves for their devices → codec (+ exit branch) → export edge → export cloud → calibrate exit → evaluate → compile
 engines → write bundle. A bundled model built with no split,
 codec or exit named gets the codec and exit branch trained for it (toolchain/zoo/): nothing is
 trained during that build. Each half goes through its device's exporter
@@ -200,6 +200,23 @@ def split_stage(build: Build) -> None:
     build.output_kinds = kinds_of(build)
 
 
+def precheck_stage(build: Build) -> None:
+    """Each half's float graph, as its device's exporter would take it (a TensorRT parser's ops and opset)."""
+    halves = build.halves
+    image = torch.from_numpy(build.calibration_inputs[:1])
+    with torch.no_grad():
+        features = halves.head.eval()(image)
+    for role in build.roles:
+        device = build.deployment.device(role)
+        check = exporter(device).precheck
+        if check is None:
+            continue
+        if role == "cloud":
+            check(role, device, halves.tail, features if isinstance(features, tuple) else (features,))
+        else:  # edge-only runs the whole model (the tail of a cut at the input) on the edge
+            check(role, device, halves.head if build.options.strategy == "split" else halves.tail, (image,))
+
+
 def kinds_of(build: Build) -> tuple[str, ...]:
     return output_kinds(build.halves.outputs, build.options.output_kinds,
                         build.parts.output_shapes(build.calibration_inputs))
@@ -342,7 +359,7 @@ def write_stage(build: Build) -> None:
 
 
 STAGES = (("load model", load_stage), ("load images", images_stage), ("reuse a bundle built before", reuse_stage),
-          ("split", split_stage),
+          ("split", split_stage), ("check halves for their devices", precheck_stage),
           ("codec", codec_stage), ("export edge half", export_stage("edge")),
           ("export cloud half", export_stage("cloud")), ("calibrate exit", exit_stage),
           ("evaluate bundle", evaluate_stage),

@@ -167,6 +167,9 @@ class Exporter(NamedTuple):
     compile: Callable[[Path, dict], None] | None = None  # builds {role: entry} engines where the host can
     unavailable: Callable[[], str] = lambda: ""  # why this host cannot run its artefacts ("" if it can)
     triton_tail: Callable[[dict], TritonTail] | None = None  # a cloud entry → how Triton serves it natively
+    # (role, device, float module, example inputs) → raises where the device cannot take the half: run on the
+    # float half right after the split, so calibration and training are not spent on a half it would refuse
+    precheck: Callable[[str, Device, nn.Module, tuple], None] | None = None
 
 
 def exporter(device: Device) -> Exporter:

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import tempfile
+
 import numpy as np
 import onnx
+import torch
 from onnx import numpy_helper
 
 from toolchain.backends import Exporter, Half, TritonTail, WholeModel
 from toolchain.backends.onnxrt import onnx_entry
 from toolchain.errors import EdgesplitError
-from toolchain.export import export_half, export_whole_model
+from toolchain.export import export_half, export_onnx, export_whole_model
 
 CODE_DTYPE = "float32"  # UINT8 I/O arrived in TensorRT 8.5: codes cross TensorRT halves as integral float32
 WORKSPACE_MIB = 1024
@@ -143,6 +146,24 @@ def lint(path: Path, device) -> list[str]:
     return problems
 
 
+def precheck(role: str, device, module, examples: tuple) -> None:
+    """The float half at the device's opset, linted for its parser: one line naming the opset and the ops it
+    would refuse, before the build calibrates or trains anything for it."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"{role}.onnx"
+        with torch.no_grad():
+            outputs = module.eval()(*examples)
+        count = len(outputs) if isinstance(outputs, tuple) else 1
+        export_onnx(module, examples, path, device.onnx_opset, tuple(f"input{i}" for i in range(len(examples))),
+                    tuple(f"output{i}" for i in range(count)), metadata={})
+        problems = lint(path, device)
+    if problems:
+        parser = device.backend_options["parser"]
+        raise EdgesplitError(f"the {role} half at this cut would not build on {device.name} (TensorRT {parser}, "
+                             f"opset {device.onnx_opset}): {'; '.join(problems)}; choose a cut before them (--split) "
+                             f"or a device whose TensorRT imports them")
+
+
 def unavailable() -> str:
     from runtime.backends.tensorrt.engine import probe_device
 
@@ -167,5 +188,5 @@ def triton_tail(entry: dict) -> TritonTail:
 EXPORTER = Exporter(
     name="tensorrt", title="TensorRT", suffix=".onnx (+ .plan built on a GPU)", precisions=("fp32", "fp16", "int8"),
     roles=("edge", "cloud"), code_dtype=CODE_DTYPE, host_needs_gpu=True, export=export, whole_model=whole_model,
-    compile=compile_engines, unavailable=unavailable, triton_tail=triton_tail,
+    compile=compile_engines, unavailable=unavailable, triton_tail=triton_tail, precheck=precheck,
 )

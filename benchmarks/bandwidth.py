@@ -85,6 +85,7 @@ QUICK_OPTIMIZE = {"splits": ("layer3",), "ratios": (0.0,), "codecs": ("bbnet:bit
 DEFAULT_DEVICE = "jetson-nano"  # BBNet's edge
 FRAMES, QUICK_FRAMES = 100, 20
 QUICK_CALIBRATION = 128  # --quick: calibration images per build (a full-int8 TFLite conversion takes ~20 s on 512)
+QUICK_HOLDOUT = 500  # --quick: held-out images each accuracy is measured on (all 2,000 take ~20 s more per device)
 IN_FLIGHT = 8
 REPEATS, REPEAT_BELOW_S = 5, 20.0  # see steady_stream; --quick runs each stream once
 PROFILE_RATE = 1e9  # the edge is profiled through the same tbf as the rows (its qdisc costs the edge a few %)
@@ -216,7 +217,8 @@ class Candidates(NamedTuple):
     pictures: tuple[str, ...]  # the image uploads streamed: raw, and PNG but in --quick
 
 
-def learned_candidates(target: str, learned, frames: int, work: Path, calibration_frames: int) -> list[dict]:
+def learned_candidates(target: str, learned, frames: int, work: Path, calibration_frames: int,
+                       holdout_frames: int | None) -> list[dict]:
     """Profile entries (this machine) for learned codecs with committed weights: (label, split, weights)."""
     model = load_model(None)
     timed = load_images(str(DEFAULT_CALIBRATION), "test", model.spec()).inputs()[:frames]
@@ -226,7 +228,8 @@ def learned_candidates(target: str, learned, frames: int, work: Path, calibratio
         output = work / f"learned-{split}"
         report = build_engines(BuildOptions(target=target, cloud="cpu", split=split, codec_weights=weights,
                                             output=output, lossless="none", max_loss=math.inf,
-                                            calibration_frames=calibration_frames), show_progress=False)
+                                            calibration_frames=calibration_frames, holdout_frames=holdout_frames),
+                               show_progress=False)
         point = resolve_point(graph, report.manifest["split"]["node"])
         entries.append(dict(candidate(point, label, "none", output, report.manifest["checks"], timed, None),
                             bundle=str(output)))
@@ -252,17 +255,18 @@ def edge_profile(testbed: Testbed, host: dict, uploads: dict[str, Path], whole_m
     return edge
 
 
-def profiles(testbed: Testbed, splits, codecs, learned, frames: int, work: Path, streamed: int,
-             repeats: int, calibration_frames: int, pictures: tuple[str, ...]) -> Candidates:
+def profiles(testbed: Testbed, splits, codecs, learned, frames: int, work: Path, streamed: int, repeats: int,
+             calibration_frames: int, pictures: tuple[str, ...], holdout_frames: int | None) -> Candidates:
     """Build every candidate, profile the cloud here and the edge on the testbed."""
     # the cloud's times with serve's own threads (the backend's default); edge times are measured on the testbed
     host = profile_target(ProfileOptions(target=testbed.target, cloud="cpu", splits=splits, codecs=codecs,
-                                         frames=frames, keep=work, calibration_frames=calibration_frames))
-    host["candidates"] += learned_candidates(testbed.target, learned, frames, work, calibration_frames)
+                                         frames=frames, keep=work, calibration_frames=calibration_frames,
+                                         holdout_frames=holdout_frames))
+    host["candidates"] += learned_candidates(testbed.target, learned, frames, work, calibration_frames, holdout_frames)
     uploads = {picture: build_engines(BuildOptions(
         strategy="cloud-only", image_format=picture, target=testbed.target, cloud="cpu",
-        output=work / f"cloud-only-{picture}", max_loss=math.inf, calibration_frames=calibration_frames),
-        show_progress=False).bundle for picture in pictures}
+        output=work / f"cloud-only-{picture}", max_loss=math.inf, calibration_frames=calibration_frames,
+        holdout_frames=holdout_frames), show_progress=False).bundle for picture in pictures}
     bundles = {f"{c['split']} {c['codec']}": Path(c["bundle"]) for c in host["candidates"]}
     bundles.update({f"cloud-only {picture}": path for picture, path in uploads.items()})
     whole_model = next(work.glob(f"whole-*-edge{exporter(get_device(testbed.target, 'edge')).suffix}"))
@@ -604,7 +608,7 @@ def main() -> None:
             repeats = 1 if args.quick else REPEATS
             found = profiles(testbed, splits, codecs, learned, 20 if args.quick else 200, work, frames, repeats,
                              QUICK_CALIBRATION if args.quick else BuildOptions().calibration_frames,
-                             QUICK_UPLOADS if args.quick else UPLOADS)
+                             QUICK_UPLOADS if args.quick else UPLOADS, QUICK_HOLDOUT if args.quick else None)
             link_check = None
             if testbed.link:  # long enough that the one-packet burst does not count
                 testbed.link.shape(LINK_CHECK_BPS)

@@ -15,6 +15,7 @@ SUITES = {
     "tflite": ("benchmarks.tflite", "int8 TFLite edge: accuracy, size, latency"),
     "triton": ("benchmarks.triton", "the cloud side on Triton Inference Server vs edgesplit serve; gRPC overhead"),
     "foreign": ("benchmarks.foreign", "edgesplit optimize on three models nobody here designed, measured on the testbed"),
+    "quantized": ("benchmarks.quantized", "INT8 builds of seven architectures (EfficientNet, DenseNet, ViT, ResNet-50, detector, U-Net, keyword spotting) on every device"),
     "reliability": ("benchmarks.reliability", "faults an attacker can cause, and what they cost the server now"),
     "report": ("benchmarks.report", "gather every suite's results into benchmarks/RESULTS.md"),
 }

@@ -79,6 +79,21 @@ def test_pruning_benchmark_quick_run_writes_results(tmp_path):
     assert (tmp_path / "pruning.png").stat().st_size > 0 and (tmp_path / "pruning.csv").exists()
 
 
+@pytest.mark.slow
+def test_quantized_suite_builds_a_model_of_its_own_and_measures_the_build(tmp_path):
+    run_suite("quantized", "--output", str(tmp_path))
+    [row] = json.loads((tmp_path / "summary.json").read_text())["rows"]
+    assert (row["model"], row["device"], row["built"]) == ("keyword_spotting", "cpu", True)
+    assert row["agreement"] >= 0.98 and row["loss_points"] <= 1  # the default bounds the build held it to
+    assert row["payload_bytes"] > 0 and row["image_bytes"] == 40 * 101 and 0 < row["peak_rss_gb"] < 4
+    assert "| keyword_spotting | cpu | True |" in (tmp_path / "RESULTS.md").read_text()
+    refused = subprocess.run([sys.executable, "-m", "benchmarks", "quantized", "--models", "alexnet", "--output",
+                              str(tmp_path)], capture_output=True, text=True)
+    assert refused.returncode == 1 and refused.stderr.strip().endswith(
+        "--models: unknown alexnet; models: efficientnet_b0, densenet, vit_tiny, resnet50, detector, unet, "
+        "keyword_spotting")
+
+
 def run_suite(suite: str, *arguments: str) -> None:
     """`python -m benchmarks SUITE --quick ...`, the one command users type per suite."""
     done = subprocess.run([sys.executable, "-m", "benchmarks", suite, "--quick", *arguments], capture_output=True,

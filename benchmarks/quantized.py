@@ -162,9 +162,10 @@ def measured(manifest: dict) -> dict:
     errors = [o["relative_error"] for o in outputs.values() if "relative_error" in o]
     loss = None if "bundle_accuracy" not in checks else round(100 * (checks["float_accuracy"]
                                                                     - checks["bundle_accuracy"]), 2)
-    kept = [f"{role}: {len(checks[f'{role}_kept_float']['layers'])} of {checks[f'{role}_kept_float']['of']} layers "
-            f"in fp16 ({checks[f'{role}_kept_float']['macs_share']:.0%} of MACs)"
-            for role in ("edge", "cloud") if f"{role}_kept_float" in checks]
+    kept = [f"{role}: {len(higher['layers'])} of {higher['of']} layers in {higher['precision']} "
+            f"({higher['macs_share']:.0%} of MACs)"
+            for role, higher in ((role, checks.get(f"{role}_higher_precision")) for role in ("edge", "cloud"))
+            if higher is not None]
     calibration = [f"{role} {checks[f'{role}_calibration']['method']}" for role in ("edge", "cloud")
                    if f"{role}_calibration" in checks]
     return {"split": manifest["split"].get("module") or manifest["split"]["node"],

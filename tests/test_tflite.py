@@ -168,6 +168,8 @@ def test_the_most_sensitive_layers_get_int16_activations_and_the_half_stays_inte
     answers = iter([False, True])  # the bound holds once two layers are kept
     kept = keep_in_higher_precision(half, path, lambda: next(answers), "the edge half")
     assert kept["precision"] == "int16 activations (16x8)" and kept["of"] == 4 and 0 < kept["macs_share"] < 1
+    assert re.fullmatch(r"[\d.]+ ms per frame all int8, [\d.]+ ms as kept \(this CPU's TFLite interpreter\)",
+                        kept["cost"])
     assert kept["layers"] == [half.name(layer) for layer in ranked[:2]]
     assert all(re.fullmatch(r"\d+ \(Conv2d\)", name) for name in kept["layers"])
     ops = graph_ops(path)

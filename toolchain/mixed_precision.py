@@ -10,9 +10,10 @@ them, until the whole bundle meets its bound. Mutation: the half's quantizer wit
 range as calibrated.
 
 A requantizable half has `higher` (the precision's name), `quantize(path, kept)`, `layers(path)` (what can be
-kept, in graph order), `name(layer)` (how a user reads it), `error(path)` (relative error against the float half on its samples), `macs()` (per
-layer, one sample), `cost(share)` (what keeping that share of multiply-accumulates costs, in words) and
-`entry(path)` (what the artefact's manifest entry says of the file, updated once layers are kept).
+kept, in graph order), `name(layer)` (how a user reads it), `error(path)` (relative error against the float
+half on its samples), `macs()` (per layer, one sample), `cost(path, share)` (what keeping the layers in
+`path`, that share of multiply-accumulates, costs in time, in words) and `entry(path)` (what the artefact's
+manifest entry says of the file, updated once layers are kept).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class Requantizable(NamedTuple):
         return multiply_accumulates(self.float_path)
 
     @staticmethod
-    def cost(share: float) -> str:
+    def cost(qdq_path: Path, share: float) -> str:
         return f"about +{share / 2:.1%} compute time at INT8 twice FP16's rate"
 
     @staticmethod
@@ -140,4 +141,4 @@ def keep_in_higher_precision(half, path: Path, meets: Callable[[], bool], what: 
     macs = half.macs()
     share = sum(macs.get(layer, 0) for layer in ranked[:count]) / max(1, sum(macs.get(layer, 0) for layer in layers))
     return {"precision": half.higher, "layers": [half.name(layer) for layer in ranked[:count]], "of": len(layers), "macs_share": share,
-            "cost": half.cost(share), "search_seconds": round(time.monotonic() - started, 1)}
+            "cost": half.cost(path, share), "search_seconds": round(time.monotonic() - started, 1)}

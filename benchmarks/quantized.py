@@ -22,7 +22,7 @@ import numpy as np
 from rich.progress import Progress
 
 from benchmarks.bandwidth import edgesplit_command
-from benchmarks.common import cpu_name, parse_arguments, table, write_csv
+from benchmarks.common import cpu_name, parse_arguments, table, train_briefly, write_csv
 from benchmarks.foreign import rgb_folder
 from benchmarks.quantized_models import MODELS
 from toolchain.data import FASHION_MNIST_DIR, load_idx_directory
@@ -122,17 +122,7 @@ def train(name: str, source: Path, weights: Path, epochs: int, progress: Progres
     images = load_images(str(source), "train", spec)
     torch.manual_seed(0)
     model = MODELS[name][0]()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    inputs, labels = torch.from_numpy(images.inputs()), torch.from_numpy(images.labels)
-    task = progress.add_task(f"training {name}", total=epochs * -(-len(labels) // BATCH))
-    model.train()
-    for _ in range(epochs):
-        for batch in torch.randperm(len(labels)).split(BATCH):
-            optimizer.zero_grad()
-            loss_of(name, model(inputs[batch]), labels[batch]).backward()
-            optimizer.step()
-            progress.advance(task)
-    progress.remove_task(task)
+    train_briefly(model, images, lambda outputs, labels: loss_of(name, outputs, labels), epochs, BATCH, progress, name)
     torch.save(model.state_dict(), weights)
 
 

@@ -64,3 +64,21 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def train_briefly(model, images, loss, epochs: int, batch: int, progress, label: str) -> None:
+    """Adam at 1e-3 over an ImageSet's images in shuffled batches (torch's global seed decides): a model someone
+    trained, not a tuned one."""
+    import torch
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    inputs, labels = torch.from_numpy(images.inputs()), torch.from_numpy(images.labels)
+    task = progress.add_task(f"training {label}", total=epochs * -(-len(labels) // batch))
+    model.train()
+    for _ in range(epochs):
+        for chosen in torch.randperm(len(labels)).split(batch):
+            optimizer.zero_grad()
+            loss(model(inputs[chosen]), labels[chosen]).backward()
+            optimizer.step()
+            progress.advance(task)
+    progress.remove_task(task)

@@ -33,7 +33,7 @@ import numpy as np
 from rich.progress import Progress
 
 from benchmarks.bandwidth import Testbed, edge_only_ms, edgesplit_command, float_top1, open_testbed, steady_stream
-from benchmarks.common import cpu_name, parse_arguments, table, write_csv
+from benchmarks.common import cpu_name, parse_arguments, table, train_briefly, write_csv
 from benchmarks.foreign_models import MODELS
 from benchmarks.testbed import interrupt_on_sigterm
 from benchmarks.testbed.devices import TestbedError, edge_backend, run_json, time_command
@@ -104,16 +104,7 @@ def train(name: str, data: Path, weights: Path, epochs: int, progress: Progress)
     images = load_images(str(data), "train", load(name, None).spec())
     torch.manual_seed(0)  # the same weights every run: reruns compare, and optimize's cache applies
     model = MODELS[name][0]()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    inputs, labels = torch.from_numpy(images.inputs()), torch.from_numpy(images.labels)
-    task = progress.add_task(f"training {name}", total=epochs * -(-len(labels) // BATCH))
-    model.train()
-    for _ in range(epochs):
-        for batch in torch.randperm(len(labels)).split(BATCH):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(inputs[batch]), labels[batch]).backward()
-            optimizer.step()
-            progress.advance(task)
+    train_briefly(model, images, torch.nn.functional.cross_entropy, epochs, BATCH, progress, name)
     torch.save(model.state_dict(), weights)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from rich.progress import Progress
 
 from benchmarks.bandwidth import edgesplit_command
-from benchmarks.common import cpu_name, parse_arguments, table, write_csv
+from benchmarks.common import cpu_name, parse_arguments, table, train_briefly, write_csv
 from benchmarks.foreign import rgb_folder
 from benchmarks.quantized_models import MODELS
 from toolchain.data import FASHION_MNIST_DIR, load_idx_directory
@@ -122,17 +122,7 @@ def train(name: str, source: Path, weights: Path, epochs: int, progress: Progres
     images = load_images(str(source), "train", spec)
     torch.manual_seed(0)
     model = MODELS[name][0]()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    inputs, labels = torch.from_numpy(images.inputs()), torch.from_numpy(images.labels)
-    task = progress.add_task(f"training {name}", total=epochs * -(-len(labels) // BATCH))
-    model.train()
-    for _ in range(epochs):
-        for batch in torch.randperm(len(labels)).split(BATCH):
-            optimizer.zero_grad()
-            loss_of(name, model(inputs[batch]), labels[batch]).backward()
-            optimizer.step()
-            progress.advance(task)
-    progress.remove_task(task)
+    train_briefly(model, images, lambda outputs, labels: loss_of(name, outputs, labels), epochs, BATCH, progress, name)
     torch.save(model.state_dict(), weights)
 
 
@@ -162,9 +152,10 @@ def measured(manifest: dict) -> dict:
     errors = [o["relative_error"] for o in outputs.values() if "relative_error" in o]
     loss = None if "bundle_accuracy" not in checks else round(100 * (checks["float_accuracy"]
                                                                     - checks["bundle_accuracy"]), 2)
-    kept = [f"{role}: {len(checks[f'{role}_kept_float']['layers'])} of {checks[f'{role}_kept_float']['of']} layers "
-            f"in fp16 ({checks[f'{role}_kept_float']['macs_share']:.0%} of MACs)"
-            for role in ("edge", "cloud") if f"{role}_kept_float" in checks]
+    kept = [f"{role}: {len(higher['layers'])} of {higher['of']} layers in {higher['precision']} "
+            f"({higher['macs_share']:.0%} of MACs)"
+            for role, higher in ((role, checks.get(f"{role}_higher_precision")) for role in ("edge", "cloud"))
+            if higher is not None]
     calibration = [f"{role} {checks[f'{role}_calibration']['method']}" for role in ("edge", "cloud")
                    if f"{role}_calibration" in checks]
     return {"split": manifest["split"].get("module") or manifest["split"]["node"],

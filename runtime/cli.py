@@ -276,11 +276,11 @@ def _edge_session(bundle, config, frames, fps=None, threads=None):
     elapsed = time.monotonic() - started
     outcomes.sort(key=lambda outcome: outcome.index)
     answered = [o for o in outcomes if o.answered_by != ERROR]
-    labeled = [o for o in answered if o.label is not None and o.logits is not None]
+    labeled = [o for o in answered if isinstance(o.label, int) and o.logits is not None]
     latencies = [o.latency_s * 1000 for o in answered]
     summary = dict(stats, seconds=round(elapsed, 3), frames_per_second=round(len(outcomes) / elapsed, 2),
                    accuracy=(sum(int(o.logits.argmax() == o.label) for o in labeled) / len(labeled)
-                             if labeled else None),
+                             if labeled else None), **_pixel_scores(answered),
                    payload_bytes_per_frame=stats["payload_bytes"] / max(1, stats["frames"]),
                    wire_bytes_per_frame=stats["bytes_sent"] / max(1, stats["frames"]),
                    latency_ms_p50=_percentile(latencies, 50), latency_ms_p99=_percentile(latencies, 99),
@@ -288,13 +288,44 @@ def _edge_session(bundle, config, frames, fps=None, threads=None):
     return summary, outcomes
 
 
+def _pixel_labeled(outcomes) -> list:
+    """(outcome, its class map) for each answered frame with per-pixel labels: the output of classes x H x W
+    they fit, the same for every frame."""
+    labeled = [o for o in outcomes if isinstance(o.label, np.ndarray) and o.outputs is not None]
+    if not labeled:
+        return []
+    first = labeled[0]
+    index = next((i for i, output in enumerate(first.outputs)
+                  if output.ndim == first.label.ndim + 1 and output.shape[1:] == first.label.shape), None)
+    if index is None:
+        raise EdgesplitError("per-pixel labels of {} fit none of the bundle's outputs ({}): they score a classes x H "
+                             "x W map".format("x".join(map(str, first.label.shape)),
+                                              ", ".join("x".join(map(str, o.shape)) for o in first.outputs)))
+    return [(o, o.outputs[index]) for o in labeled]
+
+
+def _pixel_scores(outcomes) -> dict:
+    """Pixel accuracy and mean IoU over the frames with per-pixel labels (None without any)."""
+    from runtime.scores import PixelScores
+
+    labeled = _pixel_labeled(outcomes)
+    if not labeled:
+        return {"pixel_accuracy": None, "mean_iou": None}
+    scores = PixelScores(labeled[0][1].shape[0])
+    for outcome, scored in labeled:
+        scores.add(scored, outcome.label)
+    return {"pixel_accuracy": scores.accuracy, "mean_iou": scores.mean_iou}
+
+
 def _write_outcomes(path: str, outcomes) -> None:
+    pixels = {o.index: float((scored.argmax(0) == o.label).mean()) for o, scored in _pixel_labeled(outcomes)}
     with open(path, "w", newline="") as stream:
         writer = csv.writer(stream)
-        writer.writerow(["index", "answered_by", "prediction", "label", "latency_ms", "error"])
+        writer.writerow(["index", "answered_by", "prediction", "label", "latency_ms", "error", "pixel_accuracy"])
         for o in outcomes:
             writer.writerow([o.index, o.answered_by, "" if o.logits is None else int(o.logits.argmax()),
-                             "" if o.label is None else o.label, round(o.latency_s * 1000, 3), o.error])
+                             o.label if isinstance(o.label, int) else "", round(o.latency_s * 1000, 3), o.error,
+                             round(pixels[o.index], 6) if o.index in pixels else ""])
 
 
 def run_demo(args) -> dict:
@@ -342,6 +373,9 @@ def _save_outputs(path: str, bundle, outcomes) -> None:
 
 def _print_summary(summary: dict) -> None:
     accuracy = "" if summary["accuracy"] is None else ", top-1 {:.2%} on labeled frames".format(summary["accuracy"])
+    if summary["pixel_accuracy"] is not None:
+        accuracy += ", pixel accuracy {:.2%} and mean IoU {:.3f} on labeled frames".format(
+            summary["pixel_accuracy"], summary["mean_iou"])
     print("{frames} frames in {seconds:.1f} s ({frames_per_second:.1f}/s): {cloud_answers} answered by the cloud, "
           "{edge_answers} on the edge, {errors} errors".format(**summary) + accuracy)
     wire = "nothing sent" if not summary["bytes_sent"] else "{:.1f} payload bytes/frame, {:.1f} with headers{}".format(

@@ -16,7 +16,7 @@ import ssl
 import threading
 import time
 import weakref
-from typing import Iterable, Iterator, List, NamedTuple, Optional
+from typing import Iterable, Iterator, List, NamedTuple, Optional, Union
 
 import numpy as np
 
@@ -44,7 +44,7 @@ class Outcome(NamedTuple):
     logits: Optional[np.ndarray]  # the classification output (the first, unless the manifest says otherwise)
     error: str
     latency_s: float  # frame taken from the source → outcome
-    label: Optional[int]
+    label: Union[int, np.ndarray, None]  # a class index, or one per pixel
     outputs: Optional[List[np.ndarray]] = None  # every output the answer carries, in the manifest's order
 
 
@@ -90,7 +90,7 @@ class ClientStats:
 
 class _InFlight(NamedTuple):
     index: int
-    label: Optional[int]
+    label: Union[int, np.ndarray, None]
     started: float
     deadline: float
     channel: Optional[Channel]

@@ -11,7 +11,7 @@ import time
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Iterator, List, NamedTuple, Optional, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -28,7 +28,7 @@ LOG = logging.getLogger("edgesplit.images")
 class SourceFrame(NamedTuple):
     index: int
     image: Optional[np.ndarray]  # float32 C,H,W in [0, 1], the model's input size; None when `error` says why
-    label: Optional[int]
+    label: Union[int, np.ndarray, None]  # a class index, or one per pixel (H, W)
     error: str = ""  # why the source could not give this frame (an unreadable file); the run goes on
 
 
@@ -181,10 +181,11 @@ def read_folder(directory: Path, spec: InputSpec, split: str) -> Tuple[np.ndarra
 
 def _array_frames(images, labels, spec: InputSpec, origin, first: int) -> Iterator[SourceFrame]:
     arranged = spec.arrange(images, origin)
-    per_image = labels is not None and labels.ndim == 1  # per-pixel labels and targets are scored by the build
+    # classes per image or per pixel; float targets are the build's to score
+    kind = None if labels is None or labels.dtype.kind == "f" else "image" if labels.ndim == 1 else "pixel"
     for index in range(first, len(arranged)):
-        yield SourceFrame(index, spec.prepare(arranged[index:index + 1], origin)[0],
-                          int(labels[index]) if per_image else None)
+        label = None if kind is None else int(labels[index]) if kind == "image" else labels[index]
+        yield SourceFrame(index, spec.prepare(arranged[index:index + 1], origin)[0], label)
 
 
 def _file_frames(files, spec: InputSpec, first: int) -> Iterator[SourceFrame]:

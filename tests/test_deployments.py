@@ -75,6 +75,18 @@ def test_an_int8_half_whose_most_sensitive_half_of_layers_in_fp16_still_misses_i
     assert not (tmp_path / "bundle").exists()
 
 
+def test_a_full_int8_pi_half_that_misses_even_with_int16_activations_is_refused_naming_its_layers(tmp_path):
+    """The tiny model's Pi head loses 1.2 points in int8; its one layer that may take int16 activations (the
+    other writes the wire's int8 output) does not win them back: one line naming it (the search that succeeds
+    is test_tflite's)."""
+    refused = CliRunner().invoke(main, ["build-engines", *TINY_MODEL, "--target", "raspberry-pi", "--cloud", "cpu",
+                                        "--output", str(tmp_path / "bundle")])
+    assert refused.exit_code == 1 and refused.output.strip().splitlines()[-1] == (
+        "error: the edge half (int8 on raspberry-pi) misses the bound even with its 1 most sensitive of 1 int8 "
+        "layers in int16 activations (16x8): 1 (Conv2d) first"), refused.output
+    assert not (tmp_path / "bundle").exists()
+
+
 @pytest.mark.parametrize("edge,cloud", PAIRS)
 def test_every_edge_device_works_with_every_cloud_device(edge, cloud, tiny, holdout, tmp_path):
     output = tmp_path / "bundle"

@@ -19,9 +19,11 @@ from calibration_data import DEFAULT_CALIBRATION
 from runtime.bundle import load_bundle
 from runtime.cloud import BackgroundServer, ServerConfig
 from runtime.edge import CLOUD, ClientConfig, EdgeClient
+from runtime.errors import EdgesplitError
 from runtime.images import SourceFrame, open_source
 from runtime.inputs import InputSpec
 from runtime.local import SplitInference, softmax_entropy
+from runtime.scores import PixelScores
 from toolchain.cli import main
 from toolchain.data import load_images, to_model_input
 from toolchain.evaluate import batch_size_for, batched, predict_outputs, reference_outputs
@@ -288,8 +290,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def serve_and_run_edge(bundle_path: Path, source: str, tmp_path: Path, limit: int, *options) -> tuple[dict, list]:
-    """`edgesplit serve` and `edgesplit edge` (with `options`) as users start them, two processes over loopback."""
+def serve_and_run_edge(bundle_path: Path, source: str, tmp_path: Path, limit: int, *options, refused=False):
+    """`edgesplit serve` and `edgesplit edge` (with `options`) as users start them, two processes over loopback:
+    (summary, frame rows), or the edge's failed process where it is to be `refused`."""
     port = free_port()
     environment = dict(os.environ, EDGESPLIT_KEY="a shared key for this test, long enough")
     server = subprocess.Popen([sys.executable, "-m", "edgesplit", "serve", "--bundle", str(bundle_path), "--port",
@@ -302,10 +305,12 @@ def serve_and_run_edge(bundle_path: Path, source: str, tmp_path: Path, limit: in
                                f"127.0.0.1:{port}", "--source", source, "--limit", str(limit), "--summary-json",
                                str(summary), "--output", str(rows), *options], cwd=ROOT, env=environment, capture_output=True,
                               text=True, timeout=300)
-        assert edge.returncode == 0, edge.stderr
+        assert (edge.returncode != 0) == refused, edge.stderr
     finally:
         server.terminate()
         server.wait(30)
+    if refused:
+        return edge
     with open(rows) as stream:
         return json.loads(summary.read_text()), list(csv.DictReader(stream))
 
@@ -357,8 +362,6 @@ def test_the_default_raspberry_pi_edge_takes_the_whole_pixel_range(device_bundle
 
 def test_an_int8_input_range_short_of_the_pixels_is_refused():
     from toolchain.backends.tflite import check_input_range
-    from toolchain.errors import EdgesplitError
-
     check_input_range((1 / 255, -128))
     with pytest.raises(EdgesplitError, match=r"input covers \[0.000, 0.800\], pixels span \[0, 1\]: frames outside "
                                              "would be clipped"):
@@ -399,6 +402,35 @@ def test_per_pixel_labels_score_a_segmenters_map_by_pixel_accuracy_and_mean_iou(
     assert 0 < checks["float_miou"] < 0.75 and abs(checks["bundle_miou"] - checks["float_miou"]) <= 0.02
     text = " ".join(result.output.split())
     assert f"float pixel accuracy │ 75.00% on the held-out images (logits, mean IoU {checks['float_miou']:.3f})" in text
+    # the edge scores its frames the same way, with the labels the build was given
+    summary, rows = serve_and_run_edge(output, str(tmp_path / "labeled.npz"), tmp_path, 40)
+    assert summary["accuracy"] is None and abs(summary["pixel_accuracy"] - 0.75) <= 0.02
+    assert abs(summary["mean_iou"] - checks["bundle_miou"]) <= 0.05
+    per_frame = [float(row["pixel_accuracy"]) for row in rows]
+    assert len(per_frame) == 40 and np.mean(per_frame) == pytest.approx(summary["pixel_accuracy"], abs=1e-6)
+    unfit = segmenter_data(tmp_path, lambda maps: maps.argmax(1)[:, :5, :5])
+    edge = serve_and_run_edge(output, str(unfit), tmp_path, 4, refused=True)
+    assert edge.stderr.strip().splitlines() == [
+        "error: per-pixel labels of 5x5 fit none of the bundle's outputs (3x8x8): they score a classes x H x W map"]
+
+
+def test_pixel_scores_accumulate_frames_into_the_same_accuracy_and_mean_iou_as_all_at_once():
+    generator = np.random.default_rng(0)
+    scores, labels = generator.random((6, 4, 5, 7)), generator.integers(0, 3, (6, 5, 7))  # class 3 never labeled
+    together, framewise = PixelScores(4), PixelScores(4)
+    together.add(scores, labels)
+    for frame_scores, frame_labels in zip(scores, labels):
+        framewise.add(frame_scores, frame_labels)
+    predicted = scores.argmax(1)
+    present = np.union1d(np.unique(predicted), np.unique(labels))
+    iou = np.mean([((predicted == c) & (labels == c)).sum() / ((predicted == c) | (labels == c)).sum() for c in present])
+    for scored in (together, framewise):
+        assert scored.accuracy == pytest.approx((predicted == labels).mean()) and scored.mean_iou == pytest.approx(iou)
+    with pytest.raises(EdgesplitError, match=r"^per-pixel labels hold class 4, the output scores classes 0 to 3$"):
+        together.add(scores[:1], np.full((1, 5, 7), 4))
+    with pytest.raises(EdgesplitError, match=r"^per-pixel labels of shape \(5, 5\) for a class map of \(4, 5, 7\): "
+                                             r"expected \(5, 7\)$"):
+        together.add(scores[0], labels[0, :, :5])
 
 
 def test_float_targets_shaped_like_an_output_are_scored_by_relative_error_and_other_shapes_are_one_line(tmp_path):

@@ -1,6 +1,7 @@
 """raspberry-pi target: a full-int8 TFLite edge half, run by a real TFLite interpreter (ai-edge-litert)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,18 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
+from ai_edge_litert.interpreter import Interpreter
 
 from runtime.bundle import check_artefact_io, load_bundle
 from runtime.cloud import BackgroundServer, ServerConfig
 from runtime.edge import CLOUD, ClientConfig, EdgeClient
-from runtime.errors import BundleError
+from runtime.errors import BundleError, EdgesplitError
 from runtime.images import SourceFrame
 from runtime.local import EdgeHalf, SplitInference
 from toolchain.build import BuildOptions, build_engines
 from toolchain.data import to_model_input
 from toolchain.split import split_model, trace
-from toolchain.backends.tflite import float_ops, graph_ops
+from toolchain.backends.tflite import Int16Requantizable, convert_int8, float_ops, graph_ops
+from toolchain.mixed_precision import keep_in_higher_precision, sensitivities
 from toolchain.evaluate import reference_outputs
 
 from conftest import INPUT_SHAPE, top1
@@ -147,3 +149,38 @@ def test_learned_codec_on_the_pi_requantizes_int8_tanh_to_its_bits(tmp_path, def
     assert codes.shape == (8, 16, 4, 4) and codes.max() <= 15
     assert report.manifest["checks"]["mean_payload_bytes"] == 16 * 4 * 4 * 4 / 8
     assert 100 * (report.manifest["checks"]["float_accuracy"] - report.manifest["checks"]["bundle_accuracy"]) <= 1.0
+
+
+def test_the_most_sensitive_layers_get_int16_activations_and_the_half_stays_integer_only(tmp_path):
+    """A full-int8 half quantized again with its most sensitive layers' activations in int16 (16x8, int8
+    weights): QUANTIZE ops requantize between them and the int8 rest, no float op appears, the half's input and
+    output keep their int8 quantization (the wire's mapping reads it), and its error to the float half shrinks."""
+    torch.manual_seed(0)
+    layers = [module for _ in range(4) for module in (torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU())]
+    module = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), *layers).eval()
+    calibration = np.random.default_rng(0).random((64, 1, 16, 16), dtype=np.float32)
+    path = tmp_path / "edge.tflite"
+    artefact = convert_int8(module, calibration, path, tmp_path / "edge")
+    half = Int16Requantizable.load(tmp_path, "edge")
+    all_int8 = half.error(path)
+    ranked = [layer for layer, _ in sensitivities(half, half.layers(path), tmp_path, ".tflite")]
+    assert len(ranked) == 4  # five convolutions; the last writes the output, which stays int8
+    answers = iter([False, True])  # the bound holds once two layers are kept
+    kept = keep_in_higher_precision(half, path, lambda: next(answers), "the edge half")
+    assert kept["precision"] == "int16 activations (16x8)" and kept["of"] == 4 and 0 < kept["macs_share"] < 1
+    assert re.fullmatch(r"[\d.]+ ms per frame all int8, [\d.]+ ms as kept \(this CPU's TFLite interpreter\)",
+                        kept["cost"])
+    assert kept["layers"] == [half.name(layer) for layer in ranked[:2]]
+    assert all(re.fullmatch(r"\d+ \(Conv2d\)", name) for name in kept["layers"])
+    ops = graph_ops(path)
+    assert not float_ops(ops) and "QUANTIZE" in half.entry(path)["ops"]
+    assert sum("int16" in dtypes for name, dtypes in ops if name.endswith("CONV_2D")) == 2  # the first is depthwise
+    interpreter = Interpreter(model_path=str(path))
+    (given,), (written,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert (given["dtype"], written["dtype"]) == (np.int8, np.int8)
+    assert (given["quantization"], written["quantization"]) == (artefact.input_quantization,
+                                                                 artefact.output_quantization)
+    assert half.error(path) < all_int8
+    with pytest.raises(EdgesplitError, match=r"^the edge half misses the bound even with its 2 most sensitive of 4 "
+                                             r"int8 layers in int16 activations \(16x8\): \d+ \(Conv2d\), "):
+        keep_in_higher_precision(half, path, lambda: False, "the edge half")

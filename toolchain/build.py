@@ -39,7 +39,7 @@ from toolchain.exit_calibration import DEFAULT_EXIT_MAX_LOSS, curve, exit_checks
 from toolchain.fault import at_fault, describe as describe_half, halves_at_fault
 from toolchain.image_formats import mean_image_bytes
 from toolchain.load import InputOptions, LoadedModel, load_model
-from toolchain.mixed_precision import Requantizable, keep_in_float
+from toolchain.mixed_precision import keep_in_higher_precision
 from toolchain.lossless import AUTO as AUTO_LOSSLESS, choose as choose_lossless
 from toolchain.split import Split, default_point, split_model, trace, unsplit
 from toolchain.zoo import ZOO
@@ -298,26 +298,29 @@ def evaluate_stage(build: Build) -> None:
     bundle = measure_bundle(build, inputs, reference)
     problem = failed_bound(build.checks, bounds)
     if problem and not build.options.strict_int8:
-        problem = with_layers_in_float(build, bundle, inputs, reference, bounds)
+        problem = with_layers_in_higher_precision(build, bundle, inputs, reference, bounds)
     if problem:
         raise EdgesplitError(f"{problem}; {at_fault(build, bundle, inputs, reference, bounds)}; nothing was written "
                              f"to {build.output}")
 
 
-def with_layers_in_float(build: Build, bundle: Bundle, inputs, reference, bounds: Bounds) -> str:
-    """The one Q/DQ INT8 half at fault requantized with its fewest most sensitive layers in float until the
-    bundle meets its bounds; what it still misses ('' for nothing). Two halves at fault are left to the
+def with_layers_in_higher_precision(build: Build, bundle: Bundle, inputs, reference, bounds: Bounds) -> str:
+    """The one INT8 half at fault requantized with its fewest most sensitive layers in higher precision until
+    the bundle meets its bounds; what it still misses ('' for nothing). Two halves at fault are left to the
     refusal, which names both."""
     roles = halves_at_fault(build, bundle, inputs, reference, bounds)
-    half = Requantizable.load(build.scratch, roles[0]) if len(roles) == 1 else None
-    if half is None:  # no Q/DQ file: a TFLite or fp16 half
+    load = exporter(build.deployment.device(roles[0])).requantizable if len(roles) == 1 else None
+    half = load(build.scratch, roles[0]) if load is not None else None
+    if half is None:  # nothing to quantize again: an fp16 or fp32 half
         return failed_bound(build.checks, bounds)
 
     def meets() -> bool:
         measure_bundle(build, inputs, reference)
         return not failed_bound(build.checks, bounds)
-    build.checks[f"{roles[0]}_kept_float"] = keep_in_float(
-        half, build.staging / build.artefacts[roles[0]]["file"], meets, describe_half(build, roles[0]))
+    path = build.staging / build.artefacts[roles[0]]["file"]
+    build.checks[f"{roles[0]}_higher_precision"] = keep_in_higher_precision(half, path, meets,
+                                                                            describe_half(build, roles[0]))
+    build.artefacts[roles[0]].update(half.entry(path))
     return ""
 
 

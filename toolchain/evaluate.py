@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from runtime.scores import PixelScores
 from toolchain import cache
 from toolchain.errors import EdgesplitError
 from toolchain.load import LoadedModel, state_dict_sha256
@@ -139,17 +140,13 @@ def dense_checks(names, reference: list[np.ndarray], deployed: list[np.ndarray],
         return {"labeled_output": name, "float_target_error": relative_error(wanted, labels),
                 "bundle_target_error": relative_error(found, labels)}
     outputs[name].update(kind="class map", pixel_agreement=float((found.argmax(1) == wanted.argmax(1)).mean()))
+    scored = {}
+    for model, scores in (("float", wanted), ("bundle", found)):
+        scored[model] = PixelScores(scores.shape[1])
+        scored[model].add(scores, labels)
     return {"labeled_output": name, "accuracy_metric": "pixel accuracy",
-            "float_accuracy": float((wanted.argmax(1) == labels).mean()),
-            "bundle_accuracy": float((found.argmax(1) == labels).mean()),
-            "float_miou": mean_iou(wanted.argmax(1), labels), "bundle_miou": mean_iou(found.argmax(1), labels)}
-
-
-def mean_iou(predicted: np.ndarray, labels: np.ndarray) -> float:
-    """Intersection over union per class present in the labels or the predictions, averaged."""
-    present = np.union1d(np.unique(predicted), np.unique(labels))
-    return float(np.mean([((predicted == c) & (labels == c)).sum() / ((predicted == c) | (labels == c)).sum()
-                          for c in present]))
+            "float_accuracy": scored["float"].accuracy, "bundle_accuracy": scored["bundle"].accuracy,
+            "float_miou": scored["float"].mean_iou, "bundle_miou": scored["bundle"].mean_iou}
 
 
 def relative_error(deployed: np.ndarray, reference: np.ndarray) -> float:

@@ -1,11 +1,19 @@
-"""The fewest, worst layers of a Q/DQ INT8 half kept out of INT8 until the bundle meets its bound.
+"""The fewest, worst layers of an INT8 half kept in higher precision until the bundle meets its bound.
 
-TensorRT runs a layer without Q/DQ around it in FP16 (the INT8 recipe sets the FP16 flag too): its mixed
-precision, as ModelOpt's and Polygraphy's per-layer debugging find it. Analysis: each quantized layer's
-sensitivity, the relative error of the half's outputs when that layer alone stays in float (calibration
-inputs, against the float half). Policy: keep the 1, 2, 4, ... most sensitive in float, at most half of
-them, until the whole bundle meets its bound. Mutation: onnxruntime's quantizer with those nodes excluded,
-every other range as calibrated.
+A backend's half that can be quantized again (its `requantizable`) says what higher precision means for it:
+a Q/DQ half's layers without Q/DQ run in FP16 on TensorRT (the INT8 recipe sets the FP16 flag too), as
+ModelOpt's and Polygraphy's per-layer debugging find them; a full-integer TFLite half's layers get int16
+activations with int8 weights (16x8), still integer-only (toolchain/backends/tflite.py). Analysis: each
+quantized layer's sensitivity, the relative error of the half's outputs when that layer alone is kept
+(calibration inputs, against the float half). Policy: keep the 1, 2, 4, ... most sensitive, at most half of
+them, until the whole bundle meets its bound. Mutation: the half's quantizer with those layers kept, every
+range as calibrated.
+
+A requantizable half has `higher` (the precision's name), `quantize(path, kept)`, `layers(path)` (what can be
+kept, in graph order), `name(layer)` (how a user reads it), `error(path)` (relative error against the float
+half on its samples), `macs()` (per layer, one sample), `cost(path, share)` (what keeping the layers in
+`path`, that share of multiply-accumulates, costs in time, in words) and `entry(path)` (what the artefact's
+manifest entry says of the file, updated once layers are kept).
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ class Requantizable(NamedTuple):
     float_path: Path
     samples: dict  # input name -> the calibration inputs its ranges were scored on
     thresholds: dict  # tensor name -> |x| range, as calibrated
+    reference: list  # the float half's outputs on the samples
+
+    higher = "fp16"
 
     @classmethod
     def save(cls, scratch: Path, role: str, float_path: Path, samples: dict, thresholds: dict) -> None:
@@ -44,11 +55,33 @@ class Requantizable(NamedTuple):
             return None
         with np.load(scratch / f"{role}.samples.npz") as stored:
             samples = {name: stored[name] for name in stored.files}
-        return cls(scratch / f"{role}.float.onnx", samples,
-                   json.loads((scratch / f"{role}.ranges.json").read_text()))
+        float_path = scratch / f"{role}.float.onnx"
+        return cls(float_path, samples, json.loads((scratch / f"{role}.ranges.json").read_text()),
+                   run_all(float_path, samples, "all"))
 
     def quantize(self, qdq_path: Path, exclude: list[str]) -> None:
         quantize_qdq(self.float_path, qdq_path, self.samples, self.thresholds, exclude)
+
+    def layers(self, qdq_path: Path) -> list[str]:
+        return quantized_layers(qdq_path)
+
+    @staticmethod
+    def name(layer: str) -> str:
+        return layer
+
+    def error(self, qdq_path: Path) -> float:
+        return answers(self.reference, run_all(qdq_path, self.samples, "disabled"))["relative_error"]
+
+    def macs(self) -> dict[str, int]:
+        return multiply_accumulates(self.float_path)
+
+    @staticmethod
+    def cost(qdq_path: Path, share: float) -> str:
+        return f"about +{share / 2:.1%} compute time at INT8 twice FP16's rate"
+
+    @staticmethod
+    def entry(qdq_path: Path) -> dict:
+        return {}
 
 
 def quantized_layers(qdq_path: Path) -> list[str]:
@@ -60,14 +93,13 @@ def quantized_layers(qdq_path: Path) -> list[str]:
             and len(node.input) > 1 and node.input[1] in dequantized]
 
 
-def sensitivities(half: Requantizable, layers: list[str], scratch: Path) -> list[tuple[str, float]]:
-    """(layer, relative error of the half with that layer alone in float), most sensitive (least error) first."""
-    reference = run_all(half.float_path, half.samples, "all")
+def sensitivities(half, layers: list[str], scratch: Path, suffix: str) -> list[tuple[str, float]]:
+    """(layer, relative error of the half with that layer alone kept), most sensitive (least error) first."""
     errors = []
     for layer in layers:
-        candidate = scratch / "sensitivity.onnx"
+        candidate = scratch / f"sensitivity{suffix}"
         half.quantize(candidate, [layer])
-        errors.append((layer, answers(reference, run_all(candidate, half.samples, "disabled"))["relative_error"]))
+        errors.append((layer, half.error(candidate)))
         candidate.unlink()
     return sorted(errors, key=lambda pair: pair[1])
 
@@ -89,24 +121,24 @@ def multiply_accumulates(float_path: Path) -> dict[str, int]:
     return counts
 
 
-def keep_in_float(half: Requantizable, qdq_path: Path, meets: Callable[[], bool], what: str) -> dict:
-    """Requantizes `qdq_path` with the fewest most sensitive layers in float so that `meets()` (the bundle's
-    bound, measured with the file in place) holds; returns what was kept and what it costs. `what` names the
-    half in the refusal when even MAX_SHARE of its layers in float do not suffice."""
+def keep_in_higher_precision(half, path: Path, meets: Callable[[], bool], what: str) -> dict:
+    """Requantizes `path` with the fewest most sensitive layers in the half's higher precision so that `meets()`
+    (the bundle's bound, measured with the file in place) holds; returns what was kept and what it costs. `what`
+    names the half in the refusal when even MAX_SHARE of its layers kept do not suffice."""
     started = time.monotonic()
-    half.quantize(qdq_path, [])  # every layer it can have in INT8, whatever an earlier search kept out
-    layers = quantized_layers(qdq_path)
-    ranked = [layer for layer, _ in sensitivities(half, layers, qdq_path.parent)]
+    half.quantize(path, [])  # every layer it can have in INT8, whatever an earlier search kept out
+    layers = half.layers(path)
+    ranked = [layer for layer, _ in sensitivities(half, layers, path.parent, path.suffix)]
     count, most = 1, max(1, int(len(ranked) * MAX_SHARE))
     while True:
-        half.quantize(qdq_path, ranked[:count])
+        half.quantize(path, ranked[:count])
         if meets():
             break
         if count == most:
             raise EdgesplitError(f"{what} misses the bound even with its {count} most sensitive of {len(ranked)} "
-                                 f"int8 layers in fp16: {', '.join(ranked[:3])} first")
+                                 f"int8 layers in {half.higher}: {', '.join(map(half.name, ranked[:3]))} first")
         count = min(2 * count, most)
-    macs = multiply_accumulates(half.float_path)
+    macs = half.macs()
     share = sum(macs.get(layer, 0) for layer in ranked[:count]) / max(1, sum(macs.get(layer, 0) for layer in layers))
-    return {"layers": ranked[:count], "of": len(layers), "macs_share": share,
-            "search_seconds": round(time.monotonic() - started, 1)}
+    return {"precision": half.higher, "layers": [half.name(layer) for layer in ranked[:count]], "of": len(layers), "macs_share": share,
+            "cost": half.cost(path, share), "search_seconds": round(time.monotonic() - started, 1)}

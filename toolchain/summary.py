@@ -87,8 +87,9 @@ def build_summary(report) -> Table:
     for role in STRATEGIES[strategy]:
         if f"{role}_calibration" in checks:
             table.add_row(f"{role} int8 ranges", int8_ranges_row(checks[f"{role}_calibration"]))
-        if f"{role}_kept_float" in checks:
-            table.add_row(f"{role} kept in fp16", kept_float_row(checks[f"{role}_kept_float"]))
+        if f"{role}_higher_precision" in checks:
+            kept = checks[f"{role}_higher_precision"]
+            table.add_row(f"{role} kept in {kept['precision']}", higher_precision_row(kept))
     differences = [f"{role} max |Δ| {checks[f'{role}_max_abs_error']:.3g}" for role in STRATEGIES[strategy]
                    if f"{role}_max_abs_error" in checks]  # an integer-only artefact has its own checks
     if differences:
@@ -115,13 +116,12 @@ def int8_ranges_row(chosen: dict) -> str:
     return range_row(chosen, reference="the float half's") + f"; {clipped}"
 
 
-def kept_float_row(kept: dict) -> str:
-    """Which layers an INT8 half keeps out of INT8, and what that costs: their share of its multiply-accumulates
-    (at TensorRT's INT8 rate twice its FP16 one, about half that share more compute time)."""
+def higher_precision_row(kept: dict) -> str:
+    """Which layers an INT8 half keeps in higher precision, and what that costs: their share of its
+    multiply-accumulates, in the backend's words."""
     return (f"{len(kept['layers'])} of {kept['of']} int8 layers, the most sensitive, to meet the bounds "
             f"(--strict-int8 refuses instead): {', '.join(kept['layers'])}; {kept['macs_share']:.1%} of the half's "
-            f"multiply-accumulates, about +{kept['macs_share'] / 2:.1%} compute time at INT8 twice FP16's rate; "
-            f"found in {kept['search_seconds']:.0f} s")
+            f"multiply-accumulates, {kept['cost']}; found in {kept['search_seconds']:.0f} s")
 
 
 def split_row(split: dict) -> tuple[str, str]:

@@ -170,6 +170,9 @@ class Exporter(NamedTuple):
     # (role, device, float module, example inputs) → raises where the device cannot take the half: run on the
     # float half right after the split, so calibration and training are not spent on a half it would refuse
     precheck: Callable[[str, Device, nn.Module, tuple], None] | None = None
+    # (build scratch, role) → the INT8 half its export left there to quantize again with some layers in higher
+    # precision (toolchain/mixed_precision.py), or None
+    requantizable: Callable[[Path, str], object | None] | None = None
 
 
 def exporter(device: Device) -> Exporter:

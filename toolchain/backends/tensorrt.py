@@ -24,6 +24,7 @@ from toolchain.backends import Exporter, Half, TritonTail, WholeModel
 from toolchain.backends.onnxrt import onnx_entry
 from toolchain.errors import EdgesplitError
 from toolchain.export import export_half, export_onnx, export_whole_model
+from toolchain.mixed_precision import Requantizable
 
 CODE_DTYPE = "float32"  # UINT8 I/O arrived in TensorRT 8.5: codes cross TensorRT halves as integral float32
 WORKSPACE_MIB = 1024
@@ -189,4 +190,5 @@ EXPORTER = Exporter(
     name="tensorrt", title="TensorRT", suffix=".onnx (+ .plan built on a GPU)", precisions=("fp32", "fp16", "int8"),
     roles=("edge", "cloud"), code_dtype=CODE_DTYPE, host_needs_gpu=True, export=export, whole_model=whole_model,
     compile=compile_engines, unavailable=unavailable, triton_tail=triton_tail, precheck=precheck,
+    requantizable=Requantizable.load,
 )

@@ -10,7 +10,11 @@ quantizer; its int8 output becomes wire codes through the manifest's `to_codes` 
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,8 +26,9 @@ from runtime.backends.tflite.runner import load_interpreter_module
 from runtime.inputs import PIXEL_RANGE
 from runtime.local import quantize_int8
 from toolchain.backends import Exporter, Half, WholeModel, tensor_spec
+from toolchain.calibration import SCORED_SAMPLES
 from toolchain.errors import EdgesplitError
-from toolchain.evaluate import first_output
+from toolchain.evaluate import first_output, relative_error
 from toolchain.quiet import quiet
 
 FILE = "edge.tflite"
@@ -31,7 +36,9 @@ VERIFICATION = {"backend": "tflite", "arithmetic": "the TFLite interpreter's int
                                                    "runs them"}
 TOOLS = ("litert-torch", "ai-edge-quantizer", "ai-edge-litert")
 
-INTEGER_TYPES = {"int8", "int16", "int32", "bool"}  # int32: biases and shapes
+INTEGER_TYPES = {"int8", "int16", "int32", "int64", "bool"}  # int32: biases and shapes; int64: 16x8 biases
+# layers with weights whose activations can be int16 (16x8 kernels) when int8 costs too much accuracy
+WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "CONV_2D_TRANSPOSE", "BATCH_MATMUL")
 
 
 class TFLiteArtefact(NamedTuple):
@@ -63,9 +70,9 @@ def first_line(error: Exception) -> str:
     return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
 
 
-def quantize_static(float_path: Path, fixed: dict[str, tuple[float, float]], samples: list[dict], path: Path) -> None:
-    """ai-edge-quantizer's static int8 recipe, with the ranges of the tensors in `fixed` (its input and outputs)
-    set, not measured.
+def calibrated_ranges(float_path: Path, fixed: dict[str, tuple[float, float]], samples: list[dict]) -> dict:
+    """ai-edge-quantizer's calibration of every tensor, with the ranges of the tensors in `fixed` (its input and
+    outputs) set, not measured.
 
     Its calibration keeps a moving average of each sample's range: good for activations inside, but the
     input's ends short of the data's (Fashion-MNIST reached 0.85 of 1.0, clipping the brightest pixels), and
@@ -78,7 +85,20 @@ def quantize_static(float_path: Path, fixed: dict[str, tuple[float, float]], sam
     for name, (low, high) in fixed.items():
         measured = ranges[name]
         ranges[name] = dict(measured, min=np.full_like(measured["min"], low), max=np.full_like(measured["max"], high))
+    return ranges
+
+
+def quantize_static(float_path: Path, ranges: dict, path: Path, int16_scopes: list[str] = ()) -> None:
+    """The static int8 recipe with `ranges`; the layers whose scopes (their output tensors' names) are listed get
+    int16 activations (16x8): ai-edge-quantizer puts integer QUANTIZE ops between them and their int8 neighbours."""
+    from ai_edge_quantizer import qtyping, quantizer, recipe
+
+    quantizing = quantizer.Quantizer(str(float_path))
+    quantizing.load_quantization_recipe(recipe.static_wi8_ai8())
+    for scope in int16_scopes:  # the narrowest regex wins over '.*'
+        quantizing.add_static_config(f"^{re.escape(scope)}$", qtyping.TFLOperationName.ALL_SUPPORTED, 16, 8)
     quantizing.quantize(ranges).export_model(str(path), overwrite=True)
+    path.chmod(0o644)  # the exporter leaves it executable
 
 
 @torch.no_grad()
@@ -124,8 +144,10 @@ def convert_float(module: nn.Module, example: np.ndarray, path: Path, outputs: l
     converted.export(str(path))
 
 
-def convert_and_quantize(module: nn.Module, calibration: np.ndarray, path: Path) -> int:
-    """Float NCHW module → float NHWC .tflite → full-int8 .tflite at `path`; returns the float model's bytes."""
+def convert_and_quantize(module: nn.Module, calibration: np.ndarray, path: Path, keep: Path | None = None) -> int:
+    """Float NCHW module → float NHWC .tflite → full-int8 .tflite at `path`; returns the float model's bytes.
+    With `keep` (a scratch folder and a role, as scratch/role), what quantizing it again needs is left there
+    (Int16Requantizable)."""
     nhwc_calibration = np.ascontiguousarray(calibration.transpose(0, 2, 3, 1)).astype(np.float32)
     with tempfile.TemporaryDirectory() as scratch, quiet():
         float_path = Path(scratch) / "float.tflite"
@@ -137,23 +159,32 @@ def convert_and_quantize(module: nn.Module, calibration: np.ndarray, path: Path)
         ranges = output_ranges(module, calibration)
         fixed.update({detail["name"]: ranges[len(detail["shape"])] for detail in interpreter.get_output_details()})
         try:
-            quantize_static(float_path, fixed, samples, path)
+            ranges = calibrated_ranges(float_path, fixed, samples)
+            quantize_static(float_path, ranges, path)
         except Exception as error:  # as above: one line naming what the quantizer refused
             raise EdgesplitError(f"ai-edge-quantizer cannot make the edge half full-int8: {first_line(error)}") \
                 from error
-        path.chmod(0o644)  # the exporter leaves it executable
-        return float_path.stat().st_size
+        float_bytes = float_path.stat().st_size
+        if keep is not None:
+            Int16Requantizable.save(keep, float_path, ranges, nhwc_calibration[:SCORED_SAMPLES])
+        return float_bytes
 
 
-def convert_int8(module: nn.Module, calibration: np.ndarray, path: Path) -> TFLiteArtefact:
-    """Float NCHW module → full-int8 NHWC .tflite at `path`, calibrated on `calibration` (N,C,H,W), inspected.
-
-    The module returns the features, or (features, exit logits) with an exit branch."""
-    float_bytes = convert_and_quantize(module, calibration, path)
+def check_integer_only(path: Path) -> list[tuple[str, set[str]]]:
+    """The graph's ops, once none is float and none dequantizes."""
     ops = graph_ops(path)
     remaining = float_ops(ops)
     if remaining:
         raise EdgesplitError(f"the int8 TFLite edge half still has float ops, not shipped: {'; '.join(remaining)}")
+    return ops
+
+
+def convert_int8(module: nn.Module, calibration: np.ndarray, path: Path, keep: Path | None = None) -> TFLiteArtefact:
+    """Float NCHW module → full-int8 NHWC .tflite at `path`, calibrated on `calibration` (N,C,H,W), inspected.
+
+    The module returns the features, or (features, exit logits) with an exit branch."""
+    float_bytes = convert_and_quantize(module, calibration, path, keep)
+    ops = check_integer_only(path)
     interpreter = load_interpreter_module().Interpreter(model_path=str(path))
     (inputs,) = interpreter.get_input_details()
     # the features are the 4-D output; an exit branch adds a 2-D one
@@ -171,6 +202,130 @@ def convert_int8(module: nn.Module, calibration: np.ndarray, path: Path) -> TFLi
                           None if not exits else (exits[0]["name"], [int(v) for v in exits[0]["shape"]],
                                                   (float(exits[0]["quantization"][0]),
                                                    int(exits[0]["quantization"][1]))))
+
+
+def run_tflite(path: Path, samples: np.ndarray, seconds: list | None = None) -> list[np.ndarray]:
+    """Every output of a .tflite on NHWC float `samples`, one at a time (its batch is 1), in float: an int8
+    model's input quantized and its outputs dequantized. `seconds` gets each invocation's time."""
+    interpreter = load_interpreter_module().Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    (given,), wanted = interpreter.get_input_details(), interpreter.get_output_details()
+    results = [[] for _ in wanted]
+    for sample in samples:
+        value = sample[None]
+        if np.dtype(given["dtype"]) == np.int8:
+            value = quantize_int8(value, *given["quantization"])
+        interpreter.set_tensor(given["index"], value.astype(given["dtype"]))
+        started = time.perf_counter()
+        interpreter.invoke()
+        if seconds is not None:
+            seconds.append(time.perf_counter() - started)
+        for found, detail in zip(results, wanted):
+            output = interpreter.get_tensor(detail["index"]).astype(np.float32)
+            scale, zero_point = detail["quantization"]
+            found.append((output - zero_point) * scale if scale else output)
+    return [np.concatenate(found) for found in results]
+
+
+def time_tflite(path: Path, samples: np.ndarray) -> float:
+    """Median ms per invocation of a .tflite over `samples`, the first left out (warm-up)."""
+    seconds = []
+    run_tflite(path, samples, seconds)
+    return 1000 * float(np.median(seconds[1:] or seconds))
+
+
+class Int16Requantizable:
+    """What a full-int8 TFLite half was made from, kept out of the bundle: the float .tflite, every tensor's
+    calibrated range (the input's and outputs' as fixed) and the NHWC samples its error is scored on. Quantized
+    again with some layers' activations in int16 (16x8 kernels, int8 weights) it stays integer-only: QUANTIZE ops
+    requantize between int8 and int16 (mixed_precision.py has the search)."""
+
+    higher = "int16 activations (16x8)"
+
+    def __init__(self, float_path: Path, ranges: dict, samples: np.ndarray) -> None:
+        self.float_path, self.ranges, self.samples = float_path, ranges, samples
+        self.reference = run_tflite(float_path, samples)
+
+    @staticmethod
+    def save(keep: Path, float_path: Path, ranges: dict, samples: np.ndarray) -> None:
+        """`keep` is the scratch folder joined with the half's role: files keep + '.float.tflite', ..."""
+        shutil.copy(float_path, f"{keep}.float.tflite")
+        names = sorted(ranges)
+        np.savez(f"{keep}.ranges.npz", samples=samples,
+                 **{f"{index}.{key}": value for index, name in enumerate(names) for key, value in ranges[name].items()})
+        Path(f"{keep}.ranges.json").write_text(json.dumps(names))
+
+    @classmethod
+    def load(cls, scratch: Path, role: str) -> Int16Requantizable | None:
+        keep = scratch / role
+        if not Path(f"{keep}.float.tflite").exists():
+            return None
+        names = json.loads(Path(f"{keep}.ranges.json").read_text())
+        ranges = {name: {} for name in names}
+        with np.load(f"{keep}.ranges.npz") as stored:
+            for key in stored.files:
+                if key != "samples":
+                    index, field = key.split(".", 1)
+                    ranges[names[int(index)]][field] = stored[key]
+            samples = stored["samples"]
+        return cls(Path(f"{keep}.float.tflite"), ranges, samples)
+
+    def quantize(self, path: Path, kept: list[str]) -> None:
+        with quiet():
+            quantize_static(self.float_path, self.ranges, path, kept)
+        check_integer_only(path)
+
+    def layers(self, path: Path) -> list[str]:
+        """The scopes of the weighted layers, in graph order, but those writing an output: the half's outputs stay
+        int8 (the wire's mapping reads them)."""
+        return [scope for scope, _ in self._weighted()]
+
+    @staticmethod
+    def name(layer: str) -> str:
+        """The module a scope's last tensor comes from, as torch names it, and its class: layer1.0.conv1 (Conv2d).
+        litert-torch writes each step of the path as class_attribute (...BasicBlock_0/...conv.Conv2d_conv1)."""
+        last = [part for part in layer.split(";") if part.strip() and not part.isdigit()][-1]
+        steps = [step.rsplit(".", 1)[-1].split("_", 1) for step in last.split("/")[2:]]  # past wrapper and model
+        if not steps or any(len(step) != 2 for step in steps):
+            return last
+        return f"{'.'.join(attribute for _, attribute in steps)} ({steps[-1][0]})"
+
+    def _weighted(self) -> list[tuple[str, int]]:
+        """(scope, multiply-accumulates per sample) of each weighted layer not writing an output."""
+        from ai_edge_quantizer.utils import tfl_flatbuffer_utils as flatbuffer
+
+        model = flatbuffer.read_model(str(self.float_path))
+        graph = model.subgraphs[0]
+        found = []
+        for op in graph.operators:
+            name = flatbuffer.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode)
+            kind = getattr(name, "value", name)
+            if kind not in WEIGHTED_OPS or set(op.outputs) & set(graph.outputs):
+                continue
+            weights, written = graph.tensors[op.inputs[1]].shape, graph.tensors[op.outputs[0]].shape
+            per_output = int(np.prod(weights[1:3] if kind == "DEPTHWISE_CONV_2D" else weights[1:]))
+            found.append((flatbuffer.get_op_scope(op, graph.tensors), int(np.prod(written[1:])) * per_output))
+        return found
+
+    def error(self, path: Path) -> float:
+        found = run_tflite(path, self.samples)
+        return float(np.mean([relative_error(f, r) for f, r in zip(found, self.reference)]))
+
+    def macs(self) -> dict[str, int]:
+        return dict(self._weighted())
+
+    def cost(self, path: Path, share: float) -> str:
+        """The half's time per frame on this CPU's interpreter, all int8 and as kept (16x8 kernels are not
+        XNNPACK's): the x86 proxy; `profile` measures the device."""
+        with tempfile.TemporaryDirectory() as scratch:
+            all_int8 = Path(scratch) / "int8.tflite"
+            self.quantize(all_int8, [])
+            before, after = (time_tflite(candidate, self.samples) for candidate in (all_int8, path))
+        return f"{before:.2f} ms per frame all int8, {after:.2f} ms as kept (this CPU's TFLite interpreter)"
+
+    @staticmethod
+    def entry(path: Path) -> dict:
+        return {"ops": sorted({name for name, _ in graph_ops(path)})}
 
 
 def int8_range(quantization: tuple[float, int]) -> tuple[float, float]:
@@ -196,6 +351,10 @@ def _tensor(name: str, shape: list[int], quantization: tuple[float, int], layout
     return spec
 
 
+def kept_for(half: Half) -> Path | None:
+    return None if half.scratch is None else half.scratch / half.role
+
+
 def export(half: Half) -> tuple[dict, dict]:
     """The edge half as full-int8 TFLite; an 8-bit per-tensor codec adopts the artefact's output scale,
     so codes are its int8 output + 128 and the device never converts features to float."""
@@ -209,7 +368,7 @@ def export(half: Half) -> tuple[dict, dict]:
                              f"{'x'.join(map(str, shape))}: split where a convolution's map crosses, or "
                              "build for another edge device")
     module = half.parts.edge_before_quantizer()
-    artefact = convert_int8(module, half.calibration, half.directory / FILE)
+    artefact = convert_int8(module, half.calibration, half.directory / FILE, kept_for(half))
     check_input_range(artefact.input_quantization)
     mapping = half.parts.codec.map_int8_output(*artefact.output_quantization)
     outputs = [_tensor(artefact.output_name, artefact.output_shape, artefact.output_quantization)]
@@ -253,7 +412,7 @@ def export_whole(half: Half) -> tuple[dict, dict]:
         raise EdgesplitError(f"a full-int8 TFLite whole model answers with one output; this model returns "
                              f"{len(half.parts.outputs)} ({', '.join(half.parts.outputs)}): run it split, or "
                              "edge-only on another device")
-    artefact = convert_int8(_LogitsAsMap(half.parts.tail), half.calibration, half.directory / FILE)
+    artefact = convert_int8(_LogitsAsMap(half.parts.tail), half.calibration, half.directory / FILE, kept_for(half))
     check_input_range(artefact.input_quantization)
     answer = _tensor(artefact.output_name, artefact.output_shape, artefact.output_quantization)
     answer["answer_shape"] = [artefact.output_shape[-1]]
@@ -282,4 +441,5 @@ def whole_model(request: WholeModel):
 EXPORTER = Exporter(
     name="tflite", title="TFLite (LiteRT)", suffix=".tflite", precisions=("int8",), roles=("edge",),
     code_dtype=None, host_needs_gpu=False, export=export, whole_model=whole_model,
+    requantizable=Int16Requantizable.load,
 )

@@ -204,34 +204,33 @@ def convert_int8(module: nn.Module, calibration: np.ndarray, path: Path, keep: P
                                                    int(exits[0]["quantization"][1]))))
 
 
-def run_tflite(path: Path, samples: np.ndarray, seconds: list | None = None) -> list[np.ndarray]:
-    """Every output of a .tflite on NHWC float `samples`, one at a time (its batch is 1), in float: an int8
-    model's input quantized and its outputs dequantized. `seconds` gets each invocation's time."""
-    interpreter = load_interpreter_module().Interpreter(model_path=str(path))
-    interpreter.allocate_tensors()
-    (given,), wanted = interpreter.get_input_details(), interpreter.get_output_details()
-    results = [[] for _ in wanted]
-    for sample in samples:
-        value = sample[None]
-        if np.dtype(given["dtype"]) == np.int8:
-            value = quantize_int8(value, *given["quantization"])
-        interpreter.set_tensor(given["index"], value.astype(given["dtype"]))
-        started = time.perf_counter()
-        interpreter.invoke()
-        if seconds is not None:
-            seconds.append(time.perf_counter() - started)
-        for found, detail in zip(results, wanted):
-            output = interpreter.get_tensor(detail["index"]).astype(np.float32)
-            scale, zero_point = detail["quantization"]
-            found.append((output - zero_point) * scale if scale else output)
-    return [np.concatenate(found) for found in results]
+def run_tflite(path: Path, samples: np.ndarray, runner=None) -> list[np.ndarray]:
+    """Every output of a .tflite on NHWC float `samples` through the runtime's runner, in float: an int8 model's
+    input quantized and its outputs dequantized."""
+    from runtime.backends.tflite.runner import TFLiteRunner
+
+    runner = runner or TFLiteRunner(path)
+    ((name, dtype, _),) = runner.inputs
+    quantization = runner.quantization(name)
+    feed = samples if quantization is None else quantize_int8(samples, *quantization)
+    found = runner.infer_impl({name: np.ascontiguousarray(feed.astype(dtype))})
+    results = []
+    for output, _, _ in runner.outputs:
+        scale_zero = runner.quantization(output)
+        values = found[output].astype(np.float32)
+        results.append(values if scale_zero is None else (values - scale_zero[1]) * scale_zero[0])
+    return results
 
 
 def time_tflite(path: Path, samples: np.ndarray) -> float:
-    """Median ms per invocation of a .tflite over `samples`, the first left out (warm-up)."""
-    seconds = []
-    run_tflite(path, samples, seconds)
-    return 1000 * float(np.median(seconds[1:] or seconds))
+    """Ms per frame of a .tflite over `samples`, after one warm-up frame."""
+    from runtime.backends.tflite.runner import TFLiteRunner
+
+    runner = TFLiteRunner(path)
+    run_tflite(path, samples[:1], runner)
+    started = time.perf_counter()
+    run_tflite(path, samples, runner)
+    return 1000 * (time.perf_counter() - started) / len(samples)
 
 
 class Int16Requantizable:

@@ -6,6 +6,8 @@ metric), loss, bytes per frame, calibration and what was kept in higher precisio
 peak memory; or the one line a refused build printed.
 
     python -m benchmarks quantized [--quick] [--models resnet50,unet] [--output benchmarks/results/quantized]
+
+`--models` rebuilds those models and keeps the other models' rows already in the output folder.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ QUICK = {"train": 200, "test": 60, "epochs": 1}
 QUICK_RUN = (("keyword_spotting", "cpu"),)
 BATCH = 32
 COLUMNS = ["model", "device", "built", "split", "agreement", "loss_points", "miou_loss", "max_relative_error",
-           "payload_bytes", "image_bytes", "precisions", "calibration", "kept_in_fp16", "build_s", "peak_rss_gb",
+           "payload_bytes", "image_bytes", "precisions", "calibration", "kept_higher", "build_s", "peak_rss_gb",
            "refusal", "refusal_lines"]
 KEYWORDS = 12
 
@@ -165,7 +167,7 @@ def measured(manifest: dict) -> dict:
             "payload_bytes": round(checks["mean_payload_bytes"], 1), "image_bytes": checks["image_bytes"]["raw"],
             "precisions": "/".join(manifest["artefacts"][role]["precision"] for role in ("edge", "cloud")
                                    if role in manifest["artefacts"]),
-            "calibration": ", ".join(calibration), "kept_in_fp16": "; ".join(kept)}
+            "calibration": ", ".join(calibration), "kept_higher": "; ".join(kept)}
 
 
 def plot(output: Path, rows: list[dict], models: list[str]) -> None:
@@ -212,6 +214,18 @@ Refused, with the one line the build printed:
 """)
 
 
+def earlier_rows(output: Path, rebuilt: set[str]) -> tuple[list[dict], dict]:
+    """The rows and training sizes of models an earlier full run wrote to `output` and this run does not rebuild."""
+    path = output / "summary.json"
+    if not path.exists():
+        return [], {}
+    earlier = json.loads(path.read_text())
+    if earlier.get("quick"):
+        return [], {}
+    rows = [row for row in earlier["rows"] if row["model"] not in rebuilt]
+    return rows, {name: size for name, size in earlier["sizes"].items() if name not in rebuilt}
+
+
 def main() -> None:
     def options(parser):
         parser.add_argument("--models", default=",".join(MODELS), help="comma-separated models (default: all seven)")
@@ -240,6 +254,11 @@ def main() -> None:
                     progress.update(task, description=f"{name} for {device}")
                     rows.append(build(name, weights, source, device, work / f"{name}-{device}"))
                     progress.advance(task)
+    if not args.quick:
+        kept_rows, kept_sizes = earlier_rows(args.output, set(models))
+        rows = sorted(kept_rows + rows, key=lambda row: (list(MODELS).index(row["model"]), DEVICES.index(row["device"])))
+        sizes_used = dict(kept_sizes, **sizes_used)
+        models = [name for name in MODELS if name in sizes_used]
     summary = {"quick": args.quick, "machine": cpu_name(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
                "sizes": sizes_used, "rows": rows}
     write_csv(args.output / "quantized.csv", rows)

@@ -184,3 +184,24 @@ def test_the_most_sensitive_layers_get_int16_activations_and_the_half_stays_inte
     with pytest.raises(EdgesplitError, match=r"^the edge half misses the bound even with its 2 most sensitive of 4 "
                                              r"int8 layers in int16 activations \(16x8\): \d+ \(Conv2d\), "):
         keep_in_higher_precision(half, path, lambda: False, "the edge half")
+
+
+class _Block(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x))
+
+
+def test_requantizable_layers_have_one_name_each_even_where_the_converter_flattens_their_paths(tmp_path):
+    """Blocks that each hold a `conv`: the refusal and the summary name each layer so that it can be found."""
+    module = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), _Block(), _Block(), _Block(),
+                                 torch.nn.Conv2d(4, 4, 1)).eval()
+    path = tmp_path / "edge.tflite"
+    convert_int8(module, np.random.default_rng(0).random((16, 1, 8, 8), dtype=np.float32), path, tmp_path / "edge")
+    half = Int16Requantizable.load(tmp_path, "edge")
+    names = [half.name(layer) for layer in half.layers(path)]
+    assert len(names) == 4 and len(set(names)) == 4
+    assert sum(bool(re.fullmatch(r"\d\.conv \(Conv2d\)|conv \(Conv2d, weighted layer \d\)", name)) for name in names) == 3

@@ -10,6 +10,7 @@ quantizer; its int8 output becomes wire codes through the manifest's `to_codes` 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -277,18 +278,32 @@ class Int16Requantizable:
     def layers(self, path: Path) -> list[str]:
         """The scopes of the weighted layers, in graph order, but those writing an output: the half's outputs stay
         int8 (the wire's mapping reads them)."""
-        return [scope for scope, _ in self._weighted()]
+        return [scope for scope, _ in self._weighted]
+
+    def name(self, layer: str) -> str:
+        """As torch names it, with its class: layer1.0.conv1 (Conv2d); where litert-torch flattened the path so
+        that names repeat, with its place among the weighted layers: expand (Conv2d, weighted layer 14)."""
+        scopes = [scope for scope, _ in self._weighted]
+        names = [self.torch_name(scope) for scope in scopes]
+        own = self.torch_name(layer)
+        if names.count(own) == 1:
+            return own
+        return f"{own[:-1]}, weighted layer {scopes.index(layer) + 1})" if own.endswith(")") else \
+            f"{own} (weighted layer {scopes.index(layer) + 1})"
 
     @staticmethod
-    def name(layer: str) -> str:
+    def torch_name(layer: str) -> str:
         """The module a scope's last tensor comes from, as torch names it, and its class: layer1.0.conv1 (Conv2d).
         litert-torch writes each step of the path as class_attribute (...BasicBlock_0/...conv.Conv2d_conv1)."""
         last = [part for part in layer.split(";") if part.strip() and not part.isdigit()][-1]
-        steps = [step.rsplit(".", 1)[-1].split("_", 1) for step in last.split("/")[2:]]  # past wrapper and model
+        path = last.split("/")
+        # past wrapper and model; a class's leading underscore is not the split
+        steps = [step.rsplit(".", 1)[-1].lstrip("_").split("_", 1) for step in path[2:] or path[-1:]]
         if not steps or any(len(step) != 2 for step in steps):
             return last
         return f"{'.'.join(attribute for _, attribute in steps)} ({steps[-1][0]})"
 
+    @functools.cached_property
     def _weighted(self) -> list[tuple[str, int]]:
         """(scope, multiply-accumulates per sample) of each weighted layer not writing an output."""
         from ai_edge_quantizer.utils import tfl_flatbuffer_utils as flatbuffer
@@ -311,7 +326,7 @@ class Int16Requantizable:
         return float(np.mean([relative_error(f, r) for f, r in zip(found, self.reference)]))
 
     def macs(self) -> dict[str, int]:
-        return dict(self._weighted())
+        return dict(self._weighted)
 
     def cost(self, path: Path, share: float) -> str:
         """The half's time per frame on this CPU's interpreter, all int8 and as kept (16x8 kernels are not

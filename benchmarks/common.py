@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from calibration_data import DEFAULT_CALIBRATION
@@ -28,6 +29,16 @@ def parse_arguments(doc: str, suite: str, quick_help: str, add_options=None, fol
     except OSError as error:
         parser.error(f"--output {args.output}: {error.strerror} (a folder is expected)")
     return args
+
+
+def earlier_run(output: Path) -> dict:
+    """The summary.json a full run wrote to `output` before, or {}: a suite that reruns some of its models keeps
+    the others' results."""
+    path = output / "summary.json"
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    return {} if earlier.get("quick") else earlier
 
 
 def add_bundle_option(parser: argparse.ArgumentParser) -> None:

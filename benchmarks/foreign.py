@@ -15,7 +15,7 @@ the emulated Nano (the same timer, one thread): their ratio is this model's `--e
 JPEG); stream the choice (exits on) and edge-only over FRAMES frames, the image uploads over
 UPLOAD_FRAMES frames (their time is the link's, linear in frames), through `edgesplit edge`/`serve` on
 the testbed (root). Written to benchmarks/results/foreign: RESULTS.md, measured.csv, foreign.png and
-each model's optimize report (not its weights or bundles).
+each model's optimize report (not its weights or bundles). `--models` reruns those and keeps the others' results.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 from rich.progress import Progress
 
 from benchmarks.bandwidth import Testbed, edge_only_ms, edgesplit_command, float_top1, open_testbed, steady_stream
-from benchmarks.common import cpu_name, parse_arguments, table, train_briefly, write_csv
+from benchmarks.common import cpu_name, earlier_run, parse_arguments, table, train_briefly, write_csv
 from benchmarks.foreign_models import MODELS
 from benchmarks.testbed import interrupt_on_sigterm
 from benchmarks.testbed.devices import TestbedError, edge_backend, run_json, time_command
@@ -306,7 +306,9 @@ def main() -> None:
         sys.exit(f"error: unknown model {', '.join(unknown)}; expected some of {', '.join(MODELS)}")
     sizes = QUICK if args.quick else FULL
     interrupt_on_sigterm()
-    models, rows = [], []
+    earlier = {} if args.quick else earlier_run(args.output)  # the models not rerun keep their results
+    models = [model for model in earlier.get("models", []) if model["model"] not in names]
+    rows = [row for row in earlier.get("rows", []) if row["model"] not in names]
     with ExitStack() as stack, Progress() as progress:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         try:
@@ -316,8 +318,8 @@ def main() -> None:
                 (work / name).mkdir()
                 model, measured = one_model(testbed, name, sizes, args.output, work / name, progress,
                                             1 if args.quick else 3)
-                models.append(model)
-                rows += measured
+                models = sorted(models + [model], key=lambda m: list(MODELS).index(m["model"]))
+                rows = sorted(rows + measured, key=lambda r: list(MODELS).index(r["model"]))  # stable: options keep order
                 write_report(args.output, context(args.quick, testbed, sizes), models, rows)  # kept if a later fails
         except (TestbedError, EdgesplitError, ValueError, OSError) as error:
             sys.exit(f"error: {error}")

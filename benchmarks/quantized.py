@@ -24,7 +24,7 @@ import numpy as np
 from rich.progress import Progress
 
 from benchmarks.bandwidth import edgesplit_command
-from benchmarks.common import cpu_name, parse_arguments, table, train_briefly, write_csv
+from benchmarks.common import cpu_name, earlier_run, parse_arguments, table, train_briefly, write_csv
 from benchmarks.foreign import rgb_folder
 from benchmarks.quantized_models import MODELS
 from toolchain.data import FASHION_MNIST_DIR, load_idx_directory
@@ -214,16 +214,14 @@ Refused, with the one line the build printed:
 """)
 
 
-def earlier_rows(output: Path, rebuilt: set[str]) -> tuple[list[dict], dict]:
-    """The rows and training sizes of models an earlier full run wrote to `output` and this run does not rebuild."""
-    path = output / "summary.json"
-    if not path.exists():
-        return [], {}
-    earlier = json.loads(path.read_text())
-    if earlier.get("quick"):
-        return [], {}
-    rows = [row for row in earlier["rows"] if row["model"] not in rebuilt]
-    return rows, {name: size for name, size in earlier["sizes"].items() if name not in rebuilt}
+def with_earlier(output: Path, rows: list[dict], sizes: dict) -> tuple[list[dict], dict]:
+    """This run's rows and training sizes beside those of the models an earlier full run in `output` built and this
+    one did not, in the suite's order."""
+    earlier = earlier_run(output)
+    rows = [row for row in earlier.get("rows", []) if row["model"] not in sizes] + rows
+    order = list(MODELS)
+    return (sorted(rows, key=lambda row: (order.index(row["model"]), DEVICES.index(row["device"]))),
+            dict(earlier.get("sizes", {}), **sizes))
 
 
 def main() -> None:
@@ -255,9 +253,7 @@ def main() -> None:
                     rows.append(build(name, weights, source, device, work / f"{name}-{device}"))
                     progress.advance(task)
     if not args.quick:
-        kept_rows, kept_sizes = earlier_rows(args.output, set(models))
-        rows = sorted(kept_rows + rows, key=lambda row: (list(MODELS).index(row["model"]), DEVICES.index(row["device"])))
-        sizes_used = dict(kept_sizes, **sizes_used)
+        rows, sizes_used = with_earlier(args.output, rows, sizes_used)
         models = [name for name in MODELS if name in sizes_used]
     summary = {"quick": args.quick, "machine": cpu_name(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
                "sizes": sizes_used, "rows": rows}

@@ -94,6 +94,24 @@ def test_quantized_suite_builds_a_model_of_its_own_and_measures_the_build(tmp_pa
         "keyword_spotting")
 
 
+def test_a_rerun_of_some_models_keeps_the_other_models_rows(tmp_path):
+    from benchmarks.quantized import with_earlier
+
+    def row(model, device, agreement):
+        return {"model": model, "device": device, "agreement": agreement}
+
+    earlier = [row("densenet", "cpu", 0.9), row("unet", "cpu", 0.8), row("unet", "jetson-nano", 0.7)]
+    (tmp_path / "summary.json").write_text(json.dumps({"quick": False, "rows": earlier, "sizes": {
+        "densenet": {"train": 1}, "unet": {"train": 1}}}))
+    rows, sizes = with_earlier(tmp_path, [row("unet", "raspberry-pi", 0.99), row("efficientnet_b0", "cpu", 1.0)],
+                               {"unet": {"train": 2}, "efficientnet_b0": {"train": 2}})
+    assert [(r["model"], r["device"], r["agreement"]) for r in rows] == [
+        ("efficientnet_b0", "cpu", 1.0), ("densenet", "cpu", 0.9), ("unet", "raspberry-pi", 0.99)]
+    assert sizes == {"densenet": {"train": 1}, "unet": {"train": 2}, "efficientnet_b0": {"train": 2}}
+    (tmp_path / "summary.json").write_text(json.dumps({"quick": True, "rows": earlier, "sizes": {}}))
+    assert with_earlier(tmp_path, [], {})[0] == []  # a quick run's rows are not results to keep
+
+
 def run_suite(suite: str, *arguments: str) -> None:
     """`python -m benchmarks SUITE --quick ...`, the one command users type per suite."""
     done = subprocess.run([sys.executable, "-m", "benchmarks", suite, "--quick", *arguments], capture_output=True,
@@ -102,6 +120,7 @@ def run_suite(suite: str, *arguments: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("testbed")  # the emulated devices' namespaces and cgroups have fixed names
 @pytest.mark.parametrize("device", ["jetson-nano", "raspberry-pi", "host"])
 def test_bandwidth_suite_streams_each_strategy_through_the_link(device, request, tmp_path):
     # an emulated device needs the testbed (root); its calibration is test_testbed's

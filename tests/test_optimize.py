@@ -129,6 +129,22 @@ def test_a_second_run_resumes_and_a_profile_measured_on_the_device_sets_its_fact
     assert result.exit_code == 1 and "profiles model" in result.output.strip().splitlines()[-1], result.output
 
 
+def test_the_edge_clients_timing_server_takes_a_bundle_relative_to_the_users_folder(int8_built, monkeypatch):
+    """`optimize --output optimized/` (the README's example) times the edge client against `edgesplit serve`
+    started from the repository; a server that cannot start says why."""
+    from toolchain.client_cost import serve
+    from toolchain.errors import EdgesplitError
+
+    monkeypatch.chdir(int8_built.bundle.parent)
+    server, port = serve(Path(int8_built.bundle.name))
+    server.terminate()
+    server.wait(timeout=30)
+    assert port > 0
+    with pytest.raises(EdgesplitError, match=r"^edgesplit serve did not start to time the edge client: error: "
+                                             r"bundle directory \S*missing does not exist"):
+        serve(Path("missing"))
+
+
 @pytest.mark.slow
 def test_the_winning_split_is_built_for_the_real_devices_and_sends_what_was_predicted(tmp_path, fashion_mnist,
                                                                                        holdout):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import tempfile
 import time
 from itertools import islice
 from pathlib import Path
@@ -27,14 +28,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def serve(bundle: Path) -> tuple[subprocess.Popen, int]:
-    """`edgesplit serve` on a free loopback port, once it listens."""
-    server = subprocess.Popen([sys.executable, "-m", "runtime.cli", "serve", "--bundle", str(bundle), "--port", "0",
-                               "--no-auth"], cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True)
-    line = server.stdout.readline()
-    if "serving bundle" not in line:
-        server.kill()
-        raise EdgesplitError(f"edgesplit serve did not start to time the edge client: {line.strip()!r}")
+    """`edgesplit serve` on a free loopback port, once it listens (it runs from the repository: the bundle's path
+    is made absolute)."""
+    with tempfile.TemporaryFile("w+") as errors:
+        server = subprocess.Popen([sys.executable, "-m", "runtime.cli", "serve", "--bundle", str(bundle.resolve()),
+                                   "--port", "0", "--no-auth"], cwd=str(ROOT), stdout=subprocess.PIPE,
+                                  stderr=errors, text=True)
+        line = server.stdout.readline()
+        if "serving bundle" not in line:
+            server.kill()
+            server.wait()
+            errors.seek(0)
+            said = [text.strip() for text in errors.read().splitlines() if text.strip()]
+            raise EdgesplitError("edgesplit serve did not start to time the edge client: "
+                                 + (said[-1] if said else f"exit status {server.returncode}"))
     return server, int(line.split(" on ")[1].split()[0].rsplit(":", 1)[1])
 
 

@@ -38,7 +38,7 @@ from toolchain import cache
 from toolchain.backends import exporter
 from toolchain.errors import EdgesplitError
 from toolchain.load import InputOptions, LoadedModel, load_model
-from toolchain.planning import PlanOption, link_bytes, within
+from toolchain.planning import PlanOption, link_bytes, loss_points, within
 
 STREAM_FRAMES, IN_FLIGHT = 100, 8  # as the bandwidth benchmark streams them
 EXIT_LOSSES = (0.1, 0.25, 0.5, 1.0)  # accuracy points exits may cost on the selection half: one threshold each
@@ -464,7 +464,7 @@ def exit_rows(search: Search, select, evaluate) -> list[dict]:
         seen.add((local.sum(), accuracy))
         rows.append({"threshold": threshold, "offload_rate": float(1 - local.mean()), "accuracy": accuracy,
                      "agreement": float((answers == search.float_predictions).mean()),
-                     "loss_points": 100 * (search.float_accuracy - accuracy)})
+                     "loss_points": loss_points(search.float_accuracy, accuracy)})
     return rows
 
 
@@ -498,7 +498,7 @@ def baseline_rows(search: Search) -> list[dict]:
                      "cloud_ms": upload["decode"]["ms"] + cloud["ms"], "accuracy": upload["accuracy"],
                      "position": -math.inf})
     for row in rows:
-        row["loss_points"] = 100 * (search.float_accuracy - row["accuracy"])
+        row["loss_points"] = loss_points(search.float_accuracy, row["accuracy"])
     return rows
 
 

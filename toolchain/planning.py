@@ -98,10 +98,12 @@ def _key(candidate: dict) -> tuple:
     return candidate["node"], candidate["codec"], candidate["lossless"]
 
 
-def _loss(float_accuracy: float | None, accuracy: float | None) -> float | None:
+def loss_points(float_accuracy: float | None, accuracy: float | None) -> float | None:
+    """Accuracy points lost against the float model, rounded past float noise: one frame in 100 lost is 1.0,
+    within `--max-loss 1` wherever it is compared."""
     if float_accuracy is None or accuracy is None:
         return None
-    return 100 * (float_accuracy - accuracy)
+    return round(100 * (float_accuracy - accuracy), 9)
 
 
 def link_bytes(frame: float) -> float:
@@ -129,7 +131,7 @@ def plan_options(edge: dict, cloud: dict, bandwidth: float, rtt_ms: float = 0.0,
         received = uploads_cloud.get(sent["format"])
         if received is None:
             continue
-        losses = [_loss(float_accuracy, sent.get("accuracy")), _loss(float_accuracy, cloud["cloud_only"].get("accuracy"))]
+        losses = [loss_points(float_accuracy, sent.get("accuracy")), loss_points(float_accuracy, cloud["cloud_only"].get("accuracy"))]
         loss = None if None in losses else losses[0] + losses[1]  # image coding and cloud precision add up
         options.append(PlanOption("cloud-only", f"cloud-only {sent['format']}", -math.inf, sent["frame_bytes"],
                                   edge_slowdown * sent["encode"]["ms"], upload(sent["frame_bytes"]),
@@ -139,7 +141,7 @@ def plan_options(edge: dict, cloud: dict, bandwidth: float, rtt_ms: float = 0.0,
         other = cloud_candidates.get(_key(candidate))
         if other is None:
             continue
-        losses = [_loss(float_accuracy, candidate["accuracy"]), _loss(float_accuracy, other["accuracy"])]
+        losses = [loss_points(float_accuracy, candidate["accuracy"]), loss_points(float_accuracy, other["accuracy"])]
         loss = None if None in losses else max(losses)
         options.append(PlanOption("split", f"{candidate['split']} {candidate['codec']}", candidate["position"],
                                   candidate["frame_bytes"], edge_slowdown * candidate["edge"]["ms"], upload(candidate["frame_bytes"]),
@@ -149,7 +151,7 @@ def plan_options(edge: dict, cloud: dict, bandwidth: float, rtt_ms: float = 0.0,
                              f"{sorted({c['split'] for c in edge['candidates']})}, the cloud profile "
                              f"{sorted({c['split'] for c in cloud['candidates']})}; profile the same --splits and --codecs")
     options.append(PlanOption("edge-only", "edge-only", math.inf, 0.0, edge_slowdown * edge["edge_only"]["ms"], 0.0, 0.0,
-                              _loss(float_accuracy, edge["edge_only"].get("accuracy"))))
+                              loss_points(float_accuracy, edge["edge_only"].get("accuracy"))))
     return options
 
 

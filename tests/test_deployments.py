@@ -56,8 +56,9 @@ def test_a_missed_bound_names_the_half_its_precision_and_the_option_that_passes(
         r"error: output 'logits' agrees with the float model on [\d.]+% of held-out images \(bound --min-agreement "
         r"99.00%\); the edge half \(fp16 on jetson-nano\) beside the other in float: 99.\d\d% top-1 agreement, "
         r"[\d.-]+ pt lost; the cloud half \(int8 on cloud-gpu\) beside the other in float: 9[0-8].\d\d% top-1 "
-        r"agreement, [\d.-]+ pt lost: the cloud half misses it alone; --cloud-precision fp16 would build the cloud "
-        r"half in fp16; nothing was written to \S+", line), line
+        r"agreement, [\d.-]+ pt lost: the cloud half misses it alone; without --strict-int8 the build first keeps "
+        r"its most sensitive layers in higher precision; --cloud-precision fp16 would build the cloud half in fp16; "
+        r"nothing was written to \S+", line), line
     passed = CliRunner().invoke(main, arguments + ["--cloud-precision", "fp16"])
     assert passed.exit_code == 0, passed.output
 
@@ -70,9 +71,21 @@ def test_an_int8_half_whose_most_sensitive_half_of_layers_in_fp16_still_misses_i
     refused = CliRunner().invoke(main, MISSED + ["--output", str(tmp_path / "bundle")])
     assert refused.exit_code == 1 and "Traceback" not in refused.output, refused.output
     assert re.fullmatch(r"error: the cloud half \(int8 on cloud-gpu\) misses the bound even with its 1 most sensitive "
-                        r"of 2 int8 layers in fp16: /second/\S+, /second/\S+ first",
+                        r"of 2 int8 layers in fp16, /second/\S+, /second/\S+ first: output 'logits' agrees with the "
+                        r"float model on \d+\.\d\d% of held-out images \(bound --min-agreement 99\.00%\); "
+                        r"--cloud-precision fp16 would build the cloud half in fp16",
                         refused.output.strip().splitlines()[-1]), refused.output
     assert not (tmp_path / "bundle").exists()
+
+
+def test_a_codec_that_misses_a_bound_alone_is_named_with_the_bound_it_misses(tmp_path):
+    refused = CliRunner().invoke(main, ["build-engines", *TINY_MODEL, "--codec", "affine:bits=1", "--output",
+                                        str(tmp_path / "bundle")])
+    assert refused.exit_code == 1 and "Traceback" not in refused.output, refused.output
+    assert re.fullmatch(r"error: .*; with both halves in float \(PyTorch\) the codec alone \(affine at split \S+\) "
+                        r"misses a bound too: it loses \d+\.\d\d accuracy points on the \d+ held-out images \(one "
+                        r"image is \S+ pt; limit --max-loss 1\.0\); try another --codec or --split; nothing was "
+                        r"written to .*", refused.output.strip().splitlines()[-1]), refused.output
 
 
 def test_a_full_int8_pi_half_that_misses_even_with_int16_activations_is_refused_naming_its_layers(tmp_path):
@@ -81,9 +94,11 @@ def test_a_full_int8_pi_half_that_misses_even_with_int16_activations_is_refused_
     is test_tflite's)."""
     refused = CliRunner().invoke(main, ["build-engines", *TINY_MODEL, "--target", "raspberry-pi", "--cloud", "cpu",
                                         "--output", str(tmp_path / "bundle")])
-    assert refused.exit_code == 1 and refused.output.strip().splitlines()[-1] == (
-        "error: the edge half (int8 on raspberry-pi) misses the bound even with its 1 most sensitive of 1 int8 "
-        "layers in int16 activations (16x8): 1 (Conv2d) first"), refused.output
+    assert refused.exit_code == 1 and re.fullmatch(
+        r"error: the edge half \(int8 on raspberry-pi\) misses the bound even with its 1 most sensitive of 1 int8 "
+        r"layers in int16 activations \(16x8\), 1 \(Conv2d\) first: output 'logits' agrees with the float model on "
+        r"\d+\.\d\d% of held-out images \(bound --min-agreement 98\.00%\); raspberry-pi builds its edge half in "
+        r"int8 at most: try another --split or --codec", refused.output.strip().splitlines()[-1]), refused.output
     assert not (tmp_path / "bundle").exists()
 
 

@@ -36,7 +36,7 @@ from toolchain.data import ImageSet, load_images
 from toolchain.errors import EdgesplitError
 from toolchain.exit_branch import ExitBranch, load_exit, train_exit
 from toolchain.exit_calibration import DEFAULT_EXIT_MAX_LOSS, curve, exit_checks, measure, pick
-from toolchain.fault import at_fault, describe as describe_half, halves_at_fault
+from toolchain.fault import at_fault, describe as describe_half, halves_at_fault, hint as precision_hint
 from toolchain.image_formats import mean_image_bytes
 from toolchain.load import InputOptions, LoadedModel, load_model
 from toolchain.mixed_precision import keep_in_higher_precision
@@ -314,12 +314,12 @@ def with_layers_in_higher_precision(build: Build, bundle: Bundle, inputs, refere
     if half is None:  # nothing to quantize again: an fp16 or fp32 half
         return failed_bound(build.checks, bounds)
 
-    def meets() -> bool:
+    def missed() -> str:
         measure_bundle(build, inputs, reference)
-        return not failed_bound(build.checks, bounds)
+        return failed_bound(build.checks, bounds)
     path = build.staging / build.artefacts[roles[0]]["file"]
-    build.checks[f"{roles[0]}_higher_precision"] = keep_in_higher_precision(half, path, meets,
-                                                                            describe_half(build, roles[0]))
+    build.checks[f"{roles[0]}_higher_precision"] = keep_in_higher_precision(
+        half, path, missed, describe_half(build, roles[0]), precision_hint(build, roles[0]))
     build.artefacts[roles[0]].update(half.entry(path))
     return ""
 
@@ -442,7 +442,10 @@ def prepare_codec(options: BuildOptions, loaded: LoadedModel, halves: Split) -> 
     about it (learned, the top-1 agreement its training measured)."""
     spec, point = parse_codec_spec(options.codec), halves.point
     torch.manual_seed(0)  # a learned codec trained here starts from the same weights every build
-    codec = make_cut_codec(spec, point.shapes)
+    try:
+        codec = make_cut_codec(spec, point.shapes)
+    except EdgesplitError as error:
+        raise EdgesplitError(f"at split {point.node}: {error}") from error
     if not codec.learned:
         if options.codec_weights is not None:
             raise EdgesplitError(f"--codec-weights are a learned codec's; codec {spec} has none to load")

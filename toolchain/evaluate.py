@@ -19,6 +19,7 @@ from runtime.scores import PixelScores
 from toolchain import cache
 from toolchain.errors import EdgesplitError
 from toolchain.load import LoadedModel, state_dict_sha256
+from toolchain.planning import loss_points
 
 KINDS = ("class", "regression")
 # quantization-only codecs keep >= 98 % top-1 agreement; a learned codec keeps what its training measured,
@@ -173,6 +174,10 @@ def compare_outputs(names, kinds, reference: list[np.ndarray], deployed: list[np
     scored = kinds.index("class")
     checks = {"outputs": outputs, "top1_agreement": outputs[names[scored]]["top1_agreement"]}
     if labels is not None:
+        classes = reference[scored].shape[1]
+        if len(labels) and labels.max() >= classes:
+            raise EdgesplitError(f"labels go up to {labels.max()}, but output {names[scored]!r} scores {classes} "
+                                 f"classes: labels must be its class indices, 0 to {classes - 1}")
         checks["float_accuracy"] = float((reference[scored].argmax(1) == labels).mean())
         checks["bundle_accuracy"] = float((deployed[scored].argmax(1) == labels).mean())
     return checks
@@ -195,13 +200,14 @@ def agreement_bound(requested: float | None, codec: dict) -> float | None:
     return None if measured is None else measured - LEARNED_SLACK
 
 
-def failed_bound(checks: dict, bounds: Bounds) -> str:
-    """'' when the bundle meets every bound, else which one it missed, with the numbers."""
-    accuracies = (("the bundle", checks.get("bundle_accuracy"), ""),
-                  ("with its early exits the bundle", checks.get("exit", {}).get("accuracy"),
+def failed_bound(checks: dict, bounds: Bounds, subject: str = "the bundle") -> str:
+    """'' when the bundle (or what `subject` names) meets every bound, else which one it missed, with the
+    numbers."""
+    accuracies = ((subject, checks.get("bundle_accuracy"), ""),
+                  (f"with its early exits {subject}", checks.get("exit", {}).get("accuracy"),
                    "; --exit-max-loss sets how much exits may cost"))
     for what, accuracy, hint in accuracies:
-        loss = None if accuracy is None else 100 * (checks["float_accuracy"] - accuracy)
+        loss = None if accuracy is None else loss_points(checks["float_accuracy"], accuracy)
         if loss is not None and loss > bounds.max_loss_points:
             frames = checks["holdout_frames"]
             return (f"{what} loses {loss:.2f} {checks.get('accuracy_metric', 'accuracy')} points on the {frames} "

@@ -13,7 +13,7 @@ import torch
 from runtime.bundle import Bundle
 from runtime.local import CloudHalf, edge_half
 from targets import ROLES
-from toolchain.backends import check_precision
+from toolchain.backends import check_precision, exporter
 from toolchain.errors import TargetError
 from toolchain.evaluate import Bounds, compare_outputs, failed_bound, predict_outputs
 
@@ -32,9 +32,10 @@ def at_fault(build: Build, bundle: Bundle, inputs: np.ndarray, reference: list[n
         return f"{describe(build, role)} runs the whole model{hint(build, role)}"
     codes = float_codes(build, inputs)
     codec = codec_checks(build, inputs, reference, codes)
-    if failed_bound(codec, bounds):
+    missed = failed_bound(codec, bounds, "it")
+    if missed:
         return f"with both halves in float (PyTorch) the codec alone ({build.codec.name} at split " \
-               f"{build.halves.point.node}) gives {score(codec)}: try another --codec or --split"
+               f"{build.halves.point.node}) misses a bound too: {missed}; try another --codec or --split"
     checks = halves_alone(build, bundle, inputs, reference, codes)
     failing = [role for role in checks if failed_bound(checks[role], bounds)]
     scores = "; ".join(f"{describe(build, role)} beside the other in float: {score(found)}"
@@ -112,8 +113,10 @@ def hint(build: Build, role: str) -> str:
     """The option that builds `role` one precision higher, where its device does; else what else could pass."""
     device, precision = build.deployment.device(role), build.precisions[role]
     higher = HIGHER.get(precision)
+    unstrict = "; without --strict-int8 the build first keeps its most sensitive layers in higher precision" \
+        if build.options.strict_int8 and precision == "int8" and exporter(device).requantizable else ""
     try:
         check_precision(device, role, higher)
     except TargetError:
-        return f"; {device.name} builds its {role} half in {precision} at most: try another --split or --codec"
-    return f"; {PRECISION_OPTION[role]} {higher} would build the {role} half in {higher}"
+        return f"{unstrict}; {device.name} builds its {role} half in {precision} at most: try another --split or --codec"
+    return f"{unstrict}; {PRECISION_OPTION[role]} {higher} would build the {role} half in {higher}"

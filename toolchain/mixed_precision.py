@@ -121,10 +121,11 @@ def multiply_accumulates(float_path: Path) -> dict[str, int]:
     return counts
 
 
-def keep_in_higher_precision(half, path: Path, meets: Callable[[], bool], what: str) -> dict:
-    """Requantizes `path` with the fewest most sensitive layers in the half's higher precision so that `meets()`
-    (the bundle's bound, measured with the file in place) holds; returns what was kept and what it costs. `what`
-    names the half in the refusal when even MAX_SHARE of its layers kept do not suffice."""
+def keep_in_higher_precision(half, path: Path, missed: Callable[[], str], what: str, advice: str = "") -> dict:
+    """Requantizes `path` with the fewest most sensitive layers in the half's higher precision so that `missed()`
+    (the bound the bundle misses with the file in place, '' for none) is ''; returns what was kept and what it
+    costs. When even MAX_SHARE of its layers kept do not suffice, the refusal names the half (`what`), the bound
+    still missed, the worst layers and `advice` (what else would pass)."""
     started = time.monotonic()
     half.quantize(path, [])  # every layer it can have in INT8, whatever an earlier search kept out
     layers = half.layers(path)
@@ -132,11 +133,13 @@ def keep_in_higher_precision(half, path: Path, meets: Callable[[], bool], what: 
     count, most = 1, max(1, int(len(ranked) * MAX_SHARE))
     while True:
         half.quantize(path, ranked[:count])
-        if meets():
+        still = missed()
+        if not still:
             break
         if count == most:
             raise EdgesplitError(f"{what} misses the bound even with its {count} most sensitive of {len(ranked)} "
-                                 f"int8 layers in {half.higher}: {', '.join(map(half.name, ranked[:3]))} first")
+                                 f"int8 layers in {half.higher}, {', '.join(map(half.name, ranked[:3]))} first: "
+                                 f"{still}{advice}")
         count = min(2 * count, most)
     macs = half.macs()
     share = sum(macs.get(layer, 0) for layer in ranked[:count]) / max(1, sum(macs.get(layer, 0) for layer in layers))

@@ -55,10 +55,13 @@ def check_split(split: str) -> str:
 def load_array(path):
     """np.load without pickles, any failure one line: an .npy array or an open .npz archive."""
     try:
-        return np.load(str(path), allow_pickle=False)
+        loaded = np.load(str(path), allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise EdgesplitError("{} is not a numpy {} file of uint8 images: {}".format(
             path, Path(path).suffix or ".npz/.npy", str(error).splitlines()[0])) from error
+    if isinstance(loaded, np.ndarray) and loaded.ndim and not len(loaded):
+        raise EdgesplitError("{} holds no images: the array is empty".format(path))
+    return loaded
 
 
 def read_npz(path, split: str) -> Tuple[np.ndarray, Optional[np.ndarray], bool]:
@@ -77,6 +80,8 @@ def read_npz(path, split: str) -> Tuple[np.ndarray, Optional[np.ndarray], bool]:
             raise EdgesplitError("{} has no 'images' or '{}_images' array".format(path, split))
         images = archive[prefix + "images"]
         labels = archive[prefix + "labels"] if prefix + "labels" in archive else None
+    if len(images) == 0:
+        raise EdgesplitError("{} holds no images: its '{}images' array is empty".format(path, prefix))
     if labels is not None:
         labels = check_labels(labels, len(images), path)
     return images, labels, bool(prefix)

@@ -83,6 +83,45 @@ def test_a_file_that_is_not_a_torch_export_archive_is_one_line(tmp_path):
         assert one_line_error(["list-splits", "--model", str(path)]) == f"error: {path} {problem}{expected}"
 
 
+def test_an_array_file_with_no_images_is_one_line_for_the_build_and_the_edge(tmp_path, int8_built):
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, images=np.zeros((0, 1, 32, 32), np.uint8), labels=np.zeros(0, np.int64))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 32, 32), np.uint8))
+    assert one_line_error(["build-engines", *TINY_MODEL, "--calib", str(empty), "--output", str(tmp_path / "b")]) \
+        == f"error: {empty} holds no images: its 'images' array is empty"
+    result = subprocess.run([sys.executable, "-m", "edgesplit", "edge", "--bundle", str(int8_built.bundle), "--server",
+                             "127.0.0.1:9", "--source", str(tmp_path / "empty.npy")], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env=dict(os.environ, EDGESPLIT_KEY="a key for this test"))
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'empty.npy'} holds no images: the array is empty"], result.stderr
+
+
+def test_a_learned_codec_at_a_split_without_a_feature_map_names_the_split(tmp_path):
+    assert one_line_error(["build-engines", *TINY_MODEL, "--split", "classifier.1", "--codec", "bbnet:c=4,s=1,bits=4",
+                           "--train-data", "fashion-mnist", "--output", str(tmp_path / "b")]) == (
+        "error: at split classifier_1: bbnet codec needs a C,H,W split tensor, got shape (32,)")
+
+
+def test_labels_beyond_the_models_classes_are_one_line(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (40, 1, 32, 32), dtype=np.uint8)
+    labeled = tmp_path / "labeled.npz"
+    np.savez(labeled, images=images, labels=np.full(40, 99))
+    assert one_line_error(["build-engines", *TINY_MODEL, "--calib", str(labeled), "--output", str(tmp_path / "b")]) \
+        == "error: labels go up to 99, but output 'logits' scores 10 classes: labels must be its class indices, 0 to 9"
+
+
+def test_weights_that_are_not_a_state_dict_of_tensors_are_one_line(tmp_path):
+    import torch
+
+    (tmp_path / "text.pt").write_text("hello")
+    torch.save({"where": Path("/")}, tmp_path / "objects.pt")  # loading it would unpickle a Path
+    expected = "; expected torch.save(model.state_dict(), path)"
+    for name, problem in (("text.pt", "is not a torch.save file (not a zip archive)"),
+                          ("objects.pt", "holds objects other than tensors")):
+        path = tmp_path / name
+        assert one_line_error(["list-splits", "--weights", str(path)]) == f"error: {path} {problem}{expected}"
+
+
 def save_png(path: Path, mode: str, alpha: int = 255) -> Path:
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(28, 28, len(mode)), dtype=np.uint8)

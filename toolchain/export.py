@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,6 +17,7 @@ from torch import nn
 
 from runtime.backends.onnxrt.runner import OnnxRuntimeRunner
 from toolchain.errors import EdgesplitError
+from toolchain.quiet import quiet
 
 
 def _attention_below_opset_14() -> None:
@@ -55,8 +55,8 @@ def export_onnx(
 ) -> None:
     """Export with a dynamic batch axis, simplify, check, and stamp metadata into the file."""
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad(), attention_unfused(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")  # TorchScript deprecation chatter; stdout: the graph dumped on a failure
+    # quiet: TorchScript's deprecation chatter, and the graph it dumps (from C++) on a failure
+    with torch.no_grad(), attention_unfused(), quiet():
         try:
             torch.onnx.export(
                 module.eval(), tuple(examples), buffer, dynamo=False, opset_version=opset,

@@ -6,6 +6,7 @@ import hashlib
 import importlib
 import operator
 import os
+import pickle
 import sys
 import zipfile
 from pathlib import Path
@@ -80,6 +81,11 @@ def _load_state_dict(module: nn.Module, weights: Path) -> None:
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as error:
+        expected = "; expected torch.save(model.state_dict(), path)"
+        if not zipfile.is_zipfile(weights):
+            raise ModelLoadError(f"{weights} is not a torch.save file (not a zip archive){expected}") from error
+        if isinstance(error, pickle.UnpicklingError):  # torch's advice, weights_only=False, is not taken here
+            raise ModelLoadError(f"{weights} holds objects other than tensors{expected}") from error
         raise ModelLoadError(f"cannot read {weights} as a torch.save state_dict "
                              f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from error
     if not isinstance(state, dict):

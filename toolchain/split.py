@@ -83,8 +83,9 @@ def trace(module: nn.Module, input_shape: tuple[int, int, int]) -> fx.GraphModul
         except Exception as error:
             raise SplitError(
                 f"{type(module).__name__} cannot be traced by torch.fx ({type(error).__name__}: {error}); "
-                "data-dependent control flow must be removed, or the model exported to a .pt2 "
-                "with torch.export and given as --model FILE.pt2"
+                "torch.fx cannot run code that needs concrete values (control flow on tensors, tensor sizes "
+                "passed as Python numbers): change it, or export the model to a .pt2 with torch.export and give "
+                "--model FILE.pt2"
             ) from error
     inputs = [node for node in graph_module.graph.nodes if node.op == "placeholder"]
     if len(inputs) != 1:

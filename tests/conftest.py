@@ -8,11 +8,6 @@ Two tiers (tests/README.md):
 
 What several tests need is built once per run: session fixtures below, and EDGESPLIT_CACHE set to one
 folder for the run (toolchain/cache.py), which the benchmark and command processes the tests start inherit.
-
-The run is two pytest-xdist workers (pyproject.toml): much of it waits on subprocesses, sockets and emulated
-devices' quotas. Tests go to workers a file at a time (module fixtures are built once), but the benchmark smoke
-runs one at a time; the files using the default model's device bundles share a worker, and so does everything
-on the testbed (its namespaces and cgroups have fixed names). Installs are locked across workers.
 """
 
 from __future__ import annotations
@@ -21,13 +16,11 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from filelock import FileLock
 
 from calibration_data import DEFAULT_CALIBRATION
 from runtime.inputs import InputSpec
@@ -50,19 +43,12 @@ def shared_cache(tmp_path_factory):
     if os.environ.get(CACHE_ENV):
         yield
         return
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # the run's folder, above each worker's
-    (root / "cache").mkdir(exist_ok=True)
-    os.environ[CACHE_ENV] = str(root / "cache")
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("cache"))
     yield
     del os.environ[CACHE_ENV]
 
 
 SLOW_FIXTURES = {"device_bundle", "calibration"}  # the default model per device; an emulated device's quota
-# worker groups (pytest-xdist's loadgroup): a file's tests share one, but for these
-SHARED_GROUPS = {"testbed": {"testbed", "calibration"}, "device-bundles": {"device_bundle"}}
-ONE_AT_A_TIME = {"test_benchmarks.py"}  # each smoke run is a process of its own, and long
 
 
 def pytest_configure(config):
@@ -77,23 +63,9 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(items):
-    files = {}
     for item in items:
-        fixtures = set(getattr(item, "fixturenames", ()))
-        if SLOW_FIXTURES & fixtures:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-        for group, needs in SHARED_GROUPS.items():
-            if needs & fixtures:
-                files[item.path.name] = group
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None and item.path.name not in ONE_AT_A_TIME:
-            item.add_marker(pytest.mark.xdist_group(files.get(item.path.name, item.path.name)))
-
-
-def one_at_a_time(name: str) -> FileLock:
-    """A lock held across the run's workers (and concurrent runs): apt and the tritonserver fetch are not
-    safe to run twice at once."""
-    return FileLock(str(Path(tempfile.gettempdir()) / f"edgesplit-tests-{name}.lock"))
 
 
 def debian_package(package: str, present) -> None:
@@ -105,10 +77,9 @@ def debian_package(package: str, present) -> None:
         pytest.skip(f"needs Debian's {package}, and installing it needs root: apt-get install -y {package}")
     install = ["apt-get", "install", "-y", "-q", package]
     environment = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    with one_at_a_time("apt"):
-        if not present() and subprocess.run(install, env=environment, capture_output=True).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=environment, capture_output=True, check=True)
-            subprocess.run(install, env=environment, capture_output=True, check=True)
+    if subprocess.run(install, env=environment, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=environment, capture_output=True, check=True)
+        subprocess.run(install, env=environment, capture_output=True, check=True)
     assert present(), f"apt-get installed {package}, yet it is not where the tests look"
 
 
@@ -145,9 +116,8 @@ def tritonserver() -> Path:
 
     if tritonserver.unsupported():  # not on this machine kind: another OS or CPU, a Python without libpython.so
         pytest.skip(tritonserver.unsupported())
-    with one_at_a_time("tritonserver"):
-        if not tritonserver.server_installed():
-            tritonserver.fetch()
+    if not tritonserver.server_installed():
+        tritonserver.fetch()
     return tritonserver.server_dir()
 
 

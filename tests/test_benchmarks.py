@@ -120,7 +120,6 @@ def run_suite(suite: str, *arguments: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("testbed")  # the emulated devices' namespaces and cgroups have fixed names
 @pytest.mark.parametrize("device", ["jetson-nano", "raspberry-pi", "host"])
 def test_bandwidth_suite_streams_each_strategy_through_the_link(device, request, tmp_path):
     # an emulated device needs the testbed (root); its calibration is test_testbed's

@@ -319,7 +319,8 @@ def main() -> None:
                 model, measured = one_model(testbed, name, sizes, args.output, work / name, progress,
                                             1 if args.quick else 3)
                 models = sorted(models + [model], key=lambda m: list(MODELS).index(m["model"]))
-                rows = sorted(rows + measured, key=lambda r: list(MODELS).index(r["model"]))  # stable: options keep order
+                # sorted is stable: a model's options keep their order
+                rows = sorted(rows + measured, key=lambda r: list(MODELS).index(r["model"]))
                 write_report(args.output, context(args.quick, testbed, sizes), models, rows)  # kept if a later fails
         except (TestbedError, EdgesplitError, ValueError, OSError) as error:
             sys.exit(f"error: {error}")

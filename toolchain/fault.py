@@ -118,5 +118,6 @@ def hint(build: Build, role: str) -> str:
     try:
         check_precision(device, role, higher)
     except TargetError:
-        return f"{unstrict}; {device.name} builds its {role} half in {precision} at most: try another --split or --codec"
+        return (f"{unstrict}; {device.name} builds its {role} half in {precision} at most: try another --split or "
+                "--codec")
     return f"{unstrict}; {PRECISION_OPTION[role]} {higher} would build the {role} half in {higher}"

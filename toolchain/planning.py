@@ -131,7 +131,8 @@ def plan_options(edge: dict, cloud: dict, bandwidth: float, rtt_ms: float = 0.0,
         received = uploads_cloud.get(sent["format"])
         if received is None:
             continue
-        losses = [loss_points(float_accuracy, sent.get("accuracy")), loss_points(float_accuracy, cloud["cloud_only"].get("accuracy"))]
+        losses = [loss_points(float_accuracy, sent.get("accuracy")),
+                  loss_points(float_accuracy, cloud["cloud_only"].get("accuracy"))]
         loss = None if None in losses else losses[0] + losses[1]  # image coding and cloud precision add up
         options.append(PlanOption("cloud-only", f"cloud-only {sent['format']}", -math.inf, sent["frame_bytes"],
                                   edge_slowdown * sent["encode"]["ms"], upload(sent["frame_bytes"]),

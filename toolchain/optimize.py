@@ -647,9 +647,7 @@ def optimize(options: OptimizeOptions, progress) -> Result:
         except (EdgesplitError, RuntimeError, ValueError) as error:
             not_tried.append(f"{split} pruned {ratio:g}: {str(error).splitlines()[0]}")
         progress.advance(task)
-    if not any(row["strategy"] == "split" for row in rows):
-        raise EdgesplitError(f"no split point could be measured within the budget of {options.budget_s:g} s: "
-                             f"{len(not_tried)} left out, the first: {not_tried[0] if not_tried else 'none'}")
+    # with no split point measured (a budget too short for one) the baselines still compete: the report says why
     choices = [choose(rows, search.speed.factor, rate, options, search.client_ms) for rate in options.uplinks]
     bundles, refused = {}, {}
     if options.build:

@@ -283,13 +283,16 @@ class Int16Requantizable:
     def name(self, layer: str) -> str:
         """As torch names it, with its class: layer1.0.conv1 (Conv2d); where litert-torch flattened the path so
         that names repeat, with its place among the weighted layers: expand (Conv2d, weighted layer 14)."""
-        scopes = [scope for scope, _ in self._weighted]
-        names = [self.torch_name(scope) for scope in scopes]
-        own = self.torch_name(layer)
-        if names.count(own) == 1:
+        names = self._torch_names
+        own, place = names[layer], list(names).index(layer) + 1
+        if list(names.values()).count(own) == 1:
             return own
-        return f"{own[:-1]}, weighted layer {scopes.index(layer) + 1})" if own.endswith(")") else \
-            f"{own} (weighted layer {scopes.index(layer) + 1})"
+        return f"{own[:-1]}, weighted layer {place})" if own.endswith(")") else f"{own} (weighted layer {place})"
+
+    @functools.cached_property
+    def _torch_names(self) -> dict[str, str]:
+        """Each weighted layer's scope and torch name, in graph order, worked out once for every refusal line."""
+        return {scope: self.torch_name(scope) for scope, _ in self._weighted}
 
     @staticmethod
     def torch_name(layer: str) -> str:

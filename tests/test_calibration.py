@@ -16,7 +16,8 @@ from toolchain.calibration import (LEVELS, RANGES, Histogram, calibrate, choose_
 from toolchain.codecs import AffineCodec, make_codec
 from toolchain.export import export_onnx
 from toolchain.errors import EdgesplitError
-from toolchain.mixed_precision import Requantizable, keep_in_higher_precision, quantized_layers, sensitivities
+from toolchain.mixed_precision import (MEASURED, Requantizable, keep_in_higher_precision, own_errors, quantized_layers,
+                                       sensitivities)
 from toolchain.quantize import quantize_in_place, quantize_qdq
 
 
@@ -112,3 +113,33 @@ def test_the_most_sensitive_layers_stay_in_float_until_the_bound_holds_at_most_h
                                              rf"a bound missed; what would pass$"):
         keep_in_higher_precision(half, qdq, lambda: "a bound missed", "the cloud half",
                                  "; what would pass")
+
+
+def test_a_deep_half_is_screened_in_one_run_and_only_its_worst_layers_are_measured_one_by_one(tmp_path):
+    """Eleven layers passing their input on (near identities), the sixth spoiled for int8: each output channel's
+    weights hold one outlier on an input channel that is always zero, harmless in float, but per-channel int8
+    then rounds the identity's weight by a fifth and every other weight to zero."""
+    torch.manual_seed(0)
+    convolutions = [torch.nn.Conv2d(8, 8, 3, padding=1) for _ in range(10)]
+    with torch.no_grad():
+        for convolution in convolutions:
+            convolution.weight.normal_(0, 0.05)
+            convolution.weight[range(8), range(8), 1, 1] += 1
+            convolution.bias.zero_()
+        convolutions[4].weight[0] = 0
+        convolutions[4].bias[0] = -1  # channel 0 is zero after the ReLU
+        convolutions[5].weight[:, 0, 1, 1] = 100
+    layers = [part for convolution in convolutions for part in (convolution, torch.nn.ReLU())]
+    model = torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10)).eval()
+    qdq = tmp_path / "half.onnx"
+    export_onnx(model, (torch.zeros(1, 8, 6, 6),), qdq, 13, ("features",), ("logits",), metadata={})
+    quantize_in_place(qdq, {"features": torch.rand(64, 8, 6, 6).numpy()}, tmp_path, "cloud")
+    half, layers = Requantizable.load(tmp_path, "cloud"), quantized_layers(qdq)
+    assert len(layers) == 11 > MEASURED
+    errors = own_errors(half.float_path, qdq, half.samples, layers)
+    spoiled = layers[5]
+    assert max(errors, key=errors.get) == spoiled
+    assert errors[spoiled] > 3 * max(error for layer, error in errors.items() if layer != spoiled)
+    kept = keep_in_higher_precision(half, qdq, lambda: "missed" if spoiled in quantized_layers(qdq) else "",
+                                    "the cloud half")
+    assert kept["layers"] == [spoiled] and kept["measured"] == MEASURED and kept["of"] == 11

@@ -5,13 +5,15 @@ a Q/DQ half's layers without Q/DQ run in FP16 on TensorRT (the INT8 recipe sets 
 ModelOpt's and Polygraphy's per-layer debugging find them; a full-integer TFLite half's layers get int16
 activations with int8 weights (16x8), still integer-only (toolchain/backends/tflite.py). Analysis: each
 quantized layer's sensitivity, the relative error of the half's outputs when that layer alone is kept
-(calibration inputs, against the float half). Policy: keep the 1, 2, 4, ... most sensitive, at most half of
+(calibration inputs, against the float half); a half with many layers is screened first in one run, each
+layer's own error at its output, and only its worst are measured so. Policy: keep the 1, 2, 4, ... most sensitive, at most half of
 them, until the whole bundle meets its bound. Mutation: the half's quantizer with those layers kept, every
 range as calibrated.
 
 A requantizable half has `higher` (the precision's name), `quantize(path, kept)`, `layers(path)` (what can be
 kept, in graph order), `name(layer)` (how a user reads it), `error(path)` (relative error against the float
-half on its samples), `macs()` (per layer, one sample), `cost(path, share)` (what keeping the layers in
+half on its samples), `screen(path)` (each layer's error estimated from one run, or None where every layer
+is to be measured alone), `macs()` (per layer, one sample), `cost(path, share)` (what keeping the layers in
 `path`, that share of multiply-accumulates, costs in time, in words) and `entry(path)` (what the artefact's
 manifest entry says of the file, updated once layers are kept).
 """
@@ -19,6 +21,7 @@ manifest entry says of the file, updated once layers are kept).
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -31,6 +34,9 @@ from toolchain.errors import EdgesplitError
 from toolchain.quantize import quantize_qdq
 
 MAX_SHARE = 0.5  # of a half's quantized layers, at most this many are kept in float
+MEASURED = 8  # layers measured one by one, of those a one-run screen found worst
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+SCREEN_BATCH = 8  # samples whose every layer's activations the screen holds at once
 
 
 class Requantizable(NamedTuple):
@@ -72,6 +78,9 @@ class Requantizable(NamedTuple):
     def error(self, qdq_path: Path) -> float:
         return answers(self.reference, run_all(qdq_path, self.samples, "disabled"))["relative_error"]
 
+    def screen(self, qdq_path: Path) -> dict[str, float]:
+        return own_errors(self.float_path, qdq_path, self.samples, self.layers(qdq_path))
+
     def macs(self) -> dict[str, int]:
         return multiply_accumulates(self.float_path)
 
@@ -93,6 +102,83 @@ def quantized_layers(qdq_path: Path) -> list[str]:
             and len(node.input) > 1 and node.input[1] in dequantized]
 
 
+def own_errors(float_path: Path, qdq_path: Path, samples: dict, layers: list[str]) -> dict[str, float]:
+    """Each quantized layer's own error, from one run of each half with every layer's input and output exposed
+    (Polygraphy's layerwise comparison): the relative error at its output less that at its input, what it adds
+    rather than inherits. Samples go SCREEN_BATCH at a time: a 224x224 ResNet-50's activations for 64 inputs
+    would take gigabytes."""
+    qdq = onnx.load(str(qdq_path), load_external_data=False)
+    edges = {layer.name: (source(qdq, layer.input[0]), layer.output[0])
+             for layer in qdq.graph.node if layer.name in layers}
+    tensors = float_names({name for edge in edges.values() for name in edge}, qdq, float_path)
+    squares = {name: np.zeros(2) for name in tensors}  # (|deployed - reference|^2, |reference|^2)
+    with tempfile.TemporaryDirectory() as scratch:
+        float_run = exposing(float_path, sorted(set(tensors.values())), Path(scratch) / "float.onnx")
+        qdq_run = exposing(qdq_path, sorted(tensors), Path(scratch) / "qdq.onnx")
+        count = len(next(iter(samples.values())))
+        for start in range(0, count, SCREEN_BATCH):
+            batch = {name: array[start:start + SCREEN_BATCH] for name, array in samples.items()}
+            reference, deployed = run_named(float_run, batch, "all"), run_named(qdq_run, batch, "disabled")
+            for name, float_name in tensors.items():
+                expected = reference[float_name].astype(np.float64)
+                squares[name] += (np.sum((deployed[name] - expected) ** 2), np.sum(expected ** 2))
+    errors = {name: float(np.sqrt(found / total)) if total else 0.0 for name, (found, total) in squares.items()}
+    # a graph input has no error of its own
+    return {layer: errors.get(output, 0.0) - errors.get(input_, 0.0) for layer, (input_, output) in edges.items()}
+
+
+def source(qdq, name: str) -> str:
+    """The float tensor a dequantized input was quantized from."""
+    producers = {output: node for node in qdq.graph.node for output in node.output}
+    while name in producers and producers[name].op_type in QDQ:
+        name = producers[name].input[0]
+    return name
+
+
+def float_names(names: set[str], qdq, float_path: Path) -> dict[str, str]:
+    """Each of the Q/DQ half's tensors `names` that the float half computes too, and its name there: a layer
+    writing a graph output writes it under another name, quantized and dequantized to the output's."""
+    computed = {output for node in onnx.load(str(float_path), load_external_data=False).graph.node
+                for output in node.output}
+    consumers = {name: node for node in qdq.graph.node for name in node.input}
+    found = {}
+    for name in names:
+        there = name
+        while there not in computed and there in consumers and consumers[there].op_type in QDQ:
+            there = consumers[there].output[0]
+        if there in computed:
+            found[name] = there
+    return found
+
+
+def exposing(path: Path, names: list[str], target: Path) -> Path:
+    """A copy of the model at `path` with `names` among its outputs too."""
+    model = onnx.load(str(path))
+    present = {value.name for value in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                              for name in names if name not in present)
+    onnx.save(model, str(target))
+    return target
+
+
+def run_named(path: Path, samples: dict, graph_optimization: str) -> dict[str, np.ndarray]:
+    from runtime.backends.onnxrt.runner import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(path, graph_optimization=graph_optimization).infer_impl(samples)
+
+
+def ranked_layers(half, layers: list[str], path: Path) -> tuple[list[str], int]:
+    """The half's layers, most sensitive first, and how many were measured one by one: all of them, or where
+    the half can screen its layers in one run, the MEASURED worst of that screen (the rest follow in the
+    screen's order), so a 53-layer half costs 8 quantizations rather than 53."""
+    screened = half.screen(path) if len(layers) > MEASURED else None
+    if not screened:
+        return [layer for layer, _ in sensitivities(half, layers, path.parent, path.suffix)], len(layers)
+    order = sorted(layers, key=lambda layer: -screened[layer])
+    measured = [layer for layer, _ in sensitivities(half, order[:MEASURED], path.parent, path.suffix)]
+    return measured + order[MEASURED:], MEASURED
+
+
 def sensitivities(half, layers: list[str], scratch: Path, suffix: str) -> list[tuple[str, float]]:
     """(layer, relative error of the half with that layer alone kept), most sensitive (least error) first."""
     errors = []
@@ -104,8 +190,29 @@ def sensitivities(half, layers: list[str], scratch: Path, suffix: str) -> list[t
     return sorted(errors, key=lambda pair: pair[1])
 
 
+def attribute(node, name: str, default):
+    found = next((onnx.helper.get_attribute_value(item) for item in node.attribute if item.name == name), None)
+    return default if found is None else found
+
+
+def transposed_convolution(weight: list[int], node) -> int:
+    """[in, out / groups, kernel...]: each input element meets the kernel once, spread over stride^2 outputs."""
+    per_input = weight[0] // attribute(node, "group", 1) * int(np.prod(weight[2:]))
+    return max(1, per_input // int(np.prod(attribute(node, "strides", [1]))))
+
+
+# multiply-accumulates per output element of a weighted layer, from its weight's dims
+PER_OUTPUT = {
+    "Conv": lambda weight, node: int(np.prod(weight[1:])),  # [out, in / groups, kernel...]
+    "ConvTranspose": transposed_convolution,
+    "Gemm": lambda weight, node: weight[1] if attribute(node, "transB", 0) else weight[0],
+    "MatMul": lambda weight, node: weight[-2] if len(weight) > 1 else weight[0],  # [..., in, out]
+}
+
+
 def multiply_accumulates(float_path: Path) -> dict[str, int]:
-    """Per convolution or matrix product, its multiply-accumulates for one sample (shapes inferred)."""
+    """Per convolution or matrix product with a constant weight, its multiply-accumulates for one sample (shapes
+    inferred); other ops with a constant second input (an Add's bias, a Resize's scales) are not layers."""
     model = onnx.shape_inference.infer_shapes(onnx.load(str(float_path)))
     weights = {tensor.name: list(tensor.dims) for tensor in model.graph.initializer}
     shapes = {value.name: [d.dim_value or 1 for d in value.type.tensor_type.shape.dim[1:]]
@@ -113,11 +220,9 @@ def multiply_accumulates(float_path: Path) -> dict[str, int]:
     counts = {}
     for node in model.graph.node:
         weight = next((weights[name] for name in node.input[1:2] if name in weights), None)
-        if weight is None or node.output[0] not in shapes:
+        if node.op_type not in PER_OUTPUT or weight is None or node.output[0] not in shapes:
             continue
-        transposed = any(attribute.name == "transB" and attribute.i for attribute in node.attribute)
-        per_output = int(np.prod(weight[1:])) if node.op_type.startswith("Conv") else weight[1 if transposed else 0]
-        counts[node.name] = int(np.prod(shapes[node.output[0]])) * per_output
+        counts[node.name] = int(np.prod(shapes[node.output[0]])) * PER_OUTPUT[node.op_type](weight, node)
     return counts
 
 
@@ -129,7 +234,7 @@ def keep_in_higher_precision(half, path: Path, missed: Callable[[], str], what: 
     started = time.monotonic()
     half.quantize(path, [])  # every layer it can have in INT8, whatever an earlier search kept out
     layers = half.layers(path)
-    ranked = [layer for layer, _ in sensitivities(half, layers, path.parent, path.suffix)]
+    ranked, measured = ranked_layers(half, layers, path)
     count, most = 1, max(1, int(len(ranked) * MAX_SHARE))
     while True:
         half.quantize(path, ranked[:count])
@@ -143,5 +248,6 @@ def keep_in_higher_precision(half, path: Path, missed: Callable[[], str], what: 
         count = min(2 * count, most)
     macs = half.macs()
     share = sum(macs.get(layer, 0) for layer in ranked[:count]) / max(1, sum(macs.get(layer, 0) for layer in layers))
-    return {"precision": half.higher, "layers": [half.name(layer) for layer in ranked[:count]], "of": len(layers), "macs_share": share,
+    return {"precision": half.higher, "layers": [half.name(layer) for layer in ranked[:count]], "of": len(layers),
+            "measured": measured, "macs_share": share,
             "cost": half.cost(path, share), "search_seconds": round(time.monotonic() - started, 1)}

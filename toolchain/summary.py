@@ -121,7 +121,13 @@ def higher_precision_row(kept: dict) -> str:
     multiply-accumulates, in the backend's words."""
     return (f"{len(kept['layers'])} of {kept['of']} int8 layers, the most sensitive, to meet the bounds "
             f"(--strict-int8 refuses instead): {', '.join(kept['layers'])}; {kept['macs_share']:.1%} of the half's "
-            f"multiply-accumulates, {kept['cost']}; found in {kept['search_seconds']:.0f} s")
+            f"multiply-accumulates, {kept['cost']}; found in {kept['search_seconds']:.0f} s{screened(kept)}")
+
+
+def screened(kept: dict) -> str:
+    if kept["measured"] == kept["of"]:
+        return ", each layer measured alone"
+    return f", the {kept['measured']} worst of one run's screen measured alone"
 
 
 def split_row(split: dict) -> tuple[str, str]:

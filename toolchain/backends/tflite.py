@@ -280,6 +280,12 @@ class Int16Requantizable:
         int8 (the wire's mapping reads them)."""
         return [scope for scope, _ in self._weighted]
 
+    @staticmethod
+    def screen(path: Path) -> None:
+        """No one-run screen: every layer is measured alone (an edge head has few; the interpreter's int8 tensors
+        would need their scales mapped back to the float half's tensors by name)."""
+        return None
+
     def name(self, layer: str) -> str:
         """As torch names it, with its class: layer1.0.conv1 (Conv2d); where litert-torch flattened the path so
         that names repeat, with its place among the weighted layers: expand (Conv2d, weighted layer 14)."""

@@ -16,7 +16,7 @@ DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
 
 
 def _parse(text: str, units: dict, what: str, example: str) -> float:
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]+)\s*", text)
+    match = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+)\s*([a-zA-Z]+)\s*", text)
     if not match or match.group(2).lower() not in units:
         raise ValueError("{} must look like {} (units: {}), got {!r}".format(what, example, ", ".join(units), text))
     return float(match.group(1)) * units[match.group(2).lower()]
@@ -32,7 +32,10 @@ def parse_rate(text: str) -> float:
 
 def parse_duration(text: str) -> float:
     """'20ms' → 0.02 seconds."""
-    return _parse(text, DURATION_UNITS, "a duration", "20ms")
+    duration = _parse(text, DURATION_UNITS, "a duration", "20ms")
+    if duration < 0:
+        raise ValueError("a duration cannot be negative, got {!r}".format(text))
+    return duration
 
 
 class EmulatedLink:

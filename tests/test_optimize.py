@@ -178,11 +178,12 @@ def test_the_winning_split_is_built_for_the_real_devices_and_sends_what_was_pred
 
 
 @pytest.mark.parametrize("arguments,expected", [
-    (["--uplink", "0kbit"], "a rate must be positive"),
+    (["--uplink", "0kbit"], "Invalid value for --uplink: a rate must be positive"),
     (["--prune", "0,1.5"], "pruning ratio must be between 0 and 1"),
     (["--prune", "half"], "'half' is not a comma-separated list of numbers"),
     (["--splits", "nosuch"], "nosuch"),
     (["--budget", "soon"], "a duration must look like 20ms"),
+    (["--budget", "-5min"], "Invalid value for --budget: a duration cannot be negative, got '-5min'"),
     (["--edge-factor", "0"], "--edge-factor is how many times slower"),
     (["--max-loss", "-1"], "--max-loss must be at least 0 and finite, got -1"),
     (["--codec", "nosuch"], "unknown codec 'nosuch'"),
@@ -213,6 +214,9 @@ def test_a_budget_too_short_for_any_split_point_still_chooses_between_the_baseli
         line.endswith(": over the budget") for line in summary["not_tried"])
     assert [c["strategy"] for c in summary["choices"]] == ["edge-only", "cloud-only"], summary["choices"]
     assert all(Path(choice["bundle"]).is_dir() for choice in summary["choices"])
+    for choice in summary["choices"]:  # strict JSON: bounded by --max-loss, as the split points are, not Infinity
+        manifest = json.loads((Path(choice["bundle"]) / "manifest.json").read_text(), parse_constant=pytest.fail)
+        assert manifest["checks"]["bounds"]["max_loss_points"] == 100
     assert "features.8: over the budget" in (tmp_path / "REPORT.md").read_text()
 
 

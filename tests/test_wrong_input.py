@@ -50,6 +50,15 @@ def test_an_exit_threshold_without_an_exit_branch_is_refused():
         "error: --exit-threshold is an exit branch's; this build has none: add --early-exit or --exit-weights")
 
 
+@pytest.mark.parametrize("threshold,answered", [("2.31", "every"), ("-0.1", "no")])
+def test_an_exit_threshold_past_the_largest_entropy_is_refused_before_the_branch_is_trained(threshold, answered):
+    """An entropy over 10 classes is at most ln(10) = 2.303: from there up the edge answers every frame."""
+    assert one_line_error(["build-engines", *TINY_MODEL, "--early-exit", "--exit-threshold", threshold, "--output",
+                           "/tmp/never"]) == (
+        f"error: --exit-threshold {float(threshold):g}: a softmax entropy over 10 classes lies between 0 and "
+        f"ln(10) = 2.303, so the edge would answer {answered} frame; expected a threshold from 0 below 2.303")
+
+
 @pytest.mark.parametrize("option,expected", [
     ("--split=", "error: no node or module named '' in the model; valid points include features.0"),
     ("--output-kinds=", "error: --output-kinds needs one of class, regression per model output (logits), got "),

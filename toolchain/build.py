@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -239,11 +240,14 @@ def codec_stage(build: Build) -> None:
                              f"returning {len(build.halves.outputs)}: use int8 or affine, without an exit branch")
     if (build.options.early_exit or build.options.exit_weights is not None) and "class" not in build.output_kinds:
         raise EdgesplitError("an exit branch answers with a class: this model has no class output")
+    if build.options.exit_threshold is not None:
+        if not (build.options.early_exit or build.options.exit_weights is not None):
+            raise EdgesplitError("--exit-threshold is an exit branch's; this build has none: add --early-exit or "
+                                 "--exit-weights")
+        classes = build.parts.output_shapes(build.calibration_inputs)[0][-1]
+        check_exit_threshold(build.options.exit_threshold, classes)
     build.codec, build.codec_facts = prepare_codec(build.options, build.loaded, build.halves)
     build.branch = prepare_exit(build.options, build.loaded, build.halves.point.node)
-    if build.branch is None and build.options.exit_threshold is not None:
-        raise EdgesplitError("--exit-threshold is an exit branch's; this build has none: add --early-exit or "
-                             "--exit-weights")
     features = batched(build.halves.head.eval(), build.calibration_inputs)
     chosen = choose_codec_range(build.codec, features, build.halves.tail)
     if chosen is not None:
@@ -467,6 +471,17 @@ def prepare_codec(options: BuildOptions, loaded: LoadedModel, halves: Split) -> 
     epochs = options.codec_epochs or epochs_for(len(frozen.train))
     train_codec(codec, frozen.tail, frozen.train, epochs, seed=0)
     return codec, {"learned": True, "trained_here": True, "epochs": epochs, "training_frames": len(frozen.train)}
+
+
+def check_exit_threshold(threshold: float, classes: int) -> None:
+    """An entropy over `classes` lies in [0, ln(classes)]: from ln(classes) up the edge answers every frame, which
+    a bundle without a server does better (0 keeps every frame for the cloud, as `edgesplit edge` allows)."""
+    largest = math.log(classes)
+    if not 0 <= threshold < largest:
+        raise EdgesplitError(f"--exit-threshold {threshold:g}: a softmax entropy over {classes} classes lies between "
+                             f"0 and ln({classes}) = {largest:.3f}, so the edge would answer "
+                             f"{'every' if threshold > 0 else 'no'} frame; expected a threshold from 0 below "
+                             f"{largest:.3f}")
 
 
 def prepare_exit(options: BuildOptions, loaded: LoadedModel, split: str) -> ExitBranch | None:

@@ -597,13 +597,13 @@ def profile_command(model, target, cloud, splits, codecs, lossless, calib, holdo
                f" wrote {output}")
 
 
-def _rates(text: str) -> list[float]:
+def _rates(text: str, option: str) -> list[float]:
     from runtime.link import parse_rate
 
     try:
         return [parse_rate(item) for item in text.split(",")]
     except ValueError as error:
-        raise click.BadParameter(str(error)) from error
+        raise click.BadParameter(str(error), param_hint=option) from None
 
 
 @main.command("plan")
@@ -633,7 +633,7 @@ def plan_command(profile_edge, profile_cloud, bandwidth, max_loss, rtt, edge_slo
 
     edge, cloud = load_profile(profile_edge), load_profile(profile_cloud)
     check_profiles(edge, cloud, open_bundle(bundle_path).manifest if bundle_path else None)
-    decisions = plan(edge, cloud, _rates(bandwidth), max_loss, 1000 * parse_duration(rtt), edge_slowdown)
+    decisions = plan(edge, cloud, _rates(bandwidth, "--bandwidth"), max_loss, 1000 * parse_duration(rtt), edge_slowdown)
     console = Console()
     for decision in decisions:
         slower = f" x{edge_slowdown:g} slower" if edge_slowdown != 1 else ""
@@ -731,7 +731,7 @@ def optimize_command(model, train_data, calib, target, cloud, uplink, max_loss, 
 
     options = OptimizeOptions(
         model=model.spec, weights=model.weights, inputs=model.inputs, train_data=train_data, calib=calib,
-        target=target, cloud=cloud, uplinks=tuple(_rates(uplink)), max_loss=max_loss,
+        target=target, cloud=cloud, uplinks=tuple(_rates(uplink, "--uplink")), max_loss=max_loss,
         budget_s=_duration(budget, "--budget"), splits=tuple(s.strip() for s in splits.split(",")) if splits else None,
         ratios=_floats(ratios), criterion=criterion, codecs=tuple(codecs) or None, early_exit=not no_exit,
         train_frames=train_frames, epochs=epochs, holdout_frames=holdout_frames, frames=frames,

@@ -706,7 +706,7 @@ def build_point(search: Search, row: dict) -> str:
         build_engines(BuildOptions(
             strategy=row["strategy"], image_format=row.get("format", "raw"), model=options.model,
             weights=options.weights, inputs=options.inputs, target=options.target, cloud=options.cloud,
-            calib=options.calib, holdout_frames=options.holdout_frames, output=output, max_loss=math.inf),
+            calib=options.calib, holdout_frames=options.holdout_frames, output=output, max_loss=options.max_loss),
             show_progress=False)
         return str(output)
     chosen = head(search, row["split"], row["ratio"])

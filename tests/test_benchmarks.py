@@ -120,9 +120,11 @@ def run_suite(suite: str, *arguments: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("device", ["jetson-nano", "raspberry-pi", "host"])
+@pytest.mark.parametrize("device", ["jetson-nano", "host"])
 def test_bandwidth_suite_streams_each_strategy_through_the_link(device, request, tmp_path):
-    # an emulated device needs the testbed (root); its calibration is test_testbed's
+    # an emulated device needs the testbed (root); its calibration is test_testbed's. The emulated Pi runs the same
+    # suite code with TFLite halves (100 s more here): `edgesplit edge` on its bundles is test_inputs', its
+    # calibration test_testbed's
     calibrated = [] if device == "host" else ["--calibration", str(request.getfixturevalue("calibration")(device)[0])]
     # the optimizer's choice on the emulated Nano only: its search is the same code on every device
     composed = device == "jetson-nano"

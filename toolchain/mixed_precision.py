@@ -36,7 +36,7 @@ from toolchain.quantize import quantize_qdq
 MAX_SHARE = 0.5  # of a half's quantized layers, at most this many are kept in float
 MEASURED = 8  # layers measured one by one, of those a one-run screen found worst
 QDQ = ("QuantizeLinear", "DequantizeLinear")
-SCREEN_BATCH = 8  # samples whose every layer's activations the screen holds at once
+SCREEN_BATCH = 2  # samples whose every layer's activations the screen holds at once (a ResNet-50's: ~300 MB)
 
 
 class Requantizable(NamedTuple):
@@ -106,7 +106,7 @@ def own_errors(float_path: Path, qdq_path: Path, samples: dict, layers: list[str
     """Each quantized layer's own error, from one run of each half with every layer's input and output exposed
     (Polygraphy's layerwise comparison): the relative error at its output less that at its input, what it adds
     rather than inherits. Samples go SCREEN_BATCH at a time: a 224x224 ResNet-50's activations for 64 inputs
-    would take gigabytes."""
+    would take 10 GB."""
     qdq = onnx.load(str(qdq_path), load_external_data=False)
     edges = {layer.name: (source(qdq, layer.input[0]), layer.output[0])
              for layer in qdq.graph.node if layer.name in layers}

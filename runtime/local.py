@@ -239,6 +239,14 @@ class CloudHalf(_Half):
         return np.concatenate([output.reshape(len(frames), -1) for output in outputs], axis=1)
 
 
+BATCH_VALUES = 1 << 22  # input values run at once: a batch's activations bound a build's memory
+
+
+def batch_size_for(inputs: np.ndarray, most: int = 500) -> int:
+    """500 32x32 images at once, 27 of 3x224x224."""
+    return max(1, min(most, BATCH_VALUES // max(1, int(np.prod(inputs.shape[1:])))))
+
+
 class Deployed(NamedTuple):
     """A set of images through both halves as deployed: what each frame sends, and what comes back."""
 
@@ -268,8 +276,10 @@ class SplitInference:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.cloud(self.edge(images))
 
-    def deployed(self, images: np.ndarray, batch: int = 500) -> Deployed:
-        """Edge → payload bytes → cloud for every frame, in batches; the exit logits beside."""
+    def deployed(self, images: np.ndarray, batch: Optional[int] = None) -> Deployed:
+        """Edge → payload bytes → cloud for every frame, in batches (default: batch_size_for the images);
+        the exit logits beside."""
+        batch = batch or batch_size_for(images)
         sizes, exits, outputs = [], [], []
         for start in range(0, len(images), batch):
             payloads, exit_logits = self.edge_half.payloads_and_exit(images[start:start + batch])
@@ -280,8 +290,9 @@ class SplitInference:
                         [np.concatenate(parts) for parts in zip(*outputs)])
 
 
-def deployed(bundle: Bundle, images: np.ndarray, verified: bool = False, batch: int = 500) -> Deployed:
+def deployed(bundle: Bundle, images: np.ndarray, verified: bool = False, batch: Optional[int] = None) -> Deployed:
     """Every frame as the bundle deploys it, whatever its strategy: an edge-only bundle sends nothing."""
+    batch = batch or batch_size_for(images)
     if bundle.strategy != "edge-only":
         return SplitInference(bundle, verified=verified).deployed(images, batch)
     model = WholeModelHalf(bundle, verified=verified)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from runtime.local import batch_size_for
 from runtime.scores import PixelScores
 from toolchain import cache
 from toolchain.errors import EdgesplitError
@@ -55,14 +56,6 @@ def first_output(result):
     if isinstance(result, dict):
         return next(iter(result.values()))
     return result[0] if isinstance(result, (tuple, list)) else result
-
-
-BATCH_VALUES = 1 << 22  # input values run through a module at once: a batch's activations bound a build's memory
-
-
-def batch_size_for(inputs: np.ndarray, most: int = 500) -> int:
-    """500 32x32 images at once, 27 of 3x224x224."""
-    return max(1, min(most, BATCH_VALUES // max(1, int(np.prod(inputs.shape[1:])))))
 
 
 @torch.no_grad()

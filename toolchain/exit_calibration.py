@@ -33,7 +33,7 @@ class CurvePoint(NamedTuple):
 
 
 def measure(bundle: Bundle, inputs: np.ndarray, labels: np.ndarray | None = None,
-            batch: int = 500) -> ExitMeasurement:
+            batch: int | None = None) -> ExitMeasurement:
     """Entropy and correctness per frame, through the bundle's halves as verified. Without labels the cloud's
     answers stand in for them: 'accuracy' is then agreement with sending every frame, which bounds what the
     exits cost."""

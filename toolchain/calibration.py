@@ -18,6 +18,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import onnx
 
+from runtime.local import batch_size_for
 from toolchain.evaluate import relative_error
 from toolchain.quiet import quiet
 
@@ -162,6 +163,16 @@ def as_tuple(value) -> tuple:
     return value if isinstance(value, tuple) else (value,)
 
 
+def tail_outputs(tail, crossing: tuple) -> list[np.ndarray]:
+    """`tail`'s outputs a batch at a time (batch_size_for the first crossing tensor): 256 frames of a 224x224
+    ResNet-50's tail at once held gigabytes."""
+    import torch
+
+    size, count = batch_size_for(crossing[0]), len(crossing[0])
+    pieces = [as_tuple(tail(*(tensor[start:start + size] for tensor in crossing))) for start in range(0, count, size)]
+    return [torch.cat(parts).numpy() for parts in zip(*pieces)]
+
+
 def choose_codec_range(codec, features, tail) -> dict | None:
     """Calibrates `codec` (codecs.FeatureCodec) on `features` (a crossing tensor or a tuple of them) with the
     range method, of those it takes, whose decoded features keep `tail`'s float answers best (min-max on a tie);
@@ -174,12 +185,11 @@ def choose_codec_range(codec, features, tail) -> dict | None:
         return None
     scored = tuple(tensor[:SCORED_FRAMES] for tensor in as_tuple(features))
     with torch.no_grad():
-        reference = [output.numpy() for output in as_tuple(tail(*scored))]
+        reference = tail_outputs(tail, scored)
         scores = {}
         for method in methods:
             codec.calibrate(features, method)
-            decoded = as_tuple(codec(*scored))
-            scores[method] = answers(reference, [output.numpy() for output in as_tuple(tail(*decoded))])
+            scores[method] = answers(reference, tail_outputs(tail, as_tuple(codec(*scored))))
     best = max(methods, key=lambda method: rank(scores[method]))  # max keeps the first of equals: min-max
     codec.calibrate(features, best)
     return {"method": best, "frames": len(scored[0]), "candidates": scores}

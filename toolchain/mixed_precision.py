@@ -108,7 +108,8 @@ def own_errors(float_path: Path, qdq_path: Path, samples: dict, layers: list[str
     rather than inherits. Samples go SCREEN_BATCH at a time: a 224x224 ResNet-50's activations for 64 inputs
     would take 10 GB."""
     qdq = onnx.load(str(qdq_path), load_external_data=False)
-    edges = {layer.name: (source(qdq, layer.input[0]), layer.output[0])
+    producers = {output: node for node in qdq.graph.node for output in node.output}
+    edges = {layer.name: (source(producers, layer.input[0]), layer.output[0])
              for layer in qdq.graph.node if layer.name in layers}
     tensors = float_names({name for edge in edges.values() for name in edge}, qdq, float_path)
     squares = {name: np.zeros(2) for name in tensors}  # (|deployed - reference|^2, |reference|^2)
@@ -127,9 +128,8 @@ def own_errors(float_path: Path, qdq_path: Path, samples: dict, layers: list[str
     return {layer: errors.get(output, 0.0) - errors.get(input_, 0.0) for layer, (input_, output) in edges.items()}
 
 
-def source(qdq, name: str) -> str:
-    """The float tensor a dequantized input was quantized from."""
-    producers = {output: node for node in qdq.graph.node for output in node.output}
+def source(producers: dict, name: str) -> str:
+    """The float tensor a dequantized input was quantized from (`producers`: tensor name -> the node writing it)."""
     while name in producers and producers[name].op_type in QDQ:
         name = producers[name].input[0]
     return name

@@ -2,6 +2,7 @@
 Python backend only, so the repositories are the CPU variant: --tail python): `edgesplit export-triton`
 writes them, `edgesplit edge --server grpc://...` streams to them, and answers equal in-process inference."""
 
+import collections
 import os
 import re
 import subprocess
@@ -248,7 +249,7 @@ defaults
   timeout client 30s
   timeout server 30s
   retries 3
-  option redispatch
+  option redispatch 1
 frontend edges
   bind 127.0.0.1:{port} proto h2
   default_backend triton
@@ -288,7 +289,8 @@ def test_killing_one_of_two_triton_servers_behind_haproxy_loses_no_frame(haproxy
             balancer.terminate()
             balancer.wait(timeout=10)
     assert [o.index for o in outcomes] == [f.index for f in frames]  # exactly one outcome each
-    assert [o.answered_by for o in outcomes[-100:]] == [CLOUD] * 100  # the stream goes on, on the second
+    errors = collections.Counter(o.error for o in outcomes[-100:] if o.answered_by != CLOUD)
+    assert not errors, errors  # the stream goes on, on the second
     assert float(served_by_second) >= 300  # round-robin before the kill, everything after it
     reference = SplitInference(bundle).cloud(SplitInference(bundle).edge(np.stack([f.image for f in frames[-100:]])))
     assert np.abs(np.stack([o.logits for o in outcomes[-100:]]) - reference).max() <= 1e-4

@@ -108,11 +108,13 @@ def test_the_most_sensitive_layers_stay_in_float_until_the_bound_holds_at_most_h
     assert kept["layers"] == ranked[:2] and kept["of"] == 4 and 0 < kept["macs_share"] < 1
     assert kept["precision"] == "fp16" and kept["cost"].endswith("compute time at INT8 twice FP16's rate")
     assert sorted(set(layers) - set(quantized_layers(qdq))) == sorted(ranked[:2])  # their weights in float
+    checks = []
     with pytest.raises(EdgesplitError, match=rf"^the cloud half misses the bound even with its 2 most sensitive of 4 "
                                              rf"int8 layers in fp16, {re.escape(', '.join(ranked[:3]))} first: "
                                              rf"a bound missed; what would pass$"):
-        keep_in_higher_precision(half, qdq, lambda: "a bound missed", "the cloud half",
+        keep_in_higher_precision(half, qdq, lambda: checks.append(1) or "a bound missed", "the cloud half",
                                  "; what would pass")
+    assert len(checks) == 1  # the largest share, tried first, settles a refusal
 
 
 def test_a_deep_half_is_screened_in_one_run_and_only_its_worst_layers_are_measured_one_by_one(tmp_path):

@@ -50,7 +50,7 @@ from typing import NamedTuple
 
 from rich.progress import Progress
 
-from benchmarks.common import cpu_name, free_port, parse_arguments, table, write_csv
+from benchmarks.common import QUICK_BUILD, cpu_name, free_port, parse_arguments, table, write_csv
 from benchmarks.testbed import interrupt_on_sigterm, missing_root
 from benchmarks.testbed.devices import REFERENCES, Calibration, CpuQuota, TestbedError, calibrate, edge_backend, \
     quota_for, run_json, time_command
@@ -84,8 +84,6 @@ QUICK_OPTIMIZE = {"splits": ("layer3",), "ratios": (0.0,), "codecs": ("bbnet:bit
                   "train_frames": 1000, "epochs": 1, "holdout_frames": 200, "frames": 10}
 DEFAULT_DEVICE = "jetson-nano"  # BBNet's edge
 FRAMES, QUICK_FRAMES = 100, 20
-QUICK_CALIBRATION = 128  # --quick: calibration images per build (a full-int8 TFLite conversion takes ~20 s on 512)
-QUICK_HOLDOUT = 500  # --quick: held-out images each accuracy is measured on (all 2,000 take ~20 s more per device)
 IN_FLIGHT = 8
 REPEATS, REPEAT_BELOW_S = 5, 20.0  # see steady_stream; --quick runs each stream once
 PROFILE_RATE = 1e9  # the edge is profiled through the same tbf as the rows (its qdisc costs the edge a few %)
@@ -607,8 +605,8 @@ def main() -> None:
             testbed = open_testbed(args.device, work, stack, args.calibration)
             repeats = 1 if args.quick else REPEATS
             found = profiles(testbed, splits, codecs, learned, 20 if args.quick else 200, work, frames, repeats,
-                             QUICK_CALIBRATION if args.quick else BuildOptions().calibration_frames,
-                             QUICK_UPLOADS if args.quick else UPLOADS, QUICK_HOLDOUT if args.quick else None)
+                             QUICK_BUILD["calibration_frames"] if args.quick else BuildOptions().calibration_frames,
+                             QUICK_UPLOADS if args.quick else UPLOADS, QUICK_BUILD["holdout_frames"] if args.quick else None)
             link_check = None
             if testbed.link:  # long enough that the one-packet burst does not count
                 testbed.link.shape(LINK_CHECK_BPS)

@@ -12,6 +12,10 @@ from toolchain.results import cpu_name, write_csv  # noqa: F401  (every suite ta
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# --quick: what a suite's builds calibrate on and check their accuracy on (a full-int8 conversion alone takes
+# ~20 s on the default 512 images; each check runs the split on every held-out image)
+QUICK_BUILD = {"calibration_frames": 128, "holdout_frames": 500}
+
 
 def parse_arguments(doc: str, suite: str, quick_help: str, add_options=None, folder=None) -> argparse.Namespace:
     """`--quick` and `--output` (default benchmarks/results/<suite>, created; `folder(args)` names it

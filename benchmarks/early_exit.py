@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from benchmarks.common import cpu_name, labeled_data, parse_arguments, table, write_csv
+from benchmarks.common import QUICK_BUILD, cpu_name, labeled_data, parse_arguments, table, write_csv
 from calibration_data import DEFAULT_CALIBRATION
 from runtime.bundle import load_bundle
 from toolchain.build import BuildOptions, build_engines
@@ -38,17 +38,23 @@ from toolchain.split import split_model
 SPLIT = "layer2"
 BITS = (8, 6, 4)
 TOLERANCE_POINTS = 0.3
+
 HEADER_BYTES = 64  # protocol header + shape words per frame
-QUICK_BUILD_HOLDOUT = 500  # --quick: the build's own accuracy gate on 500 held-out images (the curves use 1,000)
 
 
 @torch.no_grad()
-def cloud_correct_at(bits: int, halves, calibration: np.ndarray, inputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def head_features(halves, inputs: np.ndarray) -> list[torch.Tensor]:
+    """The head's features of `inputs`, 500 at a time: computed once, decoded at every bit width."""
+    return [halves.head(torch.from_numpy(inputs[i:i + 500])) for i in range(0, len(inputs), 500)]
+
+
+@torch.no_grad()
+def cloud_correct_at(bits: int, halves, calibration: list[torch.Tensor], features: list[torch.Tensor],
+                     labels: np.ndarray) -> np.ndarray:
     """Per-frame correctness of the cloud answer with an affine codec of `bits` at the split."""
     codec = make_codec(f"affine:bits={bits}", halves.point.shape)
-    codec.calibrate(halves.head(torch.from_numpy(calibration)))
-    predictions = [halves.tail(codec.decoder()(codec.encoder()(halves.head(torch.from_numpy(inputs[i:i + 500])))))
-                   .argmax(1).numpy() for i in range(0, len(inputs), 500)]
+    codec.calibrate(torch.cat(calibration))
+    predictions = [halves.tail(codec.decoder()(codec.encoder()(batch))).argmax(1).numpy() for batch in features]
     return np.concatenate(predictions) == labels
 
 
@@ -103,19 +109,19 @@ def main() -> None:
         save_exit(weights, branch, frozen.point.node, model.sha256)
         progress.advance(task)
         report = build_engines(BuildOptions(split=SPLIT, codec="int8", lossless="none", exit_weights=weights,
-                                            output=weights.parent / "bundle",
-                                            holdout_frames=QUICK_BUILD_HOLDOUT if args.quick else None))
+                                            output=weights.parent / "bundle", **(QUICK_BUILD if args.quick else {})))
         progress.advance(task)
         test = load_images(data, "test", model.spec())
         test = test.take(1000) if args.quick else test
         inputs = test.inputs()
         measured = measure(load_bundle(report.bundle), inputs, test.labels)
-        calibration = load_images(str(DEFAULT_CALIBRATION), "train", model.spec()).inputs()
         halves = split_model(model.module, SPLIT, model.input_shape)
+        calibration = head_features(halves, load_images(str(DEFAULT_CALIBRATION), "train", model.spec()).inputs())
+        features = head_features(halves, inputs)
         curves = {8: curve(measured)}
         for bits in BITS[1:]:
             curves[bits] = curve(measured._replace(
-                cloud_correct=cloud_correct_at(bits, halves, calibration, inputs, test.labels)))
+                cloud_correct=cloud_correct_at(bits, halves, calibration, features, test.labels)))
         progress.advance(task)
     chosen = pick(curves[8], max_loss_points=TOLERANCE_POINTS)
     payload = report.manifest["wire"]["packed_bytes_per_frame"]

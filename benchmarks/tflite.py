@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
-from benchmarks.common import ROOT, cpu_name, labeled_data, parse_arguments, table, write_csv
+from benchmarks.common import QUICK_BUILD, ROOT, cpu_name, labeled_data, parse_arguments, table, write_csv
 from runtime.bundle import load_bundle
 from runtime.local import EdgeHalf, SplitInference
 from toolchain.build import BuildOptions, build_engines
@@ -37,6 +37,8 @@ BUILDS = [
     ("raspberry-pi: int8 TFLite edge, BBNet 4-bit codes",
      BuildOptions(target="raspberry-pi", cloud="cpu", split="layer2", codec="bbnet:c=16,s=4,bits=4", codec_weights=SEARCHED_CODEC)),
 ]
+
+QUICK_IMAGES = 1000  # --quick: test images the accuracies are measured on
 
 
 def edge_latency_ms(bundle, images: np.ndarray, threads: int, frames: int) -> float:
@@ -72,14 +74,17 @@ def plot(output: Path, latency: list[dict]) -> None:
 
 
 def main() -> None:
-    args = parse_arguments(__doc__, "tflite", "2,000 images, 100 timed frames, the first two bundles.")
+    args = parse_arguments(__doc__, "tflite", "1,000 images, 100 timed frames, the first two bundles, each "
+                                               "calibrated on 128 images and checked on 500.")
     model = load_model(None)
     test = load_images(labeled_data(args.quick), "test", model.spec())
+    test = test.take(QUICK_IMAGES) if args.quick else test
     inputs = test.inputs()
     float_top1 = accuracy(reference_outputs(model, inputs)[0], test.labels)
     accuracies, latency = [], []
     scratch = Path(tempfile.mkdtemp())
-    builds = [(name, options) for name, options in BUILDS[:2 if args.quick else None]
+    builds = [(name, options._replace(**QUICK_BUILD) if args.quick else options)
+              for name, options in BUILDS[:2 if args.quick else None]
               if options.codec_weights is None or SEARCHED_CODEC.exists()]
     with Progress() as progress:
         task = progress.add_task("build, evaluate, time", total=len(builds))

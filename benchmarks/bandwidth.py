@@ -629,7 +629,7 @@ def main() -> None:
                "device": args.device, "testbed": testbed.words(),
                "calibration": None if testbed.calibration is None else testbed.calibration.as_dict(),
                "link_check": link_check, "frames": frames, "in_flight": IN_FLIGHT,
-               "frame_header_bytes": frame_bytes(0, 3), "float_accuracy": found.host["data"]["float_accuracy"],
+               "frame_header_bytes": frame_bytes(0), "float_accuracy": found.host["data"]["float_accuracy"],
                "holdout_frames": found.host["data"]["holdout_frames"], "speedups": speedup_rows(rows), "rows": rows,
                "optimized": details, "optimize": optimize_words}
     write_csv(args.output / "bandwidth.csv", rows)

@@ -57,7 +57,7 @@ def measure_bundle(bundle_path: Path, inputs: np.ndarray, labels: np.ndarray, fl
     return {"bundle_id": bundle.bundle_id, "split": bundle.manifest["split"]["module"],
             "codec": bundle.manifest["codec"]["name"] + ":" + ",".join(
                 f"{k}={v}" for k, v in bundle.manifest["codec"]["params"].items()),
-            "lossless": bundle.manifest["wire"]["lossless"], "code_ndim": len(bundle.manifest["wire"]["shape"]),
+            "lossless": bundle.manifest["wire"]["lossless"],
             "fp32_bytes": bundle.manifest["split"]["fp32_bytes"],
             "split_only": split, "with_exit": exits}
 
@@ -85,10 +85,10 @@ def rows_of(summary: dict) -> list[dict]:
                      "vs_float_points": round(100 * (top1 - float_accuracy), 2)})
 
     for name, image in summary["images"].items():
-        add(f"send the image: {TITLES[name]}", image["payload_bytes"], frame_bytes(image["payload_bytes"], 3),
+        add(f"send the image: {TITLES[name]}", image["payload_bytes"], frame_bytes(image["payload_bytes"]),
             image["accuracy"])
     bundle, split = summary["bundle"], summary["bundle"]["split_only"]
-    sent_frame = frame_bytes(split["payload_bytes"], bundle["code_ndim"])
+    sent_frame = frame_bytes(split["payload_bytes"])
     add(f"split at {bundle['split']}: {bundle['codec']}", split["payload_bytes"], sent_frame, split["accuracy"])
     exits = bundle["with_exit"]  # a frame the edge answers sends nothing, header included
     add(f"same, with early exit ({exits['offload_rate']:.0%} of frames sent)", exits["mean_payload_bytes_all_frames"],

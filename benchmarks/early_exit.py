@@ -26,6 +26,7 @@ from rich.progress import Progress
 from benchmarks.common import QUICK_BUILD, cpu_name, labeled_data, parse_arguments, table, write_csv
 from calibration_data import DEFAULT_CALIBRATION
 from runtime.bundle import load_bundle
+from runtime.protocol import frame_bytes
 from toolchain.build import BuildOptions, build_engines
 from toolchain.codec_training import prepare_training
 from toolchain.codecs import make_codec
@@ -38,8 +39,6 @@ from toolchain.split import split_model
 SPLIT = "layer2"
 BITS = (8, 6, 4)
 TOLERANCE_POINTS = 0.3
-
-HEADER_BYTES = 64  # protocol header + shape words per frame
 
 
 @torch.no_grad()
@@ -144,7 +143,7 @@ def main() -> None:
                "cloud_always_accuracy": curves[8][0].accuracy, "tolerance_points": TOLERANCE_POINTS,
                "chosen": chosen._asdict(), "payload_bytes_when_sent": payload,
                "mean_payload_bytes_all_frames": chosen.offload_rate * payload,
-               "mean_wire_bytes_all_frames": chosen.offload_rate * (payload + HEADER_BYTES),
+               "mean_wire_bytes_all_frames": chosen.offload_rate * frame_bytes(payload),
                "within_tolerance_by_bits": within}
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for row in within:

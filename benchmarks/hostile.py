@@ -115,7 +115,8 @@ class SilentPath(Listener):
             return
         try:
             for _ in range(2):
-                upstream.sendall(protocol.encode(protocol.read_frame(lambda count: read_exactly(edge, count))))
+                upstream.sendall(protocol.Handshake.encode(protocol.read_frame(
+                    lambda count: read_exactly(edge, count), protocol.Handshake, protocol.HANDSHAKE_LIMITS)))
             while edge.recv(65536):
                 pass
         except (OSError, ProtocolError):
@@ -149,14 +150,14 @@ def relay(source: socket.socket, target: socket.socket) -> None:
             pass
 
 
-RESULT_FAULTS = ("nan", "uint8", "shaped", "unsent")
+RESULT_FAULTS = ("nan", "short", "unsent")
 FAULTS = RESULT_FAULTS + ("every other",)
-FEATURE_LIMITS = protocol.Limits(max_payload=1 << 20, max_elements=1 << 20)
+FEATURE_LIMITS = {protocol.FEATURES: 1 << 20, protocol.CLOSING: 0}
 
 
 class FaultyServer(Listener):
     """An edgesplit server holding the key whose RESULTs are faulty: `nan` (logits of NaN and infinity),
-    `uint8` (the right count, the wrong dtype), `shaped` (float32 shaped 2 x N/2), or `unsent` (after READY,
+    `short` (half the bundle's values), or `unsent` (after READY,
     `unsent_replies` RESULTs for request ids the edge never sent, then correct answers: logits of zeros), or
     `every other` (correct zeros for even request ids, nothing for odd ones: a lossy server, not a silent one).
     With `first_only`, connections after the first are answered with correct zeros."""
@@ -177,23 +178,29 @@ class FaultyServer(Listener):
                 if fault == "unsent":
                     self._send_unsent(sock)
                 while True:
-                    frame = protocol.read_frame(lambda count: read_exactly(sock, count), FEATURE_LIMITS)
+                    frame = protocol.read_frame(lambda count: read_exactly(sock, count), protocol.Stream,
+                                                FEATURE_LIMITS)
                     if frame.type == protocol.FEATURES and not (fault == "every other" and frame.request_id % 2):
-                        sock.sendall(protocol.encode(self._reply(frame.request_id, fault)))
+                        sock.sendall(protocol.Stream.encode(self._reply(frame.request_id, fault)))
             except (OSError, ProtocolError):
                 pass
 
     def _handshake(self, sock: socket.socket) -> None:
-        receive = lambda: protocol.read_frame(lambda count: read_exactly(sock, count))  # noqa: E731
+        def receive() -> protocol.Frame:
+            return protocol.read_frame(lambda count: read_exactly(sock, count), protocol.Handshake,
+                                       protocol.HANDSHAKE_LIMITS)
+
         hello = receive()
         nonce = protocol.new_nonce()
-        sock.sendall(protocol.encode(protocol.Frame(protocol.CHALLENGE, bundle_id=self.bundle_id, payload=nonce)))
+        sock.sendall(protocol.Handshake.encode(protocol.Frame(protocol.CHALLENGE, bundle_id=self.bundle_id,
+                                                              payload=nonce)))
         receive()  # AUTH: this server does not check the edge's proof, only proves its own
         proof = protocol.server_proof(self.key, nonce, hello.payload, self.bundle_id)
-        sock.sendall(protocol.encode(protocol.Frame(protocol.READY, bundle_id=self.bundle_id, payload=proof)))
+        sock.sendall(protocol.Handshake.encode(protocol.Frame(protocol.READY, bundle_id=self.bundle_id,
+                                                              payload=proof)))
 
     def _send_unsent(self, sock: socket.socket) -> None:
-        never_sent = protocol.encode(self._reply(1 << 62, None))
+        never_sent = protocol.Stream.encode(self._reply(0xFFFF, None))  # before any frame: an id the edge never sent
         for _ in range(self.unsent_replies):
             sock.sendall(never_sent)
 
@@ -201,13 +208,10 @@ class FaultyServer(Listener):
         if fault == "nan":
             values = np.full(self.values, np.nan, np.float32)
             values[1] = np.inf
-            return protocol.result_frame(request_id, self.bundle_id, values)
-        if fault == "uint8":
-            return protocol.Frame(protocol.RESULT, request_id, self.bundle_id, dtype=protocol.DTYPE_UINT8,
-                                  shape=(self.values,), payload=bytes(self.values))
-        if fault == "shaped":
-            return protocol.result_frame(request_id, self.bundle_id, np.zeros((2, self.values // 2), np.float32))
-        return protocol.result_frame(request_id, self.bundle_id, np.zeros(self.values, np.float32))
+            return protocol.result_frame(request_id, values)
+        if fault == "short":
+            return protocol.result_frame(request_id, np.zeros(self.values // 2, np.float32))
+        return protocol.result_frame(request_id, np.zeros(self.values, np.float32))
 
 
 class EdgeRun(NamedTuple):

@@ -16,7 +16,7 @@
    recomputed, checked with and without a trusted key.
 7. Issue 29's attack run, through `edgesplit edge` (benchmarks/hostile.py): 16 keyless sockets reopened as
    they close against `--max-connections 16`; a path that goes silent after READY; RESULTs of NaN, of
-   uint8, shaped 2 x 5, or for ids never sent; an image folder with a truncated JPEG, a text file named
+   half the bundle's values, or for ids never sent; an image folder with a truncated JPEG, a text file named
    .png and a 12000x12000 PNG. Bundle bombs add a 512 MB long name, 200,000 members and an unsigned
    1 GiB member under `--trust`.
 
@@ -52,7 +52,7 @@ from calibration_data import DEFAULT_CALIBRATION
 from runtime import protocol
 from runtime.bundle import compute_bundle_id, file_sha256, load_bundle
 from runtime.images import open_source
-from runtime.local import CloudHalf, EdgeHalf
+from runtime.local import CloudHalf, EdgeHalf, reply_values
 from runtime.wire import encode_frame
 
 KEY = "a key for the reliability suite, 256 bits of it......"
@@ -90,16 +90,17 @@ def authenticated(address, bundle_id: bytes, key: bytes = KEY.encode(), receive_
     sock.connect(("127.0.0.1", address) if isinstance(address, int) else tuple(address))
 
     def receive() -> protocol.Frame:  # unbuffered: whatever follows READY stays in the socket
-        return protocol.read_frame(lambda size: read_exactly(sock, size))
+        return protocol.read_frame(lambda size: read_exactly(sock, size), protocol.Handshake,
+                                   protocol.HANDSHAKE_LIMITS)
 
     nonce = protocol.new_nonce()
-    sock.sendall(protocol.encode(protocol.Frame(protocol.HELLO, bundle_id=bundle_id, payload=nonce)))
+    sock.sendall(protocol.Handshake.encode(protocol.Frame(protocol.HELLO, bundle_id=bundle_id, payload=nonce)))
     challenge = receive()
     if challenge.type == protocol.READY:  # a server started with --no-auth
         return sock
     if challenge.type == protocol.ERROR:
         raise ConnectionRefusedError(protocol.error_details(challenge)[1])
-    sock.sendall(protocol.encode(protocol.Frame(protocol.AUTH, bundle_id=bundle_id, payload=protocol.client_proof(
+    sock.sendall(protocol.Handshake.encode(protocol.Frame(protocol.AUTH, bundle_id=bundle_id, payload=protocol.client_proof(
         key, challenge.payload, nonce, bundle_id))))
     ready = receive()
     if ready.type != protocol.READY:
@@ -111,8 +112,7 @@ def flood(port: int, bundle, seconds: float, until_stalled: bool = False) -> dic
     """Tiny frames into a connection whose replies are never read, for `seconds`, until it is closed, or
     (`until_stalled`) until the server has taken nothing for a second: it stopped reading."""
     bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
-    tiny = protocol.encode(protocol.features_frame(1, bundle_id, bytes(100), bundle.wire,
-                                                   protocol.wire_quantization(bundle.manifest)))
+    tiny = protocol.Stream.encode(protocol.features_frame(1, bytes(100)))
     sock = authenticated(port, bundle_id, receive_buffer=4096)
     sock.settimeout(0.2)
     sent, closed, started, progress, unsent = 0, False, time.monotonic(), time.monotonic(), b""
@@ -163,21 +163,20 @@ def sigterm_with_stalled_client(bundle) -> list[dict]:
                        f"(after {flooded['frames_sent']:,} frames, {flooded['seconds']:.1f} s)"}]
 
 
-async def greedy(port: int, bundle_id: bytes, payload: bytes, wire, quantization, stop_at: float) -> int:
+async def greedy(port: int, bundle_id: bytes, payload: bytes, outputs: int, stop_at: float) -> int:
     """Keeps GREEDY_IN_FLIGHT frames in flight: a new one for every reply."""
     sock = await asyncio.get_running_loop().run_in_executor(None, authenticated, port, bundle_id)
     sock.setblocking(False)
     reader, writer = await asyncio.open_connection(sock=sock)
 
     def frame(request_id: int) -> bytes:
-        return protocol.encode(protocol.features_frame(request_id, bundle_id, payload, wire, quantization))
+        return protocol.Stream.encode(protocol.features_frame(request_id, payload))
 
     for request_id in range(1, GREEDY_IN_FLIGHT + 1):
         writer.write(frame(request_id))
     answered, next_id = 0, GREEDY_IN_FLIGHT + 1
     while time.monotonic() < stop_at:
-        header = protocol.parse_header(await reader.readexactly(protocol.HEADER_BYTES))
-        await reader.readexactly(header.body_bytes)
+        await protocol.read_frame_async(reader.readexactly, protocol.Stream, protocol.edge_limits(outputs))
         answered += 1
         writer.write(frame(next_id))
         next_id += 1
@@ -185,18 +184,18 @@ async def greedy(port: int, bundle_id: bytes, payload: bytes, wire, quantization
     return answered
 
 
-def greedy_process(port: int, bundle_id: bytes, payload: bytes, wire, quantization, seconds: float, answered) -> None:
+def greedy_process(port: int, bundle_id: bytes, payload: bytes, outputs: int, seconds: float, answered) -> None:
     """The greedy client in a process of its own, so that its traffic does not delay the bystander's own loop."""
     stop_at = time.monotonic() + seconds
-    answered.value = asyncio.run(greedy(port, bundle_id, payload, wire, quantization, stop_at))
+    answered.value = asyncio.run(greedy(port, bundle_id, payload, outputs, stop_at))
 
 
 async def bystander_run(port: int, bundle, payloads, expected, seconds: float) -> dict:
-    bundle_id, quantization = protocol.bundle_id_bytes(bundle.bundle_id), protocol.wire_quantization(bundle.manifest)
+    bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
     now = time.monotonic()
     warm_until, stop_at = now + 1.0, now + 1.0 + seconds
     latencies, counts = [], {"sent": 0, "errors": 0, "unanswered": 0, "wrong": 0}
-    await synthetic_edge(port, bundle_id, payloads, expected, bundle.wire, quantization, BYSTANDER_FPS, now,
+    await synthetic_edge(port, bundle_id, payloads, expected, reply_values(bundle), BYSTANDER_FPS, now,
                          warm_until, stop_at, latencies, counts)
     milliseconds = np.array(latencies) * 1000
     return {"p50": float(np.median(milliseconds)), "p99": float(np.percentile(milliseconds, 99)),
@@ -211,8 +210,8 @@ def bystander(bundle, payloads, expected, seconds: float) -> tuple[list[dict], d
         process, port = start_serve(bundle.directory, "--no-auth")  # the synthetic edge skips the key
         answered = multiprocessing.Value("q", 0)
         rival = multiprocessing.Process(target=greedy_process, args=(
-            port, protocol.bundle_id_bytes(bundle.bundle_id), payloads[0], bundle.wire,
-            protocol.wire_quantization(bundle.manifest), seconds + 1.5, answered))
+            port, protocol.bundle_id_bytes(bundle.bundle_id), payloads[0], reply_values(bundle), seconds + 1.5,
+            answered))
         try:
             if with_greedy:
                 rival.start()
@@ -296,7 +295,7 @@ def silent_server(bundle, scratch: Path) -> list[dict]:
 
 
 def faulty_results(bundle, scratch: Path, frames: int) -> list[dict]:
-    """A server holding the key whose RESULTs are NaN, uint8, shaped 2 x 5, or for ids never sent: `frames` each."""
+    """A server holding the key whose RESULTs are NaN, half their values, or for ids never sent: `frames` each."""
     rows = []
     for fault in RESULT_FAULTS:
         server = FaultyServer(bundle, KEY.encode(), fault, first_only=fault == "unsent")

@@ -39,7 +39,7 @@ from runtime.bundle import load_bundle
 from runtime.edge import CLOUD, ClientConfig, EdgeClient
 from runtime.images import open_source
 from runtime.link import EmulatedLink
-from runtime.local import CloudHalf, EdgeHalf
+from runtime.local import CloudHalf, EdgeHalf, reply_values
 from runtime.wire import WireFormat, decode_frame, encode_frame
 
 DEFAULT_FPS = 30
@@ -99,22 +99,22 @@ def loopback_rows(codes: np.ndarray, bundle_id: bytes, frames: int) -> list[dict
             stream.read(40)
 
         def framed_handle(read_exactly, wire=wire):
-            frame = protocol.read_frame(read_exactly)
-            protocol.check_features(frame, wire, (0.0, 0.0))
+            frame = protocol.read_frame(read_exactly, protocol.Stream, protocol.server_limits(wire))
             decode_frame(frame.payload, wire)
-            return protocol.encode(protocol.result_frame(frame.request_id, bundle_id, LOGITS))
+            return protocol.Stream.encode(protocol.result_frame(frame.request_id, LOGITS))
 
         def framed_send(sock, stream, index, wire=wire, variant_codes=variant_codes):
             payload = encode_frame(variant_codes[index % len(variant_codes)], wire)
-            sock.sendall(protocol.encode(protocol.features_frame(index, bundle_id, payload, wire, (0.0, 0.0))))
-            protocol.result_values(protocol.read_frame(stream.read))
+            sock.sendall(protocol.Stream.encode(protocol.features_frame(index, payload)))
+            reply = protocol.read_frame(stream.read, protocol.Stream, protocol.edge_limits(LOGITS.size))
+            protocol.result_values(reply, LOGITS.size)
 
         raw = _time_round_trips(raw_handle, raw_send, frames)
         framed = _time_round_trips(framed_handle, framed_send, frames)
-        header = protocol.HEADER_BYTES + 4 * len(wire.shape)
         payload_bytes = float(np.mean([len(p) for p in payloads]))
+        framed_bytes = float(np.mean([protocol.frame_bytes(len(p)) for p in payloads]))
         rows.append({"codes": name, "payload_bytes": round(payload_bytes, 1),
-                     "raw_wire_bytes": round(payload_bytes + 4, 1), "edgesplit_wire_bytes": round(payload_bytes + header, 1),
+                     "raw_wire_bytes": round(payload_bytes + 4, 1), "edgesplit_wire_bytes": round(framed_bytes, 1),
                      "raw_us_p50": round(float(np.median(raw)), 1), "edgesplit_us_p50": round(float(np.median(framed)), 1),
                      "raw_us_p99": round(float(np.percentile(raw, 99)), 1),
                      "edgesplit_us_p99": round(float(np.percentile(framed, 99)), 1),
@@ -158,10 +158,9 @@ async def connected(port: int, bundle_id: bytes, patience_s: float = 10.0):
     while True:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        writer.write(protocol.encode(protocol.Frame(protocol.HELLO, bundle_id=bundle_id,
-                                                    payload=protocol.new_nonce())))
-        header = protocol.parse_header(await reader.readexactly(protocol.HEADER_BYTES))
-        frame = protocol.finish_frame(header, await reader.readexactly(header.body_bytes))
+        writer.write(protocol.Handshake.encode(protocol.Frame(protocol.HELLO, bundle_id=bundle_id,
+                                                              payload=protocol.new_nonce())))
+        frame = await protocol.read_frame_async(reader.readexactly, protocol.Handshake, protocol.HANDSHAKE_LIMITS)
         if frame.type == protocol.READY:
             return reader, writer
         writer.close()
@@ -170,24 +169,25 @@ async def connected(port: int, bundle_id: bytes, patience_s: float = 10.0):
         await asyncio.sleep(random.uniform(0.05, 0.15))
 
 
-async def synthetic_edge(port: int, bundle_id: bytes, frames: list[bytes], expected: np.ndarray, wire, quantization,
+async def synthetic_edge(port: int, bundle_id: bytes, frames: list[bytes], expected: np.ndarray, outputs: int,
                          fps: float, start: float, warm_until: float, stop_at: float, latencies: list,
                          counts: dict) -> None:
     """One edge at `fps`: sends recorded payloads open-loop (a camera does not wait), times each reply and
     checks its top-1 against `expected` (the in-process prediction for that payload)."""
     reader, writer = await connected(port, bundle_id)
     sent: dict[int, float] = {}
+    last_sent = [0]
 
     async def receive():
         while True:
-            header = protocol.parse_header(await reader.readexactly(protocol.HEADER_BYTES))
-            frame = protocol.finish_frame(header, await reader.readexactly(header.body_bytes))
-            started = sent.pop(frame.request_id)
+            frame = await protocol.read_frame_async(reader.readexactly, protocol.Stream, protocol.edge_limits(outputs))
+            request_id = protocol.wire_request_id(last_sent[0], frame.request_id)
+            started = sent.pop(request_id)
             if started >= warm_until:
                 if frame.type == protocol.RESULT:
                     latencies.append(time.monotonic() - started)
-                    top1 = int(np.argmax(protocol.result_values(frame)))
-                    counts["wrong"] += int(top1 != expected[frame.request_id % len(frames)])
+                    top1 = int(np.argmax(protocol.result_values(frame, outputs)))
+                    counts["wrong"] += int(top1 != expected[request_id % len(frames)])
                 else:
                     counts["errors"] += 1
 
@@ -202,8 +202,8 @@ async def synthetic_edge(port: int, bundle_id: bytes, frames: list[bytes], expec
         sent[request_id] = time.monotonic()
         if sent[request_id] >= warm_until:
             counts["sent"] += 1
-        writer.write(protocol.encode(protocol.features_frame(request_id, bundle_id, frames[request_id % len(frames)],
-                                                             wire, quantization)))
+        last_sent[0] = request_id
+        writer.write(protocol.Stream.encode(protocol.features_frame(request_id, frames[request_id % len(frames)])))
     deadline = time.monotonic() + 5.0
     while sent and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
@@ -219,8 +219,8 @@ async def drive(port: int, edges: int, fps: float, seconds: float, bundle, paylo
     now = time.monotonic()
     warm_until, stop_at = now + 1.0, now + 1.0 + seconds
     rng = random.Random(0)
-    bundle_id, quantization = protocol.bundle_id_bytes(bundle.bundle_id), protocol.wire_quantization(bundle.manifest)
-    await asyncio.gather(*(synthetic_edge(port, bundle_id, payloads, expected, bundle.wire, quantization, fps,
+    bundle_id, outputs = protocol.bundle_id_bytes(bundle.bundle_id), reply_values(bundle)
+    await asyncio.gather(*(synthetic_edge(port, bundle_id, payloads, expected, outputs, fps,
                                           now + rng.uniform(0, 1 / fps), warm_until, stop_at, latencies, counts)
                            for _ in range(edges)))
     latency_ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
@@ -349,7 +349,8 @@ layer2, int8 codes, {summary['payload_bytes']} payload bytes per frame).
 ## Loopback: codec + protocol vs a raw socket send of the same bytes
 
 One request/reply at a time on 127.0.0.1, no model run; the reply is the 10 logits. The
-protocol adds {summary['header_bytes']} bytes per frame (header + shape) and a CRC-32 over it.
+protocol adds {summary['header_bytes']} bytes to this bundle's frame (type, request id, length, CRC-32: protocol
+version 2, whose handshake pins the codec and shape).
 
 {table(loopback, list(loopback[0]))}
 
@@ -427,7 +428,7 @@ def main() -> None:
         links_done = link_rows(bundle, source[:20 if args.quick else 60], links, progress)
     summary = {"quick": args.quick, "machine": cpu_name(), "cpus": os.cpu_count(),
                "date": time.strftime("%Y-%m-%d"), "bundle_id": bundle.bundle_id,
-               "payload_bytes": bundle.wire.packed_bytes, "header_bytes": protocol.HEADER_BYTES + 4 * len(bundle.wire.shape),
+               "payload_bytes": bundle.wire.packed_bytes, "header_bytes": protocol.frame_bytes(bundle.wire.packed_bytes) - bundle.wire.packed_bytes,
                "server_threads": args.threads, "seconds": seconds, "fps_per_edge": args.fps,
                "loopback": loopback, "server": server, "backend_capacity": capacity, "links": links_done}
     write_csv(args.output / "loopback.csv", loopback)

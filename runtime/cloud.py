@@ -306,6 +306,7 @@ class _Connection:
         self.address = peer[0] if isinstance(peer, tuple) else str(peer)
         self.write_timeout_s = write_timeout_s
         self.write_lock = asyncio.Lock()
+        self.framing = protocol.Handshake  # until READY is sent, then compact stream frames
         self.answering = set()
         self.broken = False  # a write timed out: nothing more is written, the connection is closing
 
@@ -320,11 +321,13 @@ class _Connection:
         """The next frame: its first byte may take as long as the caller waits, the rest of it (header and body)
         must follow within `frame_timeout_s` (a header dripped a byte a second is a slow sender, not idle)."""
         first = await self.read_exactly(1)
-        headers = []
+        headers, framing = [], self.framing
 
         async def rest() -> bytes:
-            headers.append(protocol.parse_header(first + await self.read_exactly(protocol.HEADER_BYTES - 1), limits))
-            return await self.read_exactly(headers[0].body_bytes)
+            head = first + await self.read_exactly(framing.minimum - 1)
+            head += await self.read_exactly(framing.header_bytes(head) - len(head))
+            headers.append(framing.parse(head, limits))
+            return await self.read_exactly(headers[0].payload_length)
 
         try:
             body = await asyncio.wait_for(rest(), frame_timeout_s)  # one timer a frame, as a body alone had
@@ -333,15 +336,15 @@ class _Connection:
                 raise ProtocolError("a frame header did not arrive whole within {} s of its first byte".format(
                     frame_timeout_s), protocol.TIMEOUT) from None
             frame = headers[0].frame
-            raise ProtocolError("{} frame {} is truncated: its {} body bytes did not arrive within {} s of its first "
-                                "byte".format(frame.type_name, frame.request_id, headers[0].body_bytes,
-                                              frame_timeout_s), protocol.TIMEOUT) from None
-        return protocol.finish_frame(headers[0], body, limits)
+            raise ProtocolError("{} frame {} is truncated: its {} payload bytes did not arrive within {} s of its "
+                                "first byte".format(frame.type_name, frame.request_id, headers[0].payload_length,
+                                                    frame_timeout_s), protocol.TIMEOUT) from None
+        return protocol.finish_frame(headers[0], body)
 
     async def send(self, frame: protocol.Frame) -> int:
         """Write one frame; an edge that does not take it within the write timeout loses its connection,
         so replies it never reads cannot pile up in the server."""
-        data = protocol.encode(frame)
+        data = self.framing.encode(frame)
         async with self.write_lock:
             if self.broken:
                 raise ConnectionError("the connection was closed: the edge stopped reading replies")
@@ -366,8 +369,7 @@ class CloudServer:
         self.config = config
         self.bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
         self.wire = bundle.wire
-        self.quantization = protocol.wire_quantization(bundle.manifest)
-        self.limits = protocol.features_limits(self.wire)
+        self.limits = protocol.server_limits(self.wire)
         self.cloud = CloudHalf(bundle, threads=config.threads)
         self.metrics = ServerMetrics()
         self.address = None
@@ -502,6 +504,7 @@ class CloudServer:
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
             return
         self.handshakes.finished(connection)
+        connection.framing = protocol.Stream  # READY went out: what is fixed for the connection leaves the frames
         try:
             await self._read_requests(connection)
         finally:
@@ -509,7 +512,7 @@ class CloudServer:
             if connection.answering:
                 await asyncio.gather(*connection.answering, return_exceptions=True)
             if self._stopping.done():
-                await self._send_quietly(connection, protocol.Frame(protocol.CLOSING, bundle_id=self.bundle_id))
+                await self._send_quietly(connection, protocol.Frame(protocol.CLOSING))
 
     async def _handshake(self, connection: _Connection) -> None:
         hello = await connection.read_frame(protocol.HANDSHAKE_LIMITS, self.config.frame_timeout_s)
@@ -561,22 +564,13 @@ class CloudServer:
                 return
             if frame.type == protocol.CLOSING:
                 return
-            if frame.type != protocol.FEATURES:
-                await self._send_quietly(connection, protocol.error_frame(
-                    protocol.BAD_FRAME, "unexpected {} frame after the handshake".format(frame.type_name),
-                    frame.request_id, final=True))
-                return
             self._accept(connection, frame, time.monotonic())
 
     def _accept(self, connection: _Connection, frame: protocol.Frame, received: float) -> None:
-        self.metrics.bytes_received.inc(protocol.HEADER_BYTES + 4 * len(frame.shape) + len(frame.payload))
+        self.metrics.bytes_received.inc(protocol.frame_bytes(len(frame.payload)))
         try:
-            if frame.bundle_id != self.bundle_id:
-                raise ProtocolError("frame is for bundle {}, this server serves {}".format(
-                    frame.bundle_id.hex(), self.bundle.bundle_id), protocol.BUNDLE_MISMATCH)
-            protocol.check_features(frame, self.wire, self.quantization)
             codes, problem = self.cloud.decode(frame.payload), None
-        except (ProtocolError, WireError) as error:
+        except WireError as error:
             codes, problem = None, error
         task = asyncio.ensure_future(self._answer(connection, frame.request_id, codes, problem, received))
         connection.answering.add(task)
@@ -595,10 +589,10 @@ class CloudServer:
             self.metrics.frames.labels("rejected").inc()
             code = getattr(problem, "code", protocol.BAD_REQUEST)
             reply = protocol.error_frame(code if code != protocol.BAD_FRAME else protocol.BAD_REQUEST,
-                                         str(problem), request_id, bundle_id=self.bundle_id)
+                                         str(problem), request_id)
         else:
             self.metrics.frames.labels("answered").inc()
-            reply = protocol.result_frame(request_id, self.bundle_id, values)
+            reply = protocol.result_frame(request_id, values)
         sent = await self._send_quietly(connection, reply)
         self.metrics.bytes_sent.inc(sent)
         self.metrics.latency.observe(time.monotonic() - received)

@@ -25,7 +25,8 @@ from runtime.bundle import Bundle
 from runtime.errors import ProtocolError
 from runtime.images import SourceFrame
 from runtime.link import EmulatedLink
-from runtime.local import WholeModelHalf, class_output, edge_half, output_sizes, softmax_entropy, split_values
+from runtime.local import (WholeModelHalf, class_output, edge_half, output_sizes, reply_values, softmax_entropy,
+                           split_values)
 from runtime.transports import DEFAULT_TRANSPORT, Channel, Replies, Server, Tls, open_transport
 from runtime.wire import encode_frame, frames_of
 
@@ -117,7 +118,7 @@ class EdgeClient(Replies):
                                         config.reply_timeout_s)
         self.edge = edge_half(bundle, threads)
         self.output_sizes = output_sizes(bundle)
-        self.reply_values = sum(int(np.prod(shape)) for _, shape in self.output_sizes)
+        self.reply_values = reply_values(bundle)
         self.scored = class_output(bundle)
         self.wire = bundle.wire
         bundle_threshold = (bundle.manifest.get("exit") or {}).get("threshold")

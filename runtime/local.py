@@ -189,6 +189,11 @@ def output_sizes(bundle: Bundle) -> List[tuple]:
     return [(t["name"], answer_shape(t)) for t in bundle.artefact(bundle.answering_role)["outputs"]]
 
 
+def reply_values(bundle: Bundle) -> int:
+    """How many float32 values one reply carries: every output, flattened."""
+    return sum(int(np.prod(shape)) for _, shape in output_sizes(bundle))
+
+
 def class_output(bundle: Bundle) -> Optional[int]:
     """Index of the output a frame's top-1 is read from: the first classification output; None when the model
     has none (a detector's or segmenter's maps: a frame has no top-1)."""

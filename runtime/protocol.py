@@ -1,4 +1,4 @@
-"""edgesplit wire protocol, version 1: length-prefixed binary frames. Spec: runtime/PROTOCOL.md.
+"""edgesplit wire protocol, version 2: handshake frames, then compact stream frames. Spec: runtime/PROTOCOL.md.
 
 The only module that turns bytes from a socket into values. Every length is checked against a
 limit before anything is read or allocated, every frame carries a CRC-32, and anything wrong
@@ -7,38 +7,24 @@ raises ProtocolError with the error code to answer with. Python 3.6 + stdlib + n
 
 import hashlib
 import hmac
-import math
 import os
 import struct
 import zlib
-from typing import Callable, NamedTuple, Tuple
+from typing import Callable, Dict, NamedTuple, Tuple
 
 import numpy as np
 
 from runtime.errors import ProtocolError
-from runtime.wire import LOSSLESS, MAX_WIRE_NDIM, PICTURES
 
 MAGIC = b"ESPL"
-VERSION = 1
-
-# magic, version, type, flags, request id, bundle id, lossless stage, bits, dtype, ndim,
-# scale, zero point, payload length, checksum; then ndim x uint32 shape; then the payload
-HEADER = struct.Struct(">4sBBHQ16sBBBBffII")
-HEADER_BYTES = HEADER.size
-DIM = struct.Struct(">I")
+VERSION = 2
 
 HELLO, CHALLENGE, AUTH, READY, FEATURES, RESULT, ERROR, CLOSING = range(1, 9)
 FRAME_TYPES = {HELLO: "HELLO", CHALLENGE: "CHALLENGE", AUTH: "AUTH", READY: "READY",
                FEATURES: "FEATURES", RESULT: "RESULT", ERROR: "ERROR", CLOSING: "CLOSING"}
-TENSOR_TYPES = (FEATURES, RESULT)
 
-FLAG_FINAL = 0x0001  # on ERROR: the sender closes the connection after this frame
+FLAG_FINAL = 0x1  # on ERROR: the sender closes the connection after this frame
 KNOWN_FLAGS = FLAG_FINAL
-
-DTYPE_NONE, DTYPE_UINT8, DTYPE_FLOAT32 = 0, 1, 2
-DTYPES = {DTYPE_NONE: None, DTYPE_UINT8: np.dtype(np.uint8), DTYPE_FLOAT32: np.dtype(">f4")}
-
-STAGE_IDS = {stage.wire_id for stage in LOSSLESS.values()} | set(PICTURES.values())
 
 # error codes carried in ERROR frames
 BAD_FRAME, UNSUPPORTED_VERSION, BUNDLE_MISMATCH, AUTH_FAILED, BAD_REQUEST, INTERNAL, TIMEOUT, \
@@ -48,42 +34,18 @@ ERROR_NAMES = {BAD_FRAME: "bad frame", UNSUPPORTED_VERSION: "unsupported version
                BAD_REQUEST: "bad request", INTERNAL: "internal error",
                TIMEOUT: "timeout", TOO_MANY_IN_FLIGHT: "too many frames in flight", BUSY: "server busy"}
 
-MAX_NDIM = MAX_WIRE_NDIM
 MAX_CONTROL_PAYLOAD = 1024
 NONCE_BYTES = 32
 MIN_KEY_BYTES = 16  # 128 bits: a shared key shorter than this can be guessed online
 BUNDLE_ID_BYTES = 16
-
-
-class Limits(NamedTuple):
-    """What a receiver accepts; a frame over a limit is refused before its body is read."""
-
-    max_payload: int = 16 << 20
-    max_elements: int = 16 << 20
-
-
-DEFAULT_LIMITS = Limits()
-
-
-def features_limits(wire) -> Limits:
-    """What a server takes from an edge of this wire format: a payload up to twice its packed size (a lossless
-    stage may expand incompressible data a little), and exactly its elements."""
-    return Limits(max_payload=max(4096, 2 * wire.packed_bytes + 1024), max_elements=wire.elements)
-# before a peer has authenticated: control frames only, whatever the bundle's feature size
-HANDSHAKE_LIMITS = Limits(max_payload=MAX_CONTROL_PAYLOAD, max_elements=MAX_CONTROL_PAYLOAD)
+RESULT_DTYPE = np.dtype(">f4")  # a RESULT's values: big-endian float32
 
 
 class Frame(NamedTuple):
     type: int
-    request_id: int = 0
-    bundle_id: bytes = bytes(BUNDLE_ID_BYTES)
+    request_id: int = 0  # stream frames: the low 16 bits of the edge's id
+    bundle_id: bytes = bytes(BUNDLE_ID_BYTES)  # handshake frames only
     flags: int = 0
-    lossless: int = 0
-    bits: int = 0
-    dtype: int = DTYPE_NONE
-    shape: Tuple[int, ...] = ()
-    scale: float = 0.0
-    zero_point: float = 0.0
     payload: bytes = b""
 
     @property
@@ -91,17 +53,36 @@ class Frame(NamedTuple):
         return FRAME_TYPES.get(self.type, str(self.type))
 
 
+Limits = Dict[int, int]  # frame type → the largest payload a receiver takes; other types are refused
+
+
+def features_limit(wire) -> int:
+    """The largest FEATURES payload a server takes from an edge of this wire format: twice its packed size (a
+    lossless stage may expand incompressible data a little) plus 1 KiB."""
+    return max(4096, 2 * wire.packed_bytes + 1024)
+
+
+# what a server reads after READY from an edge of `wire`, and before it: control frames only, whatever the size
+def server_limits(wire) -> Limits:
+    return {FEATURES: features_limit(wire), CLOSING: 0}
+
+
+def edge_limits(result_values: int) -> Limits:
+    """What an edge reads after READY: RESULTs of exactly its bundle's output size (checked again in
+    result_values), ERROR and CLOSING."""
+    return {RESULT: RESULT_DTYPE.itemsize * result_values, ERROR: MAX_CONTROL_PAYLOAD, CLOSING: 0}
+
+
+HANDSHAKE_LIMITS = dict.fromkeys((HELLO, CHALLENGE, AUTH, READY, ERROR), MAX_CONTROL_PAYLOAD)
+
+
 class Header(NamedTuple):
-    """A validated fixed header; `body_bytes` more bytes (shape, then payload) follow it."""
+    """A validated header; `payload_length` more bytes follow it."""
 
     frame: Frame
-    ndim: int
     payload_length: int
     checksum: int
-
-    @property
-    def body_bytes(self) -> int:
-        return self.ndim * DIM.size + self.payload_length
+    raw: bytes  # the header as the CRC covers it
 
 
 def bundle_id_bytes(bundle_id: str) -> bytes:
@@ -114,143 +95,170 @@ def bundle_id_bytes(bundle_id: str) -> bytes:
     return raw
 
 
-def frame_bytes(payload_bytes: int, ndim: int) -> int:
-    """Bytes a tensor frame takes on the wire: header, one word per dimension, payload."""
-    return HEADER_BYTES + DIM.size * ndim + payload_bytes
+def _checksum(header: bytes, payload: bytes) -> int:
+    return zlib.crc32(payload, zlib.crc32(header)) & 0xFFFFFFFF
 
 
-def _checksum(header: bytes, body: bytes) -> int:
-    return zlib.crc32(body, zlib.crc32(header)) & 0xFFFFFFFF
-
-
-def encode(frame: Frame) -> bytes:
-    """A frame → its bytes on the wire (the sender's own limits are the caller's business)."""
-    if len(frame.shape) > MAX_NDIM:
-        raise ProtocolError("a frame carries at most {} dimensions, got {}".format(MAX_NDIM, len(frame.shape)))
-    fields = (MAGIC, VERSION, frame.type, frame.flags, frame.request_id, frame.bundle_id, frame.lossless,
-              frame.bits, frame.dtype, len(frame.shape), frame.scale, frame.zero_point, len(frame.payload))
-    body = b"".join(DIM.pack(size) for size in frame.shape) + frame.payload
-    checksum = _checksum(HEADER.pack(*(fields + (0,))), body)
-    return HEADER.pack(*(fields + (checksum,))) + body
-
-
-def parse_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Header:
-    """Validate the fixed header before any body byte is read."""
-    if len(data) != HEADER_BYTES:
-        raise ProtocolError("frame header must be {} bytes, got {}".format(HEADER_BYTES, len(data)))
-    (magic, version, frame_type, flags, request_id, bundle_id, lossless, bits, dtype, ndim, scale, zero_point,
-     payload_length, checksum) = HEADER.unpack(data)
-    if magic != MAGIC:
-        raise ProtocolError("not an edgesplit frame (magic {!r}, expected {!r})".format(magic, MAGIC))
-    if version != VERSION:
-        raise ProtocolError("protocol version {} is not supported (this side speaks {})".format(version, VERSION),
-                            UNSUPPORTED_VERSION)
+def _check_type(frame_type: int, flags: int, payload_length: int, limits: Limits) -> None:
     if frame_type not in FRAME_TYPES:
         raise ProtocolError("unknown frame type {}".format(frame_type))
     if flags & ~KNOWN_FLAGS:
-        raise ProtocolError("unknown flags 0x{:04x} in a {} frame".format(flags, FRAME_TYPES[frame_type]))
-    if dtype not in DTYPES:
-        raise ProtocolError("unknown dtype code {}".format(dtype))
-    if ndim > MAX_NDIM:
-        raise ProtocolError("frame has {} dimensions, the limit is {}".format(ndim, MAX_NDIM))
-    tensor = frame_type in TENSOR_TYPES
-    if tensor != (dtype != DTYPE_NONE) or (not tensor and ndim):
-        raise ProtocolError("a {} frame {} a tensor".format(FRAME_TYPES[frame_type], "needs" if tensor else "has no"))
-    if lossless not in STAGE_IDS or bits > 8:
-        raise ProtocolError("unknown codec: lossless stage {}, {} bits".format(lossless, bits))
-    limit = limits.max_payload if tensor else MAX_CONTROL_PAYLOAD
-    if payload_length > limit:
+        raise ProtocolError("unknown flags 0x{:x} in a {} frame".format(flags, FRAME_TYPES[frame_type]))
+    if frame_type not in limits:
+        raise ProtocolError("unexpected {} frame".format(FRAME_TYPES[frame_type]))
+    if payload_length > limits[frame_type]:
         raise ProtocolError("{} payload of {} bytes is over the limit of {}".format(
-            FRAME_TYPES[frame_type], payload_length, limit))
-    if not (math.isfinite(scale) and math.isfinite(zero_point)):
-        raise ProtocolError("quantization parameters must be finite")
-    frame = Frame(frame_type, request_id, bundle_id, flags, lossless, bits, dtype, (), scale, zero_point)
-    return Header(frame, ndim, payload_length, checksum)
+            FRAME_TYPES[frame_type], payload_length, limits[frame_type]))
 
 
-def finish_frame(header: Header, body: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
-    """The bytes after a header → the whole frame, checksum and shape checked."""
-    if len(body) != header.body_bytes:
-        raise ProtocolError("frame body is {} bytes, the header says {}".format(len(body), header.body_bytes))
-    fields = header.frame
-    raw_header = HEADER.pack(MAGIC, VERSION, fields.type, fields.flags, fields.request_id, fields.bundle_id,
-                             fields.lossless, fields.bits, fields.dtype, header.ndim, fields.scale,
-                             fields.zero_point, header.payload_length, 0)
-    if _checksum(raw_header, body) != header.checksum:
+class Handshake:
+    """Frames until READY: magic, version, type, flags, bundle id, payload length, CRC-32 (32 bytes), payload.
+    Magic and version sit where version 1 had them, so either side names the other's version."""
+
+    HEADER = struct.Struct(">4sBBH16sII")
+    minimum = HEADER.size
+
+    @staticmethod
+    def header_bytes(head: bytes) -> int:
+        return Handshake.HEADER.size
+
+    @staticmethod
+    def encode(frame: Frame) -> bytes:
+        fields = (MAGIC, VERSION, frame.type, frame.flags, frame.bundle_id, len(frame.payload))
+        checksum = _checksum(Handshake.HEADER.pack(*(fields + (0,))), frame.payload)
+        return Handshake.HEADER.pack(*(fields + (checksum,))) + frame.payload
+
+    @staticmethod
+    def parse(data: bytes, limits: Limits) -> Header:
+        if len(data) != Handshake.HEADER.size:
+            raise ProtocolError("frame header must be {} bytes, got {}".format(Handshake.HEADER.size, len(data)))
+        magic, version, frame_type, flags, bundle_id, payload_length, checksum = Handshake.HEADER.unpack(data)
+        if magic != MAGIC:
+            raise ProtocolError("not an edgesplit frame (magic {!r}, expected {!r})".format(magic, MAGIC))
+        if version != VERSION:
+            raise ProtocolError("protocol version {} is not supported (this side speaks {}): run the same edgesplit "
+                                "release on the edge and the server".format(version, VERSION), UNSUPPORTED_VERSION)
+        _check_type(frame_type, flags, payload_length, limits)
+        raw = Handshake.HEADER.pack(magic, version, frame_type, flags, bundle_id, payload_length, 0)
+        return Header(Frame(frame_type, 0, bundle_id, flags), payload_length, checksum, raw)
+
+
+class Stream:
+    """Frames after READY: type and flags (1 byte), request id mod 2^16 (2), payload length (LEB128, 1..4
+    bytes), CRC-32 of those and the payload (4), payload. 8 bytes for a payload under 128."""
+
+    HEAD = struct.Struct(">BH")
+    CHECK = struct.Struct(">I")
+    LENGTH_BYTES = 4  # a payload under 2^28 bytes
+    minimum = HEAD.size + 1 + CHECK.size
+
+    @staticmethod
+    def header_bytes(head: bytes) -> int:
+        """From the first `minimum` bytes: how long the whole header is."""
+        for index in range(Stream.LENGTH_BYTES):
+            if not head[Stream.HEAD.size + index] & 0x80:
+                return Stream.HEAD.size + index + 1 + Stream.CHECK.size
+        raise ProtocolError("payload length takes over {} bytes".format(Stream.LENGTH_BYTES))
+
+    @staticmethod
+    def encode(frame: Frame) -> bytes:
+        head = Stream.HEAD.pack(frame.type << 4 | frame.flags, frame.request_id & 0xFFFF)
+        head += length_field(len(frame.payload))
+        return head + Stream.CHECK.pack(_checksum(head, frame.payload)) + frame.payload
+
+    @staticmethod
+    def parse(data: bytes, limits: Limits) -> Header:
+        if len(data) < Stream.minimum or len(data) != Stream.header_bytes(data):
+            raise ProtocolError("frame header of {} bytes does not hold its payload length".format(len(data)))
+        kind, request_id = Stream.HEAD.unpack_from(data)
+        raw = data[:-Stream.CHECK.size]
+        length_bytes = raw[Stream.HEAD.size:]
+        payload_length = sum((byte & 0x7F) << (7 * index) for index, byte in enumerate(length_bytes))
+        if len(length_bytes) > 1 and length_bytes[-1] == 0:
+            raise ProtocolError("payload length is not in its shortest form")
+        _check_type(kind >> 4, kind & 0xF, payload_length, limits)
+        checksum = Stream.CHECK.unpack_from(data, len(raw))[0]
+        return Header(Frame(kind >> 4, request_id, flags=kind & 0xF), payload_length, checksum, raw)
+
+
+def length_field(value: int) -> bytes:
+    """LEB128: 7 bits a byte, low first, the top bit set on every byte but the last."""
+    if value >> (7 * Stream.LENGTH_BYTES):
+        raise ProtocolError("a payload of {} bytes is over what a frame carries".format(value))
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def finish_frame(header: Header, payload: bytes) -> Frame:
+    """The payload after a header → the whole frame, its CRC checked."""
+    if len(payload) != header.payload_length:
+        raise ProtocolError("frame payload is {} bytes, the header says {}".format(len(payload), header.payload_length))
+    if _checksum(header.raw, payload) != header.checksum:
         raise ProtocolError("{} frame {} fails its CRC-32: corrupted in transit".format(
-            fields.type_name, fields.request_id))
-    split = header.ndim * DIM.size
-    shape = tuple(DIM.unpack_from(body, offset)[0] for offset in range(0, split, DIM.size))
-    elements = _product(shape) if shape else 0
-    if fields.dtype != DTYPE_NONE and (not shape or elements == 0 or elements > limits.max_elements):
-        raise ProtocolError("tensor shape {} is empty or over the limit of {} elements".format(
-            shape, limits.max_elements))
-    return fields._replace(shape=shape, payload=bytes(body[split:]))
+            header.frame.type_name, header.frame.request_id))
+    return header.frame._replace(payload=bytes(payload))
 
 
-def _product(shape) -> int:
-    elements = 1
-    for size in shape:
-        elements *= size
-    return elements
+def read_frame(read_exactly: Callable[[int], bytes], framing, limits: Limits) -> Frame:
+    """Read one frame through `read_exactly(n)`, which returns n bytes (b"" for 0) or raises at end of stream;
+    `framing` is Handshake or Stream."""
+    head = read_exactly(framing.minimum)
+    head += read_exactly(framing.header_bytes(head) - len(head))
+    header = framing.parse(head, limits)
+    return finish_frame(header, read_exactly(header.payload_length))
 
 
-def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
+async def read_frame_async(read_exactly, framing, limits: Limits) -> Frame:
+    """read_frame for asyncio: `await read_exactly(n)` (StreamReader.readexactly)."""
+    head = await read_exactly(framing.minimum)
+    head += await read_exactly(framing.header_bytes(head) - len(head))
+    header = framing.parse(head, limits)
+    return finish_frame(header, await read_exactly(header.payload_length))
+
+
+def decode(data: bytes, framing, limits: Limits) -> Frame:
     """Exactly one frame's bytes → Frame; anything else raises ProtocolError."""
-    if len(data) < HEADER_BYTES:
-        raise ProtocolError("frame is truncated: {} bytes, a header alone is {}".format(len(data), HEADER_BYTES))
-    header = parse_header(bytes(data[:HEADER_BYTES]), limits)
-    return finish_frame(header, bytes(data[HEADER_BYTES:]), limits)
+    data = bytes(data)
+    if len(data) < framing.minimum:
+        raise ProtocolError("frame is truncated: {} bytes, a header is at least {}".format(len(data), framing.minimum))
+    size = framing.header_bytes(data)
+    header = framing.parse(data[:size], limits)
+    return finish_frame(header, data[size:])
 
 
-def read_frame(read_exactly: Callable[[int], bytes], limits: Limits = DEFAULT_LIMITS) -> Frame:
-    """Read one frame through `read_exactly(n)`, which returns n bytes or raises at end of stream."""
-    header = parse_header(read_exactly(HEADER_BYTES), limits)
-    return finish_frame(header, read_exactly(header.body_bytes) if header.body_bytes else b"", limits)
+def frame_bytes(payload_bytes: float) -> float:
+    """Bytes a stream frame takes on the wire: header and payload (a mean payload gives a mean frame)."""
+    return Stream.HEAD.size + len(length_field(int(payload_bytes))) + Stream.CHECK.size + payload_bytes
+
+
+def wire_request_id(last_sent: int, wire_id: int) -> int:
+    """The edge's full request id for a reply's 16 bits: the latest it sent with those bits (frames in flight on
+    one connection span far fewer than 2^16 ids)."""
+    return last_sent - ((last_sent - wire_id) & 0xFFFF)
 
 
 # --- tensors -------------------------------------------------------------------------------
 
-def features_frame(request_id: int, bundle_id: bytes, payload: bytes, wire, quantization) -> Frame:
-    """One frame's encoded codes. `wire` is the bundle's WireFormat, `quantization` its (scale, zero point)."""
-    return Frame(FEATURES, request_id, bundle_id, 0, wire.stage_id, wire.bits, DTYPE_UINT8,
-                 tuple(wire.shape), quantization[0], quantization[1], payload)
+def features_frame(request_id: int, payload: bytes) -> Frame:
+    """One frame's encoded codes: what they are (codec, shape, bits, quantization) is the bundle's, pinned at
+    the handshake."""
+    return Frame(FEATURES, request_id & 0xFFFF, payload=payload)
 
 
-def result_frame(request_id: int, bundle_id: bytes, values: np.ndarray) -> Frame:
-    values = np.ascontiguousarray(values, dtype=DTYPES[DTYPE_FLOAT32])
-    return Frame(RESULT, request_id, bundle_id, dtype=DTYPE_FLOAT32, shape=values.shape, payload=values.tobytes())
+def result_frame(request_id: int, values: np.ndarray) -> Frame:
+    return Frame(RESULT, request_id & 0xFFFF, payload=np.ascontiguousarray(values, dtype=RESULT_DTYPE).tobytes())
 
 
-def result_values(frame: Frame) -> np.ndarray:
-    """A RESULT's values with the dtype and shape the frame declares (the edge checks they are the bundle's)."""
-    dtype = DTYPES[frame.dtype]
-    if frame.type != RESULT or dtype is None or len(frame.payload) != _product(frame.shape) * dtype.itemsize:
-        raise ProtocolError("RESULT frame {} payload does not match its shape {}".format(
-            frame.request_id, frame.shape))
-    return np.frombuffer(frame.payload, dtype=dtype).reshape(frame.shape)
-
-
-def check_features(frame: Frame, wire, quantization) -> None:
-    """Refuse a FEATURES frame whose codec description differs from the bundle's."""
-    expected = (wire.stage_id, wire.bits, DTYPE_UINT8, tuple(wire.shape))
-    found = (frame.lossless, frame.bits, frame.dtype, frame.shape)
-    if found != expected:
-        raise ProtocolError("features are (lossless {}, {} bits, dtype {}, shape {}); the bundle sends "
-                            "(lossless {}, {} bits, dtype {}, shape {})".format(*(found + expected)), BAD_REQUEST)
-    if any(abs(found - wanted) > 1e-6 * abs(wanted) for found, wanted in zip((frame.scale, frame.zero_point),
-                                                                             quantization)):
-        raise ProtocolError("features quantized with scale {}, zero point {}; the bundle uses {}, {}".format(
-            frame.scale, frame.zero_point, *quantization), BAD_REQUEST)
-
-
-def wire_quantization(manifest: dict) -> Tuple[float, float]:
-    """Per-tensor (scale, zero point) of the codes, or (0, 0) when the cloud artefact's decoder holds them."""
-    codec = manifest["codec"]
-    scale, zero_point = codec.get("scale", []), codec.get("zero_point", [])
-    if len(scale) == 1 and len(zero_point) == 1:
-        return float(np.float32(scale[0])), float(np.float32(zero_point[0]))
-    return 0.0, 0.0
+def result_values(frame: Frame, count: int) -> np.ndarray:
+    """A RESULT's `count` values (the bundle's output size)."""
+    if frame.type != RESULT or len(frame.payload) != count * RESULT_DTYPE.itemsize:
+        raise ProtocolError("RESULT frame {} carries {} bytes, not the bundle's {} values".format(
+            frame.request_id, len(frame.payload), count))
+    return np.frombuffer(frame.payload, dtype=RESULT_DTYPE)
 
 
 # --- errors --------------------------------------------------------------------------------
@@ -258,7 +266,8 @@ def wire_quantization(manifest: dict) -> Tuple[float, float]:
 def error_frame(code: int, message: str, request_id: int = 0, final: bool = False,
                 bundle_id: bytes = bytes(BUNDLE_ID_BYTES)) -> Frame:
     text = message.encode("utf-8", "replace")[:MAX_CONTROL_PAYLOAD - 2]
-    return Frame(ERROR, request_id, bundle_id, FLAG_FINAL if final else 0, payload=struct.pack(">H", code) + text)
+    return Frame(ERROR, request_id & 0xFFFF, bundle_id, FLAG_FINAL if final else 0,
+                 payload=struct.pack(">H", code) + text)
 
 
 def error_details(frame: Frame) -> Tuple[int, str]:
@@ -282,7 +291,7 @@ def new_nonce() -> bytes:
 
 def proof(key: bytes, role: bytes, first_nonce: bytes, second_nonce: bytes, bundle_id: bytes) -> bytes:
     """HMAC-SHA256 binding both nonces and the bundle: a reply cannot be replayed or reflected."""
-    return hmac.new(key, b"edgesplit/1 " + role + first_nonce + second_nonce + bundle_id, hashlib.sha256).digest()
+    return hmac.new(key, b"edgesplit/2 " + role + first_nonce + second_nonce + bundle_id, hashlib.sha256).digest()
 
 
 def client_proof(key: bytes, server_nonce: bytes, client_nonce: bytes, bundle_id: bytes) -> bytes:

@@ -38,30 +38,29 @@ def _zstd_decompress(payload: bytes, size: int) -> bytes:
 
 
 class Lossless(NamedTuple):
-    """A lossless stage: the id frames carry for it, and its two directions. `decompress(payload, size)`
-    must never produce much more than `size` bytes, whatever the payload."""
+    """A lossless stage: its two directions. `decompress(payload, size)` must never produce much more than
+    `size` bytes, whatever the payload."""
 
-    wire_id: int
     compress: Callable[[bytes], bytes]
     decompress: Callable[[bytes, int], bytes]
     builtin: bool  # in Python's standard library: every edge has it without another install
 
 
-# The one table of lossless stages: the wire code, the protocol's header ids and the CLI choices read it.
+# The one table of lossless stages: the wire code and the CLI choices read it (the bundle pins the stage; frames
+# do not name it).
 LOSSLESS = {
-    "none": Lossless(0, lambda data: data, lambda payload, size: payload, True),
-    "zlib": Lossless(1, lambda data: zlib.compress(data, 6), _zlib_inflate, True),
-    "zstd": Lossless(2, lambda data: _optional("zstandard", "zstandard").ZstdCompressor(level=3).compress(data),
+    "none": Lossless(lambda data: data, lambda payload, size: payload, True),
+    "zlib": Lossless(lambda data: zlib.compress(data, 6), _zlib_inflate, True),
+    "zstd": Lossless(lambda data: _optional("zstandard", "zstandard").ZstdCompressor(level=3).compress(data),
                      _zstd_decompress, False),
-    "lz4": Lossless(3, lambda data: _optional("lz4.block", "lz4").compress(data, store_size=False),
+    "lz4": Lossless(lambda data: _optional("lz4.block", "lz4").compress(data, store_size=False),
                     lambda payload, size: _optional("lz4.block", "lz4").decompress(payload, uncompressed_size=size),
                     False),
 }
 
 
-# A picture stage replaces bit-packing and the lossless stage for a cloud-only bundle's C x H x W pixels; its
-# frame header id follows LOSSLESS's.
-PICTURES = {"png": 4, "jpeg": 5}
+# A picture stage replaces bit-packing and the lossless stage for a cloud-only bundle's C x H x W pixels.
+PICTURES = ("png", "jpeg")
 PICTURE_CHANNELS = {1: "L", 3: "RGB"}
 JPEG_QUALITY = 90
 
@@ -172,7 +171,7 @@ def unpack_bits(data: bytes, bits: int, elements: int) -> np.ndarray:
     return np.packbits(padded, axis=1).reshape(elements)
 
 
-MAX_WIRE_NDIM = 6  # as a frame header allows
+MAX_WIRE_NDIM = 6  # a bundle's code shape: 1..6 sizes (runtime/PROTOCOL.md, bundle limits)
 MAX_WIRE_ELEMENTS = 1 << 24  # codes per frame: 16 MiB at 8 bits, far over any cut worth sending
 
 
@@ -229,11 +228,6 @@ class WireFormat(NamedTuple):
         parts = tuple(tuple(shape) for shape in entry.get("parts", ()))
         return cls(tuple(entry["shape"]), entry["bits"], entry["lossless"], parts,
                    entry.get("picture", "")).validated()
-
-    @property
-    def stage_id(self) -> int:
-        """The frame header's id of what follows bit-packing: a lossless stage, or the picture format."""
-        return PICTURES[self.picture] if self.picture else LOSSLESS[self.lossless].wire_id
 
     def validated(self) -> "WireFormat":
         if type(self.bits) is not int or not 1 <= self.bits <= 8:

@@ -43,7 +43,8 @@ def test_runtime_benchmark_quick_run_writes_results(int8_built, tmp_path):
     for row in summary["server"]:
         assert row["answered"] + row["errors"] + row["unanswered"] == row["sent"] > 0
         assert row["answered"] > 0 and row["wrong"] == 0
-    assert [r["edgesplit_wire_bytes"] - r["payload_bytes"] for r in summary["loopback"]] == [64.0] * 3
+    # protocol 2: type and flags, request id, LEB128 length (2 bytes under 16,384, 3 at it), CRC-32
+    assert all(9 <= r["edgesplit_wire_bytes"] - r["payload_bytes"] <= 10 for r in summary["loopback"])
     one_mbit = summary["links"][0]
     assert one_mbit["fps"] <= one_mbit["link_bound_fps"] * 1.05  # the emulated uplink is the bottleneck
     for name in ("RESULTS.md", "server.png", "loopback.png", "server.csv", "loopback.csv", "link.csv"):
@@ -156,7 +157,7 @@ def test_bandwidth_suite_streams_each_strategy_through_the_link(device, request,
         assert row["s_per_100"] >= 100 / row["frames"] * floor
         if device != "host":  # the kernel counted every frame and its TCP/IP headers
             assert row["link_bytes_per_frame"] >= row["frame_bytes"] + 66
-    assert {r["frame_bytes"] for r in rows if r["strategy"] == "cloud-only"} == {32 * 32 + 64}  # the image
+    assert {r["frame_bytes"] for r in rows if r["strategy"] == "cloud-only"} == {32 * 32 + 9}  # the image
     if composed:  # each rate's winner, built by the optimizer, answered every frame (exits on)
         details = summary["optimized"]
         assert [d["bandwidth_bps"] for d in details] == [1e5, 3.5e6]
@@ -279,8 +280,8 @@ def test_reliability_suite_contains_every_fault(int8_built, tmp_path):
     assert answered(flood) >= 135
     assert answered(by_measure["frames the cloud answered"][0]) >= 50  # silent server
     faulty = by_measure["frames counted as the cloud's answers"]
-    # NaN, uint8, 2x5: never answers; unsent: the flooded connection costs at most UNSENT_LOSS frames
-    assert [answered(row) for row in faulty[:3]] == [0, 0, 0] and answered(faulty[3]) >= 50 - UNSENT_LOSS
+    # NaN, half the values: never answers; unsent: the flooded connection costs at most UNSENT_LOSS frames
+    assert [answered(row) for row in faulty[:2]] == [0, 0] and answered(faulty[2]) >= 50 - UNSENT_LOSS
     [images] = by_measure["edge peak RSS above the same folder without them (MB)"]
     assert images["value"] <= 100 and images["detail"].startswith("exit 0, 25 rows, 5 errors"), images
     statuses = [(row["goal"], row["value"]) for row in by_measure["verify-bundle exit status"]]
@@ -298,7 +299,7 @@ def test_triton_suite_compares_triton_with_serve_on_the_same_load(tritonserver, 
         assert row["answered"] + row["errors"] + row["unanswered"] == row["sent"] > 0
         assert row["answered"] > 0 and row["wrong"] == 0 and row["errors"] == 0
     tcp, grpc = summary["overhead"]
-    assert tcp["uplink_overhead_bytes"] >= 60  # edgesplit's header and dimensions, plus TCP's share of set-up
+    assert tcp["uplink_overhead_bytes"] >= 10  # edgesplit's header, plus TCP's share of set-up
     # PAYLOAD's fixed size is padding that gzip squeezes: a frame costs less than the padded size on the link
     assert 0 < grpc["uplink_bytes_per_frame"] < summary["payload_size"]
     for name in ("RESULTS.md", "server.png", "server.csv", "overhead.csv"):

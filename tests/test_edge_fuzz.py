@@ -14,7 +14,7 @@ from runtime import protocol
 from runtime.bundle import load_bundle
 from runtime.edge import CLOUD, ERROR, ClientConfig, EdgeClient, _InFlight
 from runtime.errors import ProtocolError
-from runtime.transports.tcp import REPLY_LIMITS, TcpChannel
+from runtime.transports.tcp import TcpChannel
 
 KEY = b"a test key of 128 bits"
 REQUEST_ID = 5
@@ -27,9 +27,12 @@ def client(int8_built):
 
 @pytest.fixture(scope="module")
 def channel(client):
-    """A TCP channel reporting to `client`, its socket never used: replies are handed to it directly."""
+    """A TCP channel past READY reporting to `client`, its socket never used: replies are handed to it directly."""
     edge, server = socket.socketpair()
-    yield TcpChannel(edge, client.transport, client)
+    channel = TcpChannel(edge, client.transport, client)
+    channel.streaming()
+    channel.last_sent = REQUEST_ID
+    yield channel
     edge.close()
     server.close()
 
@@ -37,14 +40,13 @@ def channel(client):
 def replies(client) -> list:
     """The frames a server sends after READY, valid: a RESULT, a per-frame ERROR, a FINAL ERROR, CLOSING."""
     values = np.linspace(-1, 1, client.reply_values, dtype=np.float32)
-    bundle_id = client.transport.bundle_id
-    return [protocol.result_frame(REQUEST_ID, bundle_id, values),
-            protocol.error_frame(protocol.BAD_REQUEST, "refused", REQUEST_ID, bundle_id=bundle_id),
+    return [protocol.result_frame(REQUEST_ID, values),
+            protocol.error_frame(protocol.BAD_REQUEST, "refused", REQUEST_ID),
             protocol.error_frame(protocol.INTERNAL, "backend down", final=True),
-            protocol.Frame(protocol.CLOSING, bundle_id=bundle_id)]
+            protocol.Frame(protocol.CLOSING)]
 
 
-def mutate(data, original: bytes) -> bytes:
+def mutate(data, original: bytes, header_bytes: int) -> bytes:
     """Flip, cut, append or rewrite: what corruption or a hostile peer makes of a frame."""
     choice = data.draw(st.sampled_from(["flip", "cut", "append", "header"]))
     if choice == "flip" and original:
@@ -54,12 +56,12 @@ def mutate(data, original: bytes) -> bytes:
         return original[:data.draw(st.integers(0, len(original)))]
     if choice == "append":
         return original + data.draw(st.binary(min_size=1, max_size=16))
-    start = data.draw(st.integers(0, protocol.HEADER_BYTES - 1))
+    start = data.draw(st.integers(0, header_bytes - 1))
     patch = data.draw(st.binary(min_size=1, max_size=8))
     return original[:start] + patch + original[start + len(patch):]
 
 
-def read_all(data: bytes):
+def read_all(data: bytes, limits):
     buffer = bytearray(data)
 
     def read_exactly(size):
@@ -68,18 +70,18 @@ def read_all(data: bytes):
         chunk = bytes(buffer[:size])
         del buffer[:size]
         return chunk
-    return protocol.read_frame(read_exactly, REPLY_LIMITS)
+    return protocol.read_frame(read_exactly, protocol.Stream, limits)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzz_mutated_replies_give_one_outcome_or_lose_the_connection(client, channel, data):
-    original = protocol.encode(data.draw(st.sampled_from(replies(client))))
+    original = protocol.Stream.encode(data.draw(st.sampled_from(replies(client))))
     with client._lock:
         client._pending[REQUEST_ID] = _InFlight(0, None, time.monotonic(), time.monotonic() + 60, channel, None)
         client._slots.acquire(blocking=False)
     try:
-        frame = read_all(mutate(data, original))
+        frame = read_all(mutate(data, original, protocol.Stream.minimum), channel.limits)
         lost = channel.take_reply(frame)
     except (ProtocolError, ConnectionError) as error:  # the receive loop turns these into a lost connection
         lost = str(error)
@@ -102,9 +104,12 @@ def test_fuzz_mutated_replies_give_one_outcome_or_lose_the_connection(client, ch
 @given(data=st.data())
 def test_fuzz_mutated_handshakes_raise_only_protocol_or_connection_errors(client, data):
     bundle_id = client.transport.bundle_id
-    challenge = protocol.encode(protocol.Frame(protocol.CHALLENGE, bundle_id=bundle_id, payload=protocol.new_nonce()))
-    ready = protocol.encode(protocol.Frame(protocol.READY, bundle_id=bundle_id, payload=bytes(32)))
-    first, second = (mutate(data, challenge), ready) if data.draw(st.booleans()) else (challenge, mutate(data, ready))
+    challenge = protocol.Handshake.encode(protocol.Frame(protocol.CHALLENGE, bundle_id=bundle_id,
+                                                         payload=protocol.new_nonce()))
+    ready = protocol.Handshake.encode(protocol.Frame(protocol.READY, bundle_id=bundle_id, payload=bytes(32)))
+    size = protocol.Handshake.minimum
+    first, second = ((mutate(data, challenge, size), ready) if data.draw(st.booleans())
+                     else (challenge, mutate(data, ready, size)))
     edge, server = socket.socketpair()
     with edge, server:
         server.sendall(first + second)

@@ -76,8 +76,8 @@ def test_one_edge_gets_the_in_process_results_byte_for_byte_on_the_wire(bundle, 
         stats = edge.stats.as_dict()
     assert [o.index for o in outcomes] == list(range(64))
     assert_matches(outcomes, reference)
-    header = protocol.HEADER_BYTES + 4 * len(bundle.wire.shape)
-    assert stats["bytes_sent"] == 64 * (bundle.wire.packed_bytes + header)
+    assert stats["bytes_sent"] == 64 * (16384 + 10)  # type and flags, id, a 3-byte length, CRC-32
+    assert stats["bytes_received"] == 64 * (40 + 8)  # ten float32 logits
     assert stats["payload_bytes"] == 64 * 16384
     assert server.server.metrics.value("edgesplit_frames_total", outcome="answered") == 64
 
@@ -188,25 +188,22 @@ class RawConnection:
             if len(data) != size:
                 raise ConnectionError("closed")
             return data
-        return protocol.read_frame(read_exactly)
+        return protocol.read_frame(read_exactly, protocol.Stream, protocol.edge_limits(10))
 
     def closed_by_server(self) -> bool:
         return self.stream.read(1) == b""
 
 
-def header_bytes(**changes) -> bytes:
-    fields = dict(magic=protocol.MAGIC, version=protocol.VERSION, type=protocol.FEATURES, flags=0, request_id=1,
-                  bundle_id=bytes(16), lossless=0, bits=8, dtype=protocol.DTYPE_UINT8, ndim=3, scale=0.0,
-                  zero_point=0.0, payload_length=16384, checksum=0)
-    fields.update(changes)
-    return protocol.HEADER.pack(*fields.values())
+def stream_header(payload_length: int = 16384, kind: int = protocol.FEATURES << 4) -> bytes:
+    """A stream frame's header as a peer might send it (its CRC zero)."""
+    return protocol.Stream.HEAD.pack(kind, 1) + protocol.length_field(payload_length) + bytes(4)
 
 
 @pytest.mark.parametrize("name, data, code, message", [
-    ("garbage", b"GET / HTTP/1.1\r\n" + bytes(range(36)), protocol.BAD_FRAME, "not an edgesplit frame"),
-    ("oversized", header_bytes(payload_length=1 << 30), protocol.BAD_FRAME, "over the limit"),
-    ("wrong version", header_bytes(version=9), protocol.UNSUPPORTED_VERSION, "version 9 is not supported"),
-    ("truncated", header_bytes() + bytes(100), protocol.TIMEOUT, "is truncated"),
+    ("garbage", b"GET / HTTP/1.1\r\n" + bytes(range(36)), protocol.BAD_FRAME, "unknown flags 0x7 in a READY frame"),
+    ("oversized", stream_header(1 << 27), protocol.BAD_FRAME, "FEATURES payload of 134217728 bytes is over the limit"),
+    ("result from an edge", stream_header(40, protocol.RESULT << 4), protocol.BAD_FRAME, "unexpected RESULT frame"),
+    ("truncated", stream_header() + bytes(100), protocol.TIMEOUT, "is truncated"),
     ("corrupted", None, protocol.BAD_FRAME, "fails its CRC-32"),
 ])
 def test_broken_frames_get_an_error_and_the_server_keeps_serving_others(
@@ -216,8 +213,7 @@ def test_broken_frames_get_an_error_and_the_server_keeps_serving_others(
         first = bystander.run_all(frames[:8])
         raw = RawConnection(server.address, bundle_id)
         if data is None:
-            good = protocol.encode(protocol.features_frame(3, bundle_id, bytes(16384), bundle.wire,
-                                                           protocol.wire_quantization(bundle.manifest)))
+            good = protocol.Stream.encode(protocol.features_frame(3, bytes(16384)))
             data = good[:-1] + bytes([good[-1] ^ 1])
         raw.send(data)
         reply = raw.receive()
@@ -231,20 +227,28 @@ def test_broken_frames_get_an_error_and_the_server_keeps_serving_others(
         assert_matches(newcomer.run_all(frames[16:18]), reference)
 
 
-def test_a_frame_that_does_not_match_the_bundle_is_refused_and_the_connection_stays(bundle, frames, server):
-    bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
-    quantization = protocol.wire_quantization(bundle.manifest)
-    raw = RawConnection(server.address, bundle_id)
-    short = protocol.features_frame(1, bundle_id, bytes(100), bundle.wire, quantization)
-    wrong_bits = protocol.features_frame(2, bundle_id, bytes(8192), bundle.wire, quantization)._replace(bits=4)
-    good = protocol.features_frame(3, bundle_id, bytes(16384), bundle.wire, quantization)
-    for frame in (short, wrong_bits, good):
-        raw.send(protocol.encode(frame))
+def test_a_payload_that_does_not_fit_the_bundle_is_refused_and_the_connection_stays(bundle, frames, server):
+    raw = RawConnection(server.address, protocol.bundle_id_bytes(bundle.bundle_id))
+    for request_id, payload in ((1, bytes(100)), (2, bytes(8192)), (3, bytes(16384))):
+        raw.send(protocol.Stream.encode(protocol.features_frame(request_id, payload)))
     replies = {reply.request_id: reply for reply in (raw.receive() for _ in range(3))}
     assert protocol.error_details(replies[1]) == (protocol.BAD_REQUEST,
                                                   "payload has 100 bytes, the bundle's wire format needs 16384")
-    assert "4 bits" in protocol.error_details(replies[2])[1]
-    assert replies[3].type == protocol.RESULT and protocol.result_values(replies[3]).shape == (10,)
+    assert "8192 bytes" in protocol.error_details(replies[2])[1]
+    assert replies[3].type == protocol.RESULT and protocol.result_values(replies[3], 10).shape == (10,)
+
+
+def test_an_edge_of_protocol_version_1_is_told_in_one_line(bundle, server):
+    """Version 1's header (52 bytes, magic and version where version 2 has them) gets UNSUPPORTED_VERSION."""
+    hello = (protocol.MAGIC + bytes([1, protocol.HELLO]) + bytes(2 + 8) + protocol.bundle_id_bytes(bundle.bundle_id)
+             + bytes(12) + (32).to_bytes(4, "big") + bytes(4) + protocol.new_nonce())
+    with socket.create_connection(server.address, timeout=10) as raw:
+        raw.sendall(hello)
+        reply = protocol.read_frame(lambda count: read_exactly(raw, count), protocol.Handshake,
+                                    protocol.HANDSHAKE_LIMITS)
+    assert reply.flags & protocol.FLAG_FINAL and protocol.error_details(reply) == (
+        protocol.UNSUPPORTED_VERSION, "protocol version 1 is not supported (this side speaks 2): run the same "
+                                      "edgesplit release on the edge and the server")
 
 
 def test_shutdown_answers_every_accepted_frame_then_says_closing(bundle):
@@ -253,8 +257,7 @@ def test_shutdown_answers_every_accepted_frame_then_says_closing(bundle):
     bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
     raw = RawConnection(running.address, bundle_id)
     for request_id in range(1, 41):
-        raw.send(protocol.encode(protocol.features_frame(request_id, bundle_id, bytes(16384), bundle.wire,
-                                                         protocol.wire_quantization(bundle.manifest))))
+        raw.send(protocol.Stream.encode(protocol.features_frame(request_id, bytes(16384))))
     deadline = time.monotonic() + 10
     while running.server.metrics.value("edgesplit_received_bytes_total") < 40 * 16448 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -321,8 +324,7 @@ def test_sigterm_exits_within_the_deadline_while_an_edge_never_reads(int8_built,
     bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
     raw = RawConnection(("127.0.0.1", port), bundle_id, receive_buffer=4096)
     raw.sock.settimeout(0.2)
-    tiny = protocol.encode(protocol.features_frame(1, bundle_id, bytes(100), bundle.wire,
-                                                   protocol.wire_quantization(bundle.manifest)))
+    tiny = protocol.Stream.encode(protocol.features_frame(1, bytes(100)))
     started = progress = time.monotonic()
     unsent = b""
     # replies pile up unread until every buffer is full and the server stops reading this edge (a few seconds);
@@ -363,8 +365,8 @@ def test_a_burst_past_the_file_limit_costs_one_log_line_and_every_peer_gets_an_o
         server.send_signal(signal.SIGSTOP)  # the kernel queues the connections (asyncio's backlog is 100)
         peers = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(100)]
         for peer in peers:
-            peer.sendall(protocol.encode(protocol.Frame(protocol.HELLO, bundle_id=bundle_id,
-                                                        payload=protocol.new_nonce())))
+            peer.sendall(protocol.Handshake.encode(protocol.Frame(protocol.HELLO, bundle_id=bundle_id,
+                                                                  payload=protocol.new_nonce())))
         server.send_signal(signal.SIGCONT)
         outcomes = collections.Counter(first_outcome(peer) for peer in peers)
         assert set(outcomes) <= {"CHALLENGE", "BUSY", "closed"} and outcomes["CHALLENGE"] and outcomes["BUSY"], outcomes
@@ -386,7 +388,8 @@ def test_a_burst_past_the_file_limit_costs_one_log_line_and_every_peer_gets_an_o
 def first_outcome(peer: socket.socket) -> str:
     """What a peer that sent HELLO heard first: CHALLENGE, an ERROR's code name, or the connection closed."""
     try:
-        frame = protocol.read_frame(lambda count: read_exactly(peer, count))
+        frame = protocol.read_frame(lambda count: read_exactly(peer, count), protocol.Handshake,
+                                    protocol.HANDSHAKE_LIMITS)
     except (ConnectionError, OSError):
         return "closed"
     if frame.type == protocol.ERROR:
@@ -425,7 +428,7 @@ def test_server_killed_and_restarted_mid_stream_every_frame_has_exactly_one_outc
     assert answered[-1].index > max(o.index for o in errors)  # the edge is back on the restarted server
     assert_matches(answered, reference)
     assert stats["connects"] == 2 and stats["cloud_answers"] + stats["errors"] == len(frames)
-    sent = stats["bytes_sent"] // protocol.frame_bytes(bundle.wire.packed_bytes, 3)
+    sent = stats["bytes_sent"] // protocol.frame_bytes(bundle.wire.packed_bytes)
     assert stats["payload_bytes"] == sent * bundle.wire.packed_bytes < len(frames) * bundle.wire.packed_bytes
 
 
@@ -473,13 +476,15 @@ def test_before_authentication_a_peer_gets_the_control_limit_not_the_feature_lim
     """A keyless peer opening with a feature-sized frame is refused on its header, before any body is read."""
     bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
     claimed = 30000  # under this bundle's feature limit (2 x 16,384 + 1,024), far over a control frame's
-    header = protocol.HEADER.pack(protocol.MAGIC, protocol.VERSION, protocol.FEATURES, 0, 1, bundle_id, 0, 8,
-                                  protocol.DTYPE_UINT8, 1, 1.0, 0.0, claimed, 0)
-    with socket.create_connection(server.address, timeout=10) as raw:
-        raw.sendall(header)
-        reply = protocol.read_frame(lambda count: read_exactly(raw, count))
-    assert reply.type == protocol.ERROR and reply.flags & protocol.FLAG_FINAL
-    assert f"FEATURES payload of {claimed} bytes is over the limit of 1024" in protocol.error_details(reply)[1]
+    for kind, problem in ((protocol.HELLO, f"HELLO payload of {claimed} bytes is over the limit of 1024"),
+                          (protocol.FEATURES, "unexpected FEATURES frame")):
+        header = protocol.Handshake.HEADER.pack(protocol.MAGIC, protocol.VERSION, kind, 0, bundle_id, claimed, 0)
+        with socket.create_connection(server.address, timeout=10) as raw:
+            raw.sendall(header)
+            reply = protocol.read_frame(lambda count: read_exactly(raw, count), protocol.Handshake,
+                                        protocol.HANDSHAKE_LIMITS)
+        assert reply.type == protocol.ERROR and reply.flags & protocol.FLAG_FINAL
+        assert problem in protocol.error_details(reply)[1]
 
 
 class InjectingProxy:
@@ -500,15 +505,16 @@ class InjectingProxy:
             threading.Thread(target=self.replies, args=(upstream, edge), daemon=True).start()
 
     def replies(self, source, target):
-        limits = protocol.Limits(max_payload=1 << 20, max_elements=1 << 18)
+        framing, limits = protocol.Handshake, protocol.HANDSHAKE_LIMITS
         try:
             while True:
-                frame = protocol.read_frame(lambda count: read_exactly(source, count), limits)
-                target.sendall(protocol.encode(frame))
-                if frame.type == protocol.READY and not self.injected.is_set():
-                    self.injected.set()
-                    short = protocol.Frame(protocol.ERROR, 1, frame.bundle_id, payload=b"x")
-                    target.sendall(protocol.encode(short))
+                frame = protocol.read_frame(lambda count: read_exactly(source, count), framing, limits)
+                target.sendall(framing.encode(frame))
+                if frame.type == protocol.READY:
+                    framing, limits = protocol.Stream, protocol.edge_limits(10)
+                    if not self.injected.is_set():
+                        self.injected.set()
+                        target.sendall(framing.encode(protocol.Frame(protocol.ERROR, 1, payload=b"x")))
         except (OSError, ProtocolError):
             pass
         target.close()
@@ -528,11 +534,9 @@ def test_a_malformed_reply_loses_the_connection_not_the_edges_receiver(bundle, f
     assert_matches(after, reference)  # the receiver survived: the reconnected link answers everything
 
 
-def send_features(raw, bundle, request_ids):
-    bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
+def send_features(raw, request_ids):
     for request_id in request_ids:
-        raw.send(protocol.encode(protocol.features_frame(request_id, bundle_id, bytes(16384), bundle.wire,
-                                                         protocol.wire_quantization(bundle.manifest))))
+        raw.send(protocol.Stream.encode(protocol.features_frame(request_id, bytes(16384))))
 
 
 def test_a_connection_at_its_in_flight_cap_is_not_read_until_a_reply_goes_out(bundle):
@@ -546,7 +550,7 @@ def test_a_connection_at_its_in_flight_cap_is_not_read_until_a_reply_goes_out(bu
 
         running.server.batcher.infer = slow_infer
         raw = RawConnection(running.address, protocol.bundle_id_bytes(bundle.bundle_id))
-        send_features(raw, bundle, range(1, 7))
+        send_features(raw, range(1, 7))
         replies = {reply.request_id: reply for reply in (raw.receive() for _ in range(6))}
     assert all(replies[i].type == protocol.RESULT for i in range(1, 7))  # every frame answered, none refused
     assert max(most) == 2  # the other frames waited in the socket, not in the server
@@ -561,8 +565,7 @@ def test_an_edge_that_never_reads_replies_costs_the_server_at_most_its_cap(bundl
     monkeypatch.setattr(runtime.cloud, "WRITE_BUFFER_BYTES", 4096)  # full in a few hundred replies, not 64 KiB
     config = ServerConfig(key=KEY, max_in_flight=4, write_timeout_s=1.0)
     bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
-    tiny = protocol.encode(protocol.features_frame(1, bundle_id, bytes(100), bundle.wire,
-                                                   protocol.wire_quantization(bundle.manifest)))
+    tiny = protocol.Stream.encode(protocol.features_frame(1, bytes(100)))
     with BackgroundServer(bundle, config) as running:
         raw = RawConnection(running.address, bundle_id, receive_buffer=4096)  # small kernel buffers both ways
         for connection in running.server._connections.values():
@@ -656,7 +659,7 @@ def test_a_failing_backend_answers_its_batch_with_errors_and_the_server_recovers
 
     server.server.batcher.infer = fail_once
     raw = RawConnection(server.address, protocol.bundle_id_bytes(bundle.bundle_id))
-    send_features(raw, bundle, [1])
+    send_features(raw, [1])
     code, message = protocol.error_details(raw.receive())
     assert code == protocol.INTERNAL and "injected backend failure" in message
     with client(bundle, server.address) as edge:
@@ -711,9 +714,7 @@ def test_serve_drops_a_sender_whose_frame_outlasts_its_frame_timeout(int8_built,
     needs it raised). The frame is the handshake's, whose own deadline (5 s) ends the wait at 30: 3 s of it."""
     port = free_port()
     server = start_serve_process(int8_built.bundle, port, "--frame-timeout", timeout)
-    bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
-    begun = protocol.encode(protocol.features_frame(1, bundle_id, bytes(100), bundle.wire,
-                                                    protocol.wire_quantization(bundle.manifest)))[:10]
+    begun = protocol.Handshake.encode(protocol.Frame(protocol.HELLO, payload=protocol.new_nonce()))[:10]
     try:
         sock = socket.create_connection(("127.0.0.1", port))
         sock.settimeout(3)

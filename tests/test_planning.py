@@ -120,18 +120,18 @@ def test_estimate_rate_matches_a_hand_calculation():
 
 
 def test_crowd_rate_matches_a_hand_calculation():
-    # r 0.5 x 1 cell/person x 4,900 B / 49 cells = 50 B per person; per frame 4 x 50 + 64 header = 264 B
-    # → 10 fps x 8 x 264 = 21,120 bit/s per camera, 2.112 Mbit/s for 100; the spread is
-    # sqrt(100) x 10 x 8 x 50 x 2 = 80,000 bit/s, p99: 2,112,000 + 2.3263 x 80,000
+    # r 0.5 x 1 cell/person x 4,900 B / 49 cells = 50 B per person; per frame 4 x 50 + 9 header = 209 B (a
+    # 200-byte payload's length takes 2 bytes) → 10 fps x 8 x 209 = 16,720 bit/s per camera, 1.672 Mbit/s for 100;
+    # the spread is sqrt(100) x 10 x 8 x 50 x 2 = 80,000 bit/s, p99: 1,672,000 + 2.3263 x 80,000
     model = CrowdModel(people_mean=4, people_std=2, cells_per_person=1, cloud_ratio=0.5, grid=7, quantile=0.99)
-    estimate, notes = estimate_crowd_rate(100, 10, model, payload_bytes=4_900, ndim=3, link_bps=1e6)
-    assert estimate.per_camera_bps == pytest.approx(21_120)
-    assert estimate.aggregate_bps == pytest.approx(2_112_000)
-    assert estimate.provisioned_bps == pytest.approx(2_112_000 + 2.3263479 * 80_000, rel=1e-6)
-    # 41 cameras: 865,920 + 2.3263 x sqrt(41) x 8,000 = 985,084 ≤ 1e6; 42 cameras: 1,007,643 > 1e6
-    assert estimate.max_cameras == 41
+    estimate, notes = estimate_crowd_rate(100, 10, model, payload_bytes=4_900, link_bps=1e6)
+    assert estimate.per_camera_bps == pytest.approx(16_720)
+    assert estimate.aggregate_bps == pytest.approx(1_672_000)
+    assert estimate.provisioned_bps == pytest.approx(1_672_000 + 2.3263479 * 80_000, rel=1e-6)
+    # 51 cameras: 852,720 + 2.3263 x sqrt(51) x 8,000 = 985,628 ≤ 1e6; 52 cameras: 1,003,645 > 1e6
+    assert estimate.max_cameras == 51
     assert notes == []
-    _, crowded = estimate_crowd_rate(1, 1, model._replace(people_mean=40, people_std=5), 4_900, 3)
+    _, crowded = estimate_crowd_rate(1, 1, model._replace(people_mean=40, people_std=5), 4_900)
     assert "more than the 49 of the grid" in crowded[0]
 
 
@@ -139,11 +139,11 @@ def test_estimate_rate_command_reads_the_bundle(int8_built):
     result = CliRunner().invoke(main, ["estimate-rate", "--bundle", str(int8_built.bundle), "--cameras", "100",
                                        "--fps", "10", "--offload-rate", "0.3", "--link", "100mbit"])
     assert result.exit_code == 0, result.output
-    # the default bundle: 16,384 payload bytes + 64 header → 394,752 bit/s per camera
-    assert "16,448 B per frame" in result.output
-    assert "394.752 kbit/s per camera" in result.output
-    assert "39.4752 Mbit/s at the cloud for 100 cameras" in result.output
-    assert "a link of 100 Mbit/s carries 253 cameras" in result.output
+    # the default bundle: 16,384 payload bytes + 10 of header → 0.3 x 10 fps x 8 x 16,394 = 393,456 bit/s per camera
+    assert "16,394 B per frame" in result.output
+    assert "393.456 kbit/s per camera" in result.output
+    assert "39.3456 Mbit/s at the cloud for 100 cameras" in result.output
+    assert "a link of 100 Mbit/s carries 254 cameras" in result.output
     refused = CliRunner().invoke(main, ["estimate-rate", "--cameras", "1", "--fps", "1"])
     assert refused.exit_code != 0 and "--bundle or --payload-bytes" in refused.output
 
@@ -158,7 +158,7 @@ def test_profile_then_plan_on_this_cpu(tmp_path):
     assert [c["split"] for c in profile["candidates"]] == ["layer2", "pool"]
     assert profile["data"]["holdout_frames"] == 500
     layer2, pool = profile["candidates"]
-    assert layer2["frame_bytes"] == 64 * 16 * 16 + 64 and pool["frame_bytes"] == 256 + 64
+    assert layer2["frame_bytes"] == 64 * 16 * 16 + 10 and pool["frame_bytes"] == 256 + 9
     assert all(c["edge"]["ms"] > 0 and c["cloud"]["ms"] > 0 for c in profile["candidates"])
     assert abs(layer2["accuracy"] - profile["data"]["float_accuracy"]) <= 0.005
     assert {u["format"] for u in profile["cloud_only"]["uploads"]} == {"raw", "png", "jpeg"}

@@ -1,6 +1,8 @@
 """The frame format on its own: round trips, limits, checksums, and a fuzzed decoder."""
 
+import re
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -10,79 +12,97 @@ from hypothesis import strategies as st
 from runtime import protocol
 from runtime.errors import ProtocolError
 from runtime.link import EmulatedLink, parse_duration, parse_rate
-from runtime.wire import LOSSLESS, WireFormat
 
 BUNDLE = bytes(range(16))
-WIRE = WireFormat((4, 3, 2), bits=4, lossless="zlib")
+SERVER = {protocol.FEATURES: 4096, protocol.CLOSING: 0}  # what a server of a 4096-byte wire format reads
+EDGE = protocol.edge_limits(10)
 
 
-def features(payload=b"\x01\x02\x03", request_id=7):
-    return protocol.features_frame(request_id, BUNDLE, payload, WIRE, (0.5, 3.0))
+def stream(frame, limits=SERVER):
+    return protocol.decode(protocol.Stream.encode(frame), protocol.Stream, limits)
 
 
-def test_features_frame_round_trips_with_every_field():
-    frame = features()
-    data = protocol.encode(frame)
-    assert len(data) == protocol.HEADER_BYTES + 3 * 4 + 3
-    decoded = protocol.decode(data)
-    assert decoded == frame
-    assert (decoded.lossless, decoded.bits, decoded.shape) == (LOSSLESS["zlib"].wire_id, 4, (4, 3, 2))
-    protocol.check_features(decoded, WIRE, (0.5, 3.0))
+@pytest.mark.parametrize("payload_bytes, overhead", [(0, 8), (16, 8), (64, 8), (127, 8), (128, 9), (16383, 9),
+                                                     (16384, 10), ((1 << 21) - 1, 10), (1 << 21, 11)])
+def test_a_stream_frame_costs_8_bytes_under_128_of_payload_and_one_more_per_7_bits(payload_bytes, overhead):
+    frame = protocol.features_frame(70000, bytes(payload_bytes))  # ids travel as their low 16 bits
+    data = protocol.Stream.encode(frame)
+    assert len(data) == protocol.frame_bytes(payload_bytes) == payload_bytes + overhead
+    assert protocol.decode(data, protocol.Stream, {protocol.FEATURES: 1 << 22}) == frame._replace(
+        request_id=70000 - 65536)
+
+
+def test_stream_frame_bytes_are_type_and_flags_id_length_crc_payload():
+    data = protocol.Stream.encode(protocol.features_frame(0x1234, b"\x01\x02\x03"))
+    assert data[:4] == bytes([protocol.FEATURES << 4, 0x12, 0x34, 3]) and data[-3:] == b"\x01\x02\x03"
+    assert int.from_bytes(data[4:8], "big") == zlib.crc32(data[:4] + data[8:])
+    assert protocol.length_field(300) == bytes([0x80 | 300 & 0x7F, 300 >> 7])  # LEB128, low 7 bits first
+
+
+def test_replies_name_the_edges_full_request_id_by_its_low_16_bits():
+    assert protocol.wire_request_id(70000, 70000 & 0xFFFF) == 70000
+    assert protocol.wire_request_id(70000, (69990) & 0xFFFF) == 69990  # earlier frames still in flight
+    assert protocol.wire_request_id(65540, 65535) == 65535  # across the wrap
+    assert protocol.wire_request_id(5, 0xFFFF) == -1  # never sent: matches no frame
 
 
 def test_result_values_round_trip_as_float32():
     logits = np.random.default_rng(0).normal(size=10).astype(np.float32)
-    frame = protocol.decode(protocol.encode(protocol.result_frame(9, BUNDLE, logits)))
-    np.testing.assert_array_equal(protocol.result_values(frame), logits)
+    frame = stream(protocol.result_frame(9, logits), EDGE)
+    np.testing.assert_array_equal(protocol.result_values(frame, 10), logits)
+    with pytest.raises(ProtocolError, match="RESULT frame 9 carries 20 bytes, not the bundle's 10 values"):
+        protocol.result_values(stream(protocol.result_frame(9, logits[:5]), EDGE), 10)
+    with pytest.raises(ProtocolError, match="RESULT payload of 44 bytes is over the limit of 40"):
+        stream(protocol.result_frame(9, np.zeros(11, np.float32)), EDGE)
 
 
-def test_every_flipped_byte_is_caught():
-    data = bytearray(protocol.encode(features()))
+@pytest.mark.parametrize("framing, frame", [
+    (protocol.Stream, protocol.features_frame(7, b"\x01\x02\x03")),
+    (protocol.Handshake, protocol.Frame(protocol.HELLO, bundle_id=BUNDLE, payload=bytes(range(32))))])
+def test_every_flipped_byte_is_caught(framing, frame):
+    data = bytearray(framing.encode(frame))
+    limits = SERVER if framing is protocol.Stream else protocol.HANDSHAKE_LIMITS
     for position in range(len(data)):
         corrupted = bytearray(data)
         corrupted[position] ^= 0x10
         with pytest.raises(ProtocolError):
-            protocol.decode(bytes(corrupted))
+            protocol.decode(bytes(corrupted), framing, limits)
 
 
 @pytest.mark.parametrize("field, value, message", [
     (0, b"HTTP", "not an edgesplit frame"),
-    (1, 2, "protocol version 2 is not supported"),
+    (1, 1, "protocol version 1 is not supported (this side speaks 2): run the same edgesplit release"),
     (2, 99, "unknown frame type 99"),
+    (2, protocol.FEATURES, "unexpected FEATURES frame"),
     (3, 0x8000, "unknown flags"),
-    (9, 7, "the limit is 6"),
-    (12, 1 << 30, "over the limit"),
+    (5, 1 << 30, "HELLO payload of 1073741824 bytes is over the limit of 1024"),
 ])
-def test_header_fields_out_of_range_are_refused_before_the_body(field, value, message):
-    fields = list(protocol.HEADER.unpack(protocol.encode(features())[:protocol.HEADER_BYTES]))
+def test_handshake_header_fields_out_of_range_are_refused_before_the_payload(field, value, message):
+    frame = protocol.Frame(protocol.HELLO, bundle_id=BUNDLE, payload=bytes(32))
+    fields = list(protocol.Handshake.HEADER.unpack(protocol.Handshake.encode(frame)[:protocol.Handshake.minimum]))
     fields[field] = value
-    with pytest.raises(ProtocolError, match=message) as raised:
-        protocol.parse_header(protocol.HEADER.pack(*fields))
+    with pytest.raises(ProtocolError, match=re.escape(message)) as raised:
+        protocol.Handshake.parse(protocol.Handshake.HEADER.pack(*fields), protocol.HANDSHAKE_LIMITS)
     assert raised.value.code == (protocol.UNSUPPORTED_VERSION if field == 1 else protocol.BAD_FRAME)
 
 
-def test_control_frames_have_a_small_payload_limit():
-    data = protocol.encode(protocol.Frame(protocol.HELLO, payload=bytes(protocol.MAX_CONTROL_PAYLOAD + 1)))
-    with pytest.raises(ProtocolError, match="HELLO payload of 1025 bytes is over the limit of 1024"):
-        protocol.decode(data)
-
-
-def test_tensor_size_limit_applies_to_the_shape():
-    frame = features()._replace(shape=(1 << 12, 1 << 12))
-    with pytest.raises(ProtocolError, match="over the limit of 1000 elements"):
-        protocol.decode(protocol.encode(frame), protocol.Limits(max_elements=1000))
-
-
-def test_features_that_differ_from_the_bundle_are_named():
-    with pytest.raises(ProtocolError, match=r"8 bits.*the bundle sends.*4 bits") as raised:
-        protocol.check_features(features()._replace(bits=8), WIRE, (0.5, 3.0))
-    assert raised.value.code == protocol.BAD_REQUEST
-    with pytest.raises(ProtocolError, match="scale 0.5, zero point 3.0; the bundle uses 0.25"):
-        protocol.check_features(features(), WIRE, (0.25, 3.0))
+@pytest.mark.parametrize("head, message", [
+    (bytes([protocol.FEATURES << 4 | 2, 0, 1, 3]), "unknown flags 0x2 in a FEATURES frame"),
+    (bytes([9 << 4, 0, 1, 3]), "unknown frame type 9"),
+    (bytes([protocol.HELLO << 4, 0, 1, 3]), "unexpected HELLO frame"),
+    (bytes([protocol.FEATURES << 4, 0, 1]) + protocol.length_field(4097), "FEATURES payload of 4097 bytes is over"),
+    (bytes([protocol.FEATURES << 4, 0, 1, 0x83, 0x00]), "payload length is not in its shortest form"),
+    (bytes([protocol.FEATURES << 4, 0, 1, 0x80, 0x80, 0x80, 0x80, 0x01]), "payload length takes over 4 bytes"),
+])
+def test_stream_headers_out_of_range_are_refused_before_the_payload(head, message):
+    data = head + bytes(4) + bytes(8)
+    with pytest.raises(ProtocolError, match=message) as raised:
+        protocol.decode(data, protocol.Stream, SERVER)
+    assert raised.value.code == protocol.BAD_FRAME
 
 
 def test_error_frames_carry_code_and_message():
-    frame = protocol.decode(protocol.encode(protocol.error_frame(protocol.AUTH_FAILED, "wrong key", 5, final=True)))
+    frame = stream(protocol.error_frame(protocol.AUTH_FAILED, "wrong key", 5, final=True), EDGE)
     assert frame.flags & protocol.FLAG_FINAL and frame.request_id == 5
     assert protocol.error_details(frame) == (protocol.AUTH_FAILED, "wrong key")
 
@@ -108,38 +128,35 @@ def test_key_comes_from_file_or_environment(tmp_path):
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.binary(max_size=200))
-def test_fuzz_random_bytes_raise_only_protocol_errors(data):
+@given(st.binary(max_size=200), st.sampled_from([protocol.Stream, protocol.Handshake]))
+def test_fuzz_random_bytes_raise_only_protocol_errors(data, framing):
     try:
-        protocol.decode(data)
+        protocol.decode(data, framing, {**SERVER, **EDGE, **protocol.HANDSHAKE_LIMITS})
     except ProtocolError:
         pass
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.data())
-def test_fuzz_mutated_frames_raise_only_protocol_errors(data):
-    """Valid frames with header fields rewritten and bytes cut or appended."""
-    original = protocol.encode(features(payload=data.draw(st.binary(max_size=64))))
-    fields = list(protocol.HEADER.unpack(original[:protocol.HEADER_BYTES]))
-    index = data.draw(st.integers(0, len(fields) - 1))
-    if isinstance(fields[index], bytes):
-        fields[index] = data.draw(st.binary(min_size=len(fields[index]), max_size=len(fields[index])))
-    elif isinstance(fields[index], float):
-        fields[index] = data.draw(st.floats(width=32))
-    else:
-        limit = {1: 255, 2: 255, 3: 65535, 6: 255, 7: 255, 8: 255, 9: 255}.get(index, (1 << 32) - 1)
-        fields[index] = data.draw(st.integers(0, limit))
-    header = protocol.HEADER.pack(*fields)
-    body = original[protocol.HEADER_BYTES:]
-    cut = data.draw(st.integers(0, len(body)))
-    mutated = header + body[:cut] + data.draw(st.binary(max_size=8))
+def test_fuzz_mutated_frames_raise_only_protocol_errors_and_survivors_reencode_to_their_bytes(data):
+    """Valid frames of either framing with bytes rewritten, cut or appended."""
+    framing = data.draw(st.sampled_from([protocol.Stream, protocol.Handshake]))
+    kind = data.draw(st.sampled_from(sorted(protocol.FRAME_TYPES)))
+    original = framing.encode(protocol.Frame(kind, data.draw(st.integers(0, 0xFFFF)), BUNDLE,
+                                             data.draw(st.sampled_from([0, protocol.FLAG_FINAL])),
+                                             data.draw(st.binary(max_size=300))))
+    start = data.draw(st.integers(0, len(original)))
+    patch = data.draw(st.binary(max_size=8))
+    mutated = original[:start] + patch + original[start + len(patch):]
+    mutated = mutated[:data.draw(st.integers(0, len(mutated)))] + data.draw(st.binary(max_size=8))
+    limits = dict.fromkeys(protocol.FRAME_TYPES, 1024)
     try:
-        frame = protocol.decode(mutated)
+        frame = protocol.decode(mutated, framing, limits)
     except ProtocolError:
         return
-    # whatever survives decoding is self-consistent: it re-encodes to the same bytes
-    assert protocol.encode(frame) == mutated
+    if framing is protocol.Stream:
+        frame = frame._replace(bundle_id=bytes(16))
+    assert framing.encode(frame) == mutated
 
 
 def test_rates_and_durations_use_tc_units():
@@ -157,4 +174,4 @@ def test_token_bucket_releases_bytes_at_the_rate_after_the_burst():
     assert arrivals == sorted(arrivals)
     # an idle link refills the bucket: a small frame later goes straight through
     assert link.uplink_arrival(1000, 100.0) == pytest.approx(100.01)
-    assert struct.calcsize(">4sBBHQ16sBBBBffII") == protocol.HEADER_BYTES == 52
+    assert struct.calcsize(">4sBBH16sII") == protocol.Handshake.minimum == 32

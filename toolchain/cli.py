@@ -786,13 +786,12 @@ def estimate_rate_command(cameras, fps, offload_rate, bundle_path, payload_bytes
 
     if (bundle_path is None) == (payload_bytes is None):
         raise EdgesplitError("give the features' size: --bundle or --payload-bytes (one of them)")
-    ndim = 3
     if bundle_path is not None:
-        payload_bytes, ndim = bundle_payload(open_bundle(bundle_path).manifest)
+        payload_bytes = bundle_payload(open_bundle(bundle_path).manifest)
     link_bps = parse_rate(link) if link else None
     notes = []
     if people_mean is None:
-        size = frame_bytes(payload_bytes, ndim)
+        size = frame_bytes(payload_bytes)
         estimate = estimate_rate(cameras, fps, 1.0 if offload_rate is None else offload_rate, size, link_bps)
         click.echo(f"features frame: {size:,.0f} B per frame ({payload_bytes:,.0f} payload + header), "
                    f"{1.0 if offload_rate is None else offload_rate:.0%} of {fps:g} fps sent")
@@ -801,7 +800,7 @@ def estimate_rate_command(cameras, fps, offload_rate, bundle_path, payload_bytes
             raise EdgesplitError("the detection variant sends cells, not frames: give --cloud-cell-ratio, "
                                  "not --offload-rate")
         model = CrowdModel(people_mean, people_std, cells_per_person, cloud_cell_ratio, grid, quantile)
-        estimate, notes = estimate_crowd_rate(cameras, fps, model, payload_bytes, ndim, link_bps)
+        estimate, notes = estimate_crowd_rate(cameras, fps, model, payload_bytes, link_bps)
         click.echo(f"cells: {grid}x{grid} of {payload_bytes / grid ** 2:,.1f} B each; people per camera "
                    f"{people_mean:g} ± {people_std:g}, {cells_per_person:g} cell(s) each, r = {cloud_cell_ratio:g}")
     click.echo(f"{format_rate(estimate.per_camera_bps)} per camera; "

@@ -241,12 +241,12 @@ class RateEstimate(NamedTuple):
     max_cameras: int | None  # on the given link, provisioned at the quantile
 
 
-def bundle_payload(manifest: dict) -> tuple[float, int]:
+def bundle_payload(manifest: dict) -> float:
     """A bundle's mean payload bytes per frame, measured at build time (a lossless stage makes it
-    vary), and the dimensions of its codes (one shape word each on the wire). An edge-only bundle sends nothing."""
+    vary). An edge-only bundle sends nothing."""
     if "cloud" not in manifest["artefacts"]:
         raise EdgesplitError("this bundle is edge-only: its edge sends nothing, so it needs no uplink (0 bit/s)")
-    return manifest["checks"]["mean_payload_bytes"], len(manifest["artefacts"]["cloud"]["inputs"][0]["shape"]) - 1
+    return manifest["checks"]["mean_payload_bytes"]
 
 
 def estimate_rate(cameras: int, fps: float, offload_rate: float, frame_bytes_sent: float,
@@ -272,7 +272,7 @@ class CrowdModel(NamedTuple):
     quantile: float = 0.99
 
 
-def estimate_crowd_rate(cameras: int, fps: float, model: CrowdModel, payload_bytes: float, ndim: int,
+def estimate_crowd_rate(cameras: int, fps: float, model: CrowdModel, payload_bytes: float,
                         link_bps: float | None = None) -> tuple[RateEstimate, list[str]]:
     """Mean and quantile uplink when each frame sends only the cells where people still need the cloud.
 
@@ -285,7 +285,8 @@ def estimate_crowd_rate(cameras: int, fps: float, model: CrowdModel, payload_byt
         raise EdgesplitError("people per camera: the mean and standard deviation must be >= 0")
     cells = model.grid ** 2
     per_person_bytes = model.cloud_ratio * model.cells_per_person * payload_bytes / cells
-    header = frame_bytes(0, ndim)
+    mean_payload = per_person_bytes * model.people_mean
+    header = frame_bytes(mean_payload) - mean_payload  # the frame's header at the mean payload
     per_camera = fps * 8 * (per_person_bytes * model.people_mean + header)
 
     def provisioned(count: int) -> float:

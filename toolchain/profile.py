@@ -41,7 +41,6 @@ from toolchain.split import SplitPoint, candidate_points, output_names, resolve_
 from toolchain.train import accuracy
 
 WARMUP_FRAMES = 10
-PIXEL_NDIM = 3  # a cloud-only frame carries the image as C, H, W
 
 
 class ProfileOptions(NamedTuple):
@@ -127,7 +126,7 @@ def measure_crossing(bundle, edge: EdgeHalf, frames: list[np.ndarray], threads: 
     payloads = [edge.payloads(frame)[0] for frame in frames]
     payload_bytes = float(np.mean([len(p) for p in payloads]))
     return {"cloud": time_per_frame(lambda i: cloud.logits(cloud.decode(payloads[i])[None]), len(frames)),
-            "payload_bytes": payload_bytes, "frame_bytes": frame_bytes(payload_bytes, len(bundle.wire.shape))}
+            "payload_bytes": payload_bytes, "frame_bytes": frame_bytes(payload_bytes)}
 
 
 def whole_model_runner(loaded: LoadedModel, devices: Deployment, role: str, calibration: np.ndarray, work: Path,
@@ -162,7 +161,7 @@ def measure_image_formats(loaded: LoadedModel, inputs: np.ndarray, labels: np.nd
                  "payload_bytes": float(np.mean([len(e) for e in encoded])),
                  "encode": time_per_frame(lambda i, f=image_format: encode_image(pixels[i], f), frames),
                  "decode": time_per_frame(lambda i, e=encoded, f=image_format: decode_image(e[i], f, shape), frames)}
-        entry["frame_bytes"] = frame_bytes(entry["payload_bytes"], PIXEL_NDIM)
+        entry["frame_bytes"] = frame_bytes(entry["payload_bytes"])
         if labels is not None:
             decoded = np.stack([decode_image(e, image_format, shape) for e in encoded]).astype(np.float32) / 255
             entry["accuracy"] = accuracy(reference_outputs(loaded, decoded)[0], labels)

@@ -9,9 +9,9 @@ from typing import Optional
 
 from runtime import protocol
 from runtime.errors import ProtocolError
+from runtime.local import reply_values
 from runtime.transports import Channel, Replies, Transport
 
-REPLY_LIMITS = protocol.Limits(max_payload=1 << 20, max_elements=1 << 18)
 HTTP2_SETTINGS = 0x4  # the frame type an HTTP/2 server opens with
 
 
@@ -38,6 +38,9 @@ class TcpChannel(Channel):
         self.alive = True
         self.transport = transport
         self.replies = replies
+        self.framing = protocol.Handshake  # until READY, then compact stream frames
+        self.limits = protocol.HANDSHAKE_LIMITS
+        self.last_sent = 0  # the latest request id sent: replies carry its low 16 bits
         self._send_lock = threading.Lock()
 
     def read_exactly(self, size: int) -> bytes:
@@ -47,15 +50,19 @@ class TcpChannel(Channel):
         return data
 
     def read_frame(self) -> protocol.Frame:
-        return protocol.read_frame(self.read_exactly, REPLY_LIMITS)
+        return protocol.read_frame(self.read_exactly, self.framing, self.limits)
+
+    def streaming(self) -> None:
+        """READY came: from here on frames are compact and carry only what changes per frame."""
+        self.framing, self.limits = protocol.Stream, protocol.edge_limits(self.transport.reply_values)
 
     def wire_bytes(self, payload_bytes: int) -> int:
-        return protocol.frame_bytes(payload_bytes, len(self.transport.bundle.wire.shape))
+        return protocol.frame_bytes(payload_bytes)
 
     def send(self, request_id: int, payload: bytes) -> int:
-        data = protocol.encode(protocol.features_frame(request_id, self.transport.bundle_id, payload,
-                                                       self.transport.bundle.wire, self.transport.quantization))
+        data = protocol.Stream.encode(protocol.features_frame(request_id, payload))
         with self._send_lock:
+            self.last_sent = request_id
             self.sock.sendall(data)
         return len(data)
 
@@ -65,8 +72,7 @@ class TcpChannel(Channel):
             self.alive = False
             try:
                 with self._send_lock:
-                    self.sock.sendall(protocol.encode(protocol.Frame(protocol.CLOSING,
-                                                                     bundle_id=self.transport.bundle_id)))
+                    self.sock.sendall(protocol.Stream.encode(protocol.Frame(protocol.CLOSING)))
             except OSError:
                 pass
         self.release()
@@ -96,13 +102,15 @@ class TcpChannel(Channel):
 
     def take_reply(self, frame: protocol.Frame) -> Optional[str]:
         """Hand one reply to the client; the reason the connection is lost, if it is."""
-        received = protocol.HEADER_BYTES + 4 * len(frame.shape) + len(frame.payload)
+        received = protocol.frame_bytes(len(frame.payload))
+        request_id = protocol.wire_request_id(self.last_sent, frame.request_id)
         if frame.type == protocol.RESULT:
-            self.replies.result(self, frame.request_id, protocol.result_values(frame), received)
+            self.replies.result(self, request_id, protocol.result_values(frame, self.transport.reply_values),
+                                received)
             return None
-        if frame.type == protocol.ERROR and frame.request_id and not frame.flags & protocol.FLAG_FINAL:
+        if frame.type == protocol.ERROR and not frame.flags & protocol.FLAG_FINAL:
             code, message = protocol.error_details(frame)
-            self.replies.refused(self, frame.request_id, code, message, received)
+            self.replies.refused(self, request_id, code, message, received)
             return None
         if frame.type == protocol.ERROR:
             return "server error: {}".format(protocol.error_details(frame)[1])
@@ -116,7 +124,7 @@ class TcpTransport(Transport):
         super().__init__(*args)
         protocol.check_key(self.key)
         self.bundle_id = protocol.bundle_id_bytes(self.bundle.bundle_id)
-        self.quantization = protocol.wire_quantization(self.bundle.manifest)
+        self.reply_values = reply_values(self.bundle)
 
     def open(self, replies: Replies) -> TcpChannel:
         server = self.server
@@ -151,7 +159,8 @@ class TcpTransport(Transport):
     def handshake(self, channel: TcpChannel) -> None:
         key, bundle_id = self.key, self.bundle_id
         client_nonce = protocol.new_nonce()
-        channel.sock.sendall(protocol.encode(protocol.Frame(protocol.HELLO, bundle_id=bundle_id, payload=client_nonce)))
+        channel.sock.sendall(protocol.Handshake.encode(protocol.Frame(protocol.HELLO, bundle_id=bundle_id,
+                                                                      payload=client_nonce)))
         self.check_peer(channel.stream.peek(len(protocol.MAGIC))[:len(protocol.MAGIC)])
         reply = channel.read_frame()
         server_nonce = b""
@@ -160,7 +169,7 @@ class TcpTransport(Transport):
                 raise ProtocolError("the server requires a shared key: set EDGESPLIT_KEY or --key-file",
                                     protocol.AUTH_FAILED)
             server_nonce = reply.payload
-            channel.sock.sendall(protocol.encode(protocol.Frame(
+            channel.sock.sendall(protocol.Handshake.encode(protocol.Frame(
                 protocol.AUTH, bundle_id=bundle_id, payload=protocol.client_proof(key, server_nonce, client_nonce,
                                                                                   bundle_id))))
             reply = channel.read_frame()
@@ -175,6 +184,7 @@ class TcpTransport(Transport):
                 protocol.server_proof(key, server_nonce, client_nonce, bundle_id), reply.payload):
             raise ProtocolError("the server's key proof is wrong: it does not hold this edge's key",
                                 protocol.AUTH_FAILED)
+        channel.streaming()
 
 
 TRANSPORT = TcpTransport

@@ -36,7 +36,7 @@ SERVER_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 def payload_size(wire) -> int:
     """PAYLOAD's fixed size for a bundle's wire format."""
-    return LENGTH_BYTES + protocol.features_limits(wire).max_payload
+    return LENGTH_BYTES + protocol.features_limit(wire)
 
 
 def padded(payload: bytes, size: int) -> np.ndarray:

@@ -307,6 +307,8 @@ class _Connection:
         self.write_timeout_s = write_timeout_s
         self.write_lock = asyncio.Lock()
         self.framing = protocol.Handshake  # until READY is sent, then compact stream frames
+        self.outgoing = []  # frames queued for the next write: the replies of one batch go out together
+        self.written = None  # done once the queued frames are in the transport
         self.answering = set()
         self.broken = False  # a write timed out: nothing more is written, the connection is closing
 
@@ -342,13 +344,25 @@ class _Connection:
         return protocol.finish_frame(headers[0], body)
 
     async def send(self, frame: protocol.Frame) -> int:
-        """Write one frame; an edge that does not take it within the write timeout loses its connection,
-        so replies it never reads cannot pile up in the server."""
+        """Write one frame, in one write with every other frame queued in the same turn of the event loop (the
+        replies of one batch: one segment on the link, one ACK from the edge); an edge that does not take it
+        within the write timeout loses its connection, so replies it never reads cannot pile up in the server."""
         data = self.framing.encode(frame)
+        self.outgoing.append(data)
+        if len(self.outgoing) == 1:  # the first of the turn writes for all, after the others have queued
+            self.written = asyncio.get_event_loop().create_future()
+            try:
+                await asyncio.sleep(0)  # the batch's other replies, resumed in this turn, join this write
+            finally:
+                joined, self.outgoing = b"".join(self.outgoing), []
+                if not self.broken:
+                    self.writer.write(joined)
+                self.written.set_result(None)
+        else:
+            await asyncio.shield(self.written)  # in the transport before its sender goes on (and maybe closes)
         async with self.write_lock:
             if self.broken:
                 raise ConnectionError("the connection was closed: the edge stopped reading replies")
-            self.writer.write(data)
             try:
                 await asyncio.wait_for(self.writer.drain(), self.write_timeout_s)
             except asyncio.TimeoutError:

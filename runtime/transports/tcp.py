@@ -1,11 +1,14 @@
 """edgesplit's own protocol over TCP (or TLS) to `edgesplit serve`: the handshake proves both sides hold
 the shared key, a receiver thread per connection reads replies. Python 3.6 syntax."""
 
+import fcntl
 import socket
 import ssl
 import struct
+import termios
 import threading
-from typing import Optional
+import time
+from typing import Callable, Optional
 
 from runtime import protocol
 from runtime.errors import ProtocolError
@@ -13,6 +16,9 @@ from runtime.local import reply_values
 from runtime.transports import Channel, Replies, Transport
 
 HTTP2_SETTINGS = 0x4  # the frame type an HTTP/2 server opens with
+COALESCE_BYTES = 16384  # the most one coalesced write carries
+POLL_S = 0.002  # how often frames held back look at what the kernel has not had acknowledged
+INTERVAL_WEIGHT = 0.125  # of the newest gap between frames in their mean interval
 
 
 def client_context(tls) -> ssl.SSLContext:
@@ -29,6 +35,79 @@ def send_deadline(sock, seconds: float) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
 
 
+def unacknowledged(sock) -> int:
+    """Bytes the kernel holds for this socket that the server has not acknowledged (Linux's SIOCOUTQ); 0 where
+    the system does not say, so every frame goes out at once."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (OSError, AttributeError):
+        return 0
+
+
+class Coalescer:
+    """Frames that are ready while earlier bytes are unacknowledged go out together in one write: once those are
+    acknowledged, after one mean frame interval, or at COALESCE_BYTES, whichever comes first. A lone frame goes
+    at once. On a thin link this saves a TCP/IP header per frame, and an ACK for each segment of replies (they
+    ride on the next write); on a fast one the kernel acknowledges within a round trip and nothing waits."""
+
+    def __init__(self, sock, lost: Callable[[str], None]):
+        self.sock, self.lost = sock, lost
+        self.pending, self.pending_bytes, self.first_at = [], 0, 0.0  # frames held back, since when
+        self.interval, self.last_at = 0.0, None  # the mean interval between frames, the last frame's arrival
+        self.ready = threading.Condition()
+        self.open = True
+        threading.Thread(target=self.flush_loop, name="edgesplit-coalescer", daemon=True).start()
+
+    def send(self, data: bytes) -> None:
+        """Write `data` now, or hold it for the next coalesced write; OSError when the connection is gone."""
+        with self.ready:
+            now = time.monotonic()
+            if self.last_at is not None:
+                self.interval += INTERVAL_WEIGHT * (now - self.last_at - self.interval)
+            self.last_at = now
+            if not self.open:
+                raise ConnectionError("the connection is closed")
+            if not self.pending and not unacknowledged(self.sock):
+                self.sock.sendall(data)
+                return
+            self.first_at = self.first_at if self.pending else now
+            self.pending.append(data)
+            self.pending_bytes += len(data)
+            self.ready.notify()
+
+    def flush_loop(self) -> None:
+        with self.ready:
+            while self.open:
+                waited = time.monotonic() - self.first_at
+                if not self.pending:
+                    self.ready.wait()
+                elif self.pending_bytes < COALESCE_BYTES and waited < self.interval and unacknowledged(self.sock):
+                    self.ready.wait(min(POLL_S, self.interval - waited))
+                else:
+                    try:
+                        self.write_pending()
+                    except OSError as error:
+                        self.open = False
+                        self.lost("send failed: {}".format(error))
+
+    def write_pending(self, last: bytes = b"") -> None:
+        """The caller holds `ready`."""
+        data = b"".join(self.pending) + last
+        self.pending, self.pending_bytes = [], 0
+        self.sock.sendall(data)
+
+    def stop(self) -> None:
+        with self.ready:
+            self.open = False
+            self.ready.notify()
+
+    def close(self, last: bytes = b"") -> None:
+        """Stop; what is held back, then `last`, goes out first (OSError if it cannot)."""
+        with self.ready:
+            self.stop()
+            self.write_pending(last)
+
+
 class TcpChannel(Channel):
     """One authenticated connection; its receiver thread hands replies to `replies`."""
 
@@ -41,7 +120,7 @@ class TcpChannel(Channel):
         self.framing = protocol.Handshake  # until READY, then compact stream frames
         self.limits = protocol.HANDSHAKE_LIMITS
         self.last_sent = 0  # the latest request id sent: replies carry its low 16 bits
-        self._send_lock = threading.Lock()
+        self.coalescer = None  # once READY came
 
     def read_exactly(self, size: int) -> bytes:
         data = self.stream.read(size)
@@ -55,15 +134,19 @@ class TcpChannel(Channel):
     def streaming(self) -> None:
         """READY came: from here on frames are compact and carry only what changes per frame."""
         self.framing, self.limits = protocol.Stream, protocol.edge_limits(self.transport.reply_values)
+        self.coalescer = Coalescer(self.sock, self.coalescer_lost)
+
+    def coalescer_lost(self, problem: str) -> None:
+        if self.alive:
+            self.replies.lost(self, problem)
 
     def wire_bytes(self, payload_bytes: int) -> int:
         return protocol.frame_bytes(payload_bytes)
 
     def send(self, request_id: int, payload: bytes) -> int:
         data = protocol.Stream.encode(protocol.features_frame(request_id, payload))
-        with self._send_lock:
-            self.last_sent = request_id
-            self.sock.sendall(data)
+        self.last_sent = request_id  # before the frame leaves: its reply cannot come sooner
+        self.coalescer.send(data)
         return len(data)
 
     def close(self) -> None:
@@ -71,14 +154,15 @@ class TcpChannel(Channel):
         if self.alive:
             self.alive = False
             try:
-                with self._send_lock:
-                    self.sock.sendall(protocol.Stream.encode(protocol.Frame(protocol.CLOSING)))
+                self.coalescer.close(protocol.Stream.encode(protocol.Frame(protocol.CLOSING)))
             except OSError:
                 pass
         self.release()
 
     def release(self) -> None:
         self.alive = False
+        if self.coalescer is not None:
+            self.coalescer.stop()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:

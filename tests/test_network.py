@@ -731,3 +731,24 @@ def test_serve_drops_a_sender_whose_frame_outlasts_its_frame_timeout(int8_built,
         server.terminate()
         server.wait(timeout=30)
     assert closed == (timeout == "1"), waited
+
+
+def test_frames_ready_while_earlier_bytes_are_unacknowledged_go_out_together_within_a_frame_interval():
+    from runtime.transports.tcp import Coalescer, unacknowledged
+
+    edge, server = socket.socketpair()  # the server reads nothing until asked: what the edge sent stays unread
+    with edge, server:
+        coalescer = Coalescer(edge, lambda problem: None)
+        coalescer.send(b"first")  # nothing unacknowledged: at once
+        assert server.recv(100, socket.MSG_PEEK) == b"first" and unacknowledged(edge) > 0
+        time.sleep(0.5)  # the frames' interval: a frame held back waits at most about this long
+        coalescer.send(b"second")
+        coalescer.send(b"third")  # held with the second, whose interval is not over
+        assert server.recv(100, socket.MSG_PEEK) == b"first" and coalescer.pending == [b"second", b"third"]
+        time.sleep(0.8)
+        assert server.recv(100) == b"firstsecondthird" and not coalescer.pending
+        time.sleep(0.01)  # the kernel counts what the server read as taken
+        coalescer.send(b"lone")  # nothing unacknowledged again: at once
+        assert server.recv(100) == b"lone"
+        coalescer.close(b"closing")
+        assert server.recv(100) == b"closing"

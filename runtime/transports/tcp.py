@@ -62,8 +62,9 @@ class Coalescer:
         """Write `data` now, or hold it for the next coalesced write; OSError when the connection is gone."""
         with self.ready:
             now = time.monotonic()
-            if self.last_at is not None:
-                self.interval += INTERVAL_WEIGHT * (now - self.last_at - self.interval)
+            if self.last_at is not None:  # the first gap sets the mean, later ones move it
+                gap = now - self.last_at
+                self.interval += INTERVAL_WEIGHT * (gap - self.interval) if self.interval else gap
             self.last_at = now
             if not self.open:
                 raise ConnectionError("the connection is closed")

@@ -36,7 +36,7 @@ from runtime import protocol
 from runtime.bundle import load_bundle
 from runtime.images import open_source
 from runtime.local import CloudHalf, EdgeHalf
-from runtime.triton import BUNDLE_ID, COMPRESSION, PAYLOAD, padded, payload_size
+from runtime.transports.triton import BUNDLE_ID, COMPRESSION, PAYLOAD, padded, payload_size
 from runtime.wire import encode_frame
 
 MODEL = "edgesplit"

@@ -31,7 +31,7 @@ import zipfile
 from pathlib import Path
 
 from benchmarks.common import free_port
-from runtime.triton import SERVER_ENVIRONMENT, SERVER_OPTIONS
+from runtime.transports.triton import SERVER_ENVIRONMENT, SERVER_OPTIONS
 
 WHEEL = "nvidia-pytriton==0.7.0"
 ROOT = Path(__file__).resolve().parents[1]

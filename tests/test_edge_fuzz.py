@@ -14,7 +14,7 @@ from runtime import protocol
 from runtime.bundle import load_bundle
 from runtime.edge import CLOUD, ERROR, ClientConfig, EdgeClient, _InFlight
 from runtime.errors import ProtocolError
-from runtime.transports.tcp import TcpChannel
+from runtime.transports.tcp.edge import TcpChannel
 
 KEY = b"a test key of 128 bits"
 REQUEST_ID = 5

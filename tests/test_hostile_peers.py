@@ -83,7 +83,7 @@ def test_a_server_answering_every_other_frame_is_lossy_not_silent_and_keeps_its_
 
 def test_a_send_the_kernel_cannot_take_fails_within_its_deadline(bundle):
     """A server that stops reading: the edge's send gives up at its deadline instead of blocking its sender."""
-    from runtime.transports.tcp import send_deadline
+    from runtime.transports.tcp.edge import send_deadline
 
     listener = socket.create_server(("127.0.0.1", 0))
     sock = socket.create_connection(listener.getsockname())

@@ -145,7 +145,7 @@ def test_an_address_guessing_keys_is_refused_after_the_limit(bundle, frames, ref
             with pytest.raises(ProtocolError, match=r"too many failed key proofs from 127.0.0.1; try again in \d+ s"):
                 client(bundle, running.address, key=key).start()
         # the refusal costs no handshake: it is not counted as another failure, and other state is untouched
-        assert len(running.server.throttle.failures["127.0.0.1"]) == 3
+        assert len(running.server.listener.throttle.failures["127.0.0.1"]) == 3
 
 
 def test_wrong_or_missing_key_is_refused(bundle, server):
@@ -544,7 +544,7 @@ def test_a_connection_at_its_in_flight_cap_is_not_read_until_a_reply_goes_out(bu
         real_infer, most = running.server.batcher.infer, []
 
         def slow_infer(codes):  # holds the first frames in flight while the rest arrive
-            most.append(max(len(c.answering) for c in running.server._connections.values()))
+            most.append(max(len(c.answering) for c in running.server.listener._connections.values()))
             time.sleep(0.2)
             return real_infer(codes)
 
@@ -560,15 +560,15 @@ def test_an_edge_that_never_reads_replies_costs_the_server_at_most_its_cap(bundl
     """Tiny frames as fast as the server takes them into a connection whose replies are never read: the
     server holds at most max_in_flight of them, drops the connection at its write timeout once the
     buffers are full, and keeps serving others."""
-    import runtime.cloud
+    import runtime.transports.tcp.server
 
-    monkeypatch.setattr(runtime.cloud, "WRITE_BUFFER_BYTES", 4096)  # full in a few hundred replies, not 64 KiB
+    monkeypatch.setattr(runtime.transports.tcp.server, "WRITE_BUFFER_BYTES", 4096)  # full in a few hundred replies, not 64 KiB
     config = ServerConfig(key=KEY, max_in_flight=4, write_timeout_s=1.0)
     bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
     tiny = protocol.Stream.encode(protocol.features_frame(1, bytes(100)))
     with BackgroundServer(bundle, config) as running:
         raw = RawConnection(running.address, bundle_id, receive_buffer=4096)  # small kernel buffers both ways
-        for connection in running.server._connections.values():
+        for connection in running.server.listener._connections.values():
             connection.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         raw.sock.settimeout(0.05)
         held, dropped = [], False
@@ -582,7 +582,7 @@ def test_an_edge_that_never_reads_replies_costs_the_server_at_most_its_cap(bundl
                 pass
             except OSError:
                 dropped = True  # the server closed the connection
-            held.append(sum(len(c.answering) for c in running.server._connections.values()))
+            held.append(sum(len(c.answering) for c in running.server.listener._connections.values()))
         assert dropped and max(held) <= config.max_in_flight
         with EdgeClient(bundle, ClientConfig(*running.address, key=KEY)) as bystander:
             assert all(o.answered_by == CLOUD for o in bystander.run_all(list(open_source(
@@ -734,7 +734,7 @@ def test_serve_drops_a_sender_whose_frame_outlasts_its_frame_timeout(int8_built,
 
 
 def test_frames_ready_while_earlier_bytes_are_unacknowledged_go_out_together_within_a_frame_interval():
-    from runtime.transports.tcp import Coalescer, unacknowledged
+    from runtime.transports.tcp.edge import Coalescer, unacknowledged
 
     edge, server = socket.socketpair()  # the server reads nothing until asked: what the edge sent stays unread
     with edge, server:

@@ -24,7 +24,7 @@ from runtime.bundle import load_bundle
 from runtime.edge import CLOUD, ClientConfig, EdgeClient
 from runtime.images import open_source
 from runtime.local import SplitInference
-from runtime.triton import LENGTH_BYTES, padded, payload_size
+from runtime.transports.triton import LENGTH_BYTES, padded, payload_size
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 40

@@ -5,7 +5,7 @@
         config.pbtxt, 1/
       NAME_decode/           Python backend: payload → the tail's inputs (runtime/wire.py, its limits)
         config.pbtxt
-        1/model.py           imports runtime.triton.models from the copy beside it
+        1/model.py           imports runtime.transports.triton.models from the copy beside it
         1/runtime/           edgesplit's runtime package (numpy; zstandard/lz4 for those stages)
         1/bundle/            the bundle, verified when the model loads
       NAME_tail/             the cloud half, dynamically batched over N instances:
@@ -13,7 +13,7 @@
         1/model.onnx|plan    ONNX Runtime inside a Python model (--tail python, for builds without
         1/model.py           an onnxruntime backend)
 
-Every model's config carries the bundle id; an edge checks it before sending (runtime/transports/triton.py).
+Every model's config carries the bundle id; an edge checks it before sending (runtime/transports/triton/edge.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from runtime.bundle import Bundle, open_bundle
-from runtime.triton import (BUNDLE_FOLDER, BUNDLE_ID, BUNDLE_ID_PARAMETER, PAYLOAD, SERVER_ENVIRONMENT, SERVER_OPTIONS,
+from runtime.transports.triton import (BUNDLE_FOLDER, BUNDLE_ID, BUNDLE_ID_PARAMETER, PAYLOAD, SERVER_ENVIRONMENT, SERVER_OPTIONS,
                             VERSION, model_names, payload_size)
 from targets import get_device
 from toolchain.backends import exporter
@@ -37,7 +37,7 @@ SHIM = """import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), {relative!r}))  # edgesplit's runtime
-from runtime.triton.models import {model} as TritonPythonModel  # noqa: E402
+from runtime.transports.triton.models import {model} as TritonPythonModel  # noqa: E402
 """
 
 

@@ -1,19 +1,22 @@
-"""How an edge reaches the cloud half: one module per transport, each with a `TRANSPORT` class.
+"""How an edge reaches the cloud half: one folder per transport holding both its ends.
 
-The edge client (runtime/edge.py) owns the policy: frames in flight, the exit branch, falling back
-to it, exactly one outcome per frame, reconnecting with backoff. A transport owns the connection:
-opening it (handshake, authentication, checking the server serves the edge's bundle), sending one
-frame's payload, and reporting what comes back through `Replies`. Adding a transport is adding a
-module here and a row in TRANSPORTS. Python 3.6 syntax.
+`<name>/edge.py` has the edge's `TRANSPORT` class; `<name>/server.py`, where the transport has a server of
+edgesplit's own, its `SERVER` class, which `edgesplit serve` runs beside the cloud core (runtime/cloud.py:
+bundle, batcher, backend, metrics, shutdown; it knows no transport). The edge client (runtime/edge.py) owns
+the policy: frames in flight, the exit branch, falling back to it, exactly one outcome per frame,
+reconnecting with backoff. A transport owns the connection: opening it (handshake, authentication, checking
+the server serves the edge's bundle), sending one frame's payload, and reporting what comes back through
+`Replies`. Adding a transport is adding its folder and a row in TRANSPORTS. Python 3.6 syntax on the edge.
 
     tcp   edgesplit's own protocol to `edgesplit serve` (runtime/PROTOCOL.md)      HOST:PORT
     grpc  Triton's gRPC (KServe v2) to a repository from `edgesplit export-triton`  grpc://HOST:PORT[/MODEL]
+          (its server is Triton: triton/models.py is what the repository runs)
 """
 
 import importlib
 from typing import NamedTuple, Optional
 
-TRANSPORTS = {"tcp": "runtime.transports.tcp", "grpc": "runtime.transports.triton"}  # scheme → module
+TRANSPORTS = {"tcp": "runtime.transports.tcp", "grpc": "runtime.transports.triton"}  # scheme → package
 DEFAULT_TRANSPORT = "tcp"
 
 
@@ -101,5 +104,10 @@ class Transport:
 
 def open_transport(bundle, server: Server, key: bytes, tls: Optional[Tls], connect_timeout_s: float,
                    reply_timeout_s: float) -> Transport:
-    module = importlib.import_module(TRANSPORTS[server.transport])
+    module = importlib.import_module(TRANSPORTS[server.transport] + ".edge")
     return module.TRANSPORT(bundle, server, key, tls, connect_timeout_s, reply_timeout_s)
+
+
+def server_class(transport: str = DEFAULT_TRANSPORT):
+    """The class `edgesplit serve` listens with for `transport` (a TRANSPORTS key with a server.py)."""
+    return importlib.import_module(TRANSPORTS[transport] + ".server").SERVER

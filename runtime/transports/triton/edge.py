@@ -22,7 +22,7 @@ import numpy as np
 from runtime import protocol
 from runtime.errors import ProtocolError
 from runtime.transports import Channel, Transport
-from runtime.triton import BUNDLE_ID, BUNDLE_ID_PARAMETER, COMPRESSION, DEFAULT_MODEL, PAYLOAD, padded, payload_size
+from runtime.transports.triton import BUNDLE_ID, BUNDLE_ID_PARAMETER, COMPRESSION, DEFAULT_MODEL, PAYLOAD, padded, payload_size
 
 # what a request and a reply cost on the wire besides the payload and the output values: HTTP/2 frames,
 # HPACK'd headers, gRPC's length prefix, protobuf fields (model, tensor names, types, shapes), the 16-byte

@@ -21,7 +21,7 @@ from runtime import protocol
 from runtime.bundle import Bundle, file_sha256, load_bundle
 from runtime.errors import BundleError, ProtocolError, WireError
 from runtime.local import CloudHalf
-from runtime.triton import BUNDLE_FOLDER, BUNDLE_ID, BUNDLE_ID_PARAMETER, PAYLOAD, unpadded
+from runtime.transports.triton import BUNDLE_FOLDER, BUNDLE_ID, BUNDLE_ID_PARAMETER, PAYLOAD, unpadded
 from runtime.wire import decode_frame
 
 

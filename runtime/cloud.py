@@ -309,11 +309,11 @@ async def listen(handler, host: str, port: int, ssl_context=None, tls_timeout_s:
 class BackgroundServer:
     """A CloudServer on its own event loop in a daemon thread: for embedding, tests and benchmarks."""
 
-    def __init__(self, bundle: Bundle, config: ServerConfig):
+    def __init__(self, bundle: Bundle, config: ServerConfig, transport: str = DEFAULT_TRANSPORT):
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="edgesplit-server", daemon=True)
         self._thread.start()
-        self.server = CloudServer(bundle, config)
+        self.server = CloudServer(bundle, config, transport)
         self.address = self.call(self.server.start())
 
     def call(self, coroutine, timeout: float = 60.0):

@@ -752,3 +752,27 @@ def test_frames_ready_while_earlier_bytes_are_unacknowledged_go_out_together_wit
         assert server.recv(100) == b"lone"
         coalescer.close(b"closing")
         assert server.recv(100) == b"closing"
+
+
+def test_a_transport_is_its_folder_and_one_line_in_the_registry(bundle, frames, reference, tmp_path, monkeypatch):
+    """A transport added as a package with edge.py and server.py and a TRANSPORTS line is what serve listens with
+    and what the edge connects through; neither the cloud core nor the edge client names it."""
+    from runtime.transports import TRANSPORTS
+
+    package = tmp_path / "mirror"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "edge.py").write_text("from runtime.transports.tcp.edge import TcpTransport\n\n\n"
+                                     "class TRANSPORT(TcpTransport):\n    opened = 0\n\n"
+                                     "    def open(self, replies):\n        TRANSPORT.opened += 1\n"
+                                     "        return super().open(replies)\n")
+    (package / "server.py").write_text("from runtime.transports.tcp.server import TcpServer as SERVER  # noqa\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(TRANSPORTS, "mirror", "mirror")
+    with BackgroundServer(bundle, ServerConfig(key=KEY), transport="mirror") as running:
+        assert type(running.server.listener).__module__ == "runtime.transports.tcp.server"
+        with client(bundle, running.address, transport="mirror") as edge:
+            assert_matches(edge.run_all(frames[:4]), reference)
+    import mirror.edge
+
+    assert mirror.edge.TRANSPORT.opened == 1

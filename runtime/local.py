@@ -252,6 +252,13 @@ def batch_size_for(inputs: np.ndarray, most: int = 500) -> int:
     return max(1, min(most, BATCH_VALUES // max(1, int(np.prod(inputs.shape[1:])))))
 
 
+def in_batches(run, arrays: list, size: int) -> List[np.ndarray]:
+    """`run(batch)` on `arrays` (aligned on their first axis) `size` rows at a time, each output it returns
+    concatenated over the batches: memory bounded by one batch, not the whole set."""
+    pieces = [run([array[start:start + size] for array in arrays]) for start in range(0, len(arrays[0]), size)]
+    return [np.concatenate(parts) for parts in zip(*pieces)]
+
+
 class Deployed(NamedTuple):
     """A set of images through both halves as deployed: what each frame sends, and what comes back."""
 

@@ -43,7 +43,7 @@ RESULT_DTYPE = np.dtype(">f4")  # a RESULT's values: big-endian float32
 
 class Frame(NamedTuple):
     type: int
-    request_id: int = 0  # stream frames: the low 16 bits of the edge's id
+    request_id: int = 0  # a stream frame carries its low 16 bits (Stream.encode keeps those)
     bundle_id: bytes = bytes(BUNDLE_ID_BYTES)  # handshake frames only
     flags: int = 0
     payload: bytes = b""
@@ -62,8 +62,8 @@ def features_limit(wire) -> int:
     return max(4096, 2 * wire.packed_bytes + 1024)
 
 
-# what a server reads after READY from an edge of `wire`, and before it: control frames only, whatever the size
 def server_limits(wire) -> Limits:
+    """What a server reads after READY from an edge of `wire` (before it: HANDSHAKE_LIMITS, whatever the size)."""
     return {FEATURES: features_limit(wire), CLOSING: 0}
 
 
@@ -246,11 +246,11 @@ def wire_request_id(last_sent: int, wire_id: int) -> int:
 def features_frame(request_id: int, payload: bytes) -> Frame:
     """One frame's encoded codes: what they are (codec, shape, bits, quantization) is the bundle's, pinned at
     the handshake."""
-    return Frame(FEATURES, request_id & 0xFFFF, payload=payload)
+    return Frame(FEATURES, request_id, payload=payload)
 
 
 def result_frame(request_id: int, values: np.ndarray) -> Frame:
-    return Frame(RESULT, request_id & 0xFFFF, payload=np.ascontiguousarray(values, dtype=RESULT_DTYPE).tobytes())
+    return Frame(RESULT, request_id, payload=np.ascontiguousarray(values, dtype=RESULT_DTYPE).tobytes())
 
 
 def result_values(frame: Frame, count: int) -> np.ndarray:
@@ -266,7 +266,7 @@ def result_values(frame: Frame, count: int) -> np.ndarray:
 def error_frame(code: int, message: str, request_id: int = 0, final: bool = False,
                 bundle_id: bytes = bytes(BUNDLE_ID_BYTES)) -> Frame:
     text = message.encode("utf-8", "replace")[:MAX_CONTROL_PAYLOAD - 2]
-    return Frame(ERROR, request_id & 0xFFFF, bundle_id, FLAG_FINAL if final else 0,
+    return Frame(ERROR, request_id, bundle_id, FLAG_FINAL if final else 0,
                  payload=struct.pack(">H", code) + text)
 
 

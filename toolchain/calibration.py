@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import onnx
 
-from runtime.local import batch_size_for
+from runtime.local import batch_size_for, in_batches
 from toolchain.evaluate import relative_error
 from toolchain.quiet import quiet
 
@@ -125,11 +125,12 @@ def run_all(path: Path, samples: dict[str, np.ndarray], graph_optimization: str)
     from runtime.backends.onnxrt.runner import OnnxRuntimeRunner
 
     runner = OnnxRuntimeRunner(path, graph_optimization=graph_optimization)
-    first = next(iter(samples.values()))
-    size = batch_size_for(first)  # every half's batch axis is dynamic; 64 224x224 inputs at once took ~1 GB
-    found = [runner.infer_impl({name: array[start:start + size] for name, array in samples.items()})
-             for start in range(0, len(first), size)]
-    return [np.concatenate([piece[name] for piece in found]) for name, _, _ in runner.outputs]
+
+    def outputs(batch: list[np.ndarray]) -> list[np.ndarray]:
+        found = runner.infer_impl(dict(zip(samples, batch)))
+        return [found[name] for name, _, _ in runner.outputs]
+    arrays = list(samples.values())  # every half's batch axis is dynamic; 64 224x224 inputs at once took ~1 GB
+    return in_batches(outputs, arrays, batch_size_for(arrays[0]))
 
 
 def rank(scores: dict) -> tuple:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from runtime.bundle import Bundle
-from runtime.local import CloudHalf, batch_size_for, edge_half
+from runtime.local import CloudHalf, batch_size_for, edge_half, in_batches
 from targets import ROLES
 from toolchain.backends import check_precision, exporter
 from toolchain.errors import TargetError
@@ -86,17 +86,12 @@ def alone(build: Build, bundle: Bundle, role: str, inputs: np.ndarray, reference
     size = batch_size_for(inputs)
     if role == "edge":
         edge, torch_cloud = edge_half(bundle, verified=True), build.parts.cloud()
-
-        def run(start: int) -> list[np.ndarray]:
-            return predict_outputs(torch_cloud, edge.codes(inputs[start:start + size]))
+        outputs = in_batches(lambda batch: predict_outputs(torch_cloud, edge.codes(batch[0])), [inputs], size)
     else:
-        cloud = CloudHalf(bundle, verified=True)
-
-        def run(start: int) -> list[np.ndarray]:
-            return cloud.outputs_of([part[start:start + size] for part in codes] if isinstance(codes, list)
-                                    else codes[start:start + size])
-    pieces = [run(start) for start in range(0, len(inputs), size)]
-    return checks_of(build, inputs, reference, [np.concatenate(parts) for parts in zip(*pieces)])
+        cloud, several = CloudHalf(bundle, verified=True), isinstance(codes, list)
+        outputs = in_batches(lambda batch: cloud.outputs_of(batch if several else batch[0]),
+                             codes if several else [codes], size)
+    return checks_of(build, inputs, reference, outputs)
 
 
 def checks_of(build: Build, inputs: np.ndarray, reference: list[np.ndarray], outputs: list[np.ndarray]) -> dict:

@@ -50,7 +50,7 @@ from typing import NamedTuple
 
 from rich.progress import Progress
 
-from benchmarks.common import QUICK_BUILD, cpu_name, free_port, parse_arguments, table, write_csv
+from benchmarks.common import QUICK_BUILD, cpu_name, earlier_run, free_port, parse_arguments, table, write_csv
 from benchmarks.testbed import interrupt_on_sigterm, missing_root
 from benchmarks.testbed.devices import REFERENCES, Calibration, CpuQuota, TestbedError, calibrate, edge_backend, \
     quota_for, run_json, time_command
@@ -506,6 +506,46 @@ def composed_lines(summary: dict) -> list[str]:
     return lines + [""]
 
 
+WIRE_COLUMNS = ("bandwidth", "bandwidth_bps", "strategy", "option", "frame_bytes", "link_bytes_per_frame")
+
+
+def wire_before(earlier: dict, header_bytes: int) -> dict | None:
+    """The bytes per frame of the last full run whose frames had another header, carried from run to run so that a
+    change of the wire stays in view after it."""
+    if not earlier:
+        return None
+    if earlier.get("frame_header_bytes") == header_bytes:
+        return earlier.get("wire_before")
+    return {"date": earlier["date"], "frame_header_bytes": earlier["frame_header_bytes"],
+            "rows": [{k: r.get(k) for k in WIRE_COLUMNS} for r in earlier["rows"] if r["strategy"] != "edge-only"]}
+
+
+def wire_lines(summary: dict, rows: list[dict]) -> list[str]:
+    """Bytes per frame on the link, the frames with the earlier header against this run's, row by row."""
+    before = summary.get("wire_before")
+    if not before:
+        return []
+    earlier = {(r["bandwidth_bps"], r["strategy"]): r for r in before["rows"]}
+    compared = []
+    for row in rows:
+        old = earlier.get((row["bandwidth_bps"], row["strategy"]))
+        if old is None or row["strategy"] == "edge-only":
+            continue
+        compared.append({"bandwidth": row["bandwidth"], "strategy": row["strategy"],
+                         "option before": old["option"], "frame_bytes before": old["frame_bytes"],
+                         "link_bytes_per_frame before": "–" if old["link_bytes_per_frame"] is None
+                         else old["link_bytes_per_frame"], "option": row["option"], "frame_bytes": row["frame_bytes"],
+                         "link_bytes_per_frame": "–" if row["link_bytes_per_frame"] is None
+                         else row["link_bytes_per_frame"]})
+    if not compared:
+        return []
+    return ["## Bytes per frame on the link, before and after", "",
+            f"Before: the run of {before['date']}, frames with a {before['frame_header_bytes']}-byte header; after: "
+            f"this run, {summary['frame_header_bytes']} bytes of header for payloads under 128 bytes (protocol "
+            f"{summary['protocol']}). The link's bytes are the edge interface's, TCP/IP headers and ACKs included.", "",
+            table(compared, list(compared[0])), ""]
+
+
 def write_report(output: Path, summary: dict, rows: list[dict]) -> None:
     columns = ["bandwidth", "strategy", "option", "frame_bytes", "link_bytes_per_frame", "s_per_100",
                "predicted_s_per_100", "prediction_error", "accuracy", "planner_choice"]
@@ -536,7 +576,7 @@ def write_report(output: Path, summary: dict, rows: list[dict]) -> None:
         "`link_bytes_per_frame`: what the edge's interface sent, headers and ACKs included (– where no link "
         "was crossed or the link is the client's token bucket).", "",
         table(speedups, list(speedups[0]) if speedups else []), "",
-        "![bandwidth](bandwidth.png)", "", *composed_lines(summary),
+        "![bandwidth](bandwidth.png)", "", *wire_lines(summary, rows), *composed_lines(summary),
         f"BBNet's Table 4 (Jetson Nano edge, GTX 1060 PC cloud, ResNet-18 on CIFAR-10, seconds per 100 images; "
         f"Nano alone {BBNET_NANO_ONLY_S} s; {BBNET_SPEEDUP_20KBIT}x over cloud-only at 20 kbit/s in its abstract):", "",
         table(bbnet, ["bandwidth", "cloud-only s/100", "BBNet s/100", "BBNet speed-up"]), "",
@@ -623,7 +663,7 @@ def main() -> None:
             sys.exit(f"error: {error}")
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the namespaces, cgroup and scratch folder are gone now
             sys.exit(130)
-    from runtime.protocol import frame_bytes
+    from runtime.protocol import VERSION, frame_bytes
 
     summary = {"quick": args.quick, "machine": cpu_name(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
                "device": args.device, "testbed": testbed.words(),
@@ -631,7 +671,8 @@ def main() -> None:
                "link_check": link_check, "frames": frames, "in_flight": IN_FLIGHT,
                "frame_header_bytes": frame_bytes(0), "float_accuracy": found.host["data"]["float_accuracy"],
                "holdout_frames": found.host["data"]["holdout_frames"], "speedups": speedup_rows(rows), "rows": rows,
-               "optimized": details, "optimize": optimize_words}
+               "optimized": details, "optimize": optimize_words, "protocol": VERSION,
+               "wire_before": wire_before(earlier_run(args.output), frame_bytes(0))}
     write_csv(args.output / "bandwidth.csv", rows)
     if details:
         write_csv(args.output / "optimized.csv", details)

@@ -129,6 +129,11 @@ def test_bandwidth_suite_streams_each_strategy_through_the_link(device, request,
     calibrated = [] if device == "host" else ["--calibration", str(request.getfixturevalue("calibration")(device)[0])]
     # the optimizer's choice on the emulated Nano only: its search is the same code on every device
     composed = device == "jetson-nano"
+    # an earlier full run's frames had a 64-byte header: the report keeps its bytes per frame beside this run's
+    earlier = {"bandwidth_bps": 1e5, "bandwidth": "100 kbit/s", "strategy": "cloud-only", "option": "cloud-only raw",
+               "frame_bytes": 1088.0, "link_bytes_per_frame": 1227.1}
+    (tmp_path / "summary.json").write_text(json.dumps({"quick": False, "date": "2026-12-03", "frame_header_bytes": 64,
+                                                       "rows": [earlier]}))
     run_suite("bandwidth", "--device", device, *calibrated, *([] if composed else ["--no-optimize"]), "--output",
               str(tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -158,6 +163,9 @@ def test_bandwidth_suite_streams_each_strategy_through_the_link(device, request,
         if device != "host":  # the kernel counted every frame and its TCP/IP headers
             assert row["link_bytes_per_frame"] >= row["frame_bytes"] + 66
     assert {r["frame_bytes"] for r in rows if r["strategy"] == "cloud-only"} == {32 * 32 + 9}  # the image
+    assert summary["wire_before"]["rows"] == [earlier]
+    assert "| 100 kbit/s | cloud-only | cloud-only raw | 1088.0 | 1227.1 | cloud-only raw | 1033.0 |" in (
+        tmp_path / "RESULTS.md").read_text()
     if composed:  # each rate's winner, built by the optimizer, answered every frame (exits on)
         details = summary["optimized"]
         assert [d["bandwidth_bps"] for d in details] == [1e5, 3.5e6]

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # what a Jetson Nano (JetPack 4.6, Python 3.6) imports: each transport's package and edge end; runtime/cloud.py,
 # metrics.py and the transports' server ends are server-only
 EDGE_MODULES = ["runtime/__init__.py", "runtime/errors.py", "runtime/wire.py", "runtime/bundle.py",
-                "runtime/protocol.py", "runtime/edge.py", "runtime/images.py", "runtime/link.py",
+                "runtime/protocol.py", "runtime/rans.py", "runtime/edge.py", "runtime/images.py", "runtime/link.py",
                 "runtime/local.py", "runtime/cli.py", "runtime/signing.py", "runtime/backends",
                 "runtime/transports/__init__.py", *(f"runtime/transports/{name}/{part}.py" for name in ("tcp", "triton")
                                                     for part in ("__init__", "edge")), "targets", "edgesplit"]

@@ -218,6 +218,8 @@ def test_a_budget_too_short_for_any_split_point_still_chooses_between_the_baseli
         manifest = json.loads((Path(choice["bundle"]) / "manifest.json").read_text(), parse_constant=pytest.fail)
         assert manifest["checks"]["bounds"]["max_loss_points"] == 100
     assert "features.8: over the budget" in (tmp_path / "REPORT.md").read_text()
+    with open(tmp_path / "points.csv") as points:  # the last resort's build, reserved before any head starts
+        assert float(next(r for r in csv.DictReader(points) if r["strategy"] == "edge-only")["build_s"]) > 0
 
 
 def test_a_model_without_a_class_output_is_refused_in_one_line(tmp_path, fashion_mnist):

@@ -15,7 +15,7 @@ from toolchain.summary import markdown_table
 
 POINT_COLUMNS = ("name", "strategy", "split", "ratio", "codec", "threshold", "offload_rate", "payload_bytes",
                  "frame_bytes", "edge_ms_here", "edge_p90_ms_here", "cloud_ms", "accuracy", "agreement",
-                 "loss_points")
+                 "loss_points", "build_s")
 
 
 def point_rows(result: Result) -> list[dict]:

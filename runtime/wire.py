@@ -1,6 +1,8 @@
 """Bytes that cross the network for one frame: the integer codes of the split tensor, or the image.
 
-codes (uint8, values < 2^bits) → bit-packing when bits < 8 → lossless stage → payload. A cloud-only
+codes (uint8, values < 2^bits) → bit-packing when bits < 8 → lossless stage → payload; or, with the `rans`
+stage, codes → rANS with the bundle's prior (runtime/rans.py) → payload, bit-packed behind a 0 byte where
+that is no smaller. A cloud-only
 bundle's codes are the image's pixels, sent raw or as a PNG or JPEG picture (Pillow, imported then).
 Shared by edge and cloud; parameters come from the bundle manifest. Python 3.6 + numpy only;
 zstandard and lz4 are imported only when a bundle uses them. Decompression never produces
@@ -13,6 +15,7 @@ from typing import Callable, NamedTuple, Tuple
 
 import numpy as np
 
+from runtime import rans
 from runtime.errors import WireError
 
 
@@ -59,6 +62,13 @@ LOSSLESS = {
 }
 
 
+# An entropy stage replaces bit-packing and the byte stages: it codes each code with its table of the bundle's
+# prior (one per code channel, the first axis of the code shape, or one for all). A stream never starts with a 0
+# byte (its first byte is the top of a state >= 2^16), so a 0 byte marks the bit-packed codes instead.
+ENTROPY_CODERS = ("rans",)
+PACKED_MARK = b"\x00"
+
+
 # A picture stage replaces bit-packing and the lossless stage for a cloud-only bundle's C x H x W pixels.
 PICTURES = ("png", "jpeg")
 PICTURE_CHANNELS = {1: "L", 3: "RGB"}
@@ -102,8 +112,44 @@ def decode_picture(payload: bytes, picture: str, shape) -> np.ndarray:
 
 def _stage(lossless: str) -> Lossless:
     if lossless not in LOSSLESS:
-        raise WireError("unknown lossless stage {!r}; stages: {}".format(lossless, ", ".join(LOSSLESS)))
+        raise WireError("unknown lossless stage {!r}; stages: {}".format(lossless, ", ".join(
+            tuple(LOSSLESS) + ENTROPY_CODERS)))
     return LOSSLESS[lossless]
+
+
+_CODERS = {}
+
+
+def _coder(wire: "WireFormat"):
+    """The prior's rANS tables and each code's table index, made once per bundle."""
+    cached = _CODERS.get(id(wire.prior))
+    if cached is None or cached[0] is not wire.prior:
+        per_table = wire.elements // len(wire.prior)
+        table_of = [index // per_table for index in range(wire.elements)]
+        cached = _CODERS[id(wire.prior)] = (wire.prior, rans.model(np.array(wire.prior)), table_of)
+    return cached[1], cached[2]
+
+
+def entropy_encode(codes: np.ndarray, wire: "WireFormat") -> bytes:
+    """Codes → the rANS stream, or the bit-packed codes behind a 0 byte where the stream is no smaller."""
+    if codes.size and int(codes.max()) >= 1 << wire.bits:
+        raise WireError("codes must be below 2^{} = {}, got {}".format(wire.bits, 1 << wire.bits, int(codes.max())))
+    coder, table_of = _coder(wire)
+    stream = rans.encode(codes.reshape(-1).tolist(), table_of, coder)
+    return stream if len(stream) < wire.packed_bytes + 1 else PACKED_MARK + pack_bits(codes, wire.bits)
+
+
+def entropy_decode(payload: bytes, wire: "WireFormat") -> np.ndarray:
+    if payload[:1] == PACKED_MARK:
+        if len(payload) != wire.packed_bytes + 1:
+            raise WireError("payload has {} bit-packed bytes, the bundle's wire format needs {}".format(
+                len(payload) - 1, wire.packed_bytes))
+        return unpack_bits(payload[1:], wire.bits, wire.elements)
+    if len(payload) > wire.packed_bytes:  # no stream the encoder sends is this long: refused before decoding
+        raise WireError("entropy-coded payload of {} bytes is over the {} the bundle's codes take bit-packed".format(
+            len(payload), wire.packed_bytes))
+    coder, table_of = _coder(wire)
+    return rans.decode(payload, table_of, coder)
 
 
 def compress_bytes(data: bytes, lossless: str) -> bytes:
@@ -190,6 +236,7 @@ class WireFormat(NamedTuple):
     lossless: str = "none"
     parts: Tuple[Tuple[int, ...], ...] = ()
     picture: str = ""
+    prior: Tuple[Tuple[int, ...], ...] = ()  # the rans stage's frequencies: a table per code channel, or one
 
     @classmethod
     def of(cls, shapes, bits: int = 8, lossless: str = "none") -> "WireFormat":
@@ -221,13 +268,24 @@ class WireFormat(NamedTuple):
             entry["parts"] = [list(shape) for shape in self.parts]
         if self.picture:
             entry["picture"] = self.picture
+        if self.prior:
+            entry["prior"] = {"precision": rans.PRECISION, "frequencies": [list(table) for table in self.prior]}
         return entry
 
     @classmethod
     def from_manifest(cls, entry: dict) -> "WireFormat":
         parts = tuple(tuple(shape) for shape in entry.get("parts", ()))
-        return cls(tuple(entry["shape"]), entry["bits"], entry["lossless"], parts,
-                   entry.get("picture", "")).validated()
+        prior = entry.get("prior", {})
+        if prior and prior.get("precision") != rans.PRECISION:
+            raise WireError("the prior's frequencies are out of 2^{}; this runtime codes with 2^{}".format(
+                prior.get("precision"), rans.PRECISION))
+        return cls(tuple(entry["shape"]), entry["bits"], entry["lossless"], parts, entry.get("picture", ""),
+                   tuple(tuple(table) for table in prior.get("frequencies", ()))).validated()
+
+    def entropy_coded(self, frequencies) -> "WireFormat":
+        """This wire with the rans stage and its prior (frequencies per table, as rans.quantize gives them)."""
+        return self._replace(lossless="rans", prior=tuple(tuple(int(f) for f in table) for table in frequencies)
+                             ).validated()
 
     def validated(self) -> "WireFormat":
         if type(self.bits) is not int or not 1 <= self.bits <= 8:
@@ -240,12 +298,25 @@ class WireFormat(NamedTuple):
                 list(self.shape), _size(self.shape), MAX_WIRE_ELEMENTS))
         if self.parts and _size(self.shape) != sum(_size(shape) for shape in self.parts):
             raise WireError("wire shape {} does not hold its parts {}".format(self.shape, self.parts))
-        _stage(self.lossless)
+        if self.lossless in ENTROPY_CODERS or self.prior:
+            self._check_prior()
+        else:
+            _stage(self.lossless)
         if self.picture and (self.picture not in PICTURES or self.bits != 8 or self.lossless != "none"
                              or self.parts or len(self.shape) != 3 or self.shape[0] not in PICTURE_CHANNELS):
             raise WireError("a {!r} picture frame carries one 8-bit grey or RGB image (C x H x W, C = 1 or 3) with "
                             "no lossless stage; pictures: {}".format(self.picture, ", ".join(PICTURES)))
         return self
+
+    def _check_prior(self) -> None:
+        tables = len(self.prior)
+        if self.lossless not in ENTROPY_CODERS or self.parts or self.picture:
+            raise WireError("a prior belongs to the {} stage on one code tensor, not to lossless {!r}{}".format(
+                "/".join(ENTROPY_CODERS), self.lossless, " with parts" if self.parts else ""))
+        if tables not in (1, self.shape[0]) or any(len(table) != 1 << self.bits for table in self.prior):
+            raise WireError("the {} stage needs one table or one per code channel ({}), each of 2^{} frequencies; "
+                            "the prior has {} tables".format(self.lossless, self.shape[0], self.bits, tables))
+        rans.model(np.array(self.prior))  # frequencies that sum right, each >= 1
 
 
 def frames_of(codes, wire: WireFormat) -> list:
@@ -264,6 +335,8 @@ def encode_frame(codes, wire: WireFormat) -> bytes:
             list(wire.shapes), [("{} {}".format(dtype, shape)) for dtype, shape in found]))
     if wire.picture:
         return encode_picture(arrays[0], wire.picture)
+    if wire.prior:
+        return entropy_encode(arrays[0], wire)
     return compress_bytes(b"".join(pack_bits(a, wire.bits) for a in arrays), wire.lossless)
 
 
@@ -272,6 +345,8 @@ def decode_frame(payload: bytes, wire: WireFormat):
     the manifest says."""
     if wire.picture:
         return decode_picture(payload, wire.picture, wire.shape)
+    if wire.prior:
+        return entropy_decode(payload, wire).reshape(wire.shape)
     data = decompress_bytes(payload, wire.lossless, wire.packed_bytes)
     arrays, offset = [], 0
     for shape in wire.shapes:

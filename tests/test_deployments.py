@@ -18,7 +18,7 @@ from runtime.backends.onnxrt.runner import OnnxRuntimeRunner
 from runtime.bundle import load_bundle
 from runtime.errors import BundleError
 from runtime.local import SplitInference
-from runtime.wire import LOSSLESS
+from runtime.wire import ENTROPY_CODERS, LOSSLESS
 from targets import DEVICES, names
 from toolchain.backends import EXPORTERS
 from toolchain.calibration import rank
@@ -223,7 +223,8 @@ def test_every_device_backend_has_an_exporter_and_a_runner_and_one_table_per_con
         assert device.backend in EXPORTERS and device.backend in available()
         assert set(device.roles) <= set(EXPORTERS[device.backend].roles)
     lossless = next(p for p in main.commands["build-engines"].params if p.name == "lossless")
-    assert list(lossless.type.choices) == ["auto", *LOSSLESS]  # auto: the smaller builtin stage, measured
+    # auto: the smaller builtin stage, measured; rans: its prior fitted to the calibration codes
+    assert list(lossless.type.choices) == ["auto", *LOSSLESS, *ENTROPY_CODERS]
 
 
 BACKEND_COMPARISON = re.compile(r"""(==|!=|\bin)\s*\(?["'](onnxrt|tflite|tensorrt)["']|["'](onnxrt|tflite|tensorrt)["']\s*(==|!=)""")

@@ -1,6 +1,8 @@
 """The edge's entropy coder: bit-exact round trips on any prior, near the entropy, and a decoder that refuses
 truncated, padded or corrupt streams with WireError and bounded work."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -8,6 +10,7 @@ from hypothesis import strategies as st
 
 from runtime import rans
 from runtime.errors import WireError
+from runtime.wire import PACKED_MARK, WireFormat, decode_frame, encode_frame
 
 
 @st.composite
@@ -94,3 +97,74 @@ def test_quantize_keeps_every_symbol_codable_and_sums_to_the_total():
 def test_a_model_that_cannot_code_is_refused(frequencies, problem):
     with pytest.raises(WireError, match=problem):
         rans.model(frequencies)
+
+
+PEAKED = np.array([[0.85] + [0.01] * 15, [0.01] * 15 + [0.85]])  # two code channels, each near one level
+
+
+def peaked_wire() -> WireFormat:
+    return WireFormat((2, 4, 4), bits=4).entropy_coded(rans.quantize(PEAKED))
+
+
+def test_the_rans_stage_sends_few_bytes_for_likely_codes_and_bit_packs_the_rest_behind_a_zero():
+    wire = WireFormat.from_manifest(peaked_wire().to_manifest())  # the prior travels in the manifest
+    likely = np.stack([np.zeros((4, 4), np.uint8), np.full((4, 4), 15, np.uint8)])
+    payload = encode_frame(likely, wire)
+    assert len(payload) < 8 < wire.packed_bytes and np.array_equal(decode_frame(payload, wire), likely)
+    unlikely = np.random.default_rng(0).integers(1, 15, (2, 4, 4), dtype=np.uint8)  # rANS would need ~6 bits each
+    payload = encode_frame(unlikely, wire)
+    assert payload[:1] == PACKED_MARK and len(payload) == wire.packed_bytes + 1
+    assert np.array_equal(decode_frame(payload, wire), unlikely)
+
+
+@pytest.mark.parametrize("payload, problem", [
+    (PACKED_MARK + bytes(15), "has 15 bit-packed bytes, the bundle's wire format needs 16"),
+    (b"\x01" * 17, "over the 16 the bundle's codes take bit-packed"),
+    (b"\x01", "shorter than its 3-byte state"),
+    (b"\x01\x00\x00\x00\x00", "entropy-coded stream is")])
+def test_a_rans_frame_that_does_not_fit_the_bundle_is_refused(payload, problem):
+    with pytest.raises(WireError, match=problem):
+        decode_frame(payload, peaked_wire())
+
+
+def test_codes_beyond_the_bits_are_refused_before_coding():
+    with pytest.raises(WireError, match="codes must be below 2\\^4 = 16, got 16"):
+        encode_frame(np.full((2, 4, 4), 16, np.uint8), peaked_wire())
+
+
+@pytest.mark.parametrize("change, problem", [
+    (dict(lossless="zlib"), "a prior belongs to the rans stage"),
+    (dict(prior=((1,) * 16,) * 2), "summing to 4096"),
+    (dict(prior=(tuple(rans.quantize(PEAKED)[0]),) * 3), "one table or one per code channel \\(2\\)"),
+    (dict(prior=()), "one table or one per code channel")])
+def test_a_wire_whose_prior_cannot_code_its_codes_is_refused(change, problem):
+    with pytest.raises(WireError, match=problem):
+        peaked_wire()._replace(**change).validated()
+
+
+def test_a_bundle_built_with_rans_is_served_and_streamed_by_the_commands_users_run(tmp_path, fashion_mnist):
+    """build-engines --lossless rans fits the prior to the calibration codes; `edgesplit demo` serves the bundle
+    and streams it: every frame answered, fewer bytes than the codes bit-packed (a ReLU cut's codes are mostly
+    the zero point's)."""
+    import json
+    import re
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from conftest import TINY_MODEL
+    from toolchain.cli import main
+
+    built = CliRunner().invoke(main, ["build-engines", *TINY_MODEL, "--split", "features.8", "--codec",
+                                      "affine:bits=4", "--lossless", "rans", "--output", str(tmp_path / "bundle")])
+    assert built.exit_code == 0, built.output
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    wire = WireFormat.from_manifest(manifest["wire"])
+    assert wire.lossless == "rans" and manifest["checks"]["mean_payload_bytes"] < 0.8 * wire.packed_bytes
+    result = subprocess.run([sys.executable, "-m", "edgesplit", "demo", "--bundle", str(tmp_path / "bundle"),
+                             "--frames", "50"], capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"50 frames in .*: 50 answered by the cloud, 0 on the edge, 0 errors", result.stdout), result.stdout
+    payload = re.search(r"wire: ([\d.]+) payload bytes/frame", result.stdout)
+    assert payload and float(payload[1]) < 0.8 * wire.packed_bytes, result.stdout

@@ -26,6 +26,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from calibration_data import DEFAULT_CALIBRATION
 from runtime.bundle import MANIFEST_NAME, SCHEMA_VERSION, STRATEGIES, Bundle, answering_role, file_sha256
 from runtime.local import deployed, edge_half
+from runtime.wire import WireFormat
 from targets import ROLES, Deployment, deployment
 from toolchain import cache
 from toolchain.backends import Half, Parts, check_precision, exporter
@@ -41,7 +42,7 @@ from toolchain.fault import at_fault, describe as describe_half, halves_at_fault
 from toolchain.image_formats import mean_image_bytes
 from toolchain.load import InputOptions, LoadedModel, load_model
 from toolchain.mixed_precision import keep_in_higher_precision
-from toolchain.lossless import AUTO as AUTO_LOSSLESS, choose as choose_lossless
+from toolchain.lossless import AUTO as AUTO_LOSSLESS, choose as choose_lossless, fit_prior
 from toolchain.split import Split, default_point, split_model, trace, unsplit
 from toolchain.zoo import ZOO
 from toolchain.evaluate import (Bounds, agreement_bound, batched, code_differences, compare_outputs, failed_bound,
@@ -112,6 +113,7 @@ class Build:
         self.branch: ExitBranch | None = None
         self.codec_facts: dict = {}
         self.lossless: str = ""
+        self.prior = None  # the rans stage's frequencies, fitted to the calibration codes
         self.exit: dict = {}  # threshold and how it was calibrated
         self.output_kinds: tuple[str, ...] = ()
         self.artefacts: dict[str, dict] = {}
@@ -253,10 +255,13 @@ def codec_stage(build: Build) -> None:
     if chosen is not None:
         build.checks["codec_range"] = chosen
     build.lossless = build.options.lossless
-    if build.lossless == AUTO_LOSSLESS:
+    if build.lossless in (AUTO_LOSSLESS, "rans"):
         codes = build.parts.codes(build.calibration_inputs, torch.uint8)
         codes = tuple(part.numpy() for part in codes) if isinstance(codes, tuple) else codes.numpy()
-        build.lossless, build.checks["lossless_measured"] = choose_lossless(build.codec, codes)
+        if build.lossless == "rans":
+            build.prior = fit_prior(build.codec, codes)
+        else:
+            build.lossless, build.checks["lossless_measured"] = choose_lossless(build.codec, codes)
 
 
 def export_stage(role: str) -> Callable[[Build], None]:
@@ -502,6 +507,12 @@ def tool_versions() -> dict[str, str]:
     return {name: metadata.version(name) for name in names}
 
 
+def bundle_wire(build: Build) -> WireFormat:
+    if build.lossless == "rans":
+        return build.codec.wire_format().entropy_coded(build.prior)
+    return build.codec.wire_format(build.lossless)
+
+
 def describe_bundle(build: Build) -> dict:
     """The manifest: everything the runtime needs, written in this one place."""
     loaded, point, codec = build.loaded, build.halves.point, build.codec
@@ -521,7 +532,7 @@ def describe_bundle(build: Build) -> dict:
                                "shapes": [list(shape) for shape in point.shapes], "dtype": point.dtype,
                                "fp32_bytes": point.fp32_bytes},
                         codec={**codec.describe(), **build.codec_facts},
-                        wire=codec.wire_format(build.lossless).to_manifest())
+                        wire=bundle_wire(build).to_manifest())
     if build.branch is not None:
         manifest["exit"] = {"output": build.artefacts["edge"]["outputs"][1]["name"],
                             "threshold": build.exit.get("threshold"), "calibration": build.exit.get("calibration"),

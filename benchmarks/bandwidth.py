@@ -445,6 +445,17 @@ def arithmetic(summary: dict, rows: list[dict]) -> list[str]:
             f"100 frames before any feature byte, against {row['s_per_100']:.2f} s for the whole model on the "
             f"emulated edge. A split needs the link and its head both under {row['s_per_100'] / 1.5:.2f} s per "
             "100 frames to beat edge-only 1.5x.")
+    split = [r for r in rows if r["strategy"] == "edgesplit" and r["bandwidth_bps"] <= 1e5 and r["link_bytes_per_frame"]]
+    for row in split:  # what TCP costs a frame even when every segment carries all the frames in flight
+        payload = row["frame_bytes"] - summary["frame_header_bytes"]
+        floor = row["frame_bytes"] + SEGMENT_OVERHEAD_BYTES / summary["in_flight"]
+        lines.append(
+            f"- At {row['bandwidth']} the split's {payload:.0f}-byte payloads cost {row['link_bytes_per_frame']:.1f} B "
+            f"per frame on the link, ACKs included ({row['link_bytes_per_frame'] - payload:.1f} over the payload). "
+            f"With {summary['in_flight']} frames in flight a segment carries at most {summary['in_flight']} of them, "
+            f"so even one segment per {summary['in_flight']} frames and no ACK cost {row['frame_bytes']:.0f} + "
+            f"{SEGMENT_OVERHEAD_BYTES}/{summary['in_flight']} = {floor:.2f} B per frame: "
+            f"{floor - payload:.2f} over the payload.")
     wins = [s for s in summary["speedups"] if s["vs_best"] > 1]
     lines.append("- The split beats both baselines at " + ", ".join(
         f"{s['bandwidth']} ({s['vs_best']:.2f}x the better one)" for s in wins)

@@ -19,6 +19,7 @@ from toolchain.errors import EdgesplitError
 from conftest import DEFAULT_SPEC, INPUT_SHAPE, top1
 
 SPEC = "bbnet:c=8,s=4,bits=4"
+RATE_SPEC = "bbnet:c=16,s=4,bits=4"  # 32 bytes bit-packed: room below them beside the 3 bytes of rANS state
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +155,53 @@ def test_learned_codec_inside_exported_onnx_matches_pytorch(family, tmp_path, pl
     assert checks["mean_payload_bytes"] == 4 * 8 * 8 * 6 // 8
     bundle_top1 = top1(SplitInference(load_bundle(report.bundle))(to_model_input(holdout.images[:50], INPUT_SHAPE)))
     assert bundle_top1.shape == (50,)
+
+
+def test_a_rate_term_trains_codes_the_rans_stage_sends_in_fewer_bytes(frozen):
+    """The same codec trained with and without a rate weight on the calibration images' head outputs: the rate
+    one's codes, coded with the prior the build would fit, take fewer bytes on held-out frames, and its prior
+    learned their histogram."""
+    import numpy as np
+
+    from runtime.wire import encode_frame
+    from toolchain.lossless import fit_prior
+
+    _, split = frozen
+    sizes, codecs, agreements = {}, {}, {}
+    for rate in (0.0, 0.3):
+        torch.manual_seed(0)
+        codec = codecs[rate] = make_codec(f"{RATE_SPEC},rate={rate}" if rate else RATE_SPEC, split.point.shape)
+        train_codec(codec, split.tail, split.train, epochs=12, seed=0, batch_size=64)
+        agreements[rate] = score_codec(codec, split.tail, split.test).agreement
+        with torch.no_grad():
+            train_codes = codec.encoder().eval()(split.train.features.float()).numpy()
+            test_codes = codec.encoder().eval()(split.test.features.float()).numpy()
+        wire = codec.wire_format().entropy_coded(fit_prior(codec, train_codes))
+        sizes[rate] = float(np.mean([len(encode_frame(frame, wire)) for frame in test_codes]))
+    assert sizes[0.3] < 0.8 * sizes[0.0] <= codecs[0.0].wire_format().packed_bytes + 1, sizes
+    assert agreements[0.3] > agreements[0.0] - 0.1, agreements  # bytes saved, not the answers
+    with torch.no_grad():  # what the prior prices the held-out codes at is what rANS spends, near enough
+        latent = codecs[0.3].eval().analysis(split.test.features.float())
+        priced = float(codecs[0.3].code_bits(latent).mean()) / 8
+    assert priced == pytest.approx(sizes[0.3], rel=0.25)
+
+
+@pytest.mark.parametrize("spec, problem", [
+    ("bbnet:c=8,s=4,bits=4,rate=-1", "rate >= 0"), ("bbnet:c=8,s=4,bits=4,rate=lots", "rate must be a number")])
+def test_a_rate_that_is_not_a_weight_is_refused(spec, problem):
+    with pytest.raises(EdgesplitError, match=problem):
+        make_codec(spec, (128, 8, 8))
+
+
+def test_search_codec_trades_bytes_for_accuracy_with_a_rate_and_names_the_stage_to_build_with(tmp_path):
+    output = tmp_path / "search"
+    result = CliRunner().invoke(main, [
+        "search-codec", "--split", "layer3", "--data", str(DEFAULT_CALIBRATION), "--channels", "16", "--strides", "4",
+        "--bits", "4", "--rates", "0,0.3", "--epochs", "12", "--budget", "100", "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.splitlines() if line.startswith("bbnet:")]
+    assert [row[0] for row in rows] == ["bbnet:c=16,s=4,bits=4", "bbnet:c=16,s=4,bits=4,rate=0.3"]  # least first
+    assert rows[1][3] == "(rans)" and float(rows[1][1]) < float(rows[0][1])
+    assert "--codec bbnet:c=16,s=4,bits=4,rate=0.3 " in result.output and "--lossless rans)" in result.output
+    refused = CliRunner().invoke(main, ["search-codec", "--rates", "0,lots", "--output", str(output)])
+    assert refused.exit_code == 2 and "'0,lots' is not a comma-separated list of numbers" in refused.output

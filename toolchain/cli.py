@@ -521,6 +521,16 @@ def _int_list(text: str) -> list[int]:
         raise click.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
+    if not all(0 <= value < float("inf") for value in values):
+        raise click.BadParameter(f"{text!r}: each rate must be a number >= 0")
+    return values
+
+
 @main.command("search-codec")
 @model_options
 @codec_training_options
@@ -528,11 +538,14 @@ def _int_list(text: str) -> list[int]:
 @click.option("--channels", default="16,8,4", show_default=True, help="Candidate c' values.")
 @click.option("--strides", default="4", show_default=True, help="Candidate strides s.")
 @click.option("--bits", default="8,4,2", show_default=True, help="Candidate bits n.")
+@click.option("--rates", default="0", show_default=True,
+              help="Candidate rate weights (loss per bit per frame; 0: trained for accuracy alone). With a rate the "
+                   "codes are priced by a learned prior and the rans stage sends them, e.g. 0,0.02,0.05.")
 @click.option("--budget", default=1.0, show_default=True, help="Accuracy points the codec may lose.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("codec-search"),
               show_default=True, help="Folder for search.csv, search.png and best.pt.")
 def search_codec_command(model, split, data, train_frames, epochs, seed,
-                         family, channels, strides, bits, budget, output) -> None:
+                         family, channels, strides, bits, rates, budget, output) -> None:
     """BBNet Algorithm 1 (train phase): the most compressed codec within an accuracy budget."""
     from toolchain.codec_search import grid, plot_rows, search
     from toolchain.results import write_csv
@@ -541,22 +554,22 @@ def search_codec_command(model, split, data, train_frames, epochs, seed,
     loaded, data = _load_for_codec(model, data)
     split = _split_or_default(loaded, split)
     frozen = prepare_training(loaded.module, split, loaded.spec(), data, train_frames)
-    specs = grid(family, _int_list(channels), _int_list(strides), _int_list(bits))
+    specs = grid(family, _int_list(channels), _int_list(strides), _int_list(bits), _float_list(rates))
     rows, best = search(specs, frozen.point.shape, frozen.tail, frozen.train, frozen.test, budget, epochs, seed)
     output.mkdir(parents=True, exist_ok=True)
     write_csv(output / "search.csv", rows)
     plot_rows(rows, output / "search.png", f"{family} at {frozen.point.node}, budget {budget} pt")
     for row in rows:
-        click.echo(f"{row.codec:26s} {row.bytes_per_frame:9.1f} B/frame {row.compression:9.1f}x "
+        click.echo(f"{row.codec:26s} {row.bytes_per_frame:9.1f} B/frame ({row.lossless}) {row.compression:9.1f}x "
                    f"loss {row.loss_points:+.2f} pt")
     if best is None:
         raise EdgesplitError(f"no configuration stays within {budget} pt; see {output / 'search.csv'}")
-    agreement = next(row.agreement for row in rows if row.codec == str(best.spec()))
+    agreement, lossless = next((row.agreement, row.lossless) for row in rows if row.codec == str(best.spec()))
     save_checkpoint(output / "best.pt", best, str(best.spec()), frozen.point.node, loaded.sha256, epoch=epochs,
                     agreement=agreement)
     click.echo(f"best within {budget} pt: {best.spec()}; wrote {output / 'best.pt'} "
                f"(use: build-engines --split {frozen.point.node} --codec {best.spec()} "
-               f"--codec-weights {output / 'best.pt'})")
+               f"--codec-weights {output / 'best.pt'} --lossless {lossless})")
 
 
 @main.command("profile")

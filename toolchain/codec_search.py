@@ -18,6 +18,9 @@ from torch import nn
 from runtime.wire import LOSSLESS, encode_frame
 from toolchain.codec_training import FeatureCache, score_codec, train_codec
 from toolchain.codecs import CodecSpec, FeatureCodec, make_codec
+from toolchain.lossless import fit_prior
+
+PRIOR_FRAMES = 512  # training frames the rans stage's prior is fitted to: a build's calibration images
 
 
 class SearchRow(NamedTuple):
@@ -31,17 +34,24 @@ class SearchRow(NamedTuple):
     train_seconds: float
 
 
-def grid(family: str, channels: Iterable[int], strides: Iterable[int], bits: Iterable[int]) -> list[CodecSpec]:
-    return [CodecSpec(family, {"c": c, "s": s, "bits": b}) for c, s, b in itertools.product(channels, strides, bits)]
+def grid(family: str, channels: Iterable[int], strides: Iterable[int], bits: Iterable[int],
+         rates: Iterable[float] = (0.0,)) -> list[CodecSpec]:
+    """Every combination; a rate of 0 trains for accuracy alone (and names no rate)."""
+    return [CodecSpec(family, {"c": c, "s": s, "bits": b, **({"rate": r} if r else {})})
+            for c, s, b, r in itertools.product(channels, strides, bits, rates)]
 
 
 @torch.no_grad()
-def best_lossless(codec: FeatureCodec, features: torch.Tensor) -> tuple[str, float]:
-    """The lossless stage with the smallest mean payload on these features."""
-    codes = codec.encoder().eval()(features.float()).numpy()
-    sizes = {stage: float(np.mean([len(encode_frame(frame, codec.wire_format(stage))) for frame in codes]))
-             for stage in LOSSLESS}
-    stage = min(sizes, key=lambda name: (sizes[name], list(LOSSLESS).index(name)))
+def best_lossless(codec: FeatureCodec, features: torch.Tensor, fitting: torch.Tensor) -> tuple[str, float]:
+    """The stage with the smallest mean payload on these features: each byte stage, and the rans stage with a
+    prior fitted to the codes of `fitting` (as a build fits it to its calibration images)."""
+    encoder = codec.encoder().eval()
+    codes = encoder(features.float()).numpy()
+    wires = {stage: codec.wire_format(stage) for stage in LOSSLESS}
+    if not codec.wire_format().parts:
+        wires["rans"] = codec.wire_format().entropy_coded(fit_prior(codec, encoder(fitting.float()).numpy()))
+    sizes = {stage: float(np.mean([len(encode_frame(frame, wire)) for frame in codes])) for stage, wire in wires.items()}
+    stage = min(sizes, key=lambda name: (sizes[name], list(sizes).index(name)))
     return stage, sizes[stage]
 
 
@@ -54,7 +64,7 @@ def evaluate_config(
     codec.calibrate(calibration.float())
     seconds = train_codec(codec, tail, train, epochs, seed) if codec.learned else 0.0
     score = score_codec(codec, tail, test)
-    stage, payload = best_lossless(codec, test.features[:500])
+    stage, payload = best_lossless(codec, test.features[:500], train.features[:PRIOR_FRAMES])
     fp32_bits = 32 * int(np.prod(feature_shape))
     row = SearchRow(str(spec), payload, stage, fp32_bits / (8 * payload), score.accuracy, score.loss_points,
                     score.agreement, seconds)
@@ -68,7 +78,9 @@ def search(
     """Rows for every configuration tried, and the most compressed codec within the budget."""
     if test.labels is None:
         raise ValueError("the search needs labeled held-out images to measure accuracy loss")
-    ordered = sorted(specs, key=lambda spec: -make_codec(spec, feature_shape).wire_format().packed_bytes)
+    # a higher rate weight compresses more at the same shape
+    ordered = sorted(specs, key=lambda spec: (-make_codec(spec, feature_shape).wire_format().packed_bytes,
+                                              float(spec.params.get("rate", 0))))
     rows, best = [], None
     for spec in ordered:
         row, codec = evaluate_config(spec, feature_shape, tail, train, test, epochs, seed, train.features[:512])

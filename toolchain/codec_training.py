@@ -27,6 +27,7 @@ CHECKPOINT_VERSION = 1
 # What two epochs of Fashion-MNIST's 60,000 images in batches of 128 give the default model's codecs; a
 # build's own training takes as many epochs as its data needs for these steps
 TRAINING_STEPS, BATCH_SIZE, MAX_EPOCHS = 900, 128, 200
+PRIOR_LR_SCALE = 50
 
 
 def epochs_for(frames: int, batch_size: int = BATCH_SIZE) -> int:
@@ -148,9 +149,13 @@ def train_codec(
     for parameter in tail.parameters():
         parameter.requires_grad_(False)
     tail.eval()
-    optimizer = torch.optim.AdamW(codec.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch(
-        len(cache), batch_size))
+    # a rate codec's prior (logits) must follow the codes' histogram within a few hundred steps: its own rate
+    prior = [codec.prior] if getattr(codec, "rate", 0.0) else []
+    groups = [{"params": [p for p in codec.parameters() if all(p is not q for q in prior)], "lr": lr}]
+    groups += [{"params": prior, "lr": lr * PRIOR_LR_SCALE, "weight_decay": 0.0}] if prior else []
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, [group["lr"] for group in groups],
+                                                   total_steps=epochs * steps_per_epoch(len(cache), batch_size))
     first_epoch = 0
     if resume and checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -160,9 +165,14 @@ def train_codec(
             schedule.load_state_dict(state["schedule"])
         first_epoch = state["epoch"]
 
+    rate = getattr(codec, "rate", 0.0)
+
     def loss_of(batch: torch.Tensor) -> torch.Tensor:
         labels = None if cache.labels is None else cache.labels[batch]
-        return distillation_loss(tail(codec(cache.features[batch].float())), cache.teacher[batch], labels)
+        if not rate:
+            return distillation_loss(tail(codec(cache.features[batch].float())), cache.teacher[batch], labels)
+        features, bits = codec.forward_with_bits(cache.features[batch].float())
+        return distillation_loss(tail(features), cache.teacher[batch], labels) + rate * bits.mean()
 
     def save(epoch: int) -> None:
         if checkpoint is not None:

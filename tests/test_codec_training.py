@@ -194,14 +194,18 @@ def test_a_rate_that_is_not_a_weight_is_refused(spec, problem):
 
 
 def test_search_codec_trades_bytes_for_accuracy_with_a_rate_and_names_the_stage_to_build_with(tmp_path):
+    import subprocess
+    import sys
+
     output = tmp_path / "search"
-    result = CliRunner().invoke(main, [
-        "search-codec", "--split", "layer3", "--data", str(DEFAULT_CALIBRATION), "--channels", "16", "--strides", "4",
-        "--bits", "4", "--rates", "0,0.3", "--epochs", "12", "--budget", "100", "--output", str(output)])
-    assert result.exit_code == 0, result.output
-    rows = [line.split() for line in result.output.splitlines() if line.startswith("bbnet:")]
+    result = subprocess.run([
+        sys.executable, "-m", "edgesplit", "search-codec", "--split", "layer3", "--data", str(DEFAULT_CALIBRATION),
+        "--channels", "16", "--strides", "4", "--bits", "4", "--rates", "0,0.3", "--epochs", "12", "--budget", "100",
+        "--output", str(output)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("bbnet:")]
     assert [row[0] for row in rows] == ["bbnet:c=16,s=4,bits=4", "bbnet:c=16,s=4,bits=4,rate=0.3"]  # least first
     assert rows[1][3] == "(rans)" and float(rows[1][1]) < float(rows[0][1])
-    assert "--codec bbnet:c=16,s=4,bits=4,rate=0.3 " in result.output and "--lossless rans)" in result.output
+    assert "--codec bbnet:c=16,s=4,bits=4,rate=0.3 " in result.stdout and "--lossless rans)" in result.stdout
     refused = CliRunner().invoke(main, ["search-codec", "--rates", "0,lots", "--output", str(output)])
     assert refused.exit_code == 2 and "'0,lots' is not a comma-separated list of numbers" in refused.output

@@ -551,10 +551,12 @@ def search_codec_command(model, split, data, train_frames, epochs, seed,
     from toolchain.results import write_csv
     from toolchain.codec_training import prepare_training, save_checkpoint
 
+    # the lists are checked before the model and its data are loaded
+    candidates = (_int_list(channels), _int_list(strides), _int_list(bits), _float_list(rates))
     loaded, data = _load_for_codec(model, data)
     split = _split_or_default(loaded, split)
     frozen = prepare_training(loaded.module, split, loaded.spec(), data, train_frames)
-    specs = grid(family, _int_list(channels), _int_list(strides), _int_list(bits), _float_list(rates))
+    specs = grid(family, *candidates)
     rows, best = search(specs, frozen.point.shape, frozen.tail, frozen.train, frozen.test, budget, epochs, seed)
     output.mkdir(parents=True, exist_ok=True)
     write_csv(output / "search.csv", rows)

@@ -154,7 +154,8 @@ def wire_rows(split: dict, checks: dict) -> list[tuple[str, str]]:
     payload, images = checks["mean_payload_bytes"], checks["image_bytes"]
     verdict = "" if payload < min(images.values()) else " (sending the image is smaller: split later, or use a " \
         "learned codec)"
-    return [("bytes per frame", f"{payload:,.1f} on the wire (the split tensor as fp32: {split['fp32_bytes']:,})"),
+    return [("bytes per frame", f"{payload:,.1f} of payload on the wire, before the frame's header (the split "
+                                f"tensor as fp32: {split['fp32_bytes']:,})"),
             ("instead of the image", "; ".join(f"{TITLES[name]} {size:,.0f} B: {size / payload:,.1f}x the wire"
                                                for name, size in images.items()) + verdict)]
 

@@ -279,8 +279,12 @@ class WireFormat(NamedTuple):
         if prior and prior.get("precision") != rans.PRECISION:
             raise WireError("the prior's frequencies are out of 2^{}; this runtime codes with 2^{}".format(
                 prior.get("precision"), rans.PRECISION))
+        try:
+            frequencies = tuple(tuple(table) for table in prior.get("frequencies", ()))
+        except TypeError:
+            raise WireError("the prior's frequencies must be a list of tables, each a list of integers") from None
         return cls(tuple(entry["shape"]), entry["bits"], entry["lossless"], parts, entry.get("picture", ""),
-                   tuple(tuple(table) for table in prior.get("frequencies", ()))).validated()
+                   frequencies).validated()
 
     def entropy_coded(self, frequencies) -> "WireFormat":
         """This wire with the rans stage and its prior (frequencies per table, as rans.quantize gives them)."""
@@ -313,6 +317,8 @@ class WireFormat(NamedTuple):
         if self.lossless not in ENTROPY_CODERS or self.parts or self.picture:
             raise WireError("a prior belongs to the {} stage on one code tensor, not to lossless {!r}{}".format(
                 "/".join(ENTROPY_CODERS), self.lossless, " with parts" if self.parts else ""))
+        if any(type(f) is not int for table in self.prior for f in table):
+            raise WireError("the {} stage's prior must hold integer frequencies".format(self.lossless))
         if tables not in (1, self.shape[0]) or any(len(table) != 1 << self.bits for table in self.prior):
             raise WireError("the {} stage needs one table or one per code channel ({}), each of 2^{} frequencies; "
                             "the prior has {} tables".format(self.lossless, self.shape[0], self.bits, tables))

@@ -132,6 +132,14 @@ def test_codes_beyond_the_bits_are_refused_before_coding():
         encode_frame(np.full((2, 4, 4), 16, np.uint8), peaked_wire())
 
 
+@pytest.mark.parametrize("frequencies, problem", [
+    ([4096, 0], "a list of tables, each a list of integers"), ([["a"] * 16] * 2, "integer frequencies")])
+def test_a_manifest_prior_that_is_not_tables_of_integers_is_refused_in_one_line(frequencies, problem):
+    entry = dict(peaked_wire().to_manifest(), prior={"precision": rans.PRECISION, "frequencies": frequencies})
+    with pytest.raises(WireError, match=problem):
+        WireFormat.from_manifest(entry)
+
+
 @pytest.mark.parametrize("change, problem", [
     (dict(lossless="zlib"), "a prior belongs to the rans stage"),
     (dict(prior=((1,) * 16,) * 2), "summing to 4096"),

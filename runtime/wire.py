@@ -317,7 +317,7 @@ class WireFormat(NamedTuple):
         if self.lossless not in ENTROPY_CODERS or self.parts or self.picture:
             raise WireError("a prior belongs to the {} stage on one code tensor, not to lossless {!r}{}".format(
                 "/".join(ENTROPY_CODERS), self.lossless, " with parts" if self.parts else ""))
-        if any(type(f) is not int for table in self.prior for f in table):
+        if any(not isinstance(f, (int, np.integer)) or isinstance(f, bool) for table in self.prior for f in table):
             raise WireError("the {} stage's prior must hold integer frequencies".format(self.lossless))
         if tables not in (1, self.shape[0]) or any(len(table) != 1 << self.bits for table in self.prior):
             raise WireError("the {} stage needs one table or one per code channel ({}), each of 2^{} frequencies; "

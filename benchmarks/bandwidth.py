@@ -539,15 +539,11 @@ def wire_lines(summary: dict, rows: list[dict]) -> list[str]:
     earlier = {(r["bandwidth_bps"], r["strategy"]): r for r in before["rows"]}
     compared = []
     for row in rows:
-        old = earlier.get((row["bandwidth_bps"], row["strategy"]))
-        if old is None or row["strategy"] == "edge-only":
-            continue
-        compared.append({"bandwidth": row["bandwidth"], "strategy": row["strategy"],
-                         "option before": old["option"], "frame_bytes before": old["frame_bytes"],
-                         "link_bytes_per_frame before": "–" if old["link_bytes_per_frame"] is None
-                         else old["link_bytes_per_frame"], "option": row["option"], "frame_bytes": row["frame_bytes"],
-                         "link_bytes_per_frame": "–" if row["link_bytes_per_frame"] is None
-                         else row["link_bytes_per_frame"]})
+        old = earlier.get((row["bandwidth_bps"], row["strategy"]))  # the earlier rows hold no edge-only
+        if old is not None:
+            pairs = {f"{k} before": old[k] for k in WIRE_COLUMNS[3:]} | {k: row[k] for k in WIRE_COLUMNS[3:]}
+            compared.append({"bandwidth": row["bandwidth"], "strategy": row["strategy"],
+                             **{k: "–" if v is None else v for k, v in pairs.items()}})
     if not compared:
         return []
     return ["## Bytes per frame on the link, before and after", "",

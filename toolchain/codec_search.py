@@ -20,7 +20,7 @@ from toolchain.codec_training import FeatureCache, score_codec, train_codec
 from toolchain.codecs import CodecSpec, FeatureCodec, make_codec
 from toolchain.lossless import fit_prior
 
-PRIOR_FRAMES = 512  # training frames the rans stage's prior is fitted to: a build's calibration images
+CALIBRATION_FRAMES = 512  # training frames a codec's ranges and the rans stage's prior are fitted to, as a build's
 
 
 class SearchRow(NamedTuple):
@@ -64,7 +64,7 @@ def evaluate_config(
     codec.calibrate(calibration.float())
     seconds = train_codec(codec, tail, train, epochs, seed) if codec.learned else 0.0
     score = score_codec(codec, tail, test)
-    stage, payload = best_lossless(codec, test.features[:500], train.features[:PRIOR_FRAMES])
+    stage, payload = best_lossless(codec, test.features[:500], calibration)
     fp32_bits = 32 * int(np.prod(feature_shape))
     row = SearchRow(str(spec), payload, stage, fp32_bits / (8 * payload), score.accuracy, score.loss_points,
                     score.agreement, seconds)
@@ -83,7 +83,8 @@ def search(
                                               float(spec.params.get("rate", 0))))
     rows, best = [], None
     for spec in ordered:
-        row, codec = evaluate_config(spec, feature_shape, tail, train, test, epochs, seed, train.features[:512])
+        row, codec = evaluate_config(spec, feature_shape, tail, train, test, epochs, seed,
+                                     train.features[:CALIBRATION_FRAMES])
         rows.append(row)
         if row.loss_points > budget_points:
             break

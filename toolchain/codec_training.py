@@ -150,9 +150,9 @@ def train_codec(
         parameter.requires_grad_(False)
     tail.eval()
     # a rate codec's prior (logits) must follow the codes' histogram within a few hundred steps: its own rate
-    prior = [codec.prior] if getattr(codec, "rate", 0.0) else []
-    groups = [{"params": [p for p in codec.parameters() if all(p is not q for q in prior)], "lr": lr}]
-    groups += [{"params": prior, "lr": lr * PRIOR_LR_SCALE, "weight_decay": 0.0}] if prior else []
+    named = dict(codec.named_parameters())
+    groups = [{"params": [p for name, p in named.items() if name != "prior"], "lr": lr}]
+    groups += [{"params": [named["prior"]], "lr": lr * PRIOR_LR_SCALE, "weight_decay": 0.0}] if "prior" in named else []
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, [group["lr"] for group in groups],
                                                    total_steps=epochs * steps_per_epoch(len(cache), batch_size))
@@ -165,14 +165,11 @@ def train_codec(
             schedule.load_state_dict(state["schedule"])
         first_epoch = state["epoch"]
 
-    rate = getattr(codec, "rate", 0.0)
-
     def loss_of(batch: torch.Tensor) -> torch.Tensor:
         labels = None if cache.labels is None else cache.labels[batch]
-        if not rate:
-            return distillation_loss(tail(codec(cache.features[batch].float())), cache.teacher[batch], labels)
         features, bits = codec.forward_with_bits(cache.features[batch].float())
-        return distillation_loss(tail(features), cache.teacher[batch], labels) + rate * bits.mean()
+        loss = distillation_loss(tail(features), cache.teacher[batch], labels)
+        return loss if bits is None else loss + codec.rate * bits.mean()
 
     def save(epoch: int) -> None:
         if checkpoint is not None:

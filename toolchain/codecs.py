@@ -349,15 +349,13 @@ class LearnedCodec(FeatureCodec):
         code = latent / self.scale + self.zero_point
         if self.training:
             code = code + torch.empty_like(code).uniform_(-0.5, 0.5)
-        code = code.clamp(0, self.levels - 1)
-        low = code.detach().floor().clamp(max=max(self.levels - 2, 0)).long()
+        code = code.clamp(0, self.levels - 1).flatten(2)  # N, channels, positions
+        low = code.detach().floor().clamp(max=self.levels - 2).long()  # levels >= 2: low and low + 1 are levels
+        log2p = torch.log_softmax(self.prior, 1) / math.log(2)
+        log2p = log2p.view(1, self.channels, 1, self.levels).expand(*code.shape, self.levels)
+        below, above = torch.gather(log2p, 3, torch.stack((low, low + 1), -1)).unbind(-1)
         fraction = code - low
-        log2p = (torch.log_softmax(self.prior, 1) / math.log(2)).view(1, self.channels, 1, self.levels)
-        batch = latent.shape[0]
-        log2p = log2p.expand(batch, -1, code[0, 0].numel(), -1)
-        below = torch.gather(log2p, 3, low.view(batch, self.channels, -1, 1)).view_as(code)
-        above = torch.gather(log2p, 3, (low + 1).clamp(max=self.levels - 1).view(batch, self.channels, -1, 1))
-        return -((1 - fraction) * below + fraction * above.view_as(code)).flatten(1).sum(1)
+        return -((1 - fraction) * below + fraction * above).sum((1, 2))
 
     def params(self) -> dict:
         return {"c": self.channels, "s": self.stride, "bits": self.bits, **({"rate": self.rate} if self.rate else {})}

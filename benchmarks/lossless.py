@@ -26,7 +26,8 @@ from runtime.bundle import load_bundle
 from runtime.images import read_npz
 from runtime.inputs import InputSpec
 from runtime.local import EdgeHalf
-from runtime.wire import LOSSLESS, WireFormat, decode_frame, encode_frame
+from runtime.coding import LOSSLESS
+from runtime.wire import WireFormat, decode_frame, encode_frame
 
 # ECNet Table III (int8 ImageNet features, their numbers): ratio and seconds per frame
 ECNET_TABLE_III = [{"method": "origin", "ratio": 1.0, "s_per_frame": 0.001},

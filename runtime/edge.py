@@ -28,7 +28,6 @@ from runtime.link import EmulatedLink
 from runtime.local import (WholeModelHalf, class_output, edge_half, output_sizes, reply_values, softmax_entropy,
                            split_values)
 from runtime.transports import DEFAULT_TRANSPORT, Channel, Replies, Server, Tls, open_transport
-from runtime.wire import encode_frame, frames_of
 
 log = logging.getLogger("edgesplit.edge")
 
@@ -120,7 +119,6 @@ class EdgeClient(Replies):
         self.output_sizes = output_sizes(bundle)
         self.reply_values = reply_values(bundle)
         self.scored = class_output(bundle)
-        self.wire = bundle.wire
         bundle_threshold = (bundle.manifest.get("exit") or {}).get("threshold")
         self.exit_threshold = bundle_threshold if config.exit_threshold is None else config.exit_threshold
         self.stats = ClientStats()
@@ -226,7 +224,7 @@ class EdgeClient(Replies):
                     softmax_entropy(exit_logits[None])[0] < self.exit_threshold:
                 self._finish(frame.index, frame.label, started, EDGE, exit_logits, "")
                 return
-        payload = encode_frame(frames_of(codes, self.wire)[0], self.wire)
+        payload = self.edge.coding.encode(self.edge.coding.frames(codes)[0])
         with self._lock:
             channel = self._channel
             if channel is None:

@@ -9,9 +9,8 @@ from typing import List, NamedTuple, Optional
 import numpy as np
 
 from runtime.bundle import Bundle, answer_shape
-from runtime.errors import BundleError
+from runtime.coding import CodeMapping, Coding
 from runtime.inputs import to_pixels
-from runtime.wire import decode_frame, encode_frame, frames_of, pillow
 
 
 class _Half:
@@ -19,6 +18,7 @@ class _Half:
 
     def __init__(self, bundle: Bundle, role: str, threads=None, verified: bool = False, **options):
         self.wire = bundle.wire
+        self.coding = Coding(bundle.wire) if bundle.wire else None  # the codec's deployment side
         self.runner = bundle.open_runner(role, verified, threads=threads, **options)
         entry = bundle.artefact(role)
         self.inputs = [(tensor["name"], np.dtype(tensor["dtype"])) for tensor in entry["inputs"]]
@@ -55,40 +55,6 @@ def quantize_int8(values: np.ndarray, scale: float, zero_point: int) -> np.ndarr
     return np.clip(np.round(values / scale) + zero_point, -128, 127).astype(np.int8)
 
 
-class CodeMapping:
-    """From an integer-only edge artefact's int8 output to the bundle's uint8 wire codes.
-
-    `passthrough`: the codec uses the artefact's own output scale, so a code is the int8 value
-    + 128, no float on the device. `requantize`: dequantize with the interpreter's parameters,
-    quantize with the codec's (per tensor or per channel, any bit width).
-    """
-
-    def __init__(self, entry: dict, output_quantization):
-        self.method = entry["method"]
-        self.scale = np.asarray(entry["scale"], dtype=np.float32)
-        self.zero_point = np.asarray(entry["zero_point"], dtype=np.float32)
-        self.levels = int(entry["levels"])
-        self.output_scale, self.output_zero_point = output_quantization
-        if self.method == "passthrough" and not (
-                self.levels == 256 and self.scale.size == 1 and np.isclose(self.scale[0], self.output_scale, rtol=1e-6)
-                and self.zero_point[0] == self.output_zero_point + 128):
-            raise BundleError("manifest maps edge outputs to codes unchanged, but the artefact's output is "
-                              "quantized with scale {}, zero point {} and the codec with {}, {}".format(
-                                  self.output_scale, self.output_zero_point, self.scale.tolist(),
-                                  self.zero_point.tolist()))
-        if self.method not in ("passthrough", "requantize"):
-            raise BundleError("unknown edge code mapping {!r}".format(self.method))
-        if self.scale.size > 1:  # per channel, NCHW
-            self.scale = self.scale.reshape(1, -1, 1, 1)
-            self.zero_point = self.zero_point.reshape(1, -1, 1, 1)
-
-    def __call__(self, outputs: np.ndarray) -> np.ndarray:
-        if self.method == "passthrough":
-            return (outputs.astype(np.int16) + 128).astype(np.uint8)
-        real = (outputs.astype(np.float32) - self.output_zero_point) * self.output_scale
-        return np.clip(np.round(real / self.scale + self.zero_point), 0, self.levels - 1).astype(np.uint8)
-
-
 class EdgeHalf(_ImageHalf):
     """Head + encoder: float NCHW images → uint8 codes (one array per crossing tensor) → one payload per frame.
 
@@ -102,9 +68,9 @@ class EdgeHalf(_ImageHalf):
         exit_entry = bundle.manifest.get("exit")
         self.exit_name = exit_entry["output"] if exit_entry else None
         self.code_outputs = [t for t in entry["outputs"] if t["name"] != self.exit_name]
-        self.to_codes = None
         if self.code_outputs[0]["dtype"] == "int8":
-            self.to_codes = CodeMapping(entry["to_codes"], self.runner.quantization(self.code_outputs[0]["name"]))
+            self.coding = Coding(bundle.wire, CodeMapping(entry["to_codes"],
+                                                          self.runner.quantization(self.code_outputs[0]["name"])))
         self.exit_quantization = None
         if exit_entry and next(t for t in entry["outputs"] if t["name"] == self.exit_name)["dtype"] == "int8":
             self.exit_quantization = self.runner.quantization(self.exit_name)
@@ -125,9 +91,7 @@ class EdgeHalf(_ImageHalf):
     def _codes(self, outputs: np.ndarray, tensor: dict) -> np.ndarray:
         if tensor.get("layout") == "NHWC":
             outputs = outputs.transpose(0, 3, 1, 2)
-        if self.to_codes is not None:
-            return self.to_codes(outputs)
-        return outputs.astype(np.uint8, copy=False)  # engines without uint8 tensors give integral float32
+        return self.coding.codes(outputs)
 
     def payloads(self, images: np.ndarray) -> List[bytes]:
         return self.payloads_and_exit(images)[0]
@@ -135,16 +99,14 @@ class EdgeHalf(_ImageHalf):
     def payloads_and_exit(self, images: np.ndarray):
         """One payload per frame and the exit branch's logits (None without one)."""
         codes, exit_logits = self.codes_and_exit(images)
-        return [encode_frame(frame, self.wire) for frame in frames_of(codes, self.wire)], exit_logits
+        return [self.coding.encode(frame) for frame in self.coding.frames(codes)], exit_logits
 
 
 class PixelEdge:
     """A cloud-only bundle's edge: no model, the image's own pixels are the codes (sent raw, PNG or JPEG)."""
 
     def __init__(self, bundle: Bundle):
-        self.wire = bundle.wire
-        if self.wire.picture:
-            pillow()  # imported now: missing, it is one line before the first frame; present, no frame pays for it
+        self.coding = Coding(bundle.wire)  # a picture's coder imports Pillow now, not on the first frame
 
     def codes_and_exit(self, images: np.ndarray):
         return to_pixels(images), None
@@ -153,7 +115,7 @@ class PixelEdge:
         return to_pixels(images)
 
     def payloads_and_exit(self, images: np.ndarray):
-        return [encode_frame(pixels, self.wire) for pixels in to_pixels(images)], None
+        return [self.coding.encode(pixels) for pixels in to_pixels(images)], None
 
 
 def edge_half(bundle: Bundle, threads=None, verified: bool = False, **options):
@@ -216,11 +178,9 @@ class CloudHalf(_Half):
 
     def __init__(self, bundle: Bundle, threads=None, verified: bool = False, **options):
         super().__init__(bundle, "cloud", threads, verified, **options)
-        if self.wire.picture:
-            pillow()  # as PixelEdge
 
     def decode(self, payload: bytes):
-        return decode_frame(payload, self.wire)
+        return self.coding.decode(payload)
 
     def stack(self, frames: list):
         """Decoded frames → a batch (a list of batches when several tensors cross)."""

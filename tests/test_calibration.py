@@ -13,7 +13,8 @@ from onnx import numpy_helper
 
 from toolchain.calibration import (LEVELS, RANGES, Histogram, calibrate, choose_codec_range, histograms,
                                    quantization_error, rank)
-from toolchain.codecs import AffineCodec, make_codec
+from toolchain.codecs import make_codec
+from toolchain.codecs.affine import AffineCodec
 from toolchain.export import export_onnx
 from toolchain.errors import EdgesplitError
 from toolchain.mixed_precision import (MEASURED, Requantizable, keep_in_higher_precision, own_errors, quantized_layers,

@@ -1,10 +1,21 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_MODEL
+from runtime.bundle import load_bundle
+from runtime.coding import LOSSLESS
+from runtime.local import deployed
 from runtime.errors import WireError
-from runtime.wire import LOSSLESS, WireFormat, decode_frame, encode_frame
-from toolchain.codecs import AffineCodec, Int8Codec, make_codec, parse_codec_spec
+from runtime.wire import WireFormat, decode_frame, encode_frame
+from toolchain.codecs import make_codec, parse_codec_spec
+from toolchain.codecs.affine import AffineCodec, Int8Codec
 from toolchain.errors import EdgesplitError
 
 SHAPE = (4, 6, 6)
@@ -132,7 +143,7 @@ def test_lossless_round_trips_random_and_real_payloads_and_rejects_corruption(lo
 def test_decompression_bomb_is_bounded():
     import zlib
 
-    from runtime.wire import compress_bytes, decompress_bytes
+    from runtime.coding.packed import compress_bytes, decompress_bytes
 
     for lossless in ("zlib", "zstd", "lz4"):
         bomb = zlib.compress(bytes(10 ** 7)) if lossless == "zlib" else compress_bytes(bytes(10 ** 7), lossless)
@@ -165,7 +176,7 @@ def test_bad_codec_specs_are_named(spec, message):
 @pytest.mark.parametrize("elements", [1, 7, 1000])
 def test_bit_packing_layout_is_most_significant_code_first(bits, elements):
     """The byte layout on the wire: codes' low `bits` bits concatenated MSB-first, zero-padded."""
-    from runtime.wire import pack_bits, unpack_bits
+    from runtime.coding.packed import pack_bits, unpack_bits
 
     codes = np.random.default_rng(bits).integers(0, 1 << bits, elements, dtype=np.uint8)
     stream = "".join(format(int(code), "0{}b".format(bits)) for code in codes)
@@ -173,3 +184,46 @@ def test_bit_packing_layout_is_most_significant_code_first(bits, elements):
     expected = bytes(int(stream[i:i + 8], 2) for i in range(0, len(stream), 8))
     assert pack_bits(codes, bits) == expected
     assert np.array_equal(unpack_bits(expected, bits, elements), codes)
+
+
+NEWCOMERS_CODEC = '''"""A newcomer's codec: two bits per feature, per channel (affine at 2 bits, under a name of its own)."""
+from toolchain.codecs.affine import AffineCodec
+
+
+class TwoBitCodec(AffineCodec):
+    name = "twobit"
+
+    def __init__(self, feature_shape):
+        super().__init__(feature_shape, bits=2, per="channel")
+
+    def params(self):
+        return {}
+
+
+CODECS = {"twobit": TwoBitCodec}
+'''
+
+
+def test_adding_a_codec_is_adding_a_file(tmp_path, fashion_mnist):
+    """The toolchain seen through links, with one more file in toolchain/codecs/: build-engines takes the new
+    codec by name, and its bundle sends two bits per feature through the runtime's own coder."""
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "toolchain").mkdir()
+    for path in (root / "toolchain").iterdir():
+        if path.name not in ("codecs", "__pycache__"):
+            (tmp_path / "toolchain" / path.name).symlink_to(path)
+    (tmp_path / "toolchain" / "codecs").mkdir()
+    for path in (root / "toolchain" / "codecs").glob("*.py"):
+        (tmp_path / "toolchain" / "codecs" / path.name).symlink_to(path)
+    (tmp_path / "toolchain" / "codecs" / "twobit.py").write_text(NEWCOMERS_CODEC)
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "tests"), str(root)]))
+    built = subprocess.run([sys.executable, "-m", "edgesplit", "build-engines", *TINY_MODEL, "--codec", "twobit",
+                            "--lossless", "none", "--max-loss", "100", "--min-agreement", "0.5", "--output",
+                            str(tmp_path / "bundle")],
+                           cwd=tmp_path, env=environment, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert manifest["codec"]["name"] == "twobit" and manifest["wire"]["bits"] == 2
+    elements = int(np.prod(manifest["wire"]["shape"]))
+    sent = deployed(load_bundle(tmp_path / "bundle"), np.random.default_rng(0).random((5, 1, 32, 32), np.float32))
+    assert sent.payload_bytes.tolist() == [-(-elements // 4)] * 5

@@ -18,7 +18,7 @@ from runtime.backends.onnxrt.runner import OnnxRuntimeRunner
 from runtime.bundle import load_bundle
 from runtime.errors import BundleError
 from runtime.local import SplitInference
-from runtime.wire import ENTROPY_CODERS, LOSSLESS
+from runtime.coding import ENTROPY_CODERS, LOSSLESS
 from targets import DEVICES, names
 from toolchain.backends import EXPORTERS
 from toolchain.calibration import rank

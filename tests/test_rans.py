@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime import rans
+from runtime.coding import rans
 from runtime.errors import WireError
-from runtime.wire import PACKED_MARK, WireFormat, decode_frame, encode_frame
+from runtime.coding.rans import PACKED_MARK
+from runtime.wire import WireFormat, decode_frame, encode_frame
 
 
 @st.composite

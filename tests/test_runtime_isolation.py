@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # what a Jetson Nano (JetPack 4.6, Python 3.6) imports: each transport's package and edge end; runtime/cloud.py,
 # metrics.py and the transports' server ends are server-only
 EDGE_MODULES = ["runtime/__init__.py", "runtime/errors.py", "runtime/wire.py", "runtime/bundle.py",
-                "runtime/protocol.py", "runtime/rans.py", "runtime/edge.py", "runtime/images.py", "runtime/link.py",
+                "runtime/protocol.py", "runtime/coding", "runtime/edge.py", "runtime/images.py", "runtime/link.py",
                 "runtime/local.py", "runtime/cli.py", "runtime/signing.py", "runtime/backends",
                 "runtime/transports/__init__.py", *(f"runtime/transports/{name}/{part}.py" for name in ("tcp", "triton")
                                                     for part in ("__init__", "edge")), "targets", "edgesplit"]
@@ -17,6 +17,7 @@ EDGE_MODULES = ["runtime/__init__.py", "runtime/errors.py", "runtime/wire.py", "
 def test_runtime_modules_import_without_torch_or_toolchain():
     code = (
         "import sys\n"
+        "import runtime.coding.rans, runtime.coding.packed, runtime.coding.picture\n"
         "import runtime.bundle, runtime.local, runtime.wire, runtime.backends.onnxrt.runner, targets\n"
         "import runtime.protocol, runtime.edge, runtime.cloud, runtime.images, runtime.link, runtime.cli\n"
         "loaded = [m for m in sys.modules if m.split('.')[0] in ('torch', 'toolchain', 'onnx', 'click', 'rich')]\n"

@@ -33,7 +33,8 @@ from toolchain.backends import Half, Parts, check_precision, exporter
 from toolchain.bundle import finish_bundle, staging_directory
 from toolchain.calibration import choose_codec_range
 from toolchain.codec_training import epochs_for, load_checkpoint, prepare_training, read_checkpoint, train_codec
-from toolchain.codecs import DEFAULT_CODEC, LEARNED, FeatureCodec, PixelCodec, make_cut_codec, parse_codec_spec
+from toolchain.codecs import DEFAULT_CODEC, LEARNED, FeatureCodec, make_cut_codec, parse_codec_spec
+from toolchain.codecs.pixels import PixelCodec
 from toolchain.data import ImageSet, load_images
 from toolchain.errors import EdgesplitError
 from toolchain.exit_branch import ExitBranch, load_exit, train_exit

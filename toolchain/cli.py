@@ -16,7 +16,7 @@ import click
 from runtime.bundle import STRATEGIES
 from runtime.errors import EdgesplitError, one_line
 from runtime.inputs import RESIZE_POLICIES, parse_floats
-from runtime.wire import LOSSLESS
+from runtime.coding import LOSSLESS
 from toolchain.image_formats import IMAGE_FORMATS
 from toolchain.lossless import CHOICES as LOSSLESS_CHOICES
 from targets import DEFAULT_EDGE, PRECISIONS, names as device_names

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtime.wire import LOSSLESS, encode_frame
+from runtime.coding import LOSSLESS
+from runtime.wire import encode_frame
 from toolchain.codec_training import FeatureCache, score_codec, train_codec
 from toolchain.codecs import CodecSpec, FeatureCodec, make_codec
 from toolchain.lossless import fit_prior

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.inputs import to_pixels
-from runtime.wire import JPEG_QUALITY, PICTURES, decode_picture, encode_picture
+from runtime.coding import PICTURES
+from runtime.coding.picture import JPEG_QUALITY, decode_picture, encode_picture
 
 IMAGE_FORMATS = ("raw", *PICTURES)
 TITLES = {"raw": "raw", "png": "PNG", "jpeg": f"JPEG q{JPEG_QUALITY}"}

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from runtime import rans
-from runtime.wire import ENTROPY_CODERS, LOSSLESS, encode_frame, frames_of
+from runtime.coding import ENTROPY_CODERS, LOSSLESS, rans
+from runtime.coding.packed import BYTE_STAGES
+from runtime.wire import encode_frame, frames_of
 from toolchain.errors import EdgesplitError
 
 if TYPE_CHECKING:  # the CLI reads CHOICES without importing torch
@@ -27,7 +28,7 @@ def choose(codec: FeatureCodec, codes) -> tuple[str, dict[str, float]]:
     the mean of each."""
     frames = frames_of(codes, codec.wire_format())
     sizes = {}
-    for name, stage in LOSSLESS.items():
+    for name, stage in BYTE_STAGES.items():
         if stage.builtin:
             wire = codec.wire_format(name)
             sizes[name] = float(np.mean([len(encode_frame(frame, wire)) for frame in frames]))

@@ -19,10 +19,10 @@ import triton_python_backend_utils as pb_utils
 
 from runtime import protocol
 from runtime.bundle import Bundle, file_sha256, load_bundle
+from runtime.coding import Coding
 from runtime.errors import BundleError, ProtocolError, WireError
 from runtime.local import CloudHalf
 from runtime.transports.triton import BUNDLE_FOLDER, BUNDLE_ID, BUNDLE_ID_PARAMETER, PAYLOAD, unpadded
-from runtime.wire import decode_frame
 
 
 def _settings(args: dict) -> dict:
@@ -58,6 +58,7 @@ class Decode:
         bundle = _repository_bundle(args, settings)
         _check_native_tail(args, settings, bundle)
         self.wire = bundle.wire
+        self.coding = Coding(bundle.wire)
         self.bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
         self.inputs = [(t["name"], np.dtype(t["dtype"])) for t in bundle.artefact("cloud")["inputs"]]
 
@@ -82,7 +83,7 @@ class Decode:
         if bundle_id.tobytes() != self.bundle_id:
             raise ProtocolError("frame is for bundle {}, this server serves {}".format(
                 bundle_id.tobytes().hex(), self.bundle_id.hex()), protocol.BUNDLE_MISMATCH)
-        codes = decode_frame(unpadded(payload), self.wire)
+        codes = self.coding.decode(unpadded(payload))
         return codes if self.wire.parts else [codes]
 
 

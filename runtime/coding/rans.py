@@ -8,12 +8,19 @@ state in [2^16, 2^24): three bytes of state end a stream, and the decoder's fina
 encoder's first, which catches most corruption beside the frame's CRC. Decoding does a fixed amount of work
 per symbol (at most two byte reads) and never reads past the payload: a truncated or corrupt stream is
 refused with WireError after at most `count` steps.
+
+`RansCoder` is the wire's `rans` stage: it codes each code of one tensor with its table of the bundle's prior
+(one per code channel, the first axis of the code shape, or one for all). A stream never starts with a 0 byte
+(its first byte is the top of a state >= 2^16), so a 0 byte marks the bit-packed codes instead, sent where the
+stream would be no smaller: no frame exceeds its bit-packed size plus one byte.
 """
 
 from typing import List, NamedTuple, Sequence
 
 import numpy as np
 
+from runtime.coding import Coder
+from runtime.coding.packed import pack_bits, unpack_bits
 from runtime.errors import WireError
 
 PRECISION = 12  # frequencies out of 4096: the smallest probability a table can give is 1/4096
@@ -111,3 +118,51 @@ def decode(stream: bytes, table_of: Sequence[int], coder: Model) -> np.ndarray:
         raise WireError("entropy-coded stream is corrupt: {} of {} bytes read, final state {:#x}, expected "
                         "{:#x}".format(position, size, state, LOWER))
     return np.frombuffer(bytes(symbols), np.uint8)
+
+
+PACKED_MARK = b"\x00"
+
+
+class RansCoder(Coder):
+    def __init__(self, wire) -> None:
+        super().__init__(wire)
+        per_table = wire.elements // len(wire.prior)
+        self.table_of = [index // per_table for index in range(wire.elements)]
+        self.model = model(np.array(wire.prior))
+
+    @classmethod
+    def check(cls, wire) -> None:
+        tables = len(wire.prior)
+        if wire.parts or wire.picture:
+            raise WireError("the {} stage codes one tensor of codes{}".format(
+                wire.lossless, ", not parts" if wire.parts else ""))
+        if any(not isinstance(f, (int, np.integer)) or isinstance(f, bool) for table in wire.prior for f in table):
+            raise WireError("the {} stage's prior must hold integer frequencies".format(wire.lossless))
+        if tables not in (1, wire.shape[0]) or any(len(table) != 1 << wire.bits for table in wire.prior):
+            raise WireError("the {} stage needs one table or one per code channel ({}), each of 2^{} frequencies; "
+                            "the prior has {} tables".format(wire.lossless, wire.shape[0], wire.bits, tables))
+        model(np.array(wire.prior))  # frequencies that sum right, each >= 1
+
+    def encode(self, arrays: list) -> bytes:
+        """Codes → the rANS stream, or the bit-packed codes behind a 0 byte where the stream is no smaller."""
+        codes, wire = arrays[0], self.wire
+        if codes.size and int(codes.max()) >= 1 << wire.bits:
+            raise WireError("codes must be below 2^{} = {}, got {}".format(wire.bits, 1 << wire.bits,
+                                                                           int(codes.max())))
+        stream = encode(codes.reshape(-1).tolist(), self.table_of, self.model)
+        return stream if len(stream) < wire.packed_bytes + 1 else PACKED_MARK + pack_bits(codes, wire.bits)
+
+    def decode(self, payload: bytes) -> list:
+        wire = self.wire
+        if payload[:1] == PACKED_MARK:
+            if len(payload) != wire.packed_bytes + 1:
+                raise WireError("payload has {} bit-packed bytes, the bundle's wire format needs {}".format(
+                    len(payload) - 1, wire.packed_bytes))
+            return [unpack_bits(payload[1:], wire.bits, wire.elements).reshape(wire.shape)]
+        if len(payload) > wire.packed_bytes:  # no stream the encoder sends is this long: refused before decoding
+            raise WireError("entropy-coded payload of {} bytes is over the {} the bundle's codes take "
+                            "bit-packed".format(len(payload), wire.packed_bytes))
+        return [decode(payload, self.table_of, self.model).reshape(wire.shape)]
+
+
+CODER = RansCoder

@@ -12,6 +12,7 @@ SUITES = {
     "server": ("benchmarks.runtime", "protocol overhead, server load (edges x fps), emulated links"),
     "pruning": ("benchmarks.pruning", "channel pruning of the edge half (BBNet Table 3)"),
     "codecs": ("benchmarks.codecs", "accuracy vs bytes for affine and learned codecs"),
+    "entropy": ("benchmarks.entropy", "learned codecs trained for rate, entropy-coded (rANS) on the edge"),
     "tflite": ("benchmarks.tflite", "int8 TFLite edge: accuracy, size, latency"),
     "triton": ("benchmarks.triton", "the cloud side on Triton Inference Server vs edgesplit serve; gRPC overhead"),
     "foreign": ("benchmarks.foreign", "edgesplit optimize on three models nobody here designed, measured on the testbed"),

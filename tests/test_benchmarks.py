@@ -32,6 +32,24 @@ def test_codec_benchmark_quick_run_writes_results(fashion_mnist, tmp_path):
 
 
 @pytest.mark.slow
+def test_entropy_benchmark_codes_every_test_frame_and_draws_it_beside_the_bit_packed_codecs(fashion_mnist, tmp_path):
+    subprocess.run([sys.executable, "-m", "benchmarks", "entropy", "--quick", "--rates", "0,0.05", "--shapes",
+                    "8:4:4,4:4:2", "--output", str(tmp_path)], check=True, capture_output=True)
+    with open(tmp_path / "entropy.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [r["codec"] for r in rows] == ["bbnet:c=8,s=4,bits=4", "bbnet:c=8,s=4,bits=4,rate=0.05",
+                                          "bbnet:c=4,s=4,bits=2", "bbnet:c=4,s=4,bits=2,rate=0.05"]
+    assert [int(row["packed_bytes"]) for row in rows] == [16, 16, 4, 4]
+    for row in rows:  # no frame grows past the bit-packed codes and the one byte that marks them
+        assert float(row["bytes_per_frame"]) <= int(row["worst_bytes"]) <= int(row["packed_bytes"]) + 1
+        assert 0 < float(row["coding_ms"]) <= float(row["coding_worst_ms"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["settings"]["test_frames"] == 500 and "best_within_goal" in summary
+    assert (tmp_path / "entropy.png").stat().st_size > 10_000 and "| bbnet:c=4,s=4,bits=2 |" in (
+        tmp_path / "RESULTS.md").read_text()
+
+
+@pytest.mark.slow
 def test_runtime_benchmark_quick_run_writes_results(int8_built, tmp_path):
     subprocess.run([sys.executable, "-m", "benchmarks.runtime", "--quick", "--bundle", str(int8_built.bundle),
                     "--output", str(tmp_path)], check=True, capture_output=True)

@@ -34,12 +34,11 @@ def test_codec_benchmark_quick_run_writes_results(fashion_mnist, tmp_path):
 @pytest.mark.slow
 def test_entropy_benchmark_codes_every_test_frame_and_draws_it_beside_the_bit_packed_codecs(fashion_mnist, tmp_path):
     subprocess.run([sys.executable, "-m", "benchmarks", "entropy", "--quick", "--rates", "0,0.05", "--shapes",
-                    "8:4:4,4:4:2", "--output", str(tmp_path)], check=True, capture_output=True)
+                    "4:4:2", "--output", str(tmp_path)], check=True, capture_output=True)
     with open(tmp_path / "entropy.csv") as stream:
         rows = list(csv.DictReader(stream))
-    assert [r["codec"] for r in rows] == ["bbnet:c=8,s=4,bits=4", "bbnet:c=8,s=4,bits=4,rate=0.05",
-                                          "bbnet:c=4,s=4,bits=2", "bbnet:c=4,s=4,bits=2,rate=0.05"]
-    assert [int(row["packed_bytes"]) for row in rows] == [16, 16, 4, 4]
+    assert [r["codec"] for r in rows] == ["bbnet:c=4,s=4,bits=2", "bbnet:c=4,s=4,bits=2,rate=0.05"]
+    assert [int(row["packed_bytes"]) for row in rows] == [4, 4]  # 4 channels of 2 x 2 codes, 2 bits each
     for row in rows:  # no frame grows past the bit-packed codes and the one byte that marks them
         assert float(row["bytes_per_frame"]) <= int(row["worst_bytes"]) <= int(row["packed_bytes"]) + 1
         assert 0 < float(row["coding_ms"]) <= float(row["coding_worst_ms"])
@@ -190,7 +189,12 @@ def test_bandwidth_suite_streams_each_strategy_through_the_link(device, request,
         for detail in details:
             assert 0 <= detail["sent"] <= 1 and detail["loss_points"] <= 10  # 20 frames: one is 5 points
             assert detail["sent"] == {"edge-only": 0, "cloud-only": 1}.get(detail["strategy"], detail["sent"])
-        assert "## The optimizer's choice, composed" in (tmp_path / "RESULTS.md").read_text()
+        report = (tmp_path / "RESULTS.md").read_text()
+        assert "## The optimizer's choice, composed" in report
+        # where the choice missed 1.5x the better baseline, the report says what the search's candidates needed
+        missed = [s["bandwidth"] for s in summary["speedups"]
+                  if 20e3 <= s["bandwidth_bps"] <= 1e6 and s["optimized_vs_best"] < 1.5]
+        assert all(f"- {bandwidth}: 1.5x needs " in report for bandwidth in missed)
         assert (tmp_path / "optimize" / "REPORT.md").exists() and (tmp_path / "optimized.csv").exists()
     if device != "host":
         calibration = summary["calibration"]

@@ -262,7 +262,8 @@ def codec_stage(build: Build) -> None:
         if build.lossless == "rans":
             build.prior = fit_prior(build.codec, codes)
         else:
-            build.lossless, build.checks["lossless_measured"] = choose_lossless(build.codec, codes)
+            wire, build.checks["lossless_measured"] = choose_lossless(build.codec, codes)
+            build.lossless, build.prior = wire.lossless, wire.prior
 
 
 def export_stage(role: str) -> Callable[[Build], None]:

@@ -15,11 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtime.coding import LOSSLESS
-from runtime.wire import encode_frame
 from toolchain.codec_training import FeatureCache, score_codec, train_codec
 from toolchain.codecs import CodecSpec, FeatureCodec, make_codec
-from toolchain.lossless import fit_prior
+from toolchain.lossless import choose
 
 CALIBRATION_FRAMES = 512  # training frames a codec's ranges and the rans stage's prior are fitted to, as a build's
 
@@ -44,16 +42,11 @@ def grid(family: str, channels: Iterable[int], strides: Iterable[int], bits: Ite
 
 @torch.no_grad()
 def best_lossless(codec: FeatureCodec, features: torch.Tensor, fitting: torch.Tensor) -> tuple[str, float]:
-    """The stage with the smallest mean payload on these features: each byte stage, and the rans stage with a
-    prior fitted to the codes of `fitting` (as a build fits it to its calibration images)."""
+    """The stage with the smallest mean payload on these features (every byte stage, and rans as `--lossless
+    auto` tries it, with a prior fitted to the codes of `fitting`, as a build fits it to its calibration images)."""
     encoder = codec.encoder().eval()
-    codes = encoder(features.float()).numpy()
-    wires = {stage: codec.wire_format(stage) for stage in LOSSLESS}
-    if not codec.wire_format().parts:
-        wires["rans"] = codec.wire_format().entropy_coded(fit_prior(codec, encoder(fitting.float()).numpy()))
-    sizes = {stage: float(np.mean([len(encode_frame(frame, wire)) for frame in codes])) for stage, wire in wires.items()}
-    stage = min(sizes, key=lambda name: (sizes[name], list(sizes).index(name)))
-    return stage, sizes[stage]
+    wire, sizes = choose(codec, encoder(features.float()).numpy(), encoder(fitting.float()).numpy(), builtin=False)
+    return wire.lossless, sizes[wire.lossless]
 
 
 def evaluate_config(

@@ -1,6 +1,7 @@
-"""`--lossless auto`: the lossless stage that makes the calibration payloads smallest, among the stages
-every edge has (Python's standard library), so the choice never asks the device for another install.
-`--lossless rans`: the entropy stage, its prior fitted here to the calibration images' codes."""
+"""`--lossless auto`: the stage that makes the calibration payloads smallest, among those every edge has without
+another install: Python's standard library's byte stages, and the rans stage (pure Python) where a frame holds
+few enough codes for pure-Python coding to stay cheap on a device. `--lossless rans`: the entropy stage, its prior
+fitted here to the calibration images' codes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from runtime.coding import ENTROPY_CODERS, LOSSLESS, rans
 from runtime.coding.packed import BYTE_STAGES
-from runtime.wire import encode_frame, frames_of
+from runtime.wire import WireFormat, encode_frame, frames_of
 from toolchain.errors import EdgesplitError
 
 if TYPE_CHECKING:  # the CLI reads CHOICES without importing torch
@@ -21,18 +22,22 @@ CHOICES = [AUTO, *LOSSLESS, *ENTROPY_CODERS]
 # a table per code channel where the calibration gives each of its levels this many codes on average, else one
 # table for all: a histogram of few codes would price the held-out images' codes by chance
 CODES_PER_LEVEL = 8
+# auto tries rans on frames of at most this many codes: pure Python codes ~0.3 µs a code each way here (0.6 ms a
+# frame at this size), several times that on a Raspberry Pi
+RANS_AUTO_CODES = 1024
 
 
-def choose(codec: FeatureCodec, codes) -> tuple[str, dict[str, float]]:
-    """The builtin stage with the fewest mean payload bytes (ties go to the cheaper, earlier one), and
-    the mean of each."""
-    frames = frames_of(codes, codec.wire_format())
-    sizes = {}
-    for name, stage in BYTE_STAGES.items():
-        if stage.builtin:
-            wire = codec.wire_format(name)
-            sizes[name] = float(np.mean([len(encode_frame(frame, wire)) for frame in frames]))
-    return min(sizes, key=sizes.get), sizes
+def choose(codec: FeatureCodec, codes, fitting=None, builtin: bool = True) -> tuple[WireFormat, dict[str, float]]:
+    """The wire with the fewest mean payload bytes on `codes` (ties go to the cheaper, earlier stage), and each
+    stage's mean. Byte stages: the standard library's (`builtin`) or all; rans where the frame is small enough, its
+    prior fitted to `fitting`'s codes (default: `codes`)."""
+    plain = codec.wire_format()
+    wires = {name: codec.wire_format(name) for name, stage in BYTE_STAGES.items() if stage.builtin or not builtin}
+    if not plain.parts and not plain.picture and plain.elements <= RANS_AUTO_CODES:
+        wires["rans"] = plain.entropy_coded(fit_prior(codec, codes if fitting is None else fitting))
+    frames = frames_of(codes, plain)
+    sizes = {name: float(np.mean([len(encode_frame(frame, wire)) for frame in frames])) for name, wire in wires.items()}
+    return wires[min(sizes, key=sizes.get)], sizes
 
 
 def fit_prior(codec: FeatureCodec, codes: np.ndarray) -> np.ndarray:

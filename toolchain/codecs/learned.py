@@ -36,7 +36,8 @@ class LearnedCodec(FeatureCodec):
 
     learned = True
 
-    def __init__(self, feature_shape: tuple[int, ...], c: int, s: int, bits: int, rate: float = 0.0) -> None:
+    def __init__(self, feature_shape: tuple[int, ...], c: int = 8, s: int = 2, bits: int = 8,
+                 rate: float = 0.0) -> None:
         super().__init__(feature_shape)
         self.channels, self.stride, self.bits = int(c), int(s), int(bits)
         try:
@@ -55,10 +56,14 @@ class LearnedCodec(FeatureCodec):
         scale, zero_point = tanh_range(self.levels)
         self.register_buffer("scale", scale)
         self.register_buffer("zero_point", zero_point)
-        self.analysis: nn.Module = nn.Identity()
-        self.synthesis: nn.Module = nn.Identity()
+        self.analysis, self.synthesis = self.layers(self.feature_shape[0], *_strided_kernel(self.stride))
         if self.rate:
             self.prior = nn.Parameter(torch.zeros(self.channels, self.levels))  # logits per code channel
+
+    def layers(self, channels: int, kernel: int, padding: int) -> tuple[nn.Module, nn.Module]:
+        """The edge's analysis (ending in Tanh) and the cloud's synthesis, for a split tensor of `channels`; a
+        strided layer of `kernel` and `padding` maps H to H / stride."""
+        raise NotImplementedError
 
     def encoder(self, code_dtype: torch.dtype = torch.uint8) -> nn.Module:
         return nn.Sequential(self.analysis, AffineQuantize(self.scale, self.zero_point, self.levels, code_dtype))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from toolchain.codecs.learned import LearnedCodec, _strided_kernel, _upsampler
+from toolchain.codecs.learned import LearnedCodec, _upsampler
 
 
 class SelfAttention(nn.Module):
@@ -48,20 +48,17 @@ class SAFBMPCodec(LearnedCodec):
 
     name = "safbmp"
 
-    def __init__(self, feature_shape: tuple[int, ...], c: int = 8, s: int = 2, bits: int = 8,
-                 rate: float = 0.0) -> None:
-        super().__init__(feature_shape, c, s, bits, rate)
-        channels = self.feature_shape[0]
-        kernel, padding = _strided_kernel(self.stride)
-        self.analysis = nn.Sequential(
+    def layers(self, channels: int, kernel: int, padding: int) -> tuple[nn.Module, nn.Module]:
+        analysis = nn.Sequential(
             nn.Conv2d(channels, channels, kernel, self.stride, padding, groups=channels, bias=False),
             nn.BatchNorm2d(channels), nn.ReLU(),
             nn.Conv2d(channels, self.channels, 1, bias=False), nn.BatchNorm2d(self.channels), nn.Tanh(),
         )
-        self.synthesis = nn.Sequential(
+        synthesis = nn.Sequential(
             _upsampler(self.channels, channels, self.stride), nn.BatchNorm2d(channels), nn.ReLU(),
             SelfAttention(channels), Bottleneck(channels),
         )
+        return analysis, synthesis
 
 
 CODECS = {"safbmp": SAFBMPCodec}

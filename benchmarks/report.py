@@ -20,7 +20,8 @@ SECTIONS = [("default", "default", "default"), ("bandwidth", "bandwidth", "bandw
             ("foreign", "foreign", "foreign"),
             ("accuracy", "accuracy", "accuracy"), ("early_exit", "early-exit", "early-exit"),
             ("lossless", "lossless", "lossless"), ("runtime", "server", "server"), ("pruning", "pruning", "pruning"),
-            ("codecs", "codecs", "codecs"), ("tflite", "tflite", "tflite"), ("quantized", "quantized", "quantized"),
+            ("codecs", "codecs", "codecs"), ("entropy", "entropy", "entropy"), ("tflite", "tflite", "tflite"),
+            ("quantized", "quantized", "quantized"),
             ("triton", "triton", "triton"),
             ("reliability", "reliability", "reliability")]
 PREAMBLE = """# Benchmark results

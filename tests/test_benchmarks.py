@@ -40,7 +40,8 @@ def test_entropy_benchmark_codes_every_test_frame_and_draws_it_beside_the_bit_pa
     assert [r["codec"] for r in rows] == ["bbnet:c=4,s=4,bits=2", "bbnet:c=4,s=4,bits=2,rate=0.05"]
     assert [int(row["packed_bytes"]) for row in rows] == [4, 4]  # 4 channels of 2 x 2 codes, 2 bits each
     for row in rows:  # no frame grows past the bit-packed codes and the one byte that marks them
-        assert float(row["bytes_per_frame"]) <= int(row["worst_bytes"]) <= int(row["packed_bytes"]) + 1
+        assert float(row["rans_bytes"]) <= int(row["worst_bytes"]) <= int(row["packed_bytes"]) + 1
+        assert float(row["sent_bytes"]) == min(float(row["rans_bytes"]), int(row["packed_bytes"]))
         assert 0 < float(row["coding_ms"]) <= float(row["coding_worst_ms"])
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["settings"]["test_frames"] == 500 and "best_within_goal" in summary

@@ -107,6 +107,19 @@ def peaked_wire() -> WireFormat:
     return WireFormat((2, 4, 4), bits=4).entropy_coded(rans.quantize(PEAKED))
 
 
+def test_a_prior_with_a_table_per_code_codes_each_code_with_its_own():
+    """32 codes, each with a table that expects its own index mod 16: every frame of exactly those codes costs a
+    few bits a code; the same codes with one table for all cost 4 bits each, and go bit-packed."""
+    expected = np.arange(32, dtype=np.uint8) % 16
+    frequencies = rans.quantize(np.where(np.arange(16) == expected[:, None], 1.0, 0.001))
+    wire = WireFormat.from_manifest(WireFormat((2, 4, 4), bits=4).entropy_coded(frequencies).to_manifest())
+    codes = expected.reshape(2, 4, 4)
+    payload = encode_frame(codes, wire)
+    assert len(payload) < 8 and np.array_equal(decode_frame(payload, wire), codes)
+    flat = WireFormat((2, 4, 4), bits=4).entropy_coded(rans.quantize(np.ones((1, 16))))
+    assert len(encode_frame(codes, flat)) == flat.packed_bytes + 1
+
+
 def test_the_rans_stage_sends_few_bytes_for_likely_codes_and_bit_packs_the_rest_behind_a_zero():
     wire = WireFormat.from_manifest(peaked_wire().to_manifest())  # the prior travels in the manifest
     likely = np.stack([np.zeros((4, 4), np.uint8), np.full((4, 4), 15, np.uint8)])
@@ -144,8 +157,10 @@ def test_a_manifest_prior_that_is_not_tables_of_integers_is_refused_in_one_line(
 @pytest.mark.parametrize("change, problem", [
     (dict(lossless="zlib"), "a prior belongs to the rans stage"),
     (dict(prior=((1,) * 16,) * 2), "summing to 4096"),
-    (dict(prior=(tuple(rans.quantize(PEAKED)[0]),) * 3), "one table or one per code channel \\(2\\)"),
-    (dict(prior=()), "one table or one per code channel")])
+    (dict(prior=(tuple(rans.quantize(PEAKED)[0]),) * 3), "one table, one per code channel \\(2\\) or one per code "
+                                                           "\\(32\\)"),
+    (dict(prior=()), "one table, one per code channel"),
+    (dict(prior=(tuple(rans.quantize(PEAKED)[0]),) * 4097), "4097 tables of 2\\^4 frequencies, over the 65,536")])
 def test_a_wire_whose_prior_cannot_code_its_codes_is_refused(change, problem):
     with pytest.raises(WireError, match=problem):
         peaked_wire()._replace(**change).validated()

@@ -11,6 +11,7 @@ import numpy as np
 
 from runtime.coding import ENTROPY_CODERS, LOSSLESS, rans
 from runtime.coding.packed import BYTE_STAGES
+from runtime.coding.rans import MAX_PRIOR_FREQUENCIES
 from runtime.wire import WireFormat, encode_frame, frames_of
 from toolchain.errors import EdgesplitError
 
@@ -19,8 +20,9 @@ if TYPE_CHECKING:  # the CLI reads CHOICES without importing torch
 
 AUTO = "auto"
 CHOICES = [AUTO, *LOSSLESS, *ENTROPY_CODERS]
-# a table per code channel where the calibration gives each of its levels this many codes on average, else one
-# table for all: a histogram of few codes would price the held-out images' codes by chance
+# a table per code where the calibration gives each of its levels this many codes on average (and the tables fit
+# a bundle), else per code channel where that does, else one for all: a histogram of few codes would price the
+# held-out images' codes by chance
 CODES_PER_LEVEL = 8
 # auto tries rans on frames of at most this many codes: pure Python codes ~0.3 µs a code each way here (0.6 ms a
 # frame at this size), several times that on a Raspberry Pi
@@ -41,14 +43,18 @@ def choose(codec: FeatureCodec, codes, fitting=None, builtin: bool = True) -> tu
 
 
 def fit_prior(codec: FeatureCodec, codes: np.ndarray) -> np.ndarray:
-    """The rans stage's frequencies: the calibration codes' histogram per code channel (or one for all)."""
+    """The rans stage's frequencies: the calibration codes' histogram per code, per code channel or for all: the
+    finest the calibration frames fill."""
     wire = codec.wire_format()
     if wire.parts or wire.picture:
         raise EdgesplitError(f"--lossless rans codes one tensor of codes; this cut sends "
                              f"{len(wire.parts) or 'a picture of'} {'tensors' if wire.parts else 'the image'}: use "
                              f"another --lossless")
-    levels = 1 << wire.bits
-    rows = codes.reshape(len(codes), wire.shape[0], -1).transpose(1, 0, 2).reshape(wire.shape[0], -1)
-    if rows.shape[1] < CODES_PER_LEVEL * levels:
-        rows = rows.reshape(1, -1)
+    levels, enough = 1 << wire.bits, CODES_PER_LEVEL << wire.bits
+    if len(codes) >= enough and wire.elements << wire.bits <= MAX_PRIOR_FREQUENCIES:
+        rows = codes.reshape(len(codes), -1).T
+    else:
+        rows = codes.reshape(len(codes), wire.shape[0], -1).transpose(1, 0, 2).reshape(wire.shape[0], -1)
+        if rows.shape[1] < enough:
+            rows = rows.reshape(1, -1)
     return rans.quantize(np.stack([np.bincount(row, minlength=levels) for row in rows.astype(np.int64)]))

@@ -1,7 +1,7 @@
 """A static-model rANS entropy coder in the standard library and numpy: runs on a Python 3.6 edge with no
 compiled extension and no torch, and the cloud decodes with the same code, bit-exact.
 
-The model is a set of tables, one per channel of a learned prior: each gives every symbol a frequency out of
+The model is a set of tables, one per code (or per code channel) of a learned prior: each gives every symbol a frequency out of
 2^PRECISION (at least 1, so any symbol can be coded). `encode(symbols, table_of, model)` codes symbol i with
 table `table_of[i]`. The coder is byte-wise rANS (Duda 2013; the layout of Giesen's ryg_rans) with a 24-bit
 state in [2^16, 2^24): three bytes of state end a stream, and the decoder's final state must be the
@@ -10,7 +10,7 @@ per symbol (at most two byte reads) and never reads past the payload: a truncate
 refused with WireError after at most `count` steps.
 
 `RansCoder` is the wire's `rans` stage: it codes each code of one tensor with its table of the bundle's prior
-(one per code channel, the first axis of the code shape, or one for all). A stream never starts with a 0 byte
+(one per code, one per code channel — the first axis of the code shape — or one for all). A stream never starts with a 0 byte
 (its first byte is the top of a state >= 2^16), so a 0 byte marks the bit-packed codes instead, sent where the
 stream would be no smaller: no frame exceeds its bit-packed size plus one byte.
 """
@@ -121,6 +121,7 @@ def decode(stream: bytes, table_of: Sequence[int], coder: Model) -> np.ndarray:
 
 
 PACKED_MARK = b"\x00"
+MAX_PRIOR_FREQUENCIES = 1 << 16  # tables x symbols a bundle's prior may hold: 256 tables of 8-bit codes
 
 
 class RansCoder(Coder):
@@ -133,14 +134,18 @@ class RansCoder(Coder):
     @classmethod
     def check(cls, wire) -> None:
         tables = len(wire.prior)
+        if tables << wire.bits > MAX_PRIOR_FREQUENCIES:
+            raise WireError("the {} stage's prior has {} tables of 2^{} frequencies, over the {:,} a bundle may "
+                            "ship".format(wire.lossless, tables, wire.bits, MAX_PRIOR_FREQUENCIES))
         if wire.parts or wire.picture:
             raise WireError("the {} stage codes one tensor of codes{}".format(
                 wire.lossless, ", not parts" if wire.parts else ""))
         if any(not isinstance(f, (int, np.integer)) or isinstance(f, bool) for table in wire.prior for f in table):
             raise WireError("the {} stage's prior must hold integer frequencies".format(wire.lossless))
-        if tables not in (1, wire.shape[0]) or any(len(table) != 1 << wire.bits for table in wire.prior):
-            raise WireError("the {} stage needs one table or one per code channel ({}), each of 2^{} frequencies; "
-                            "the prior has {} tables".format(wire.lossless, wire.shape[0], wire.bits, tables))
+        if tables not in (1, wire.shape[0], wire.elements) or any(len(table) != 1 << wire.bits for table in wire.prior):
+            raise WireError("the {} stage needs one table, one per code channel ({}) or one per code ({}), each of "
+                            "2^{} frequencies; the prior has {} tables".format(
+                                wire.lossless, wire.shape[0], wire.elements, wire.bits, tables))
         model(np.array(wire.prior))  # frequencies that sum right, each >= 1
 
     def encode(self, arrays: list) -> bytes:

@@ -29,8 +29,8 @@ class LearnedCodec(FeatureCodec):
     """Edge `analysis` ends in Tanh; codes are its fixed-range n-bit quantization; cloud `synthesis`
     maps dequantized codes back to the split tensor's shape.
 
-    With `rate` > 0 it trains for bytes too: a factorized prior (a learned distribution over the code levels per
-    code channel) prices each code in bits, and `rate` weighs the bits per frame against the distillation loss
+    With `rate` > 0 it trains for bytes too: a factorized prior (a learned distribution over the code levels of
+    each code: channel and position) prices each code in bits, and `rate` weighs the bits per frame against the distillation loss
     (Ballé et al.'s rate-distortion training; Entropic Student's and FrankenSplit's split codecs). The bundle's
     rans stage then codes them with the histogram its build fits (`--lossless rans`)."""
 
@@ -58,7 +58,8 @@ class LearnedCodec(FeatureCodec):
         self.register_buffer("zero_point", zero_point)
         self.analysis, self.synthesis = self.layers(self.feature_shape[0], *_strided_kernel(self.stride))
         if self.rate:
-            self.prior = nn.Parameter(torch.zeros(self.channels, self.levels))  # logits per code channel
+            positions = self.code_shape[1] * self.code_shape[2]
+            self.prior = nn.Parameter(torch.zeros(self.channels, positions, self.levels))  # logits per code
 
     def layers(self, channels: int, kernel: int, padding: int) -> tuple[nn.Module, nn.Module]:
         """The edge's analysis (ending in Tanh) and the cloud's synthesis, for a split tensor of `channels`; a
@@ -84,7 +85,7 @@ class LearnedCodec(FeatureCodec):
         return self.synthesis(straight_through(latent, rounded)), self.code_bits(latent) if self.rate else None
 
     def code_bits(self, latent: torch.Tensor) -> torch.Tensor:
-        """Bits per frame: each code's -log2 probability under its channel's prior, at the code's continuous value
+        """Bits per frame: each code's -log2 probability under its own prior, at the code's continuous value
         (with uniform noise while training) interpolated between the two nearest levels, so the encoder's
         gradient moves codes toward cheaper levels and the prior's toward the codes' histogram."""
         code = latent / self.scale + self.zero_point
@@ -92,8 +93,7 @@ class LearnedCodec(FeatureCodec):
             code = code + torch.empty_like(code).uniform_(-0.5, 0.5)
         code = code.clamp(0, self.levels - 1).flatten(2)  # N, channels, positions
         low = code.detach().floor().clamp(max=self.levels - 2).long()  # levels >= 2: low and low + 1 are levels
-        log2p = torch.log_softmax(self.prior, 1) / math.log(2)
-        log2p = log2p.view(1, self.channels, 1, self.levels).expand(*code.shape, self.levels)
+        log2p = (torch.log_softmax(self.prior, -1) / math.log(2)).expand(len(code), *self.prior.shape)
         below, above = torch.gather(log2p, 3, torch.stack((low, low + 1), -1)).unbind(-1)
         fraction = code - low
         return -((1 - fraction) * below + fraction * above).sum((1, 2))

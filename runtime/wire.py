@@ -70,8 +70,11 @@ class WireFormat(NamedTuple):
     def from_manifest(cls, entry: dict) -> "WireFormat":
         parts = tuple(tuple(shape) for shape in entry.get("parts", ()))
         prior = entry.get("prior", {})
+        if not isinstance(prior, dict):
+            raise WireError("the wire's prior must be an object with precision and frequencies, got {}".format(
+                type(prior).__name__))
         if prior and prior.get("precision") != rans.PRECISION:
-            raise WireError("the prior's frequencies are out of 2^{}; this runtime codes with 2^{}".format(
+            raise WireError("the prior's precision is {!r}; this runtime codes with frequencies out of 2^{}".format(
                 prior.get("precision"), rans.PRECISION))
         try:
             frequencies = tuple(tuple(table) for table in prior.get("frequencies", ()))

@@ -81,6 +81,14 @@ def test_checkpoint_for_another_split_is_refused(frozen, tmp_path):
     assert state["codec"] == SPEC and codec.bits == 4
     with pytest.raises(EdgesplitError, match="trained for split 'layer3_1_relu2' .* not split 'layer2'"):
         load_checkpoint(path, "layer2", model.sha256, split.point.shape)
+    # the same codec saved by an edgesplit whose tensors had another shape (a prior per channel, not per code)
+    rated = make_codec(SPEC + ",rate=0.1", split.point.shape)
+    state = dict(rated.state_dict(), prior=torch.zeros(rated.channels, rated.levels))
+    torch.save({"version": training.CHECKPOINT_VERSION, "codec": SPEC + ",rate=0.1", "split": split.point.node,
+                "model_sha256": model.sha256, "epoch": 1, "state_dict": state}, path)
+    with pytest.raises(EdgesplitError, match=r"does not fit codec .*,rate=0.1 as this edgesplit builds it \(size "
+                                             r"mismatch for prior.*\): train it again with train-codec$"):
+        load_checkpoint(path, split.point.node, model.sha256, split.point.shape)
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(EdgesplitError, match="cannot read codec checkpoint"):
         load_checkpoint(path, split.point.node, model.sha256, split.point.shape)
@@ -209,3 +217,5 @@ def test_search_codec_trades_bytes_for_accuracy_with_a_rate_and_names_the_stage_
     assert "--codec bbnet:c=16,s=4,bits=4,rate=0.3 " in result.stdout and "--lossless rans)" in result.stdout
     refused = CliRunner().invoke(main, ["search-codec", "--rates", "0,lots", "--output", str(output)])
     assert refused.exit_code == 2 and "'0,lots' is not a comma-separated list of numbers" in refused.output
+    refused = CliRunner().invoke(main, ["search-codec", "--family", "int8", "--output", str(output)])
+    assert refused.exit_code == 2 and "'int8' is not a learned codec; learned codecs: bbnet, safbmp" in refused.output

@@ -166,6 +166,10 @@ def test_uncalibrated_shapes_are_checked():
     ("bbnet:c=4,foo=1", "codec 'bbnet' takes no option foo; its options: c, s, bits"),
     ("affine:bits=9", "bits must be 1..8"),
     ("bbnet:c=0", r"need c >= 1, s >= 1, bits 1..8"),
+    ("bbnet:c=x,s=2,bits=4", "bbnet codec: c must be a whole number, got 'x'"),
+    ("bbnet:s=2.5", "bbnet codec: s must be a whole number, got '2.5'"),
+    ("affine:bits=four", "affine codec: bits must be a whole number, got 'four'"),
+    ("bbnet:rate=0.1,rate=0.2", "codec option 'rate' is given twice"),
 ])
 def test_bad_codec_specs_are_named(spec, message):
     with pytest.raises(EdgesplitError, match=message):

@@ -62,6 +62,13 @@ def test_a_damaged_stream_is_refused_or_decodes_to_in_range_symbols(case, data):
     assert all(s < len(coder.frequencies[t]) for s, t in zip(decoded.tolist(), table_of))
 
 
+def test_a_stream_with_bytes_after_its_last_symbol_says_so():
+    coder = rans.model(rans.quantize(PEAKED))
+    stream = rans.encode([0] * 16, [0] * 16, coder)
+    with pytest.raises(WireError, match="^entropy-coded stream has 2 bytes left over after its last symbol$"):
+        rans.decode(stream + b"\x07\x07", [0] * 16, coder)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=64), st.integers(0, 200))
 def test_random_bytes_never_raise_anything_but_wire_error(stream, count):
@@ -152,6 +159,16 @@ def test_a_manifest_prior_that_is_not_tables_of_integers_is_refused_in_one_line(
     entry = dict(peaked_wire().to_manifest(), prior={"precision": rans.PRECISION, "frequencies": frequencies})
     with pytest.raises(WireError, match=problem):
         WireFormat.from_manifest(entry)
+
+
+@pytest.mark.parametrize("prior, problem", [
+    (None, "the wire's prior must be an object with precision and frequencies, got NoneType"),
+    ([1], "must be an object with precision and frequencies, got list"),
+    ({"precision": "12", "frequencies": []}, "the prior's precision is '12'; this runtime codes with frequencies out "
+                                             "of 2\\^12")])
+def test_a_manifest_prior_that_is_not_an_object_of_the_runtimes_precision_is_refused(prior, problem):
+    with pytest.raises(WireError, match=problem):
+        WireFormat.from_manifest(dict(peaked_wire().to_manifest(), prior=prior))
 
 
 @pytest.mark.parametrize("change, problem", [

@@ -535,7 +535,7 @@ def _float_list(text: str) -> list[float]:
 @main.command("search-codec")
 @model_options
 @codec_training_options
-@click.option("--family", type=click.Choice(["bbnet", "safbmp"]), default="bbnet", show_default=True)
+@click.option("--family", default="bbnet", show_default=True, help="A learned codec (one of toolchain/codecs/).")
 @click.option("--channels", default="16,8,4", show_default=True, help="Candidate c' values.")
 @click.option("--strides", default="4", show_default=True, help="Candidate strides s.")
 @click.option("--bits", default="8,4,2", show_default=True, help="Candidate bits n.")
@@ -549,10 +549,14 @@ def search_codec_command(model, split, data, train_frames, epochs, seed,
                          family, channels, strides, bits, rates, budget, output) -> None:
     """BBNet Algorithm 1 (train phase): the most compressed codec within an accuracy budget."""
     from toolchain.codec_search import grid, plot_rows, search
+    from toolchain.codecs import LEARNED
     from toolchain.results import write_csv
     from toolchain.codec_training import prepare_training, save_checkpoint
 
-    # the lists are checked before the model and its data are loaded
+    # the family and the lists are checked before the model and its data are loaded
+    if family not in LEARNED:
+        raise click.BadParameter(f"{family!r} is not a learned codec; learned codecs: {', '.join(sorted(LEARNED))}",
+                                 param_hint="'--family'")
     candidates = (_int_list(channels), _int_list(strides), _int_list(bits), _float_list(rates))
     loaded, data = _load_for_codec(model, data)
     split = _split_or_default(loaded, split)

@@ -133,7 +133,13 @@ def load_checkpoint(path: Path, split: str, model_sha256: str, feature_shape: tu
         raise EdgesplitError(f"codec checkpoint {path} was trained for split {state['split']!r} of model "
                              f"{state['model_sha256'][:12]}, not split {split!r} of model {model_sha256[:12]}")
     codec = make_codec(state["codec"], feature_shape)
-    codec.load_state_dict(state["state_dict"])
+    try:
+        codec.load_state_dict(state["state_dict"])
+    except RuntimeError as error:  # tensors of another shape: saved by another version of the codec
+        mismatch = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line or "Missing" in line
+                         or "Unexpected" in line), str(error).splitlines()[0])
+        raise EdgesplitError(f"codec checkpoint {path} does not fit codec {state['codec']} as this edgesplit builds it "
+                             f"({mismatch.rstrip('.')}): train it again with train-codec") from None
     return codec, state
 
 

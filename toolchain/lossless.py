@@ -11,7 +11,6 @@ import numpy as np
 
 from runtime.coding import ENTROPY_CODERS, LOSSLESS, rans
 from runtime.coding.packed import BYTE_STAGES
-from runtime.coding.rans import MAX_PRIOR_FREQUENCIES
 from runtime.wire import WireFormat, encode_frame, frames_of
 from toolchain.errors import EdgesplitError
 
@@ -24,6 +23,8 @@ CHOICES = [AUTO, *LOSSLESS, *ENTROPY_CODERS]
 # a bundle), else per code channel where that does, else one for all: a histogram of few codes would price the
 # held-out images' codes by chance
 CODES_PER_LEVEL = 8
+# tables per code only while they stay this small in the manifest (~100 KB of JSON; the wire takes up to 65,536)
+PER_CODE_FREQUENCIES = 1 << 14
 # auto tries rans on frames of at most this many codes: pure Python codes ~0.3 µs a code each way here (0.6 ms a
 # frame at this size), several times that on a Raspberry Pi
 RANS_AUTO_CODES = 1024
@@ -51,7 +52,7 @@ def fit_prior(codec: FeatureCodec, codes: np.ndarray) -> np.ndarray:
                              f"{len(wire.parts) or 'a picture of'} {'tensors' if wire.parts else 'the image'}: use "
                              f"another --lossless")
     levels, enough = 1 << wire.bits, CODES_PER_LEVEL << wire.bits
-    if len(codes) >= enough and wire.elements << wire.bits <= MAX_PRIOR_FREQUENCIES:
+    if len(codes) >= enough and wire.elements << wire.bits <= PER_CODE_FREQUENCIES:
         rows = codes.reshape(len(codes), -1).T
     else:
         rows = codes.reshape(len(codes), wire.shape[0], -1).transpose(1, 0, 2).reshape(wire.shape[0], -1)

@@ -114,9 +114,10 @@ def decode(stream: bytes, table_of: Sequence[int], coder: Model) -> np.ndarray:
                     size, index + 1, len(table_of)))
             state = (state << 8) | stream[position]
             position += 1
-    if position != size or state != LOWER:
-        raise WireError("entropy-coded stream is corrupt: {} of {} bytes read, final state {:#x}, expected "
-                        "{:#x}".format(position, size, state, LOWER))
+    if position != size:
+        raise WireError("entropy-coded stream has {} bytes left over after its last symbol".format(size - position))
+    if state != LOWER:
+        raise WireError("entropy-coded stream is corrupt: its final state is {:#x}, not {:#x}".format(state, LOWER))
     return np.frombuffer(bytes(symbols), np.uint8)
 
 
@@ -144,8 +145,9 @@ class RansCoder(Coder):
             raise WireError("the {} stage's prior must hold integer frequencies".format(wire.lossless))
         if tables not in (1, wire.shape[0], wire.elements) or any(len(table) != 1 << wire.bits for table in wire.prior):
             raise WireError("the {} stage needs one table, one per code channel ({}) or one per code ({}), each of "
-                            "2^{} frequencies; the prior has {} tables".format(
-                                wire.lossless, wire.shape[0], wire.elements, wire.bits, tables))
+                            "2^{} frequencies; the prior has {} tables of {} frequencies".format(
+                                wire.lossless, wire.shape[0], wire.elements, wire.bits, tables,
+                                "/".join(str(size) for size in sorted({len(table) for table in wire.prior}))))
         model(np.array(wire.prior))  # frequencies that sum right, each >= 1
 
     def encode(self, arrays: list) -> bytes:

@@ -35,8 +35,10 @@ def parse_codec_spec(spec: str) -> CodecSpec:
         key, equals, value = item.partition("=")
         if not equals:
             raise EdgesplitError(f"codec option {item!r} is not key=value (in {spec!r})")
-        value = value.strip()
-        params[key.strip()] = int(value) if value.isdigit() else value
+        key, value = key.strip(), value.strip()
+        if key in params:
+            raise EdgesplitError(f"codec option {key!r} is given twice (in {spec!r})")
+        params[key] = int(value) if value.isdigit() else value
     return CodecSpec(name, params)
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from toolchain.codecs.base import (AffineDequantize, AffineQuantize, FeatureCodec, channel_axis, dequantize, quantize,
-                                   straight_through)
+                                   straight_through, whole_number)
 from toolchain.errors import EdgesplitError
 
 
@@ -58,9 +58,9 @@ class AffineCodec(FeatureCodec):
         super().__init__(feature_shape)
         if per not in ("tensor", "channel"):
             raise EdgesplitError(f"{self.name} codec: per must be 'tensor' or 'channel', got {per!r}")
-        if not 1 <= int(bits) <= 8:
+        self.bits, self.per = whole_number(self.name, "bits", bits), per
+        if not 1 <= self.bits <= 8:
             raise EdgesplitError(f"{self.name} codec: bits must be 1..8, got {bits}")
-        self.bits, self.per = int(bits), per
         self.code_shape = self.feature_shape
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("zero_point", torch.zeros(()))

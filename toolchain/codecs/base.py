@@ -17,6 +17,7 @@ from torch import nn
 
 from runtime.coding import Coding
 from runtime.wire import WireFormat
+from toolchain.errors import EdgesplitError
 
 
 def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, levels: int) -> torch.Tensor:
@@ -67,6 +68,15 @@ def tanh_range(levels: int) -> tuple[torch.Tensor, torch.Tensor]:
     BBNet's eq. 4, round((V + 1) * (2^n - 1)), spans 0..2(2^n - 1) and overflows n bits.
     """
     return torch.tensor(2.0 / (levels - 1)), torch.tensor((levels - 1) / 2.0)
+
+
+def whole_number(codec: str, option: str, value) -> int:
+    """A codec option that counts something (bits, channels, stride), or one line saying it is not one."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise EdgesplitError(f"{codec} codec: {option} must be a whole number, got {value!r}")
 
 
 class CodecSpec(NamedTuple):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from toolchain.codecs.base import (AffineDequantize, AffineQuantize, FeatureCodec, dequantize, quantize,
-                                   straight_through, tanh_range)
+                                   straight_through, tanh_range, whole_number)
 from toolchain.errors import EdgesplitError
 
 
@@ -39,7 +39,8 @@ class LearnedCodec(FeatureCodec):
     def __init__(self, feature_shape: tuple[int, ...], c: int = 8, s: int = 2, bits: int = 8,
                  rate: float = 0.0) -> None:
         super().__init__(feature_shape)
-        self.channels, self.stride, self.bits = int(c), int(s), int(bits)
+        self.channels, self.stride, self.bits = (whole_number(self.name, option, value)
+                                                 for option, value in (("c", c), ("s", s), ("bits", bits)))
         try:
             self.rate = float(rate)
         except ValueError:

@@ -136,19 +136,27 @@ def test_the_bundled_model_with_other_weights_builds_without_the_shipped_codec(t
 
 
 def test_lossless_auto_takes_the_smallest_stage_every_edge_has():
-    """Sparse int8 codes shrink under zlib, and more under rans where a frame is small enough for pure-Python
-    coding (144 codes here); a frame of 2,304 codes is not tried with rans. Auto takes the smallest."""
+    """Sparse int8 codes shrink under zlib; 4-bit packed learned codes do not, and stay uncompressed. A codec
+    trained for rate is tried with rans too, where a frame is small enough for pure-Python coding (144 codes here,
+    not 2,304); the sparse codes then go entropy-coded."""
     features = torch.relu(tiny_features() - 2.0)  # mostly zeros, as after a ReLU
     int8 = make_codec("int8", tuple(features.shape[1:]))
     int8.calibrate(features)
-    wire, sizes = choose(int8, int8.encoder().eval()(features).numpy())
-    assert set(sizes) == {"none", "zlib", "rans"} and sizes["rans"] < sizes["zlib"] < sizes["none"]
-    assert wire.lossless == "rans" and len(wire.prior) == 1  # 16 frames x 36 codes per channel: one table
+    codes = int8.encoder().eval()(features).numpy()
+    wire, sizes = choose(int8, codes)
+    assert set(sizes) == {"none", "zlib"} and wire.lossless == "zlib" and sizes["zlib"] < sizes["none"]
+    wire, sizes = choose(int8, codes, entropy=True)  # as a codec trained for rate is
+    assert sizes["rans"] < sizes["zlib"] and wire.lossless == "rans" and len(wire.prior) == 1  # 16 frames: one table
+
+    learned = make_codec("bbnet:c=4,s=2,bits=4", tuple(features.shape[1:])).eval()
+    with torch.no_grad():
+        wire, sizes = choose(learned, learned.encoder()(features).numpy())
+    assert wire.lossless == "none" and sizes["none"] == learned.wire_format().packed_bytes
 
     large = torch.nn.functional.interpolate(features, scale_factor=4)  # 4 x 24 x 24 codes a frame
     int8 = make_codec("int8", tuple(large.shape[1:]))
     int8.calibrate(large)
-    wire, sizes = choose(int8, int8.encoder().eval()(large).numpy())
+    wire, sizes = choose(int8, int8.encoder().eval()(large).numpy(), entropy=True)
     assert set(sizes) == {"none", "zlib"} and wire.lossless == "zlib" and not wire.prior
 
 

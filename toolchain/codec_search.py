@@ -42,10 +42,12 @@ def grid(family: str, channels: Iterable[int], strides: Iterable[int], bits: Ite
 
 @torch.no_grad()
 def best_lossless(codec: FeatureCodec, features: torch.Tensor, fitting: torch.Tensor) -> tuple[str, float]:
-    """The stage with the smallest mean payload on these features (every byte stage, and rans as `--lossless
-    auto` tries it, with a prior fitted to the codes of `fitting`, as a build fits it to its calibration images)."""
+    """The stage with the smallest mean payload on these features (every byte stage, and rans on frames as small as
+    `--lossless auto` codes with it, its prior fitted to the codes of `fitting`, as a build fits it to its
+    calibration images)."""
     encoder = codec.encoder().eval()
-    wire, sizes = choose(codec, encoder(features.float()).numpy(), encoder(fitting.float()).numpy(), builtin=False)
+    wire, sizes = choose(codec, encoder(features.float()).numpy(), encoder(fitting.float()).numpy(), builtin=False,
+                         entropy=True)
     return wire.lossless, sizes[wire.lossless]
 
 

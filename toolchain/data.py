@@ -49,12 +49,18 @@ class ImageSet(NamedTuple):
         labels = None if self.labels is None else self.labels[:count]
         return ImageSet(self.images[:count], labels, self.origin)
 
+    def drawn(self, count: int, seed: int = 0) -> np.ndarray:
+        """The indices `sample` takes: `count` drawn without replacement, in order (all when there are fewer)."""
+        if count >= len(self):
+            return np.arange(len(self))
+        return np.sort(np.random.default_rng(seed).choice(len(self), count, replace=False))
+
     def sample(self, count: int, seed: int = 0) -> "ImageSet":
         """`count` images drawn without replacement (in their order): a folder's images come sorted by class,
         so its first images may all be of one class."""
         if count >= len(self):
             return self
-        chosen = np.sort(np.random.default_rng(seed).choice(len(self), count, replace=False))
+        chosen = self.drawn(count, seed)
         return ImageSet(self.images[chosen], None if self.labels is None else self.labels[chosen],
                         f"{self.origin} ({count} drawn at random)")
 

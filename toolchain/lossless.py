@@ -1,6 +1,6 @@
 """`--lossless auto`: the stage that makes the calibration payloads smallest, among those every edge has without
-another install: Python's standard library's byte stages, and the rans stage (pure Python) where a frame holds
-few enough codes for pure-Python coding to stay cheap on a device. `--lossless rans`: the entropy stage, its prior
+another install: Python's standard library's byte stages, and for a codec trained for rate the rans stage (pure
+Python) where a frame holds few enough codes for pure-Python coding to stay cheap on a device. `--lossless rans`: the entropy stage, its prior
 fitted here to the calibration images' codes."""
 
 from __future__ import annotations
@@ -30,13 +30,16 @@ PER_CODE_FREQUENCIES = 1 << 14
 RANS_AUTO_CODES = 1024
 
 
-def choose(codec: FeatureCodec, codes, fitting=None, builtin: bool = True) -> tuple[WireFormat, dict[str, float]]:
+def choose(codec: FeatureCodec, codes, fitting=None, builtin: bool = True,
+           entropy: bool = False) -> tuple[WireFormat, dict[str, float]]:
     """The wire with the fewest mean payload bytes on `codes` (ties go to the cheaper, earlier stage), and each
-    stage's mean. Byte stages: the standard library's (`builtin`) or all; rans where the frame is small enough, its
-    prior fitted to `fitting`'s codes (default: `codes`)."""
+    stage's mean. Byte stages: the standard library's (`builtin`) or all; rans for a codec trained for rate (or
+    any, with `entropy`) where the frame is small enough, its prior fitted to `fitting`'s codes (default: `codes`,
+    which favours it: a codec's other codes did not shape its tables)."""
     plain = codec.wire_format()
     wires = {name: codec.wire_format(name) for name, stage in BYTE_STAGES.items() if stage.builtin or not builtin}
-    if not plain.parts and not plain.picture and plain.elements <= RANS_AUTO_CODES:
+    trained_for_it = entropy or getattr(codec, "rate", 0) > 0
+    if trained_for_it and not plain.parts and not plain.picture and plain.elements <= RANS_AUTO_CODES:
         wires["rans"] = plain.entropy_coded(fit_prior(codec, codes if fitting is None else fitting))
     frames = frames_of(codes, plain)
     sizes = {name: float(np.mean([len(encode_frame(frame, wire)) for frame in frames])) for name, wire in wires.items()}

@@ -42,21 +42,6 @@ def test_trained_codec_beats_untrained(frozen):
     assert after.agreement > before.agreement + 0.3
 
 
-def test_a_rate_codec_trained_twice_with_one_seed_is_the_same_codec(fashion_mnist):
-    """Outside deterministic mode two such runs (48 steps) ended apart in 2 of 5 tries here (0.15 in a weight)."""
-    from toolchain.load import load_model
-
-    model = load_model(None)
-    split = prepare_training(model.module, "layer3", model.spec(), "fashion-mnist", 3000, 0)
-    trained = []
-    for _ in range(2):
-        torch.manual_seed(0)
-        codec = make_codec(SPEC + ",rate=0.01", split.point.shape)
-        train_codec(codec, split.tail, split.train, epochs=2, seed=0)
-        trained.append(codec.state_dict())
-    assert all(torch.equal(value, trained[1][key]) for key, value in trained[0].items())
-
-
 def test_interrupted_training_resumes_to_the_same_weights(frozen, tmp_path, monkeypatch):
     model, split = frozen
     facts = {"spec": SPEC, "split": split.point.node, "model_sha256": model.sha256}

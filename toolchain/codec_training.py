@@ -7,7 +7,6 @@ labels) plus cross-entropy where labels exist.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -144,19 +143,6 @@ def load_checkpoint(path: Path, split: str, model_sha256: str, feature_shape: tu
     return codec, state
 
 
-@contextmanager
-def deterministic():
-    """Same seed, same codec: with a rate term, two runs of one seed ended apart in 2 of 5 tries (0.15 in a weight
-    after 2 epochs on 3,000 images; some CPU kernel accumulates in thread order), in deterministic mode in none of
-    4."""
-    was = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(was)
-
-
 def train_codec(
     codec: FeatureCodec, tail: nn.Module, cache: FeatureCache, epochs: int, seed: int,
     batch_size: int = BATCH_SIZE, lr: float = 2e-3, checkpoint: Path | None = None,
@@ -196,9 +182,8 @@ def train_codec(
             save_checkpoint(checkpoint, codec, epoch=epoch, optimizer=optimizer, schedule=schedule,
                             **(checkpoint_facts or {}))
 
-    with deterministic():
-        return fit(codec, loss_of, len(cache), optimizer, schedule, epochs, batch_size, seed,
-                   f"training {codec.name}", first_epoch, save)
+    return fit(codec, loss_of, len(cache), optimizer, schedule, epochs, batch_size, seed, f"training {codec.name}",
+               first_epoch, save)
 
 
 class FrozenSplit(NamedTuple):

@@ -68,7 +68,7 @@ def coded_frames(codec, cache, calibration: torch.Tensor) -> dict:
     return {"packed_bytes": packed, "rans_bytes": mean, "sent_bytes": min(packed, mean),
             "stage": "rans" if mean < packed else "none",
             "worst_bytes": int(sizes[worst]), "worst_frame": worst,
-            "fallback_frames": float(np.mean(sizes == coding.wire.packed_bytes + 1)),
+            "fallback_frames": float(np.mean(sizes == packed + 1)),
             "coding_ms": float(milliseconds.mean()), "coding_p99_ms": float(np.percentile(milliseconds, 99)),
             "coding_worst_ms": float(milliseconds.max())}
 

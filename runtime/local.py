@@ -69,8 +69,7 @@ class EdgeHalf(_ImageHalf):
         self.exit_name = exit_entry["output"] if exit_entry else None
         self.code_outputs = [t for t in entry["outputs"] if t["name"] != self.exit_name]
         if self.code_outputs[0]["dtype"] == "int8":
-            self.coding = Coding(bundle.wire, CodeMapping(entry["to_codes"],
-                                                          self.runner.quantization(self.code_outputs[0]["name"])))
+            self.coding.to_codes = CodeMapping(entry["to_codes"], self.runner.quantization(self.code_outputs[0]["name"]))
         self.exit_quantization = None
         if exit_entry and next(t for t in entry["outputs"] if t["name"] == self.exit_name)["dtype"] == "int8":
             self.exit_quantization = self.runner.quantization(self.exit_name)

@@ -99,7 +99,7 @@ class WireFormat(NamedTuple):
                 list(self.shape), _size(self.shape), MAX_WIRE_ELEMENTS))
         if self.parts and _size(self.shape) != sum(_size(shape) for shape in self.parts):
             raise WireError("wire shape {} does not hold its parts {}".format(self.shape, self.parts))
-        if self.picture and STAGES.get(self.picture, STAGES["none"]).kind != "picture":
+        if self.picture and self.picture not in PICTURES:
             raise WireError("a {!r} picture frame carries one 8-bit grey or RGB image (C x H x W, C = 1 or 3) with "
                             "no lossless stage; pictures: {}".format(self.picture, ", ".join(PICTURES)))
         if not self.picture and self.lossless in PICTURES:

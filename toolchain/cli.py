@@ -172,9 +172,9 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
               help="Checkpoint of a learned codec from train-codec or search-codec.")
 @click.option("--lossless", type=click.Choice(LOSSLESS_CHOICES), default="auto", show_default=True,
               help="Lossless stage applied to the (bit-packed) codes of every frame; auto: the smallest on the "
-                   "calibration images of none, zlib and, for a codec trained for rate (frames of at most 1,024 "
-                   "codes), rans: the stages every edge has; rans: entropy-coded with a prior fitted to the calibration images' codes (pure "
-                   "Python on the edge).")
+                   "calibration images of none, zlib and, for a codec trained for rate whose frames hold at most "
+                   "1,024 codes, rans (the stages every edge has); rans: entropy-coded with a prior fitted to the "
+                   "calibration images' codes (pure Python on the edge).")
 @click.option("--train-data", default=None,
               help="Labeled images to train a learned codec given without --codec-weights "
                    "[default: the bundled model's dataset].")

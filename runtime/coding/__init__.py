@@ -14,7 +14,7 @@ STAGES maps the wire's stage (its `picture`, else its `lossless`) to the coder's
 is adding its file and its rows in STAGES. Python 3.6 and numpy only: an edge imports this without torch.
 
     packed.py   bit-packing, then a byte stage from the standard library or a package (none, zlib, zstd, lz4)
-    rans.py     rANS with the prior the bundle ships (static tables per code channel)
+    rans.py     rANS with the prior the bundle ships (static tables per code, per code channel or one)
     picture.py  a cloud-only bundle's image as a PNG or JPEG picture (Pillow)
 """
 
@@ -106,12 +106,12 @@ class CodeMapping:
 
 
 class Coding:
-    """A bundle's codec at run time: `wire` (runtime.wire.WireFormat, checked) and, for an int8 edge artefact,
-    the mapping of its output to codes. Edge and cloud build the same one from the manifest."""
+    """A bundle's codec at run time: `wire` (runtime.wire.WireFormat, checked) and, set by an int8 edge artefact's
+    half, `to_codes`, the mapping of its output to codes. Edge and cloud build the same one from the manifest."""
 
-    def __init__(self, wire, to_codes: Optional[CodeMapping] = None) -> None:
+    def __init__(self, wire) -> None:
         self.wire = wire
-        self.to_codes = to_codes
+        self.to_codes: Optional[CodeMapping] = None
         self.coder = coder_class(stage_of(wire))(wire)
 
     def codes(self, outputs: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from toolchain.codecs.learned import LearnedCodec, _upsampler
+from toolchain.codecs.learned import LearnedCodec, upsampler
 
 
 class BBNetCodec(LearnedCodec):
@@ -16,7 +16,7 @@ class BBNetCodec(LearnedCodec):
     def layers(self, channels: int, kernel: int, padding: int) -> tuple[nn.Module, nn.Module]:
         analysis = nn.Sequential(nn.Conv2d(channels, self.channels, kernel, self.stride, padding, bias=False),
                                  nn.BatchNorm2d(self.channels), nn.Tanh())
-        synthesis = nn.Sequential(_upsampler(self.channels, channels, self.stride), nn.BatchNorm2d(channels),
+        synthesis = nn.Sequential(upsampler(self.channels, channels, self.stride), nn.BatchNorm2d(channels),
                                   nn.ReLU())
         return analysis, synthesis
 

@@ -19,7 +19,7 @@ def _strided_kernel(stride: int) -> tuple[int, int]:
     return kernel, (kernel - 1) // 2
 
 
-def _upsampler(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+def upsampler(in_channels: int, out_channels: int, stride: int) -> nn.Module:
     if stride == 1:
         return nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False)
     return nn.ConvTranspose2d(in_channels, out_channels, stride, stride, bias=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from toolchain.codecs.learned import LearnedCodec, _upsampler
+from toolchain.codecs.learned import LearnedCodec, upsampler
 
 
 class SelfAttention(nn.Module):
@@ -55,7 +55,7 @@ class SAFBMPCodec(LearnedCodec):
             nn.Conv2d(channels, self.channels, 1, bias=False), nn.BatchNorm2d(self.channels), nn.Tanh(),
         )
         synthesis = nn.Sequential(
-            _upsampler(self.channels, channels, self.stride), nn.BatchNorm2d(channels), nn.ReLU(),
+            upsampler(self.channels, channels, self.stride), nn.BatchNorm2d(channels), nn.ReLU(),
             SelfAttention(channels), Bottleneck(channels),
         )
         return analysis, synthesis

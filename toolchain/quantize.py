@@ -12,9 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from toolchain.errors import EdgesplitError
 from toolchain.quiet import quiet
+
+# TensorRT takes int8 constants only into convolutions and matrix products: an elementwise op's Q/DQ weight
+# (a codec's scale in a Mul) fails its build ("Quantized constant ... is only allowed before DQ"; found by
+# TensorRT-RTX's builder), so such weights are stored dequantized: the very values ONNX Runtime computes.
+INT8_WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
 def quantize_qdq(float_path: Path, qdq_path: Path, samples: dict[str, np.ndarray], thresholds: dict[str, float],
@@ -45,6 +51,41 @@ def quantize_qdq(float_path: Path, qdq_path: Path, samples: dict[str, np.ndarray
     found = next(entry.version for entry in quantized.opset_import if entry.domain in ("", "ai.onnx"))
     if found != opset:
         raise EdgesplitError(f"Q/DQ quantization moved {float_path.name} from opset {opset} to {found}")
+    if dequantize_elementwise_weights(quantized):
+        onnx.save(quantized, str(qdq_path))
+
+
+def dequantize_elementwise_weights(model: onnx.ModelProto) -> int:
+    """Fold each DequantizeLinear of a constant that feeds anything but INT8_WEIGHTED ops into a float
+    constant; returns how many were folded."""
+    graph = model.graph
+    constants = {tensor.name: tensor for tensor in graph.initializer}
+    consumers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+    folded = [node for node in graph.node if node.op_type == "DequantizeLinear" and node.input[0] in constants
+              and not consumers.get(node.output[0], set()) <= INT8_WEIGHTED]
+    for node in folded:
+        graph.initializer.append(numpy_helper.from_array(_dequantized(node, constants), node.output[0]))
+        graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    for tensor in [tensor for tensor in graph.initializer if tensor.name not in used]:
+        graph.initializer.remove(tensor)
+    return len(folded)
+
+
+def _dequantized(node: onnx.NodeProto, constants: dict) -> np.ndarray:
+    """(q - zero point) * scale in float32, per the node's axis where the scale is per channel."""
+    values, scale = (numpy_helper.to_array(constants[name]).astype(np.float32) for name in node.input[:2])
+    zero_name = node.input[2] if len(node.input) > 2 else ""
+    zero = numpy_helper.to_array(constants[zero_name]).astype(np.float32) if zero_name else np.float32(0)
+    if scale.ndim == 1 and values.ndim > 1:
+        axis = next((attribute.i for attribute in node.attribute if attribute.name == "axis"), 1)
+        shape = [1] * values.ndim
+        shape[axis] = -1
+        scale, zero = scale.reshape(shape), np.reshape(zero, shape) if np.ndim(zero) else zero
+    return ((values - zero) * scale).astype(np.float32)
 
 
 def quantize_in_place(path: Path, samples: dict[str, np.ndarray], scratch: Path | None = None, role: str = ""):

@@ -5,6 +5,8 @@ plus a build recipe; the engine is built on the device (by `build-engines` when 
 has a GPU, by `edgesplit build-engines --bundle PATH`, or by the runtime at first start),
 cached outside the bundle and stamped with the TensorRT version, GPU and compute capability.
 Creating TensorRT objects without a CUDA device can segfault, so a subprocess probes first.
+TensorRT-RTX (RTX GPUs) serves where TensorRT is not installed; it and TensorRT 11 build strongly
+typed networks only: precision comes from the ONNX (Q/DQ for int8), not from builder flags.
 """
 
 import json
@@ -25,8 +27,12 @@ try:
     import tensorrt
     found["tensorrt"] = tensorrt.__version__
 except ImportError:
-    print(json.dumps({"reason": "TensorRT is not installed (JetPack ships it; on a server: pip install tensorrt)"}))
-    sys.exit()
+    try:
+        import tensorrt_rtx
+        found["tensorrt"] = "RTX " + tensorrt_rtx.__version__
+    except ImportError:
+        print(json.dumps({"reason": "TensorRT is not installed (JetPack ships it; on a server: pip install tensorrt)"}))
+        sys.exit()
 try:
     try:
         from cuda.bindings import runtime as cudart
@@ -80,50 +86,96 @@ def stamp_mismatch(stamp: dict, device: dict) -> str:
     return "; ".join(differences)
 
 
-def build_engine(onnx_path: Path, plan_path: Path, recipe: dict, device: dict) -> dict:
-    """Parse, configure per `recipe`, build, write the plan and its stamp; returns the stamp."""
-    import tensorrt as trt
+def import_tensorrt():
+    """TensorRT, else TensorRT-RTX: one Python API (the probe has found one of them)."""
+    try:
+        import tensorrt
+    except ImportError:
+        import tensorrt_rtx as tensorrt
+    return tensorrt
 
+
+def _network(trt, builder, precision: str, version: str):
+    """An empty network: explicit batch on TensorRT 8, strongly typed where precision flags are gone."""
+    flags = trt.NetworkDefinitionCreationFlag
+    if hasattr(trt.BuilderFlag, "FP16"):
+        explicit_batch = getattr(flags, "EXPLICIT_BATCH", None)
+        return builder.create_network(0 if explicit_batch is None else 1 << int(explicit_batch))
+    if precision == "fp16":
+        raise BundleError("TensorRT {} builds strongly typed networks only, and this artefact is float32 ONNX: "
+                          "an fp16 engine needs TensorRT 8.2-10.x here, or build the bundle with --cloud-precision "
+                          "int8 or fp32".format(version))
+    return builder.create_network(1 << int(flags.STRONGLY_TYPED))
+
+
+def _set_precision(trt, builder, config, precision: str, device: dict) -> None:
+    """Weakly typed TensorRT: enable the recipe's precision (int8 scales come from the Q/DQ nodes)."""
+    if not hasattr(trt.BuilderFlag, "FP16") or precision == "fp32":
+        return  # strongly typed: the network's own types
+    if not builder.platform_has_fast_fp16:
+        raise BundleError("{} has no fast FP16; build this bundle with --precision fp32".format(device["gpu"]))
+    config.set_flag(trt.BuilderFlag.FP16)  # for int8: layers without Q/DQ may fall back to fp16
+    if precision == "int8":
+        if not builder.platform_has_fast_int8:
+            raise BundleError("{} (sm {}) has no INT8 kernels: the Q/DQ network cannot be built here".format(
+                device["gpu"], device["compute_capability"]))
+        config.set_flag(trt.BuilderFlag.INT8)  # explicit Q/DQ scales; no calibrator
+
+
+def build_plan(onnx_path: Path, recipe: dict, device: dict, timing: bytes = b"") -> tuple:
+    """Parse, configure per `recipe` and build: (the serialized plan, the timing cache after it). TensorRT-RTX
+    does this without a GPU, so the tests build every produced ONNX here."""
+    trt = import_tensorrt()
+    precision = recipe["precision"]
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    explicit_batch = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
-    network = builder.create_network(0 if explicit_batch is None else 1 << int(explicit_batch))
+    network = _network(trt, builder, precision, device["tensorrt"])
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes()):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise BundleError("TensorRT {} cannot parse {}: {}".format(trt.__version__, onnx_path, "; ".join(errors)))
+        raise BundleError("TensorRT {} cannot parse {}: {}".format(device["tensorrt"], onnx_path, "; ".join(errors)))
     config = builder.create_builder_config()
     workspace = int(recipe["workspace_mib"]) << 20
     if hasattr(config, "set_memory_pool_limit"):  # TensorRT >= 8.4
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
     else:
         config.max_workspace_size = workspace
-    precision = recipe["precision"]
-    if precision in ("fp16", "int8"):
-        if not builder.platform_has_fast_fp16:
-            raise BundleError("{} has no fast FP16; build this bundle with --precision fp32".format(device["gpu"]))
-        config.set_flag(trt.BuilderFlag.FP16)  # for int8: layers without Q/DQ may fall back to fp16
-    if precision == "int8":
-        if not builder.platform_has_fast_int8:
-            raise BundleError("{} (sm {}) has no INT8 kernels: the Q/DQ network cannot be built here".format(
-                device["gpu"], device["compute_capability"]))
-        config.set_flag(trt.BuilderFlag.INT8)  # explicit Q/DQ scales; no calibrator
+    _set_precision(trt, builder, config, precision, device)
     profile = builder.create_optimization_profile()
     for name, shapes in recipe["profiles"].items():
         profile.set_shape(name, *[tuple(shape) for shape in shapes])
     config.add_optimization_profile(profile)
-    cache_path = Path(str(plan_path) + ".timing")
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
-    config.set_timing_cache(cache, False)
+    config.set_timing_cache(config.create_timing_cache(timing), False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BundleError("TensorRT {} failed to build an engine from {} (see its log above)".format(
-            trt.__version__, onnx_path))
+            device["tensorrt"], onnx_path))
+    return bytes(serialized), bytes(config.get_timing_cache().serialize())
+
+
+def _check_it_loads(plan: bytes, onnx_path: Path, device: dict) -> None:
+    """A plan built here that cannot load here is refused at build time (TensorRT-RTX builds portable plans,
+    then refuses GPUs outside its list, an H200's sm 9.0 among them)."""
+    trt = import_tensorrt()
+    if trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan) is None:
+        hint = " (TensorRT-RTX is for RTX GPUs; elsewhere install TensorRT: pip install tensorrt)" \
+            if device["tensorrt"].startswith("RTX") else ""
+        raise BundleError("TensorRT {} built an engine from {} that it cannot load on this {} (sm {}): see its log "
+                          "above{}".format(device["tensorrt"], Path(onnx_path).name, device["gpu"],
+                                           device["compute_capability"], hint))
+
+
+def build_engine(onnx_path: Path, plan_path: Path, recipe: dict, device: dict) -> dict:
+    """Build, check the plan loads here, write it and its stamp (and the timing cache the next build starts
+    from); returns the stamp."""
+    cache_path = Path(str(plan_path) + ".timing")
+    plan, timing = build_plan(onnx_path, recipe, device, cache_path.read_bytes() if cache_path.exists() else b"")
+    _check_it_loads(plan, onnx_path, device)
     plan_path.parent.mkdir(parents=True, exist_ok=True)
-    plan_path.write_bytes(bytes(serialized))
-    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-    stamp = {"tensorrt": trt.__version__, "gpu": device["gpu"], "compute_capability": device["compute_capability"],
-             "precision": precision, "onnx_sha256": file_sha256(onnx_path)}
+    plan_path.write_bytes(plan)
+    cache_path.write_bytes(timing)
+    stamp = {"tensorrt": device["tensorrt"], "gpu": device["gpu"], "compute_capability": device["compute_capability"],
+             "precision": recipe["precision"], "onnx_sha256": file_sha256(onnx_path)}
     Path(str(plan_path) + ".json").write_text(json.dumps(stamp, indent=2))
     return stamp
 

@@ -11,7 +11,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from runtime.backends.base import Runner
-from runtime.backends.tensorrt.engine import engine_for
+from runtime.backends.tensorrt.engine import engine_for, import_tensorrt
 from runtime.errors import BundleError
 
 
@@ -89,11 +89,11 @@ class TensorRTRunner(Runner):
         if artefact is None or "engine" not in artefact:
             raise BundleError("{} has no TensorRT build recipe in the manifest".format(path))
         plan = engine_for(path, artefact, cache_key)  # probes for TensorRT and a GPU before touching either
-        import tensorrt as trt
+        trt = import_tensorrt()
 
         self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
-            raise BundleError("TensorRT cannot deserialize {}".format(plan))
+            raise BundleError("TensorRT cannot load {} on this GPU: see its log above".format(plan))
         self.context = self.engine.create_execution_context()
         self.memory = _cuda_memory()
         self.named = hasattr(self.engine, "num_io_tensors")  # TensorRT >= 8.5

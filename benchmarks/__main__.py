@@ -14,6 +14,7 @@ SUITES = {
     "codecs": ("benchmarks.codecs", "accuracy vs bytes for affine and learned codecs"),
     "entropy": ("benchmarks.entropy", "learned codecs trained for rate, entropy-coded (rANS) on the edge"),
     "tflite": ("benchmarks.tflite", "int8 TFLite edge: accuracy, size, latency"),
+    "tensorrt": ("benchmarks.tensorrt", "the cloud half's TensorRT engine on a GPU against ONNX Runtime (prepare here, run there)"),
     "triton": ("benchmarks.triton", "the cloud side on Triton Inference Server vs edgesplit serve; gRPC overhead"),
     "foreign": ("benchmarks.foreign", "edgesplit optimize on three models nobody here designed, measured on the testbed"),
     "quantized": ("benchmarks.quantized", "INT8 builds of seven architectures (EfficientNet, DenseNet, ViT, ResNet-50, detector, U-Net, keyword spotting) on every device"),

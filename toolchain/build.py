@@ -542,6 +542,12 @@ def describe_bundle(build: Build) -> dict:
     return manifest
 
 
+def unused_bounds(manifest: dict, given: set[str]) -> list[str]:
+    """The bounds among `given` (BuildOptions names) that no output of the built bundle is held to."""
+    kinds = {tensor.get("kind") for artefact in manifest["artefacts"].values() for tensor in artefact["outputs"]}
+    return [name for name, kind in (("max_relative_error", "regression"),) if name in given and kind not in kinds]
+
+
 def with_output_kinds(artefacts: dict, kinds: tuple[str, ...], answering: str) -> dict:
     """The answering half's outputs (the cloud's; edge-only: the edge's) say whether each is a classification or a
     regression (the edge scores the first class)."""

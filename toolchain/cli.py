@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import click
+from click.core import ParameterSource
 
 from runtime.bundle import STRATEGIES
 from runtime.errors import EdgesplitError, one_line
@@ -226,7 +227,7 @@ def build_engines(model, target, cloud, strategy, image_format, split, codec, co
     """
     from rich.console import Console
 
-    from toolchain.build import BuildOptions, build_engines as build
+    from toolchain.build import BuildOptions, build_engines as build, unused_bounds
     from toolchain.summary import build_summary
 
     report = build(BuildOptions(
@@ -240,6 +241,10 @@ def build_engines(model, target, cloud, strategy, image_format, split, codec, co
         exit_threshold=exit_threshold, exit_max_loss=exit_max_loss,
     ))
     Console().print(build_summary(report))
+    context = click.get_current_context()
+    given = {name for name in context.params if context.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    for name in unused_bounds(report.manifest, given):
+        click.echo(f"note: no output of this model is a regression, so --{name.replace('_', '-')} is not used", err=True)
 
 
 @main.command("devices")

@@ -52,6 +52,12 @@ if cudart is not None:
 else:
     try:
         import pycuda.driver as cuda
+    except ImportError:
+        print(json.dumps({"reason": "{} is installed, but neither cuda-python nor pycuda, through which edgesplit "
+                                    "finds the GPU (pip install cuda-python; JetPack: pycuda)".format(
+                                        "TensorRT " + found["tensorrt"])}))
+        sys.exit()
+    try:
         cuda.init()
         device = cuda.Device(0)
         found["gpu"] = device.name()

@@ -16,6 +16,7 @@ SUITES = {
     "tflite": ("benchmarks.tflite", "int8 TFLite edge: accuracy, size, latency"),
     "tensorrt": ("benchmarks.tensorrt", "the cloud half's TensorRT engine on a GPU against ONNX Runtime (prepare here, run there)"),
     "triton": ("benchmarks.triton", "the cloud side on Triton Inference Server vs edgesplit serve; gRPC overhead"),
+    "traces": ("benchmarks.traces", "static deployments on real cellular uplink traces: frames within a deadline (issue 34)"),
     "foreign": ("benchmarks.foreign", "edgesplit optimize on three models nobody here designed, measured on the testbed"),
     "quantized": ("benchmarks.quantized", "INT8 builds of seven architectures (EfficientNet, DenseNet, ViT, ResNet-50, detector, U-Net, keyword spotting) on every device"),
     "reliability": ("benchmarks.reliability", "faults an attacker can cause, and what they cost the server now"),

@@ -194,7 +194,7 @@ def main() -> None:
             progress.advance(task)
     write_csv(args.output / "entropy.csv", rows)
     command = " ".join(["python -m benchmarks entropy", *(["--quick"] if args.quick else []), "--rates", args.rates,
-                        "--shapes", args.shapes, "--epochs", str(epochs)])
+                        "--shapes", args.shapes, "--epochs", str(epochs), *(["--seed", str(args.seed)] if args.seed else [])])
     finish(args.output, {"quick": args.quick, "command": command,
                          "machine": f"{platform.platform()}, {torch.get_num_threads()} torch threads",
                          "settings": {"rates": rates, "shapes": [list(shape) for shape in shapes], "epochs": epochs,

@@ -130,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="Which set of a source holding both (.npz with train_/test_ arrays, folder with "
                            "train/ and test/) [default: test].")
     edge.add_argument("--limit", type=_count, default=None, help="Stop after this many frames.")
-    edge.add_argument("--fps", type=_positive, default=None, help="Pace the source to this frame rate.")
+    edge.add_argument("--fps", type=_positive, default=None, help="Pace the source to this frame rate, as a camera; latency counts from each frame's capture.")
     edge.add_argument("--in-flight", type=_count, default=8, help="Frames sent but not yet answered (default 8).")
     edge.add_argument("--timeout", type=_positive, default=10.0, help="Seconds to wait for one reply (default 10).")
     edge.add_argument("--key-file", default=None,

@@ -43,7 +43,7 @@ class Outcome(NamedTuple):
     answered_by: str  # CLOUD, EDGE or ERROR
     logits: Optional[np.ndarray]  # the classification output (the first, unless the manifest says otherwise)
     error: str
-    latency_s: float  # frame taken from the source → outcome
+    latency_s: float  # frame taken from the source (paced: from its capture) → outcome
     label: Union[int, np.ndarray, None]  # a class index, or one per pixel
     outputs: Optional[List[np.ndarray]] = None  # every output the answer carries, in the manifest's order
 
@@ -210,7 +210,7 @@ class EdgeClient(Replies):
     def _submit(self, frame: SourceFrame) -> None:
         """Run the edge half on one frame; answer it here when the exit branch is sure enough, else send it.
         The caller holds a slot for it."""
-        started = time.monotonic()
+        started = time.monotonic() if frame.due is None else frame.due
         if frame.error:  # the source could not give this frame (an unreadable file): its outcome says why
             with self._lock:
                 self.stats.frames += 1
@@ -465,7 +465,7 @@ class LocalClient:
 
     def run(self, frames: Iterable[SourceFrame]) -> Iterator[Outcome]:
         for frame in frames:
-            started = time.monotonic()
+            started = time.monotonic() if frame.due is None else frame.due
             self.stats.frames += 1
             if frame.error:
                 self.stats.outcomes[ERROR] += 1

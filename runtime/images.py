@@ -30,6 +30,7 @@ class SourceFrame(NamedTuple):
     image: Optional[np.ndarray]  # float32 C,H,W in [0, 1], the model's input size; None when `error` says why
     label: Union[int, np.ndarray, None]  # a class index, or one per pixel (H, W)
     error: str = ""  # why the source could not give this frame (an unreadable file); the run goes on
+    due: Optional[float] = None  # time.monotonic() when a paced camera took it: its latency counts from then
 
 
 def check_labels(labels: np.ndarray, count: int, origin) -> np.ndarray:
@@ -258,14 +259,16 @@ def open_source(source: str, spec: InputSpec, split: Optional[str] = None, first
 
 
 def paced(frames: Iterator[SourceFrame], fps: Optional[float]) -> Iterator[SourceFrame]:
-    """Release frames no faster than `fps`, as a camera would (no pacing when fps is None)."""
+    """Release frames no faster than `fps`, as a camera would (no pacing when fps is None), each stamped with the
+    time the camera took it: a frame the edge takes late (every slot in flight) has waited since then."""
     if not fps:
         for frame in frames:
             yield frame
         return
     start = time.monotonic()
     for count, frame in enumerate(frames):
-        delay = start + count / fps - time.monotonic()
+        due = start + count / fps
+        delay = due - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        yield frame
+        yield frame._replace(due=due)

@@ -210,3 +210,18 @@ def test_pictures_survive_random_corruption_with_one_outcome_each():
             assert decode_frame(bytes(corrupt), WIRE).shape == (1, 32, 32)
         except WireError:
             pass
+
+
+def test_a_paced_frame_s_latency_counts_from_its_capture_not_from_when_the_edge_took_it(edge_only):
+    """A camera does not wait for the edge: a frame the edge takes late has been waiting since its capture."""
+    from runtime.edge import LocalClient
+    from runtime.images import paced
+
+    frames = [frame for _, frame in zip(range(5), open_source(str(DEFAULT_CALIBRATION),
+                                                              load_bundle(edge_only["cpu"]).input_spec()))]
+    stamped = list(paced(iter(frames), fps=50))
+    assert np.diff([frame.due for frame in stamped]) == pytest.approx([0.02] * 4, abs=1e-9)
+    late = [frame._replace(due=frame.due - 0.5) for frame in stamped]  # taken half a second after capture
+    outcomes = LocalClient(load_bundle(edge_only["cpu"])).run_all(late)
+    assert min(outcome.latency_s for outcome in outcomes) >= 0.5
+    assert max(outcome.latency_s for outcome in LocalClient(load_bundle(edge_only["cpu"])).run_all(frames)) < 0.5

@@ -111,3 +111,43 @@ def test_codes_compare_allows_one_code_and_reports_the_mismatched_share():
     other[1, 0, 0, 0] = 3
     assert compare(reference, other)["max_code_difference"] == 3
     assert compare(reference, other[:2])["same_shape"] is False
+
+
+def test_a_trace_file_is_read_or_refused_in_one_line(tmp_path):
+    from benchmarks.testbed.devices import TestbedError
+    from benchmarks.testbed.trace import read_trace
+
+    path = tmp_path / "drive.up.csv"
+    path.write_text("ms,kbit_s\n0,0\n100,1200\n200,60\n300,1200\n")
+    trace = read_trace(path)
+    assert trace.name == "drive" and trace.step_s == pytest.approx(0.1)
+    assert trace.bps.tolist() == [0, 1.2e6, 6e4, 1.2e6]
+    assert [trace.rate_at(s) for s in (0.05, 0.15, 0.25, 9.0)] == [0, 1.2e6, 6e4, 1.2e6]
+    assert trace.window(0.1, 0.2).ms.tolist() == [0, 100] and trace.window(0.1, 0.2).bps.tolist() == [1.2e6, 6e4]
+    for text, problem in (("t,rate\n0,1\n", "expected a header 'ms,kbit_s', got t,rate"),
+                          ("ms,kbit_s\n0,1\n0,2\n", "times must increase and rates be finite and >= 0"),
+                          ("ms,kbit_s\n0,1\n100,-2\n", "times must increase and rates be finite and >= 0"),
+                          ("ms,kbit_s\n0,fast\n100,2\n", "could not convert string to float: 'fast'"),
+                          ("ms,kbit_s\n0,1\n", "expected at least two rows of two numbers (ms, kbit/s)")):
+        path.write_text(text)
+        with pytest.raises(TestbedError) as refused:
+            read_trace(path)
+        assert str(refused.value) == f"trace {path}: {problem}"
+
+
+def test_the_link_follows_a_trace_with_outages_at_the_floor(testbed, tmp_path):
+    import json
+    import subprocess
+
+    from benchmarks.testbed.trace import FLOOR_BPS, TracePlayer, read_trace
+
+    path = tmp_path / "steps.csv"
+    path.write_text("ms,kbit_s\n0,1000\n300,0\n600,200\n900,200\n")
+    with NamespaceLink(prefix="es-trace") as link:
+        with TracePlayer(link, read_trace(path)) as player:
+            player._thread.join(timeout=5)
+        assert [(rate, trace) for _, rate, trace in player.applied] == [(1e6, 1e6), (FLOOR_BPS, 0.0), (2e5, 2e5)]
+        assert [round(seconds, 1) for seconds, _, _ in player.applied] == [0.0, 0.3, 0.6]
+        shown = subprocess.run(link.inside("edge", ["tc", "-j", "qdisc", "show", "dev", link.devices["edge"]]),
+                               capture_output=True, text=True, check=True)
+        assert json.loads(shown.stdout)[0]["options"]["rate"] == 25000  # bytes/s: 200 kbit/s

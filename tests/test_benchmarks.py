@@ -379,3 +379,27 @@ def test_the_foreign_suite_takes_bundles_for_one_deployment_only_when_wire_and_f
     raw, png = deployment_of(built["raw"]), deployment_of(built["png"])
     assert raw["files"] == png["files"] and raw != png
     assert deployment_of(tmp_path / "copy") == raw
+
+
+@pytest.mark.slow
+def test_traces_suite_streams_each_deployment_while_the_link_follows_the_trace(calibration, tmp_path):
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    # 2 s at 1.2 Mbit/s, a 1-second outage, 2 s at 60 kbit/s: the quick run's 5-second window is all of it
+    steps = ["ms,kbit_s"] + [f"{100 * i},{1200 if i < 20 else 0 if i < 30 else 60}" for i in range(50)]
+    (traces / "drive.up.csv").write_text("\n".join(steps) + "\n")
+    output = tmp_path / "out"
+    run_suite("traces", "--calibration", str(calibration("jetson-nano")[0]), "--traces", str(traces), "--output",
+              str(output))
+    rows = json.loads((output / "summary.json").read_text())["rows"]
+    assert [(r["trace"], r["deployment"], r["frames"]) for r in rows] == [
+        ("drive", deployment, 50) for deployment in ("edge-only", "cloud-only png", "split")]
+    by = {row["deployment"]: row for row in rows}
+    assert by["edge-only"]["wire_bytes_per_frame"] == 0 and by["edge-only"]["unanswered"] == 0
+    assert 0 < by["split"]["wire_bytes_per_frame"] < by["cloud-only png"]["wire_bytes_per_frame"] / 16
+    # a PNG taken as the outage begins waits it out: 10 kbit/s moves its ~550 B in 0.4 s or more
+    assert by["cloud-only png"]["latency_ms_p99"] >= 400
+    with open(output / "link-drive-split.csv") as stream:
+        applied = [(float(row["set_bps"]), float(row["trace_bps"])) for row in csv.DictReader(stream)]
+    assert applied == [(1.2e6, 1.2e6), (1e4, 0.0), (6e4, 6e4)]
+    assert (output / "traces.png").stat().st_size > 10_000 and "| drive | split |" in (output / "RESULTS.md").read_text()

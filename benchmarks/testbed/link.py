@@ -53,7 +53,18 @@ class NamespaceLink:
             _ip("-n", namespace, "addr", "add", f"{ADDRESSES[side]}/24", "dev", device)
             _ip("-n", namespace, "link", "set", device, "up")
             _ip("-n", namespace, "link", "set", "lo", "up")
+        self._fix_neighbours()
         return self
+
+    def _fix_neighbours(self) -> None:
+        """Each side knows the other's address for good: a cellular link has no ARP, and an ARP request lost in an
+        outage at the floor rate left the edge with 'no route to host' for a whole run."""
+        mac = {side: json.loads(subprocess.run(["ip", "-n", self.namespaces[side], "-j", "link", "show", "dev",
+                                                self.devices[side]], capture_output=True, text=True, check=True
+                                               ).stdout)[0]["address"] for side in (CLOUD, EDGE)}
+        for side, other in ((CLOUD, EDGE), (EDGE, CLOUD)):
+            _ip("-n", self.namespaces[side], "neigh", "replace", ADDRESSES[other], "lladdr", mac[other], "dev",
+                self.devices[side], "nud", "permanent")
 
     def __exit__(self, *_) -> None:
         self._remove()

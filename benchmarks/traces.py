@@ -58,6 +58,9 @@ def build_deployments(target: str, work: Path, quick: bool) -> dict[str, Path]:
 def play(testbed: Testbed, bundle: Path, window, fps: float, work: Path) -> tuple[list[dict], dict, list]:
     """One deployment for the window: the edge's per-frame rows, its summary, and the rates the link was set to."""
     served = json.loads((bundle / "manifest.json").read_text()).get("strategy") != "edge-only"
+    # an upload that fell behind leaves orphaned sockets still sending at the floor rate: the next run's connection
+    # timed out behind them for its whole window (the first run here)
+    testbed.link.renew()
     port = free_port()
     server = start_server(testbed, bundle, port, work / "serve.log") if served else None
     summary_path, rows_path = work / "edge-summary.json", work / "edge-frames.csv"

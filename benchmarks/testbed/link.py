@@ -69,6 +69,13 @@ class NamespaceLink:
     def __exit__(self, *_) -> None:
         self._remove()
 
+    def renew(self) -> None:
+        """A new link, unshaped: what an earlier run left (connections still sending, orphaned at its end) is gone
+        with its namespaces."""
+        self._remove()
+        self.__enter__()
+        self.rate_bps = None
+
     def _remove(self) -> None:
         for namespace in self.namespaces.values():  # deleting a namespace deletes its end of the veth
             subprocess.run(["ip", "netns", "del", namespace], capture_output=True)

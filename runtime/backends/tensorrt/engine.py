@@ -109,8 +109,8 @@ def _network(trt, builder, precision: str, version: str):
         return builder.create_network(0 if explicit_batch is None else 1 << int(explicit_batch))
     if precision == "fp16":
         raise BundleError("TensorRT {} builds strongly typed networks only, and this artefact is float32 ONNX: "
-                          "an fp16 engine needs TensorRT 8.2-10.x here, or build the bundle with --cloud-precision "
-                          "int8 or fp32".format(version))
+                          "an fp16 engine needs TensorRT 8.2-10.x here, or build the bundle in int8 or fp32 "
+                          "(--precision for the edge half, --cloud-precision for the cloud's)".format(version))
     return builder.create_network(1 << int(flags.STRONGLY_TYPED))
 
 

@@ -21,6 +21,7 @@ switch between these as the link changes, does not exist yet: these are the rows
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
@@ -118,11 +119,18 @@ def plot(output: Path, windows: dict, frames: dict, deadline_ms: float) -> None:
     plt.close(figure)
 
 
+def positive(text: str) -> float:
+    value = float(text)  # argparse names a ValueError as an invalid positive value
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
 def main() -> None:
     def options(parser):
-        parser.add_argument("--seconds", type=float, default=60.0, help="How long each trace's window plays.")
-        parser.add_argument("--fps", type=float, default=30.0, help="The camera's frame rate.")
-        parser.add_argument("--deadline-ms", type=float, default=100.0, help="A frame is on time within this.")
+        parser.add_argument("--seconds", type=positive, default=60.0, help="How long each trace's window plays.")
+        parser.add_argument("--fps", type=positive, default=30.0, help="The camera's frame rate.")
+        parser.add_argument("--deadline-ms", type=positive, default=100.0, help="A frame is on time within this.")
         parser.add_argument("--traces", type=Path, default=TRACES, help="Folder of ms,kbit_s trace CSVs.")
         parser.add_argument("--calibration", type=Path, default=None,
                             help="The Nano's calibration from an earlier run (as the bandwidth suite takes it).")
@@ -135,10 +143,10 @@ def main() -> None:
     seconds, fps = (5.0, 10.0) if args.quick else (args.seconds, args.fps)
     interrupt_on_sigterm()
     with one_line_errors(), ExitStack() as stack, Progress() as progress:
+        traces = [read_trace(path) for path in paths[:1 if args.quick else None]]  # a bad file before any build
         work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         testbed = open_testbed(DEFAULT_DEVICE, work, stack, args.calibration)
         bundles = build_deployments(REFERENCES[DEFAULT_DEVICE].target, work, args.quick)
-        traces = [read_trace(path) for path in paths[:1 if args.quick else None]]
         windows = {trace.name: trace.window(trace.liveliest(seconds), seconds) for trace in traces}
         task = progress.add_task("trace x deployment", total=len(windows) * len(bundles))
         results, frames = [], {}

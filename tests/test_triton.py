@@ -154,7 +154,7 @@ def test_the_decode_model_refuses_a_wrong_payload_and_keeps_serving(bundles, tri
 
 def test_four_64_mb_requests_are_refused_before_a_model_copies_them(bundles, triton):
     """PAYLOAD has a fixed size: Triton refuses another shape on arrival, and (started as export-triton says)
-    keeps none of the memory the requests took."""
+    copies none of the requests: its memory peaks below what they carry and does not grow with more of them."""
     bundle = bundles["int8"]
     refusals = []
 
@@ -164,16 +164,21 @@ def test_four_64_mb_requests_are_refused_before_a_model_copies_them(bundles, tri
         except tritonclient.InferenceServerException as error:
             refusals.append(error.message())
 
+    def four_at_once() -> float:
+        threads = [threading.Thread(target=send) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        time.sleep(1.0)
+        return rss_mb(triton.process.pid)
+
     before = rss_mb(triton.process.pid)
-    threads = [threading.Thread(target=send) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    time.sleep(1.0)
-    after = rss_mb(triton.process.pid)
-    assert len(refusals) == 4 and all("unexpected shape for input 'PAYLOAD'" in r for r in refusals), refusals
-    assert after - before <= 64, (before, after)
+    first, second = four_at_once(), four_at_once()
+    assert len(refusals) == 8 and all("unexpected shape for input 'PAYLOAD'" in r for r in refusals), refusals
+    # what the allocator keeps of the first four varies (+64 to +190 MB here) but stays under the 256 MB they carried
+    # (+515 when the decode model copied them); four more add nothing
+    assert first - before < 4 * 64 and second - first <= 16, (before, first, second)
     assert infer(triton, "int8", bundle, bytes(bundle.wire.packed_bytes)).as_numpy("logits").shape == (1, 10)
 
 

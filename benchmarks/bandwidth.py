@@ -45,8 +45,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 from rich.progress import Progress
 
@@ -153,29 +154,38 @@ def start_server(testbed: Testbed, bundle: Path, port: int, log: Path, options: 
     return server
 
 
+@contextmanager
+def serving(testbed: Testbed, bundle: Path, work: Path, options: tuple = ()) -> Iterator[list[str]]:
+    """`edgesplit serve [options]` for the bundle on the cloud's side while the block runs (none for an edge-only
+    bundle); yields the edge's start of its command line: `edgesplit edge --bundle B [--server HOST:PORT]`."""
+    edge = [*edgesplit_command(), "edge", "--bundle", str(bundle)]
+    if json.loads((bundle / "manifest.json").read_text()).get("strategy") == "edge-only":
+        yield edge
+        return
+    port = free_port()
+    server = start_server(testbed, bundle, port, work / "serve.log", options)
+    try:
+        yield [*edge, "--server", f"{testbed.host}:{port}"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def stream(testbed: Testbed, bundle: Path, rate: float | None, frames: int, work: Path, exits: bool = False,
            source: Path = DEFAULT_CALIBRATION, serve_options: tuple = ()) -> dict:
     """`frames` frames of `source` through `edgesplit edge` (and serve, unless the bundle is edge-only): seconds,
     bytes, accuracy over every frame from the per-frame CSV. Without `exits` every frame is answered by the
     cloud."""
-    served = json.loads((bundle / "manifest.json").read_text()).get("strategy") != "edge-only"
-    port = free_port()
-    server = start_server(testbed, bundle, port, work / "serve.log", serve_options) if served else None
     summary_path, rows_path = work / "edge-summary.json", work / "edge-frames.csv"
-    try:
+    with serving(testbed, bundle, work, serve_options) as edge:
         options = testbed.uplink(rate)
         before = testbed.uplink_bytes()
         done = subprocess.run(testbed.edge([
-            *edgesplit_command(), "edge", "--bundle", str(bundle), *(["--server", f"{testbed.host}:{port}"] if served
-                                                                     else []),
-            "--source", str(source), "--limit", str(frames), "--in-flight", str(IN_FLIGHT),
+            *edge, "--source", str(source), "--limit", str(frames), "--in-flight", str(IN_FLIGHT),
             "--threads", "1", *([] if exits else ["--exit-threshold", "0"]), "--timeout", "300",
             "--summary-json", str(summary_path), "--output", str(rows_path), *options]), capture_output=True, text=True)
         after = testbed.uplink_bytes()
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
+    served = "--server" in edge
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     answered = summary.get("cloud_answers", 0) + (summary.get("edge_answers", 0) if exits or not served else 0)
     if done.returncode != 0 or answered != frames:

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.common import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCHES = (1, 32, 256)
@@ -77,7 +78,7 @@ def _timings(half, codes: np.ndarray) -> dict:
 
 def _stream(bundle: Path, frames: Path, output: Path, log: Path) -> dict:
     """`edgesplit serve` (the engine) and `edgesplit edge` over TCP on this machine: the edge's summary."""
-    port = 9300 + os.getpid() % 500
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "edgesplit", "serve", "--bundle", str(bundle), "--port",
                                str(port), "--no-auth"], cwd=ROOT, stdout=open(output / "serve.log", "w"),
                               stderr=subprocess.STDOUT)

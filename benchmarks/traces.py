@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
-from benchmarks.bandwidth import DEFAULT_DEVICE, IN_FLIGHT, Testbed, edgesplit_command, open_testbed, start_server
-from benchmarks.common import QUICK_BUILD, free_port, parse_arguments, table, write_csv
+from benchmarks.bandwidth import DEFAULT_DEVICE, IN_FLIGHT, Testbed, open_testbed, serving
+from benchmarks.common import QUICK_BUILD, parse_arguments, table, write_csv
 from benchmarks.testbed import interrupt_on_sigterm
 from benchmarks.testbed.devices import REFERENCES, TestbedError, one_line_errors
 from benchmarks.testbed.trace import FLOOR_BPS, TRACES, TracePlayer, read_trace
@@ -58,26 +58,16 @@ def build_deployments(target: str, work: Path, quick: bool) -> dict[str, Path]:
 
 def play(testbed: Testbed, bundle: Path, window, fps: float, work: Path) -> tuple[list[dict], dict, list]:
     """One deployment for the window: the edge's per-frame rows, its summary, and the rates the link was set to."""
-    served = json.loads((bundle / "manifest.json").read_text()).get("strategy") != "edge-only"
     # an upload that fell behind leaves orphaned sockets still sending at the floor rate: the next run's connection
     # timed out behind them for its whole window (the first run here)
     testbed.link.renew()
-    port = free_port()
-    server = start_server(testbed, bundle, port, work / "serve.log") if served else None
     summary_path, rows_path = work / "edge-summary.json", work / "edge-frames.csv"
     frames = int(fps * len(window.ms) * window.step_s)
-    try:
-        with TracePlayer(testbed.link, window) as player:
-            done = subprocess.run(testbed.edge([
-                *edgesplit_command(), "edge", "--bundle", str(bundle),
-                *(["--server", f"{testbed.host}:{port}"] if served else []), "--source", str(DEFAULT_CALIBRATION),
-                "--limit", str(frames), "--fps", str(fps), "--in-flight", str(IN_FLIGHT), "--threads", "1",
-                "--timeout", str(REPLY_TIMEOUT_S), "--summary-json", str(summary_path), "--output", str(rows_path)]),
-                capture_output=True, text=True)
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
+    with serving(testbed, bundle, work) as edge, TracePlayer(testbed.link, window) as player:
+        done = subprocess.run(testbed.edge([
+            *edge, "--source", str(DEFAULT_CALIBRATION), "--limit", str(frames), "--fps", str(fps),
+            "--in-flight", str(IN_FLIGHT), "--threads", "1", "--timeout", str(REPLY_TIMEOUT_S),
+            "--summary-json", str(summary_path), "--output", str(rows_path)]), capture_output=True, text=True)
     if done.returncode != 0:
         raise TestbedError(f"edgesplit edge failed on {bundle.name}: {done.stderr.strip()[-300:]}")
     with open(rows_path, newline="") as rows:

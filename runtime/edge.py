@@ -210,7 +210,7 @@ class EdgeClient(Replies):
     def _submit(self, frame: SourceFrame) -> None:
         """Run the edge half on one frame; answer it here when the exit branch is sure enough, else send it.
         The caller holds a slot for it."""
-        started = time.monotonic() if frame.due is None else frame.due
+        started = frame.start()
         if frame.error:  # the source could not give this frame (an unreadable file): its outcome says why
             with self._lock:
                 self.stats.frames += 1
@@ -465,7 +465,7 @@ class LocalClient:
 
     def run(self, frames: Iterable[SourceFrame]) -> Iterator[Outcome]:
         for frame in frames:
-            started = time.monotonic() if frame.due is None else frame.due
+            started = frame.start()
             self.stats.frames += 1
             if frame.error:
                 self.stats.outcomes[ERROR] += 1

@@ -32,6 +32,10 @@ class SourceFrame(NamedTuple):
     error: str = ""  # why the source could not give this frame (an unreadable file); the run goes on
     due: Optional[float] = None  # time.monotonic() when a paced camera took it: its latency counts from then
 
+    def start(self) -> float:
+        """When the frame's latency starts: its capture when paced, else now (the edge takes it)."""
+        return time.monotonic() if self.due is None else self.due
+
 
 def check_labels(labels: np.ndarray, count: int, origin) -> np.ndarray:
     """Class indices, one per image (N) or per pixel (N, H, W), or float targets shaped like an output."""

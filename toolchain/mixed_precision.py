@@ -31,7 +31,7 @@ import onnx
 
 from toolchain.calibration import answers, run_all
 from toolchain.errors import EdgesplitError
-from toolchain.quantize import quantize_qdq
+from toolchain.quantize import INT8_WEIGHTED, quantize_qdq
 
 MAX_SHARE = 0.5  # of a half's quantized layers, at most this many are kept in float
 MEASURED = 8  # layers measured one by one, of those a one-run screen found worst
@@ -98,7 +98,7 @@ def quantized_layers(qdq_path: Path) -> list[str]:
     in graph order; a layer kept in float reads its weights directly."""
     model = onnx.load(str(qdq_path))
     dequantized = {node.output[0] for node in model.graph.node if node.op_type == "DequantizeLinear"}
-    return [node.name for node in model.graph.node if node.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm")
+    return [node.name for node in model.graph.node if node.op_type in INT8_WEIGHTED
             and len(node.input) > 1 and node.input[1] in dequantized]
 
 

@@ -101,10 +101,10 @@ def import_tensorrt():
     return tensorrt
 
 
-def _network(trt, builder, precision: str, version: str):
+def _network(trt, builder, typed: bool, precision: str, version: str):
     """An empty network: explicit batch on TensorRT 8, strongly typed where precision flags are gone."""
     flags = trt.NetworkDefinitionCreationFlag
-    if hasattr(trt.BuilderFlag, "FP16"):
+    if not typed:
         explicit_batch = getattr(flags, "EXPLICIT_BATCH", None)
         return builder.create_network(0 if explicit_batch is None else 1 << int(explicit_batch))
     if precision == "fp16":
@@ -116,8 +116,8 @@ def _network(trt, builder, precision: str, version: str):
 
 def _set_precision(trt, builder, config, precision: str, device: dict) -> None:
     """Weakly typed TensorRT: enable the recipe's precision (int8 scales come from the Q/DQ nodes)."""
-    if not hasattr(trt.BuilderFlag, "FP16") or precision == "fp32":
-        return  # strongly typed: the network's own types
+    if precision == "fp32":
+        return
     if not builder.platform_has_fast_fp16:
         raise BundleError("{} has no fast FP16; build this bundle with --precision fp32".format(device["gpu"]))
     config.set_flag(trt.BuilderFlag.FP16)  # for int8: layers without Q/DQ may fall back to fp16
@@ -133,9 +133,10 @@ def build_plan(onnx_path: Path, recipe: dict, device: dict, timing: bytes = b"")
     does this without a GPU, so the tests build every produced ONNX here."""
     trt = import_tensorrt()
     precision = recipe["precision"]
+    typed = not hasattr(trt.BuilderFlag, "FP16")  # TensorRT 11 and TensorRT-RTX have no precision flags
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = _network(trt, builder, precision, device["tensorrt"])
+    network = _network(trt, builder, typed, precision, device["tensorrt"])
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes()):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -146,7 +147,8 @@ def build_plan(onnx_path: Path, recipe: dict, device: dict, timing: bytes = b"")
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
     else:
         config.max_workspace_size = workspace
-    _set_precision(trt, builder, config, precision, device)
+    if not typed:  # a strongly typed network runs in its own types
+        _set_precision(trt, builder, config, precision, device)
     profile = builder.create_optimization_profile()
     for name, shapes in recipe["profiles"].items():
         profile.set_shape(name, *[tuple(shape) for shape in shapes])

@@ -32,6 +32,10 @@ STRATEGIES = {"split": ROLES, "edge-only": ("edge",), "cloud-only": ("cloud",)}
 ABSENT_HALF = {
     "cloud": "it is edge-only: the whole model runs on the edge device; run it with `edgesplit edge`, no server needed",
     "edge": "it is cloud-only: the edge sends the image and runs no model"}
+# several of those in one bundle, each an operating point, and which one to run at which uplink rate (issue 34)
+ADAPTIVE = "adaptive"
+MAX_POINTS = 16  # a FEATURES payload names its point in one byte; a bundle holds at most MAX_FILES files anyway
+MAX_TABLE_ROWS = 64
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_MANIFEST_DEPTH = 32  # an edgesplit manifest nests 6 deep
 MAX_FILES = 64  # a bundle holds two artefacts, their sidecars and the manifest
@@ -68,8 +72,12 @@ class Bundle:
         self.directory = Path(directory)
         self.manifest = manifest
         self.strategy = strategy_of(manifest)
-        self.wire = None  # an edge-only bundle sends nothing
-        if self.strategy != "edge-only":
+        self.wire = None  # an edge-only bundle sends nothing, an adaptive one what its point does
+        # the operating points: an adaptive bundle's, each a bundle of its own in the same folder; else this one
+        self.points = [self]
+        if self.strategy == ADAPTIVE:
+            self.points = [Bundle(directory, entry["manifest"]) for entry in manifest["points"]]
+        elif self.strategy != "edge-only":
             try:
                 self.wire = WireFormat.from_manifest(manifest["wire"])
             except (KeyError, TypeError, ValueError, WireError) as error:
@@ -81,13 +89,30 @@ class Bundle:
 
     @property
     def roles(self):
-        return STRATEGIES[self.strategy]
+        return STRATEGIES.get(self.strategy, ())
+
+    @property
+    def answers(self) -> list:
+        """The outputs a frame's answer holds (the answering half's; an adaptive bundle's points all share them)."""
+        return self.points[0].artefact(answering_role(self.points[0].strategy))["outputs"]
+
+    @property
+    def table(self) -> list:
+        """(lowest uplink rate in bits/s, point index) rows, rising: an adaptive bundle's plan; else one row."""
+        return [(row["rate_bps"], row["point"]) for row in self.manifest.get("table", [{"rate_bps": 0, "point": 0}])]
+
+    def point_name(self, index: int) -> str:
+        return self.manifest["points"][index]["name"] if self.strategy == ADAPTIVE else self.strategy
 
     @property
     def answering_role(self) -> str:
         return answering_role(self.strategy)
 
     def artefact(self, role: str) -> dict:
+        if self.strategy == ADAPTIVE:
+            raise BundleError("bundle {} holds {} operating points, each with its own halves: `edgesplit serve` and "
+                              "`edgesplit edge` run it; anything else takes one point's bundle".format(
+                                  self.bundle_id, len(self.points)))
         if role not in self.roles:
             raise BundleError("bundle {} has no {} half ({})".format(self.bundle_id, role, ABSENT_HALF[role]))
         return self.manifest["artefacts"][role]
@@ -162,15 +187,15 @@ def answer_shape(tensor: dict) -> tuple:
 def strategy_of(manifest: dict) -> str:
     """Where the bundle's model runs (STRATEGIES); a manifest that does not say is a split."""
     strategy = manifest.get("strategy", "split")
-    if strategy not in STRATEGIES:
+    if strategy not in STRATEGIES and strategy != ADAPTIVE:
         raise BundleError("the manifest's strategy must be one of {}, got {!r}".format(
-            ", ".join(STRATEGIES), strategy))
+            ", ".join(list(STRATEGIES) + [ADAPTIVE]), strategy))
     return strategy
 
 
 def _check_structure(manifest: dict) -> None:
     """The types verify_manifest relies on, so that a malformed manifest is named, not a traceback."""
-    files, artefacts, roles = manifest["files"], manifest["artefacts"], STRATEGIES[strategy_of(manifest)]
+    files, artefacts, roles = manifest["files"], manifest["artefacts"], STRATEGIES.get(strategy_of(manifest), ())
     if not isinstance(files, dict) or not all(
             isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and type(entry.get("bytes")) is int
             for entry in files.values()):
@@ -238,7 +263,9 @@ def rebuild_command(manifest: dict) -> str:
     return " ".join(words) + " (with the same --weights, --calib and codec or exit checkpoints, if any)"
 
 
-def verify_manifest(directory: Path, manifest: dict) -> None:
+def verify_manifest(directory: Path, manifest: dict, files_checked: bool = False) -> None:
+    """Everything the runtime relies on in a manifest, each file's size and sha256 included (`files_checked`: an
+    adaptive bundle's point, whose files its bundle checked)."""
     version = manifest.get("schema_version")
     if isinstance(version, int) and version < SCHEMA_VERSION:
         raise BundleError("this bundle was written by an older edgesplit (manifest schema {}, this runtime reads {}); "
@@ -246,12 +273,26 @@ def verify_manifest(directory: Path, manifest: dict) -> None:
     if version != SCHEMA_VERSION:
         raise BundleError("bundle schema version {!r} is not supported (this runtime reads {})".format(
             version, SCHEMA_VERSION))
-    crossing = CROSSING_KEYS if strategy_of(manifest) != "edge-only" else ()
+    strategy = strategy_of(manifest)
+    crossing = {"edge-only": (), ADAPTIVE: ("points", "table")}.get(strategy, CROSSING_KEYS)
     missing = [key for key in REQUIRED_KEYS + crossing if key not in manifest]
     if missing:
         raise BundleError("manifest lacks {}".format(", ".join(missing)))
     _check_structure(manifest)
-    files = manifest["files"]
+    if not files_checked:
+        _check_files(directory, manifest["files"])
+    for role in STRATEGIES.get(strategy, ()):
+        entry = manifest["artefacts"].get(role)
+        if entry is None or entry.get("file") not in manifest["files"]:
+            raise BundleError("manifest has no hashed {} artefact".format(role))
+    if compute_bundle_id(manifest) != manifest["bundle_id"]:
+        raise BundleError("bundle id {} does not match the manifest's contents: manifest edited".format(
+            manifest["bundle_id"]))
+    if strategy == ADAPTIVE:
+        _check_points(directory, manifest)
+
+
+def _check_files(directory: Path, files: dict) -> None:
     for name, entry in sorted(files.items()):
         path = directory / name
         if "/" in name or "\\" in name or name.startswith(".") or name == MANIFEST_NAME:
@@ -267,13 +308,45 @@ def verify_manifest(directory: Path, manifest: dict) -> None:
                       and p.name not in files)
     if unlisted:
         raise BundleError("files not in the manifest: {}".format(", ".join(unlisted)))
-    for role in STRATEGIES[strategy_of(manifest)]:
-        entry = manifest["artefacts"].get(role)
-        if entry is None or entry.get("file") not in files:
-            raise BundleError("manifest has no hashed {} artefact".format(role))
-    if compute_bundle_id(manifest) != manifest["bundle_id"]:
-        raise BundleError("bundle id {} does not match the manifest's contents: manifest edited".format(
-            manifest["bundle_id"]))
+
+
+def camera(manifest: dict) -> tuple:
+    """What the edge makes of a camera's image for a bundle: its shape and how other sizes are fitted (a model's
+    normalization is inside its edge half)."""
+    model = manifest.get("source_model")
+    spec = model.get("input") if isinstance(model, dict) else None
+    return (spec.get("shape"), spec.get("resize")) if isinstance(spec, dict) else (None, None)
+
+
+def _check_points(directory: Path, manifest: dict) -> None:
+    """An adaptive bundle's points: each a verified manifest of a single strategy whose files are the bundle's own,
+    all taking the same images and answering alike; its table rising rates naming every point."""
+    points, table = manifest["points"], manifest["table"]
+    if not isinstance(points, list) or not 2 <= len(points) <= MAX_POINTS or not all(
+            isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("manifest"), dict)
+            and strategy_of(entry["manifest"]) != ADAPTIVE for entry in points):
+        raise BundleError("the manifest's points must be 2 to {} operating points, each a name and the manifest of a "
+                          "split, edge-only or cloud-only bundle".format(MAX_POINTS))
+    answers = None
+    for entry in points:
+        point = entry["manifest"]
+        verify_manifest(directory, point, files_checked=True)
+        if not isinstance(point["files"], dict) or any(manifest["files"].get(name) != listed
+                                                       for name, listed in point["files"].items()):
+            raise BundleError("point {!r} lists files the bundle does not hold as listed".format(entry["name"]))
+        answering = point["artefacts"][answering_role(strategy_of(point))]
+        outputs = [(t["name"], list(answer_shape(t))) for t in answering["outputs"]]
+        if camera(point) != camera(manifest) or answers not in (None, outputs):
+            raise BundleError("point {!r} takes other images or answers with other outputs than the first "
+                              "point".format(entry["name"]))
+        answers = outputs
+    rates = [row.get("rate_bps") if isinstance(row, dict) else None for row in table] if isinstance(table, list) else []
+    named = {row["point"] for row in table if type(row.get("point")) is int} if rates and None not in rates else set()
+    if not 1 <= len(rates) <= MAX_TABLE_ROWS or not all(type(rate) in (int, float) and 0 <= rate < float("inf")
+                                                        for rate in rates) \
+            or any(b <= a for a, b in zip(rates, rates[1:])) or named != set(range(len(points))):
+        raise BundleError("the manifest's table must be 1 to {} rows of a rising rate_bps >= 0 and a point, naming "
+                          "every point".format(MAX_TABLE_ROWS))
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
@@ -427,7 +500,11 @@ def open_bundle(path, trust=None) -> Bundle:
 
 def check_artefact_io(bundle: Bundle) -> None:
     """Open each artefact with its backend and compare its inputs/outputs with the manifest, and the codes
-    the cloud half takes with what the wire carries."""
+    the cloud half takes with what the wire carries (every point's, for an adaptive bundle)."""
+    if bundle.strategy == ADAPTIVE:
+        for point in bundle.points:
+            check_artefact_io(point)
+        return
     if "cloud" in bundle.roles:
         taken = [tuple(t["shape"][1:]) for t in bundle.artefact("cloud")["inputs"]][:len(bundle.wire.shapes)]
         if taken != [tuple(shape) for shape in bundle.wire.shapes]:

@@ -149,6 +149,14 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--exit-threshold", type=_threshold, default=None,
                       help="Answer frames whose exit-branch entropy is below this on the edge [default: the "
                            "bundle's, from calibrate-exit].")
+    edge.add_argument("--point", type=int, default=None,
+                      help="An adaptive bundle: hold to this operating point (numbered from 0, as verify-bundle "
+                           "lists them) instead of following the uplink.")
+    edge.add_argument("--rate-trace", default=None, type=_existing,
+                      help="An adaptive bundle, for benchmarks: switch on the rate this `ms,kbit_s` trace gives the "
+                           "link over the next second (an oracle), not on the edge's own estimate.")
+    edge.add_argument("--rate-trace-start", type=float, default=None,
+                      help="When the link started playing --rate-trace, in seconds since the epoch [default: now].")
     edge.add_argument("--output", default=None, type=_output, help="CSV with one row per frame.")
     edge.add_argument("--summary-json", default=None, type=_output, help="Write the summary as JSON too.")
     edge.add_argument("--save-outputs", default=None, type=_output,
@@ -242,7 +250,7 @@ def _client_config(args, bundle):
     server = args.server
     if bundle.strategy == "edge-only":
         given = (("--server", server), ("--exit-threshold", args.exit_threshold), ("--uplink", args.uplink),
-                 ("--rtt", args.rtt or None))
+                 ("--rtt", args.rtt or None), ("--point", args.point), ("--rate-trace", args.rate_trace))
         unused = [name for name, value in given if value is not None]
         if unused:
             print("note: bundle {} is edge-only: the whole model answers on this device, so {} {} not used".format(
@@ -254,7 +262,25 @@ def _client_config(args, bundle):
     link = EmulatedLink(args.uplink, args.rtt, args.burst) if (args.uplink or args.rtt) else None
     return ClientConfig(server.host, server.port, key=read_key(args.key_file), tls=_client_tls(args),
                         in_flight=args.in_flight, reply_timeout_s=args.timeout, link=link,
-                        exit_threshold=args.exit_threshold, transport=server.transport, model=server.path)
+                        exit_threshold=args.exit_threshold, transport=server.transport, model=server.path,
+                        rate=_oracle(args, bundle), point=args.point)
+
+
+def _oracle(args, bundle):
+    """The rate an adaptive edge follows instead of its own estimate, from --rate-trace; None without one."""
+    from runtime.adaptive import KnownRate, read_steps
+    from runtime.bundle import ADAPTIVE
+
+    if args.rate_trace is None:
+        return None
+    if bundle.strategy != ADAPTIVE:
+        raise EdgesplitError("--rate-trace chooses among an adaptive bundle's operating points; bundle {} is {}, "
+                             "one point".format(bundle.bundle_id, bundle.strategy))
+    try:
+        steps = read_steps(args.rate_trace)
+    except (OSError, ValueError) as error:
+        raise EdgesplitError(str(error)) from error
+    return KnownRate(steps, time.time() if args.rate_trace_start is None else args.rate_trace_start)
 
 
 def _edge_session(bundle, config, frames, fps=None, threads=None):
@@ -265,6 +291,7 @@ def _edge_session(bundle, config, frames, fps=None, threads=None):
     outcomes = []
     with open_client(bundle, config, threads=threads) as client:
         started = last_report = time.monotonic()  # the frames' time, not the backend's loading
+        started_unix = time.time()
         for outcome in client.run(paced(frames, fps)):
             outcomes.append(outcome)
             if time.monotonic() - last_report >= 2.0:
@@ -272,7 +299,8 @@ def _edge_session(bundle, config, frames, fps=None, threads=None):
                 counts = client.stats.outcomes  # counted as outcomes happen: ahead of what was yielded
                 print("{} frames: {} cloud, {} edge, {} errors".format(
                     sum(counts.values()), counts[CLOUD], counts["edge"], counts[ERROR]), file=sys.stderr)
-        stats = client.stats.as_dict()
+        stats = dict(client.stats.as_dict(), started_unix=round(started_unix, 3),
+                     **_points(bundle, client, outcomes, started))
     elapsed = time.monotonic() - started
     outcomes.sort(key=lambda outcome: outcome.index)
     answered = [o for o in outcomes if o.answered_by != ERROR]
@@ -286,6 +314,19 @@ def _edge_session(bundle, config, frames, fps=None, threads=None):
                    latency_ms_p50=_percentile(latencies, 50), latency_ms_p99=_percentile(latencies, 99),
                    first_error=next((o.error for o in outcomes if o.answered_by == ERROR), None))
     return summary, outcomes
+
+
+def _points(bundle, client, outcomes, started: float) -> dict:
+    """An adaptive bundle's: frames per operating point, and the switches between them (seconds from `started`)."""
+    from runtime.bundle import ADAPTIVE
+
+    if bundle.strategy != ADAPTIVE:
+        return {}
+    switches = client.switcher.switches if client.switcher else []
+    return {"point_frames": {bundle.point_name(index): sum(o.point == index for o in outcomes)
+                             for index in range(len(bundle.points))},
+            "switches": [{"seconds": round(s.at - started, 3), "from": s.old, "to": s.new, "rate_bps": round(s.rate_bps)}
+                         for s in switches]}
 
 
 def _pixel_labeled(outcomes) -> list:
@@ -321,11 +362,12 @@ def _write_outcomes(path: str, outcomes) -> None:
     pixels = {o.index: float((scored.argmax(0) == o.label).mean()) for o, scored in _pixel_labeled(outcomes)}
     with open(path, "w", newline="") as stream:
         writer = csv.writer(stream)
-        writer.writerow(["index", "answered_by", "prediction", "label", "latency_ms", "error", "pixel_accuracy"])
+        writer.writerow(["index", "answered_by", "prediction", "label", "latency_ms", "error", "pixel_accuracy",
+                         "point"])
         for o in outcomes:
             writer.writerow([o.index, o.answered_by, "" if o.logits is None else int(o.logits.argmax()),
                              o.label if isinstance(o.label, int) else "", round(o.latency_s * 1000, 3), o.error,
-                             round(pixels[o.index], 6) if o.index in pixels else ""])
+                             round(pixels[o.index], 6) if o.index in pixels else "", o.point])
 
 
 def run_demo(args) -> dict:
@@ -385,6 +427,10 @@ def _print_summary(summary: dict) -> None:
     latency = "no answers" if summary["latency_ms_p50"] != summary["latency_ms_p50"] else \
         "p50 {:.1f} ms, p99 {:.1f} ms".format(summary["latency_ms_p50"], summary["latency_ms_p99"])
     print("wire: {}; latency {}; {} connection(s)".format(wire, latency, summary["connects"]))
+    if "point_frames" in summary:
+        print("operating points: {}; {} switch(es)".format(", ".join(
+            "{} {} frames".format(name, count) for name, count in summary["point_frames"].items()),
+            len(summary["switches"])))
     if summary["first_error"]:
         print("first error: {}".format(summary["first_error"]))
 

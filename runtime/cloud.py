@@ -23,7 +23,7 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 
 from runtime import protocol
-from runtime.bundle import Bundle
+from runtime.bundle import ADAPTIVE, Bundle
 from runtime.errors import EdgesplitError, ProtocolError, WireError
 from runtime.local import CloudHalf
 from runtime.metrics import ServerMetrics
@@ -192,11 +192,20 @@ class CloudServer:
     """The core: `transport`'s server (a TRANSPORTS key) listens and calls `answer` for each frame."""
 
     def __init__(self, bundle: Bundle, config: ServerConfig, transport: str = DEFAULT_TRANSPORT):
-        bundle.artefact("cloud")  # an edge-only bundle has nothing to serve: one line says so
+        if bundle.strategy != ADAPTIVE:
+            bundle.artefact("cloud")  # an edge-only bundle has nothing to serve: one line says so
         check_limits(config)
         self.bundle = bundle
         self.config = config
-        self.cloud = CloudHalf(bundle, threads=config.threads)
+        # every operating point's cloud half, by the index an adaptive bundle's frames start with (else 0)
+        self.clouds = {index: CloudHalf(point, threads=config.threads) for index, point in enumerate(bundle.points)
+                       if "cloud" in point.roles}
+        if not self.clouds:
+            raise EdgesplitError("no operating point of bundle {} has a cloud half: its edge needs no server".format(
+                bundle.bundle_id))
+        self.prefix = 1 if bundle.strategy == ADAPTIVE else 0
+        largest = max((half.wire for half in self.clouds.values()), key=lambda wire: wire.packed_bytes)
+        self.limits = protocol.server_limits(largest, self.prefix)
         self.metrics = ServerMetrics()
         self.listener = server_class(transport)(self, config)
         self.address = None
@@ -209,10 +218,11 @@ class CloudServer:
 
     async def start(self) -> tuple:
         self.stopping = asyncio.get_running_loop().create_future()
-        self.batcher = Batcher(self.cloud.replies, self.config.max_batch, self.config.max_wait_ms, self.metrics,
-                               connected=self.listener.connected, timeout_s=self.config.batch_timeout_s)
+        self.batchers = {index: Batcher(half.replies, self.config.max_batch, self.config.max_wait_ms, self.metrics,
+                                        connected=self.listener.connected, timeout_s=self.config.batch_timeout_s)
+                         for index, half in self.clouds.items()}
         asyncio.get_running_loop().set_exception_handler(self._loop_problem)
-        self._batcher_task = asyncio.ensure_future(self.batcher.run())
+        self._batcher_tasks = [asyncio.ensure_future(batcher.run()) for batcher in self.batchers.values()]
         self.address = await self.listener.start()
         if self.config.metrics_port is not None:
             self._metrics_server = await listen(self._serve_metrics, self.config.metrics_host,
@@ -234,9 +244,11 @@ class CloudServer:
             return
         self._closed = True
         await self.listener.shutdown(time.monotonic() + self.config.shutdown_timeout_s)
-        self._batcher_task.cancel()
-        await asyncio.gather(self._batcher_task, return_exceptions=True)
-        self.batcher.close()
+        for task in self._batcher_tasks:
+            task.cancel()
+        await asyncio.gather(*self._batcher_tasks, return_exceptions=True)
+        for batcher in self.batchers.values():
+            batcher.close()
         if self.metrics_address is not None:
             self._metrics_server.close()
             await self._metrics_server.wait_closed()
@@ -250,14 +262,20 @@ class CloudServer:
     # --- one frame -------------------------------------------------------------------------
 
     async def answer(self, payload: bytes, source: object) -> np.ndarray:
-        """One frame's payload → the cloud half's outputs for it, flat, batched with other sources' frames.
-        ProtocolError: BAD_REQUEST when the payload is not the bundle's codes, INTERNAL or TIMEOUT when the
-        backend fails, INTERNAL for outputs holding NaN or infinity (never sent: the edge would take them)."""
+        """One frame's payload → the cloud half's outputs for it, flat, batched with other sources' frames of its
+        operating point (an adaptive bundle's payload names it in its first byte). ProtocolError: BAD_REQUEST when
+        the payload is not the bundle's codes, INTERNAL or TIMEOUT when the backend fails, INTERNAL for outputs
+        holding NaN or infinity (never sent: the edge would take them)."""
+        point = payload[0] if self.prefix and payload else 0
+        if point not in self.clouds:
+            raise ProtocolError("no operating point {} with a cloud half in bundle {}: its points with one are {}".format(
+                point, self.bundle.bundle_id, sorted(self.clouds)) if payload else "an empty FEATURES payload",
+                protocol.BAD_REQUEST)
         try:
-            codes = self.cloud.decode(payload)
+            codes = self.clouds[point].decode(payload[self.prefix:])
         except WireError as error:
             raise ProtocolError(str(error), protocol.BAD_REQUEST) from error
-        values = await self.batcher.submit(codes, source)
+        values = await self.batchers[point].submit(codes, source)
         if not np.isfinite(values).all():
             raise ProtocolError("the cloud half's outputs for this frame hold NaN or infinity", protocol.INTERNAL)
         return values

@@ -21,7 +21,8 @@ from typing import Iterable, Iterator, List, NamedTuple, Optional, Union
 import numpy as np
 
 from runtime import protocol
-from runtime.bundle import Bundle
+from runtime.adaptive import Switcher, UplinkEstimate
+from runtime.bundle import ADAPTIVE, Bundle
 from runtime.errors import ProtocolError
 from runtime.images import SourceFrame
 from runtime.link import EmulatedLink
@@ -34,6 +35,7 @@ log = logging.getLogger("edgesplit.edge")
 CLOUD, EDGE, ERROR = "cloud", "edge", "error"
 CLOUD_FAILURES = (protocol.INTERNAL, protocol.TIMEOUT)  # per-frame errors that are the cloud's, not the frame's
 TRANSIENT_REFUSALS = (protocol.BUSY,)  # a handshake refused for now: retried with backoff like an unreachable server
+FLOOR_BPS = 1000.0  # the least an uplink estimate starts or probes from
 SILENT_TIMEOUTS = 3  # frames timed out with nothing heard since they were sent: the connection is replaced
 UNMATCHED_SLACK = 16  # replies matching no frame in flight, beyond one per frame that timed out, before the loss
 
@@ -46,6 +48,7 @@ class Outcome(NamedTuple):
     latency_s: float  # frame taken from the source (paced: from its capture) → outcome
     label: Union[int, np.ndarray, None]  # a class index, or one per pixel
     outputs: Optional[List[np.ndarray]] = None  # every output the answer carries, in the manifest's order
+    point: int = 0  # the operating point it ran at (an adaptive bundle's index; 0 for any other bundle)
 
 
 class ClientConfig(NamedTuple):
@@ -62,6 +65,8 @@ class ClientConfig(NamedTuple):
     exit_threshold: Optional[float] = None  # overrides the bundle's; None: the bundle's (None there: never exit)
     transport: str = DEFAULT_TRANSPORT  # a runtime.transports.TRANSPORTS key
     model: str = ""  # grpc: the Triton ensemble to call ("" for the default)
+    rate: Optional[object] = None  # an adaptive bundle's rate source (runtime.adaptive); None: UplinkEstimate
+    point: Optional[int] = None  # an adaptive bundle's point to hold to, not switching; None: follow the uplink
 
     @property
     def server(self) -> Server:
@@ -95,6 +100,34 @@ class _InFlight(NamedTuple):
     deadline: float
     channel: Optional[Channel]
     exit_logits: Optional[np.ndarray]  # the edge's own answer if the cloud's never comes
+    point: int = 0  # the operating point the frame ran at
+
+
+class _Point:
+    """One operating point on the edge: what runs on each image (the head and encoder, the image's coder, or for
+    edge-only the whole model) and the byte a frame it sends starts with (an adaptive bundle's point index)."""
+
+    def __init__(self, bundle: Bundle, prefix: bytes, exit_threshold: Optional[float], threads: Optional[int]):
+        self.whole = WholeModelHalf(bundle, threads) if bundle.strategy == "edge-only" else None
+        self.edge = None if self.whole else edge_half(bundle, threads)
+        bundle_threshold = (bundle.manifest.get("exit") or {}).get("threshold")
+        self.exit_threshold = bundle_threshold if exit_threshold is None else exit_threshold
+        self.prefix = prefix
+
+    def encode(self, codes) -> bytes:
+        return self.prefix + self.edge.coding.encode(self.edge.coding.frames(codes)[0])
+
+
+def switcher(bundle: Bundle, config: "ClientConfig") -> Optional[Switcher]:
+    """An adaptive bundle's: its table, followed on `config.rate` or on the edge's own estimate of its uplink;
+    None for a bundle of one point, or with `config.point` held."""
+    if bundle.strategy != ADAPTIVE or config.point is not None:
+        return None
+    if config.rate is not None:
+        return Switcher(bundle.table, config.rate)
+    rates = [rate for rate, _ in bundle.table]  # it starts at the second row: the first point sending the least
+    return Switcher(bundle.table, UplinkEstimate(max(rates[min(1, len(rates) - 1)], FLOOR_BPS),
+                                                 2 * max(rates[-1], FLOOR_BPS)))
 
 
 class _Health:
@@ -115,12 +148,20 @@ class EdgeClient(Replies):
         self.config = config
         self.transport = open_transport(bundle, config.server, config.key, config.tls, config.connect_timeout_s,
                                         config.reply_timeout_s)
-        self.edge = edge_half(bundle, threads)
+        adaptive = bundle.strategy == ADAPTIVE
+        self.points = [_Point(point, bytes([index]) if adaptive else b"", config.exit_threshold, threads)
+                       for index, point in enumerate(bundle.points)]
+        if config.point is not None and not 0 <= config.point < len(self.points):
+            raise ProtocolError("bundle {} has {} operating point(s), numbered from 0: there is no point {}".format(
+                bundle.bundle_id, len(self.points), config.point))
+        self.switcher = switcher(bundle, config)
+        # what the edge observes of its frames feeds its own estimate (an oracle's rate needs none of it)
+        self.observer = self.switcher.source if self.switcher and isinstance(self.switcher.source,
+                                                                             UplinkEstimate) else None
+        self.held = config.point or 0
         self.output_sizes = output_sizes(bundle)
         self.reply_values = reply_values(bundle)
         self.scored = class_output(bundle)
-        bundle_threshold = (bundle.manifest.get("exit") or {}).get("threshold")
-        self.exit_threshold = bundle_threshold if config.exit_threshold is None else config.exit_threshold
         self.stats = ClientStats()
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(config.in_flight)
@@ -211,30 +252,40 @@ class EdgeClient(Replies):
         """Run the edge half on one frame; answer it here when the exit branch is sure enough, else send it.
         The caller holds a slot for it."""
         started = frame.start()
+        number = self.switcher.choose() if self.switcher else self.held
+        point = self.points[number]
         if frame.error:  # the source could not give this frame (an unreadable file): its outcome says why
             with self._lock:
                 self.stats.frames += 1
-                self._finish(frame.index, frame.label, started, ERROR, None, frame.error)
+                self._finish(frame.index, frame.label, started, ERROR, None, frame.error, number)
             return
-        codes, exit_logits = self.edge.codes_and_exit(frame.image[None])
+        if point.whole is not None:  # this point runs the whole model here
+            outputs = [output[0] for output in point.whole.outputs_of(frame.image[None])]
+            with self._lock:
+                self.stats.frames += 1
+                self._finish(frame.index, frame.label, started, EDGE, outputs, "", number)
+            return
+        codes, exit_logits = point.edge.codes_and_exit(frame.image[None])
         exit_logits = None if exit_logits is None else exit_logits[0]
         with self._lock:
             self.stats.frames += 1
-            if exit_logits is not None and self.exit_threshold is not None and \
-                    softmax_entropy(exit_logits[None])[0] < self.exit_threshold:
-                self._finish(frame.index, frame.label, started, EDGE, exit_logits, "")
+            if exit_logits is not None and point.exit_threshold is not None and \
+                    softmax_entropy(exit_logits[None])[0] < point.exit_threshold:
+                self._finish(frame.index, frame.label, started, EDGE, exit_logits, "", number)
                 return
-        payload = self.edge.coding.encode(self.edge.coding.frames(codes)[0])
+        payload = point.encode(codes)
         with self._lock:
             channel = self._channel
             if channel is None:
-                self._finish(frame.index, frame.label, started, *self._fallback(exit_logits))
+                self._finish(frame.index, frame.label, started, *self._fallback(exit_logits), number)
                 return
             request_id = next(self._request_ids)
             self._pending[request_id] = _InFlight(frame.index, frame.label, started,
-                                                  started + self.config.reply_timeout_s, channel, exit_logits)
-        link = self.config.link
-        deliver_at = link.uplink_arrival(channel.wire_bytes(len(payload)), time.monotonic()) if link else 0.0
+                                                  started + self.config.reply_timeout_s, channel, exit_logits, number)
+        size, link = channel.wire_bytes(len(payload)), self.config.link
+        if self.observer is not None:
+            self.observer.sent(request_id, size, time.monotonic())
+        deliver_at = link.uplink_arrival(size, time.monotonic()) if link else 0.0
         self._outbox.put((deliver_at, channel, payload, request_id))
 
     def _fallback(self, exit_logits, problem: Optional[str] = None, what: str = "cloud unreachable"):
@@ -245,14 +296,15 @@ class EdgeClient(Replies):
             return EDGE, exit_logits, problem + "; answered by the edge's exit branch"
         return ERROR, None, problem + "; the bundle has no early exit to answer on the edge"
 
-    def _finish(self, index, label, started, answered_by, outputs, error) -> None:
+    def _finish(self, index, label, started, answered_by, outputs, error, point) -> None:
         """Record one frame's outcome (`outputs`: one array, a list of them, or None). The caller holds the
         lock, so that `run` never sees a frame neither pending nor queued."""
         self.stats.outcomes[answered_by] += 1
         outputs = outputs if outputs is None or isinstance(outputs, list) else [outputs]
         # an exit's answer is one array, the class output's own
         logits = None if outputs is None or self.scored is None else outputs[self.scored if len(outputs) > 1 else 0]
-        self._outcomes.put(Outcome(index, answered_by, logits, error, time.monotonic() - started, label, outputs))
+        self._outcomes.put(Outcome(index, answered_by, logits, error, time.monotonic() - started, label, outputs,
+                                   point))
         self._slots.release()
 
     def _answer(self, channel: Channel, request_id: int, outcome) -> None:
@@ -261,7 +313,7 @@ class EdgeClient(Replies):
         with self._lock:
             entry = self._matched(channel, request_id)
             if entry is not None:
-                self._finish(entry.index, entry.label, entry.started, *outcome(entry))
+                self._finish(entry.index, entry.label, entry.started, *outcome(entry), entry.point)
             problem = self._health_of(channel).verdict
         if problem:
             self._abandon(channel, problem)
@@ -273,6 +325,8 @@ class EdgeClient(Replies):
         health = self._health_of(channel)
         health.heard, health.silent_timeouts = time.monotonic(), 0
         if entry is not None and entry.channel is channel:
+            if self.observer is not None:
+                self.observer.replied(request_id, time.monotonic())
             return self._pending.pop(request_id)
         self.stats.late_replies += 1
         health.unmatched += 1
@@ -306,8 +360,10 @@ class EdgeClient(Replies):
         with self._lock:
             entry = self._pending.pop(request_id, None)
             if entry is not None:
+                if self.observer is not None:
+                    self.observer.dropped(request_id)
                 self._finish(entry.index, entry.label, entry.started,
-                             *self._fallback(entry.exit_logits, problem, what))
+                             *self._fallback(entry.exit_logits, problem, what), entry.point)
 
     def _expire_overdue(self) -> None:
         """Frames past their deadline get their fallback; SILENT_TIMEOUTS of them on a channel that has said

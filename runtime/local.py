@@ -147,7 +147,7 @@ class WholeModelHalf(_ImageHalf):
 
 def output_sizes(bundle: Bundle) -> List[tuple]:
     """(name, shape) of each output the answering half returns, in the order replies carry them."""
-    return [(t["name"], answer_shape(t)) for t in bundle.artefact(bundle.answering_role)["outputs"]]
+    return [(t["name"], answer_shape(t)) for t in bundle.answers]
 
 
 def reply_values(bundle: Bundle) -> int:
@@ -158,7 +158,7 @@ def reply_values(bundle: Bundle) -> int:
 def class_output(bundle: Bundle) -> Optional[int]:
     """Index of the output a frame's top-1 is read from: the first classification output; None when the model
     has none (a detector's or segmenter's maps: a frame has no top-1)."""
-    kinds = [t.get("kind", "class") for t in bundle.artefact(bundle.answering_role)["outputs"]]
+    kinds = [t.get("kind", "class") for t in bundle.answers]
     return kinds.index("class") if "class" in kinds else None
 
 

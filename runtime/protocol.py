@@ -62,9 +62,10 @@ def features_limit(wire) -> int:
     return max(4096, 2 * wire.packed_bytes + 1024)
 
 
-def server_limits(wire) -> Limits:
-    """What a server reads after READY from an edge of `wire` (before it: HANDSHAKE_LIMITS, whatever the size)."""
-    return {FEATURES: features_limit(wire), CLOSING: 0}
+def server_limits(wire, prefix: int = 0) -> Limits:
+    """What a server reads after READY from an edge of `wire` (before it: HANDSHAKE_LIMITS, whatever the size);
+    `prefix`: bytes before the codes (an adaptive bundle's point index)."""
+    return {FEATURES: prefix + features_limit(wire), CLOSING: 0}
 
 
 def edge_limits(result_values: int) -> Limits:

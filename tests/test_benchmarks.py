@@ -392,8 +392,9 @@ def test_traces_suite_streams_each_deployment_while_the_link_follows_the_trace(c
     run_suite("traces", "--calibration", str(calibration("jetson-nano")[0]), "--traces", str(traces), "--output",
               str(output))
     rows = json.loads((output / "summary.json").read_text())["rows"]
+    summary = json.loads((output / "summary.json").read_text())
     assert [(r["trace"], r["deployment"], r["frames"]) for r in rows] == [
-        ("drive", deployment, 50) for deployment in ("edge-only", "cloud-only png", "split")]
+        ("drive", deployment, 50) for deployment in ("edge-only", "cloud-only png", "split", "adaptive", "oracle")]
     by = {row["deployment"]: row for row in rows}
     assert by["edge-only"]["wire_bytes_per_frame"] == 0 and by["edge-only"]["unanswered"] == 0
     assert 0 < by["split"]["wire_bytes_per_frame"] < by["cloud-only png"]["wire_bytes_per_frame"] / 16
@@ -403,3 +404,13 @@ def test_traces_suite_streams_each_deployment_while_the_link_follows_the_trace(c
         applied = [(float(row["set_bps"]), float(row["trace_bps"])) for row in csv.DictReader(stream)]
     assert applied == [(1.2e6, 1.2e6), (1e4, 0.0), (6e4, 6e4)]
     assert (output / "traces.png").stat().st_size > 10_000 and "| drive | split |" in (output / "RESULTS.md").read_text()
+    # the oracle knows the outage a second ahead: PNG needs 70 kbit/s at 10 frames/s, the split (its exit sends
+    # a tenth of the frames) 1.5, under the outage's floor: from the outage on, every frame runs the split
+    with open(output / "frames-drive-oracle.csv") as stream:
+        oracle = list(csv.DictReader(stream))
+    table = summary["table_bps"]
+    assert table["edge-only"] == 0 < table["split"] < 1e4 and 6e4 < table["cloud-only png"] < 1.2e6
+    assert {row["point"] for row in oracle if 2.0 <= float(row["trace_s"])} == {"1"}
+    # the step trace: the adaptive edge left its point after the step down, and says when
+    down = summary["switch"][0]
+    assert down["to_bps"] == 40e3 and down["step_to_switch_ms"] is not None

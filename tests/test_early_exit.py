@@ -144,7 +144,7 @@ def test_when_the_clouds_backend_fails_or_hangs_the_exit_branch_answers_and_says
     bundle = load_bundle(exit_bundle.bundle)
     expected = EdgeHalf(bundle).codes_and_exit(np.stack([f.image for f in frames[:12]]))[1]
     with BackgroundServer(bundle, ServerConfig(key=b"a test key of 128 bits", batch_timeout_s=0.3)) as server:
-        real_infer = server.server.batcher.infer
+        real_infer = server.server.batchers[0].infer
 
         def fail_then_hang(codes):
             if server.server.metrics.value("edgesplit_batch_size_count") <= 1:
@@ -152,7 +152,7 @@ def test_when_the_clouds_backend_fails_or_hangs_the_exit_branch_answers_and_says
             time.sleep(1.0)  # past the watchdog
             return real_infer(codes)
 
-        server.server.batcher.infer = fail_then_hang
+        server.server.batchers[0].infer = fail_then_hang
         outcomes, _ = run_edge(bundle, frames[:12], server.address, 0.0)  # every frame goes to the cloud
     assert [o.answered_by for o in outcomes] == [EDGE] * 12  # one outcome each, from the exit branch
     assert all(o.error.startswith("cloud failed (") and "exit branch" in o.error for o in outcomes)

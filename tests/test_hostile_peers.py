@@ -153,8 +153,8 @@ def test_replies_for_frames_never_sent_lose_the_connection_past_a_small_bound(in
 
 def test_the_server_sends_no_non_finite_output_it_answers_internal(bundle):
     with BackgroundServer(bundle, ServerConfig(key=KEY.encode())) as running:
-        real = running.server.batcher.infer
-        running.server.batcher.infer = lambda codes: real(codes) * np.float32(np.nan)
+        real = running.server.batchers[0].infer
+        running.server.batchers[0].infer = lambda codes: real(codes) * np.float32(np.nan)
         bundle_id = protocol.bundle_id_bytes(bundle.bundle_id)
         sock = authenticated(running.address, bundle_id)
         sock.sendall(protocol.Stream.encode(protocol.features_frame(1, bytes(16384))))

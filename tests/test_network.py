@@ -541,14 +541,14 @@ def send_features(raw, request_ids):
 
 def test_a_connection_at_its_in_flight_cap_is_not_read_until_a_reply_goes_out(bundle):
     with BackgroundServer(bundle, ServerConfig(key=KEY, max_in_flight=2)) as running:
-        real_infer, most = running.server.batcher.infer, []
+        real_infer, most = running.server.batchers[0].infer, []
 
         def slow_infer(codes):  # holds the first frames in flight while the rest arrive
             most.append(max(len(c.answering) for c in running.server.listener._connections.values()))
             time.sleep(0.2)
             return real_infer(codes)
 
-        running.server.batcher.infer = slow_infer
+        running.server.batchers[0].infer = slow_infer
         raw = RawConnection(running.address, protocol.bundle_id_bytes(bundle.bundle_id))
         send_features(raw, range(1, 7))
         replies = {reply.request_id: reply for reply in (raw.receive() for _ in range(6))}
@@ -649,7 +649,7 @@ def test_the_metrics_endpoint_stays_on_loopback_unless_asked(bundle):
 
 def test_a_failing_backend_answers_its_batch_with_errors_and_the_server_recovers(bundle, frames, reference, server):
     """Fault injection: the backend raises once; those frames get INTERNAL, later ones are served."""
-    real_infer, failures = server.server.batcher.infer, []
+    real_infer, failures = server.server.batchers[0].infer, []
 
     def fail_once(codes):
         if not failures:
@@ -657,7 +657,7 @@ def test_a_failing_backend_answers_its_batch_with_errors_and_the_server_recovers
             raise RuntimeError("injected backend failure")
         return real_infer(codes)
 
-    server.server.batcher.infer = fail_once
+    server.server.batchers[0].infer = fail_once
     raw = RawConnection(server.address, protocol.bundle_id_bytes(bundle.bundle_id))
     send_features(raw, [1])
     code, message = protocol.error_details(raw.receive())

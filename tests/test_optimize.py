@@ -169,7 +169,10 @@ def test_the_winning_split_is_built_for_the_real_devices_and_sends_what_was_pred
     assert manifest["deployment"]["edge"]["name"] == "jetson-nano"
     assert (manifest["codec"]["name"], manifest["codec"]["params"]) == ("bbnet", {"bits": 4, "c": 8, "s": 4})
     assert manifest["split"]["module"] == "layer1"
-    for path in (choice["bundle"], fast["bundle"]):
+    adaptive = load_bundle(Path(summary["adaptive_bundle"]))  # both winners in one, switched by the uplink
+    assert [point.strategy for point in adaptive.points] == ["split", "cloud-only"]
+    assert adaptive.table == [(1e6, 0), (1e10, 1)]
+    for path in (choice["bundle"], fast["bundle"], summary["adaptive_bundle"]):
         verified = subprocess.run([sys.executable, "-m", "edgesplit", "verify-bundle", path], cwd=ROOT,
                                   capture_output=True, text=True)
         assert verified.returncode == 0, verified.stderr
@@ -216,6 +219,7 @@ def test_a_budget_too_short_for_any_split_point_still_chooses_between_the_baseli
         line.endswith(": over the budget") for line in summary["not_tried"])
     assert [c["strategy"] for c in summary["choices"]] == ["edge-only", "cloud-only"], summary["choices"]
     assert all(Path(choice["bundle"]).is_dir() for choice in summary["choices"])
+    assert [p.strategy for p in load_bundle(Path(summary["adaptive_bundle"])).points] == ["edge-only", "cloud-only"]
     for choice in summary["choices"]:  # strict JSON: bounded by --max-loss, as the split points are, not Infinity
         manifest = json.loads((Path(choice["bundle"]) / "manifest.json").read_text(), parse_constant=pytest.fail)
         assert manifest["checks"]["bounds"]["max_loss_points"] == 100

@@ -404,14 +404,41 @@ def verify_bundle(path: Path, trust: Path | None) -> None:
     inputs/outputs and shapes."""
     from runtime.bundle import check_artefact_io, open_bundle
 
+    from runtime.bundle import ADAPTIVE
+    from toolchain.planning import format_rate
+
     bundle = open_bundle(path, trust)
     check_artefact_io(bundle)
-    devices = bundle.manifest["deployment"]
     signed = f", signed by {trust}" if trust else ""
+    if bundle.strategy == ADAPTIVE:
+        click.echo(f"ok: bundle {bundle.bundle_id} ({bundle.manifest['source_model']['name']}, adaptive: "
+                   f"{len(bundle.points)} operating points), {len(bundle.manifest['files'])} files verified{signed}")
+        for rate, index in bundle.table:
+            click.echo(f"  from {format_rate(rate) if rate else '0':>10}: point {index}, {bundle.point_name(index)} "
+                       f"({', '.join(bundle.points[index].roles)})")
+        return
+    devices = bundle.manifest["deployment"]
     halves = ", ".join(f"{role} {devices[role]['name']}" for role in bundle.roles)
     picture = f" {bundle.wire.picture or 'raw'}" if bundle.strategy == "cloud-only" else ""
     click.echo(f"ok: bundle {bundle.bundle_id} ({bundle.manifest['source_model']['name']}, {bundle.strategy}{picture}: "
                f"{halves}), {len(bundle.manifest['files'])} files verified{signed}")
+
+
+@main.command("compose-bundle")
+@click.option("--at", "plan", nargs=2, multiple=True, required=True, metavar="RATE BUNDLE",
+              help="From this uplink rate up (tc units, or 0), run this bundle; repeat for each point.")
+@click.option("--output", type=click.Path(path_type=Path), required=True, help="The adaptive bundle's folder.")
+@click.option("--trust", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Ed25519 public key (PEM) each given bundle must be signed by.")
+def compose_bundle_command(plan, output: Path, trust: Path | None) -> None:
+    """One adaptive bundle from several bundles of one model (its operating points) and the table of which runs
+    at which uplink rate: `edgesplit edge` switches between them as its uplink changes, on one connection."""
+    from toolchain.adaptive import compose
+
+    rows = [(0.0 if rate.strip() == "0" else _rates(rate, "--at")[0], Path(path)) for rate, path in plan]
+    manifest = compose(rows, output, trust)
+    click.echo(f"wrote {output}: bundle {manifest['bundle_id']}, {len(manifest['points'])} operating points, "
+               f"{len(manifest['files'])} files")
 
 
 @main.command("sign-bundle")
@@ -771,6 +798,8 @@ def optimize_command(model, train_data, calib, target, cloud, uplink, max_loss, 
         click.echo(f"{choice['uplink']:>12}: {choice['choice']} — {choice['s_per_100']:.2f} s per 100 frames, "
                    f"{choice['speedup_vs_better_baseline']:.2f}x the better baseline, "
                    f"{choice['loss_points']:+.2f} pt; {choice['bundle']}")
+    if summary["adaptive_bundle"]:
+        click.echo(f"every winner in one adaptive bundle, switched by the uplink: {summary['adaptive_bundle']}")
     click.echo(f"wrote {output / 'REPORT.md'} ({summary['points']} points in {summary['seconds']:.0f} s)")
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from calibration_data import DEFAULT_CALIBRATION
 from targets import Deployment, deployment, get_device
 from toolchain import cache
+from toolchain.adaptive import compose_winners
 from toolchain.backends import exporter
 from toolchain.errors import EdgesplitError
 from toolchain.load import InputOptions, LoadedModel, load_model
@@ -562,6 +563,7 @@ class Result(NamedTuple):
     choices: list[Choice]  # one per rate
     not_tried: list[str]  # heads or codecs the budget left out, or that could not be made (with why)
     bundles: dict[str, str]  # winner name -> its bundle's folder
+    adaptive: Path | None  # every winner in one bundle, switched by rate (None: one point won every rate)
     refused: dict[str, str]  # point name -> why its build for the real devices refused it
     speed: object  # device_speed.Speed
     search: Search
@@ -654,12 +656,13 @@ def optimize(options: OptimizeOptions, progress) -> Result:
         progress.advance(task)
     # with no split point measured (a budget too short for one) the baselines still compete: the report says why
     choices = [choose(rows, search.speed.factor, rate, options, search.client_ms) for rate in options.uplinks]
-    bundles, refused = {}, {}
+    bundles, refused, adaptive = {}, {}, None
     if options.build:
         choices, bundles, refused = build_winners(search, rows, choices, progress)
+        adaptive = compose_winners(choices, bundles, options.output / "bundles" / "adaptive")
     shutil.rmtree(search.work, ignore_errors=True)  # the candidates' scratch: what was measured is stored
     progress.update(task, description="done")
-    return Result(rows, choices, not_tried, bundles, refused, search.speed, search,
+    return Result(rows, choices, not_tried, bundles, adaptive, refused, search.speed, search,
                   time.monotonic() - search.started)
 
 

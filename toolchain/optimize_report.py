@@ -134,11 +134,19 @@ def write_report(result: Result, output: Path) -> dict:
         "float_accuracy": search.float_accuracy, "evaluated_frames": len(search.evaluate),
         "max_loss": options.max_loss, "budget_s": options.budget_s, "seconds": round(result.seconds, 1),
         "date": time.strftime("%Y-%m-%d"), "choices": choices, "not_tried": result.not_tried,
-        "refused": result.refused,
+        "refused": result.refused, "adaptive_bundle": None if result.adaptive is None else str(result.adaptive),
         "points": len([r for r in points if r["strategy"] == "split"])}
     (output / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (output / "REPORT.md").write_text(markdown(summary, choices, points, result))
     return summary
+
+
+def adaptive_words(result: Result) -> str:
+    if result.adaptive is None:
+        return "No adaptive bundle: one point won every rate it was built for (or none was built)."
+    return (f"Every winner in one bundle, `{result.adaptive}`: from each rate up, `edgesplit edge` runs the point that "
+            "won there, following its own estimate of the uplink as it changes (`edgesplit verify-bundle` lists the "
+            "table).")
 
 
 def markdown(summary: dict, choices: list[dict], points: list[dict], result: Result) -> str:
@@ -166,6 +174,8 @@ share of frames it still sends.
 {markdown_table(choices, ['uplink', 'choice', 's_per_100', 'loss_points', 'mean_frame_bytes', 'edge_only_s_per_100',
                           'cloud_only', 'cloud_only_s_per_100', 'speedup_vs_better_baseline', 'speedup_vs_raw_image',
                           'bundle'])}
+
+{adaptive_words(result)}
 
 ![optimize](optimize.png)
 

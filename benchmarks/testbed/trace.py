@@ -82,6 +82,7 @@ class TracePlayer:
         self.link, self.trace = link, trace
         self.applied: list[tuple[float, float, float]] = []
         self.started = 0.0
+        self.started_unix = 0.0  # the same moment on the wall clock, which other processes share
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._play, daemon=True)
 
@@ -94,7 +95,7 @@ class TracePlayer:
 
     def start(self) -> None:
         self.link.shape(max(FLOOR_BPS, float(self.trace.bps[0])))
-        self.started = time.monotonic()
+        self.started, self.started_unix = time.monotonic(), time.time()
         self.applied.append((0.0, max(FLOOR_BPS, float(self.trace.bps[0])), float(self.trace.bps[0])))
         self._thread.start()
 

@@ -212,7 +212,7 @@ class TcpServer:
         protocol.check_key(config.key)
         self.cloud, self.config, self.metrics = cloud, config, cloud.metrics
         self.bundle_id = protocol.bundle_id_bytes(cloud.bundle.bundle_id)
-        self.limits = protocol.server_limits(cloud.bundle.wire)
+        self.limits = cloud.limits
         self._connections = {}  # task -> Connection
         self.max_connections = connection_cap(config.max_connections)
         self.throttle = AuthThrottle(config.auth_failures)

@@ -216,7 +216,7 @@ def main() -> None:
         testbed = open_testbed(DEFAULT_DEVICE, work, stack, args.calibration)
         bundles = build_deployments(REFERENCES[DEFAULT_DEVICE].target, work, args.quick)
         adaptive, rates = compose_adaptive(bundles, fps, work)
-        names = [open_bundle(adaptive).point_name(index) for index in range(len(bundles))]
+        names = [point.strategy for point in open_bundle(adaptive).points]
         runs = {**{name: (bundle, False) for name, bundle in bundles.items()},
                 "adaptive": (adaptive, False), "oracle": (adaptive, True)}
         windows = {trace.name: trace.window(trace.liveliest(seconds), seconds) for trace in traces}

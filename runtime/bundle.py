@@ -110,9 +110,9 @@ class Bundle:
 
     def artefact(self, role: str) -> dict:
         if self.strategy == ADAPTIVE:
-            raise BundleError("bundle {} holds {} operating points, each with its own halves: `edgesplit serve` and "
-                              "`edgesplit edge` run it; anything else takes one point's bundle".format(
-                                  self.bundle_id, len(self.points)))
+            raise BundleError("bundle {} holds {} operating points, each with its own halves: `edgesplit serve` "
+                              "serves it and `edgesplit edge` runs it over TCP; Triton and the other commands take "
+                              "one point's bundle".format(self.bundle_id, len(self.points)))
         if role not in self.roles:
             raise BundleError("bundle {} has no {} half ({})".format(self.bundle_id, role, ABSENT_HALF[role]))
         return self.manifest["artefacts"][role]

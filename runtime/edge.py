@@ -114,8 +114,17 @@ class _Point:
         self.exit_threshold = bundle_threshold if exit_threshold is None else exit_threshold
         self.prefix = prefix
 
-    def encode(self, codes) -> bytes:
-        return self.prefix + self.edge.coding.encode(self.edge.coding.frames(codes)[0])
+    def process(self, image: np.ndarray):
+        """One image → (its answer here or None, the payload to send or None, the exit branch's logits or None):
+        the whole model's outputs, or the exit's answer when it is sure enough, or codes for the cloud."""
+        if self.whole is not None:
+            return [output[0] for output in self.whole.outputs_of(image[None])], None, None
+        codes, exit_logits = self.edge.codes_and_exit(image[None])
+        exit_logits = None if exit_logits is None else exit_logits[0]
+        if exit_logits is not None and self.exit_threshold is not None and \
+                softmax_entropy(exit_logits[None])[0] < self.exit_threshold:
+            return exit_logits, None, exit_logits
+        return None, self.prefix + self.edge.coding.encode(self.edge.coding.frames(codes)[0]), exit_logits
 
 
 def switcher(bundle: Bundle, config: "ClientConfig") -> Optional[Switcher]:
@@ -253,28 +262,14 @@ class EdgeClient(Replies):
         The caller holds a slot for it."""
         started = frame.start()
         number = self.switcher.choose() if self.switcher else self.held
-        point = self.points[number]
-        if frame.error:  # the source could not give this frame (an unreadable file): its outcome says why
-            with self._lock:
-                self.stats.frames += 1
-                self._finish(frame.index, frame.label, started, ERROR, None, frame.error, number)
-            return
-        if point.whole is not None:  # this point runs the whole model here
-            outputs = [output[0] for output in point.whole.outputs_of(frame.image[None])]
-            with self._lock:
-                self.stats.frames += 1
-                self._finish(frame.index, frame.label, started, EDGE, outputs, "", number)
-            return
-        codes, exit_logits = point.edge.codes_and_exit(frame.image[None])
-        exit_logits = None if exit_logits is None else exit_logits[0]
+        # a frame the source could not give (an unreadable file) has an outcome saying why
+        answer, payload, exit_logits = (None, None, None) if frame.error else self.points[number].process(frame.image)
         with self._lock:
             self.stats.frames += 1
-            if exit_logits is not None and point.exit_threshold is not None and \
-                    softmax_entropy(exit_logits[None])[0] < point.exit_threshold:
-                self._finish(frame.index, frame.label, started, EDGE, exit_logits, "", number)
+            if payload is None:
+                self._finish(frame.index, frame.label, started, ERROR if frame.error else EDGE, answer, frame.error,
+                             number)
                 return
-        payload = point.encode(codes)
-        with self._lock:
             channel = self._channel
             if channel is None:
                 self._finish(frame.index, frame.label, started, *self._fallback(exit_logits), number)

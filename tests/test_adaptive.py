@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from runtime import protocol
 from runtime.adaptive import Switcher, UplinkEstimate
+from runtime.backends.tensorrt.engine import probe_device
 from runtime.bundle import compute_bundle_id, open_bundle
 from runtime.cloud import BackgroundServer, ServerConfig
 from runtime.edge import CLOUD, ClientConfig, EdgeClient
@@ -30,6 +31,7 @@ from calibration_data import DEFAULT_CALIBRATION
 from tests.test_network import KEY, ROOT, free_port, start_serve_process
 
 FPS = 30.0
+DEVICE = probe_device()
 
 
 @pytest.fixture(scope="module")
@@ -256,3 +258,16 @@ def test_rate_trace_on_a_bundle_of_one_point_is_refused_in_one_line(points, tmp_
         cwd=str(ROOT), env=dict(os.environ, EDGESPLIT_KEY=KEY.decode()), capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "--rate-trace chooses among an adaptive bundle's operating points" in result.stderr
+
+
+@pytest.mark.skipif("reason" not in DEVICE, reason="this machine can build engines")
+def test_build_engines_on_the_device_builds_every_points_tensorrt_halves(device_bundle, points, tmp_path):
+    """A Nano split and the PNG upload in one bundle: `edgesplit build-engines --bundle` on the device reaches the
+    split point's TensorRT half (here, without a GPU, it says why in one line)."""
+    nano = device_bundle("jetson-nano")
+    compose([(0, nano.bundle), (200e3, points["png"])], tmp_path / "adaptive")
+    result = subprocess.run([sys.executable, "-m", "edgesplit", "build-engines", "--bundle", str(tmp_path / "adaptive")],
+                            cwd=str(ROOT), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot build or run the TensorRT artefact p0-edge.onnx: {DEVICE['reason']}"]

@@ -223,14 +223,15 @@ def engine_for(onnx_path: Path, entry: dict, cache_key: str) -> Path:
 
 
 def rebuild_engines(bundle) -> list:
-    """Build every TensorRT engine of a bundle here, into the cache: [(plan path, stamp)]."""
+    """Build every TensorRT engine of a bundle (of each of an adaptive bundle's points) here, into the cache:
+    [(plan path, stamp)]."""
     built = []
-    for role in bundle.roles:
-        entry = bundle.artefact(role)
+    for point, role in [(point, role) for point in bundle.points for role in point.roles]:
+        entry = point.artefact(role)
         if "engine" not in entry:
             continue
-        onnx_path = bundle.directory / entry["file"]
-        plan_path = ENGINE_CACHE / "{}-{}.plan".format(bundle.bundle_id, role)
+        onnx_path = point.directory / entry["file"]
+        plan_path = ENGINE_CACHE / "{}-{}.plan".format(point.bundle_id, role)
         built.append((plan_path, build_engine(onnx_path, plan_path, entry["engine"]["recipe"],
                                               _device_or_error(onnx_path))))
     if not built:

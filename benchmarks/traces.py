@@ -251,23 +251,33 @@ def main() -> None:
               "adaptive bundle runs each point from the rate that carries its frames with 1.5x to spare: "
               f"{', '.join(f'{name} from {rate / 1e3:.1f} kbit/s' for name, rate in rates.items())}.\n",
               table(results, list(results[0])), "\n## The issue's goals, per trace\n",
-              table(summary["goals"], list(summary["goals"][0])),
+              table(summary["goals"], list(summary["goals"][0])), unreachable(summary["goals"]),
               f"\n## The switch: step trace {' -> '.join(f'{r / 1e3:g}' for r in STEP_BPS)} kbit/s, {level_s:g} s "
               "each\n", table(delays, list(delays[0]))]
     (args.output / "RESULTS.md").write_text("\n".join(report) + "\n")
     print("\n".join(report))
 
 
+def unreachable(rows: list[dict]) -> str:
+    """What the goals table says of the 1.5x goal where the best static deployment leaves no room for it."""
+    over = [row["trace"] for row in rows if row["best_static_x1.5"] > 1]
+    if not over:
+        return ""
+    return (f"\nOn {', '.join(over)} 1.5 times the best static deployment's share is over 1, every frame: no edge "
+            "can meet that goal there.\n")
+
+
 def goals(results: list[dict]) -> list[dict]:
-    """Per trace: the adaptive edge's on-time frames over the best static deployment's (goal >= 1.5) and over
-    the oracle's (goal >= 0.95)."""
+    """Per trace: the adaptive edge's on-time frames over the best static deployment's (goal >= 1.5, reachable only
+    where that one is on time for at most 2/3 of the frames) and over the oracle's (goal >= 0.95)."""
     rows = []
     for trace in dict.fromkeys(row["trace"] for row in results):
         met = {row["deployment"]: row["met_deadline"] for row in results if row["trace"] == trace}
         best = max((name for name in met if name not in ("adaptive", "oracle")), key=met.get)
         rows.append({"trace": trace, "best_static": best, "best_static_met": met[best], "adaptive_met": met["adaptive"],
                      "oracle_met": met["oracle"], "adaptive_over_best_static": round(met["adaptive"] / max(met[best], 1e-9), 3),
-                     "adaptive_over_oracle": round(met["adaptive"] / max(met["oracle"], 1e-9), 3)})
+                     "adaptive_over_oracle": round(met["adaptive"] / max(met["oracle"], 1e-9), 3),
+                     "best_static_x1.5": round(1.5 * met[best], 4)})
     return rows
 
 

@@ -1,14 +1,12 @@
 """Adaptive bundles (issue 34): several operating points in one bundle, an edge that follows its uplink between
 them on one connection, a server that serves them all."""
 
-import copy
 import csv
 import json
 import os
 import subprocess
 import sys
 from itertools import islice
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner

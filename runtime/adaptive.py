@@ -24,7 +24,9 @@ class UplinkEstimate:
     base, the link carries less than is offered, and the estimate falls at once to what it delivered: over the
     last `window_s`, the bytes of the frames answered that had queued over the time between their replies (the
     link was busy then; the first one's bytes left before), or with fewer than two such, every frame answered in
-    the window over the window. A step down shows within a frame of being observable. With no queue, the link carries at least what is sent and may carry more: the estimate grows by
+    the window over the window. A step down shows within a frame of being observable; while frames stay queued
+    the estimate keeps falling, by `growth` per second (a table that puts a point at a rate its frames do not fit
+    in at this camera's rate is left all the same). With no queue, the link carries at least what is sent and may carry more: the estimate grows by
     `growth` per second, up to `ceiling_bps` (a probe: the next point up is tried, and left as soon as its
     frames queue). A point that sends nothing (the whole model on the device) observes nothing: it probes.
     """
@@ -90,8 +92,8 @@ class UplinkEstimate:
                 self._delivered.popleft()
             elapsed = 0.0 if self._updated is None else now - self._updated
             self._updated = now
-            if self._queued(now):
-                self._rate = min(self._rate, self._delivery())
+            if self._queued(now):  # and while frames stay queued, it keeps falling: the point above may not fit
+                self._rate = min(self._rate, self._delivery()) / self.growth ** elapsed
             else:
                 self._rate = min(self.ceiling, max(self._rate, 1.0) * self.growth ** elapsed)
             return self._rate
@@ -118,15 +120,22 @@ class KnownRate:
 def read_steps(path: str) -> List[Tuple[float, float]]:
     """A trace file's (seconds, bits/s) steps; ValueError naming what is wrong."""
     steps = []
-    with open(path, newline="") as stream:
-        for number, row in enumerate(csv.reader(stream), 1):
-            try:
-                steps.append((float(row[0]) / 1000, float(row[1]) * 1000))
-            except (IndexError, ValueError):
-                if number > 1 or not row or row[0].strip().lower() != "ms":
-                    raise ValueError("{} line {}: expected `ms,kbit_s`, got {!r}".format(path, number, ",".join(row)))
-    if not steps or any(b[0] <= a[0] for a, b in zip(steps, steps[1:])) or min(rate for _, rate in steps) < 0:
-        raise ValueError("{} holds no rising `ms,kbit_s` steps with rates >= 0".format(path))
+    try:
+        with open(path, newline="") as stream:
+            for number, row in enumerate(csv.reader(stream), 1):
+                try:
+                    step = (float(row[0]) / 1000, float(row[1]) * 1000)
+                except (IndexError, ValueError):
+                    step = None
+                if step is not None and len(row) == 2 and all(0 <= value < float("inf") for value in step):
+                    steps.append(step)
+                elif number > 1 or not row or [cell.strip().lower() for cell in row] != ["ms", "kbit_s"]:
+                    raise ValueError("{} line {}: expected `ms,kbit_s` (two numbers >= 0), got {!r}".format(
+                        path, number, ",".join(row)))
+    except UnicodeDecodeError:
+        raise ValueError("{} is not a text file of `ms,kbit_s` rows".format(path)) from None
+    if not steps or any(b[0] <= a[0] for a, b in zip(steps, steps[1:])):
+        raise ValueError("{} holds no `ms,kbit_s` rows with rising times".format(path))
     return steps
 
 

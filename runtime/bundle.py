@@ -330,7 +330,10 @@ def _check_points(directory: Path, manifest: dict) -> None:
     answers = None
     for entry in points:
         point = entry["manifest"]
-        verify_manifest(directory, point, files_checked=True)
+        try:
+            verify_manifest(directory, point, files_checked=True)
+        except BundleError as error:
+            raise BundleError("point {!r}: {}".format(entry["name"], error)) from None
         if not isinstance(point["files"], dict) or any(manifest["files"].get(name) != listed
                                                        for name, listed in point["files"].items()):
             raise BundleError("point {!r} lists files the bundle does not hold as listed".format(entry["name"]))

@@ -101,7 +101,7 @@ def _output(text: str) -> str:
 
 def _existing(text: str) -> str:
     if not Path(text).is_file():
-        raise argparse.ArgumentTypeError("no such file: {}".format(text))
+        raise argparse.ArgumentTypeError("{}: {}".format("not a file" if Path(text).exists() else "no such file", text))
     return text
 
 
@@ -272,7 +272,14 @@ def _oracle(args, bundle):
     from runtime.bundle import ADAPTIVE
 
     if args.rate_trace is None:
+        if args.rate_trace_start is not None:
+            raise EdgesplitError("--rate-trace-start says when --rate-trace started playing; give --rate-trace too")
         return None
+    if args.point is not None:
+        raise EdgesplitError("--point holds one operating point and --rate-trace switches between them: give one")
+    if args.rate_trace_start is not None and not 0 < args.rate_trace_start < float("inf"):
+        raise EdgesplitError("--rate-trace-start is a time in seconds since the epoch (as `date +%s.%N` prints), got "
+                             "{}".format(args.rate_trace_start))
     if bundle.strategy != ADAPTIVE:
         raise EdgesplitError("--rate-trace chooses among an adaptive bundle's operating points; bundle {} is {}, "
                              "one point".format(bundle.bundle_id, bundle.strategy))

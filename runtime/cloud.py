@@ -252,7 +252,7 @@ class CloudServer:
         if self.metrics_address is not None:
             self._metrics_server.close()
             await self._metrics_server.wait_closed()
-        log.info("stopped after answering %d frames (%d refused)", self.metrics.value(
+        log.info("stopped after answering %d frames (%d frames refused)", self.metrics.value(
             "edgesplit_frames_total", outcome="answered"), self.metrics.value("edgesplit_frames_total",
                                                                               outcome="rejected"))
 

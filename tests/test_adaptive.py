@@ -58,7 +58,7 @@ def frames(bundle, count):
 def test_compose_bundle_and_verify_bundle_list_the_points_and_their_table(points, tmp_path):
     output = tmp_path / "adaptive"
     runner = CliRunner()
-    composed = runner.invoke(toolchain_main, ["compose-bundle", "--at", "0", str(points["edge-only"]), "--at",
+    composed = runner.invoke(toolchain_main, ["compose-bundle", "--at", "0kbit", str(points["edge-only"]), "--at",
                                               "20kbit", str(points["split"]), "--at", "2mbit", str(points["png"]),
                                               "--output", str(output)])
     assert composed.exit_code == 0, composed.output
@@ -90,7 +90,8 @@ def resealed(point: dict, change) -> None:
     (lambda m: m["table"].append({"rate_bps": 9e9, "point": 3}), "table must be 1 to 64 rows"),
     (lambda m: m["table"].reverse(), "table must be 1 to 64 rows"),
     (lambda m: m["points"].pop(), "table must be 1 to 64 rows"),
-    (lambda m: m["points"][1]["manifest"]["exit"].update(threshold=0.1), "does not match the manifest's contents"),
+    (lambda m: m["points"][1]["manifest"]["exit"].update(threshold=0.1),
+     "point 'layer3 bbnet:bits=4,c=32,s=4 exit 0.672': bundle id .* does not match the manifest's contents"),
     (lambda m: m["points"][0]["manifest"].update(strategy="adaptive"), "points must be 2 to 16 operating points"),
     (lambda m: resealed(m["points"][2]["manifest"], lambda point: point["files"]["p2-cloud.onnx"].update(bytes=1)),
      "lists files the bundle does not hold"),
@@ -113,6 +114,9 @@ def test_compose_refuses_one_bundle_and_an_adaptive_one(points, adaptive, tmp_pa
         compose([(0, points["split"]), (1e6, points["split"])], tmp_path / "one")
     with pytest.raises(BundleError, match="adaptive already"):
         compose([(0, points["split"]), (1e6, adaptive)], tmp_path / "nested")
+    with pytest.raises(BundleError, match="is one of the bundles to compose"):
+        compose([(0, points["split"]), (1e6, points["png"])], points["png"])
+    assert (points["png"] / "manifest.json").is_file()
     result = CliRunner().invoke(toolchain_main, ["compose-bundle", "--at", "fast", str(points["split"]), "--at",
                                                  "0", str(points["png"]), "--output", str(tmp_path / "x")])
     assert result.exit_code == 2 and "a rate must look like 1mbit" in result.output
@@ -200,7 +204,8 @@ def test_the_estimate_falls_to_what_was_delivered_once_a_frame_queues_and_probes
     assert estimate.rate(1.95) == pytest.approx(200e3)  # calm: doubled in a second
     estimate.sent(20, 125, 1.96)
     assert estimate.rate(2.0) == pytest.approx(200e3 * 2 ** 0.05)  # 40 ms in flight: within 20 + 50
-    assert estimate.rate(2.04) == pytest.approx(8 * 125 * 9)  # 80 ms: queued; 9 replies in the last second
+    # 80 ms: queued; 9 replies in the last second, less what 40 ms of queueing takes off
+    assert estimate.rate(2.04) == pytest.approx(8 * 125 * 9 / 2 ** 0.04)
     assert estimate.rate(3.5) == 0.0  # an outage: nothing delivered
     estimate.dropped(20)
     assert estimate.rate(4.5) == pytest.approx(1.0 * 2)  # nothing in flight: probing from the floor of 1 bit/s
@@ -236,7 +241,10 @@ def test_edge_command_follows_a_rate_trace_on_one_connection(adaptive, tmp_path)
 
 @pytest.mark.parametrize("options, message", [
     (["--point", "7"], "has 3 operating point(s), numbered from 0: there is no point 7"),
-    (["--rate-trace", "README.md"], "README.md line 1: expected `ms,kbit_s`, got '# edgesplit'"),
+    (["--rate-trace", "README.md"], "README.md line 1: expected `ms,kbit_s` (two numbers >= 0), got '# edgesplit'"),
+    (["--rate-trace", "calibration_data/fashion_mnist.npz"], "is not a text file of `ms,kbit_s` rows"),
+    (["--point", "1", "--rate-trace", "README.md"], "--point holds one operating point and --rate-trace switches "
+                                                    "between them: give one"),
 ])
 def test_edge_command_refuses_a_point_or_trace_that_is_not_there_in_one_line(adaptive, options, message):
     result = subprocess.run(

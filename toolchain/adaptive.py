@@ -72,6 +72,8 @@ def compose(plan: list[tuple[float, Path]], output: Path, trust: Path | None = N
     if len(set(rates)) != len(rates) or any(not 0 <= rate < float("inf") for rate in rates):
         raise BundleError(f"each rate of an adaptive bundle's table must be a distinct number >= 0, got {rates}")
     plan = sorted(plan, key=lambda row: row[0])
+    if any(Path(path).resolve() == Path(output).resolve() for _, path in plan):
+        raise BundleError(f"--output {output} is one of the bundles to compose: write the adaptive bundle elsewhere")
     opened = {}
     for _, path in plan:
         if str(path) not in opened:

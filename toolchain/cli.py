@@ -435,7 +435,7 @@ def compose_bundle_command(plan, output: Path, trust: Path | None) -> None:
     at which uplink rate: `edgesplit edge` switches between them as its uplink changes, on one connection."""
     from toolchain.adaptive import compose
 
-    rows = [(0.0 if rate.strip() == "0" else _rates(rate, "--at")[0], Path(path)) for rate, path in plan]
+    rows = [(_rate_or_zero(rate), Path(path)) for rate, path in plan]
     manifest = compose(rows, output, trust)
     click.echo(f"wrote {output}: bundle {manifest['bundle_id']}, {len(manifest['points'])} operating points, "
                f"{len(manifest['files'])} files")
@@ -648,6 +648,13 @@ def profile_command(model, target, cloud, splits, codecs, lossless, calib, holdo
                    f"edge {candidate['edge']['ms']:.3f} ms  cloud {candidate['cloud']['ms']:.3f} ms")
     click.echo(f"edge-only {profile['edge_only']['ms']:.3f} ms, cloud-only compute {profile['cloud_only']['ms']:.3f} ms;"
                f" wrote {output}")
+
+
+def _rate_or_zero(text: str) -> float:
+    """A table's rate: tc units (20kbit, 1mbit), or 0 (with or without a unit)."""
+    import re
+
+    return 0.0 if re.fullmatch(r"\s*0*\.?0+\s*[a-zA-Z]*\s*", text) else _rates(text, "--at")[0]
 
 
 def _rates(text: str, option: str) -> list[float]:

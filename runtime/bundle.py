@@ -73,10 +73,9 @@ class Bundle:
         self.manifest = manifest
         self.strategy = strategy_of(manifest)
         self.wire = None  # an edge-only bundle sends nothing, an adaptive one what its point does
-        # the operating points: an adaptive bundle's, each a bundle of its own in the same folder; else this one
-        self.points = [self]
+        self._points = []  # an adaptive bundle's operating points, each a bundle of its own in the same folder
         if self.strategy == ADAPTIVE:
-            self.points = [Bundle(directory, entry["manifest"]) for entry in manifest["points"]]
+            self._points = [Bundle(directory, entry["manifest"]) for entry in manifest["points"]]
         elif self.strategy != "edge-only":
             try:
                 self.wire = WireFormat.from_manifest(manifest["wire"])
@@ -86,6 +85,12 @@ class Bundle:
     @property
     def bundle_id(self) -> str:
         return self.manifest["bundle_id"]
+
+    @property
+    def points(self) -> list:
+        """The operating points: an adaptive bundle's, else this one (not stored: a bundle that held itself would
+        outlive its last user, and its unpacked .tar with it)."""
+        return self._points or [self]
 
     @property
     def roles(self):

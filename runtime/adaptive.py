@@ -14,6 +14,7 @@ import time
 from typing import List, Optional, Tuple
 
 BASE_WINDOW_S = 30.0  # the path's least reply time is kept this long: longer than the traces' outages
+FLOOR_BPS = 1000.0  # the least an estimate starts or probes from (an outage takes it to 0)
 
 
 class UplinkEstimate:
@@ -26,9 +27,10 @@ class UplinkEstimate:
     link was busy then; the first one's bytes left before), or with fewer than two such, every frame answered in
     the window over the window. A step down shows within a frame of being observable; while frames stay queued
     the estimate keeps falling, by `growth` per second (a table that puts a point at a rate its frames do not fit
-    in at this camera's rate is left all the same). With no queue, the link carries at least what is sent and may carry more: the estimate grows by
-    `growth` per second, up to `ceiling_bps` (a probe: the next point up is tried, and left as soon as its
-    frames queue). A point that sends nothing (the whole model on the device) observes nothing: it probes.
+    in at this camera's rate is left all the same). With no queue, the link carries at least what is sent and may
+    carry more: the estimate grows by `growth` per second from at least FLOOR_BPS, up to `ceiling_bps` (a probe:
+    the next point up is tried, and left as soon as its frames queue). A point that sends nothing (the whole model
+    on the device) observes nothing: it probes.
     """
 
     def __init__(self, initial_bps: float, ceiling_bps: float, queue_s: float = 0.05, growth: float = 2.0,
@@ -37,7 +39,7 @@ class UplinkEstimate:
         self.queue_s = queue_s
         self.growth = growth
         self.window_s = window_s
-        self._rate = min(initial_bps, ceiling_bps)
+        self._rate = min(max(initial_bps, FLOOR_BPS), ceiling_bps)
         self._updated = None
         self._lock = threading.Lock()
         self._in_flight = collections.OrderedDict()  # request id -> (sent at, wire bytes), oldest first
@@ -64,17 +66,13 @@ class UplinkEstimate:
         with self._lock:
             self._in_flight.pop(request_id, None)
 
-    def queued(self, now: float) -> bool:
-        """Whether the oldest frame in flight has waited `queue_s` beyond the path's least reply time."""
-        with self._lock:
-            return self._queued(now)
-
     def _base(self, now: float) -> float:
         while self._latencies and self._latencies[0][0] < now - BASE_WINDOW_S:
             self._latencies.popleft()
         return self._latencies[0][1] if self._latencies else 0.0
 
     def _queued(self, now: float) -> bool:
+        """Whether the oldest frame in flight has waited `queue_s` beyond the path's least reply time."""
         oldest = next(iter(self._in_flight.values()), None)
         return oldest is not None and now - oldest[0] > self._base(now) + self.queue_s
 
@@ -95,7 +93,7 @@ class UplinkEstimate:
             if self._queued(now):  # and while frames stay queued, it keeps falling: the point above may not fit
                 self._rate = min(self._rate, self._delivery()) / self.growth ** elapsed
             else:
-                self._rate = min(self.ceiling, max(self._rate, 1.0) * self.growth ** elapsed)
+                self._rate = min(self.ceiling, max(self._rate, FLOOR_BPS) * self.growth ** elapsed)
             return self._rate
 
 

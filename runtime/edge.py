@@ -21,7 +21,7 @@ from typing import Iterable, Iterator, List, NamedTuple, Optional, Union
 import numpy as np
 
 from runtime import protocol
-from runtime.adaptive import Switcher, UplinkEstimate
+from runtime.adaptive import FLOOR_BPS, Switcher, UplinkEstimate
 from runtime.bundle import ADAPTIVE, Bundle
 from runtime.errors import ProtocolError
 from runtime.images import SourceFrame
@@ -35,7 +35,6 @@ log = logging.getLogger("edgesplit.edge")
 CLOUD, EDGE, ERROR = "cloud", "edge", "error"
 CLOUD_FAILURES = (protocol.INTERNAL, protocol.TIMEOUT)  # per-frame errors that are the cloud's, not the frame's
 TRANSIENT_REFUSALS = (protocol.BUSY,)  # a handshake refused for now: retried with backoff like an unreachable server
-FLOOR_BPS = 1000.0  # the least an uplink estimate starts or probes from
 SILENT_TIMEOUTS = 3  # frames timed out with nothing heard since they were sent: the connection is replaced
 UNMATCHED_SLACK = 16  # replies matching no frame in flight, beyond one per frame that timed out, before the loss
 
@@ -135,8 +134,7 @@ def switcher(bundle: Bundle, config: "ClientConfig") -> Optional[Switcher]:
     if config.rate is not None:
         return Switcher(bundle.table, config.rate)
     rates = [rate for rate, _ in bundle.table]  # it starts at the second row: the first point sending the least
-    return Switcher(bundle.table, UplinkEstimate(max(rates[min(1, len(rates) - 1)], FLOOR_BPS),
-                                                 2 * max(rates[-1], FLOOR_BPS)))
+    return Switcher(bundle.table, UplinkEstimate(rates[min(1, len(rates) - 1)], 2 * max(rates[-1], FLOOR_BPS)))
 
 
 class _Health:

@@ -208,7 +208,7 @@ def test_the_estimate_falls_to_what_was_delivered_once_a_frame_queues_and_probes
     assert estimate.rate(2.04) == pytest.approx(8 * 125 * 9 / 2 ** 0.04)
     assert estimate.rate(3.5) == 0.0  # an outage: nothing delivered
     estimate.dropped(20)
-    assert estimate.rate(4.5) == pytest.approx(1.0 * 2)  # nothing in flight: probing from the floor of 1 bit/s
+    assert estimate.rate(4.5) == pytest.approx(2000.0)  # nothing in flight: probing from the floor of 1 kbit/s
     assert UplinkEstimate(5e6, 1e6).rate(0.0) == 1e6
 
 

@@ -176,9 +176,10 @@ def test_four_64_mb_requests_are_refused_before_a_model_copies_them(bundles, tri
     before = rss_mb(triton.process.pid)
     first, second = four_at_once(), four_at_once()
     assert len(refusals) == 8 and all("unexpected shape for input 'PAYLOAD'" in r for r in refusals), refusals
-    # what the allocator keeps of the first four varies (+64 to +190 MB here) but stays under the 256 MB they carried
-    # (+515 when the decode model copied them); four more add nothing
-    assert first - before < 4 * 64 and second - first <= 16, (before, first, second)
+    # what the allocator keeps varies (+64 to +190 MB after the first four here; once nothing after them and +53
+    # after the next four), but over both rounds it stays under the 256 MB one round carried: a model that copied
+    # them kept +515 after the first round alone
+    assert first - before < 4 * 64 and second - before < 4 * 64, (before, first, second)
     assert infer(triton, "int8", bundle, bytes(bundle.wire.packed_bytes)).as_numpy("logits").shape == (1, 10)
 
 

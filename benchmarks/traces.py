@@ -49,7 +49,7 @@ from benchmarks.testbed import interrupt_on_sigterm
 from benchmarks.testbed.devices import REFERENCES, TestbedError, one_line_errors
 from benchmarks.testbed.trace import FLOOR_BPS, TRACES, Trace, TracePlayer, read_trace
 from calibration_data import DEFAULT_CALIBRATION
-from runtime.adaptive import UplinkEstimate
+from runtime.adaptive import QUEUE_S
 from runtime.bundle import open_bundle
 from toolchain.adaptive import carried_from, compose
 from toolchain.build import BuildOptions, build_engines
@@ -62,7 +62,6 @@ DEPLOYMENTS = {  # name -> what build-engines is given besides the target
 REPLY_TIMEOUT_S = 30  # a frame waits out an outage of the traces' length rather than fail
 STEP_S = 12.0  # each level of the switch trace: long enough for the edge to probe up to PNG from the split
 STEP_BPS = (2e6, 40e3, 2e6)
-QUEUE_S = UplinkEstimate(1, 1).queue_s  # what the estimate allows a frame beyond the least reply time
 
 
 def build_deployments(target: str, work: Path, quick: bool) -> dict[str, Path]:

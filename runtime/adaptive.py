@@ -7,14 +7,16 @@ moves along the table with hysteresis. Two estimates: `UplinkEstimate`, from not
 benchmarks). Python 3.6 stdlib only.
 """
 
+import bisect
 import collections
 import csv
 import threading
 import time
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 BASE_WINDOW_S = 30.0  # the path's least reply time is kept this long: longer than the traces' outages
 FLOOR_BPS = 1000.0  # the least an estimate starts or probes from (an outage takes it to 0)
+QUEUE_S = 0.05  # how long a frame may wait beyond the least reply time before the uplink counts as queueing
 
 
 class UplinkEstimate:
@@ -33,7 +35,7 @@ class UplinkEstimate:
     on the device) observes nothing: it probes.
     """
 
-    def __init__(self, initial_bps: float, ceiling_bps: float, queue_s: float = 0.05, growth: float = 2.0,
+    def __init__(self, initial_bps: float, ceiling_bps: float, queue_s: float = QUEUE_S, growth: float = 2.0,
                  window_s: float = 1.0):
         self.ceiling = ceiling_bps
         self.queue_s = queue_s
@@ -102,7 +104,8 @@ class KnownRate:
     (rows of `ms,kbit_s`, as benchmarks/testbed/trace.py writes them), started at `started` (time.time())."""
 
     def __init__(self, steps: List[Tuple[float, float]], started: float, lookahead_s: float = 1.0):
-        self.steps = steps  # (seconds from the start, bits/s), rising
+        self.times = [at for at, _ in steps]  # seconds from the start, rising
+        self.rates = [bps for _, bps in steps]
         self.started = started
         self.lookahead_s = lookahead_s
         self.offset = time.time() - time.monotonic()  # the trace's clock is the wall's; frames use monotonic
@@ -110,9 +113,9 @@ class KnownRate:
     def rate(self, now: Optional[float] = None) -> float:
         now = time.monotonic() if now is None else now
         begin = now + self.offset - self.started
-        ahead = [bps for at, bps in self.steps if begin <= at < begin + self.lookahead_s]
-        current = [bps for at, bps in self.steps if at <= begin]
-        return min(ahead + current[-1:]) if ahead or current else self.steps[0][1]
+        current = bisect.bisect_right(self.times, begin) - 1  # the step in force (-1: before the trace)
+        end = bisect.bisect_left(self.times, begin + self.lookahead_s)
+        return min(self.rates[max(current, 0):end] or self.rates[:1])
 
 
 def read_steps(path: str) -> List[Tuple[float, float]]:
@@ -137,11 +140,12 @@ def read_steps(path: str) -> List[Tuple[float, float]]:
     return steps
 
 
-class Switch(object):
+class Switch(NamedTuple):
     """One change of operating point: when, from which point to which, at what estimated rate."""
-
-    def __init__(self, at: float, old: int, new: int, rate_bps: float):
-        self.at, self.old, self.new, self.rate_bps = at, old, new, rate_bps
+    at: float
+    old: int
+    new: int
+    rate_bps: float
 
 
 class Switcher:

@@ -99,15 +99,16 @@ class Bundle:
     @property
     def answers(self) -> list:
         """The outputs a frame's answer holds (the answering half's; an adaptive bundle's points all share them)."""
-        return self.points[0].artefact(answering_role(self.points[0].strategy))["outputs"]
+        return self.points[0].artefact(self.points[0].answering_role)["outputs"]
 
     @property
     def table(self) -> list:
-        """(lowest uplink rate in bits/s, point index) rows, rising: an adaptive bundle's plan; else one row."""
-        return [(row["rate_bps"], row["point"]) for row in self.manifest.get("table", [{"rate_bps": 0, "point": 0}])]
+        """An adaptive bundle's plan: (lowest uplink rate in bits/s, point index) rows, rising."""
+        return [(row["rate_bps"], row["point"]) for row in self.manifest["table"]]
 
     def point_name(self, index: int) -> str:
-        return self.manifest["points"][index]["name"] if self.strategy == ADAPTIVE else self.strategy
+        """An adaptive bundle's point in words."""
+        return self.manifest["points"][index]["name"]
 
     @property
     def answering_role(self) -> str:

@@ -266,11 +266,14 @@ class CloudServer:
         operating point (an adaptive bundle's payload names it in its first byte). ProtocolError: BAD_REQUEST when
         the payload is not the bundle's codes, INTERNAL or TIMEOUT when the backend fails, INTERNAL for outputs
         holding NaN or infinity (never sent: the edge would take them)."""
-        point = payload[0] if self.prefix and payload else 0
-        if point not in self.clouds:
-            raise ProtocolError("no operating point {} with a cloud half in bundle {}: its points with one are {}".format(
-                point, self.bundle.bundle_id, sorted(self.clouds)) if payload else "an empty FEATURES payload",
-                protocol.BAD_REQUEST)
+        point = 0
+        if self.prefix:
+            if not payload:
+                raise ProtocolError("an empty FEATURES payload", protocol.BAD_REQUEST)
+            point = payload[0]
+            if point not in self.clouds:
+                raise ProtocolError("no operating point {} with a cloud half in bundle {}: its points with one are "
+                                    "{}".format(point, self.bundle.bundle_id, sorted(self.clouds)), protocol.BAD_REQUEST)
         try:
             codes = self.clouds[point].decode(payload[self.prefix:])
         except WireError as error:

@@ -114,10 +114,10 @@ def carried_from(bundle: Bundle, fps: float, headroom: float = 1.5) -> float:
     mean frame on the wire (the protocol's header and TCP/IP's counted) for the share its exit sends; 0 for the
     whole model on the device."""
     from runtime.protocol import frame_bytes
-    from toolchain.planning import link_bytes
+    from toolchain.planning import bundle_payload, estimate_rate, link_bytes
 
     if bundle.strategy == "edge-only":
         return 0.0
-    checks = bundle.manifest["checks"]
-    sent = (checks.get("exit") or {}).get("offload_rate", 1.0)
-    return headroom * fps * sent * 8 * link_bytes(frame_bytes(checks["mean_payload_bytes"]))
+    sent = (bundle.manifest["checks"].get("exit") or {}).get("offload_rate", 1.0)
+    frame = link_bytes(frame_bytes(bundle_payload(bundle.manifest)))
+    return headroom * estimate_rate(1, fps, sent, frame).per_camera_bps

@@ -68,7 +68,7 @@ def labeled_data(quick: bool) -> str:
 
 def table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(row.get(c)) for c in columns) + " |" for row in rows]  # an earlier run's: fewer
     return "\n".join(lines)
 
 

@@ -62,15 +62,17 @@ def test_a_missed_bound_names_the_half_its_precision_and_the_option_that_passes(
     assert passed.exit_code == 0, passed.output
 
 
-def test_an_int8_half_whose_most_sensitive_half_of_layers_in_fp16_still_misses_is_refused_naming_them(tmp_path):
-    """Without --strict-int8 the build first keeps the cloud half's most sensitive layers out of INT8, at most
-    half of them: the tiny model's cloud half has two (a convolution and the classifier), and one in fp16 does
-    not reach 99 %, so the refusal names the half and its layers, worst first (the search that succeeds is
+def test_an_int8_half_whose_most_sensitive_layers_in_fp16_still_miss_is_refused_naming_them(tmp_path):
+    """Without --strict-int8 the build first keeps the cloud half's most sensitive layers out of INT8, those
+    holding at most half its multiply-accumulates, or one: the tiny model's cloud half has six (a convolution,
+    the classifier, the ops between them), its worst, the convolution, holds nearly all its work, and in fp16
+    does not reach 99 %, so the refusal names the half and its layers, worst first (the search that succeeds is
     tests/test_calibration.py's)."""
     refused = CliRunner().invoke(main, MISSED + ["--output", str(tmp_path / "bundle")])
     assert refused.exit_code == 1 and "Traceback" not in refused.output, refused.output
     assert re.fullmatch(r"error: the cloud half \(int8 on cloud-gpu\) misses the bound even with its 1 most sensitive "
-                        r"of 2 int8 layers in fp16, /second/\S+, /second/\S+ first: output 'logits' agrees with the "
+                        r"of 6 int8 layers \(\d+% of its multiply-accumulates\) in fp16, /second/\S+, /second/\S+, "
+                        r"/second/\S+ first: output 'logits' agrees with the "
                         r"float model on \d+\.\d\d% of held-out images \(bound --min-agreement 99\.00%\); "
                         r"--cloud-precision fp16 would build the cloud half in fp16",
                         refused.output.strip().splitlines()[-1]), refused.output
@@ -95,7 +97,7 @@ def test_a_full_int8_pi_half_that_misses_even_with_int16_activations_is_refused_
                                         "--output", str(tmp_path / "bundle")])
     assert refused.exit_code == 1 and re.fullmatch(
         r"error: the edge half \(int8 on raspberry-pi\) misses the bound even with its 1 most sensitive of 1 int8 "
-        r"layers in int16 activations \(16x8\), 1 \(Conv2d\) first: output 'logits' agrees with the float model on "
+        r"layers \(100% of its multiply-accumulates\) in int16 activations \(16x8\), 1 \(Conv2d\) first: output 'logits' agrees with the float model on "
         r"\d+\.\d\d% of held-out images \(bound --min-agreement 98\.00%\); raspberry-pi builds its edge half in "
         r"int8 at most: try another --split or --codec", refused.output.strip().splitlines()[-1]), refused.output
     assert not (tmp_path / "bundle").exists()
@@ -152,12 +154,14 @@ def test_device_edges_default_to_the_cloud_gpu_and_keep_accuracy(edge, device_bu
     assert (deployed == reference).mean() >= 0.98
     calibration = manifest["checks"]["cloud_calibration"]  # of the INT8 cloud's ranges, the best answers kept
     scores = calibration["candidates"]
-    assert set(scores) == {"min-max", "percentile", "mse"}
-    assert rank(scores[calibration["method"]]) == max(map(rank, scores.values()))
+    chosen = f"{calibration['method']} at {calibration['placement']}"
+    assert set(scores) == {f"{method} at {placement}" for method in ("min-max", "percentile", "mse")
+                           for placement in ("every op", "weighted ops")}
+    assert rank(scores[chosen]) == max(map(rank, scores.values()))
     console = Console(width=400, record=True)
     console.print(build_summary(report))
     text = " ".join(console.export_text().split())
-    assert f"cloud int8 ranges │ {calibration['method']}, whose answers on 64 calibration images" in text
+    assert f"cloud int8 ranges │ {chosen}, whose answers on 64 calibration images" in text
 
 
 @pytest.mark.parametrize("arguments,message", [

@@ -21,7 +21,7 @@ from toolchain.build import BuildOptions, build_engines
 from toolchain.data import to_model_input
 from toolchain.split import split_model, trace
 from toolchain.backends.tflite import Int16Requantizable, convert_int8, float_ops, graph_ops
-from toolchain.mixed_precision import keep_in_higher_precision, sensitivities
+from toolchain.mixed_precision import AtFault, keep_in_higher_precision, sensitivities
 from toolchain.evaluate import reference_outputs
 
 from conftest import INPUT_SHAPE, top1
@@ -165,8 +165,8 @@ def test_the_most_sensitive_layers_get_int16_activations_and_the_half_stays_inte
     all_int8 = half.error(path)
     ranked = [layer for layer, _ in sensitivities(half, half.layers(path), tmp_path, ".tflite")]
     assert len(ranked) == 4  # five convolutions; the last writes the output, which stays int8
-    answers = iter(["", "output 'logits' misses"])  # half the layers kept pass, one does not: two are kept
-    kept = keep_in_higher_precision(half, path, lambda: next(answers), "the edge half")
+    answers = iter(["", "output 'logits' misses", ""])  # half the layers kept pass, one does not: two are kept
+    kept, = keep_in_higher_precision([AtFault(half, path, "the edge half")], lambda: next(answers))
     assert kept["precision"] == "int16 activations (16x8)" and kept["of"] == 4 and 0 < kept["macs_share"] < 1
     assert re.fullmatch(r"[\d.]+ ms per frame all int8, [\d.]+ ms as kept \(this CPU's TFLite interpreter\)",
                         kept["cost"])
@@ -182,9 +182,9 @@ def test_the_most_sensitive_layers_get_int16_activations_and_the_half_stays_inte
                                                                  artefact.output_quantization)
     assert half.error(path) < all_int8
     with pytest.raises(EdgesplitError, match=r"^the edge half misses the bound even with its 2 most sensitive of 4 "
-                                             r"int8 layers in int16 activations \(16x8\), \d+ \(Conv2d\), .* first: "
+                                             r"int8 layers \(\d+% of its multiply-accumulates\) in int16 activations \(16x8\), \d+ \(Conv2d\), .* first: "
                                              r"a bound missed; what would pass$"):
-        keep_in_higher_precision(half, path, lambda: "a bound missed", "the edge half",
+        keep_in_higher_precision([AtFault(half, path, "the edge half")], lambda: "a bound missed",
                                  "; what would pass")
 
 

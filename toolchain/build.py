@@ -42,7 +42,7 @@ from toolchain.exit_calibration import DEFAULT_EXIT_MAX_LOSS, curve, exit_checks
 from toolchain.fault import at_fault, describe as describe_half, halves_at_fault, hint as precision_hint
 from toolchain.image_formats import mean_image_bytes
 from toolchain.load import InputOptions, LoadedModel, load_model
-from toolchain.mixed_precision import keep_in_higher_precision
+from toolchain.mixed_precision import AtFault, keep_in_higher_precision
 from toolchain.lossless import AUTO as AUTO_LOSSLESS, choose as choose_lossless, fit_prior
 from toolchain.split import Split, default_point, split_model, trace, unsplit
 from toolchain.zoo import ZOO
@@ -316,22 +316,26 @@ def evaluate_stage(build: Build) -> None:
 
 
 def with_layers_in_higher_precision(build: Build, bundle: Bundle, inputs, reference, bounds: Bounds) -> str:
-    """The one INT8 half at fault requantized with its fewest most sensitive layers in higher precision until
-    the bundle meets its bounds; what it still misses ('' for nothing). Two halves at fault are left to the
-    refusal, which names both."""
-    roles = halves_at_fault(build, bundle, inputs, reference, bounds)
-    load = exporter(build.deployment.device(roles[0])).requantizable if len(roles) == 1 else None
-    half = load(build.scratch, roles[0]) if load is not None else None
-    if half is None:  # nothing to quantize again: an fp16 or fp32 half
+    """The INT8 halves at fault (one, or both where neither meets the bound alone or each does and the two
+    together do not) requantized with their fewest most sensitive layers in higher precision until the bundle
+    meets its bounds; what it still misses ('' for nothing)."""
+    halves = {}
+    for role in halves_at_fault(build, bundle, inputs, reference, bounds):
+        load = exporter(build.deployment.device(role)).requantizable
+        half = load(build.scratch, role) if load is not None else None
+        if half is not None:  # else nothing to quantize again: an fp16 or fp32 half
+            halves[role] = AtFault(half, build.staging / build.artefacts[role]["file"], describe_half(build, role))
+    if not halves:
         return failed_bound(build.checks, bounds)
 
     def missed() -> str:
         measure_bundle(build, inputs, reference)
         return failed_bound(build.checks, bounds)
-    path = build.staging / build.artefacts[roles[0]]["file"]
-    build.checks[f"{roles[0]}_higher_precision"] = keep_in_higher_precision(
-        half, path, missed, describe_half(build, roles[0]), precision_hint(build, roles[0]))
-    build.artefacts[roles[0]].update(half.entry(path))
+    kept = keep_in_higher_precision(list(halves.values()), missed,
+                                    "".join(precision_hint(build, role) for role in halves))
+    for (role, entry), described in zip(halves.items(), kept):
+        build.checks[f"{role}_higher_precision"] = described
+        build.artefacts[role].update(entry.half.entry(entry.path))
     return ""
 
 

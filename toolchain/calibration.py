@@ -4,9 +4,10 @@ One pass of onnxruntime's histogram calibrator gives every activation's |x| hist
 gets three symmetric ranges: min-max (the largest |x|: nothing clipped), percentile (RANGE_PERCENTILE of
 |x|: the outliers clipped, TensorRT's percentile calibrator) and MSE (the threshold with the least expected
 quantization error, rounding and clipping together: ModelOpt's "mse"). Each set of ranges is quantized
-(onnxruntime's quantize_static with per-tensor overrides) and run unfused beside the float half on a few
-calibration inputs; the set whose answers agree best (then the smallest relative error) is kept, min-max on a
-tie since it clips nothing.
+(onnxruntime's quantize_static with per-tensor overrides) at each placement of Q/DQ (quantize.PLACEMENTS: every
+op, or the weighted ops' inputs only) and run unfused beside the float half on a few calibration inputs; the
+candidate whose answers agree best (then the smallest relative error) is kept, min-max at every op on a tie
+since it clips nothing and leaves nothing to FP16.
 """
 
 from __future__ import annotations
@@ -66,17 +67,19 @@ RANGES: dict[str, Callable[[Histogram], float]] = {"min-max": min_max, "percenti
 
 
 class Calibrated(NamedTuple):
-    """What was chosen for a half: the method, its answers against the float half, and every method's."""
+    """What was chosen for a half: the range method and Q/DQ placement, and every candidate's answers against
+    the float half."""
     method: str
+    placement: str  # quantize.PLACEMENTS
     tensors: int
     clipped: int  # tensors whose range clips some calibration values
-    scores: dict  # method -> {"agreement": ..., "relative_error": ...}
-    frames: int  # calibration inputs the methods were scored on
+    scores: dict  # "method at placement" -> {"agreement": ..., "relative_error": ...}
+    frames: int  # calibration inputs the candidates were scored on
     thresholds: dict  # tensor name -> the chosen |x| range
 
     def describe(self) -> dict:
-        return {"method": self.method, "tensors": self.tensors, "clipped_tensors": self.clipped,
-                "frames": self.frames, "candidates": self.scores}
+        return {"method": self.method, "placement": self.placement, "tensors": self.tensors,
+                "clipped_tensors": self.clipped, "frames": self.frames, "candidates": self.scores}
 
 
 class CalibrationFeed:
@@ -138,29 +141,33 @@ def rank(scores: dict) -> tuple:
     return (agreement if agreement is not None else 1.0, -scores["relative_error"])
 
 
-def calibrate(float_path: Path, qdq_path: Path, samples: dict[str, np.ndarray],
-              quantize: Callable[[Path, Path, dict, dict], None]) -> Calibrated:
-    """Writes `qdq_path` quantized with the best of RANGES; `quantize(float, qdq, samples, thresholds)` makes one
-    candidate (thresholds per tensor name)."""
+def calibrate(float_path: Path, qdq_path: Path, samples: dict[str, np.ndarray], quantize: Callable) -> Calibrated:
+    """Writes `qdq_path` quantized with the best of RANGES at the best of PLACEMENTS; `quantize(float, qdq, samples,
+    thresholds, exclude, placement)` makes one candidate (thresholds per tensor name)."""
+    from toolchain.quantize import PLACEMENTS
+
     found = histograms(float_path, samples)
     scored = {name: array[:SCORED_SAMPLES] for name, array in samples.items()}
     reference = run_all(float_path, scored, "all")
     scores, best = {}, None
-    for method in RANGES:
-        candidate = qdq_path.with_suffix(f".{method}.onnx")
-        quantize(float_path, candidate, samples, ranges(found, method))
-        scores[method] = answers(reference, run_all(candidate, scored, "disabled"))
-        if best is None or rank(scores[method]) > rank(scores[best]):
-            if best is not None:
-                qdq_path.with_suffix(f".{best}.onnx").unlink()
-            best = method
-        else:
-            candidate.unlink()
-    qdq_path.with_suffix(f".{best}.onnx").replace(qdq_path)
-    chosen = ranges(found, best)
+    for placement in PLACEMENTS:
+        for method in RANGES:
+            name = f"{method} at {placement}"
+            candidate = qdq_path.with_suffix(f".{len(scores)}.onnx")
+            quantize(float_path, candidate, samples, ranges(found, method), [], placement)
+            scores[name] = answers(reference, run_all(candidate, scored, "disabled"))
+            if best is None or rank(scores[name]) > rank(scores[best[0]]):
+                if best is not None:
+                    best[1].unlink()
+                best = name, candidate, method, placement
+            else:
+                candidate.unlink()
+    _, candidate, method, placement = best
+    candidate.replace(qdq_path)
+    chosen = ranges(found, method)
     clipped = sum(chosen[name] < min_max(histogram) for name, histogram in found.items())
     onnx.checker.check_model(str(qdq_path))
-    return Calibrated(best, len(found), clipped, scores, len(next(iter(scored.values()))), chosen)
+    return Calibrated(method, placement, len(found), clipped, scores, len(next(iter(scored.values()))), chosen)
 
 
 SCORED_FRAMES = 256  # calibration frames each codec range is scored on

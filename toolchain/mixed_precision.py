@@ -6,9 +6,12 @@ ModelOpt's and Polygraphy's per-layer debugging find them; a full-integer TFLite
 activations with int8 weights (16x8), still integer-only (toolchain/backends/tflite.py). Analysis: each
 quantized layer's sensitivity, the relative error of the half's outputs when that layer alone is kept
 (calibration inputs, against the float half); a half with many layers is screened first in one run, each
-layer's own error at its output, and only its worst are measured so. Policy: keep the 1, 2, 4, ... most sensitive, at most half of
-them, until the whole bundle meets its bound. Mutation: the half's quantizer with those layers kept, every
-range as calibrated.
+layer's own error at its output, and only its worst are measured so. A Q/DQ half's layers are all its quantized
+ops, not only the weighted ones: a batch norm after a concatenation (DenseNet's), a squeeze-excitation's
+sigmoid and product, a residual sum each add their own rounding. Policy: keep the 1, 2, 4, ... most sensitive,
+at most those holding half the half's multiply-accumulates (past that the half is an FP16 half with Q/DQ left
+around its cheap ops), until the whole bundle meets its bound; where both halves are at fault, each keeps that
+many of its own at every step. Mutation: the half's quantizer with those layers kept, every range as calibrated.
 
 A requantizable half has `higher` (the precision's name), `quantize(path, kept)`, `layers(path)` (what can be
 kept, in graph order), `name(layer)` (how a user reads it), `error(path)` (relative error against the float
@@ -31,9 +34,9 @@ import onnx
 
 from toolchain.calibration import answers, run_all
 from toolchain.errors import EdgesplitError
-from toolchain.quantize import INT8_WEIGHTED, quantize_qdq
+from toolchain.quantize import quantize_qdq
 
-MAX_SHARE = 0.5  # of a half's quantized layers, at most this many are kept in float
+MAX_SHARE = 0.5  # of a half's multiply-accumulates, at most this share is kept in float
 MEASURED = 8  # layers measured one by one, of those a one-run screen found worst
 QDQ = ("QuantizeLinear", "DequantizeLinear")
 SCREEN_BATCH = 2  # samples whose every layer's activations the screen holds at once (a ResNet-50's: ~300 MB)
@@ -44,16 +47,17 @@ class Requantizable(NamedTuple):
     float_path: Path
     samples: dict  # input name -> the calibration inputs its ranges were scored on
     thresholds: dict  # tensor name -> |x| range, as calibrated
+    placement: str  # which ops have Q/DQ (quantize.PLACEMENTS), as calibrated
     reference: list  # the float half's outputs on the samples
 
     higher = "fp16"
 
     @classmethod
-    def save(cls, scratch: Path, role: str, float_path: Path, samples: dict, thresholds: dict) -> None:
+    def save(cls, scratch: Path, role: str, float_path: Path, samples: dict, thresholds: dict, placement: str) -> None:
         kept = scratch / f"{role}.float.onnx"
         float_path.replace(kept)
         np.savez(scratch / f"{role}.samples.npz", **samples)
-        (scratch / f"{role}.ranges.json").write_text(json.dumps(thresholds))
+        (scratch / f"{role}.ranges.json").write_text(json.dumps({"thresholds": thresholds, "placement": placement}))
 
     @classmethod
     def load(cls, scratch: Path, role: str) -> Requantizable | None:
@@ -62,11 +66,12 @@ class Requantizable(NamedTuple):
         with np.load(scratch / f"{role}.samples.npz") as stored:
             samples = {name: stored[name] for name in stored.files}
         float_path = scratch / f"{role}.float.onnx"
-        return cls(float_path, samples, json.loads((scratch / f"{role}.ranges.json").read_text()),
+        calibrated = json.loads((scratch / f"{role}.ranges.json").read_text())
+        return cls(float_path, samples, calibrated["thresholds"], calibrated["placement"],
                    run_all(float_path, samples, "all"))
 
     def quantize(self, qdq_path: Path, exclude: list[str]) -> None:
-        quantize_qdq(self.float_path, qdq_path, self.samples, self.thresholds, exclude)
+        quantize_qdq(self.float_path, qdq_path, self.samples, self.thresholds, exclude, self.placement)
 
     def layers(self, qdq_path: Path) -> list[str]:
         return quantized_layers(qdq_path)
@@ -94,12 +99,12 @@ class Requantizable(NamedTuple):
 
 
 def quantized_layers(qdq_path: Path) -> list[str]:
-    """Convolutions and matrix products whose weights the quantizer made int8 (a DequantizeLinear feeds them),
-    in graph order; a layer kept in float reads its weights directly."""
+    """The ops the quantizer gave int8 inputs or weights (a DequantizeLinear feeds them), in graph order; a layer
+    kept in float reads its inputs and weights unquantized."""
     model = onnx.load(str(qdq_path))
     dequantized = {node.output[0] for node in model.graph.node if node.op_type == "DequantizeLinear"}
-    return [node.name for node in model.graph.node if node.op_type in INT8_WEIGHTED
-            and len(node.input) > 1 and node.input[1] in dequantized]
+    return [node.name for node in model.graph.node if node.op_type not in QDQ
+            and any(name in dequantized for name in node.input)]
 
 
 def own_errors(float_path: Path, qdq_path: Path, samples: dict, layers: list[str]) -> dict[str, float]:
@@ -226,34 +231,79 @@ def multiply_accumulates(float_path: Path) -> dict[str, int]:
     return counts
 
 
-def keep_in_higher_precision(half, path: Path, missed: Callable[[], str], what: str, advice: str = "") -> dict:
-    """Requantizes `path` with the fewest most sensitive layers in the half's higher precision so that `missed()`
-    (the bound the bundle misses with the file in place, '' for none) is ''; returns what was kept and what it
-    costs. When even MAX_SHARE of its layers kept do not suffice, the refusal names the half (`what`), the bound
-    still missed, the worst layers and `advice` (what else would pass). That share is tried first, so a refusal
-    costs one check of the bound, not one per doubling (six for a 224x224 ResNet-50's 53 layers); a pass costs one more."""
+class AtFault(NamedTuple):
+    """An INT8 half at fault for a missed bound: its requantizable, its file in the bundle, how a refusal names it."""
+    half: object
+    path: Path
+    what: str
+
+
+def keep_in_higher_precision(halves: list[AtFault], missed: Callable[[], str], advice: str = "") -> list[dict]:
+    """Requantizes each half's file with its fewest most sensitive layers in its higher precision (the same count
+    in each, at most MAX_SHARE of its own) so that `missed()` (the bound the bundle misses with the files in place,
+    '' for none) is ''; returns what each half kept and what it costs, the bundle's checks (what `missed` measures)
+    left describing the files as written. When even the most kept do not suffice, the refusal names the halves,
+    the bound still missed, their worst layers and `advice` (what else would pass). That share is tried first, so
+    a refusal costs one check of the bound, not one per doubling (six for a 224x224 ResNet-50's 53 layers)."""
     started = time.monotonic()
-    half.quantize(path, [])  # every layer it can have in INT8, whatever an earlier search kept out
-    layers = half.layers(path)
-    ranked, measured = ranked_layers(half, layers, path)
-    most = max(1, int(len(ranked) * MAX_SHARE))
-    half.quantize(path, ranked[:most])
-    still = missed()
+    rankings, macs = [], []
+    for entry in halves:
+        entry.half.quantize(entry.path, [])  # every layer it can have in INT8, whatever an earlier search kept out
+        rankings.append(ranked_layers(entry.half, entry.half.layers(entry.path), entry.path))
+        macs.append(entry.half.macs())
+    most = [most_kept(ranked, counts) for (ranked, _), counts in zip(rankings, macs)]
+
+    def keep(count: int) -> str:
+        for entry, (ranked, _), limit in zip(halves, rankings, most):
+            entry.half.quantize(entry.path, ranked[:min(count, limit)])
+        return missed()
+    largest = max(most)
+    still = keep(largest)
     if still:
-        raise EdgesplitError(f"{what} misses the bound even with its {most} most sensitive of {len(ranked)} "
-                             f"int8 layers in {half.higher}, {', '.join(map(half.name, ranked[:3]))} first: "
-                             f"{still}{advice}")
-    count, tried = 1, most
-    while count < most:
-        half.quantize(path, ranked[:count])
-        tried = count
-        if not missed():
+        raise EdgesplitError(refusal(halves, rankings, macs, most, still) + advice)
+    count = 1
+    while count < largest and keep(count):
+        count *= 2
+    if count >= largest:
+        count = largest
+        if largest > 1:
+            keep(largest)  # the files and the checks held the last count that missed
+    seconds = round(time.monotonic() - started, 1)
+    return [described(entry, ranked, counts, min(count, limit), measured, seconds)
+            for entry, (ranked, measured), counts, limit in zip(halves, rankings, macs, most)]
+
+
+def share_of(macs: dict[str, int], kept: list[str], layers: list[str]) -> float:
+    return sum(macs.get(layer, 0) for layer in kept) / max(1, sum(macs.get(layer, 0) for layer in layers))
+
+
+def most_kept(ranked: list[str], macs: dict[str, int]) -> int:
+    """How many of the ranked layers, worst first, hold at most MAX_SHARE of the multiply-accumulates (at least
+    one)."""
+    total, kept, count = sum(macs.get(layer, 0) for layer in ranked), 0, 0
+    for layer in ranked:
+        kept += macs.get(layer, 0)
+        if kept > MAX_SHARE * total:
             break
-        count = min(2 * count, most)
-    if tried != count:
-        half.quantize(path, ranked[:count])  # the file holds the last count that missed
-    macs = half.macs()
-    share = sum(macs.get(layer, 0) for layer in ranked[:count]) / max(1, sum(macs.get(layer, 0) for layer in layers))
-    return {"precision": half.higher, "layers": [half.name(layer) for layer in ranked[:count]], "of": len(layers),
-            "measured": measured, "macs_share": share,
-            "cost": half.cost(path, share), "search_seconds": round(time.monotonic() - started, 1)}
+        count += 1
+    return max(1, count)
+
+
+def described(entry: AtFault, ranked: list[str], macs: dict[str, int], count: int, measured: int,
+              seconds: float) -> dict:
+    """What a half kept in higher precision: its layers, their share of its multiply-accumulates, the cost."""
+    share = share_of(macs, ranked[:count], ranked)
+    return {"precision": entry.half.higher, "layers": [entry.half.name(layer) for layer in ranked[:count]],
+            "of": len(ranked), "measured": measured, "macs_share": share,
+            "cost": entry.half.cost(entry.path, share), "search_seconds": seconds}
+
+
+def refusal(halves: list[AtFault], rankings: list, macs: list[dict], most: list[int], still: str) -> str:
+    clauses = [f"its {limit} most sensitive of {len(ranked)} int8 layers "
+               f"({share_of(counts, ranked[:limit], ranked):.0%} of its multiply-accumulates) in {entry.half.higher}, "
+               f"{', '.join(map(entry.half.name, ranked[:3]))} first"
+               for entry, (ranked, _), counts, limit in zip(halves, rankings, macs, most)]
+    if len(halves) == 1:
+        return f"{halves[0].what} misses the bound even with {clauses[0]}: {still}"
+    kept = " and ".join(f"{entry.what} keeping {clause}" for entry, clause in zip(halves, clauses))
+    return f"the bundle misses the bound even with {kept}: {still}"

@@ -21,12 +21,18 @@ from toolchain.quiet import quiet
 # (a codec's scale in a Mul) fails its build ("Quantized constant ... is only allowed before DQ"; found by
 # TensorRT-RTX's builder), so such weights are stored dequantized: the very values ONNX Runtime computes.
 INT8_WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+# Where Q/DQ goes: None, at every op onnxruntime can quantize, inputs and outputs (batch norms, sums and
+# concatenations too); else at the inputs and weights of those op types only, TensorRT's recommendation, the ops
+# between them left to FP16 ("Q/DQ layer placement recommendations"). Which keeps a half's answers best depends
+# on the half (a DenseNet's batch norms after concatenations round badly), so calibration tries both.
+PLACEMENTS = {"every op": None, "weighted ops": sorted(INT8_WEIGHTED)}
 
 
 def quantize_qdq(float_path: Path, qdq_path: Path, samples: dict[str, np.ndarray], thresholds: dict[str, float],
-                 exclude: list[str] | None = None) -> None:
-    """Float ONNX → Q/DQ ONNX (int8 activations and per-channel weights, symmetric): activation ranges from
-    `thresholds` (|x| per tensor name, calibration.py); the nodes named in `exclude` stay in float."""
+                 exclude: list[str] | None = None, placement: str = "every op") -> None:
+    """Float ONNX → Q/DQ ONNX (int8 activations and per-channel weights, symmetric) at the ops `placement` names
+    (PLACEMENTS): activation ranges from `thresholds` (|x| per tensor name, calibration.py); the nodes named in
+    `exclude` stay in float."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from toolchain.calibration import CalibrationFeed
@@ -40,11 +46,12 @@ def quantize_qdq(float_path: Path, qdq_path: Path, samples: dict[str, np.ndarray
         with quiet():  # "please consider pre-processing" warnings, every time
             quantize_static(str(float_path), str(qdq_path), CalibrationFeed(samples), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                            nodes_to_exclude=exclude or [],
+                            nodes_to_exclude=exclude or [], op_types_to_quantize=PLACEMENTS[placement],
                             calibrate_method=CalibrationMethod.MinMax,
                             # biases stay float: TensorRT's Q/DQ path is int8 only
                             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                           "QuantizeBias": False, "TensorQuantOverrides": overrides})
+                                           "QuantizeBias": False, "TensorQuantOverrides": overrides,
+                                           "OpTypesToExcludeOutputQuantization": PLACEMENTS[placement] or []})
     except Exception as error:  # the tools raise many types; the build must name the stage
         raise EdgesplitError(f"onnxruntime could not quantize {float_path.name} to Q/DQ: {error}") from error
     quantized = onnx.load(str(qdq_path))
@@ -101,7 +108,7 @@ def quantize_in_place(path: Path, samples: dict[str, np.ndarray], scratch: Path 
         calibrated = calibrate(float_path, path, samples, quantize_qdq)
         if scratch is not None:
             scored = {name: array[:SCORED_SAMPLES] for name, array in samples.items()}
-            Requantizable.save(scratch, role, float_path, scored, calibrated.thresholds)
+            Requantizable.save(scratch, role, float_path, scored, calibrated.thresholds, calibrated.placement)
         return calibrated
     finally:
         float_path.unlink(missing_ok=True)

@@ -121,7 +121,8 @@ def range_row(chosen: dict, reference: str = "the float model's") -> str:
 
 def int8_ranges_row(chosen: dict) -> str:
     clipped = f"{chosen['clipped_tensors']} of {chosen['tensors']} activations clip outliers"
-    return range_row(chosen, reference="the float half's") + f"; {clipped}"
+    placed = dict(chosen, method=f"{chosen['method']} at {chosen['placement']}")
+    return range_row(placed, reference="the float half's") + f"; {clipped}"
 
 
 def higher_precision_row(kept: dict) -> str:

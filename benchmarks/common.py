@@ -81,12 +81,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def train_briefly(model, images, loss, epochs: int, batch: int, progress, label: str) -> None:
-    """Adam at 1e-3 over an ImageSet's images in shuffled batches (torch's global seed decides): a model someone
+def train_briefly(model, images, loss, epochs: int, batch: int, progress, label: str, rate: float = 1e-3) -> None:
+    """Adam at `rate` over an ImageSet's images in shuffled batches (torch's global seed decides): a model someone
     trained, not a tuned one."""
     import torch
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=rate)
     inputs, labels = torch.from_numpy(images.inputs()), torch.from_numpy(images.labels)
     task = progress.add_task(f"training {label}", total=epochs * -(-len(labels) // batch))
     model.train()

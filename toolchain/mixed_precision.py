@@ -240,11 +240,11 @@ class AtFault(NamedTuple):
 
 def keep_in_higher_precision(halves: list[AtFault], missed: Callable[[], str], advice: str = "") -> list[dict]:
     """Requantizes each half's file with its fewest most sensitive layers in its higher precision (the same count
-    in each, at most MAX_SHARE of its own) so that `missed()` (the bound the bundle misses with the files in place,
-    '' for none) is ''; returns what each half kept and what it costs, the bundle's checks (what `missed` measures)
-    left describing the files as written. When even the most kept do not suffice, the refusal names the halves,
-    the bound still missed, their worst layers and `advice` (what else would pass). That share is tried first, so
-    a refusal costs one check of the bound, not one per doubling (six for a 224x224 ResNet-50's 53 layers)."""
+    in each, at most those holding MAX_SHARE of its multiply-accumulates) so that `missed()` (the bound the bundle
+    misses with the files in place, '' for none) is ''; returns what each half kept and what it costs, the bundle's
+    checks (what `missed` measures) left describing the files as written. When even the most kept do not suffice,
+    the refusal names the halves, the bound still missed, their worst layers and `advice` (what else would pass).
+    The most are tried first, so a refusal costs one check of the bound, not one per doubling."""
     started = time.monotonic()
     rankings, macs = [], []
     for entry in halves:

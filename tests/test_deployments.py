@@ -62,6 +62,15 @@ def test_a_missed_bound_names_the_half_its_precision_and_the_option_that_passes(
     assert passed.exit_code == 0, passed.output
 
 
+def test_a_strict_refusal_of_both_int8_halves_names_each_option_and_the_search_once(tmp_path):
+    refused = CliRunner().invoke(main, ["build-engines", *TINY_MODEL, "--target", "jetson-orin", "--min-agreement",
+                                        "0.995", "--strict-int8", "--output", str(tmp_path / "bundle")])
+    line = refused.output.strip().splitlines()[-1]
+    assert refused.exit_code == 1 and "the edge half (int8 on jetson-orin) beside" in line, refused.output
+    assert line.count("without --strict-int8 the build first keeps") == 1
+    assert "--precision fp16 would build the edge half" in line and "--cloud-precision fp16 would" in line
+
+
 def test_an_int8_half_whose_most_sensitive_layers_in_fp16_still_miss_is_refused_naming_them(tmp_path):
     """Without --strict-int8 the build first keeps the cloud half's most sensitive layers out of INT8, those
     holding at most half its multiply-accumulates, or one: the tiny model's cloud half has six (a convolution,
@@ -71,8 +80,8 @@ def test_an_int8_half_whose_most_sensitive_layers_in_fp16_still_miss_is_refused_
     refused = CliRunner().invoke(main, MISSED + ["--output", str(tmp_path / "bundle")])
     assert refused.exit_code == 1 and "Traceback" not in refused.output, refused.output
     assert re.fullmatch(r"error: the cloud half \(int8 on cloud-gpu\) misses the bound even with its 1 most sensitive "
-                        r"of 6 int8 layers \(\d+% of its multiply-accumulates\) in fp16, /second/\S+, /second/\S+, "
-                        r"/second/\S+ first: output 'logits' agrees with the "
+                        r"of 6 int8 layers \(\d+% of its multiply-accumulates\) in fp16, /second/\S+ first: output "
+                        r"'logits' agrees with the "
                         r"float model on \d+\.\d\d% of held-out images \(bound --min-agreement 99\.00%\); "
                         r"--cloud-precision fp16 would build the cloud half in fp16",
                         refused.output.strip().splitlines()[-1]), refused.output
@@ -183,6 +192,21 @@ def test_refusals_are_one_clear_line(arguments, message, tmp_path):
     assert result.exit_code == 1
     assert len(result.output.strip().splitlines()) == 1 and result.output.startswith(message)
     assert not (tmp_path / "b").exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--min-agreement", "nan", "'nan' is not a finite number."),  # nan compares with no bound: it passed any build
+    ("--min-agreement", "0", "0.0 is not in the range 0<x<=1."),
+    ("--min-agreement", "1.5", "1.5 is not in the range 0<x<=1."),  # was refused after the whole build
+    ("--max-loss", "-1", "-1.0 is not in the range x>=0."),
+    ("--max-relative-error", "inf", "'inf' is not a finite number."),
+])
+def test_a_bound_outside_its_range_is_refused_in_one_line_before_the_build(option, value, message, tmp_path):
+    result = CliRunner().invoke(main, ["build-engines", option, value, "--output", str(tmp_path / "b")],
+                                prog_name="edgesplit")
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        f"edgesplit build-engines: error: Invalid value for '{option}': {message}"], result.output
+    assert not list(tmp_path.iterdir())
 
 
 def test_serving_a_tensorrt_cloud_without_a_gpu_fails_with_one_line(device_bundle):

@@ -7,6 +7,7 @@ commands added later start on an edge device that has neither.
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -86,6 +87,20 @@ MODEL_OPTIONS = [
                       "normalize (e.g. 0.485,0.456,0.406); folded into the edge half."),
     click.option("--std", default=None, help="Per-channel std for --mean (e.g. 0.229,0.224,0.225)."),
 ]
+
+
+class Finite(click.FloatRange):
+    """A FloatRange that also refuses nan and infinities: nan compares with no bound, so it would pass any."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+POINTS = Finite(min=0)  # accuracy points a bound allows to lose
+SHARE = Finite(min=0, max=1, min_open=True)
 
 
 HOLDOUT_FRAMES = click.option("--holdout-frames", type=click.IntRange(min=1), default=None,
@@ -186,12 +201,12 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Bundle directory [default: bundles/<model>-<edge>[-with-<cloud>]].")
 @HOLDOUT_FRAMES
-@click.option("--max-loss", default=1.0, show_default=True,
+@click.option("--max-loss", type=POINTS, default=1.0, show_default=True,
               help="Accuracy points the bundle may lose against the float model before the build fails.")
-@click.option("--min-agreement", type=float, default=None,
+@click.option("--min-agreement", type=SHARE, default=None,
               help="Top-1 agreement with the float model the bundle must keep (0..1) [default: 0.98 for int8/affine "
                    "codecs; for a learned codec what its training measured, less 0.02].")
-@click.option("--max-relative-error", type=float, default=0.1, show_default=True,
+@click.option("--max-relative-error", type=Finite(min=0, min_open=True), default=0.1, show_default=True,
               help="Bound on a regression output's ||bundle - float|| / ||float||.")
 @click.option("--output-kinds", default=None,
               help="class or regression per model output, comma-separated [default: the first class, the rest "
@@ -213,7 +228,7 @@ def train_model(model_name: str, data: str, epochs: int, seed: int, output: Path
 @click.option("--exit-epochs", default=2, show_default=True, help="Epochs for training the exit branch.")
 @click.option("--exit-threshold", type=float, default=None,
               help="Entropy under which the edge answers itself [default: calibrated, see --exit-max-loss].")
-@click.option("--exit-max-loss", type=float, default=None,
+@click.option("--exit-max-loss", type=POINTS, default=None,
               help="Accuracy points the exits may cost: the threshold is the least offloading one whose exits "
                    "change at most this % of the cloud's answers on the calibration images [default: the shipped "
                    "exit's, else 0.3].")
@@ -330,10 +345,10 @@ def train_exit_command(model, split, data, epochs, frames, output) -> None:
 @main.command("calibrate-exit")
 @click.option("--bundle", "bundle_path", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--data", default=None, help="Labeled images [default: the bundled Fashion-MNIST held-out slice].")
-@click.option("--max-loss", type=float, default=None,
+@click.option("--max-loss", type=POINTS, default=None,
               help="Accuracy points the mix may lose against sending every frame [default: 0.3].")
-@click.option("--min-accuracy", type=float, default=None, help="Instead: the overall top-1 to keep (0..1).")
-@click.option("--offload-rate", type=float, default=None, help="Instead: the share of frames to send.")
+@click.option("--min-accuracy", type=SHARE, default=None, help="Instead: the overall top-1 to keep (0..1).")
+@click.option("--offload-rate", type=Finite(0, 1), default=None, help="Instead: the share of frames to send.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("exit-calibration"),
               show_default=True, help="Where curve.csv goes.")
 def calibrate_exit(bundle_path: Path, data: str | None, max_loss: float | None, min_accuracy: float | None,
@@ -671,7 +686,7 @@ def _rates(text: str, option: str) -> list[float]:
 @click.option("--profile-cloud", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
 @click.option("--bandwidth", default="100kbit,1mbit,10mbit", show_default=True,
               help="Comma-separated uplink rates in tc units (kbit, mbit; kbps means kilobytes/s).")
-@click.option("--max-loss", default=1.0, show_default=True, help="Accuracy points an option may lose.")
+@click.option("--max-loss", type=POINTS, default=1.0, show_default=True, help="Accuracy points an option may lose.")
 @click.option("--rtt", default="0ms", show_default=True, help="Round trip added to every upload (e.g. 20ms).")
 @click.option("--edge-slowdown", default=1.0, show_default=True,
               help="What-if: the edge is this many times slower than the device its profile was measured on.")
@@ -744,7 +759,7 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--cloud", default=None, help="Cloud device [default: the edge device's default cloud].")
 @click.option("--uplink", default="20kbit,100kbit,1mbit", show_default=True,
               help="Comma-separated uplink rates in tc units; the winner is picked (and built) per rate.")
-@click.option("--max-loss", default=1.0, show_default=True,
+@click.option("--max-loss", type=POINTS, default=1.0, show_default=True,
               help="Accuracy points a deployment may lose against the float model, exits included.")
 @click.option("--budget", default="30min", show_default=True,
               help="Time for the whole run (e.g. 90s, 20min, 1h): no new piece is started past what the builds "

@@ -29,7 +29,7 @@ def at_fault(build: Build, bundle: Bundle, inputs: np.ndarray, reference: list[n
     and what would pass."""
     if bundle.strategy != "split":  # one half runs the whole model
         role = bundle.answering_role
-        return f"{describe(build, role)} runs the whole model{hint(build, role)}"
+        return f"{describe(build, role)} runs the whole model{unstrict(build, [role])}{hint(build, role)}"
     codes = float_codes(build, inputs)
     codec = codec_checks(build, inputs, reference, codes)
     missed = failed_bound(codec, bounds, "it")
@@ -40,7 +40,8 @@ def at_fault(build: Build, bundle: Bundle, inputs: np.ndarray, reference: list[n
     failing = [role for role in checks if failed_bound(checks[role], bounds)]
     scores = "; ".join(f"{describe(build, role)} beside the other in float: {score(found)}"
                        for role, found in checks.items())
-    return f"{scores}: {verdict(failing)}" + "".join(hint(build, role) for role in failing or checks)
+    named = failing or list(checks)
+    return f"{scores}: {verdict(failing)}{unstrict(build, named)}" + "".join(hint(build, role) for role in named)
 
 
 def halves_at_fault(build: Build, bundle: Bundle, inputs: np.ndarray, reference: list[np.ndarray],
@@ -114,15 +115,20 @@ def score(checks: dict) -> str:
     return words
 
 
+def unstrict(build: Build, roles) -> str:
+    """Once for a refusal under --strict-int8 of halves of which one could keep layers in higher precision."""
+    searchable = any(build.precisions[role] == "int8" and exporter(build.deployment.device(role)).requantizable
+                     for role in roles)
+    return "; without --strict-int8 the build first keeps its most sensitive layers in higher precision" \
+        if build.options.strict_int8 and searchable else ""
+
+
 def hint(build: Build, role: str) -> str:
     """The option that builds `role` one precision higher, where its device does; else what else could pass."""
     device, precision = build.deployment.device(role), build.precisions[role]
     higher = HIGHER.get(precision)
-    unstrict = "; without --strict-int8 the build first keeps its most sensitive layers in higher precision" \
-        if build.options.strict_int8 and precision == "int8" and exporter(device).requantizable else ""
     try:
         check_precision(device, role, higher)
     except TargetError:
-        return (f"{unstrict}; {device.name} builds its {role} half in {precision} at most: try another --split or "
-                "--codec")
-    return f"{unstrict}; {PRECISION_OPTION[role]} {higher} would build the {role} half in {higher}"
+        return f"; {device.name} builds its {role} half in {precision} at most: try another --split or --codec"
+    return f"; {PRECISION_OPTION[role]} {higher} would build the {role} half in {higher}"

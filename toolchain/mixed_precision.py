@@ -301,7 +301,7 @@ def described(entry: AtFault, ranked: list[str], macs: dict[str, int], count: in
 def refusal(halves: list[AtFault], rankings: list, macs: list[dict], most: list[int], still: str) -> str:
     clauses = [f"its {limit} most sensitive of {len(ranked)} int8 layers "
                f"({share_of(counts, ranked[:limit], ranked):.0%} of its multiply-accumulates) in {entry.half.higher}, "
-               f"{', '.join(map(entry.half.name, ranked[:3]))} first"
+               f"{', '.join(map(entry.half.name, ranked[:min(3, limit)]))} first"
                for entry, (ranked, _), counts, limit in zip(halves, rankings, macs, most)]
     if len(halves) == 1:
         return f"{halves[0].what} misses the bound even with {clauses[0]}: {still}"

@@ -196,8 +196,8 @@ def test_refusals_are_one_clear_line(arguments, message, tmp_path):
 
 @pytest.mark.parametrize("option,value,message", [
     ("--min-agreement", "nan", "'nan' is not a finite number."),  # nan compares with no bound: it passed any build
-    ("--min-agreement", "0", "0.0 is not in the range 0<x<=1."),
-    ("--min-agreement", "1.5", "1.5 is not in the range 0<x<=1."),  # was refused after the whole build
+    ("--min-agreement", "-0.1", "-0.1 is not in the range 0<=x<=1."),
+    ("--min-agreement", "1.5", "1.5 is not in the range 0<=x<=1."),  # was refused after the whole build
     ("--max-loss", "-1", "-1.0 is not in the range x>=0."),
     ("--max-relative-error", "inf", "'inf' is not a finite number."),
 ])

@@ -100,7 +100,7 @@ class Finite(click.FloatRange):
 
 
 POINTS = Finite(min=0)  # accuracy points a bound allows to lose
-SHARE = Finite(min=0, max=1, min_open=True)
+SHARE = Finite(min=0, max=1)
 
 
 HOLDOUT_FRAMES = click.option("--holdout-frames", type=click.IntRange(min=1), default=None,
@@ -759,7 +759,7 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--cloud", default=None, help="Cloud device [default: the edge device's default cloud].")
 @click.option("--uplink", default="20kbit,100kbit,1mbit", show_default=True,
               help="Comma-separated uplink rates in tc units; the winner is picked (and built) per rate.")
-@click.option("--max-loss", type=POINTS, default=1.0, show_default=True,
+@click.option("--max-loss", default=1.0, show_default=True,
               help="Accuracy points a deployment may lose against the float model, exits included.")
 @click.option("--budget", default="30min", show_default=True,
               help="Time for the whole run (e.g. 90s, 20min, 1h): no new piece is started past what the builds "

@@ -38,13 +38,10 @@ QUICK = {"train": 200, "test": 60, "epochs": 1, "rate": 1e-3}
 SIZES = {"resnet50": BIG, "vit_tiny": dict(FULL, epochs=16, rate=3e-4)}
 QUICK_RUN = (("keyword_spotting", "cpu"),)
 BATCH = 32
-COLUMNS = ["model", "device", "built", "split", "float_accuracy", "agreement", "loss_points", "miou_loss", "max_relative_error",
-           "payload_bytes", "image_bytes", "precisions", "calibration", "kept_higher", "build_s", "peak_rss_gb",
-           "commit", "refusal", "refusal_lines"]
+COLUMNS = ["model", "device", "built", "split", "float_accuracy", "agreement", "loss_points", "miou_loss",
+           "max_relative_error", "payload_bytes", "image_bytes", "precisions", "calibration", "kept_higher", "build_s",
+           "peak_rss_gb", "commit", "refusal", "refusal_lines"]
 KEYWORDS = 12
-# the code each row was built with: a run of some models keeps the others' rows from an earlier one
-COMMIT = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                        cwd=Path(__file__).parent).stdout.strip() or "unknown"
 
 
 def write_masks(root: Path, shape: tuple[int, int, int], counts: dict[str, int]) -> Path:
@@ -151,12 +148,19 @@ def build(name: str, weights: Path, source: Path, device: str, output: Path) -> 
     done = subprocess.run([sys.executable, "-c", PEAK_OF, str(peak), *command], stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
     row = dict.fromkeys(COLUMNS, None)
-    row.update(model=name, device=device, commit=COMMIT, build_s=round(time.perf_counter() - started, 1),
+    row.update(model=name, device=device, build_s=round(time.perf_counter() - started, 1),
                peak_rss_gb=round(int(peak.read_text()) / 2 ** 20, 2), built=done.returncode == 0)
     if not row["built"]:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
         return dict(row, refusal=lines[-1] if lines else f"exit status {done.returncode}", refusal_lines=len(lines))
     return dict(row, **measured(json.loads((output / "manifest.json").read_text())))
+
+
+def code_commit() -> str:
+    """The code the rows are built with: a run of some models keeps the others' rows from an earlier one."""
+    found = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                           cwd=Path(__file__).parent)
+    return found.stdout.strip() or "unknown"
 
 
 def measured(manifest: dict) -> dict:
@@ -253,7 +257,7 @@ def main() -> None:
         sys.exit(f"--models: unknown {', '.join(unknown)}; models: {', '.join(MODELS)}")
     runs = list(QUICK_RUN) if args.quick else [(name, device) for name in chosen for device in DEVICES]
     models = list(dict.fromkeys(name for name, _ in runs))
-    rows, sizes_used = [], {}
+    rows, sizes_used, commit = [], {}, code_commit()
     with tempfile.TemporaryDirectory() as scratch, Progress() as progress:
         work = Path(scratch)
         task = progress.add_task("build", total=len(runs))
@@ -267,7 +271,7 @@ def main() -> None:
             for model, device in runs:
                 if model == name:
                     progress.update(task, description=f"{name} for {device}")
-                    rows.append(build(name, weights, source, device, work / f"{name}-{device}"))
+                    rows.append(dict(build(name, weights, source, device, work / f"{name}-{device}"), commit=commit))
                     progress.advance(task)
     if not args.quick:
         rows, sizes_used = with_earlier(args.output, rows, sizes_used)

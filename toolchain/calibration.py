@@ -21,6 +21,7 @@ import onnx
 
 from runtime.local import batch_size_for, in_batches
 from toolchain.evaluate import relative_error
+from toolchain.quantize import PLACEMENTS
 from toolchain.quiet import quiet
 
 LEVELS = 127  # symmetric int8: -127..127
@@ -144,8 +145,6 @@ def rank(scores: dict) -> tuple:
 def calibrate(float_path: Path, qdq_path: Path, samples: dict[str, np.ndarray], quantize: Callable) -> Calibrated:
     """Writes `qdq_path` quantized with the best of RANGES at the best of PLACEMENTS; `quantize(float, qdq, samples,
     thresholds, exclude, placement)` makes one candidate (thresholds per tensor name)."""
-    from toolchain.quantize import PLACEMENTS
-
     found = histograms(float_path, samples)
     scored = {name: array[:SCORED_SAMPLES] for name, array in samples.items()}
     reference = run_all(float_path, scored, "all")

@@ -348,7 +348,7 @@ def train_exit_command(model, split, data, epochs, frames, output) -> None:
 @click.option("--max-loss", type=POINTS, default=None,
               help="Accuracy points the mix may lose against sending every frame [default: 0.3].")
 @click.option("--min-accuracy", type=SHARE, default=None, help="Instead: the overall top-1 to keep (0..1).")
-@click.option("--offload-rate", type=Finite(0, 1), default=None, help="Instead: the share of frames to send.")
+@click.option("--offload-rate", type=SHARE, default=None, help="Instead: the share of frames to send.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("exit-calibration"),
               show_default=True, help="Where curve.csv goes.")
 def calibrate_exit(bundle_path: Path, data: str | None, max_loss: float | None, min_accuracy: float | None,
